@@ -1,0 +1,88 @@
+//! `concord`: run a member (`serve`), a local 3-member cluster (`dev`), or
+//! talk to any etcd-v3 endpoint (`kv`).
+
+mod dev;
+mod kv;
+mod serve;
+
+use clap::{Parser, Subcommand};
+
+/// Concord: a distributed, strongly consistent key-value store that speaks etcd's v3 API.
+#[derive(Parser)]
+#[command(name = "concord", version, about)]
+struct Cli {
+    /// Log level: error, warn, info, debug or trace.
+    #[arg(long, global = true, default_value = "info", env = "ETCD_LOG_LEVEL")]
+    log_level: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run one member; takes etcd's flags with etcd's meaning.
+    Serve(serve::ServeArgs),
+    /// Run a 3-member cluster on localhost, for trying Concord out.
+    Dev(dev::DevArgs),
+    /// Read and write keys on any etcd-v3 endpoint.
+    Kv(kv::KvArgs),
+}
+
+fn init_logging(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = match cli.command {
+        Command::Serve(args) => {
+            init_logging(&cli.log_level);
+            runtime.block_on(serve::run(args))
+        }
+        Command::Dev(args) => {
+            init_logging(&cli.log_level);
+            runtime.block_on(dev::run(args))
+        }
+        Command::Kv(args) => runtime.block_on(kv::run(args)),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Resolves when the process is asked to stop (SIGINT or SIGTERM).
+pub async fn stop_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -1,0 +1,109 @@
+//! `concord serve`: etcd's member flags, mapped onto a [`ServerConfig`].
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+use concord_server::{InitialClusterState, Limits, ServerConfig};
+
+/// etcd's `--initial-cluster-state` values.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum ClusterState {
+    /// Found a new cluster with every member in `--initial-cluster`.
+    New,
+    /// Join a running cluster that has added this member.
+    Existing,
+}
+
+/// The flags of `concord serve`; names, defaults and environment variables are etcd's.
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Human-readable name for this member.
+    #[arg(long, default_value = "default", env = "ETCD_NAME")]
+    pub name: String,
+    /// Path to the data directory (default: <name>.etcd).
+    #[arg(long, env = "ETCD_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// URLs to listen on for client traffic.
+    #[arg(long, default_value = "http://localhost:2379", env = "ETCD_LISTEN_CLIENT_URLS", value_delimiter = ',')]
+    pub listen_client_urls: Vec<String>,
+    /// This member's client URLs, as announced to the cluster.
+    #[arg(long, default_value = "http://localhost:2379", env = "ETCD_ADVERTISE_CLIENT_URLS", value_delimiter = ',')]
+    pub advertise_client_urls: Vec<String>,
+    /// URLs to listen on for peer traffic.
+    #[arg(long, default_value = "http://localhost:2380", env = "ETCD_LISTEN_PEER_URLS", value_delimiter = ',')]
+    pub listen_peer_urls: Vec<String>,
+    /// This member's peer URLs, as announced to the rest of the cluster.
+    #[arg(long, default_value = "http://localhost:2380", env = "ETCD_INITIAL_ADVERTISE_PEER_URLS", value_delimiter = ',')]
+    pub initial_advertise_peer_urls: Vec<String>,
+    /// Initial cluster configuration for bootstrapping (name=peer-url,...); default: <name>=<initial-advertise-peer-urls>.
+    #[arg(long, env = "ETCD_INITIAL_CLUSTER")]
+    pub initial_cluster: Option<String>,
+    /// Initial cluster state: new or existing.
+    #[arg(long, value_enum, default_value = "new", env = "ETCD_INITIAL_CLUSTER_STATE")]
+    pub initial_cluster_state: ClusterState,
+    /// Initial cluster token, which makes member and cluster ids unique.
+    #[arg(long, default_value = "etcd-cluster", env = "ETCD_INITIAL_CLUSTER_TOKEN")]
+    pub initial_cluster_token: String,
+    /// Time (in milliseconds) of a heartbeat interval.
+    #[arg(long, default_value_t = 100, env = "ETCD_HEARTBEAT_INTERVAL")]
+    pub heartbeat_interval: u64,
+    /// Time (in milliseconds) for an election to timeout.
+    #[arg(long, default_value_t = 1000, env = "ETCD_ELECTION_TIMEOUT")]
+    pub election_timeout: u64,
+    /// Maximum client request size in bytes the server will accept.
+    #[arg(long, default_value_t = 1536 * 1024, env = "ETCD_MAX_REQUEST_BYTES")]
+    pub max_request_bytes: usize,
+    /// Maximum number of operations permitted in a transaction.
+    #[arg(long, default_value_t = 128, env = "ETCD_MAX_TXN_OPS")]
+    pub max_txn_ops: usize,
+}
+
+impl ServeArgs {
+    /// Checks the flags the way etcd does and fills in the derived defaults.
+    pub fn into_config(self) -> Result<ServerConfig, String> {
+        if self.heartbeat_interval == 0 || self.election_timeout < 5 * self.heartbeat_interval {
+            return Err(format!(
+                "--election-timeout[{}ms] should be at least as 5 times as --heartbeat-interval[{}ms]",
+                self.election_timeout, self.heartbeat_interval
+            ));
+        }
+        let initial_cluster = self.initial_cluster.unwrap_or_else(|| {
+            self.initial_advertise_peer_urls
+                .iter()
+                .map(|u| format!("{}={u}", self.name))
+                .collect::<Vec<_>>()
+                .join(",")
+        });
+        Ok(ServerConfig {
+            data_dir: self
+                .data_dir
+                .unwrap_or_else(|| PathBuf::from(format!("{}.etcd", self.name))),
+            name: self.name,
+            listen_client_urls: self.listen_client_urls,
+            advertise_client_urls: self.advertise_client_urls,
+            listen_peer_urls: self.listen_peer_urls,
+            initial_advertise_peer_urls: self.initial_advertise_peer_urls,
+            initial_cluster,
+            initial_cluster_state: match self.initial_cluster_state {
+                ClusterState::New => InitialClusterState::New,
+                ClusterState::Existing => InitialClusterState::Existing,
+            },
+            initial_cluster_token: self.initial_cluster_token,
+            heartbeat_interval: Duration::from_millis(self.heartbeat_interval),
+            election_timeout: Duration::from_millis(self.election_timeout),
+            limits: Limits {
+                max_request_bytes: self.max_request_bytes,
+                max_txn_ops: self.max_txn_ops,
+            },
+        })
+    }
+}
+
+/// Runs one member until SIGINT or SIGTERM.
+pub async fn run(args: ServeArgs) -> Result<(), String> {
+    let cfg = args.into_config()?;
+    concord_server::serve(cfg, crate::stop_signal())
+        .await
+        .map_err(|e| e.to_string())
+}

@@ -1,0 +1,274 @@
+//! A real cluster for tests: `concord serve` processes on loopback ports,
+//! started with etcd's flags, reached with the `etcd-client` crate and etcdctl.
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use etcd_client::{Client, ConnectOptions};
+
+/// How long any wait in a test may take before the test fails.
+pub const WAIT: Duration = Duration::from_secs(30);
+
+/// One member's fixed identity, so it can be restarted with the same flags.
+pub struct MemberSpec {
+    pub name: String,
+    pub client_url: String,
+    pub peer_url: String,
+    pub data_dir: PathBuf,
+    pub log: PathBuf,
+}
+
+/// A running (or partly stopped) cluster of `concord serve` processes.
+pub struct Cluster {
+    pub members: Vec<MemberSpec>,
+    processes: Vec<Option<Child>>,
+    initial_cluster: String,
+    _dir: tempfile::TempDir,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free loopback port")
+}
+
+impl Cluster {
+    /// Starts `n` members and waits until they agree on a leader.
+    pub async fn start(n: usize) -> Cluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let members: Vec<MemberSpec> = (0..n)
+            .map(|i| MemberSpec {
+                name: format!("m{i}"),
+                client_url: format!("http://127.0.0.1:{}", free_port()),
+                peer_url: format!("http://127.0.0.1:{}", free_port()),
+                data_dir: dir.path().join(format!("m{i}.etcd")),
+                log: dir.path().join(format!("m{i}.log")),
+            })
+            .collect();
+        let initial_cluster = members
+            .iter()
+            .map(|m| format!("{}={}", m.name, m.peer_url))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut cluster = Cluster {
+            processes: (0..n).map(|_| None).collect(),
+            members,
+            initial_cluster,
+            _dir: dir,
+        };
+        for i in 0..n {
+            cluster.spawn(i);
+        }
+        cluster.wait_for_leader().await;
+        cluster
+    }
+
+    fn spawn(&mut self, i: usize) {
+        let m = &self.members[i];
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&m.log)
+            .expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_concord"))
+            .arg("serve")
+            .args(["--name", &m.name])
+            .arg(format!("--data-dir={}", m.data_dir.display()))
+            .args(["--listen-client-urls", &m.client_url])
+            .args(["--advertise-client-urls", &m.client_url])
+            .args(["--listen-peer-urls", &m.peer_url])
+            .args(["--initial-advertise-peer-urls", &m.peer_url])
+            .args(["--initial-cluster", &self.initial_cluster])
+            .args(["--initial-cluster-state", "new"])
+            .args(["--initial-cluster-token", "concord-test"])
+            .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn concord serve");
+        self.processes[i] = Some(child);
+    }
+
+    /// The client URLs of the members that are running.
+    pub fn live_endpoints(&self) -> Vec<String> {
+        self.members
+            .iter()
+            .zip(&self.processes)
+            .filter(|(_, p)| p.is_some())
+            .map(|(m, _)| m.client_url.clone())
+            .collect()
+    }
+
+    /// Every member's client URL.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.members.iter().map(|m| m.client_url.clone()).collect()
+    }
+
+    /// A client bound to member `i` only.
+    pub async fn client(&self, i: usize) -> Client {
+        let opts = ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(2))
+            .with_timeout(Duration::from_secs(15));
+        let deadline = Instant::now() + WAIT;
+        loop {
+            match Client::connect([self.members[i].client_url.as_str()], Some(opts.clone())).await {
+                Ok(c) => return c,
+                Err(e) if Instant::now() < deadline => {
+                    let _ = e;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("cannot connect to member {i}: {e}"),
+            }
+        }
+    }
+
+    /// Kills member `i` with SIGKILL (kill -9) and waits for it to exit.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.processes[i].take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Stops member `i` with SIGTERM and returns its exit status.
+    pub fn terminate(&mut self, i: usize) -> std::process::ExitStatus {
+        let mut child = self.processes[i].take().expect("member is running");
+        let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "member {i} did not stop on SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts member `i` again with the same flags and data directory.
+    pub fn restart(&mut self, i: usize) {
+        assert!(self.processes[i].is_none(), "member {i} is still running");
+        self.spawn(i);
+    }
+
+    /// Member `i`'s status as it reports it, if it answers.
+    pub async fn status(&self, i: usize) -> Option<etcd_client::StatusResponse> {
+        let opts = ConnectOptions::new()
+            .with_connect_timeout(Duration::from_millis(500))
+            .with_timeout(Duration::from_secs(2));
+        let mut c = Client::connect([self.members[i].client_url.as_str()], Some(opts))
+            .await
+            .ok()?;
+        c.status().await.ok()
+    }
+
+    /// Waits until every running member reports the same leader, and returns
+    /// the leader's index in `members`.
+    pub async fn wait_for_leader(&self) -> usize {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let mut leaders = Vec::new();
+            for (i, p) in self.processes.iter().enumerate() {
+                if p.is_some() {
+                    leaders.push(self.status(i).await.map(|s| s.leader()).unwrap_or(0));
+                }
+            }
+            if let Some(&first) = leaders.first() {
+                if first != 0 && leaders.iter().all(|&l| l == first) {
+                    if let Some(i) = self.index_of_member_id(first).await {
+                        if self.processes[i].is_some() {
+                            return i;
+                        }
+                    }
+                }
+            }
+            assert!(Instant::now() < deadline, "no agreed leader within {WAIT:?}: {leaders:?}\n{}", self.logs());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Maps a member id to its index, asking any running member.
+    pub async fn index_of_member_id(&self, id: u64) -> Option<usize> {
+        for (i, p) in self.processes.iter().enumerate() {
+            if p.is_none() {
+                continue;
+            }
+            if let Some(status) = self.status(i).await {
+                if status.header().map(|h| h.member_id()) == Some(id) {
+                    return Some(i);
+                }
+            }
+        }
+        None
+    }
+
+    /// All member logs, for failure messages.
+    pub fn logs(&self) -> String {
+        self.members
+            .iter()
+            .map(|m| {
+                let text = std::fs::read_to_string(&m.log).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(40).collect();
+                format!("--- {} ---\n{}", m.name, tail.into_iter().rev().collect::<Vec<_>>().join("\n"))
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Runs etcdctl (API v3) against the given endpoints.
+    ///
+    /// Endpoints are passed as host:port: etcdctl 3.4 sends a URL endpoint as
+    /// the HTTP/2 `:authority` of its per-endpoint calls (`endpoint status`),
+    /// which Rust's HTTP/2 server rejects as malformed.
+    pub fn etcdctl(&self, endpoints: &[String], args: &[&str]) -> std::process::Output {
+        let endpoints: Vec<&str> = endpoints
+            .iter()
+            .map(|e| e.trim_start_matches("http://"))
+            .collect();
+        Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={}", endpoints.join(",")))
+            .arg("--command-timeout=10s")
+            .args(args)
+            .output()
+            .expect("etcdctl is installed (Debian package etcd-client)")
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for i in 0..self.processes.len() {
+            self.kill(i);
+        }
+    }
+}
+
+/// Retries `op` until it succeeds or [`WAIT`] passes.
+pub async fn eventually<T, E: std::fmt::Debug, F, Fut>(what: &str, mut op: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match op().await {
+            Ok(v) => return v,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "{what}: still failing after {WAIT:?}: {e:?}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// The gRPC status inside an etcd-client error.
+pub fn grpc_status(err: etcd_client::Error) -> tonic::Status {
+    match err {
+        etcd_client::Error::GRpcStatus(s) => s,
+        other => panic!("expected a gRPC status, got {other:?}"),
+    }
+}

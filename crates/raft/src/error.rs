@@ -1,0 +1,34 @@
+//! Why a proposal or a read could not be served.
+
+/// Failures a caller of a group can see. The server maps them to etcd's errors.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RaftError {
+    /// No leader is known, so nothing can be committed or read linearizably.
+    #[error("no leader")]
+    NoLeader,
+    /// The request waited longer than the request timeout.
+    #[error("request timed out")]
+    Timeout,
+    /// raft-rs refused the proposal (for example during a leader transfer).
+    #[error("raft proposal dropped")]
+    ProposalDropped,
+    /// The group is shutting down.
+    #[error("raft group stopped")]
+    Stopped,
+    /// raft-rs reported an error.
+    #[error("raft: {0}")]
+    Raft(String),
+    /// The log engine or the file system failed.
+    #[error("io: {0}")]
+    Io(String),
+}
+
+impl RaftError {
+    pub(crate) fn log(e: raft_engine::Error) -> RaftError {
+        RaftError::Io(e.to_string())
+    }
+
+    pub(crate) fn raft(e: raft::Error) -> RaftError {
+        RaftError::Raft(e.to_string())
+    }
+}

@@ -1,0 +1,26 @@
+//! Consensus for Concord: each key range is owned by a Raft group driven by
+//! raft-rs, with its log on raft-engine and its messages on a gRPC transport.
+//!
+//! - [`log_store`]: the durable log of a group (raft-engine), raft-rs's `Storage`.
+//! - [`node`]: the driver thread of a group and the async [`RaftHandle`] callers use.
+//! - [`state_machine`]: the contract for what committed entries are applied to.
+//! - [`transport`]: batched, streaming peer-to-peer delivery of Raft messages.
+//!
+//! Invariants: a proposal is answered only after its entry is committed (durable
+//! on a quorum) and applied on the answering member; a linearizable read is
+//! served only after the local apply has reached the leader's commit index
+//! obtained through ReadIndex.
+
+pub mod error;
+pub mod log_store;
+mod logging;
+pub mod node;
+pub mod state_machine;
+pub mod status;
+pub mod transport;
+
+pub use error::RaftError;
+pub use node::{start_group, GroupConfig, RaftHandle};
+pub use state_machine::{Committed, StateMachine};
+pub use status::{GroupStatus, Role};
+pub use transport::{MessageSink, PeerTransport, RaftInbox};

@@ -1,0 +1,565 @@
+//! The driver of one Raft group: a dedicated thread that owns the raft-rs
+//! `RawNode`, turns client calls into proposals and read requests, persists
+//! and applies what raft-rs hands back, and ships messages to peers.
+//!
+//! Everything that touches the `RawNode` happens on this thread, so raft-rs
+//! needs no locks. Callers talk to it through a [`RaftHandle`], which only
+//! sends messages into the thread's mailbox and awaits replies.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use protobuf::Message as _;
+use raft::eraftpb::{ConfChange, ConfChangeV2, Entry, EntryType, Message};
+use raft::{RawNode, StateRole};
+use raft_engine::{Engine, LogBatch};
+use tokio::sync::{oneshot, watch};
+
+use crate::error::RaftError;
+use crate::log_store::LogStore;
+use crate::state_machine::{Committed, StateMachine};
+use crate::status::{GroupStatus, Role};
+use crate::transport::MessageSink;
+
+/// How a group is set up on this member.
+#[derive(Clone, Debug)]
+pub struct GroupConfig {
+    /// Which group this is; today group 1 owns every key.
+    pub group_id: u64,
+    /// This member's id, also its Raft id.
+    pub member_id: u64,
+    /// The voters the group starts with when its log is empty.
+    pub initial_voters: Vec<u64>,
+    /// Length of one Raft tick (etcd's `--heartbeat-interval`).
+    pub tick_interval: Duration,
+    /// Ticks without a leader before an election (etcd's `--election-timeout` / heartbeat).
+    pub election_ticks: usize,
+    /// How long a proposal or read may wait before it fails with a timeout.
+    pub request_timeout: Duration,
+}
+
+/// Work sent to a group's thread.
+pub(crate) enum GroupMsg<O> {
+    Propose {
+        data: Vec<u8>,
+        reply: oneshot::Sender<Result<O, RaftError>>,
+    },
+    ReadIndex {
+        reply: oneshot::Sender<Result<u64, RaftError>>,
+    },
+    Step(Message),
+    Unreachable(u64),
+    TransferLeader(u64),
+    Stop,
+}
+
+/// The caller's side of a group: cheap to clone, usable from async code.
+pub struct RaftHandle<O> {
+    group_id: u64,
+    member_id: u64,
+    mailbox: Sender<GroupMsg<O>>,
+    applied: watch::Receiver<u64>,
+    status: Arc<RwLock<GroupStatus>>,
+    request_timeout: Duration,
+}
+
+impl<O> Clone for RaftHandle<O> {
+    fn clone(&self) -> Self {
+        RaftHandle {
+            group_id: self.group_id,
+            member_id: self.member_id,
+            mailbox: self.mailbox.clone(),
+            applied: self.applied.clone(),
+            status: self.status.clone(),
+            request_timeout: self.request_timeout,
+        }
+    }
+}
+
+impl<O: Send + 'static> RaftHandle<O> {
+    /// The group this handle drives.
+    pub fn group_id(&self) -> u64 {
+        self.group_id
+    }
+
+    /// A copy of the group's state as of the driver's last loop.
+    pub fn status(&self) -> GroupStatus {
+        self.status.read().expect("status lock poisoned").clone()
+    }
+
+    /// Replicates `data` through the group and returns what the state machine
+    /// answered once this member has applied it.
+    pub async fn propose(&self, data: Vec<u8>) -> Result<O, RaftError> {
+        if self.status().leader_id == 0 {
+            return Err(RaftError::NoLeader);
+        }
+        let (reply, rx) = oneshot::channel();
+        self.send(GroupMsg::Propose { data, reply })?;
+        match tokio::time::timeout(self.request_timeout, rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(RaftError::Stopped),
+            Err(_) => Err(RaftError::Timeout),
+        }
+    }
+
+    /// A linearizable read barrier (Raft's ReadIndex): returns once this
+    /// member has applied everything the leader had committed when the call
+    /// began, so a local read afterwards sees every acknowledged write.
+    pub async fn read_barrier(&self) -> Result<(), RaftError> {
+        if self.status().leader_id == 0 {
+            return Err(RaftError::NoLeader);
+        }
+        let deadline = tokio::time::Instant::now() + self.request_timeout;
+        let (reply, rx) = oneshot::channel();
+        self.send(GroupMsg::ReadIndex { reply })?;
+        let index = match tokio::time::timeout_at(deadline, rx).await {
+            Ok(Ok(result)) => result?,
+            Ok(Err(_)) => return Err(RaftError::Stopped),
+            Err(_) => return Err(RaftError::Timeout),
+        };
+        let mut applied = self.applied.clone();
+        let caught_up = tokio::time::timeout_at(deadline, applied.wait_for(|a| *a >= index))
+            .await
+            .map(|r| r.is_ok());
+        match caught_up {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(RaftError::Stopped),
+            Err(_) => Err(RaftError::Timeout),
+        }
+    }
+
+    /// Asks the leader to hand leadership to `member_id`.
+    pub fn transfer_leader(&self, member_id: u64) -> Result<(), RaftError> {
+        self.send(GroupMsg::TransferLeader(member_id))
+    }
+
+    /// Hands a message that arrived from a peer to the group.
+    pub fn step(&self, msg: Message) {
+        let _ = self.mailbox.send(GroupMsg::Step(msg));
+    }
+
+    /// Tells the group that a peer could not be reached, so the leader probes
+    /// it gently instead of streaming entries into the void.
+    pub fn report_unreachable(&self, member_id: u64) {
+        let _ = self.mailbox.send(GroupMsg::Unreachable(member_id));
+    }
+
+    /// Stops the driver thread after it finishes the loop it is in.
+    pub fn stop(&self) {
+        let _ = self.mailbox.send(GroupMsg::Stop);
+    }
+
+    fn send(&self, msg: GroupMsg<O>) -> Result<(), RaftError> {
+        self.mailbox.send(msg).map_err(|_| RaftError::Stopped)
+    }
+}
+
+/// Starts a group's driver thread and returns its handle and join handle.
+pub fn start_group<S: StateMachine>(
+    cfg: GroupConfig,
+    engine: Arc<Engine>,
+    state_machine: S,
+    sink: Arc<dyn MessageSink>,
+) -> Result<(RaftHandle<S::Output>, JoinHandle<()>), RaftError> {
+    let mut store = LogStore::open(engine, cfg.group_id).map_err(RaftError::log)?;
+    if !store.is_initialized() {
+        let mut cs = raft::eraftpb::ConfState::default();
+        cs.voters = cfg.initial_voters.clone();
+        let mut batch = LogBatch::default();
+        store.stage_conf_state(&mut batch, cs);
+        store.write(&mut batch, true).map_err(RaftError::log)?;
+    }
+    let applied = state_machine.applied_index();
+    if applied > store.hard_state().commit {
+        // Applied entries were committed; the commit index in the hard state
+        // is only written lazily, so it may lag behind after a crash.
+        let mut batch = LogBatch::default();
+        store.stage_commit(&mut batch, applied);
+        store.write(&mut batch, true).map_err(RaftError::log)?;
+    }
+    let raft_cfg = raft::Config {
+        id: cfg.member_id,
+        election_tick: cfg.election_ticks,
+        heartbeat_tick: 1,
+        applied,
+        check_quorum: true,
+        pre_vote: true,
+        max_size_per_msg: 1024 * 1024,
+        max_inflight_msgs: 256,
+        ..Default::default()
+    };
+    raft_cfg.validate().map_err(RaftError::raft)?;
+    let logger = crate::logging::raft_logger(cfg.group_id, cfg.member_id);
+    let raw = RawNode::new(&raft_cfg, store, &logger).map_err(RaftError::raft)?;
+
+    let (mailbox, inbox) = crossbeam_channel::unbounded();
+    let (applied_tx, applied_rx) = watch::channel(applied);
+    let status = Arc::new(RwLock::new(GroupStatus {
+        group_id: cfg.group_id,
+        member_id: cfg.member_id,
+        applied_index: applied,
+        ..Default::default()
+    }));
+    let handle = RaftHandle {
+        group_id: cfg.group_id,
+        member_id: cfg.member_id,
+        mailbox,
+        applied: applied_rx,
+        status: status.clone(),
+        request_timeout: cfg.request_timeout,
+    };
+    let mut driver = Driver {
+        next_request_id: initial_request_id(),
+        next_read_ctx: 1,
+        pending_proposals: HashMap::new(),
+        queued_reads: Vec::new(),
+        inflight_reads: HashMap::new(),
+        raw,
+        sm: state_machine,
+        sink,
+        applied_tx,
+        status,
+        cfg,
+    };
+    let join = std::thread::Builder::new()
+        .name(format!("raft-group-{}", driver.cfg.group_id))
+        .spawn(move || driver.run(inbox))
+        .map_err(|e| RaftError::Io(e.to_string()))?;
+    Ok((handle, join))
+}
+
+/// Request ids start at the wall clock in nanoseconds so that ids issued
+/// before a restart are not reused for new requests after it.
+fn initial_request_id() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(1)
+}
+
+/// Entry context: the proposing member's id and its request id, so only
+/// the member that proposed an entry answers the caller waiting for it.
+fn encode_context(member_id: u64, request_id: u64) -> Vec<u8> {
+    let mut ctx = Vec::with_capacity(16);
+    ctx.extend_from_slice(&member_id.to_be_bytes());
+    ctx.extend_from_slice(&request_id.to_be_bytes());
+    ctx
+}
+
+fn decode_context(ctx: &[u8]) -> Option<(u64, u64)> {
+    if ctx.len() != 16 {
+        return None;
+    }
+    let member = u64::from_be_bytes(ctx[..8].try_into().ok()?);
+    let request = u64::from_be_bytes(ctx[8..].try_into().ok()?);
+    Some((member, request))
+}
+
+/// Reads that share one ReadIndex round trip.
+struct ReadBatch {
+    waiters: Vec<oneshot::Sender<Result<u64, RaftError>>>,
+    started: Instant,
+    last_sent: Instant,
+}
+
+struct Driver<S: StateMachine> {
+    cfg: GroupConfig,
+    raw: RawNode<LogStore>,
+    sm: S,
+    sink: Arc<dyn MessageSink>,
+    next_request_id: u64,
+    next_read_ctx: u64,
+    pending_proposals: HashMap<u64, oneshot::Sender<Result<S::Output, RaftError>>>,
+    queued_reads: Vec<oneshot::Sender<Result<u64, RaftError>>>,
+    inflight_reads: HashMap<u64, ReadBatch>,
+    applied_tx: watch::Sender<u64>,
+    status: Arc<RwLock<GroupStatus>>,
+}
+
+impl<S: StateMachine> Driver<S> {
+    fn run(&mut self, inbox: Receiver<GroupMsg<S::Output>>) {
+        let mut next_tick = Instant::now() + self.cfg.tick_interval;
+        loop {
+            let wait = next_tick.saturating_duration_since(Instant::now());
+            match inbox.recv_timeout(wait) {
+                Ok(msg) => {
+                    if !self.handle(msg) {
+                        break;
+                    }
+                    // Drain whatever else is queued so that one Ready (and
+                    // one fsync) covers all of it: this is the group commit.
+                    while let Ok(msg) = inbox.try_recv() {
+                        if !self.handle(msg) {
+                            self.on_ready();
+                            return self.shutdown();
+                        }
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            if Instant::now() >= next_tick {
+                self.raw.tick();
+                self.on_tick();
+                next_tick = Instant::now() + self.cfg.tick_interval;
+            }
+            self.issue_reads();
+            self.on_ready();
+            self.publish_status();
+        }
+        self.shutdown();
+    }
+
+    /// Returns false when the group must stop.
+    fn handle(&mut self, msg: GroupMsg<S::Output>) -> bool {
+        match msg {
+            GroupMsg::Propose { data, reply } => self.propose(data, reply),
+            GroupMsg::ReadIndex { reply } => self.queued_reads.push(reply),
+            GroupMsg::Step(m) => {
+                if let Err(e) = self.raw.step(m) {
+                    tracing::debug!(group = self.cfg.group_id, "dropping raft message: {e}");
+                }
+            }
+            GroupMsg::Unreachable(peer) => self.raw.report_unreachable(peer),
+            GroupMsg::TransferLeader(to) => self.raw.transfer_leader(to),
+            GroupMsg::Stop => return false,
+        }
+        true
+    }
+
+    fn propose(&mut self, data: Vec<u8>, reply: oneshot::Sender<Result<S::Output, RaftError>>) {
+        if self.raw.raft.leader_id == 0 {
+            let _ = reply.send(Err(RaftError::NoLeader));
+            return;
+        }
+        let request_id = self.next_request_id;
+        self.next_request_id = self.next_request_id.wrapping_add(1);
+        let ctx = encode_context(self.cfg.member_id, request_id);
+        match self.raw.propose(ctx, data) {
+            Ok(()) => {
+                self.pending_proposals.insert(request_id, reply);
+            }
+            Err(raft::Error::ProposalDropped) => {
+                let _ = reply.send(Err(RaftError::ProposalDropped));
+            }
+            Err(e) => {
+                let _ = reply.send(Err(RaftError::raft(e)));
+            }
+        }
+    }
+
+    fn on_tick(&mut self) {
+        // Callers that gave up (timed out or went away) no longer need an answer.
+        self.pending_proposals.retain(|_, reply| !reply.is_closed());
+        let now = Instant::now();
+        let resend_after = self.cfg.tick_interval * 3;
+        let leaderless = self.raw.raft.leader_id == 0;
+        let mut expired = Vec::new();
+        for (ctx, batch) in self.inflight_reads.iter_mut() {
+            if leaderless || now.duration_since(batch.started) >= self.cfg.request_timeout {
+                expired.push(*ctx);
+            } else if now.duration_since(batch.last_sent) >= resend_after {
+                // raft-rs drops a ReadIndex silently when, say, the leader has
+                // not yet committed in its term; asking again is safe.
+                batch.last_sent = now;
+                self.raw.read_index(ctx.to_be_bytes().to_vec());
+            }
+        }
+        for ctx in expired {
+            if let Some(batch) = self.inflight_reads.remove(&ctx) {
+                let err = if leaderless { RaftError::NoLeader } else { RaftError::Timeout };
+                for w in batch.waiters {
+                    let _ = w.send(Err(err.clone()));
+                }
+            }
+        }
+    }
+
+    /// Sends all reads queued since the last loop as one ReadIndex request.
+    fn issue_reads(&mut self) {
+        if self.queued_reads.is_empty() {
+            return;
+        }
+        let waiters = std::mem::take(&mut self.queued_reads);
+        if self.raw.raft.leader_id == 0 {
+            for w in waiters {
+                let _ = w.send(Err(RaftError::NoLeader));
+            }
+            return;
+        }
+        let ctx = self.next_read_ctx;
+        self.next_read_ctx += 1;
+        let now = Instant::now();
+        self.inflight_reads.insert(
+            ctx,
+            ReadBatch {
+                waiters,
+                started: now,
+                last_sent: now,
+            },
+        );
+        self.raw.read_index(ctx.to_be_bytes().to_vec());
+    }
+
+    fn on_ready(&mut self) {
+        if !self.raw.has_ready() {
+            return;
+        }
+        let mut rd = self.raw.ready();
+        // A leader may send before persisting (Raft thesis 10.2.1); the
+        // entries are durable locally before it counts itself in a quorum.
+        self.sink.send(self.cfg.group_id, rd.take_messages());
+        if !rd.snapshot().is_empty() {
+            tracing::error!(group = self.cfg.group_id, "snapshots are not supported yet; ignoring one");
+        }
+        self.apply(rd.take_committed_entries());
+
+        let mut batch = LogBatch::default();
+        let store = self.raw.mut_store();
+        store.stage_entries(&mut batch, rd.entries());
+        if let Some(hs) = rd.hs() {
+            store.stage_hard_state(&mut batch, hs.clone());
+        }
+        if let Err(e) = store.write(&mut batch, rd.must_sync()) {
+            fatal(&format!("cannot persist the raft log: {e}"));
+        }
+        self.sink.send(self.cfg.group_id, rd.take_persisted_messages());
+        self.answer_reads(rd.take_read_states());
+
+        let mut light = self.raw.advance(rd);
+        if let Some(commit) = light.commit_index() {
+            let mut batch = LogBatch::default();
+            let store = self.raw.mut_store();
+            store.stage_commit(&mut batch, commit);
+            if let Err(e) = store.write(&mut batch, false) {
+                fatal(&format!("cannot persist the commit index: {e}"));
+            }
+        }
+        self.sink.send(self.cfg.group_id, light.take_messages());
+        self.apply(light.take_committed_entries());
+        self.raw.advance_apply();
+    }
+
+    fn answer_reads(&mut self, states: Vec<raft::ReadState>) {
+        for rs in states {
+            let Ok(bytes) = <[u8; 8]>::try_from(rs.request_ctx.as_slice()) else {
+                continue;
+            };
+            if let Some(batch) = self.inflight_reads.remove(&u64::from_be_bytes(bytes)) {
+                for w in batch.waiters {
+                    let _ = w.send(Ok(rs.index));
+                }
+            }
+        }
+    }
+
+    fn apply(&mut self, entries: Vec<Entry>) {
+        let Some(last) = entries.last().map(|e| e.index) else {
+            return;
+        };
+        let mut commands = Vec::with_capacity(entries.len());
+        let mut waiting: HashMap<u64, u64> = HashMap::new();
+        for entry in &entries {
+            match entry.get_entry_type() {
+                EntryType::EntryNormal => {
+                    if let Some((member, request)) = decode_context(&entry.context) {
+                        if member == self.cfg.member_id {
+                            waiting.insert(entry.index, request);
+                        }
+                    }
+                    commands.push(Committed {
+                        index: entry.index,
+                        data: &entry.data,
+                    });
+                }
+                EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
+                    self.apply_conf_change(entry);
+                    commands.push(Committed {
+                        index: entry.index,
+                        data: &[],
+                    });
+                }
+            }
+        }
+        let outputs = match self.sm.apply(&commands) {
+            Ok(outputs) => outputs,
+            Err(e) => fatal(&format!("cannot apply committed entries: {e}")),
+        };
+        for (index, output) in outputs {
+            if let Some(request) = waiting.remove(&index) {
+                if let Some(reply) = self.pending_proposals.remove(&request) {
+                    let _ = reply.send(Ok(output));
+                }
+            }
+        }
+        self.applied_tx.send_replace(last);
+    }
+
+    fn apply_conf_change(&mut self, entry: &Entry) {
+        let result = if entry.get_entry_type() == EntryType::EntryConfChange {
+            let mut cc = ConfChange::default();
+            cc.merge_from_bytes(&entry.data)
+                .map_err(|e| e.to_string())
+                .and_then(|_| self.raw.apply_conf_change(&cc).map_err(|e| e.to_string()))
+        } else {
+            let mut cc = ConfChangeV2::default();
+            cc.merge_from_bytes(&entry.data)
+                .map_err(|e| e.to_string())
+                .and_then(|_| self.raw.apply_conf_change(&cc).map_err(|e| e.to_string()))
+        };
+        match result {
+            Ok(cs) => {
+                let mut batch = LogBatch::default();
+                let store = self.raw.mut_store();
+                store.stage_conf_state(&mut batch, cs);
+                if let Err(e) = store.write(&mut batch, true) {
+                    fatal(&format!("cannot persist the configuration: {e}"));
+                }
+            }
+            Err(e) => tracing::warn!(group = self.cfg.group_id, "rejected conf change: {e}"),
+        }
+    }
+
+    fn publish_status(&self) {
+        let raft = &self.raw.raft;
+        let mut status = self.status.write().expect("status lock poisoned");
+        status.leader_id = raft.leader_id;
+        status.term = raft.term;
+        status.role = match raft.state {
+            StateRole::Leader => Role::Leader,
+            StateRole::Candidate | StateRole::PreCandidate => Role::Candidate,
+            StateRole::Follower => Role::Follower,
+        };
+        status.commit_index = raft.raft_log.committed;
+        status.applied_index = raft.raft_log.applied;
+        status.last_index = raft.raft_log.last_index();
+        status.voters = raft.prs().conf().voters().ids().iter().collect();
+        status.learners = raft.prs().conf().learners().iter().copied().collect();
+    }
+
+    fn shutdown(&mut self) {
+        for (_, reply) in self.pending_proposals.drain() {
+            let _ = reply.send(Err(RaftError::Stopped));
+        }
+        for (_, batch) in self.inflight_reads.drain() {
+            for w in batch.waiters {
+                let _ = w.send(Err(RaftError::Stopped));
+            }
+        }
+        if let Err(e) = self.sm.sync() {
+            tracing::error!(group = self.cfg.group_id, "flushing the state machine failed: {e}");
+        }
+        tracing::info!(group = self.cfg.group_id, "raft group stopped");
+    }
+}
+
+/// Storage failures leave the member unable to keep its promises; like etcd,
+/// it stops rather than serve from a state it cannot vouch for.
+fn fatal(msg: &str) -> ! {
+    tracing::error!("{msg}");
+    eprintln!("fatal: {msg}");
+    std::process::exit(2);
+}

@@ -1,0 +1,32 @@
+//! What a Raft group replicates into: the contract between the driver and
+//! the store that applies committed entries.
+
+/// One committed log entry, handed to the state machine in log order.
+pub struct Committed<'a> {
+    /// The entry's Raft log index; the state machine records the last one it applied.
+    pub index: u64,
+    /// The proposed bytes; empty for Raft's own entries (a new leader's
+    /// no-op, a configuration change), which only advance the applied index.
+    pub data: &'a [u8],
+}
+
+/// A deterministic state machine: every member applies the same entries in
+/// the same order and must reach the same state and the same answers.
+pub trait StateMachine: Send + 'static {
+    /// The answer for a proposal, handed back to the caller that proposed it.
+    type Output: Send + 'static;
+
+    /// The index of the last entry applied; entries up to it are skipped on restart.
+    fn applied_index(&self) -> u64;
+
+    /// Applies a batch of committed entries and returns an output for each
+    /// applied entry with data, keyed by index. An error here is a storage
+    /// failure, not a rejected request, and stops the member.
+    fn apply(
+        &mut self,
+        entries: &[Committed<'_>],
+    ) -> Result<Vec<(u64, Self::Output)>, Box<dyn std::error::Error + Send + Sync>>;
+
+    /// Makes everything applied so far durable; called on shutdown.
+    fn sync(&mut self) -> Result<(), Box<dyn std::error::Error + Send + Sync>>;
+}

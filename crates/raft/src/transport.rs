@@ -1,0 +1,309 @@
+//! Member-to-member delivery of Raft messages over gRPC.
+//!
+//! Each peer gets one long-lived client stream and one task that feeds it.
+//! The driver thread never blocks on the network: it drops messages into a
+//! bounded queue per peer, and the task drains whatever has piled up into one
+//! batch per group before writing it to the stream. Raft tolerates lost
+//! messages, so a full queue or a broken stream drops messages and reports
+//! the peer unreachable instead of applying back-pressure to consensus.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock, Weak};
+use std::time::Duration;
+
+use concord_proto::concordpb::raft_peer_client::RaftPeerClient;
+use concord_proto::concordpb::raft_peer_server::{RaftPeer, RaftPeerServer};
+use concord_proto::concordpb::{RaftMessageBatch, RaftStreamDone};
+use raft::eraftpb::Message;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::StreamExt;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::log_store::{decode_message, encode_message};
+use crate::node::RaftHandle;
+
+/// Messages waiting for one peer before new ones are dropped.
+const PEER_QUEUE_LEN: usize = 8192;
+/// Most messages folded into one write to a peer's stream.
+const MAX_MESSAGES_PER_WRITE: usize = 512;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+const RECONNECT_DELAY: Duration = Duration::from_millis(100);
+
+/// Where a group's driver hands its outgoing messages.
+pub trait MessageSink: Send + Sync {
+    /// Queues messages for their recipients; never blocks.
+    fn send(&self, group_id: u64, msgs: Vec<Message>);
+}
+
+/// Where the transport hands incoming messages for one group.
+pub trait RaftInbox: Send + Sync {
+    /// Delivers a message that arrived from a peer.
+    fn deliver(&self, msg: Message);
+    /// Says that a peer could not be reached.
+    fn report_unreachable(&self, member_id: u64);
+}
+
+impl<O: Send + 'static> RaftInbox for RaftHandle<O> {
+    fn deliver(&self, msg: Message) {
+        self.step(msg);
+    }
+
+    fn report_unreachable(&self, member_id: u64) {
+        RaftHandle::report_unreachable(self, member_id);
+    }
+}
+
+struct PeerLink {
+    url: String,
+    queue: mpsc::Sender<(u64, Message)>,
+}
+
+/// The peer transport of one member: outgoing links to every other member,
+/// and the gRPC service that receives their messages.
+pub struct PeerTransport {
+    member_id: u64,
+    runtime: tokio::runtime::Handle,
+    peers: RwLock<HashMap<u64, PeerLink>>,
+    groups: RwLock<HashMap<u64, Arc<dyn RaftInbox>>>,
+}
+
+impl PeerTransport {
+    /// Creates a transport whose link tasks run on `runtime`.
+    pub fn new(member_id: u64, runtime: tokio::runtime::Handle) -> Arc<Self> {
+        Arc::new(PeerTransport {
+            member_id,
+            runtime,
+            peers: RwLock::new(HashMap::new()),
+            groups: RwLock::new(HashMap::new()),
+        })
+    }
+
+    /// Adds a peer, or points an existing one at a new URL.
+    pub fn set_peer(self: &Arc<Self>, member_id: u64, url: &str) {
+        if member_id == self.member_id {
+            return;
+        }
+        let mut peers = self.peers.write().expect("peers lock poisoned");
+        if peers.get(&member_id).is_some_and(|p| p.url == url) {
+            return;
+        }
+        let (queue, rx) = mpsc::channel(PEER_QUEUE_LEN);
+        let url = url.to_string();
+        self.runtime
+            .spawn(run_link(Arc::downgrade(self), member_id, url.clone(), rx));
+        // Replacing the link drops the old queue, which ends the old task.
+        peers.insert(member_id, PeerLink { url, queue });
+    }
+
+    /// Forgets a peer; its link task ends.
+    pub fn remove_peer(&self, member_id: u64) {
+        self.peers.write().expect("peers lock poisoned").remove(&member_id);
+    }
+
+    /// Routes incoming messages for `group_id` to `inbox`.
+    pub fn register_group(&self, group_id: u64, inbox: Arc<dyn RaftInbox>) {
+        self.groups
+            .write()
+            .expect("groups lock poisoned")
+            .insert(group_id, inbox);
+    }
+
+    /// The gRPC service peers send to; mount it on the peer listener.
+    pub fn service(self: &Arc<Self>) -> RaftPeerServer<PeerService> {
+        RaftPeerServer::new(PeerService {
+            transport: self.clone(),
+        })
+        .max_decoding_message_size(64 * 1024 * 1024)
+    }
+
+    fn group(&self, group_id: u64) -> Option<Arc<dyn RaftInbox>> {
+        self.groups
+            .read()
+            .expect("groups lock poisoned")
+            .get(&group_id)
+            .cloned()
+    }
+
+    fn report_unreachable(&self, groups: impl IntoIterator<Item = u64>, peer: u64) {
+        for group_id in groups {
+            if let Some(inbox) = self.group(group_id) {
+                inbox.report_unreachable(peer);
+            }
+        }
+    }
+}
+
+impl MessageSink for PeerTransport {
+    fn send(&self, group_id: u64, msgs: Vec<Message>) {
+        if msgs.is_empty() {
+            return;
+        }
+        let peers = self.peers.read().expect("peers lock poisoned");
+        let mut unreachable = Vec::new();
+        for msg in msgs {
+            let to = msg.to;
+            let queued = peers
+                .get(&to)
+                .is_some_and(|p| p.queue.try_send((group_id, msg)).is_ok());
+            if !queued {
+                unreachable.push(to);
+            }
+        }
+        drop(peers);
+        unreachable.dedup();
+        for peer in unreachable {
+            self.report_unreachable([group_id], peer);
+        }
+    }
+}
+
+/// Keeps one stream open to a peer and feeds it batches from the queue.
+async fn run_link(
+    transport: Weak<PeerTransport>,
+    peer: u64,
+    url: String,
+    mut queue: mpsc::Receiver<(u64, Message)>,
+) {
+    let Some(me) = transport.upgrade().map(|t| t.member_id) else {
+        return;
+    };
+    let mut first = None;
+    loop {
+        // Connect lazily, when there is something to send.
+        if first.is_none() {
+            first = match queue.recv().await {
+                Some(m) => Some(m),
+                None => return,
+            };
+        }
+        let client = match connect(&url).await {
+            Ok(client) => client,
+            Err(e) => {
+                tracing::debug!(peer, %url, "cannot reach peer: {e}");
+                let lost = first.take().map(|(g, _)| g);
+                drain_and_report(&transport, &mut queue, lost, peer);
+                tokio::time::sleep(RECONNECT_DELAY).await;
+                continue;
+            }
+        };
+        let (stream_tx, stream_rx) = mpsc::channel::<RaftMessageBatch>(64);
+        let mut client = client;
+        let call = tokio::spawn(async move { client.stream(ReceiverStream::new(stream_rx)).await });
+        loop {
+            let mut pending: Vec<(u64, Message)> = Vec::with_capacity(16);
+            if let Some(m) = first.take() {
+                pending.push(m);
+            }
+            while pending.len() < MAX_MESSAGES_PER_WRITE {
+                match queue.try_recv() {
+                    Ok(m) => pending.push(m),
+                    Err(_) => break,
+                }
+            }
+            let mut broken = false;
+            let mut groups = Vec::new();
+            for batch in into_batches(me, peer, pending) {
+                groups.push(batch.group_id);
+                if stream_tx.send(batch).await.is_err() {
+                    broken = true;
+                }
+            }
+            if broken {
+                tracing::debug!(peer, %url, "stream to peer broke");
+                if let Some(t) = transport.upgrade() {
+                    t.report_unreachable(groups, peer);
+                }
+                break;
+            }
+            match queue.recv().await {
+                Some(m) => first = Some(m),
+                None => {
+                    call.abort();
+                    return;
+                }
+            }
+        }
+        call.abort();
+        tokio::time::sleep(RECONNECT_DELAY).await;
+    }
+}
+
+async fn connect(url: &str) -> Result<RaftPeerClient<tonic::transport::Channel>, tonic::transport::Error> {
+    let endpoint = tonic::transport::Endpoint::from_shared(url.to_string())?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(5))
+        .keep_alive_timeout(Duration::from_secs(5));
+    let channel = endpoint.connect().await?;
+    Ok(RaftPeerClient::new(channel).max_encoding_message_size(64 * 1024 * 1024))
+}
+
+/// Drops what is queued for an unreachable peer, telling each group once.
+fn drain_and_report(
+    transport: &Weak<PeerTransport>,
+    queue: &mut mpsc::Receiver<(u64, Message)>,
+    lost: Option<u64>,
+    peer: u64,
+) {
+    let mut groups: Vec<u64> = lost.into_iter().collect();
+    while let Ok((g, _)) = queue.try_recv() {
+        if !groups.contains(&g) {
+            groups.push(g);
+        }
+    }
+    if let Some(t) = transport.upgrade() {
+        t.report_unreachable(groups, peer);
+    }
+}
+
+fn into_batches(from: u64, to: u64, msgs: Vec<(u64, Message)>) -> Vec<RaftMessageBatch> {
+    let mut batches: Vec<RaftMessageBatch> = Vec::new();
+    for (group_id, msg) in msgs {
+        let encoded = encode_message(&msg);
+        match batches.iter_mut().find(|b| b.group_id == group_id) {
+            Some(b) => b.messages.push(encoded),
+            None => batches.push(RaftMessageBatch {
+                group_id,
+                from_member: from,
+                to_member: to,
+                messages: vec![encoded],
+            }),
+        }
+    }
+    batches
+}
+
+/// The receiving side: decodes batches and hands messages to their groups.
+pub struct PeerService {
+    transport: Arc<PeerTransport>,
+}
+
+#[tonic::async_trait]
+impl RaftPeer for PeerService {
+    async fn stream(
+        &self,
+        request: Request<Streaming<RaftMessageBatch>>,
+    ) -> Result<Response<RaftStreamDone>, Status> {
+        let mut stream = request.into_inner();
+        while let Some(batch) = stream.next().await {
+            let batch = batch?;
+            if batch.to_member != self.transport.member_id {
+                return Err(Status::failed_precondition(format!(
+                    "this member is {:x}, not {:x}",
+                    self.transport.member_id, batch.to_member
+                )));
+            }
+            let Some(inbox) = self.transport.group(batch.group_id) else {
+                continue;
+            };
+            for bytes in &batch.messages {
+                match decode_message(bytes) {
+                    Ok(msg) => inbox.deliver(msg),
+                    Err(e) => tracing::warn!(from = batch.from_member, "undecodable raft message: {e}"),
+                }
+            }
+        }
+        Ok(Response::new(RaftStreamDone {}))
+    }
+}

@@ -1,0 +1,85 @@
+//! The state machine a KV group replicates into: decodes each committed
+//! `RaftCommand` and applies it to the MVCC store, or to the membership.
+
+use std::sync::Arc;
+
+use concord_proto::concordpb::{raft_command::Op, RaftCommand};
+use concord_raft::{Committed, StateMachine};
+use concord_storage::{ApplyEntry, KvError, MvccStore, WriteResult};
+use prost::Message as _;
+
+use crate::membership::Membership;
+
+/// What applying one command produced, handed back to the proposer.
+pub enum Applied {
+    /// A KV write's response, or etcd's error for it.
+    Kv(Result<WriteResult, KvError>),
+    /// A membership update took effect.
+    Membership,
+}
+
+/// Applies a KV group's log to its store.
+pub struct KvStateMachine {
+    store: Arc<MvccStore>,
+    membership: Arc<Membership>,
+}
+
+impl KvStateMachine {
+    /// A state machine over `store`, updating `membership` on publish entries.
+    pub fn new(store: Arc<MvccStore>, membership: Arc<Membership>) -> Self {
+        KvStateMachine { store, membership }
+    }
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl StateMachine for KvStateMachine {
+    type Output = Applied;
+
+    fn applied_index(&self) -> u64 {
+        self.store.applied_index()
+    }
+
+    fn apply(&mut self, entries: &[Committed<'_>]) -> Result<Vec<(u64, Applied)>, BoxError> {
+        let applied = self.store.applied_index();
+        let mut commands = Vec::with_capacity(entries.len());
+        let mut published = Vec::new();
+        for entry in entries {
+            let command = if entry.data.is_empty() {
+                None
+            } else {
+                let cmd = RaftCommand::decode(entry.data)
+                    .map_err(|e| format!("undecodable entry at index {}: {e}", entry.index))?;
+                match cmd.op {
+                    Some(Op::PublishMember(member)) => {
+                        if entry.index > applied {
+                            self.membership.publish(&member)?;
+                            published.push(entry.index);
+                        }
+                        None
+                    }
+                    _ => Some(cmd),
+                }
+            };
+            commands.push((entry.index, command));
+        }
+        let batch: Vec<ApplyEntry<'_>> = commands
+            .iter()
+            .map(|(index, command)| ApplyEntry {
+                index: *index,
+                command: command.as_ref(),
+            })
+            .collect();
+        let results = self.store.apply(&batch)?;
+        let mut outputs: Vec<(u64, Applied)> = results
+            .into_iter()
+            .map(|(index, result)| (index, Applied::Kv(result)))
+            .collect();
+        outputs.extend(published.into_iter().map(|index| (index, Applied::Membership)));
+        Ok(outputs)
+    }
+
+    fn sync(&mut self) -> Result<(), BoxError> {
+        Ok(self.store.sync()?)
+    }
+}

@@ -1,0 +1,58 @@
+//! A member's settings, named after etcd's flags, with etcd's defaults.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::context::Limits;
+
+/// Whether a member founds a new cluster or joins a running one (etcd's `--initial-cluster-state`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InitialClusterState {
+    /// All members in `--initial-cluster` start together.
+    New,
+    /// The member joins a cluster that already added it.
+    Existing,
+}
+
+/// Everything `concord serve` needs to run one member.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// `--name`
+    pub name: String,
+    /// `--data-dir`
+    pub data_dir: PathBuf,
+    /// `--listen-client-urls`
+    pub listen_client_urls: Vec<String>,
+    /// `--advertise-client-urls`
+    pub advertise_client_urls: Vec<String>,
+    /// `--listen-peer-urls`
+    pub listen_peer_urls: Vec<String>,
+    /// `--initial-advertise-peer-urls`
+    pub initial_advertise_peer_urls: Vec<String>,
+    /// `--initial-cluster`
+    pub initial_cluster: String,
+    /// `--initial-cluster-state`
+    pub initial_cluster_state: InitialClusterState,
+    /// `--initial-cluster-token`
+    pub initial_cluster_token: String,
+    /// `--heartbeat-interval`: one Raft tick.
+    pub heartbeat_interval: Duration,
+    /// `--election-timeout`
+    pub election_timeout: Duration,
+    /// `--max-request-bytes` and `--max-txn-ops`.
+    pub limits: Limits,
+}
+
+impl ServerConfig {
+    /// How long a request may wait for Raft, as etcd computes it:
+    /// five seconds plus two election timeouts.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs(5) + self.election_timeout * 2
+    }
+
+    /// The election timeout in ticks.
+    pub fn election_ticks(&self) -> usize {
+        let ticks = self.election_timeout.as_millis() / self.heartbeat_interval.as_millis().max(1);
+        (ticks as usize).max(2)
+    }
+}

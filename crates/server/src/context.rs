@@ -1,0 +1,71 @@
+//! What every service of a member shares: its identity, its groups, its store and its limits.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use concord_proto::concordpb::{raft_command::Op, RaftCommand};
+use concord_proto::etcdserverpb::ResponseHeader;
+use concord_storage::{MvccStore, WriteResult};
+use prost::Message as _;
+use tonic::Status;
+
+use crate::apply::Applied;
+use crate::errors;
+use crate::membership::Membership;
+use crate::router::{GroupHandle, KeyRouter};
+
+/// Request limits, with etcd's defaults.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// etcd's `--max-request-bytes`: the largest write that is proposed.
+    pub max_request_bytes: usize,
+    /// etcd's `--max-txn-ops`: the most compares or operations in a txn branch.
+    pub max_txn_ops: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_request_bytes: 1536 * 1024,
+            max_txn_ops: 128,
+        }
+    }
+}
+
+/// Shared state of one member's client-facing services.
+pub struct MemberContext {
+    /// Cluster membership and this member's id.
+    pub membership: Arc<Membership>,
+    /// Key-to-group routing.
+    pub router: KeyRouter,
+    /// The MVCC store the member's group applies into.
+    pub store: Arc<MvccStore>,
+    /// Where the store's file is, for size reports.
+    pub store_path: PathBuf,
+    /// Request limits.
+    pub limits: Limits,
+}
+
+impl MemberContext {
+    /// etcd's response header: who answered, at which revision and term.
+    pub fn header(&self, revision: i64) -> ResponseHeader {
+        ResponseHeader {
+            cluster_id: self.membership.cluster_id(),
+            member_id: self.membership.local_id(),
+            revision,
+            raft_term: self.router.default_group().status().term,
+        }
+    }
+
+    /// Proposes a KV write through `group` and waits for this member to apply it.
+    pub async fn propose_write(&self, group: &GroupHandle, op: Op) -> Result<WriteResult, Status> {
+        let data = RaftCommand { op: Some(op) }.encode_to_vec();
+        if data.len() > self.limits.max_request_bytes {
+            return Err(errors::request_too_large());
+        }
+        match group.propose(data).await.map_err(errors::from_raft)? {
+            Applied::Kv(result) => result.map_err(errors::from_kv),
+            Applied::Membership => Err(Status::internal("etcdserver: unexpected apply result")),
+        }
+    }
+}

@@ -1,0 +1,76 @@
+//! etcd's client-visible errors, as gRPC statuses.
+//!
+//! Clients match on these strings (etcd's `rpctypes`), so the messages are
+//! etcd's exactly; the codes are the ones etcd's server attaches.
+
+use concord_raft::RaftError;
+use concord_storage::{ErrorCode, KvError};
+use tonic::{Code, Status};
+
+/// "etcdserver: key is not provided"
+pub fn empty_key() -> Status {
+    Status::invalid_argument("etcdserver: key is not provided")
+}
+
+/// "etcdserver: value is provided" (a put with `ignore_value` and a value)
+pub fn value_provided() -> Status {
+    Status::invalid_argument("etcdserver: value is provided")
+}
+
+/// "etcdserver: lease is provided" (a put with `ignore_lease` and a lease)
+pub fn lease_provided() -> Status {
+    Status::invalid_argument("etcdserver: lease is provided")
+}
+
+/// "etcdserver: requested lease not found"
+pub fn lease_not_found() -> Status {
+    Status::not_found("etcdserver: requested lease not found")
+}
+
+/// "etcdserver: too many operations in txn request"
+pub fn too_many_ops() -> Status {
+    Status::invalid_argument("etcdserver: too many operations in txn request")
+}
+
+/// "etcdserver: duplicate key given in txn request"
+pub fn duplicate_key() -> Status {
+    Status::invalid_argument("etcdserver: duplicate key given in txn request")
+}
+
+/// "etcdserver: request is too large"
+pub fn request_too_large() -> Status {
+    Status::invalid_argument("etcdserver: request is too large")
+}
+
+/// "etcdserver: invalid sort option"
+pub fn invalid_sort_option() -> Status {
+    Status::invalid_argument("etcdserver: invalid sort option")
+}
+
+/// "etcdserver: member not found"
+pub fn member_not_found() -> Status {
+    Status::not_found("etcdserver: member not found")
+}
+
+/// Maps a failure of the consensus layer to etcd's error for it.
+pub fn from_raft(err: RaftError) -> Status {
+    match err {
+        RaftError::NoLeader => Status::unavailable("etcdserver: no leader"),
+        RaftError::Timeout => Status::unavailable("etcdserver: request timed out"),
+        RaftError::ProposalDropped => Status::unavailable("etcdserver: request timed out"),
+        RaftError::Stopped => Status::unavailable("etcdserver: server stopped"),
+        RaftError::Raft(msg) | RaftError::Io(msg) => Status::internal(format!("etcdserver: {msg}")),
+    }
+}
+
+/// Maps a store's per-request error to etcd's status.
+pub fn from_kv(err: KvError) -> Status {
+    let code = match err.code() {
+        ErrorCode::InvalidArgument => Code::InvalidArgument,
+        ErrorCode::OutOfRange => Code::OutOfRange,
+        ErrorCode::NotFound => Code::NotFound,
+        ErrorCode::FailedPrecondition => Code::FailedPrecondition,
+        ErrorCode::Internal => Code::Internal,
+    };
+    Status::new(code, err.to_string())
+}

@@ -1,0 +1,139 @@
+//! etcd's KV service: Range, Put, DeleteRange, Txn and Compact.
+//!
+//! Writes are validated, proposed to the owning group and answered once this
+//! member has applied them. Reads are served from the local store, after a
+//! ReadIndex barrier unless the client asked for a serializable read.
+
+use std::sync::Arc;
+
+use concord_proto::concordpb::raft_command::Op;
+use concord_proto::etcdserverpb::kv_server::Kv;
+use concord_proto::etcdserverpb::request_op::Request as TxnOp;
+use concord_proto::etcdserverpb::{
+    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
+    PutResponse, RangeRequest, RangeResponse, RequestOp, TxnRequest, TxnResponse,
+};
+use concord_storage::WriteResult;
+use tonic::{Request, Response, Status};
+
+use crate::context::MemberContext;
+use crate::{errors, validate};
+
+/// The KV service of one member.
+pub struct KvService {
+    ctx: Arc<MemberContext>,
+}
+
+impl KvService {
+    /// A KV service over the member's shared context.
+    pub fn new(ctx: Arc<MemberContext>) -> Self {
+        KvService { ctx }
+    }
+}
+
+/// Leases arrive with #3; until then every lease id names a lease that does not exist.
+fn check_no_leases(ops: &[RequestOp]) -> Result<(), Status> {
+    for op in ops {
+        match &op.request {
+            Some(TxnOp::RequestPut(p)) if p.lease != 0 => return Err(errors::lease_not_found()),
+            Some(TxnOp::RequestTxn(t)) => {
+                check_no_leases(&t.success)?;
+                check_no_leases(&t.failure)?;
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn unexpected(result: WriteResult) -> Status {
+    Status::internal(format!(
+        "etcdserver: unexpected apply result at revision {}",
+        result.revision()
+    ))
+}
+
+#[tonic::async_trait]
+impl Kv for KvService {
+    async fn range(&self, request: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
+        let req = request.into_inner();
+        validate::check_range(&req)?;
+        let group = self.ctx.router.group_for_range(&req.key, &req.range_end);
+        if !req.serializable {
+            group.read_barrier().await.map_err(errors::from_raft)?;
+        }
+        let (mut resp, revision) = self.ctx.store.range(&req).map_err(errors::from_kv)?;
+        resp.header = Some(self.ctx.header(revision));
+        Ok(Response::new(resp))
+    }
+
+    async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        let req = request.into_inner();
+        validate::check_put(&req)?;
+        if req.lease != 0 {
+            return Err(errors::lease_not_found());
+        }
+        let group = self.ctx.router.group_for_key(&req.key);
+        let result = self.ctx.propose_write(group, Op::Put(req)).await?;
+        let revision = result.revision();
+        match result {
+            WriteResult::Put(mut resp) => {
+                resp.header = Some(self.ctx.header(revision));
+                Ok(Response::new(resp))
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn delete_range(
+        &self,
+        request: Request<DeleteRangeRequest>,
+    ) -> Result<Response<DeleteRangeResponse>, Status> {
+        let req = request.into_inner();
+        validate::check_delete(&req)?;
+        let group = self.ctx.router.group_for_range(&req.key, &req.range_end);
+        let result = self.ctx.propose_write(group, Op::DeleteRange(req)).await?;
+        let revision = result.revision();
+        match result {
+            WriteResult::DeleteRange(mut resp) => {
+                resp.header = Some(self.ctx.header(revision));
+                Ok(Response::new(resp))
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
+        let req = request.into_inner();
+        validate::check_txn(&req, self.ctx.limits.max_txn_ops)?;
+        check_no_leases(&req.success)?;
+        check_no_leases(&req.failure)?;
+        let group = self.ctx.router.group_for_txn(&req);
+        let result = self.ctx.propose_write(group, Op::Txn(req)).await?;
+        let revision = result.revision();
+        match result {
+            WriteResult::Txn(mut resp) => {
+                resp.header = Some(self.ctx.header(revision));
+                Ok(Response::new(resp))
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn compact(
+        &self,
+        request: Request<CompactionRequest>,
+    ) -> Result<Response<CompactionResponse>, Status> {
+        let req = request.into_inner();
+        let group = self.ctx.router.default_group();
+        let result = self.ctx.propose_write(group, Op::Compaction(req)).await?;
+        let revision = result.revision();
+        match result {
+            WriteResult::Compaction(mut resp) => {
+                resp.header = Some(self.ctx.header(revision));
+                Ok(Response::new(resp))
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+}

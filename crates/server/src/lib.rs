@@ -1,0 +1,25 @@
+//! The member process of Concord: etcd's v3 gRPC services on top of Raft groups.
+//!
+//! - [`member`]: starts and stops a member (storage, Raft group, listeners).
+//! - [`router`]: which group owns a key; the only module that knows the split.
+//! - [`kv`], [`cluster`], [`maintenance`]: etcd's services.
+//! - [`apply`]: the state machine a group's log is applied to.
+//! - [`membership`]: member and cluster ids, names and URLs.
+//! - [`validate`], [`errors`]: etcd's request checks and error strings.
+
+pub mod apply;
+pub mod cluster;
+pub mod config;
+pub mod context;
+pub mod errors;
+mod fallback;
+pub mod kv;
+pub mod maintenance;
+pub mod member;
+pub mod membership;
+pub mod router;
+pub mod validate;
+
+pub use config::{InitialClusterState, ServerConfig};
+pub use context::Limits;
+pub use member::{serve, ServeError};

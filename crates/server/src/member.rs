@@ -1,0 +1,271 @@
+//! One running member: opens its storage, starts its Raft group and peer
+//! transport, serves clients, and shuts down cleanly.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use concord_proto::concordpb::{raft_command::Op, RaftCommand};
+use concord_proto::etcdserverpb::cluster_server::ClusterServer;
+use concord_proto::etcdserverpb::kv_server::KvServer;
+use concord_proto::etcdserverpb::maintenance_server::MaintenanceServer;
+use concord_proto::etcdserverpb::Member;
+use concord_raft::{start_group, GroupConfig, PeerTransport};
+use concord_storage::MvccStore;
+use prost::Message as _;
+use tokio::sync::watch;
+
+use crate::apply::KvStateMachine;
+use crate::cluster::ClusterService;
+use crate::config::{InitialClusterState, ServerConfig};
+use crate::context::MemberContext;
+use crate::kv::KvService;
+use crate::maintenance::MaintenanceService;
+use crate::membership::Membership;
+use crate::router::KeyRouter;
+
+/// The id of the group that owns the whole keyspace today.
+pub const FIRST_GROUP_ID: u64 = 1;
+
+/// gRPC framing and metadata on top of a request, as etcd allows (512 KiB).
+const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
+
+/// How long a stopping member lets in-flight requests finish.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+/// A failure to start or run a member.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// Bad flags or an inconsistent data directory.
+    #[error("{0}")]
+    Config(String),
+    /// Storage could not be opened.
+    #[error("{0}")]
+    Storage(String),
+    /// A listener could not be bound or failed.
+    #[error("{0}")]
+    Network(String),
+}
+
+/// Resolves etcd-style URLs (`http://host:port`) into socket addresses to bind.
+async fn resolve(urls: &[String]) -> Result<Vec<SocketAddr>, ServeError> {
+    let mut addrs = Vec::new();
+    for url in urls {
+        let rest = url
+            .strip_prefix("http://")
+            .ok_or_else(|| ServeError::Config(format!("{url}: only http:// URLs are supported yet (TLS arrives with #7)")))?;
+        let host_port = rest.trim_end_matches('/');
+        let resolved = tokio::net::lookup_host(host_port)
+            .await
+            .map_err(|e| ServeError::Config(format!("{url}: {e}")))?;
+        // Bind one address per URL, preferring IPv4 for "localhost".
+        let mut resolved: Vec<SocketAddr> = resolved.collect();
+        resolved.sort_by_key(|a| !a.is_ipv4());
+        addrs.push(*resolved.first().ok_or_else(|| ServeError::Config(format!("{url}: no address")))?);
+    }
+    Ok(addrs)
+}
+
+/// Runs a member until `shutdown` resolves, then stops it gracefully:
+/// listeners close, in-flight requests finish, the store is flushed.
+pub async fn serve(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
+    let member_dir = cfg.data_dir.join("member");
+    std::fs::create_dir_all(&member_dir)
+        .map_err(|e| ServeError::Storage(format!("{}: {e}", member_dir.display())))?;
+    let membership = match Membership::load(&member_dir).map_err(|e| ServeError::Config(e.to_string()))? {
+        Some(m) => m,
+        None if cfg.initial_cluster_state == InitialClusterState::Existing => {
+            return Err(ServeError::Config(
+                "--initial-cluster-state=existing needs membership changes, which are not supported yet".into(),
+            ))
+        }
+        None => {
+            let spec = crate::membership::parse_initial_cluster(&cfg.initial_cluster)
+                .map_err(|e| ServeError::Config(e.to_string()))?;
+            if let Some((_, urls)) = spec.iter().find(|(n, _)| *n == cfg.name) {
+                let mut mine = urls.clone();
+                let mut advertised = cfg.initial_advertise_peer_urls.clone();
+                mine.sort();
+                advertised.sort();
+                if mine != advertised {
+                    return Err(ServeError::Config(format!(
+                        "--initial-cluster has {}={:?} but --initial-advertise-peer-urls is {:?}",
+                        cfg.name, mine, advertised
+                    )));
+                }
+            }
+            Membership::bootstrap(
+                &member_dir,
+                &cfg.name,
+                &cfg.initial_cluster,
+                &cfg.initial_cluster_token,
+                &cfg.advertise_client_urls,
+            )
+            .map_err(|e| ServeError::Config(e.to_string()))?
+        }
+    };
+    let membership = Arc::new(membership);
+    let member_id = membership.local_id();
+    tracing::info!(
+        name = %cfg.name,
+        member_id = %format!("{member_id:x}"),
+        cluster_id = %format!("{:x}", membership.cluster_id()),
+        "starting member"
+    );
+
+    let store_path = member_dir.join("kv.redb");
+    let store = Arc::new(
+        MvccStore::open(&store_path).map_err(|e| ServeError::Storage(format!("{}: {e}", store_path.display())))?,
+    );
+    let engine = concord_raft::log_store::open_engine(&member_dir.join("raft"))
+        .map_err(|e| ServeError::Storage(format!("raft log: {e}")))?;
+
+    let transport = PeerTransport::new(member_id, tokio::runtime::Handle::current());
+    for m in membership.members() {
+        if let Some(url) = m.peer_ur_ls.first() {
+            transport.set_peer(m.id, url);
+        }
+    }
+    let group_cfg = GroupConfig {
+        group_id: FIRST_GROUP_ID,
+        member_id,
+        initial_voters: membership.members().iter().filter(|m| !m.is_learner).map(|m| m.id).collect(),
+        tick_interval: cfg.heartbeat_interval,
+        election_ticks: cfg.election_ticks(),
+        request_timeout: cfg.request_timeout(),
+    };
+    let (group, driver_thread) = start_group(
+        group_cfg,
+        engine,
+        KvStateMachine::new(store.clone(), membership.clone()),
+        transport.clone(),
+    )
+    .map_err(|e| ServeError::Storage(e.to_string()))?;
+    transport.register_group(FIRST_GROUP_ID, Arc::new(group.clone()));
+
+    let ctx = Arc::new(MemberContext {
+        membership: membership.clone(),
+        router: KeyRouter::single(group.clone()),
+        store,
+        store_path,
+        limits: cfg.limits.clone(),
+    });
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut servers = tokio::task::JoinSet::new();
+
+    for addr in resolve(&cfg.listen_peer_urls).await? {
+        let listener = bind(addr).await?;
+        let svc = transport.service();
+        let stop = wait_for_stop(stop_rx.clone());
+        servers.spawn(async move {
+            tonic::transport::Server::builder()
+                .tcp_nodelay(true)
+                .add_service(svc)
+                .serve_with_incoming_shutdown(incoming(listener), stop)
+                .await
+                .map_err(|e| format!("peer listener {addr}: {e}"))
+        });
+        tracing::info!(%addr, "serving peers");
+    }
+
+    let max_message = cfg.limits.max_request_bytes + GRPC_OVERHEAD_BYTES;
+    for addr in resolve(&cfg.listen_client_urls).await? {
+        let listener = bind(addr).await?;
+        let routes = tonic::service::Routes::new(
+            KvServer::new(KvService::new(ctx.clone())).max_decoding_message_size(max_message),
+        )
+        .add_service(ClusterServer::new(ClusterService::new(ctx.clone())))
+        .add_service(MaintenanceServer::new(MaintenanceService::new(ctx.clone())));
+        let router = routes
+            .into_axum_router()
+            .fallback(crate::fallback::unimplemented_method);
+        let stop = wait_for_stop(stop_rx.clone());
+        servers.spawn(async move {
+            tonic::transport::Server::builder()
+                .tcp_nodelay(true)
+                .http2_keepalive_interval(Some(Duration::from_secs(10)))
+                .add_routes(tonic::service::Routes::from(router))
+                .serve_with_incoming_shutdown(incoming(listener), stop)
+                .await
+                .map_err(|e| format!("client listener {addr}: {e}"))
+        });
+        tracing::info!(%addr, "serving clients");
+    }
+
+    tokio::spawn(publish_self(
+        group.clone(),
+        Member {
+            id: member_id,
+            name: cfg.name.clone(),
+            peer_ur_ls: vec![],
+            client_ur_ls: cfg.advertise_client_urls.clone(),
+            is_learner: false,
+        },
+        stop_rx.clone(),
+    ));
+
+    let failed = tokio::select! {
+        _ = shutdown => None,
+        Some(result) = servers.join_next() => Some(result),
+    };
+    tracing::info!("shutting down");
+    let _ = stop_tx.send(true);
+    let drain = async {
+        while let Some(result) = servers.join_next().await {
+            if let Ok(Err(e)) = result {
+                tracing::warn!("{e}");
+            }
+        }
+    };
+    // Long-lived streams (peer links, and later watches) never finish on
+    // their own: give in-flight requests a grace period, then cut the rest.
+    if tokio::time::timeout(SHUTDOWN_GRACE, drain).await.is_err() {
+        servers.abort_all();
+    }
+    group.stop();
+    let _ = tokio::task::spawn_blocking(move || driver_thread.join()).await;
+    match failed {
+        Some(Ok(Err(e))) => Err(ServeError::Network(e)),
+        Some(Err(e)) => Err(ServeError::Network(e.to_string())),
+        _ => Ok(()),
+    }
+}
+
+async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, ServeError> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| ServeError::Network(format!("cannot listen on {addr}: {e}")))
+}
+
+fn incoming(
+    listener: tokio::net::TcpListener,
+) -> tokio_stream::wrappers::TcpListenerStream {
+    tokio_stream::wrappers::TcpListenerStream::new(listener)
+}
+
+async fn wait_for_stop(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// Announces this member's name and client URLs through Raft, as etcd's
+/// publish does, retrying until it is committed or the member stops.
+async fn publish_self(group: crate::router::GroupHandle, me: Member, stop: watch::Receiver<bool>) {
+    let data = RaftCommand {
+        op: Some(Op::PublishMember(me)),
+    }
+    .encode_to_vec();
+    let mut delay = Duration::from_millis(100);
+    while !*stop.borrow() {
+        match group.propose(data.clone()).await {
+            Ok(_) => {
+                tracing::info!("published member attributes");
+                return;
+            }
+            Err(e) => tracing::debug!("publish not committed yet: {e}"),
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(2));
+    }
+}

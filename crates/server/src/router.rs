@@ -1,0 +1,53 @@
+//! Which Raft group owns a key. This is the one place that knows how the
+//! keyspace is split: today one group owns every key; when the keyspace is
+//! split across many groups, only this module changes.
+
+use concord_raft::RaftHandle;
+
+use crate::apply::Applied;
+
+/// The group that serves a request, and how to reach it.
+pub type GroupHandle = RaftHandle<Applied>;
+
+/// Maps keys and key ranges to the groups that own them.
+#[derive(Clone)]
+pub struct KeyRouter {
+    /// Today the whole keyspace, `[b"", ∞)`, belongs to this group.
+    whole_keyspace: GroupHandle,
+}
+
+impl KeyRouter {
+    /// A router for a cluster with one group owning every key.
+    pub fn single(group: GroupHandle) -> Self {
+        KeyRouter {
+            whole_keyspace: group,
+        }
+    }
+
+    /// The group owning `key`.
+    pub fn group_for_key(&self, _key: &[u8]) -> &GroupHandle {
+        &self.whole_keyspace
+    }
+
+    /// The group owning every key in `[key, range_end)`. Requests that span
+    /// groups will need splitting here once there is more than one.
+    pub fn group_for_range(&self, _key: &[u8], _range_end: &[u8]) -> &GroupHandle {
+        &self.whole_keyspace
+    }
+
+    /// The group that evaluates a txn. A txn must stay within one group;
+    /// with one group, every txn does.
+    pub fn group_for_txn(&self, _txn: &concord_proto::etcdserverpb::TxnRequest) -> &GroupHandle {
+        &self.whole_keyspace
+    }
+
+    /// The group whose state answers cluster-wide questions (revision, term).
+    pub fn default_group(&self) -> &GroupHandle {
+        &self.whole_keyspace
+    }
+
+    /// Every group this member serves.
+    pub fn groups(&self) -> impl Iterator<Item = &GroupHandle> {
+        std::iter::once(&self.whole_keyspace)
+    }
+}

@@ -1,0 +1,207 @@
+//! etcd's checks on KV requests, made before anything is proposed, so a bad
+//! request costs no Raft round and gets etcd's error.
+
+use std::collections::HashSet;
+
+use concord_proto::etcdserverpb::request_op::Request;
+use concord_proto::etcdserverpb::{
+    range_request, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest,
+};
+use tonic::Status;
+
+use crate::errors;
+
+/// Checks a Range: a key is required and the sort options must be known.
+pub fn check_range(r: &RangeRequest) -> Result<(), Status> {
+    if r.key.is_empty() {
+        return Err(errors::empty_key());
+    }
+    if range_request::SortOrder::try_from(r.sort_order).is_err()
+        || range_request::SortTarget::try_from(r.sort_target).is_err()
+    {
+        return Err(errors::invalid_sort_option());
+    }
+    Ok(())
+}
+
+/// Checks a Put: a key is required; `ignore_value`/`ignore_lease` exclude a value/lease.
+pub fn check_put(r: &PutRequest) -> Result<(), Status> {
+    if r.key.is_empty() {
+        return Err(errors::empty_key());
+    }
+    if r.ignore_value && !r.value.is_empty() {
+        return Err(errors::value_provided());
+    }
+    if r.ignore_lease && r.lease != 0 {
+        return Err(errors::lease_provided());
+    }
+    Ok(())
+}
+
+/// Checks a DeleteRange: a key is required.
+pub fn check_delete(r: &DeleteRangeRequest) -> Result<(), Status> {
+    if r.key.is_empty() {
+        return Err(errors::empty_key());
+    }
+    Ok(())
+}
+
+/// Checks a Txn: at most `max_ops` compares or operations in a branch, every
+/// operation valid, and no key written twice in one branch.
+pub fn check_txn(r: &TxnRequest, max_ops: usize) -> Result<(), Status> {
+    check_txn_ops(r, max_ops)?;
+    key_writes(&r.success)?;
+    key_writes(&r.failure)?;
+    Ok(())
+}
+
+fn check_txn_ops(r: &TxnRequest, max_ops: usize) -> Result<(), Status> {
+    let widest = r.compare.len().max(r.success.len()).max(r.failure.len());
+    if widest > max_ops {
+        return Err(errors::too_many_ops());
+    }
+    if r.compare.iter().any(|c| c.key.is_empty()) {
+        return Err(errors::empty_key());
+    }
+    for op in r.success.iter().chain(&r.failure) {
+        match &op.request {
+            Some(Request::RequestRange(q)) => check_range(q)?,
+            Some(Request::RequestPut(q)) => check_put(q)?,
+            Some(Request::RequestDeleteRange(q)) => check_delete(q)?,
+            Some(Request::RequestTxn(q)) => check_txn_ops(q, max_ops)?,
+            None => {}
+        }
+    }
+    Ok(())
+}
+
+/// A deleted key or range: `[start, end)`, where no end means one key and
+/// an end of `[0]` means "to the end of the keyspace".
+struct Deleted {
+    start: Vec<u8>,
+    end: Option<Vec<u8>>,
+}
+
+impl Deleted {
+    fn covers(&self, key: &[u8]) -> bool {
+        match &self.end {
+            None => key == self.start.as_slice(),
+            Some(end) if end.as_slice() == [0] => key >= self.start.as_slice(),
+            Some(end) => key >= self.start.as_slice() && key < end.as_slice(),
+        }
+    }
+}
+
+/// Collects the keys put and the ranges deleted by one branch (and the
+/// branches nested in it), failing when a key would be written twice.
+/// The two branches of a nested txn are alternatives, so a key put in both
+/// is not a duplicate.
+fn key_writes(ops: &[RequestOp]) -> Result<(HashSet<Vec<u8>>, Vec<Deleted>), Status> {
+    let mut deleted: Vec<Deleted> = ops
+        .iter()
+        .filter_map(|op| match &op.request {
+            Some(Request::RequestDeleteRange(d)) => Some(Deleted {
+                start: d.key.clone(),
+                end: (!d.range_end.is_empty()).then(|| d.range_end.clone()),
+            }),
+            _ => None,
+        })
+        .collect();
+    let mut puts: HashSet<Vec<u8>> = HashSet::new();
+    for op in ops {
+        let Some(Request::RequestTxn(nested)) = &op.request else {
+            continue;
+        };
+        let (puts_then, dels_then) = key_writes(&nested.success)?;
+        let (puts_else, dels_else) = key_writes(&nested.failure)?;
+        for key in puts_then.iter() {
+            if puts.contains(key) || deleted.iter().any(|d| d.covers(key)) {
+                return Err(errors::duplicate_key());
+            }
+            puts.insert(key.clone());
+        }
+        for key in puts_else {
+            let clash = puts.contains(&key) && !puts_then.contains(&key);
+            if clash || deleted.iter().any(|d| d.covers(&key)) {
+                return Err(errors::duplicate_key());
+            }
+            puts.insert(key);
+        }
+        deleted.extend(dels_then);
+        deleted.extend(dels_else);
+    }
+    for op in ops {
+        let Some(Request::RequestPut(put)) = &op.request else {
+            continue;
+        };
+        if puts.contains(&put.key) || deleted.iter().any(|d| d.covers(&put.key)) {
+            return Err(errors::duplicate_key());
+        }
+        puts.insert(put.key.clone());
+    }
+    Ok((puts, deleted))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(key: &str) -> RequestOp {
+        RequestOp {
+            request: Some(Request::RequestPut(PutRequest {
+                key: key.into(),
+                ..Default::default()
+            })),
+        }
+    }
+
+    fn del(key: &str, end: &str) -> RequestOp {
+        RequestOp {
+            request: Some(Request::RequestDeleteRange(DeleteRangeRequest {
+                key: key.into(),
+                range_end: end.into(),
+                ..Default::default()
+            })),
+        }
+    }
+
+    fn txn(success: Vec<RequestOp>, failure: Vec<RequestOp>) -> TxnRequest {
+        TxnRequest {
+            compare: vec![],
+            success,
+            failure,
+        }
+    }
+
+    #[test]
+    fn duplicate_puts_in_one_branch_are_refused() {
+        let t = txn(vec![put("a"), put("a")], vec![]);
+        assert_eq!(check_txn(&t, 128).unwrap_err().message(), "etcdserver: duplicate key given in txn request");
+        assert!(check_txn(&txn(vec![put("a")], vec![put("a")]), 128).is_ok());
+    }
+
+    #[test]
+    fn put_inside_a_deleted_range_is_refused() {
+        assert!(check_txn(&txn(vec![del("a", "c"), put("b")], vec![]), 128).is_err());
+        assert!(check_txn(&txn(vec![del("a", "c"), put("c")], vec![]), 128).is_ok());
+        assert!(check_txn(&txn(vec![del("a", "\0"), put("zzz")], vec![]), 128).is_err());
+    }
+
+    #[test]
+    fn nested_branches_are_alternatives() {
+        let nested = RequestOp {
+            request: Some(Request::RequestTxn(txn(vec![put("k")], vec![put("k")]))),
+        };
+        assert!(check_txn(&txn(vec![nested.clone()], vec![]), 128).is_ok());
+        assert!(check_txn(&txn(vec![nested, put("k")], vec![]), 128).is_err());
+    }
+
+    #[test]
+    fn too_many_ops_and_empty_keys() {
+        let many: Vec<RequestOp> = (0..129).map(|i| put(&format!("k{i}"))).collect();
+        assert_eq!(check_txn(&txn(many, vec![]), 128).unwrap_err().message(), "etcdserver: too many operations in txn request");
+        assert_eq!(check_put(&PutRequest::default()).unwrap_err().message(), "etcdserver: key is not provided");
+        let bad_sort = RangeRequest { key: b"a".to_vec(), sort_order: 9, ..Default::default() };
+        assert_eq!(check_range(&bad_sort).unwrap_err().message(), "etcdserver: invalid sort option");
+    }
+}

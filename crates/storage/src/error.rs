@@ -1,0 +1,179 @@
+//! The two kinds of failure this crate reports.
+//!
+//! [`KvError`] is a *semantic* outcome of one request (a compacted revision, a missing key). It is
+//! deterministic: every member applying the same command reaches the same error, so it is part of
+//! the replicated result and is sent back to the client with etcd's exact message.
+//!
+//! [`StorageError`] means the store itself failed (I/O, corruption). It is never part of a
+//! command's result: the batch that hit it is abandoned and nothing of it is visible.
+
+/// A gRPC status code, named as etcd's server reports it for each [`KvError`].
+///
+/// Kept here as a plain enum so this crate does not depend on tonic; the server maps each variant
+/// to the `tonic::Code` of the same name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    /// The request is malformed or refers to something that must exist (e.g. `ignore_value` on a
+    /// missing key).
+    InvalidArgument,
+    /// The requested revision is outside the range the store can serve.
+    OutOfRange,
+    /// A referenced object (such as a lease) does not exist.
+    NotFound,
+    /// The system is not in a state required for the operation.
+    FailedPrecondition,
+    /// The store failed internally while serving a read.
+    Internal,
+}
+
+/// A deterministic, per-request error whose `Display` is exactly etcd's client-visible message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KvError {
+    /// The requested revision is older than the compaction point, so its data is gone.
+    #[error("etcdserver: mvcc: required revision has been compacted")]
+    Compacted,
+    /// The requested revision is newer than the store's current revision.
+    #[error("etcdserver: mvcc: required revision is a future revision")]
+    FutureRevision,
+    /// `ignore_value` / `ignore_lease` was set on a put whose key does not exist.
+    #[error("etcdserver: key not found")]
+    KeyNotFound,
+    /// A put referred to a lease that does not exist (reserved for when leases are enforced).
+    #[error("etcdserver: requested lease not found")]
+    LeaseNotFound,
+    /// A Raft command carried no operation. etcd has no such case (its proposals are always
+    /// populated); Concord answers it so a waiting caller is never left hanging.
+    #[error("etcdserver: request is empty")]
+    EmptyCommand,
+    /// The store failed while serving a read (never produced by `apply`, whose storage failures
+    /// are [`StorageError`]s that abort the batch).
+    #[error("etcdserver: {0}")]
+    Internal(String),
+}
+
+impl KvError {
+    /// The gRPC status code etcd attaches to this error.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            KvError::Compacted | KvError::FutureRevision => ErrorCode::OutOfRange,
+            KvError::KeyNotFound | KvError::EmptyCommand => ErrorCode::InvalidArgument,
+            KvError::LeaseNotFound => ErrorCode::NotFound,
+            KvError::Internal(_) => ErrorCode::Internal,
+        }
+    }
+}
+
+impl From<StorageError> for KvError {
+    fn from(err: StorageError) -> Self {
+        KvError::Internal(err.to_string())
+    }
+}
+
+/// The store could not read or write its file, or found it inconsistent.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// An error reported by redb (I/O, corruption detected by redb, transaction failures).
+    #[error("storage: {0}")]
+    Redb(#[from] redb::Error),
+    /// Creating the store's directory failed.
+    #[error("storage: {0}")]
+    Io(#[from] std::io::Error),
+    /// The file holds data that violates this crate's invariants (e.g. an undecodable record).
+    #[error("storage: corrupt store: {0}")]
+    Corrupt(String),
+}
+
+macro_rules! from_redb {
+    ($($ty:ty),*) => {
+        $(impl From<$ty> for StorageError {
+            fn from(err: $ty) -> Self {
+                StorageError::Redb(err.into())
+            }
+        })*
+    };
+}
+
+from_redb!(
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError,
+    redb::SetDurabilityError
+);
+
+macro_rules! kv_from_redb {
+    ($($ty:ty),*) => {
+        $(impl From<$ty> for KvError {
+            fn from(err: $ty) -> Self {
+                KvError::from(StorageError::from(err))
+            }
+        })*
+    };
+}
+
+kv_from_redb!(redb::TransactionError, redb::TableError, redb::StorageError);
+
+/// What an operation inside the store can fail with: a request-level error, or a storage failure
+/// that must abort the whole apply batch (or fail the read).
+#[derive(Debug)]
+pub(crate) enum OpError {
+    Kv(KvError),
+    Storage(StorageError),
+}
+
+impl From<KvError> for OpError {
+    fn from(err: KvError) -> Self {
+        OpError::Kv(err)
+    }
+}
+
+macro_rules! op_from_storage {
+    ($($ty:ty),*) => {
+        $(impl From<$ty> for OpError {
+            fn from(err: $ty) -> Self {
+                OpError::Storage(err.into())
+            }
+        })*
+    };
+}
+
+op_from_storage!(StorageError, redb::StorageError, redb::TableError);
+
+impl From<OpError> for KvError {
+    fn from(err: OpError) -> Self {
+        match err {
+            OpError::Kv(err) => err,
+            OpError::Storage(err) => err.into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_and_codes_match_etcd() {
+        assert_eq!(
+            KvError::Compacted.to_string(),
+            "etcdserver: mvcc: required revision has been compacted"
+        );
+        assert_eq!(
+            KvError::FutureRevision.to_string(),
+            "etcdserver: mvcc: required revision is a future revision"
+        );
+        assert_eq!(
+            KvError::KeyNotFound.to_string(),
+            "etcdserver: key not found"
+        );
+        assert_eq!(
+            KvError::LeaseNotFound.to_string(),
+            "etcdserver: requested lease not found"
+        );
+        assert_eq!(KvError::Compacted.code(), ErrorCode::OutOfRange);
+        assert_eq!(KvError::FutureRevision.code(), ErrorCode::OutOfRange);
+        assert_eq!(KvError::KeyNotFound.code(), ErrorCode::InvalidArgument);
+        assert_eq!(KvError::LeaseNotFound.code(), ErrorCode::NotFound);
+    }
+}

@@ -1,0 +1,420 @@
+//! [`MvccStore`]: opening the redb file, applying committed Raft entries in batches, and serving
+//! reads from snapshots.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use concord_proto::concordpb::raft_command::Op;
+use concord_proto::concordpb::RaftCommand;
+use concord_proto::etcdserverpb::{
+    CompactionResponse, DeleteRangeResponse, PutResponse, RangeRequest, RangeResponse, TxnRequest,
+    TxnResponse,
+};
+use concord_proto::mvccpb::Event;
+use redb::{
+    Database, Durability, ReadOnlyTable, ReadTransaction, ReadableDatabase, ReadableTable,
+    WriteTransaction,
+};
+
+use crate::error::{KvError, OpError, StorageError};
+use crate::keys::{self, META_APPLIED_INDEX, META_COMPACT_REVISION, META_REVISION};
+use crate::range::execute_range;
+use crate::txn::{is_txn_read_only, run_txn, ReadOnlyTarget};
+use crate::view::View;
+use crate::write::{header_at, Writer};
+
+/// A non-durable batch commit is followed by a durable (fsync'd) one after this many batches…
+const DURABLE_EVERY_BATCHES: u32 = 64;
+/// …or once this much time has passed since the last durable commit, whichever comes first.
+const DURABLE_EVERY: Duration = Duration::from_millis(100);
+
+/// One committed Raft log entry handed to [`MvccStore::apply`].
+#[derive(Debug, Clone, Copy)]
+pub struct ApplyEntry<'a> {
+    /// The entry's Raft log index.
+    pub index: u64,
+    /// The replicated command, or `None` for entries that carry none (Raft no-ops, configuration
+    /// changes), which only advance the applied index.
+    pub command: Option<&'a RaftCommand>,
+}
+
+/// The outcome of one successfully applied command.
+///
+/// Response headers carry only `revision` (the store revision after the command); the server
+/// fills in cluster id, member id and Raft term.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WriteResult {
+    /// A Put.
+    Put(PutResponse),
+    /// A DeleteRange.
+    DeleteRange(DeleteRangeResponse),
+    /// A Txn (with at least one write, or one sent through Raft anyway).
+    Txn(TxnResponse),
+    /// A Compaction.
+    Compaction(CompactionResponse),
+}
+
+impl WriteResult {
+    /// The store revision after this command: what etcd reports in the response header.
+    pub fn revision(&self) -> i64 {
+        let header = match self {
+            WriteResult::Put(r) => &r.header,
+            WriteResult::DeleteRange(r) => &r.header,
+            WriteResult::Txn(r) => &r.header,
+            WriteResult::Compaction(r) => &r.header,
+        };
+        header.as_ref().map_or(0, |h| h.revision)
+    }
+}
+
+/// Bookkeeping of the single writer: when the next commit must be durable.
+struct WriterState {
+    batches_since_durable: u32,
+    last_durable: Instant,
+}
+
+/// Etcd's MVCC key-value state machine, persisted in one redb file. See the crate docs for the
+/// table layout and invariants.
+///
+/// Writes come only through [`apply`](Self::apply) (committed Raft entries, in log order);
+/// reads ([`range`](Self::range), [`txn_read`](Self::txn_read), [`events`](Self::events)) run on
+/// redb read snapshots, never block the writer, and never see part of a batch.
+pub struct MvccStore {
+    db: Database,
+    writer: Mutex<WriterState>,
+    applied_index: AtomicU64,
+    durable_applied_index: AtomicU64,
+    revision: AtomicI64,
+    compact_revision: AtomicI64,
+}
+
+/// The store-wide counters as stored in `meta`.
+struct Meta {
+    applied_index: u64,
+    revision: i64,
+    compact_revision: i64,
+}
+
+fn read_meta<T: ReadableTable<&'static str, u64>>(meta: &T) -> Result<Meta, StorageError> {
+    let get = |name: &str| -> Result<Option<u64>, StorageError> {
+        Ok(meta.get(name)?.map(|guard| guard.value()))
+    };
+    Ok(Meta {
+        applied_index: get(META_APPLIED_INDEX)?.unwrap_or(0),
+        revision: get(META_REVISION)?.map_or(1, |r| r as i64),
+        compact_revision: get(META_COMPACT_REVISION)?.map_or(-1, |r| r as i64),
+    })
+}
+
+/// `latest` opened in a read snapshot.
+type LatestRead = ReadOnlyTable<&'static [u8], &'static [u8]>;
+/// `kv` opened in a read snapshot.
+type HistoryRead = ReadOnlyTable<(&'static [u8], u64, u64), &'static [u8]>;
+
+/// A read snapshot with the tables a read needs.
+struct Snapshot {
+    _txn: ReadTransaction,
+    latest: LatestRead,
+    kv: HistoryRead,
+    changes: ReadOnlyTable<(u64, u64), &'static [u8]>,
+    meta: Meta,
+}
+
+impl Snapshot {
+    fn view(&self) -> View<'_, LatestRead, HistoryRead> {
+        View {
+            latest: &self.latest,
+            kv: &self.kv,
+            rev: self.meta.revision,
+            compact_rev: self.meta.compact_revision,
+        }
+    }
+}
+
+impl MvccStore {
+    /// Opens or creates the store at `path` (a file path; missing parent directories are
+    /// created).
+    pub fn open(path: &Path) -> Result<MvccStore, StorageError> {
+        if let Some(parent) = path.parent() {
+            if !parent.as_os_str().is_empty() {
+                std::fs::create_dir_all(parent)?;
+            }
+        }
+        let db = Database::builder().create(path)?;
+        // Create every table up front so read snapshots can always open them.
+        let txn = db.begin_write()?;
+        let meta = {
+            txn.open_table(keys::LATEST)?;
+            txn.open_table(keys::KV)?;
+            txn.open_table(keys::CHANGES)?;
+            read_meta(&txn.open_table(keys::META)?)?
+        };
+        txn.commit()?;
+        tracing::info!(
+            path = %path.display(),
+            applied_index = meta.applied_index,
+            revision = meta.revision,
+            compact_revision = meta.compact_revision,
+            "opened MVCC store"
+        );
+        Ok(MvccStore {
+            db,
+            writer: Mutex::new(WriterState {
+                batches_since_durable: 0,
+                last_durable: Instant::now(),
+            }),
+            applied_index: AtomicU64::new(meta.applied_index),
+            durable_applied_index: AtomicU64::new(meta.applied_index),
+            revision: AtomicI64::new(meta.revision),
+            compact_revision: AtomicI64::new(meta.compact_revision),
+        })
+    }
+
+    /// The Raft log index of the last applied entry (possibly not yet durable, see
+    /// [`durable_applied_index`](Self::durable_applied_index)).
+    pub fn applied_index(&self) -> u64 {
+        self.applied_index.load(Ordering::Acquire)
+    }
+
+    /// The applied index of the last durable (fsync'd) commit: after a crash the store reopens at
+    /// least here, so the Raft log must keep every entry above it.
+    pub fn durable_applied_index(&self) -> u64 {
+        self.durable_applied_index.load(Ordering::Acquire)
+    }
+
+    /// The store revision: 1 for an empty store, +1 per command that changed something.
+    pub fn current_revision(&self) -> i64 {
+        self.revision.load(Ordering::Acquire)
+    }
+
+    /// The revision of the last compaction, or -1 if the store was never compacted (as etcd).
+    pub fn compact_revision(&self) -> i64 {
+        self.compact_revision.load(Ordering::Acquire)
+    }
+
+    fn snapshot(&self) -> Result<Snapshot, StorageError> {
+        let txn = self.db.begin_read()?;
+        let meta = read_meta(&txn.open_table(keys::META)?)?;
+        Ok(Snapshot {
+            latest: txn.open_table(keys::LATEST)?,
+            kv: txn.open_table(keys::KV)?,
+            changes: txn.open_table(keys::CHANGES)?,
+            meta,
+            _txn: txn,
+        })
+    }
+
+    /// Serves a Range against a consistent snapshot. The response header is left `None` (the
+    /// server fills it); the store revision of the snapshot, which etcd reports as the header
+    /// revision, is returned alongside.
+    pub fn range(&self, req: &RangeRequest) -> Result<(RangeResponse, i64), KvError> {
+        let snap = self.snapshot()?;
+        let view = snap.view();
+        let resp = execute_range(&view, req)?;
+        Ok((resp, view.rev))
+    }
+
+    /// Serves a read-only Txn (see [`is_txn_read_only`]) against a consistent snapshot, as etcd
+    /// does without going through Raft. Header handling as for [`range`](Self::range): the
+    /// top-level header is `None` and the snapshot revision is returned alongside.
+    pub fn txn_read(&self, req: &TxnRequest) -> Result<(TxnResponse, i64), KvError> {
+        if !is_txn_read_only(req) {
+            return Err(KvError::Internal("txn_read given a txn that writes".into()));
+        }
+        let snap = self.snapshot()?;
+        let mut target = ReadOnlyTarget { view: snap.view() };
+        let resp = run_txn(&mut target, req)?;
+        Ok((resp, snap.meta.revision))
+    }
+
+    /// Reads the change history from `start_rev` on, in revision order, for watchers catching
+    /// up. Returns the events of every main revision in `[start_rev, snapshot revision]`, but
+    /// stops at the end of the first main revision at which `max_events` is reached (a revision
+    /// is never split), together with the snapshot revision. When fewer than `max_events` come
+    /// back the history is exhausted up to that revision.
+    ///
+    /// `start_rev` below the compaction point fails with `Compacted`; at the compaction point
+    /// itself every change is still available. With `prev_kv`, put and delete events carry the
+    /// version the change replaced, when history still holds it.
+    pub fn events(
+        &self,
+        start_rev: i64,
+        max_events: usize,
+        prev_kv: bool,
+    ) -> Result<(Vec<Event>, i64), KvError> {
+        let snap = self.snapshot()?;
+        if start_rev < snap.meta.compact_revision {
+            return Err(KvError::Compacted);
+        }
+        let events = crate::events::read_events(
+            &snap.kv,
+            &snap.changes,
+            start_rev.max(1),
+            max_events,
+            prev_kv,
+        )?;
+        Ok((events, snap.meta.revision))
+    }
+
+    /// Applies committed Raft entries in one redb write transaction and records the last index
+    /// as applied.
+    ///
+    /// Entries with `index <= applied_index()` are skipped, so replay after a restart is
+    /// idempotent. An entry without a command, or whose command is not a KV operation (e.g.
+    /// `PublishMember`, which the server handles), only advances the applied index and yields no
+    /// result. Every other entry yields `Ok(WriteResult)` or a deterministic `Err(KvError)`; a
+    /// failed command changes nothing and does not affect the rest of the batch. A
+    /// [`StorageError`] abandons the whole batch (nothing of it becomes visible); redb then
+    /// refuses further writes until the store is reopened.
+    #[allow(clippy::type_complexity)] // the signature the Raft layer is written against
+    pub fn apply(
+        &self,
+        entries: &[ApplyEntry<'_>],
+    ) -> Result<Vec<(u64, Result<WriteResult, KvError>)>, StorageError> {
+        let mut state = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let mut last_index = self.applied_index();
+        if entries.iter().all(|e| e.index <= last_index) {
+            return Ok(Vec::new());
+        }
+        let durable = state.batches_since_durable + 1 >= DURABLE_EVERY_BATCHES
+            || state.last_durable.elapsed() >= DURABLE_EVERY;
+        let mut txn = self.db.begin_write()?;
+        if !durable {
+            txn.set_durability(Durability::None)?;
+        }
+
+        let mut results = Vec::new();
+        let (revision, compact_revision) = {
+            let mut writer = Writer::open(&txn, self.current_revision(), self.compact_revision())?;
+            for entry in entries {
+                if entry.index <= last_index {
+                    continue;
+                }
+                last_index = entry.index;
+                let Some(command) = entry.command else {
+                    continue;
+                };
+                if let Some(result) = apply_command(&mut writer, command)? {
+                    results.push((entry.index, result));
+                }
+            }
+            (writer.revision, writer.compact_revision)
+        };
+        write_meta(&txn, last_index, revision, compact_revision)?;
+        txn.commit()?;
+
+        self.applied_index.store(last_index, Ordering::Release);
+        self.revision.store(revision, Ordering::Release);
+        self.compact_revision
+            .store(compact_revision, Ordering::Release);
+        if durable {
+            self.durable_applied_index
+                .store(last_index, Ordering::Release);
+            state.batches_since_durable = 0;
+            state.last_durable = Instant::now();
+        } else {
+            state.batches_since_durable += 1;
+        }
+        Ok(results)
+    }
+
+    /// Forces everything applied so far onto disk (fsync).
+    pub fn sync(&self) -> Result<(), StorageError> {
+        let mut state = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let txn = self.db.begin_write()?;
+        txn.commit()?;
+        self.durable_applied_index
+            .store(self.applied_index(), Ordering::Release);
+        state.batches_since_durable = 0;
+        state.last_durable = Instant::now();
+        Ok(())
+    }
+}
+
+/// Applies one command inside the batch. `Ok(None)` for commands that are not KV operations.
+fn apply_command(
+    writer: &mut Writer<'_>,
+    command: &RaftCommand,
+) -> Result<Option<Result<WriteResult, KvError>>, StorageError> {
+    writer.begin_command();
+    let outcome = match &command.op {
+        Some(Op::Put(req)) => writer.put(req).map(WriteResult::Put),
+        Some(Op::DeleteRange(req)) => writer.delete_range(req).map(WriteResult::DeleteRange),
+        Some(Op::Txn(req)) => run_txn(writer, req).map(WriteResult::Txn),
+        Some(Op::Compaction(req)) => writer.compact(req).map(WriteResult::Compaction),
+        None => Err(OpError::Kv(KvError::EmptyCommand)),
+        #[allow(unreachable_patterns)]
+        Some(_) => return Ok(None),
+    };
+    let revision = writer.end_command();
+    match outcome {
+        Ok(mut result) => {
+            // The top-level header reports the revision after the whole command.
+            let header = Some(header_at(revision));
+            match &mut result {
+                WriteResult::Put(r) => r.header = header,
+                WriteResult::DeleteRange(r) => r.header = header,
+                WriteResult::Txn(r) => r.header = header,
+                WriteResult::Compaction(r) => r.header = header,
+            }
+            Ok(Some(Ok(result)))
+        }
+        // Every KvError is raised before the command writes anything, so there is nothing to undo.
+        Err(OpError::Kv(err)) => Ok(Some(Err(err))),
+        Err(OpError::Storage(err)) => Err(err),
+    }
+}
+
+fn write_meta(
+    txn: &WriteTransaction,
+    applied_index: u64,
+    revision: i64,
+    compact_revision: i64,
+) -> Result<(), StorageError> {
+    let mut meta = txn.open_table(keys::META)?;
+    meta.insert(META_APPLIED_INDEX, applied_index)?;
+    meta.insert(META_REVISION, revision as u64)?;
+    if compact_revision >= 0 {
+        meta.insert(META_COMPACT_REVISION, compact_revision as u64)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+impl MvccStore {
+    /// Every `kv` row as (key, main, sub, is_tombstone), for tests that check physical removal.
+    pub(crate) fn kv_rows(&self) -> Vec<(Vec<u8>, u64, u64, bool)> {
+        let snap = self.snapshot().unwrap();
+        snap.kv
+            .iter()
+            .unwrap()
+            .map(|row| {
+                let (k, v) = row.unwrap();
+                let (key, main, sub) = k.value();
+                (key.to_vec(), main, sub, v.value().is_empty())
+            })
+            .collect()
+    }
+
+    /// Every `changes` row's (main, sub).
+    pub(crate) fn change_ids(&self) -> Vec<(u64, u64)> {
+        let snap = self.snapshot().unwrap();
+        snap.changes
+            .iter()
+            .unwrap()
+            .map(|row| row.unwrap().0.value())
+            .collect()
+    }
+
+    /// Every `latest` row's key.
+    pub(crate) fn latest_keys(&self) -> Vec<Vec<u8>> {
+        let snap = self.snapshot().unwrap();
+        snap.latest
+            .iter()
+            .unwrap()
+            .map(|row| row.unwrap().0.value().to_vec())
+            .collect()
+    }
+}

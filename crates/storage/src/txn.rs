@@ -1,0 +1,302 @@
+//! etcd's Txn: compares, branch selection, up-front checks, and execution with nested txns.
+//!
+//! Phases, as in etcd:
+//! 1. **Path.** The compares of the txn, and of every nested txn on the chosen branches, are all
+//!    evaluated against the state *before* the txn (nested compares do not see the txn's own
+//!    writes). The outcome is a pre-order list of branch choices.
+//! 2. **Checks.** Along that path, every put with `ignore_value`/`ignore_lease` must find its key
+//!    and every range's revision must be servable, again against the state before the txn. A
+//!    failure fails the whole txn before anything is written.
+//! 3. **Execution.** Ops run in order; reads see the writes made earlier in the same txn. All
+//!    writes of the txn share one main revision.
+
+use std::cmp::Ordering;
+
+use concord_proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
+use concord_proto::etcdserverpb::request_op::Request;
+use concord_proto::etcdserverpb::response_op::Response;
+use concord_proto::etcdserverpb::{
+    Compare, DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, RequestOp,
+    ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
+};
+
+use crate::error::{KvError, OpError, StorageError};
+use crate::keys::{KeySpan, Record};
+use crate::range::{execute_range, resolve_revision};
+use crate::view::{HistoryTable, LatestTable, View};
+use crate::write::{header_at, HistoryMut, LatestMut, Writer};
+
+/// What a txn runs against: the batch writer when applying, or a read snapshot for read-only
+/// txns served outside Raft.
+pub(crate) trait TxnTarget {
+    type Latest: LatestTable;
+    type History: HistoryTable;
+    /// The state as the txn sees it now (its own earlier writes included).
+    fn view(&self) -> View<'_, Self::Latest, Self::History>;
+    fn put(&mut self, req: &PutRequest) -> Result<PutResponse, OpError>;
+    fn delete_range(&mut self, req: &DeleteRangeRequest) -> Result<DeleteRangeResponse, OpError>;
+}
+
+impl<'t> TxnTarget for Writer<'t> {
+    type Latest = LatestMut<'t>;
+    type History = HistoryMut<'t>;
+    fn view(&self) -> View<'_, LatestMut<'t>, HistoryMut<'t>> {
+        Writer::view(self)
+    }
+    fn put(&mut self, req: &PutRequest) -> Result<PutResponse, OpError> {
+        Writer::put(self, req)
+    }
+    fn delete_range(&mut self, req: &DeleteRangeRequest) -> Result<DeleteRangeResponse, OpError> {
+        Writer::delete_range(self, req)
+    }
+}
+
+/// A read snapshot as a txn target; only read-only txns may run on it.
+pub(crate) struct ReadOnlyTarget<'v, L, H> {
+    pub view: View<'v, L, H>,
+}
+
+impl<L: LatestTable, H: HistoryTable> TxnTarget for ReadOnlyTarget<'_, L, H> {
+    type Latest = L;
+    type History = H;
+    fn view(&self) -> View<'_, L, H> {
+        View {
+            latest: self.view.latest,
+            kv: self.view.kv,
+            rev: self.view.rev,
+            compact_rev: self.view.compact_rev,
+        }
+    }
+    fn put(&mut self, _: &PutRequest) -> Result<PutResponse, OpError> {
+        Err(KvError::Internal("write in a read-only txn".into()).into())
+    }
+    fn delete_range(&mut self, _: &DeleteRangeRequest) -> Result<DeleteRangeResponse, OpError> {
+        Err(KvError::Internal("write in a read-only txn".into()).into())
+    }
+}
+
+/// True when no branch of `txn`, at any depth, contains a put or a delete: such a txn never
+/// changes the store and etcd serves it without going through Raft.
+pub fn is_txn_read_only(txn: &TxnRequest) -> bool {
+    txn.success
+        .iter()
+        .chain(txn.failure.iter())
+        .all(|op| match &op.request {
+            Some(Request::RequestPut(_)) | Some(Request::RequestDeleteRange(_)) => false,
+            Some(Request::RequestTxn(inner)) => is_txn_read_only(inner),
+            Some(Request::RequestRange(_)) | None => true,
+        })
+}
+
+/// Runs `req` against `target`. The top-level response header is left `None` (the caller knows
+/// the revision after the txn); nested responses carry etcd's headers (see [`execute`]).
+pub(crate) fn run_txn<T: TxnTarget>(
+    target: &mut T,
+    req: &TxnRequest,
+) -> Result<TxnResponse, OpError> {
+    let mut path = Vec::new();
+    {
+        let view = target.view();
+        choose_path(&view, req, &mut path)?;
+        check_path(&view, req, &path, &mut 0)?;
+    }
+    let mut resp = execute(target, req, &path, &mut 0)?;
+    resp.header = None;
+    Ok(resp)
+}
+
+fn branch(req: &TxnRequest, succeeded: bool) -> &[RequestOp] {
+    if succeeded {
+        &req.success
+    } else {
+        &req.failure
+    }
+}
+
+/// Phase 1: appends the branch choice of `req` and of its nested txns, in pre-order.
+fn choose_path<L: LatestTable, H: HistoryTable>(
+    view: &View<'_, L, H>,
+    req: &TxnRequest,
+    path: &mut Vec<bool>,
+) -> Result<(), StorageError> {
+    let mut succeeded = true;
+    for cmp in &req.compare {
+        if !compare_holds(view, cmp)? {
+            succeeded = false;
+            break;
+        }
+    }
+    path.push(succeeded);
+    for op in branch(req, succeeded) {
+        if let Some(Request::RequestTxn(inner)) = &op.request {
+            choose_path(view, inner, path)?;
+        }
+    }
+    Ok(())
+}
+
+/// Phase 2: the checks etcd makes before executing; `cursor` walks `path`.
+fn check_path<L: LatestTable, H: HistoryTable>(
+    view: &View<'_, L, H>,
+    req: &TxnRequest,
+    path: &[bool],
+    cursor: &mut usize,
+) -> Result<(), OpError> {
+    let succeeded = path[*cursor];
+    *cursor += 1;
+    for op in branch(req, succeeded) {
+        match &op.request {
+            Some(Request::RequestTxn(inner)) => check_path(view, inner, path, cursor)?,
+            Some(Request::RequestPut(put)) if put.ignore_value || put.ignore_lease => {
+                view.latest
+                    .get(put.key.as_slice())?
+                    .ok_or(KvError::KeyNotFound)?;
+            }
+            Some(Request::RequestRange(range)) if range.revision != 0 => {
+                resolve_revision(view, range.revision)?;
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Phase 3: executes the chosen branch of `req`. Responses mirror etcd's: range, put and delete
+/// responses carry a header with the revision they observed or wrote, a nested txn's response
+/// carries an empty header.
+fn execute<T: TxnTarget>(
+    target: &mut T,
+    req: &TxnRequest,
+    path: &[bool],
+    cursor: &mut usize,
+) -> Result<TxnResponse, OpError> {
+    let succeeded = path[*cursor];
+    *cursor += 1;
+    let ops = branch(req, succeeded);
+    let mut responses = Vec::with_capacity(ops.len());
+    for op in ops {
+        let response = match &op.request {
+            Some(Request::RequestRange(range)) => {
+                let view = target.view();
+                let mut resp = execute_range(&view, range).map_err(after_checks)?;
+                resp.header = Some(header_at(view.rev));
+                Some(Response::ResponseRange(resp))
+            }
+            Some(Request::RequestPut(put)) => match target.put(put) {
+                Ok(resp) => Some(Response::ResponsePut(resp)),
+                // Only reachable when an earlier op of this txn deleted the key, which etcd's
+                // request validation rejects as a duplicate key. etcd would crash here; the
+                // store skips the put instead so the outcome stays deterministic.
+                Err(OpError::Kv(err)) => {
+                    tracing::warn!(key = ?put.key, %err, "put skipped inside txn after checks");
+                    Some(Response::ResponsePut(PutResponse::default()))
+                }
+                Err(err) => return Err(err),
+            },
+            Some(Request::RequestDeleteRange(del)) => Some(Response::ResponseDeleteRange(
+                target.delete_range(del).map_err(after_checks)?,
+            )),
+            Some(Request::RequestTxn(inner)) => {
+                Some(Response::ResponseTxn(execute(target, inner, path, cursor)?))
+            }
+            None => None,
+        };
+        responses.push(ResponseOp { response });
+    }
+    Ok(TxnResponse {
+        header: Some(ResponseHeader::default()),
+        succeeded,
+        responses,
+    })
+}
+
+/// Maps an error that the checks should have ruled out. Writes of the txn may already be in the
+/// batch, so it cannot be reported as a clean per-command error: the batch is abandoned.
+fn after_checks(err: OpError) -> OpError {
+    match err {
+        OpError::Kv(err) => OpError::Storage(StorageError::Corrupt(format!(
+            "txn op failed after its checks passed: {err}"
+        ))),
+        other => other,
+    }
+}
+
+/// Evaluates one compare at the view's revision. Over a range, every live key must satisfy it;
+/// an empty range compares a zero key-value, except that a VALUE compare on no key is false.
+fn compare_holds<L: LatestTable, H: HistoryTable>(
+    view: &View<'_, L, H>,
+    cmp: &Compare,
+) -> Result<bool, StorageError> {
+    let mut seen = false;
+    let mut holds = true;
+    view.scan(
+        KeySpan::new(&cmp.key, &cmp.range_end),
+        view.rev,
+        |_, rec| {
+            seen = true;
+            holds = compare_record(cmp, Some(&rec));
+            Ok(holds)
+        },
+    )?;
+    if !seen {
+        if CompareTarget::try_from(cmp.target) == Ok(CompareTarget::Value) {
+            return Ok(false);
+        }
+        return Ok(compare_record(cmp, None));
+    }
+    Ok(holds)
+}
+
+/// Compares one key-value (`None` = the zero key-value) against `cmp`. Unknown targets compare
+/// equal and unknown results hold, as in etcd.
+fn compare_record(cmp: &Compare, rec: Option<&Record<'_>>) -> bool {
+    let field = |get: fn(&Record<'_>) -> i64| rec.map_or(0, get);
+    let int_target = |want: fn(&TargetUnion) -> Option<i64>| {
+        cmp.target_union.as_ref().and_then(want).unwrap_or(0)
+    };
+    let ordering = match CompareTarget::try_from(cmp.target) {
+        Ok(CompareTarget::Value) => {
+            let want: &[u8] = match &cmp.target_union {
+                Some(TargetUnion::Value(v)) => v,
+                _ => &[],
+            };
+            rec.map_or(&[][..], |r| r.value).cmp(want)
+        }
+        Ok(CompareTarget::Version) => field(|r| r.header.version).cmp(&int_target(|t| {
+            if let TargetUnion::Version(v) = t {
+                Some(*v)
+            } else {
+                None
+            }
+        })),
+        Ok(CompareTarget::Create) => field(|r| r.header.create_revision).cmp(&int_target(|t| {
+            if let TargetUnion::CreateRevision(v) = t {
+                Some(*v)
+            } else {
+                None
+            }
+        })),
+        Ok(CompareTarget::Mod) => field(|r| r.header.mod_revision).cmp(&int_target(|t| {
+            if let TargetUnion::ModRevision(v) = t {
+                Some(*v)
+            } else {
+                None
+            }
+        })),
+        Ok(CompareTarget::Lease) => field(|r| r.header.lease).cmp(&int_target(|t| {
+            if let TargetUnion::Lease(v) = t {
+                Some(*v)
+            } else {
+                None
+            }
+        })),
+        Err(_) => Ordering::Equal,
+    };
+    match CompareResult::try_from(cmp.result) {
+        Ok(CompareResult::Equal) => ordering == Ordering::Equal,
+        Ok(CompareResult::NotEqual) => ordering != Ordering::Equal,
+        Ok(CompareResult::Greater) => ordering == Ordering::Greater,
+        Ok(CompareResult::Less) => ordering == Ordering::Less,
+        Err(_) => true,
+    }
+}

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Installs what building and testing Concord needs on Debian: protoc for the
+# .proto files, etcdctl (etcd-client) for the tests, and etcd itself
+# (etcd-server) for side-by-side benchmarks. Needs root or sudo.
+set -euo pipefail
+
+missing=()
+command -v protoc >/dev/null || missing+=(protobuf-compiler)
+command -v etcdctl >/dev/null || missing+=(etcd-client)
+command -v etcd >/dev/null || missing+=(etcd-server)
+command -v cargo >/dev/null || { echo "setup: cargo not found; install Rust (rustup) first" >&2; exit 1; }
+
+if ((${#missing[@]})); then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  echo "setup: installing ${missing[*]}"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
