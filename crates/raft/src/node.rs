@@ -7,6 +7,7 @@
 //! sends messages into the thread's mailbox and awaits replies.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -56,13 +57,22 @@ pub(crate) enum GroupMsg<O> {
     Stop,
 }
 
+/// What the driver publishes for callers after every loop. The leader and
+/// term sit in atomics because every request reads them.
+#[derive(Default)]
+struct SharedStatus {
+    full: RwLock<GroupStatus>,
+    leader_id: AtomicU64,
+    term: AtomicU64,
+}
+
 /// The caller's side of a group: cheap to clone, usable from async code.
 pub struct RaftHandle<O> {
     group_id: u64,
     member_id: u64,
     mailbox: Sender<GroupMsg<O>>,
     applied: watch::Receiver<u64>,
-    status: Arc<RwLock<GroupStatus>>,
+    status: Arc<SharedStatus>,
     request_timeout: Duration,
 }
 
@@ -87,13 +97,23 @@ impl<O: Send + 'static> RaftHandle<O> {
 
     /// A copy of the group's state as of the driver's last loop.
     pub fn status(&self) -> GroupStatus {
-        self.status.read().expect("status lock poisoned").clone()
+        self.status.full.read().expect("status lock poisoned").clone()
+    }
+
+    /// The leader this member knows of, 0 when none.
+    pub fn leader_id(&self) -> u64 {
+        self.status.leader_id.load(Ordering::Relaxed)
+    }
+
+    /// The current Raft term as this member sees it.
+    pub fn term(&self) -> u64 {
+        self.status.term.load(Ordering::Relaxed)
     }
 
     /// Replicates `data` through the group and returns what the state machine
     /// answered once this member has applied it.
     pub async fn propose(&self, data: Vec<u8>) -> Result<O, RaftError> {
-        if self.status().leader_id == 0 {
+        if self.leader_id() == 0 {
             return Err(RaftError::NoLeader);
         }
         let (reply, rx) = oneshot::channel();
@@ -109,7 +129,7 @@ impl<O: Send + 'static> RaftHandle<O> {
     /// member has applied everything the leader had committed when the call
     /// began, so a local read afterwards sees every acknowledged write.
     pub async fn read_barrier(&self) -> Result<(), RaftError> {
-        if self.status().leader_id == 0 {
+        if self.leader_id() == 0 {
             return Err(RaftError::NoLeader);
         }
         let deadline = tokio::time::Instant::now() + self.request_timeout;
@@ -197,12 +217,15 @@ pub fn start_group<S: StateMachine>(
 
     let (mailbox, inbox) = crossbeam_channel::unbounded();
     let (applied_tx, applied_rx) = watch::channel(applied);
-    let status = Arc::new(RwLock::new(GroupStatus {
-        group_id: cfg.group_id,
-        member_id: cfg.member_id,
-        applied_index: applied,
+    let status = Arc::new(SharedStatus {
+        full: RwLock::new(GroupStatus {
+            group_id: cfg.group_id,
+            member_id: cfg.member_id,
+            applied_index: applied,
+            ..Default::default()
+        }),
         ..Default::default()
-    }));
+    });
     let handle = RaftHandle {
         group_id: cfg.group_id,
         member_id: cfg.member_id,
@@ -276,7 +299,7 @@ struct Driver<S: StateMachine> {
     queued_reads: Vec<oneshot::Sender<Result<u64, RaftError>>>,
     inflight_reads: HashMap<u64, ReadBatch>,
     applied_tx: watch::Sender<u64>,
-    status: Arc<RwLock<GroupStatus>>,
+    status: Arc<SharedStatus>,
 }
 
 impl<S: StateMachine> Driver<S> {
@@ -525,7 +548,9 @@ impl<S: StateMachine> Driver<S> {
 
     fn publish_status(&self) {
         let raft = &self.raw.raft;
-        let mut status = self.status.write().expect("status lock poisoned");
+        self.status.leader_id.store(raft.leader_id, Ordering::Relaxed);
+        self.status.term.store(raft.term, Ordering::Relaxed);
+        let mut status = self.status.full.write().expect("status lock poisoned");
         status.leader_id = raft.leader_id;
         status.term = raft.term;
         status.role = match raft.state {

@@ -53,7 +53,7 @@ impl MemberContext {
             cluster_id: self.membership.cluster_id(),
             member_id: self.membership.local_id(),
             revision,
-            raft_term: self.router.default_group().status().term,
+            raft_term: self.router.default_group().term(),
         }
     }
 

@@ -46,6 +46,15 @@ fn check_no_leases(ops: &[RequestOp]) -> Result<(), Status> {
     Ok(())
 }
 
+/// True when every range in the txn, nested ones included, asked for a serializable read.
+fn all_reads_serializable(txn: &TxnRequest) -> bool {
+    txn.success.iter().chain(&txn.failure).all(|op| match &op.request {
+        Some(TxnOp::RequestRange(r)) => r.serializable,
+        Some(TxnOp::RequestTxn(t)) => all_reads_serializable(t),
+        _ => true,
+    })
+}
+
 fn unexpected(result: WriteResult) -> Status {
     Status::internal(format!(
         "etcdserver: unexpected apply result at revision {}",
@@ -109,6 +118,16 @@ impl Kv for KvService {
         check_no_leases(&req.success)?;
         check_no_leases(&req.failure)?;
         let group = self.ctx.router.group_for_txn(&req);
+        if concord_storage::is_txn_read_only(&req) {
+            // Like etcd, a txn that only reads needs no Raft round: a ReadIndex
+            // barrier (unless every read is serializable), then a local snapshot.
+            if !all_reads_serializable(&req) {
+                group.read_barrier().await.map_err(errors::from_raft)?;
+            }
+            let (mut resp, revision) = self.ctx.store.txn_read(&req).map_err(errors::from_kv)?;
+            resp.header = Some(self.ctx.header(revision));
+            return Ok(Response::new(resp));
+        }
         let result = self.ctx.propose_write(group, Op::Txn(req)).await?;
         let revision = result.revision();
         match result {

@@ -38,9 +38,12 @@ where
             };
             (EventType::Delete, kv)
         } else {
-            let stored = kv.get((key, main, sub))?.ok_or_else(|| {
-                StorageError::Corrupt(format!("change {main}.{sub} has no kv row"))
-            })?;
+            // Compaction keeps the `changes` rows at the compaction revision, and the kv row of
+            // a put there normally survives as the key's newest version; it is gone only if the
+            // same key changed again within that revision, and then a later event covers it.
+            let Some(stored) = kv.get((key, main, sub))? else {
+                continue;
+            };
             (
                 EventType::Put,
                 Record::decode(stored.value())?.to_key_value(key, true),

@@ -31,8 +31,9 @@
 //!   and get sub revisions 0, 1, 2, … in execution order.
 //! * For each key, `latest` holds exactly the newest `kv` row of the key when that row is not a
 //!   tombstone, and nothing otherwise.
-//! * Every `kv` row with main revision above `compact_revision` has a `changes` row, and vice
-//!   versa (`changes` rows at exactly `compact_revision` are kept too, see `compact.rs`).
+//! * Every `kv` row with main revision above `compact_revision` has a `changes` row, and every
+//!   `changes` row above it has its `kv` row. `changes` rows at exactly `compact_revision` are
+//!   kept too, so watchers may start there (see `compact.rs`).
 //! * After compaction at `c`, `kv` holds for each key only versions newer than `c` plus its newest
 //!   version `<= c` if that one is live, so every read at a revision `>= c` is unchanged.
 //! * `meta.applied_index` is written in the same redb transaction as the effects of the entries

@@ -34,6 +34,24 @@ pub(crate) fn resolve_revision<L, H>(
     Ok(rev)
 }
 
+/// The revision check etcd makes on a range inside a txn before executing it: 0 is always fine,
+/// anything else must be neither above the current revision nor below the compaction point.
+/// (Unlike [`resolve_revision`], a negative revision is not read as "current" here, as in etcd.)
+pub(crate) fn check_txn_range_revision<L, H>(
+    view: &View<'_, L, H>,
+    requested: i64,
+) -> Result<(), KvError> {
+    if requested == 0 {
+        Ok(())
+    } else if requested > view.rev {
+        Err(KvError::FutureRevision)
+    } else if requested < view.compact_rev {
+        Err(KvError::Compacted)
+    } else {
+        Ok(())
+    }
+}
+
 /// Serves `req` from `view`. The response header is left `None`; the caller knows the revision
 /// to report (`view.rev`).
 pub(crate) fn execute_range<L: LatestTable, H: HistoryTable>(

@@ -22,7 +22,7 @@ use concord_proto::etcdserverpb::{
 
 use crate::error::{KvError, OpError, StorageError};
 use crate::keys::{KeySpan, Record};
-use crate::range::{execute_range, resolve_revision};
+use crate::range::{check_txn_range_revision, execute_range};
 use crate::view::{HistoryTable, LatestTable, View};
 use crate::write::{header_at, HistoryMut, LatestMut, Writer};
 
@@ -152,9 +152,7 @@ fn check_path<L: LatestTable, H: HistoryTable>(
                     .get(put.key.as_slice())?
                     .ok_or(KvError::KeyNotFound)?;
             }
-            Some(Request::RequestRange(range)) if range.revision != 0 => {
-                resolve_revision(view, range.revision)?;
-            }
+            Some(Request::RequestRange(range)) => check_txn_range_revision(view, range.revision)?,
             _ => {}
         }
     }

@@ -136,7 +136,7 @@ where
         };
         // Newest version <= rev seen so far of the key being walked.
         let mut candidate: Option<HistoryRow<'_>> = None;
-        // Versions newer than rev skipped so far for the key being walked.
+        // Consecutive versions newer than rev skipped since the last version <= rev.
         let mut skipped = 0usize;
         let mut reseek: Option<Vec<u8>> = None;
         for row in kv.range((lower, upper))? {
