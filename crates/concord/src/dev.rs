@@ -52,6 +52,7 @@ pub async fn run(args: DevArgs) -> Result<(), String> {
             heartbeat_interval: Duration::from_millis(100),
             election_timeout: Duration::from_millis(1000),
             limits: Limits::default(),
+            watch_progress_notify_interval: Duration::from_secs(600),
         };
         let mut stop = stop_rx.clone();
         members.spawn(async move {

@@ -57,6 +57,27 @@ pub struct ServeArgs {
     /// Maximum number of operations permitted in a transaction.
     #[arg(long, default_value_t = 128, env = "ETCD_MAX_TXN_OPS")]
     pub max_txn_ops: usize,
+    /// Duration of periodic watch progress notifications (e.g. 10m, 5s, 500ms).
+    #[arg(long, default_value = "10m", value_parser = parse_duration, env = "ETCD_EXPERIMENTAL_WATCH_PROGRESS_NOTIFY_INTERVAL")]
+    pub experimental_watch_progress_notify_interval: Duration,
+}
+
+/// Parses a Go-style duration with one unit: `500ms`, `5s`, `10m`, `1h`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number.parse().map_err(|_| format!("{text:?} is not a duration like 5s or 10m"))?;
+    let duration = match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n * 60),
+        "h" => Duration::from_secs(n * 3600),
+        _ => return Err(format!("{text:?}: unknown unit {unit:?} (use ms, s, m or h)")),
+    };
+    if duration.is_zero() {
+        return Err(format!("{text:?} must be positive"));
+    }
+    Ok(duration)
 }
 
 impl ServeArgs {
@@ -96,6 +117,7 @@ impl ServeArgs {
                 max_request_bytes: self.max_request_bytes,
                 max_txn_ops: self.max_txn_ops,
             },
+            watch_progress_notify_interval: self.experimental_watch_progress_notify_interval,
         })
     }
 }
@@ -106,4 +128,19 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
     concord_server::serve(cfg, crate::stop_signal())
         .await
         .map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_duration;
+    use std::time::Duration;
+
+    #[test]
+    fn durations_parse_like_go() {
+        assert_eq!(parse_duration("10m").unwrap(), Duration::from_secs(600));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert!(parse_duration("5").is_err());
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("s").is_err());
+    }
 }

@@ -9,6 +9,7 @@ use concord_storage::{ApplyEntry, KvError, MvccStore, WriteResult};
 use prost::Message as _;
 
 use crate::membership::Membership;
+use crate::watch::WatchHub;
 
 /// What applying one command produced, handed back to the proposer.
 pub enum Applied {
@@ -22,12 +23,14 @@ pub enum Applied {
 pub struct KvStateMachine {
     store: Arc<MvccStore>,
     membership: Arc<Membership>,
+    hub: Arc<WatchHub>,
 }
 
 impl KvStateMachine {
-    /// A state machine over `store`, updating `membership` on publish entries.
-    pub fn new(store: Arc<MvccStore>, membership: Arc<Membership>) -> Self {
-        KvStateMachine { store, membership }
+    /// A state machine over `store`, updating `membership` on publish
+    /// entries and telling `hub` of each new revision.
+    pub fn new(store: Arc<MvccStore>, membership: Arc<Membership>, hub: Arc<WatchHub>) -> Self {
+        KvStateMachine { store, membership, hub }
     }
 }
 
@@ -71,6 +74,7 @@ impl StateMachine for KvStateMachine {
             })
             .collect();
         let results = self.store.apply(&batch)?;
+        self.hub.notify_applied(self.store.current_revision());
         let mut outputs: Vec<(u64, Applied)> = results
             .into_iter()
             .map(|(index, result)| (index, Applied::Kv(result)))

@@ -41,6 +41,9 @@ pub struct ServerConfig {
     pub election_timeout: Duration,
     /// `--max-request-bytes` and `--max-txn-ops`.
     pub limits: Limits,
+    /// `--experimental-watch-progress-notify-interval`: how often idle
+    /// watchers that asked for it hear how far they are (etcd: 10 minutes).
+    pub watch_progress_notify_interval: Duration,
 }
 
 impl ServerConfig {

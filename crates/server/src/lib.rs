@@ -2,7 +2,7 @@
 //!
 //! - [`member`]: starts and stops a member (storage, Raft group, listeners).
 //! - [`router`]: which group owns a key; the only module that knows the split.
-//! - [`kv`], [`cluster`], [`maintenance`]: etcd's services.
+//! - [`kv`], [`watch`], [`cluster`], [`maintenance`]: etcd's services.
 //! - [`apply`]: the state machine a group's log is applied to.
 //! - [`membership`]: member and cluster ids, names and URLs.
 //! - [`validate`], [`errors`]: etcd's request checks and error strings.
@@ -19,6 +19,7 @@ pub mod member;
 pub mod membership;
 pub mod router;
 pub mod validate;
+pub mod watch;
 
 pub use config::{InitialClusterState, ServerConfig};
 pub use context::Limits;

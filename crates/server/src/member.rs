@@ -10,6 +10,7 @@ use concord_proto::concordpb::{raft_command::Op, RaftCommand};
 use concord_proto::etcdserverpb::cluster_server::ClusterServer;
 use concord_proto::etcdserverpb::kv_server::KvServer;
 use concord_proto::etcdserverpb::maintenance_server::MaintenanceServer;
+use concord_proto::etcdserverpb::watch_server::WatchServer;
 use concord_proto::etcdserverpb::Member;
 use concord_raft::{start_group, GroupConfig, PeerTransport};
 use concord_storage::MvccStore;
@@ -24,6 +25,7 @@ use crate::kv::KvService;
 use crate::maintenance::MaintenanceService;
 use crate::membership::Membership;
 use crate::router::KeyRouter;
+use crate::watch::{WatchHub, WatchService};
 
 /// The id of the group that owns the whole keyspace today.
 pub const FIRST_GROUP_ID: u64 = 1;
@@ -121,6 +123,9 @@ pub async fn serve(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> Res
     let engine = concord_raft::log_store::open_engine(&member_dir.join("raft"))
         .map_err(|e| ServeError::Storage(format!("raft log: {e}")))?;
 
+    let hub = WatchHub::new(store.clone());
+    tokio::spawn(hub.clone().run());
+
     let transport = PeerTransport::new(member_id, tokio::runtime::Handle::current());
     for m in membership.members() {
         if let Some(url) = m.peer_ur_ls.first() {
@@ -138,7 +143,7 @@ pub async fn serve(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> Res
     let (group, driver_thread) = start_group(
         group_cfg,
         engine,
-        KvStateMachine::new(store.clone(), membership.clone()),
+        KvStateMachine::new(store.clone(), membership.clone(), hub.clone()),
         transport.clone(),
     )
     .map_err(|e| ServeError::Storage(e.to_string()))?;
@@ -177,7 +182,12 @@ pub async fn serve(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> Res
             KvServer::new(KvService::new(ctx.clone())).max_decoding_message_size(max_message),
         )
         .add_service(ClusterServer::new(ClusterService::new(ctx.clone())))
-        .add_service(MaintenanceServer::new(MaintenanceService::new(ctx.clone())));
+        .add_service(MaintenanceServer::new(MaintenanceService::new(ctx.clone())))
+        .add_service(WatchServer::new(WatchService::new(
+            ctx.clone(),
+            hub.clone(),
+            cfg.watch_progress_notify_interval,
+        )));
         let router = routes
             .into_axum_router()
             .fallback(crate::fallback::unimplemented_method);

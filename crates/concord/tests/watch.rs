@@ -1,0 +1,248 @@
+//! etcd's Watch API on a real cluster: live events, history replay,
+//! compaction, filters, and no lost or duplicated event across a leader kill.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{eventually, Cluster, WAIT};
+use etcd_client::{Client, ConnectOptions, EventType, GetOptions, WatchFilterType, WatchOptions, WatchStream};
+
+/// Receives the next response that carries events, within [`WAIT`].
+async fn next_events(stream: &mut WatchStream) -> etcd_client::WatchResponse {
+    loop {
+        let resp = tokio::time::timeout(WAIT, stream.message())
+            .await
+            .expect("no watch response in time")
+            .expect("watch stream failed")
+            .expect("watch stream ended");
+        if !resp.events().is_empty() || resp.canceled() {
+            return resp;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcdctl_watch_sees_puts_from_another_client() {
+    let cluster = Cluster::start(3).await;
+    let endpoint = cluster.members[1].client_url.trim_start_matches("http://").to_string();
+    let mut watcher = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .args([&format!("--endpoints={endpoint}"), "watch", "svc/", "--prefix"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("etcdctl is installed");
+    let stdout = watcher.stdout.take().unwrap();
+    let lines = std::thread::spawn(move || {
+        // etcdctl prints: PUT, key, value for each event.
+        BufReader::new(stdout).lines().take(6).map(|l| l.unwrap()).collect::<Vec<_>>()
+    });
+    let mut c = cluster.client(0).await;
+    // The watch starts when etcdctl has connected; write until both events arrive.
+    let deadline = std::time::Instant::now() + WAIT;
+    let mut n = 0;
+    while !lines.is_finished() {
+        assert!(std::time::Instant::now() < deadline, "etcdctl saw no events");
+        c.put(format!("svc/{}", n % 2), format!("addr-{n}"), None).await.unwrap();
+        n += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = watcher.kill();
+    let lines = lines.join().unwrap();
+    assert_eq!(lines[0], "PUT");
+    assert!(lines[1].starts_with("svc/"), "{lines:?}");
+    assert!(lines[2].starts_with("addr-"), "{lines:?}");
+    assert_eq!(lines[3], "PUT");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_from_a_past_revision_replays_history_then_follows() {
+    let cluster = Cluster::start(3).await;
+    let mut c = cluster.client(0).await;
+    c.put("h/a", "1", None).await.unwrap(); // rev 2
+    c.put("h/b", "1", None).await.unwrap(); // rev 3
+    c.put("h/a", "2", None).await.unwrap(); // rev 4
+    c.delete("h/b", None).await.unwrap(); // rev 5
+    c.put("other", "x", None).await.unwrap(); // rev 6
+
+    let mut w = cluster.client(2).await;
+    let mut stream = w
+        .watch("h/", Some(WatchOptions::new().with_prefix().with_start_revision(2).with_prev_key()))
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    while seen.len() < 4 {
+        let resp = next_events(&mut stream).await;
+        for e in resp.events() {
+            let kv = e.kv().unwrap();
+            seen.push((e.event_type(), kv.key_str().unwrap().to_string(), kv.mod_revision(), e.prev_kv().map(|p| p.value().to_vec())));
+        }
+    }
+    assert_eq!(
+        seen,
+        vec![
+            (EventType::Put, "h/a".into(), 2, None),
+            (EventType::Put, "h/b".into(), 3, None),
+            (EventType::Put, "h/a".into(), 4, Some(b"1".to_vec())),
+            (EventType::Delete, "h/b".into(), 5, Some(b"1".to_vec())),
+        ]
+    );
+    // Then it follows live writes.
+    c.put("h/c", "live", None).await.unwrap();
+    let resp = next_events(&mut stream).await;
+    assert_eq!(resp.events()[0].kv().unwrap().key(), b"h/c");
+    assert_eq!(resp.events()[0].kv().unwrap().mod_revision(), 7);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watching_a_compacted_revision_is_canceled_with_etcds_response() {
+    let cluster = Cluster::start(3).await;
+    let mut c = cluster.client(0).await;
+    for i in 0..5 {
+        c.put("k", format!("{i}"), None).await.unwrap();
+    }
+    c.compact(5, None).await.unwrap();
+    let mut stream = c.watch("k", Some(WatchOptions::new().with_start_revision(2))).await.unwrap();
+    let resp = next_events(&mut stream).await;
+    assert!(resp.canceled());
+    assert_eq!(resp.compact_revision(), 5);
+    assert_eq!(resp.cancel_reason(), "etcdserver: mvcc: required revision has been compacted");
+
+    // At the compaction revision itself, history is still there.
+    let mut stream = c.watch("k", Some(WatchOptions::new().with_start_revision(5))).await.unwrap();
+    let resp = next_events(&mut stream).await;
+    assert!(!resp.canceled());
+    assert_eq!(resp.events()[0].kv().unwrap().mod_revision(), 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn filters_and_cancel_work_on_one_stream() {
+    let cluster = Cluster::start(3).await;
+    let mut c = cluster.client(0).await;
+    let mut stream = c
+        .watch("f", Some(WatchOptions::new().with_filters([WatchFilterType::NoPut])))
+        .await
+        .unwrap();
+    let created = stream.message().await.unwrap().unwrap();
+    assert!(created.created());
+    let first_id = created.watch_id();
+    stream.watch("g", None).await.unwrap();
+    let created = stream.message().await.unwrap().unwrap();
+    assert!(created.created());
+    assert_ne!(created.watch_id(), first_id);
+    let second_id = created.watch_id();
+
+    c.put("f", "1", None).await.unwrap();
+    c.delete("f", None).await.unwrap();
+    c.put("g", "1", None).await.unwrap();
+    let mut got = Vec::new();
+    while got.len() < 2 {
+        let resp = next_events(&mut stream).await;
+        for e in resp.events() {
+            got.push((resp.watch_id(), e.event_type()));
+        }
+    }
+    assert!(got.contains(&(first_id, EventType::Delete)), "{got:?}");
+    assert!(got.contains(&(second_id, EventType::Put)), "{got:?}");
+    assert!(!got.contains(&(first_id, EventType::Put)), "NOPUT filter let a put through: {got:?}");
+
+    stream.cancel(second_id).await.unwrap();
+    loop {
+        let resp = tokio::time::timeout(WAIT, stream.message()).await.unwrap().unwrap().unwrap();
+        if resp.canceled() {
+            assert_eq!(resp.watch_id(), second_id);
+            break;
+        }
+    }
+}
+
+/// Waits until member `i` holds at least `n` keys under `load/`.
+async fn wait_for_count(cluster: &Cluster, i: usize, n: usize) {
+    eventually("writes land", || async move {
+        let mut c = cluster.client(i).await;
+        let got = c
+            .get("load/", Some(GetOptions::new().with_prefix().with_count_only()))
+            .await
+            .map_err(|e| e.to_string())?;
+        if got.count() as usize >= n { Ok(()) } else { Err(got.count().to_string()) }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_event_is_lost_or_duplicated_when_the_leader_dies_under_load() {
+    let mut cluster = Cluster::start(3).await;
+    let leader = cluster.wait_for_leader().await;
+    let watch_member = (leader + 1) % 3;
+    let write_member = (leader + 2) % 3;
+
+    let mut w = cluster.client(watch_member).await;
+    let mut stream = w.watch("load/", Some(WatchOptions::new().with_prefix())).await.unwrap();
+    assert!(stream.message().await.unwrap().unwrap().created());
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let endpoints = vec![cluster.members[write_member].client_url.clone(), cluster.members[watch_member].client_url.clone()];
+    let writer = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let opts = ConnectOptions::new().with_timeout(Duration::from_secs(3));
+            let mut acked = 0u64;
+            let mut seq = 0u64;
+            for _ in 0..10_000 {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let ep = &endpoints[(seq % 2) as usize];
+                if let Ok(mut c) = Client::connect([ep.as_str()], Some(opts.clone())).await {
+                    if c.put(format!("load/{seq:06}"), "v", None).await.is_ok() {
+                        acked += 1;
+                    }
+                }
+                seq += 1;
+            }
+            acked
+        })
+    };
+    wait_for_count(&cluster, write_member, 100).await;
+    cluster.kill(leader);
+    let now = {
+        let mut c = cluster.client(write_member).await;
+        eventually("count after kill", || {
+            let mut c = c.clone();
+            async move { c.get("load/", Some(GetOptions::new().with_prefix().with_count_only())).await }
+        })
+        .await
+        .count() as usize
+    };
+    wait_for_count(&cluster, write_member, now + 100).await;
+    stop.store(true, Ordering::Relaxed);
+    let acked = writer.await.unwrap();
+    assert!(acked >= 200);
+
+    // Every committed write under the prefix, as the survivors see it.
+    let mut c = cluster.client(write_member).await;
+    let stored = c.get("load/", Some(GetOptions::new().with_prefix())).await.unwrap();
+    let mut expected: Vec<(String, i64)> = stored
+        .kvs()
+        .iter()
+        .map(|kv| (kv.key_str().unwrap().to_string(), kv.mod_revision()))
+        .collect();
+    expected.sort_by_key(|(_, rev)| *rev);
+
+    let mut seen: Vec<(String, i64)> = Vec::new();
+    while seen.len() < expected.len() {
+        let resp = next_events(&mut stream).await;
+        assert!(!resp.canceled(), "watch canceled: {}", resp.cancel_reason());
+        for e in resp.events() {
+            let kv = e.kv().unwrap();
+            seen.push((kv.key_str().unwrap().to_string(), kv.mod_revision()));
+        }
+    }
+    assert!(seen.windows(2).all(|p| p[0].1 < p[1].1), "events out of order or duplicated");
+    assert_eq!(seen, expected);
+}

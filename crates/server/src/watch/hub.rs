@@ -1,0 +1,116 @@
+//! The member's source of change events: one task reads each newly applied
+//! stretch of history from the store once and broadcasts it to every watch
+//! stream, so the cost of reading history does not grow with the number of
+//! watchers.
+//!
+//! The broadcast is bounded. A stream that falls behind it (a slow client)
+//! loses its place in the broadcast and catches up from the store on its own,
+//! as etcd's unsynced watchers do; writers never wait for watchers.
+
+use std::sync::Arc;
+
+use concord_proto::mvccpb::Event;
+use concord_storage::{KvError, MvccStore};
+use tokio::sync::{broadcast, watch};
+
+/// Batches the broadcast holds for streams that have not read them yet.
+const BROADCAST_BATCHES: usize = 1024;
+/// Most events the hub reads from the store at once.
+const HUB_READ_EVENTS: usize = 4096;
+
+/// Every change in the store revisions `from_rev..=to_rev`, in order.
+#[derive(Debug)]
+pub struct EventBatch {
+    /// The first revision the batch covers.
+    pub from_rev: i64,
+    /// The last revision the batch covers.
+    pub to_rev: i64,
+    /// The changes, with `prev_kv` filled where history still holds it.
+    pub events: Vec<Event>,
+}
+
+/// Publishes applied changes to the member's watch streams.
+pub struct WatchHub {
+    store: Arc<MvccStore>,
+    batches: broadcast::Sender<Arc<EventBatch>>,
+    applied_revision: watch::Sender<i64>,
+}
+
+impl WatchHub {
+    /// A hub over `store`; call [`WatchHub::run`] on a task to start publishing.
+    pub fn new(store: Arc<MvccStore>) -> Arc<Self> {
+        let (batches, _) = broadcast::channel(BROADCAST_BATCHES);
+        let (applied_revision, _) = watch::channel(store.current_revision());
+        Arc::new(WatchHub {
+            store,
+            batches,
+            applied_revision,
+        })
+    }
+
+    /// The store the hub reads from.
+    pub fn store(&self) -> &Arc<MvccStore> {
+        &self.store
+    }
+
+    /// Called after each apply: the store now stands at `revision`.
+    pub fn notify_applied(&self, revision: i64) {
+        self.applied_revision.send_if_modified(|r| {
+            let changed = *r != revision;
+            *r = revision;
+            changed
+        });
+    }
+
+    /// Subscribes to batches published from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<EventBatch>> {
+        self.batches.subscribe()
+    }
+
+    /// Publishes history as it is applied, until the hub is dropped elsewhere
+    /// and the applied-revision channel closes.
+    pub async fn run(self: Arc<Self>) {
+        let mut applied = self.applied_revision.subscribe();
+        let mut published = self.store.current_revision();
+        loop {
+            if applied.changed().await.is_err() {
+                return;
+            }
+            let target = *applied.borrow_and_update();
+            while published < target {
+                match self.store.events(published + 1, HUB_READ_EVENTS, true) {
+                    Ok((events, snapshot_rev)) => {
+                        let to_rev = if events.len() >= HUB_READ_EVENTS {
+                            events.last().map_or(snapshot_rev, event_revision)
+                        } else {
+                            snapshot_rev
+                        };
+                        let batch = EventBatch {
+                            from_rev: published + 1,
+                            to_rev,
+                            events,
+                        };
+                        published = to_rev;
+                        // No receiver is fine: nobody is watching.
+                        let _ = self.batches.send(Arc::new(batch));
+                    }
+                    Err(KvError::Compacted) => {
+                        // History was compacted before the hub read it: skip
+                        // ahead; streams see the gap and catch up on their own
+                        // (and learn of the compaction there).
+                        published = self.store.current_revision();
+                    }
+                    Err(e) => {
+                        tracing::error!("watch hub cannot read history: {e}");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The revision at which an event happened.
+pub fn event_revision(event: &Event) -> i64 {
+    event.kv.as_ref().map_or(0, |kv| kv.mod_revision)
+}

@@ -1,0 +1,57 @@
+//! etcd's Watch service: change events from any retained revision, in
+//! order, exactly once.
+//!
+//! - [`hub`]: reads applied history once and broadcasts it to every stream.
+//! - [`watcher`]: one watcher's range, filters and position.
+//! - [`stream`]: one client stream with its watchers.
+//! - [`wait`]: the same, for waiters inside the server.
+
+pub mod hub;
+pub mod stream;
+pub mod wait;
+pub mod watcher;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use concord_proto::etcdserverpb::watch_server::Watch;
+use concord_proto::etcdserverpb::{WatchRequest, WatchResponse};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::context::MemberContext;
+pub use hub::WatchHub;
+
+/// Responses queued for one client before its stream stops reading the hub.
+const OUTBOUND_QUEUE: usize = 128;
+
+/// The Watch service of one member.
+pub struct WatchService {
+    ctx: Arc<MemberContext>,
+    hub: Arc<WatchHub>,
+    progress_interval: Duration,
+}
+
+impl WatchService {
+    /// A Watch service reading from `hub`; watchers that ask for progress
+    /// notifications get one every `progress_interval` while idle.
+    pub fn new(ctx: Arc<MemberContext>, hub: Arc<WatchHub>, progress_interval: Duration) -> Self {
+        WatchService { ctx, hub, progress_interval }
+    }
+}
+
+#[tonic::async_trait]
+impl Watch for WatchService {
+    type WatchStream = ReceiverStream<Result<WatchResponse, Status>>;
+
+    async fn watch(
+        &self,
+        request: Request<Streaming<WatchRequest>>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let (out, rx) = mpsc::channel(OUTBOUND_QUEUE);
+        let task = stream::WatchStreamTask::new(self.ctx.clone(), self.hub.clone(), out, self.progress_interval);
+        tokio::spawn(task.run(request.into_inner()));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}

@@ -1,0 +1,276 @@
+//! One client Watch stream: many watchers multiplexed over one gRPC stream.
+//!
+//! The stream's task owns its watchers. It reacts to three things: requests
+//! from the client (create, cancel, progress), batches from the hub, and the
+//! progress-notify clock. Sends to the client wait for room in a bounded
+//! queue; while a slow client makes the task wait, the task falls behind the
+//! hub's broadcast, and its watchers later catch up from the store. Nothing
+//! upstream waits for it.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use concord_proto::etcdserverpb::watch_request::RequestUnion;
+use concord_proto::etcdserverpb::{WatchCreateRequest, WatchRequest, WatchResponse};
+use concord_proto::mvccpb::Event;
+use concord_storage::KvError;
+use prost::Message as _;
+use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
+use tonic::{Status, Streaming};
+
+use super::hub::{EventBatch, WatchHub};
+use super::watcher::{Delivery, Watcher};
+use crate::context::MemberContext;
+
+/// etcd's id for responses that belong to no single watcher (progress replies).
+const NO_WATCH_ID: i64 = -1;
+
+struct StreamWatcher {
+    watcher: Watcher,
+    progress_notify: bool,
+    fragment: bool,
+}
+
+/// The task behind one Watch stream.
+pub struct WatchStreamTask {
+    ctx: Arc<MemberContext>,
+    hub: Arc<WatchHub>,
+    out: mpsc::Sender<Result<WatchResponse, Status>>,
+    watchers: BTreeMap<i64, StreamWatcher>,
+    next_auto_id: i64,
+    progress_interval: Duration,
+}
+
+impl WatchStreamTask {
+    /// A task that answers on `out`.
+    pub fn new(
+        ctx: Arc<MemberContext>,
+        hub: Arc<WatchHub>,
+        out: mpsc::Sender<Result<WatchResponse, Status>>,
+        progress_interval: Duration,
+    ) -> Self {
+        WatchStreamTask {
+            ctx,
+            hub,
+            out,
+            watchers: BTreeMap::new(),
+            next_auto_id: 0,
+            progress_interval,
+        }
+    }
+
+    /// Serves the stream until the client goes away.
+    pub async fn run(mut self, mut inbound: Streaming<WatchRequest>) {
+        let mut batches = self.hub.subscribe();
+        let mut progress = tokio::time::interval(self.progress_interval);
+        progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        progress.tick().await;
+        loop {
+            let keep_going = tokio::select! {
+                request = inbound.next() => match request {
+                    Some(Ok(request)) => self.on_request(request).await,
+                    _ => false,
+                },
+                batch = batches.recv() => match batch {
+                    Ok(batch) => self.on_batch(&batch).await,
+                    // Batches were dropped for this stream: every watcher
+                    // that missed some reads them from the store instead.
+                    Err(RecvError::Lagged(_)) => self.catch_up_all().await,
+                    Err(RecvError::Closed) => false,
+                },
+                _ = progress.tick() => self.notify_progress().await,
+            };
+            if !keep_going {
+                break;
+            }
+        }
+    }
+
+    async fn send(&self, resp: WatchResponse) -> bool {
+        self.out.send(Ok(resp)).await.is_ok()
+    }
+
+    fn response(&self, watch_id: i64, revision: i64) -> WatchResponse {
+        WatchResponse {
+            header: Some(self.ctx.header(revision)),
+            watch_id,
+            ..Default::default()
+        }
+    }
+
+    async fn on_request(&mut self, request: WatchRequest) -> bool {
+        match request.request_union {
+            Some(RequestUnion::CreateRequest(create)) => self.create(create).await,
+            Some(RequestUnion::CancelRequest(cancel)) => {
+                if self.watchers.remove(&cancel.watch_id).is_some() {
+                    let mut resp = self.response(cancel.watch_id, self.hub.store().current_revision());
+                    resp.canceled = true;
+                    return self.send(resp).await;
+                }
+                true
+            }
+            Some(RequestUnion::ProgressRequest(_)) => {
+                let current = self.hub.store().current_revision();
+                // Everything up to the slowest watcher's position has been sent.
+                let revision = self
+                    .watchers
+                    .values()
+                    .map(|w| w.watcher.next_rev - 1)
+                    .min()
+                    .unwrap_or(current)
+                    .min(current);
+                self.send(self.response(NO_WATCH_ID, revision)).await
+            }
+            None => true,
+        }
+    }
+
+    async fn create(&mut self, create: WatchCreateRequest) -> bool {
+        let current = self.hub.store().current_revision();
+        let id = if create.watch_id != 0 {
+            create.watch_id
+        } else {
+            while self.watchers.contains_key(&self.next_auto_id) {
+                self.next_auto_id += 1;
+            }
+            self.next_auto_id
+        };
+        if self.watchers.contains_key(&id) || id < 0 {
+            let mut resp = self.response(id, current);
+            resp.created = true;
+            resp.canceled = true;
+            resp.cancel_reason = "mvcc: duplicate watch ID provided on the WatchStream".into();
+            return self.send(resp).await;
+        }
+        if create.watch_id == 0 {
+            self.next_auto_id += 1;
+        }
+        let next_rev = if create.start_revision > 0 { create.start_revision } else { current + 1 };
+        let watcher = Watcher::new(create.key, create.range_end, &create.filters, create.prev_kv, next_rev);
+        self.watchers.insert(
+            id,
+            StreamWatcher {
+                watcher,
+                progress_notify: create.progress_notify,
+                fragment: create.fragment,
+            },
+        );
+        let mut created = self.response(id, current);
+        created.created = true;
+        if !self.send(created).await {
+            return false;
+        }
+        if next_rev <= current {
+            return self.catch_up(id).await;
+        }
+        true
+    }
+
+    async fn on_batch(&mut self, batch: &EventBatch) -> bool {
+        let ids: Vec<i64> = self.watchers.keys().copied().collect();
+        for id in ids {
+            let Some(w) = self.watchers.get_mut(&id) else { continue };
+            match w.watcher.deliver(batch) {
+                Delivery::Nothing => {}
+                Delivery::Events(events) => {
+                    if !events.is_empty() && !self.send_events(id, events, batch.to_rev).await {
+                        return false;
+                    }
+                }
+                Delivery::CatchUp => {
+                    if !self.catch_up(id).await {
+                        return false;
+                    }
+                }
+            }
+        }
+        true
+    }
+
+    async fn catch_up_all(&mut self) -> bool {
+        let ids: Vec<i64> = self.watchers.keys().copied().collect();
+        for id in ids {
+            if !self.catch_up(id).await {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Reads watcher `id`'s missing history from the store and sends it.
+    async fn catch_up(&mut self, id: i64) -> bool {
+        loop {
+            let store = self.hub.store().clone();
+            let Some(w) = self.watchers.get_mut(&id) else { return true };
+            match w.watcher.catch_up_step(&store) {
+                Ok((events, revision, done)) => {
+                    if !events.is_empty() && !self.send_events(id, events, revision).await {
+                        return false;
+                    }
+                    if done {
+                        return true;
+                    }
+                }
+                Err(err) => {
+                    self.watchers.remove(&id);
+                    let mut resp = self.response(id, store.current_revision());
+                    resp.canceled = true;
+                    if err == KvError::Compacted {
+                        resp.compact_revision = store.compact_revision();
+                    }
+                    resp.cancel_reason = err.to_string();
+                    return self.send(resp).await;
+                }
+            }
+        }
+    }
+
+    /// Sends events for one watcher, split into fragments when it asked for
+    /// them and the events would exceed the request size limit.
+    async fn send_events(&self, id: i64, events: Vec<Event>, revision: i64) -> bool {
+        let fragment = self.watchers.get(&id).is_some_and(|w| w.fragment);
+        let limit = self.ctx.limits.max_request_bytes;
+        let mut resp = self.response(id, revision);
+        if !fragment || events.iter().map(|e| e.encoded_len()).sum::<usize>() <= limit {
+            resp.events = events;
+            return self.send(resp).await;
+        }
+        let mut chunk = Vec::new();
+        let mut size = 0;
+        let total = events.len();
+        for (i, event) in events.into_iter().enumerate() {
+            size += event.encoded_len();
+            chunk.push(event);
+            if size >= limit || i + 1 == total {
+                let mut part = resp.clone();
+                part.events = std::mem::take(&mut chunk);
+                part.fragment = i + 1 != total;
+                if !self.send(part).await {
+                    return false;
+                }
+                size = 0;
+            }
+        }
+        true
+    }
+
+    /// Tells watchers that asked for progress notifications how far they are.
+    async fn notify_progress(&mut self) -> bool {
+        let current = self.hub.store().current_revision();
+        let due: Vec<(i64, i64)> = self
+            .watchers
+            .iter()
+            .filter(|(_, w)| w.progress_notify && w.watcher.next_rev > current)
+            .map(|(id, w)| (*id, w.watcher.next_rev - 1))
+            .collect();
+        for (id, revision) in due {
+            if !self.send(self.response(id, revision)).await {
+                return false;
+            }
+        }
+        true
+    }
+}
