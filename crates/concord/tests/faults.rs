@@ -151,7 +151,7 @@ async fn each_member_survives_kill_and_restart_in_turn() {
             expected.insert(key, "v".to_string());
         }
         cluster.kill(round);
-        let mut c = cluster.client(survivor).await;
+        let c = cluster.client(survivor).await;
         for k in 0..20 {
             let key = format!("round/{round}/during/{k}");
             eventually("write with one member down", || {

@@ -211,7 +211,7 @@ async fn no_event_is_lost_or_duplicated_when_the_leader_dies_under_load() {
     wait_for_count(&cluster, write_member, 100).await;
     cluster.kill(leader);
     let now = {
-        let mut c = cluster.client(write_member).await;
+        let c = cluster.client(write_member).await;
         eventually("count after kill", || {
             let mut c = c.clone();
             async move { c.get("load/", Some(GetOptions::new().with_prefix().with_count_only())).await }

@@ -59,11 +59,12 @@ pub(crate) enum GroupMsg<O> {
 
 /// What the driver publishes for callers after every loop. The leader and
 /// term sit in atomics because every request reads them.
-#[derive(Default)]
 struct SharedStatus {
     full: RwLock<GroupStatus>,
     leader_id: AtomicU64,
     term: AtomicU64,
+    /// This member's role and the term it holds it in; changes wake watchers.
+    role: watch::Sender<(Role, u64)>,
 }
 
 /// The caller's side of a group: cheap to clone, usable from async code.
@@ -108,6 +109,12 @@ impl<O: Send + 'static> RaftHandle<O> {
     /// The current Raft term as this member sees it.
     pub fn term(&self) -> u64 {
         self.status.term.load(Ordering::Relaxed)
+    }
+
+    /// Follows this member's role (and the term it holds it in), for work
+    /// that only the leader does, such as expiring leases.
+    pub fn watch_role(&self) -> watch::Receiver<(Role, u64)> {
+        self.status.role.subscribe()
     }
 
     /// Replicates `data` through the group and returns what the state machine
@@ -224,7 +231,9 @@ pub fn start_group<S: StateMachine>(
             applied_index: applied,
             ..Default::default()
         }),
-        ..Default::default()
+        leader_id: AtomicU64::new(0),
+        term: AtomicU64::new(0),
+        role: watch::channel((Role::Follower, 0)).0,
     });
     let handle = RaftHandle {
         group_id: cfg.group_id,
@@ -550,14 +559,20 @@ impl<S: StateMachine> Driver<S> {
         let raft = &self.raw.raft;
         self.status.leader_id.store(raft.leader_id, Ordering::Relaxed);
         self.status.term.store(raft.term, Ordering::Relaxed);
-        let mut status = self.status.full.write().expect("status lock poisoned");
-        status.leader_id = raft.leader_id;
-        status.term = raft.term;
-        status.role = match raft.state {
+        let role = match raft.state {
             StateRole::Leader => Role::Leader,
             StateRole::Candidate | StateRole::PreCandidate => Role::Candidate,
             StateRole::Follower => Role::Follower,
         };
+        self.status.role.send_if_modified(|current| {
+            let changed = *current != (role, raft.term);
+            *current = (role, raft.term);
+            changed
+        });
+        let mut status = self.status.full.write().expect("status lock poisoned");
+        status.leader_id = raft.leader_id;
+        status.term = raft.term;
+        status.role = role;
         status.commit_index = raft.raft_log.committed;
         status.applied_index = raft.raft_log.applied;
         status.last_index = raft.raft_log.last_index();

@@ -8,6 +8,7 @@ use concord_raft::{Committed, StateMachine};
 use concord_storage::{ApplyEntry, KvError, MvccStore, WriteResult};
 use prost::Message as _;
 
+use crate::lease::lessor::Lessor;
 use crate::membership::Membership;
 use crate::watch::WatchHub;
 
@@ -24,13 +25,20 @@ pub struct KvStateMachine {
     store: Arc<MvccStore>,
     membership: Arc<Membership>,
     hub: Arc<WatchHub>,
+    lessor: Arc<Lessor>,
 }
 
 impl KvStateMachine {
     /// A state machine over `store`, updating `membership` on publish
-    /// entries and telling `hub` of each new revision.
-    pub fn new(store: Arc<MvccStore>, membership: Arc<Membership>, hub: Arc<WatchHub>) -> Self {
-        KvStateMachine { store, membership, hub }
+    /// entries, telling `hub` of each new revision and `lessor` of each
+    /// lease granted or revoked.
+    pub fn new(
+        store: Arc<MvccStore>,
+        membership: Arc<Membership>,
+        hub: Arc<WatchHub>,
+        lessor: Arc<Lessor>,
+    ) -> Self {
+        KvStateMachine { store, membership, hub, lessor }
     }
 }
 
@@ -47,6 +55,7 @@ impl StateMachine for KvStateMachine {
         let applied = self.store.applied_index();
         let mut commands = Vec::with_capacity(entries.len());
         let mut published = Vec::new();
+        let mut revokes = std::collections::HashMap::new();
         for entry in entries {
             let command = if entry.data.is_empty() {
                 None
@@ -60,6 +69,10 @@ impl StateMachine for KvStateMachine {
                             published.push(entry.index);
                         }
                         None
+                    }
+                    Some(Op::LeaseRevoke(ref revoke)) => {
+                        revokes.insert(entry.index, revoke.id);
+                        Some(cmd)
                     }
                     _ => Some(cmd),
                 }
@@ -75,6 +88,17 @@ impl StateMachine for KvStateMachine {
             .collect();
         let results = self.store.apply(&batch)?;
         self.hub.notify_applied(self.store.current_revision());
+        for (index, result) in &results {
+            match result {
+                Ok(WriteResult::LeaseGrant(grant)) => self.lessor.on_granted(grant.id, grant.ttl),
+                Ok(WriteResult::LeaseRevoke(_)) | Err(KvError::LeaseNotFound) => {
+                    if let Some(id) = revokes.get(index) {
+                        self.lessor.on_revoked(*id);
+                    }
+                }
+                _ => {}
+            }
+        }
         let mut outputs: Vec<(u64, Applied)> = results
             .into_iter()
             .map(|(index, result)| (index, Applied::Kv(result)))

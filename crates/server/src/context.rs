@@ -44,6 +44,8 @@ pub struct MemberContext {
     pub store_path: PathBuf,
     /// Request limits.
     pub limits: Limits,
+    /// How long a request may wait on Raft (etcd: 5 s + 2 election timeouts).
+    pub request_timeout: std::time::Duration,
 }
 
 impl MemberContext {

@@ -22,11 +22,6 @@ pub fn lease_provided() -> Status {
     Status::invalid_argument("etcdserver: lease is provided")
 }
 
-/// "etcdserver: requested lease not found"
-pub fn lease_not_found() -> Status {
-    Status::not_found("etcdserver: requested lease not found")
-}
-
 /// "etcdserver: too many operations in txn request"
 pub fn too_many_ops() -> Status {
     Status::invalid_argument("etcdserver: too many operations in txn request")

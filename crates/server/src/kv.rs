@@ -11,7 +11,7 @@ use concord_proto::etcdserverpb::kv_server::Kv;
 use concord_proto::etcdserverpb::request_op::Request as TxnOp;
 use concord_proto::etcdserverpb::{
     CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
-    PutResponse, RangeRequest, RangeResponse, RequestOp, TxnRequest, TxnResponse,
+    PutResponse, RangeRequest, RangeResponse, TxnRequest, TxnResponse,
 };
 use concord_storage::WriteResult;
 use tonic::{Request, Response, Status};
@@ -29,21 +29,6 @@ impl KvService {
     pub fn new(ctx: Arc<MemberContext>) -> Self {
         KvService { ctx }
     }
-}
-
-/// Leases arrive with #3; until then every lease id names a lease that does not exist.
-fn check_no_leases(ops: &[RequestOp]) -> Result<(), Status> {
-    for op in ops {
-        match &op.request {
-            Some(TxnOp::RequestPut(p)) if p.lease != 0 => return Err(errors::lease_not_found()),
-            Some(TxnOp::RequestTxn(t)) => {
-                check_no_leases(&t.success)?;
-                check_no_leases(&t.failure)?;
-            }
-            _ => {}
-        }
-    }
-    Ok(())
 }
 
 /// True when every range in the txn, nested ones included, asked for a serializable read.
@@ -79,9 +64,6 @@ impl Kv for KvService {
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
         let req = request.into_inner();
         validate::check_put(&req)?;
-        if req.lease != 0 {
-            return Err(errors::lease_not_found());
-        }
         let group = self.ctx.router.group_for_key(&req.key);
         let result = self.ctx.propose_write(group, Op::Put(req)).await?;
         let revision = result.revision();
@@ -115,8 +97,6 @@ impl Kv for KvService {
     async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
         let req = request.into_inner();
         validate::check_txn(&req, self.ctx.limits.max_txn_ops)?;
-        check_no_leases(&req.success)?;
-        check_no_leases(&req.failure)?;
         let group = self.ctx.router.group_for_txn(&req);
         if concord_storage::is_txn_read_only(&req) {
             // Like etcd, a txn that only reads needs no Raft round: a ReadIndex

@@ -25,7 +25,14 @@ use crate::kv::KvService;
 use crate::maintenance::MaintenanceService;
 use crate::membership::Membership;
 use crate::router::KeyRouter;
+use crate::election::ElectionService;
+use crate::lease::lessor::{run_lessor, Lessor};
+use crate::lease::LeaseService;
+use crate::lock::LockService;
+use concord_proto::etcdserverpb::lease_server::LeaseServer;
 use crate::watch::{WatchHub, WatchService};
+use concord_proto::v3electionpb::election_server::ElectionServer;
+use concord_proto::v3lockpb::lock_server::LockServer;
 
 /// The id of the group that owns the whole keyspace today.
 pub const FIRST_GROUP_ID: u64 = 1;
@@ -125,6 +132,7 @@ pub async fn serve(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> Res
 
     let hub = WatchHub::new(store.clone());
     tokio::spawn(hub.clone().run());
+    let lessor = Lessor::new(store.clone(), cfg.election_timeout, cfg.request_timeout());
 
     let transport = PeerTransport::new(member_id, tokio::runtime::Handle::current());
     for m in membership.members() {
@@ -143,7 +151,7 @@ pub async fn serve(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> Res
     let (group, driver_thread) = start_group(
         group_cfg,
         engine,
-        KvStateMachine::new(store.clone(), membership.clone(), hub.clone()),
+        KvStateMachine::new(store.clone(), membership.clone(), hub.clone(), lessor.clone()),
         transport.clone(),
     )
     .map_err(|e| ServeError::Storage(e.to_string()))?;
@@ -155,7 +163,10 @@ pub async fn serve(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> Res
         store,
         store_path,
         limits: cfg.limits.clone(),
+        request_timeout: cfg.request_timeout(),
     });
+
+    let lessor_task = tokio::spawn(run_lessor(lessor.clone(), ctx.clone()));
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut servers = tokio::task::JoinSet::new();
@@ -187,7 +198,14 @@ pub async fn serve(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> Res
             ctx.clone(),
             hub.clone(),
             cfg.watch_progress_notify_interval,
-        )));
+        )))
+        .add_service(LeaseServer::new(LeaseService::new(
+            ctx.clone(),
+            lessor.clone(),
+            cfg.election_timeout,
+        )))
+        .add_service(LockServer::new(LockService::new(ctx.clone(), hub.clone())))
+        .add_service(ElectionServer::new(ElectionService::new(ctx.clone(), hub.clone())));
         let router = routes
             .into_axum_router()
             .fallback(crate::fallback::unimplemented_method);
@@ -234,6 +252,7 @@ pub async fn serve(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> Res
     if tokio::time::timeout(SHUTDOWN_GRACE, drain).await.is_err() {
         servers.abort_all();
     }
+    lessor_task.abort();
     group.stop();
     let _ = tokio::task::spawn_blocking(move || driver_thread.join()).await;
     match failed {
@@ -266,7 +285,9 @@ async fn publish_self(group: crate::router::GroupHandle, me: Member, stop: watch
         op: Some(Op::PublishMember(me)),
     }
     .encode_to_vec();
-    let mut delay = Duration::from_millis(100);
+    // Other members need these URLs to forward lease calls here, so retry
+    // often until a leader exists to commit the announcement.
+    let delay = Duration::from_millis(100);
     while !*stop.borrow() {
         match group.propose(data.clone()).await {
             Ok(_) => {
@@ -276,6 +297,5 @@ async fn publish_self(group: crate::router::GroupHandle, me: Member, stop: watch
             Err(e) => tracing::debug!("publish not committed yet: {e}"),
         }
         tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_secs(2));
     }
 }

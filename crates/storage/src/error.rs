@@ -38,9 +38,13 @@ pub enum KvError {
     /// `ignore_value` / `ignore_lease` was set on a put whose key does not exist.
     #[error("etcdserver: key not found")]
     KeyNotFound,
-    /// A put referred to a lease that does not exist (reserved for when leases are enforced).
+    /// A put or a lease revoke named a lease that does not exist (or a grant named lease id 0,
+    /// which etcd reports the same way).
     #[error("etcdserver: requested lease not found")]
     LeaseNotFound,
+    /// A lease grant named an id that is already granted.
+    #[error("etcdserver: lease already exists")]
+    LeaseExists,
     /// A Raft command carried no operation. etcd has no such case (its proposals are always
     /// populated); Concord answers it so a waiting caller is never left hanging.
     #[error("etcdserver: request is empty")]
@@ -58,6 +62,7 @@ impl KvError {
             KvError::Compacted | KvError::FutureRevision => ErrorCode::OutOfRange,
             KvError::KeyNotFound | KvError::EmptyCommand => ErrorCode::InvalidArgument,
             KvError::LeaseNotFound => ErrorCode::NotFound,
+            KvError::LeaseExists => ErrorCode::FailedPrecondition,
             KvError::Internal(_) => ErrorCode::Internal,
         }
     }
@@ -175,5 +180,10 @@ mod tests {
         assert_eq!(KvError::FutureRevision.code(), ErrorCode::OutOfRange);
         assert_eq!(KvError::KeyNotFound.code(), ErrorCode::InvalidArgument);
         assert_eq!(KvError::LeaseNotFound.code(), ErrorCode::NotFound);
+        assert_eq!(
+            KvError::LeaseExists.to_string(),
+            "etcdserver: lease already exists"
+        );
+        assert_eq!(KvError::LeaseExists.code(), ErrorCode::FailedPrecondition);
     }
 }

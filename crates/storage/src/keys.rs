@@ -22,6 +22,14 @@ pub(crate) const LATEST: TableDefinition<&[u8], &[u8]> = TableDefinition::new("l
 /// One row per change in revision order: `(main, sub)` → change kind byte followed by user key.
 pub(crate) const CHANGES: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("changes");
 
+/// Every granted lease: lease id → the TTL (seconds) it was granted with. A row exists from the
+/// grant until the revoke; expiry is the server's business (it proposes the revoke).
+pub(crate) const LEASES: TableDefinition<i64, i64> = TableDefinition::new("leases");
+
+/// The keys attached to each lease: `(lease id, user key)` → nothing. redb orders the tuple
+/// element by element, so a lease's keys are contiguous and in ascending key order.
+pub(crate) const LEASE_KEYS: TableDefinition<(i64, &[u8]), ()> = TableDefinition::new("lease_keys");
+
 /// Store-wide counters, see the `META_*` keys.
 pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 

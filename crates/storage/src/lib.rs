@@ -1,14 +1,17 @@
 //! Concord's MVCC key-value state machine: etcd's v3 KV semantics (revisions, history, Range,
-//! Put, DeleteRange, Txn, Compaction) on top of a single redb file.
+//! Put, DeleteRange, Txn, Compaction) and etcd's leases (grant, revoke, keys attached to a lease)
+//! on top of a single redb file.
 //!
 //! # Tables
 //!
-//! | table     | key                                   | value                                        |
-//! |-----------|---------------------------------------|----------------------------------------------|
-//! | `kv`      | `(user key, main rev, sub rev)`       | record, or empty for a deletion (tombstone)  |
-//! | `latest`  | user key                              | record of the newest *live* version          |
-//! | `changes` | `(main rev, sub rev)`                 | change kind byte (put/delete) + user key      |
-//! | `meta`    | `applied_index`, `revision`, `compact_revision` | `u64`                              |
+//! | table        | key                                             | value                                       |
+//! |--------------|-------------------------------------------------|---------------------------------------------|
+//! | `kv`         | `(user key, main rev, sub rev)`                 | record, or empty for a deletion (tombstone) |
+//! | `latest`     | user key                                        | record of the newest *live* version         |
+//! | `changes`    | `(main rev, sub rev)`                           | change kind byte (put/delete) + user key    |
+//! | `leases`     | lease id (`i64`)                                | granted TTL in seconds (`i64`)              |
+//! | `lease_keys` | `(lease id, user key)`                          | nothing: the row itself is the attachment   |
+//! | `meta`       | `applied_index`, `revision`, `compact_revision` | `u64`                                       |
 //!
 //! A *record* is `create_revision, mod_revision, version, lease` as four little-endian `i64`s
 //! followed by the value bytes (the key is already in the table key). redb orders the `kv` tuple
@@ -21,8 +24,8 @@
 //! `create_revision`, `version`, `prev_kv`, `ignore_value`) touch one row per key. Only reads at an
 //! older revision use `kv`. `changes` lists every change in revision order, for watchers catching
 //! up ([`MvccStore::events`]) and for compaction, which must find the keys whose history it can
-//! drop without scanning the whole store. There is no in-memory index: reads run on redb read
-//! snapshots.
+//! drop without scanning the whole store. `lease_keys` lets a revoke find its keys without a
+//! scan. There is no in-memory index: reads run on redb read snapshots.
 //!
 //! # Invariants
 //!
@@ -36,6 +39,11 @@
 //!   kept too, so watchers may start there (see `compact.rs`).
 //! * After compaction at `c`, `kv` holds for each key only versions newer than `c` plus its newest
 //!   version `<= c` if that one is live, so every read at a revision `>= c` is unchanged.
+//! * `lease_keys` holds `(l, key)` exactly when `key` is live and its `latest` record names lease
+//!   `l != 0`; such an `l` always has a `leases` row (a put naming a lease that is not granted
+//!   fails, and a revoke deletes the lease's keys in the same command). Grants do not change the
+//!   revision; a revoke that deletes keys takes one main revision for all of them. Compaction
+//!   does not touch leases.
 //! * `meta.applied_index` is written in the same redb transaction as the effects of the entries
 //!   it covers, so the store and its applied index can never disagree, even after a crash.
 //!
@@ -54,6 +62,7 @@ mod compact;
 mod error;
 mod events;
 mod keys;
+mod lease;
 mod range;
 mod store;
 mod txn;

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use concord_proto::concordpb::raft_command::Op;
 use concord_proto::concordpb::RaftCommand;
 use concord_proto::etcdserverpb::{
-    CompactionResponse, DeleteRangeResponse, PutResponse, RangeRequest, RangeResponse, TxnRequest,
-    TxnResponse,
+    CompactionResponse, DeleteRangeResponse, LeaseGrantResponse, LeaseRevokeResponse, PutResponse,
+    RangeRequest, RangeResponse, TxnRequest, TxnResponse,
 };
 use concord_proto::mvccpb::Event;
 use redb::{
@@ -20,6 +20,7 @@ use redb::{
 
 use crate::error::{KvError, OpError, StorageError};
 use crate::keys::{self, META_APPLIED_INDEX, META_COMPACT_REVISION, META_REVISION};
+use crate::lease::{all_leases, attached_keys};
 use crate::range::execute_range;
 use crate::txn::{is_txn_read_only, run_txn, ReadOnlyTarget};
 use crate::view::View;
@@ -54,6 +55,10 @@ pub enum WriteResult {
     Txn(TxnResponse),
     /// A Compaction.
     Compaction(CompactionResponse),
+    /// A lease grant.
+    LeaseGrant(LeaseGrantResponse),
+    /// A lease revoke.
+    LeaseRevoke(LeaseRevokeResponse),
 }
 
 impl WriteResult {
@@ -64,6 +69,8 @@ impl WriteResult {
             WriteResult::DeleteRange(r) => &r.header,
             WriteResult::Txn(r) => &r.header,
             WriteResult::Compaction(r) => &r.header,
+            WriteResult::LeaseGrant(r) => &r.header,
+            WriteResult::LeaseRevoke(r) => &r.header,
         };
         header.as_ref().map_or(0, |h| h.revision)
     }
@@ -149,6 +156,8 @@ impl MvccStore {
             txn.open_table(keys::LATEST)?;
             txn.open_table(keys::KV)?;
             txn.open_table(keys::CHANGES)?;
+            txn.open_table(keys::LEASES)?;
+            txn.open_table(keys::LEASE_KEYS)?;
             read_meta(&txn.open_table(keys::META)?)?
         };
         txn.commit()?;
@@ -258,6 +267,28 @@ impl MvccStore {
         Ok((events, snap.meta.revision))
     }
 
+    /// Every granted lease with the TTL (seconds) it was granted with, ascending by id: what the
+    /// server's lessor rebuilds its expiry clock from (on start and on becoming leader).
+    pub fn leases(&self) -> Result<Vec<(i64, i64)>, KvError> {
+        let txn = self.db.begin_read()?;
+        Ok(all_leases(&txn.open_table(keys::LEASES)?)?)
+    }
+
+    /// The TTL (seconds) lease `id` was granted with, or `None` if it is not granted.
+    pub fn lease_ttl(&self, id: i64) -> Result<Option<i64>, KvError> {
+        let txn = self.db.begin_read()?;
+        let leases = txn.open_table(keys::LEASES)?;
+        let ttl = leases.get(id)?.map(|guard| guard.value());
+        Ok(ttl)
+    }
+
+    /// The keys attached to lease `id`, ascending (empty when the lease has none or does not
+    /// exist).
+    pub fn lease_keys(&self, id: i64) -> Result<Vec<Vec<u8>>, KvError> {
+        let txn = self.db.begin_read()?;
+        Ok(attached_keys(&txn.open_table(keys::LEASE_KEYS)?, id)?)
+    }
+
     /// Applies committed Raft entries in one redb write transaction and records the last index
     /// as applied.
     ///
@@ -344,9 +375,11 @@ fn apply_command(
         Some(Op::DeleteRange(req)) => writer.delete_range(req).map(WriteResult::DeleteRange),
         Some(Op::Txn(req)) => run_txn(writer, req).map(WriteResult::Txn),
         Some(Op::Compaction(req)) => writer.compact(req).map(WriteResult::Compaction),
+        Some(Op::LeaseGrant(req)) => writer.lease_grant(req).map(WriteResult::LeaseGrant),
+        Some(Op::LeaseRevoke(req)) => writer.lease_revoke(req).map(WriteResult::LeaseRevoke),
         None => Err(OpError::Kv(KvError::EmptyCommand)),
-        #[allow(unreachable_patterns)]
-        Some(_) => return Ok(None),
+        // Membership announcements are the server's business, not the store's.
+        Some(Op::PublishMember(_)) => return Ok(None),
     };
     let revision = writer.end_command();
     match outcome {
@@ -358,6 +391,8 @@ fn apply_command(
                 WriteResult::DeleteRange(r) => r.header = header,
                 WriteResult::Txn(r) => r.header = header,
                 WriteResult::Compaction(r) => r.header = header,
+                WriteResult::LeaseGrant(r) => r.header = header,
+                WriteResult::LeaseRevoke(r) => r.header = header,
             }
             Ok(Some(Ok(result)))
         }

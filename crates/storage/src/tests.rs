@@ -7,13 +7,16 @@ use concord_proto::etcdserverpb::range_request::{SortOrder, SortTarget};
 use concord_proto::etcdserverpb::request_op::Request;
 use concord_proto::etcdserverpb::response_op::Response;
 use concord_proto::etcdserverpb::{
-    CompactionRequest, Compare, DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse,
+    CompactionRequest, Compare, DeleteRangeRequest, DeleteRangeResponse, LeaseGrantRequest,
+    LeaseGrantResponse, LeaseRevokeRequest, LeaseRevokeResponse, PutRequest, PutResponse,
     RangeRequest, RangeResponse, RequestOp, TxnRequest, TxnResponse,
 };
 use concord_proto::mvccpb::event::EventType;
 use concord_proto::mvccpb::KeyValue;
 
 use crate::{ApplyEntry, ErrorCode, KvError, MvccStore, WriteResult};
+
+mod lease;
 
 /// A store in a temporary directory plus a Raft index counter.
 struct Harness {
@@ -93,6 +96,20 @@ impl Harness {
     fn txn(&mut self, req: TxnRequest) -> Result<TxnResponse, KvError> {
         match self.apply(Op::Txn(req))? {
             WriteResult::Txn(resp) => Ok(resp),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    fn grant(&mut self, id: i64, ttl: i64) -> Result<LeaseGrantResponse, KvError> {
+        match self.apply(Op::LeaseGrant(LeaseGrantRequest { ttl, id }))? {
+            WriteResult::LeaseGrant(resp) => Ok(resp),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    fn revoke(&mut self, id: i64) -> Result<LeaseRevokeResponse, KvError> {
+        match self.apply(Op::LeaseRevoke(LeaseRevokeRequest { id }))? {
+            WriteResult::LeaseRevoke(resp) => Ok(resp),
             other => panic!("unexpected {other:?}"),
         }
     }
@@ -236,6 +253,7 @@ fn put_and_get_track_revisions_and_versions() {
 #[test]
 fn put_prev_kv_and_lease() {
     let mut h = Harness::new();
+    h.grant(7, 60).unwrap();
     let resp = h
         .put_req(PutRequest {
             prev_kv: true,
@@ -285,6 +303,8 @@ fn put_ignore_value_and_ignore_lease() {
     );
     assert!(h.store.kv_rows().is_empty());
 
+    h.grant(42, 60).unwrap();
+    h.grant(43, 60).unwrap();
     h.put_req(PutRequest {
         lease: 42,
         ..put_req("k", "orig")
@@ -853,6 +873,7 @@ fn txn_compare_targets_and_results() {
     use CompareResult::*;
     use CompareTarget::*;
     let mut h = Harness::new();
+    h.grant(5, 60).unwrap(); // a grant keeps revision 1
     h.put_req(PutRequest {
         lease: 5,
         ..put_req("k", "m")

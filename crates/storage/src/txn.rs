@@ -4,9 +4,10 @@
 //! 1. **Path.** The compares of the txn, and of every nested txn on the chosen branches, are all
 //!    evaluated against the state *before* the txn (nested compares do not see the txn's own
 //!    writes). The outcome is a pre-order list of branch choices.
-//! 2. **Checks.** Along that path, every put with `ignore_value`/`ignore_lease` must find its key
-//!    and every range's revision must be servable, again against the state before the txn. A
-//!    failure fails the whole txn before anything is written.
+//! 2. **Checks.** Along that path, every put with `ignore_value`/`ignore_lease` must find its key,
+//!    every put naming a lease must find the lease granted, and every range's revision must be
+//!    servable, again against the state before the txn. A failure fails the whole txn before
+//!    anything is written.
 //! 3. **Execution.** Ops run in order; reads see the writes made earlier in the same txn. All
 //!    writes of the txn share one main revision.
 
@@ -20,8 +21,11 @@ use concord_proto::etcdserverpb::{
     ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
 };
 
+use redb::ReadableTable;
+
 use crate::error::{KvError, OpError, StorageError};
 use crate::keys::{KeySpan, Record};
+use crate::lease::NO_LEASE;
 use crate::range::{check_txn_range_revision, execute_range};
 use crate::view::{HistoryTable, LatestTable, View};
 use crate::write::{header_at, HistoryMut, LatestMut, Writer};
@@ -35,6 +39,8 @@ pub(crate) trait TxnTarget {
     fn view(&self) -> View<'_, Self::Latest, Self::History>;
     fn put(&mut self, req: &PutRequest) -> Result<PutResponse, OpError>;
     fn delete_range(&mut self, req: &DeleteRangeRequest) -> Result<DeleteRangeResponse, OpError>;
+    /// Whether lease `id` is granted.
+    fn lease_exists(&self, id: i64) -> Result<bool, OpError>;
 }
 
 impl<'t> TxnTarget for Writer<'t> {
@@ -48,6 +54,9 @@ impl<'t> TxnTarget for Writer<'t> {
     }
     fn delete_range(&mut self, req: &DeleteRangeRequest) -> Result<DeleteRangeResponse, OpError> {
         Writer::delete_range(self, req)
+    }
+    fn lease_exists(&self, id: i64) -> Result<bool, OpError> {
+        Ok(Writer::lease_exists(self, id)?)
     }
 }
 
@@ -72,6 +81,10 @@ impl<L: LatestTable, H: HistoryTable> TxnTarget for ReadOnlyTarget<'_, L, H> {
     }
     fn delete_range(&mut self, _: &DeleteRangeRequest) -> Result<DeleteRangeResponse, OpError> {
         Err(KvError::Internal("write in a read-only txn".into()).into())
+    }
+    // Only the checks of a put ask, and a read-only txn has no put.
+    fn lease_exists(&self, _: i64) -> Result<bool, OpError> {
+        Err(KvError::Internal("lease lookup in a read-only txn".into()).into())
     }
 }
 
@@ -98,7 +111,7 @@ pub(crate) fn run_txn<T: TxnTarget>(
     {
         let view = target.view();
         choose_path(&view, req, &mut path)?;
-        check_path(&view, req, &path, &mut 0)?;
+        check_path(&*target, &view, req, &path, &mut 0)?;
     }
     let mut resp = execute(target, req, &path, &mut 0)?;
     resp.header = None;
@@ -135,9 +148,11 @@ fn choose_path<L: LatestTable, H: HistoryTable>(
     Ok(())
 }
 
-/// Phase 2: the checks etcd makes before executing; `cursor` walks `path`.
-fn check_path<L: LatestTable, H: HistoryTable>(
-    view: &View<'_, L, H>,
+/// Phase 2: the checks etcd makes before executing; `cursor` walks `path`. For a put, the key
+/// check comes before the lease check, as in etcd.
+fn check_path<T: TxnTarget>(
+    target: &T,
+    view: &View<'_, T::Latest, T::History>,
     req: &TxnRequest,
     path: &[bool],
     cursor: &mut usize,
@@ -146,11 +161,16 @@ fn check_path<L: LatestTable, H: HistoryTable>(
     *cursor += 1;
     for op in branch(req, succeeded) {
         match &op.request {
-            Some(Request::RequestTxn(inner)) => check_path(view, inner, path, cursor)?,
-            Some(Request::RequestPut(put)) if put.ignore_value || put.ignore_lease => {
-                view.latest
-                    .get(put.key.as_slice())?
-                    .ok_or(KvError::KeyNotFound)?;
+            Some(Request::RequestTxn(inner)) => check_path(target, view, inner, path, cursor)?,
+            Some(Request::RequestPut(put)) => {
+                if put.ignore_value || put.ignore_lease {
+                    view.latest
+                        .get(put.key.as_slice())?
+                        .ok_or(KvError::KeyNotFound)?;
+                }
+                if put.lease != NO_LEASE && !target.lease_exists(put.lease)? {
+                    return Err(KvError::LeaseNotFound.into());
+                }
             }
             Some(Request::RequestRange(range)) => check_txn_range_revision(view, range.revision)?,
             _ => {}
@@ -183,8 +203,9 @@ fn execute<T: TxnTarget>(
             Some(Request::RequestPut(put)) => match target.put(put) {
                 Ok(resp) => Some(Response::ResponsePut(resp)),
                 // Only reachable when an earlier op of this txn deleted the key, which etcd's
-                // request validation rejects as a duplicate key. etcd would crash here; the
-                // store skips the put instead so the outcome stays deterministic.
+                // request validation rejects as a duplicate key (a txn cannot revoke a lease, so
+                // the lease check still holds). etcd would crash here; the store skips the put
+                // instead so the outcome stays deterministic.
                 Err(OpError::Kv(err)) => {
                     tracing::warn!(key = ?put.key, %err, "put skipped inside txn after checks");
                     Some(Response::ResponsePut(PutResponse::default()))

@@ -1,5 +1,6 @@
 //! The write side of one apply batch: the tables opened once for the batch, the revision
 //! counters, and the two primitive mutations (put and delete-range) every command is built from.
+//! Both keep the key's lease attachment in step with its newest record (see `lease.rs`).
 //!
 //! Revision rule (etcd's): a command that changes at least one key takes main revision
 //! `revision + 1`; its changes get sub revisions 0, 1, 2, … in order. A command that changes
@@ -16,6 +17,7 @@ use crate::keys::{
     self, encode_change, encode_record, KeySpan, Record, RecordHeader, CHANGE_DELETE, CHANGE_PUT,
     TOMBSTONE,
 };
+use crate::lease::{self, LeaseKeysMut, LeasesMut, NO_LEASE};
 use crate::view::View;
 
 /// `latest` opened for writing.
@@ -30,6 +32,8 @@ pub(crate) struct Writer<'t> {
     pub latest: LatestMut<'t>,
     pub kv: HistoryMut<'t>,
     pub changes: ChangesMut<'t>,
+    pub leases: LeasesMut<'t>,
+    pub lease_keys: LeaseKeysMut<'t>,
     /// Store revision before the command being applied.
     pub revision: i64,
     /// Last compaction point (-1 when never compacted).
@@ -51,6 +55,8 @@ impl<'t> Writer<'t> {
             latest: txn.open_table(keys::LATEST)?,
             kv: txn.open_table(keys::KV)?,
             changes: txn.open_table(keys::CHANGES)?,
+            leases: txn.open_table(keys::LEASES)?,
+            lease_keys: txn.open_table(keys::LEASE_KEYS)?,
             revision,
             compact_revision,
             sub: 0,
@@ -89,10 +95,15 @@ impl<'t> Writer<'t> {
         }
     }
 
-    /// etcd's Put. Fails only with `KeyNotFound` (`ignore_value`/`ignore_lease` on a missing
-    /// key), and then before writing anything.
+    /// etcd's Put. Fails only with `LeaseNotFound` (a non-zero `lease` that is not granted) or
+    /// `KeyNotFound` (`ignore_value`/`ignore_lease` on a missing key), checked in that order as
+    /// etcd does, and then before writing anything. The key ends up attached to the lease its new
+    /// record names (`ignore_lease` keeps the old one; lease 0 detaches it).
     pub fn put(&mut self, req: &PutRequest) -> Result<PutResponse, OpError> {
         let key = req.key.as_slice();
+        if req.lease != NO_LEASE && !self.lease_exists(req.lease)? {
+            return Err(KvError::LeaseNotFound.into());
+        }
         let need_prev_value = req.ignore_value || req.prev_kv;
         let (prev, prev_value) = match self.latest.get(key)? {
             Some(guard) => {
@@ -130,6 +141,12 @@ impl<'t> Writer<'t> {
         self.changes
             .insert((rev as u64, self.sub), self.change_buf.as_slice())?;
         self.sub += 1;
+        lease::reattach(
+            &mut self.lease_keys,
+            key,
+            prev.map_or(NO_LEASE, |p| p.lease),
+            header.lease,
+        )?;
 
         let prev_kv = match (req.prev_kv, prev, prev_value) {
             (true, Some(h), Some(value)) => Some(KeyValue {
@@ -148,7 +165,8 @@ impl<'t> Writer<'t> {
         })
     }
 
-    /// etcd's DeleteRange. Never fails with a `KvError`.
+    /// etcd's DeleteRange. Never fails with a `KvError`. Deleted keys are detached from their
+    /// leases.
     pub fn delete_range(
         &mut self,
         req: &DeleteRangeRequest,
@@ -160,27 +178,30 @@ impl<'t> Writer<'t> {
             latest,
             kv,
             changes,
+            lease_keys,
             sub,
             change_buf,
             ..
         } = self;
-        let mut tombstone = |key: &[u8], sub: &mut u64| -> Result<(), StorageError> {
-            kv.insert((key, rev as u64, *sub), TOMBSTONE)?;
-            encode_change(change_buf, CHANGE_DELETE, key);
-            changes.insert((rev as u64, *sub), change_buf.as_slice())?;
-            *sub += 1;
-            Ok(())
-        };
+        // Records the deletion of `key`, whose removed record was `rec`.
+        let mut tombstone =
+            |key: &[u8], rec: &Record<'_>, sub: &mut u64| -> Result<(), StorageError> {
+                kv.insert((key, rev as u64, *sub), TOMBSTONE)?;
+                encode_change(change_buf, CHANGE_DELETE, key);
+                changes.insert((rev as u64, *sub), change_buf.as_slice())?;
+                *sub += 1;
+                lease::detach(lease_keys, key, rec.header.lease)
+            };
         match KeySpan::new(&req.key, &req.range_end) {
             KeySpan::Empty => {}
             KeySpan::Single(key) => {
                 let removed = latest.remove(key)?;
                 if let Some(guard) = removed {
+                    let rec = Record::decode(guard.value())?;
                     if req.prev_kv {
-                        prev_kvs.push(Record::decode(guard.value())?.to_key_value(key, true));
+                        prev_kvs.push(rec.to_key_value(key, true));
                     }
-                    drop(guard);
-                    tombstone(key, sub)?;
+                    tombstone(key, &rec, sub)?;
                     deleted = 1;
                 }
             }
@@ -193,10 +214,11 @@ impl<'t> Writer<'t> {
                 for row in latest.extract_from_if::<&[u8], _>(range, |_, _| true)? {
                     let (key, value) = row?;
                     let key = key.value();
+                    let rec = Record::decode(value.value())?;
                     if req.prev_kv {
-                        prev_kvs.push(Record::decode(value.value())?.to_key_value(key, true));
+                        prev_kvs.push(rec.to_key_value(key, true));
                     }
-                    tombstone(key, sub)?;
+                    tombstone(key, &rec, sub)?;
                     deleted += 1;
                 }
             }

@@ -1,0 +1,242 @@
+//! etcd's Lease service.
+//!
+//! Grant and Revoke go through Raft like writes. Keep-alives and time-to-live
+//! questions are answered from the leader's lease clock ([`lessor`]); other
+//! members forward them to the leader ([`forward`]).
+
+pub mod forward;
+pub mod lessor;
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use concord_proto::concordpb::raft_command::Op;
+use concord_proto::etcdserverpb::lease_server::Lease;
+use concord_proto::etcdserverpb::{
+    LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveRequest, LeaseKeepAliveResponse,
+    LeaseLeasesRequest, LeaseLeasesResponse, LeaseRevokeRequest, LeaseRevokeResponse, LeaseStatus,
+    LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
+};
+use concord_raft::RaftError;
+use concord_storage::WriteResult;
+use futures::Stream;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::StreamExt;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::context::MemberContext;
+use crate::errors;
+use forward::{mark_forwarded, was_forwarded, LeaderClients};
+use lessor::{Lessor, Renewal};
+
+/// etcd's largest lease TTL, in seconds.
+pub const MAX_LEASE_TTL: i64 = 9_000_000_000;
+/// Pause between attempts of a keep-alive while the leader is unknown or changing.
+const RETRY_DELAY: Duration = Duration::from_millis(50);
+
+/// The Lease service of one member.
+pub struct LeaseService {
+    ctx: Arc<MemberContext>,
+    lessor: Arc<Lessor>,
+    leader: Arc<LeaderClients>,
+    /// The shortest TTL granted: etcd's 1.5 election timeouts, rounded up to seconds.
+    min_ttl: i64,
+    next_id: AtomicI64,
+}
+
+impl LeaseService {
+    /// A Lease service using `lessor` as this member's lease clock.
+    pub fn new(ctx: Arc<MemberContext>, lessor: Arc<Lessor>, election_timeout: Duration) -> Self {
+        let min_ttl = (election_timeout.as_secs_f64() * 1.5).ceil() as i64;
+        // Ids: 15 bits of the member id, then the clock, so members and
+        // restarts do not pick the same ids; grants of an id in use fail anyway.
+        let member_bits = (ctx.membership.local_id() & 0x7fff) as i64;
+        let millis = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        let first_id = (member_bits << 48) | ((millis & 0xff_ffff_ffff) << 8);
+        LeaseService {
+            ctx,
+            lessor,
+            leader: Arc::new(LeaderClients::default()),
+            min_ttl: min_ttl.max(1),
+            next_id: AtomicI64::new(first_id.max(1)),
+        }
+    }
+}
+
+/// Answers one keep-alive: here when this member leads, else at the leader.
+/// Like etcd, it keeps trying through leader changes until the request
+/// timeout, since a keep-alive that fails can cost the client its lease.
+async fn keep_alive_once(
+    ctx: &MemberContext,
+    lessor: &Lessor,
+    leader: &LeaderClients,
+    id: i64,
+    forwarded: bool,
+) -> Result<i64, Status> {
+    let group = ctx.router.default_group();
+    let deadline = tokio::time::Instant::now() + ctx.request_timeout;
+    loop {
+        let leader_id = group.leader_id();
+        let attempt = if leader_id == 0 {
+            Err(errors::from_raft(RaftError::NoLeader))
+        } else if leader_id == ctx.membership.local_id() {
+            match lessor.renew(id) {
+                Renewal::Renewed(ttl) => return Ok(ttl),
+                Renewal::NotFound => return Ok(0),
+                // Just elected; the lease clock takes over in a moment.
+                Renewal::NotPrimary => Err(errors::from_raft(RaftError::Timeout)),
+            }
+        } else if forwarded {
+            return Err(Status::failed_precondition("etcdserver: not leader"));
+        } else {
+            forward_keep_alive(ctx, leader, leader_id, id).await
+        };
+        match attempt {
+            Ok(ttl) => return Ok(ttl),
+            Err(status) if tokio::time::Instant::now() >= deadline => return Err(status),
+            Err(_) => tokio::time::sleep(RETRY_DELAY).await,
+        }
+    }
+}
+
+async fn forward_keep_alive(ctx: &MemberContext, leader: &LeaderClients, leader_id: u64, id: i64) -> Result<i64, Status> {
+    let mut client = leader_client(ctx, leader, leader_id)?;
+    let mut request = Request::new(tokio_stream::once(LeaseKeepAliveRequest { id }));
+    mark_forwarded(&mut request);
+    let mut responses = client.lease_keep_alive(request).await?.into_inner();
+    match responses.next().await {
+        Some(Ok(resp)) => Ok(resp.ttl),
+        Some(Err(status)) => Err(status),
+        None => Err(errors::from_raft(RaftError::Timeout)),
+    }
+}
+
+fn leader_client(
+    ctx: &MemberContext,
+    leader: &LeaderClients,
+    leader_id: u64,
+) -> Result<concord_proto::etcdserverpb::lease_client::LeaseClient<tonic::transport::Channel>, Status> {
+    let url = ctx
+        .membership
+        .member(leader_id)
+        .and_then(|m| m.client_ur_ls.first().cloned())
+        .ok_or_else(|| errors::from_raft(RaftError::NoLeader))?;
+    leader.client(&url)
+}
+
+#[tonic::async_trait]
+impl Lease for LeaseService {
+    async fn lease_grant(&self, request: Request<LeaseGrantRequest>) -> Result<Response<LeaseGrantResponse>, Status> {
+        let mut req = request.into_inner();
+        if req.ttl > MAX_LEASE_TTL {
+            return Err(Status::out_of_range("etcdserver: too large lease TTL"));
+        }
+        req.ttl = req.ttl.max(self.min_ttl);
+        if req.id == 0 {
+            req.id = self.next_id.fetch_add(1, Ordering::Relaxed) & i64::MAX;
+        }
+        let group = self.ctx.router.default_group();
+        let result = self.ctx.propose_write(group, Op::LeaseGrant(req)).await?;
+        let revision = result.revision();
+        match result {
+            WriteResult::LeaseGrant(mut resp) => {
+                resp.header = Some(self.ctx.header(revision));
+                Ok(Response::new(resp))
+            }
+            _ => Err(Status::internal("etcdserver: unexpected apply result")),
+        }
+    }
+
+    async fn lease_revoke(&self, request: Request<LeaseRevokeRequest>) -> Result<Response<LeaseRevokeResponse>, Status> {
+        let req = request.into_inner();
+        let group = self.ctx.router.default_group();
+        let result = self.ctx.propose_write(group, Op::LeaseRevoke(req)).await?;
+        let revision = result.revision();
+        match result {
+            WriteResult::LeaseRevoke(mut resp) => {
+                resp.header = Some(self.ctx.header(revision));
+                Ok(Response::new(resp))
+            }
+            _ => Err(Status::internal("etcdserver: unexpected apply result")),
+        }
+    }
+
+    type LeaseKeepAliveStream = Pin<Box<dyn Stream<Item = Result<LeaseKeepAliveResponse, Status>> + Send + 'static>>;
+
+    async fn lease_keep_alive(
+        &self,
+        request: Request<Streaming<LeaseKeepAliveRequest>>,
+    ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
+        let forwarded = was_forwarded(&request);
+        let mut inbound = request.into_inner();
+        let (out, rx) = mpsc::channel(16);
+        let (ctx, lessor, leader) = (self.ctx.clone(), self.lessor.clone(), self.leader.clone());
+        tokio::spawn(async move {
+            while let Some(Ok(req)) = inbound.next().await {
+                let reply = keep_alive_once(&ctx, &lessor, &leader, req.id, forwarded)
+                    .await
+                    .map(|ttl| LeaseKeepAliveResponse {
+                        header: Some(ctx.header(ctx.store.current_revision())),
+                        id: req.id,
+                        ttl,
+                    });
+                let failed = reply.is_err();
+                if out.send(reply).await.is_err() || failed {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn lease_time_to_live(
+        &self,
+        request: Request<LeaseTimeToLiveRequest>,
+    ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
+        let forwarded = was_forwarded(&request);
+        let req = request.into_inner();
+        let group = self.ctx.router.default_group();
+        let leader_id = group.leader_id();
+        if leader_id == 0 {
+            return Err(errors::from_raft(RaftError::NoLeader));
+        }
+        if leader_id != self.ctx.membership.local_id() {
+            if forwarded {
+                return Err(Status::failed_precondition("etcdserver: not leader"));
+            }
+            let mut client = leader_client(&self.ctx, &self.leader, leader_id)?;
+            let mut forward = Request::new(req);
+            mark_forwarded(&mut forward);
+            let mut resp = client.lease_time_to_live(forward).await?.into_inner();
+            resp.header = Some(self.ctx.header(self.ctx.store.current_revision()));
+            return Ok(resp.into());
+        }
+        group.read_barrier().await.map_err(errors::from_raft)?;
+        let header = Some(self.ctx.header(self.ctx.store.current_revision()));
+        let Some((ttl, granted_ttl)) = self.lessor.time_to_live(req.id) else {
+            // etcd answers an unknown lease with TTL -1, not an error.
+            return Ok(Response::new(LeaseTimeToLiveResponse { header, id: req.id, ttl: -1, ..Default::default() }));
+        };
+        let keys = if req.keys {
+            self.ctx.store.lease_keys(req.id).map_err(errors::from_kv)?
+        } else {
+            Vec::new()
+        };
+        Ok(Response::new(LeaseTimeToLiveResponse { header, id: req.id, ttl, granted_ttl, keys }))
+    }
+
+    async fn lease_leases(&self, _request: Request<LeaseLeasesRequest>) -> Result<Response<LeaseLeasesResponse>, Status> {
+        let group = self.ctx.router.default_group();
+        group.read_barrier().await.map_err(errors::from_raft)?;
+        let leases = self.ctx.store.leases().map_err(errors::from_kv)?;
+        Ok(Response::new(LeaseLeasesResponse {
+            header: Some(self.ctx.header(self.ctx.store.current_revision())),
+            leases: leases.into_iter().map(|(id, _)| LeaseStatus { id }).collect(),
+        }))
+    }
+}
