@@ -14,15 +14,16 @@ use tonic::Code;
 async fn an_expired_lease_deletes_its_keys_in_one_revision() {
     let cluster = Cluster::start(3).await;
     let mut c = cluster.client(1).await;
+    // etcd's shortest TTL is 1.5 election timeouts (1 s here), rounded up: 2 s.
     let lease = c.lease_grant(1, None).await.unwrap();
-    assert_eq!(lease.ttl(), 1);
+    assert_eq!(lease.ttl(), 2);
     let id = lease.id();
     c.put("eph/a", "1", Some(PutOptions::new().with_lease(id))).await.unwrap();
     c.put("eph/b", "1", Some(PutOptions::new().with_lease(id))).await.unwrap();
     c.put("stay", "1", None).await.unwrap();
 
     let ttl = c.lease_time_to_live(id, Some(LeaseTimeToLiveOptions::new().with_keys())).await.unwrap();
-    assert_eq!(ttl.granted_ttl(), 1);
+    assert_eq!(ttl.granted_ttl(), 2);
     assert_eq!(ttl.keys(), &[b"eph/a".to_vec(), b"eph/b".to_vec()]);
 
     let mut stream = c.watch("eph/", Some(WatchOptions::new().with_prefix())).await.unwrap();
@@ -48,16 +49,16 @@ async fn keep_alive_through_a_follower_holds_a_lease() {
     let leader = cluster.wait_for_leader().await;
     let follower = (leader + 1) % 3;
     let mut c = cluster.client(follower).await;
-    let id = c.lease_grant(1, None).await.unwrap().id();
+    let id = c.lease_grant(2, None).await.unwrap().id();
     c.put("held", "1", Some(PutOptions::new().with_lease(id))).await.unwrap();
     let (mut keeper, mut responses) = c.lease_keep_alive(id).await.unwrap();
     // Keep it alive for several TTLs; the key must survive all of them.
-    let until = Instant::now() + Duration::from_secs(4);
+    let until = Instant::now() + Duration::from_secs(6);
     while Instant::now() < until {
         keeper.keep_alive().await.unwrap();
         let resp = tokio::time::timeout(WAIT, responses.message()).await.unwrap().unwrap().unwrap();
-        assert_eq!(resp.ttl(), 1);
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(resp.ttl(), 2);
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
     assert_eq!(c.get("held", None).await.unwrap().kvs().len(), 1);
     // Once keep-alives stop, the lease expires.

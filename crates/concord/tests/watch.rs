@@ -246,3 +246,92 @@ async fn no_event_is_lost_or_duplicated_when_the_leader_dies_under_load() {
     assert!(seen.windows(2).all(|p| p[0].1 < p[1].1), "events out of order or duplicated");
     assert_eq!(seen, expected);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_watcher_blocks_neither_writes_nor_other_watchers() {
+    let cluster = Cluster::start(3).await;
+    let mut c = cluster.client(0).await;
+    // A watcher whose client does not read: its responses pile up.
+    let mut slow = cluster.client(0).await.watch("big/", Some(WatchOptions::new().with_prefix())).await.unwrap();
+    let mut fast = cluster.client(0).await.watch("big/", Some(WatchOptions::new().with_prefix())).await.unwrap();
+    assert!(fast.message().await.unwrap().unwrap().created());
+
+    // Far more than the stream's queue and HTTP/2 window hold: 1000 x 16 KiB.
+    let value = vec![b'v'; 16 * 1024];
+    let writes = 1000;
+    let mut fast_seen = 0;
+    for i in 0..writes {
+        c.put(format!("big/{i:05}"), value.clone(), None).await.unwrap();
+        // Drain the fast watcher as we go, so only the slow one falls behind.
+        while let Ok(Some(Ok(Some(resp)))) =
+            tokio::time::timeout(Duration::from_millis(1), async { Some(fast.message().await) }).await
+        {
+            fast_seen += resp.events().len();
+        }
+    }
+    while fast_seen < writes {
+        let resp = next_events(&mut fast).await;
+        fast_seen += resp.events().len();
+    }
+    assert_eq!(fast_seen, writes);
+
+    // The slow watcher, once it reads, gets every event in order, none twice.
+    let mut revisions = Vec::new();
+    while revisions.len() < writes {
+        let resp = next_events(&mut slow).await;
+        assert!(!resp.canceled(), "{}", resp.cancel_reason());
+        revisions.extend(resp.events().iter().map(|e| e.kv().unwrap().mod_revision()));
+    }
+    let expected: Vec<i64> = (2..2 + writes as i64).collect();
+    assert_eq!(revisions, expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_watchers_over_one_hundred_streams_stay_correct() {
+    const STREAMS: usize = 100;
+    const KEYS: usize = 100;
+    let cluster = Cluster::start(3).await;
+    let member = 1;
+    let rss_before = cluster.rss_kib(member).unwrap();
+    let mut client = cluster.client(member).await;
+    let mut streams = Vec::new();
+    for _ in 0..STREAMS {
+        let mut stream = client.watch("fan/0", None).await.unwrap();
+        assert!(stream.message().await.unwrap().unwrap().created());
+        for k in 1..KEYS {
+            stream.watch(format!("fan/{k}"), None).await.unwrap();
+        }
+        let mut created = 1;
+        while created < KEYS {
+            let resp = tokio::time::timeout(WAIT, stream.message()).await.unwrap().unwrap().unwrap();
+            assert!(resp.created());
+            created += 1;
+        }
+        streams.push(stream);
+    }
+    let rss_watching = cluster.rss_kib(member).unwrap();
+
+    let mut writer = cluster.client(0).await;
+    for k in 0..KEYS {
+        writer.put(format!("fan/{k}"), "x", None).await.unwrap();
+    }
+    // Every stream sees every key's put exactly once, from the watcher on that key.
+    for stream in streams.iter_mut() {
+        let mut keys = Vec::new();
+        while keys.len() < KEYS {
+            let resp = next_events(stream).await;
+            for e in resp.events() {
+                keys.push(e.kv().unwrap().key_str().unwrap().to_string());
+            }
+        }
+        keys.sort();
+        keys.dedup();
+        assert_eq!(keys.len(), KEYS);
+    }
+    let rss_after = cluster.rss_kib(member).unwrap();
+    println!(
+        "watch memory: member RSS {rss_before} KiB idle, {rss_watching} KiB with {} watchers on {STREAMS} streams, {rss_after} KiB after {} events delivered",
+        STREAMS * KEYS,
+        STREAMS * KEYS
+    );
+}

@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 use tonic::{Status, Streaming};
 
-use super::hub::{EventBatch, WatchHub};
+use super::hub::{event_revision, EventBatch, WatchHub};
 use super::watcher::{Delivery, Watcher};
 use crate::context::MemberContext;
 
@@ -228,30 +228,34 @@ impl WatchStreamTask {
         }
     }
 
-    /// Sends events for one watcher, split into fragments when it asked for
-    /// them and the events would exceed the request size limit.
+    /// Sends events for one watcher in responses of at most the request size
+    /// limit. Without `fragment`, responses break only between revisions (a
+    /// revision larger than the limit goes whole); with it, a response may
+    /// break anywhere and all but the last part carry `fragment`, as in etcd.
     async fn send_events(&self, id: i64, events: Vec<Event>, revision: i64) -> bool {
         let fragment = self.watchers.get(&id).is_some_and(|w| w.fragment);
         let limit = self.ctx.limits.max_request_bytes;
-        let mut resp = self.response(id, revision);
-        if !fragment || events.iter().map(|e| e.encoded_len()).sum::<usize>() <= limit {
-            resp.events = events;
-            return self.send(resp).await;
-        }
-        let mut chunk = Vec::new();
-        let mut size = 0;
+        let template = self.response(id, revision);
         let total = events.len();
+        let mut part = Vec::new();
+        let mut size = 0;
         for (i, event) in events.into_iter().enumerate() {
-            size += event.encoded_len();
-            chunk.push(event);
-            if size >= limit || i + 1 == total {
-                let mut part = resp.clone();
-                part.events = std::mem::take(&mut chunk);
-                part.fragment = i + 1 != total;
-                if !self.send(part).await {
+            let starts_revision = part.last().is_none_or(|last: &Event| event_revision(last) != event_revision(&event));
+            if !part.is_empty() && size + event.encoded_len() > limit && (fragment || starts_revision) {
+                let mut resp = template.clone();
+                resp.events = std::mem::take(&mut part);
+                resp.fragment = fragment && !starts_revision;
+                if !self.send(resp).await {
                     return false;
                 }
                 size = 0;
+            }
+            size += event.encoded_len();
+            part.push(event);
+            if i + 1 == total {
+                let mut resp = template.clone();
+                resp.events = std::mem::take(&mut part);
+                return self.send(resp).await;
             }
         }
         true
