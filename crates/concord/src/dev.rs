@@ -53,6 +53,8 @@ pub async fn run(args: DevArgs) -> Result<(), String> {
             election_timeout: Duration::from_millis(1000),
             limits: Limits::default(),
             watch_progress_notify_interval: Duration::from_secs(600),
+            snapshot_count: 100_000,
+            snapshot_catchup_entries: 5000,
         };
         let mut stop = stop_rx.clone();
         members.spawn(async move {

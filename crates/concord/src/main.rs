@@ -1,6 +1,7 @@
-//! `concord`: run a member (`serve`), a local 3-member cluster (`dev`), or
-//! talk to any etcd-v3 endpoint (`kv`).
+//! `concord`: run a member (`serve`), a local 3-member cluster (`dev`),
+//! talk to any etcd-v3 endpoint (`kv`), or load one (`bench`).
 
+mod bench;
 mod dev;
 mod kv;
 mod serve;
@@ -26,6 +27,8 @@ enum Command {
     Dev(dev::DevArgs),
     /// Read and write keys on any etcd-v3 endpoint.
     Kv(kv::KvArgs),
+    /// Load any etcd-v3 endpoint and report throughput and latency (like etcd's benchmark).
+    Bench(bench::BenchArgs),
 }
 
 fn init_logging(level: &str) {
@@ -56,6 +59,7 @@ fn main() -> std::process::ExitCode {
             runtime.block_on(dev::run(args))
         }
         Command::Kv(args) => runtime.block_on(kv::run(args)),
+        Command::Bench(args) => runtime.block_on(bench::run(args)),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -57,6 +57,15 @@ pub struct ServeArgs {
     /// Maximum number of operations permitted in a transaction.
     #[arg(long, default_value_t = 128, env = "ETCD_MAX_TXN_OPS")]
     pub max_txn_ops: usize,
+    /// Raise alarms when backend size exceeds the given quota (0 defaults to 2 GiB).
+    #[arg(long, default_value_t = 0, env = "ETCD_QUOTA_BACKEND_BYTES")]
+    pub quota_backend_bytes: u64,
+    /// Number of committed transactions to trigger a snapshot to disk (the Raft log is truncated behind it).
+    #[arg(long, default_value_t = 100_000, env = "ETCD_SNAPSHOT_COUNT")]
+    pub snapshot_count: u64,
+    /// Number of entries for a slow follower to catch up after compacting the Raft log.
+    #[arg(long, default_value_t = 5000, env = "ETCD_EXPERIMENTAL_SNAPSHOT_CATCHUP_ENTRIES")]
+    pub experimental_snapshot_catchup_entries: u64,
     /// Duration of periodic watch progress notifications (e.g. 10m, 5s, 500ms).
     #[arg(long, default_value = "10m", value_parser = parse_duration, env = "ETCD_EXPERIMENTAL_WATCH_PROGRESS_NOTIFY_INTERVAL")]
     pub experimental_watch_progress_notify_interval: Duration,
@@ -116,8 +125,15 @@ impl ServeArgs {
             limits: Limits {
                 max_request_bytes: self.max_request_bytes,
                 max_txn_ops: self.max_txn_ops,
+                quota_backend_bytes: if self.quota_backend_bytes == 0 {
+                    Limits::default().quota_backend_bytes
+                } else {
+                    self.quota_backend_bytes
+                },
             },
             watch_progress_notify_interval: self.experimental_watch_progress_notify_interval,
+            snapshot_count: self.snapshot_count,
+            snapshot_catchup_entries: self.experimental_snapshot_catchup_entries,
         })
     }
 }

@@ -4,6 +4,7 @@
 //! - [`log_store`]: the durable log of a group (raft-engine), raft-rs's `Storage`.
 //! - [`node`]: the driver thread of a group and the async [`RaftHandle`] callers use.
 //! - [`state_machine`]: the contract for what committed entries are applied to.
+//! - [`snapshot`]: snapshots built off the driver thread and shipped as files.
 //! - [`transport`]: batched, streaming peer-to-peer delivery of Raft messages.
 //!
 //! Invariants: a proposal is answered only after its entry is committed (durable
@@ -15,12 +16,14 @@ pub mod error;
 pub mod log_store;
 mod logging;
 pub mod node;
+pub mod snapshot;
 pub mod state_machine;
 pub mod status;
 pub mod transport;
 
 pub use error::RaftError;
 pub use node::{start_group, GroupConfig, RaftHandle};
-pub use state_machine::{Committed, StateMachine};
-pub use status::{GroupStatus, Role};
+pub use snapshot::{BuiltSnapshot, SnapshotJob};
+pub use state_machine::{Committed, ConfChangeApplied, MemberChangeKind, StateMachine};
+pub use status::{GroupStatus, PeerProgress, Role};
 pub use transport::{MessageSink, PeerTransport, RaftInbox};

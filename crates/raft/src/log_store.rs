@@ -8,14 +8,24 @@
 use std::sync::Arc;
 
 use protobuf::Message as _;
-use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
+use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState, Storage, StorageError};
-use raft_engine::{Engine, LogBatch, MessageExt};
+use raft_engine::{Command, Engine, LogBatch, MessageExt};
+
+use crate::snapshot::SnapshotSlot;
 
 const HARD_STATE_KEY: &[u8] = b"hard_state";
 const CONF_STATE_KEY: &[u8] = b"conf_state";
 /// The index and term of the last entry removed from the front of the log.
 const TRUNCATED_KEY: &[u8] = b"truncated";
+
+/// A new group's log starts as if a snapshot at this index and term held its
+/// initial configuration (as TiKV does). A member joining later has an empty
+/// log, so the leader must send it a snapshot, which carries the
+/// configuration and the data, instead of entries that assume both.
+pub const INITIAL_INDEX: u64 = 5;
+/// The term of the initial snapshot point.
+pub const INITIAL_TERM: u64 = 5;
 
 /// Tells raft-engine how to find the index of a raft-rs entry.
 #[derive(Clone)]
@@ -50,11 +60,12 @@ pub struct LogStore {
     conf_state: ConfState,
     truncated_index: u64,
     truncated_term: u64,
+    snapshots: Arc<SnapshotSlot>,
 }
 
 impl LogStore {
     /// Loads the group's state from the engine; an unknown group starts empty.
-    pub fn open(engine: Arc<Engine>, group_id: u64) -> raft_engine::Result<Self> {
+    pub fn open(engine: Arc<Engine>, group_id: u64, snapshots: Arc<SnapshotSlot>) -> raft_engine::Result<Self> {
         let hard_state = engine
             .get_message::<HardState>(group_id, HARD_STATE_KEY)?
             .unwrap_or_default();
@@ -72,7 +83,63 @@ impl LogStore {
             conf_state,
             truncated_index,
             truncated_term,
+            snapshots,
         })
+    }
+
+    /// Stages the state of a group that starts with `voters`: an initial
+    /// snapshot point holding the configuration, and nothing in the log.
+    pub fn stage_bootstrap(&mut self, batch: &mut LogBatch, voters: Vec<u64>) {
+        let mut cs = ConfState::default();
+        cs.voters = voters;
+        self.stage_conf_state(batch, cs);
+        self.stage_truncated(batch, INITIAL_INDEX, INITIAL_TERM);
+        let mut hs = HardState::default();
+        hs.term = INITIAL_TERM;
+        hs.commit = INITIAL_INDEX;
+        self.stage_hard_state(batch, hs);
+    }
+
+    fn stage_truncated(&mut self, batch: &mut LogBatch, index: u64, term: u64) {
+        let mut marker = Entry::default();
+        marker.index = index;
+        marker.term = term;
+        batch
+            .put_message(self.group_id, TRUNCATED_KEY.to_vec(), &marker)
+            .expect("encoding the truncation point cannot fail");
+        self.truncated_index = index;
+        self.truncated_term = term;
+    }
+
+    /// Stages dropping every entry before `index`; the entry at `index - 1`
+    /// becomes the truncation point. Returns false when there is nothing to drop.
+    pub fn stage_compact(&mut self, batch: &mut LogBatch, index: u64) -> bool {
+        if index <= self.truncated_index + 1 || index > self.last_index().unwrap_or(0) {
+            return false;
+        }
+        let Ok(term) = self.term(index - 1) else {
+            return false;
+        };
+        self.stage_truncated(batch, index - 1, term);
+        batch.add_command(self.group_id, Command::Compact { index });
+        true
+    }
+
+    /// Stages replacing the whole log with a snapshot's point: every entry
+    /// goes, and the snapshot's configuration and position take their place.
+    pub fn stage_snapshot(&mut self, batch: &mut LogBatch, meta: &SnapshotMetadata) {
+        batch.add_command(self.group_id, Command::Clean);
+        self.stage_truncated(batch, meta.index, meta.term);
+        self.stage_conf_state(batch, meta.get_conf_state().clone());
+        let mut hs = self.hard_state.clone();
+        hs.term = hs.term.max(meta.term);
+        hs.commit = hs.commit.max(meta.index);
+        self.stage_hard_state(batch, hs);
+    }
+
+    /// The index of the last entry dropped from the front of the log.
+    pub fn truncated_index(&self) -> u64 {
+        self.truncated_index
     }
 
     /// True when the group has never been given a configuration.
@@ -185,16 +252,21 @@ impl Storage for LogStore {
         Ok(self
             .engine
             .first_index(self.group_id)
-            .unwrap_or(self.truncated_index + 1))
+            .map_or(self.truncated_index + 1, |first| first.max(self.truncated_index + 1)))
     }
 
     fn last_index(&self) -> raft::Result<u64> {
-        Ok(self.engine_last_index().unwrap_or(self.truncated_index))
+        Ok(self
+            .engine_last_index()
+            .map_or(self.truncated_index, |last| last.max(self.truncated_index)))
     }
 
-    fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        // The log is never truncated yet, so no peer can need a snapshot.
-        Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable))
+    fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
+        // Building a snapshot copies the whole store, so it happens on a
+        // builder thread; raft-rs asks again until one is ready.
+        self.snapshots
+            .take_ready(request_index, to)
+            .ok_or(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable))
     }
 }
 
@@ -225,7 +297,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let engine = open_engine(dir.path()).unwrap();
-            let mut store = LogStore::open(engine, 7).unwrap();
+            let mut store = LogStore::open(engine, 7, Arc::default()).unwrap();
             let mut batch = LogBatch::default();
             store.stage_entries(&mut batch, &[entry(1, 1), entry(2, 1), entry(3, 2)]);
             let mut hs = HardState::default();
@@ -236,7 +308,7 @@ mod tests {
             store.write(&mut batch, true).unwrap();
         }
         let engine = open_engine(dir.path()).unwrap();
-        let store = LogStore::open(engine, 7).unwrap();
+        let store = LogStore::open(engine, 7, Arc::default()).unwrap();
         assert_eq!(store.hard_state().term, 2);
         assert_eq!(store.hard_state().vote, 3);
         assert_eq!(store.first_index().unwrap(), 1);
@@ -252,7 +324,7 @@ mod tests {
     fn conflicting_suffix_is_replaced() {
         let dir = tempfile::tempdir().unwrap();
         let engine = open_engine(dir.path()).unwrap();
-        let store = LogStore::open(engine, 1).unwrap();
+        let store = LogStore::open(engine, 1, Arc::default()).unwrap();
         let mut batch = LogBatch::default();
         store.stage_entries(&mut batch, &[entry(1, 1), entry(2, 1), entry(3, 1)]);
         store.write(&mut batch, false).unwrap();
@@ -260,5 +332,40 @@ mod tests {
         store.write(&mut batch, false).unwrap();
         assert_eq!(store.last_index().unwrap(), 2);
         assert_eq!(store.term(2).unwrap(), 2);
+    }
+
+    #[test]
+    fn bootstrap_compaction_and_snapshot_move_the_truncation_point() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = open_engine(dir.path()).unwrap();
+        let mut store = LogStore::open(engine.clone(), 3, Arc::default()).unwrap();
+        let mut batch = LogBatch::default();
+        store.stage_bootstrap(&mut batch, vec![1, 2, 3]);
+        store.write(&mut batch, true).unwrap();
+        assert_eq!(store.first_index().unwrap(), INITIAL_INDEX + 1);
+        assert_eq!(store.last_index().unwrap(), INITIAL_INDEX);
+        assert_eq!(store.term(INITIAL_INDEX).unwrap(), INITIAL_TERM);
+
+        let entries: Vec<Entry> = (6..=20).map(|i| entry(i, 6)).collect();
+        store.stage_entries(&mut batch, &entries);
+        store.write(&mut batch, true).unwrap();
+        assert!(store.stage_compact(&mut batch, 15));
+        store.write(&mut batch, true).unwrap();
+        assert_eq!(store.first_index().unwrap(), 15);
+        assert_eq!(store.term(14).unwrap(), 6);
+        assert!(store.term(13).is_err());
+
+        let mut meta = SnapshotMetadata::default();
+        meta.index = 100;
+        meta.term = 9;
+        meta.mut_conf_state().voters = vec![1, 2, 3, 4];
+        store.stage_snapshot(&mut batch, &meta);
+        store.write(&mut batch, true).unwrap();
+        let reopened = LogStore::open(engine, 3, Arc::default()).unwrap();
+        assert_eq!(reopened.first_index().unwrap(), 101);
+        assert_eq!(reopened.last_index().unwrap(), 100);
+        assert_eq!(reopened.term(100).unwrap(), 9);
+        assert_eq!(reopened.conf_state().voters, vec![1, 2, 3, 4]);
+        assert_eq!(reopened.hard_state().commit, 100);
     }
 }

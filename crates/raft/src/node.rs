@@ -12,17 +12,22 @@ use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use std::path::PathBuf;
+
+use concord_proto::concordpb::SnapshotDescriptor;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use prost::Message as _;
 use protobuf::Message as _;
-use raft::eraftpb::{ConfChange, ConfChangeV2, Entry, EntryType, Message};
-use raft::{RawNode, StateRole};
+use raft::eraftpb::{ConfChange, ConfChangeType, ConfChangeV2, Entry, EntryType, Message, Snapshot};
+use raft::{RawNode, SnapshotStatus, StateRole};
 use raft_engine::{Engine, LogBatch};
 use tokio::sync::{oneshot, watch};
 
 use crate::error::RaftError;
 use crate::log_store::LogStore;
-use crate::state_machine::{Committed, StateMachine};
-use crate::status::{GroupStatus, Role};
+use crate::snapshot::{BuiltSnapshot, SnapshotSlot};
+use crate::state_machine::{Committed, ConfChangeApplied, MemberChangeKind, StateMachine};
+use crate::status::{GroupStatus, PeerProgress, Role};
 use crate::transport::MessageSink;
 
 /// How a group is set up on this member.
@@ -40,6 +45,13 @@ pub struct GroupConfig {
     pub election_ticks: usize,
     /// How long a proposal or read may wait before it fails with a timeout.
     pub request_timeout: Duration,
+    /// Where snapshot files are built and received.
+    pub snapshot_dir: PathBuf,
+    /// Applied entries kept in the log before its front is dropped (etcd's `--snapshot-count`).
+    pub snapshot_count: u64,
+    /// Entries kept behind the applied index when the log is truncated, so
+    /// slightly lagging followers catch up from the log, not a snapshot.
+    pub catch_up_entries: u64,
 }
 
 /// Work sent to a group's thread.
@@ -48,8 +60,16 @@ pub(crate) enum GroupMsg<O> {
         data: Vec<u8>,
         reply: oneshot::Sender<Result<O, RaftError>>,
     },
+    ProposeConfChange {
+        change: ConfChangeV2,
+        reply: oneshot::Sender<Result<O, RaftError>>,
+    },
     ReadIndex {
         reply: oneshot::Sender<Result<u64, RaftError>>,
+    },
+    SnapshotSent {
+        to: u64,
+        ok: bool,
     },
     Step(Message),
     Unreachable(u64),
@@ -132,6 +152,26 @@ impl<O: Send + 'static> RaftHandle<O> {
         }
     }
 
+    /// Replicates a configuration change (adding, promoting or removing
+    /// members) and returns the state machine's answer once it is applied here.
+    pub async fn propose_conf_change(&self, change: ConfChangeV2) -> Result<O, RaftError> {
+        if self.leader_id() == 0 {
+            return Err(RaftError::NoLeader);
+        }
+        let (reply, rx) = oneshot::channel();
+        self.send(GroupMsg::ProposeConfChange { change, reply })?;
+        match tokio::time::timeout(self.request_timeout, rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(RaftError::Stopped),
+            Err(_) => Err(RaftError::Timeout),
+        }
+    }
+
+    /// Tells the group whether a snapshot reached `to`.
+    pub fn report_snapshot(&self, to: u64, ok: bool) {
+        let _ = self.mailbox.send(GroupMsg::SnapshotSent { to, ok });
+    }
+
     /// A linearizable read barrier (Raft's ReadIndex): returns once this
     /// member has applied everything the leader had committed when the call
     /// began, so a local read afterwards sees every acknowledged write.
@@ -191,15 +231,18 @@ pub fn start_group<S: StateMachine>(
     state_machine: S,
     sink: Arc<dyn MessageSink>,
 ) -> Result<(RaftHandle<S::Output>, JoinHandle<()>), RaftError> {
-    let mut store = LogStore::open(engine, cfg.group_id).map_err(RaftError::log)?;
-    if !store.is_initialized() {
-        let mut cs = raft::eraftpb::ConfState::default();
-        cs.voters = cfg.initial_voters.clone();
+    std::fs::create_dir_all(&cfg.snapshot_dir).map_err(|e| RaftError::Io(e.to_string()))?;
+    let snapshots = Arc::new(SnapshotSlot::default());
+    let mut store = LogStore::open(engine, cfg.group_id, snapshots.clone()).map_err(RaftError::log)?;
+    // A founding member starts the group; a joining member starts empty and
+    // learns everything from the leader's snapshot.
+    if !store.is_initialized() && !cfg.initial_voters.is_empty() && store.truncated_index() == 0 {
         let mut batch = LogBatch::default();
-        store.stage_conf_state(&mut batch, cs);
+        store.stage_bootstrap(&mut batch, cfg.initial_voters.clone());
         store.write(&mut batch, true).map_err(RaftError::log)?;
     }
     let applied = state_machine.applied_index();
+    let applied = applied.max(store.truncated_index());
     if applied > store.hard_state().commit {
         // Applied entries were committed; the commit index in the hard state
         // is only written lazily, so it may lag behind after a crash.
@@ -244,6 +287,9 @@ pub fn start_group<S: StateMachine>(
         request_timeout: cfg.request_timeout,
     };
     let mut driver = Driver {
+        snapshots,
+        building: None,
+        last_conf_change: 0,
         next_request_id: initial_request_id(),
         next_read_ctx: 1,
         pending_proposals: HashMap::new(),
@@ -297,7 +343,14 @@ struct ReadBatch {
     last_sent: Instant,
 }
 
+type BuildResult = Result<BuiltSnapshot, Box<dyn std::error::Error + Send + Sync>>;
+
 struct Driver<S: StateMachine> {
+    snapshots: Arc<SnapshotSlot>,
+    /// A snapshot build in progress.
+    building: Option<JoinHandle<BuildResult>>,
+    /// The index of the last configuration change applied.
+    last_conf_change: u64,
     cfg: GroupConfig,
     raw: RawNode<LogStore>,
     sm: S,
@@ -340,6 +393,7 @@ impl<S: StateMachine> Driver<S> {
             }
             self.issue_reads();
             self.on_ready();
+            self.manage_snapshots();
             self.publish_status();
         }
         self.shutdown();
@@ -349,7 +403,12 @@ impl<S: StateMachine> Driver<S> {
     fn handle(&mut self, msg: GroupMsg<S::Output>) -> bool {
         match msg {
             GroupMsg::Propose { data, reply } => self.propose(data, reply),
+            GroupMsg::ProposeConfChange { change, reply } => self.propose_conf_change(change, reply),
             GroupMsg::ReadIndex { reply } => self.queued_reads.push(reply),
+            GroupMsg::SnapshotSent { to, ok } => {
+                let status = if ok { SnapshotStatus::Finish } else { SnapshotStatus::Failure };
+                self.raw.report_snapshot(to, status);
+            }
             GroupMsg::Step(m) => {
                 if let Err(e) = self.raw.step(m) {
                     tracing::debug!(group = self.cfg.group_id, "dropping raft message: {e}");
@@ -371,6 +430,27 @@ impl<S: StateMachine> Driver<S> {
         self.next_request_id = self.next_request_id.wrapping_add(1);
         let ctx = encode_context(self.cfg.member_id, request_id);
         match self.raw.propose(ctx, data) {
+            Ok(()) => {
+                self.pending_proposals.insert(request_id, reply);
+            }
+            Err(raft::Error::ProposalDropped) => {
+                let _ = reply.send(Err(RaftError::ProposalDropped));
+            }
+            Err(e) => {
+                let _ = reply.send(Err(RaftError::raft(e)));
+            }
+        }
+    }
+
+    fn propose_conf_change(&mut self, change: ConfChangeV2, reply: oneshot::Sender<Result<S::Output, RaftError>>) {
+        if self.raw.raft.leader_id == 0 {
+            let _ = reply.send(Err(RaftError::NoLeader));
+            return;
+        }
+        let request_id = self.next_request_id;
+        self.next_request_id = self.next_request_id.wrapping_add(1);
+        let ctx = encode_context(self.cfg.member_id, request_id);
+        match self.raw.propose_conf_change(ctx, change) {
             Ok(()) => {
                 self.pending_proposals.insert(request_id, reply);
             }
@@ -445,7 +525,8 @@ impl<S: StateMachine> Driver<S> {
         // entries are durable locally before it counts itself in a quorum.
         self.sink.send(self.cfg.group_id, rd.take_messages());
         if !rd.snapshot().is_empty() {
-            tracing::error!(group = self.cfg.group_id, "snapshots are not supported yet; ignoring one");
+            let snap = rd.snapshot().clone();
+            self.install_snapshot(&snap);
         }
         self.apply(rd.take_committed_entries());
 
@@ -505,13 +586,20 @@ impl<S: StateMachine> Driver<S> {
                     commands.push(Committed {
                         index: entry.index,
                         data: &entry.data,
+                        conf_change: None,
                     });
                 }
                 EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
-                    self.apply_conf_change(entry);
+                    if let Some((member, request)) = decode_context(&entry.context) {
+                        if member == self.cfg.member_id {
+                            waiting.insert(entry.index, request);
+                        }
+                    }
+                    let conf_change = self.apply_conf_change(entry);
                     commands.push(Committed {
                         index: entry.index,
                         data: &[],
+                        conf_change,
                     });
                 }
             }
@@ -530,19 +618,36 @@ impl<S: StateMachine> Driver<S> {
         self.applied_tx.send_replace(last);
     }
 
-    fn apply_conf_change(&mut self, entry: &Entry) {
-        let result = if entry.get_entry_type() == EntryType::EntryConfChange {
+    /// Applies a configuration change to raft-rs and the log store, and
+    /// returns what changed, for the state machine.
+    fn apply_conf_change(&mut self, entry: &Entry) -> Option<ConfChangeApplied> {
+        let decoded = if entry.get_entry_type() == EntryType::EntryConfChange {
             let mut cc = ConfChange::default();
-            cc.merge_from_bytes(&entry.data)
-                .map_err(|e| e.to_string())
-                .and_then(|_| self.raw.apply_conf_change(&cc).map_err(|e| e.to_string()))
+            cc.merge_from_bytes(&entry.data).map(|_| {
+                let change = (member_change(cc.get_change_type()), cc.node_id);
+                let applied = self.raw.apply_conf_change(&cc);
+                (vec![change], cc.take_context().to_vec(), applied)
+            })
         } else {
             let mut cc = ConfChangeV2::default();
-            cc.merge_from_bytes(&entry.data)
-                .map_err(|e| e.to_string())
-                .and_then(|_| self.raw.apply_conf_change(&cc).map_err(|e| e.to_string()))
+            cc.merge_from_bytes(&entry.data).map(|_| {
+                let changes = cc
+                    .get_changes()
+                    .iter()
+                    .map(|c| (member_change(c.get_change_type()), c.node_id))
+                    .collect();
+                let applied = self.raw.apply_conf_change(&cc);
+                (changes, cc.take_context().to_vec(), applied)
+            })
         };
-        match result {
+        let (changes, context, applied) = match decoded {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(group = self.cfg.group_id, "undecodable conf change: {e}");
+                return None;
+            }
+        };
+        match applied {
             Ok(cs) => {
                 let mut batch = LogBatch::default();
                 let store = self.raw.mut_store();
@@ -550,8 +655,110 @@ impl<S: StateMachine> Driver<S> {
                 if let Err(e) = store.write(&mut batch, true) {
                     fatal(&format!("cannot persist the configuration: {e}"));
                 }
+                self.last_conf_change = entry.index;
+                Some(ConfChangeApplied { changes, context })
             }
-            Err(e) => tracing::warn!(group = self.cfg.group_id, "rejected conf change: {e}"),
+            Err(e) => {
+                tracing::warn!(group = self.cfg.group_id, "rejected conf change: {e}");
+                None
+            }
+        }
+    }
+
+    /// Replaces the state machine and the log with a snapshot from the leader.
+    fn install_snapshot(&mut self, snap: &Snapshot) {
+        let meta = snap.get_metadata();
+        let descriptor = match SnapshotDescriptor::decode(snap.get_data()) {
+            Ok(d) => d,
+            Err(e) => fatal(&format!("undecodable snapshot descriptor: {e}")),
+        };
+        tracing::info!(group = self.cfg.group_id, index = meta.index, term = meta.term, "installing snapshot");
+        if let Err(e) = self
+            .sm
+            .install_snapshot(std::path::Path::new(&descriptor.path), &descriptor.app_data)
+        {
+            fatal(&format!("cannot install snapshot at index {}: {e}", meta.index));
+        }
+        let mut batch = LogBatch::default();
+        let store = self.raw.mut_store();
+        store.stage_snapshot(&mut batch, meta);
+        if let Err(e) = store.write(&mut batch, true) {
+            fatal(&format!("cannot persist the snapshot point: {e}"));
+        }
+        self.last_conf_change = self.last_conf_change.max(meta.index);
+        self.applied_tx.send_replace(meta.index);
+    }
+
+    /// Builds snapshots when raft-rs wants one, and drops the front of the
+    /// log once enough of it is applied and durable.
+    fn manage_snapshots(&mut self) {
+        if self.building.as_ref().is_some_and(|b| b.is_finished()) {
+            let result = self.building.take().expect("checked").join();
+            match result {
+                Ok(Ok(built)) => self.offer_snapshot(built),
+                Ok(Err(e)) => tracing::error!(group = self.cfg.group_id, "snapshot build failed: {e}"),
+                Err(_) => tracing::error!(group = self.cfg.group_id, "snapshot builder panicked"),
+            }
+        }
+        if self.building.is_none() && self.snapshots.is_wanted() {
+            let job = self.sm.snapshot_job();
+            let nanos = initial_request_id();
+            let path = self.cfg.snapshot_dir.join(format!("{:016x}-{nanos:x}.snap", self.cfg.group_id));
+            let spawned = std::thread::Builder::new()
+                .name(format!("snapshot-{}", self.cfg.group_id))
+                .spawn(move || job(&path));
+            match spawned {
+                Ok(handle) => self.building = Some(handle),
+                Err(e) => tracing::error!("cannot start the snapshot builder: {e}"),
+            }
+        }
+        self.compact_log();
+    }
+
+    fn offer_snapshot(&mut self, built: BuiltSnapshot) {
+        let store = self.raw.store();
+        let term = store_term(store, built.applied_index);
+        if built.applied_index < self.last_conf_change || term.is_none() {
+            // The configuration changed after the state was copied (or the
+            // point left the log): the snapshot would not be self-consistent.
+            let _ = std::fs::remove_file(&built.path);
+            return;
+        }
+        let size = std::fs::metadata(&built.path).map(|m| m.len()).unwrap_or(0);
+        let descriptor = SnapshotDescriptor {
+            path: built.path.to_string_lossy().into_owned(),
+            size,
+            app_data: built.app_data,
+        };
+        let mut snap = Snapshot::default();
+        snap.set_data(descriptor.encode_to_vec().into());
+        let meta = snap.mut_metadata();
+        meta.index = built.applied_index;
+        meta.term = term.unwrap_or(0);
+        meta.set_conf_state(store.conf_state().clone());
+        tracing::info!(group = self.cfg.group_id, index = built.applied_index, size, "snapshot ready");
+        if let Some(old) = self.snapshots.set_ready(snap) {
+            if let Ok(d) = SnapshotDescriptor::decode(old.get_data()) {
+                let _ = std::fs::remove_file(d.path);
+            }
+        }
+    }
+
+    fn compact_log(&mut self) {
+        let applied = self.raw.raft.raft_log.applied;
+        let truncated = self.raw.store().truncated_index();
+        if applied.saturating_sub(truncated) <= self.cfg.snapshot_count {
+            return;
+        }
+        let keep_from = applied
+            .min(self.sm.durable_index())
+            .saturating_sub(self.cfg.catch_up_entries);
+        let mut batch = LogBatch::default();
+        if self.raw.mut_store().stage_compact(&mut batch, keep_from) {
+            if let Err(e) = self.raw.store().write(&mut batch, false) {
+                fatal(&format!("cannot truncate the raft log: {e}"));
+            }
+            tracing::debug!(group = self.cfg.group_id, keep_from, "raft log truncated");
         }
     }
 
@@ -578,6 +785,19 @@ impl<S: StateMachine> Driver<S> {
         status.last_index = raft.raft_log.last_index();
         status.voters = raft.prs().conf().voters().ids().iter().collect();
         status.learners = raft.prs().conf().learners().iter().copied().collect();
+        status.progress = if role == Role::Leader {
+            raft.prs()
+                .iter()
+                .map(|(id, pr)| PeerProgress {
+                    member_id: *id,
+                    matched: pr.matched,
+                    // The leader's own entry is never marked; it is active by definition.
+                    recent_active: pr.recent_active || *id == raft.id,
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
     }
 
     fn shutdown(&mut self) {
@@ -594,6 +814,19 @@ impl<S: StateMachine> Driver<S> {
         }
         tracing::info!(group = self.cfg.group_id, "raft group stopped");
     }
+}
+
+fn member_change(kind: ConfChangeType) -> MemberChangeKind {
+    match kind {
+        ConfChangeType::AddNode => MemberChangeKind::AddVoter,
+        ConfChangeType::AddLearnerNode => MemberChangeKind::AddLearner,
+        ConfChangeType::RemoveNode => MemberChangeKind::Remove,
+    }
+}
+
+fn store_term(store: &LogStore, index: u64) -> Option<u64> {
+    use raft::Storage;
+    store.term(index).ok()
 }
 
 /// Storage failures leave the member unable to keep its promises; like etcd,

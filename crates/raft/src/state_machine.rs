@@ -1,6 +1,10 @@
 //! What a Raft group replicates into: the contract between the driver and
 //! the store that applies committed entries.
 
+use std::path::Path;
+
+use crate::snapshot::SnapshotJob;
+
 /// One committed log entry, handed to the state machine in log order.
 pub struct Committed<'a> {
     /// The entry's Raft log index; the state machine records the last one it applied.
@@ -8,6 +12,27 @@ pub struct Committed<'a> {
     /// The proposed bytes; empty for Raft's own entries (a new leader's
     /// no-op, a configuration change), which only advance the applied index.
     pub data: &'a [u8],
+    /// For a configuration change that took effect: what changed.
+    pub conf_change: Option<ConfChangeApplied>,
+}
+
+/// What a membership change does to one member.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MemberChangeKind {
+    /// Becomes (or is promoted to) a voter.
+    AddVoter,
+    /// Becomes a learner: it receives the log but does not vote.
+    AddLearner,
+    /// Leaves the group.
+    Remove,
+}
+
+/// A configuration change that raft-rs has applied.
+pub struct ConfChangeApplied {
+    /// Each member changed, and how.
+    pub changes: Vec<(MemberChangeKind, u64)>,
+    /// The context the proposer attached (Concord: the new member's details).
+    pub context: Vec<u8>,
 }
 
 /// A deterministic state machine: every member applies the same entries in
@@ -29,4 +54,18 @@ pub trait StateMachine: Send + 'static {
 
     /// Makes everything applied so far durable; called on shutdown.
     fn sync(&mut self) -> Result<(), Box<dyn std::error::Error + Send + Sync>>;
+
+    /// The highest applied index that is durable in the state machine; the
+    /// log is never truncated past it.
+    fn durable_index(&self) -> u64;
+
+    /// A job that writes a consistent snapshot of the current state to a file.
+    fn snapshot_job(&self) -> SnapshotJob;
+
+    /// Replaces the whole state with a snapshot received from the leader.
+    fn install_snapshot(
+        &mut self,
+        path: &Path,
+        app_data: &[u8],
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>>;
 }

@@ -35,4 +35,18 @@ pub struct GroupStatus {
     pub voters: Vec<u64>,
     /// The learners.
     pub learners: Vec<u64>,
+    /// On the leader: how far each member's log matches, and whether it
+    /// answered recently. Empty elsewhere.
+    pub progress: Vec<PeerProgress>,
+}
+
+/// The leader's view of one member's replication.
+#[derive(Clone, Debug, Default)]
+pub struct PeerProgress {
+    /// The member.
+    pub member_id: u64,
+    /// The highest log index known to match the leader's.
+    pub matched: u64,
+    /// Whether it communicated within the last election timeout.
+    pub recent_active: bool,
 }

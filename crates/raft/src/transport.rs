@@ -8,13 +8,16 @@
 //! the peer unreachable instead of applying back-pressure to consensus.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 
 use concord_proto::concordpb::raft_peer_client::RaftPeerClient;
 use concord_proto::concordpb::raft_peer_server::{RaftPeer, RaftPeerServer};
-use concord_proto::concordpb::{RaftMessageBatch, RaftStreamDone};
-use raft::eraftpb::Message;
+use concord_proto::concordpb::{RaftMessageBatch, RaftStreamDone, SnapshotChunk, SnapshotDescriptor};
+use prost::Message as _;
+use raft::eraftpb::{Message, MessageType};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
@@ -29,6 +32,8 @@ const PEER_QUEUE_LEN: usize = 8192;
 const MAX_MESSAGES_PER_WRITE: usize = 512;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 const RECONNECT_DELAY: Duration = Duration::from_millis(100);
+/// Bytes of snapshot file per chunk: memory per snapshot in flight stays small.
+const SNAPSHOT_CHUNK: usize = 1024 * 1024;
 
 /// Where a group's driver hands its outgoing messages.
 pub trait MessageSink: Send + Sync {
@@ -42,6 +47,8 @@ pub trait RaftInbox: Send + Sync {
     fn deliver(&self, msg: Message);
     /// Says that a peer could not be reached.
     fn report_unreachable(&self, member_id: u64);
+    /// Says whether a snapshot reached a peer.
+    fn report_snapshot(&self, member_id: u64, ok: bool);
 }
 
 impl<O: Send + 'static> RaftInbox for RaftHandle<O> {
@@ -51,6 +58,10 @@ impl<O: Send + 'static> RaftInbox for RaftHandle<O> {
 
     fn report_unreachable(&self, member_id: u64) {
         RaftHandle::report_unreachable(self, member_id);
+    }
+
+    fn report_snapshot(&self, member_id: u64, ok: bool) {
+        RaftHandle::report_snapshot(self, member_id, ok);
     }
 }
 
@@ -64,18 +75,25 @@ struct PeerLink {
 pub struct PeerTransport {
     member_id: u64,
     runtime: tokio::runtime::Handle,
+    /// Where received snapshot files are written.
+    snapshot_dir: PathBuf,
     peers: RwLock<HashMap<u64, PeerLink>>,
     groups: RwLock<HashMap<u64, Arc<dyn RaftInbox>>>,
+    /// Peers whose last contact failed (a refused connection, a broken stream).
+    unreachable: RwLock<std::collections::HashSet<u64>>,
 }
 
 impl PeerTransport {
-    /// Creates a transport whose link tasks run on `runtime`.
-    pub fn new(member_id: u64, runtime: tokio::runtime::Handle) -> Arc<Self> {
+    /// Creates a transport whose link tasks run on `runtime` and which
+    /// stores received snapshots in `snapshot_dir`.
+    pub fn new(member_id: u64, runtime: tokio::runtime::Handle, snapshot_dir: PathBuf) -> Arc<Self> {
         Arc::new(PeerTransport {
             member_id,
             runtime,
+            snapshot_dir,
             peers: RwLock::new(HashMap::new()),
             groups: RwLock::new(HashMap::new()),
+            unreachable: RwLock::new(std::collections::HashSet::new()),
         })
     }
 
@@ -125,7 +143,20 @@ impl PeerTransport {
             .cloned()
     }
 
+    /// Whether the last contact with `peer` worked, either way round. Raft's
+    /// own activity flag lags by up to an election timeout; this does not.
+    pub fn is_reachable(&self, peer: u64) -> bool {
+        !self.unreachable.read().expect("reachability lock poisoned").contains(&peer)
+    }
+
+    fn mark_reachable(&self, peer: u64) {
+        if !self.is_reachable(peer) {
+            self.unreachable.write().expect("reachability lock poisoned").remove(&peer);
+        }
+    }
+
     fn report_unreachable(&self, groups: impl IntoIterator<Item = u64>, peer: u64) {
+        self.unreachable.write().expect("reachability lock poisoned").insert(peer);
         for group_id in groups {
             if let Some(inbox) = self.group(group_id) {
                 inbox.report_unreachable(peer);
@@ -143,6 +174,25 @@ impl MessageSink for PeerTransport {
         let mut unreachable = Vec::new();
         for msg in msgs {
             let to = msg.to;
+            if msg.get_msg_type() == MessageType::MsgSnapshot {
+                match peers.get(&to) {
+                    Some(peer) => {
+                        let (url, me) = (peer.url.clone(), self.member_id);
+                        let groups = self.groups.read().expect("groups lock poisoned").get(&group_id).cloned();
+                        self.runtime.spawn(async move {
+                            let result = send_snapshot(me, group_id, &url, msg).await;
+                            if let Err(e) = &result {
+                                tracing::warn!(peer = to, "sending a snapshot failed: {e}");
+                            }
+                            if let Some(inbox) = groups {
+                                inbox.report_snapshot(to, result.is_ok());
+                            }
+                        });
+                    }
+                    None => unreachable.push(to),
+                }
+                continue;
+            }
             let queued = peers
                 .get(&to)
                 .is_some_and(|p| p.queue.try_send((group_id, msg)).is_ok());
@@ -187,6 +237,9 @@ async fn run_link(
                 continue;
             }
         };
+        if let Some(t) = transport.upgrade() {
+            t.mark_reachable(peer);
+        }
         let (stream_tx, stream_rx) = mpsc::channel::<RaftMessageBatch>(64);
         let mut client = client;
         let call = tokio::spawn(async move { client.stream(ReceiverStream::new(stream_rx)).await });
@@ -257,6 +310,45 @@ fn drain_and_report(
     }
 }
 
+/// Streams the snapshot a `MsgSnapshot` announces: the message first, then
+/// the file in chunks.
+async fn send_snapshot(from: u64, group_id: u64, url: &str, msg: Message) -> Result<(), String> {
+    let to = msg.to;
+    let descriptor = SnapshotDescriptor::decode(msg.get_snapshot().get_data()).map_err(|e| e.to_string())?;
+    let mut file = tokio::fs::File::open(&descriptor.path)
+        .await
+        .map_err(|e| format!("{}: {e}", descriptor.path))?;
+    let mut client = connect(url).await.map_err(|e| e.to_string())?;
+    let (tx, rx) = mpsc::channel::<SnapshotChunk>(4);
+    let call = tokio::spawn(async move { client.snapshot(ReceiverStream::new(rx)).await });
+    let head = SnapshotChunk {
+        group_id,
+        from_member: from,
+        to_member: to,
+        message: encode_message(&msg),
+        data: Vec::new(),
+    };
+    let mut sent = tx.send(head).await.is_ok();
+    while sent {
+        let mut buf = vec![0u8; SNAPSHOT_CHUNK];
+        let n = file.read(&mut buf).await.map_err(|e| e.to_string())?;
+        if n == 0 {
+            break;
+        }
+        buf.truncate(n);
+        sent = tx
+            .send(SnapshotChunk { group_id, data: buf, ..Default::default() })
+            .await
+            .is_ok();
+    }
+    drop(tx);
+    match call.await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(status)) => Err(status.message().to_string()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 fn into_batches(from: u64, to: u64, msgs: Vec<(u64, Message)>) -> Vec<RaftMessageBatch> {
     let mut batches: Vec<RaftMessageBatch> = Vec::new();
     for (group_id, msg) in msgs {
@@ -294,6 +386,7 @@ impl RaftPeer for PeerService {
                     self.transport.member_id, batch.to_member
                 )));
             }
+            self.transport.mark_reachable(batch.from_member);
             let Some(inbox) = self.transport.group(batch.group_id) else {
                 continue;
             };
@@ -303,6 +396,50 @@ impl RaftPeer for PeerService {
                     Err(e) => tracing::warn!(from = batch.from_member, "undecodable raft message: {e}"),
                 }
             }
+        }
+        Ok(Response::new(RaftStreamDone {}))
+    }
+
+    async fn snapshot(
+        &self,
+        request: Request<Streaming<SnapshotChunk>>,
+    ) -> Result<Response<RaftStreamDone>, Status> {
+        let mut stream = request.into_inner();
+        let head = stream
+            .next()
+            .await
+            .ok_or_else(|| Status::invalid_argument("empty snapshot stream"))??;
+        if head.to_member != self.transport.member_id {
+            return Err(Status::failed_precondition("snapshot sent to the wrong member"));
+        }
+        let mut msg = decode_message(&head.message).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let mut descriptor = SnapshotDescriptor::decode(msg.get_snapshot().get_data())
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let index = msg.get_snapshot().get_metadata().index;
+        let dir = &self.transport.snapshot_dir;
+        let path = dir.join(format!("recv-{:x}-{index}-{:x}.snap", head.group_id, head.from_member));
+        let io = |e: std::io::Error| Status::internal(format!("{}: {e}", path.display()));
+        tokio::fs::create_dir_all(dir).await.map_err(io)?;
+        let mut file = tokio::fs::File::create(&path).await.map_err(io)?;
+        let mut received = 0u64;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk?;
+            received += chunk.data.len() as u64;
+            file.write_all(&chunk.data).await.map_err(io)?;
+        }
+        file.sync_all().await.map_err(io)?;
+        if received != descriptor.size {
+            let _ = tokio::fs::remove_file(&path).await;
+            return Err(Status::data_loss(format!(
+                "snapshot truncated: {received} of {} bytes",
+                descriptor.size
+            )));
+        }
+        descriptor.path = path.to_string_lossy().into_owned();
+        msg.mut_snapshot().set_data(descriptor.encode_to_vec().into());
+        match self.transport.group(head.group_id) {
+            Some(inbox) => inbox.deliver(msg),
+            None => return Err(Status::not_found(format!("no group {}", head.group_id))),
         }
         Ok(Response::new(RaftStreamDone {}))
     }

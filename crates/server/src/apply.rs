@@ -1,12 +1,20 @@
 //! The state machine a KV group replicates into: decodes each committed
-//! `RaftCommand` and applies it to the MVCC store, or to the membership.
+//! `RaftCommand` and applies it to the MVCC store, or to the membership;
+//! applies membership changes; builds and installs snapshots.
 
+use std::collections::HashMap;
+use std::path::Path;
 use std::sync::Arc;
 
-use concord_proto::concordpb::{raft_command::Op, RaftCommand};
-use concord_raft::{Committed, StateMachine};
+use concord_proto::concordpb::{raft_command::Op, ClusterState, RaftCommand};
+use concord_proto::etcdserverpb::Member;
+use concord_raft::{
+    BuiltSnapshot, Committed, ConfChangeApplied, MemberChangeKind, PeerTransport, SnapshotJob,
+    StateMachine,
+};
 use concord_storage::{ApplyEntry, KvError, MvccStore, WriteResult};
 use prost::Message as _;
+use tokio::sync::watch;
 
 use crate::lease::lessor::Lessor;
 use crate::membership::Membership;
@@ -20,25 +28,61 @@ pub enum Applied {
     Membership,
 }
 
+/// Everything a member's state machine updates besides the store.
+pub struct Effects {
+    /// The cluster's membership.
+    pub membership: Arc<Membership>,
+    /// Told of each new revision, for watchers.
+    pub hub: Arc<WatchHub>,
+    /// Told of each lease granted or revoked.
+    pub lessor: Arc<Lessor>,
+    /// Told of each member added, moved or removed.
+    pub transport: Arc<PeerTransport>,
+    /// Set when this member is removed from the cluster.
+    pub removed: watch::Sender<bool>,
+}
+
 /// Applies a KV group's log to its store.
 pub struct KvStateMachine {
     store: Arc<MvccStore>,
-    membership: Arc<Membership>,
-    hub: Arc<WatchHub>,
-    lessor: Arc<Lessor>,
+    effects: Effects,
 }
 
 impl KvStateMachine {
-    /// A state machine over `store`, updating `membership` on publish
-    /// entries, telling `hub` of each new revision and `lessor` of each
-    /// lease granted or revoked.
-    pub fn new(
-        store: Arc<MvccStore>,
-        membership: Arc<Membership>,
-        hub: Arc<WatchHub>,
-        lessor: Arc<Lessor>,
-    ) -> Self {
-        KvStateMachine { store, membership, hub, lessor }
+    /// A state machine over `store` with its side effects.
+    pub fn new(store: Arc<MvccStore>, effects: Effects) -> Self {
+        KvStateMachine { store, effects }
+    }
+
+    /// Updates the membership (and the transport) for a configuration change.
+    fn apply_member_change(&self, change: &ConfChangeApplied) -> Result<(), BoxError> {
+        let announced = Member::decode(change.context.as_slice()).ok();
+        for (kind, id) in &change.changes {
+            match kind {
+                MemberChangeKind::AddVoter | MemberChangeKind::AddLearner => {
+                    let is_learner = *kind == MemberChangeKind::AddLearner;
+                    let mut member = match (&announced, self.effects.membership.member(*id)) {
+                        (Some(m), _) if m.id == *id => m.clone(),
+                        (_, Some(existing)) => existing,
+                        _ => Member { id: *id, ..Default::default() },
+                    };
+                    member.is_learner = is_learner;
+                    if let Some(url) = member.peer_ur_ls.first() {
+                        self.effects.transport.set_peer(*id, url);
+                    }
+                    self.effects.membership.upsert(member)?;
+                }
+                MemberChangeKind::Remove => {
+                    self.effects.membership.remove(*id)?;
+                    self.effects.transport.remove_peer(*id);
+                    if *id == self.effects.membership.local_id() {
+                        tracing::warn!("this member was removed from the cluster");
+                        self.effects.removed.send_replace(true);
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -54,9 +98,16 @@ impl StateMachine for KvStateMachine {
     fn apply(&mut self, entries: &[Committed<'_>]) -> Result<Vec<(u64, Applied)>, BoxError> {
         let applied = self.store.applied_index();
         let mut commands = Vec::with_capacity(entries.len());
-        let mut published = Vec::new();
-        let mut revokes = std::collections::HashMap::new();
+        let mut membership_changes = Vec::new();
+        let mut revokes = HashMap::new();
         for entry in entries {
+            let fresh = entry.index > applied;
+            if let Some(change) = &entry.conf_change {
+                if fresh {
+                    self.apply_member_change(change)?;
+                }
+                membership_changes.push(entry.index);
+            }
             let command = if entry.data.is_empty() {
                 None
             } else {
@@ -64,10 +115,20 @@ impl StateMachine for KvStateMachine {
                     .map_err(|e| format!("undecodable entry at index {}: {e}", entry.index))?;
                 match cmd.op {
                     Some(Op::PublishMember(member)) => {
-                        if entry.index > applied {
-                            self.membership.publish(&member)?;
-                            published.push(entry.index);
+                        if fresh {
+                            self.effects.membership.publish(&member)?;
                         }
+                        membership_changes.push(entry.index);
+                        None
+                    }
+                    Some(Op::UpdateMember(member)) => {
+                        if fresh {
+                            if let Some(url) = member.peer_ur_ls.first() {
+                                self.effects.transport.set_peer(member.id, url);
+                            }
+                            self.effects.membership.update_peer_urls(member.id, member.peer_ur_ls)?;
+                        }
+                        membership_changes.push(entry.index);
                         None
                     }
                     Some(Op::LeaseRevoke(ref revoke)) => {
@@ -87,13 +148,13 @@ impl StateMachine for KvStateMachine {
             })
             .collect();
         let results = self.store.apply(&batch)?;
-        self.hub.notify_applied(self.store.current_revision());
+        self.effects.hub.notify_applied(self.store.current_revision());
         for (index, result) in &results {
             match result {
-                Ok(WriteResult::LeaseGrant(grant)) => self.lessor.on_granted(grant.id, grant.ttl),
+                Ok(WriteResult::LeaseGrant(grant)) => self.effects.lessor.on_granted(grant.id, grant.ttl),
                 Ok(WriteResult::LeaseRevoke(_)) | Err(KvError::LeaseNotFound) => {
                     if let Some(id) = revokes.get(index) {
-                        self.lessor.on_revoked(*id);
+                        self.effects.lessor.on_revoked(*id);
                     }
                 }
                 _ => {}
@@ -103,11 +164,45 @@ impl StateMachine for KvStateMachine {
             .into_iter()
             .map(|(index, result)| (index, Applied::Kv(result)))
             .collect();
-        outputs.extend(published.into_iter().map(|index| (index, Applied::Membership)));
+        outputs.extend(membership_changes.into_iter().map(|index| (index, Applied::Membership)));
         Ok(outputs)
     }
 
     fn sync(&mut self) -> Result<(), BoxError> {
         Ok(self.store.sync()?)
+    }
+
+    fn durable_index(&self) -> u64 {
+        self.store.durable_applied_index()
+    }
+
+    fn snapshot_job(&self) -> SnapshotJob {
+        let store = self.store.clone();
+        let membership = self.effects.membership.clone();
+        Box::new(move |path: &Path| {
+            let info = store.write_snapshot(path)?;
+            // The membership travels beside the data, so a member that
+            // installs the snapshot knows every peer.
+            let mut state = membership.state();
+            state.local_member_id = 0;
+            Ok(BuiltSnapshot {
+                applied_index: info.applied_index,
+                path: path.to_path_buf(),
+                app_data: state.encode_to_vec(),
+            })
+        })
+    }
+
+    fn install_snapshot(&mut self, path: &Path, app_data: &[u8]) -> Result<(), BoxError> {
+        self.store.install_snapshot(path)?;
+        let state = ClusterState::decode(app_data)?;
+        for member in &state.members {
+            if let Some(url) = member.peer_ur_ls.first() {
+                self.effects.transport.set_peer(member.id, url);
+            }
+        }
+        self.effects.membership.replace_members(state)?;
+        self.effects.hub.notify_applied(self.store.current_revision());
+        Ok(())
     }
 }

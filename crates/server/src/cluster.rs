@@ -1,87 +1,286 @@
-//! etcd's Cluster service. Listing members works; changing them arrives with
-//! Raft configuration changes (#4) and until then answers `Unimplemented`.
+//! etcd's Cluster service: listing and changing the members.
+//!
+//! Changes are decided by the leader, which alone knows how far each member's
+//! log has come and which members answer: other members forward them there.
+//! Adding, promoting and removing members are Raft configuration changes;
+//! moving a member's peer URLs is an ordinary replicated command.
 
 use std::sync::Arc;
+use std::time::Duration;
 
+use concord_proto::concordpb::raft_command::Op;
+use concord_proto::etcdserverpb::cluster_client::ClusterClient;
 use concord_proto::etcdserverpb::cluster_server::Cluster;
 use concord_proto::etcdserverpb::{
-    MemberAddRequest, MemberAddResponse, MemberListRequest, MemberListResponse,
+    Member, MemberAddRequest, MemberAddResponse, MemberListRequest, MemberListResponse,
     MemberPromoteRequest, MemberPromoteResponse, MemberRemoveRequest, MemberRemoveResponse,
     MemberUpdateRequest, MemberUpdateResponse,
 };
+use concord_raft::{GroupStatus, RaftError, Role};
+use prost::Message as _;
+use raft::eraftpb::{ConfChangeSingle, ConfChangeType, ConfChangeV2};
 use tonic::{Request, Response, Status};
 
 use crate::context::MemberContext;
 use crate::errors;
+use crate::forward::{mark_forwarded, was_forwarded, LeaderChannels};
+use crate::membership::compute_member_id;
+
+/// etcd's limit on learners in a cluster.
+pub const MAX_LEARNERS: usize = 1;
+/// A learner may be promoted once its log matches this share of the leader's.
+const LEARNER_READY_SHARE: f64 = 0.9;
+/// How long removing the leader waits for leadership to move first.
+const LEADER_HANDOVER: Duration = Duration::from_secs(5);
 
 /// The Cluster service of one member.
 pub struct ClusterService {
     ctx: Arc<MemberContext>,
+    leader: LeaderChannels,
 }
 
 impl ClusterService {
     /// A Cluster service over the member's shared context.
     pub fn new(ctx: Arc<MemberContext>) -> Self {
-        ClusterService { ctx }
+        ClusterService {
+            ctx,
+            leader: LeaderChannels::default(),
+        }
+    }
+
+    /// The leader's status when this member leads; otherwise a client to the
+    /// leader for forwarding (or an error if the request was forwarded already).
+    fn leader_or_forward<T>(&self, request: &Request<T>) -> Result<Result<GroupStatus, ClusterClient<tonic::transport::Channel>>, Status> {
+        let group = self.ctx.router.default_group();
+        let status = group.status();
+        if status.role == Role::Leader {
+            return Ok(Ok(status));
+        }
+        if status.leader_id == 0 {
+            return Err(errors::from_raft(RaftError::NoLeader));
+        }
+        if was_forwarded(request) {
+            return Err(Status::failed_precondition("etcdserver: not leader"));
+        }
+        Ok(Err(ClusterClient::new(self.leader.to_leader(&self.ctx, status.leader_id)?)))
+    }
+
+    fn header(&self) -> Option<concord_proto::etcdserverpb::ResponseHeader> {
+        Some(self.ctx.header(self.ctx.store.current_revision()))
+    }
+
+    async fn change(&self, changes: Vec<(ConfChangeType, u64)>, context: Vec<u8>) -> Result<(), Status> {
+        let mut cc = ConfChangeV2::default();
+        for (kind, id) in changes {
+            let mut single = ConfChangeSingle::default();
+            single.set_change_type(kind);
+            single.node_id = id;
+            cc.mut_changes().push(single);
+        }
+        cc.set_context(context.into());
+        let group = self.ctx.router.default_group();
+        group.propose_conf_change(cc).await.map_err(errors::from_raft)?;
+        Ok(())
     }
 }
 
-fn membership_changes_unsupported(rpc: &str) -> Status {
-    Status::unimplemented(format!(
-        "concord: Cluster.{rpc} is not supported yet; membership is fixed by --initial-cluster"
-    ))
+fn forwarded<T>(inner: T) -> Request<T> {
+    let mut request = Request::new(inner);
+    mark_forwarded(&mut request);
+    request
+}
+
+fn unhealthy() -> Status {
+    Status::unavailable("etcdserver: unhealthy cluster")
+}
+
+fn peer_urls_exist() -> Status {
+    Status::failed_precondition("etcdserver: Peer URLs already exists")
+}
+
+/// Voters that answered the leader recently and whose link works, counting the leader.
+fn active_voters(ctx: &MemberContext, status: &GroupStatus, excluding: Option<u64>) -> usize {
+    status
+        .progress
+        .iter()
+        .filter(|p| {
+            let reachable = p.member_id == status.member_id || ctx.transport.is_reachable(p.member_id);
+            p.recent_active && reachable && status.voters.contains(&p.member_id) && Some(p.member_id) != excluding
+        })
+        .count()
+}
+
+fn check_peer_urls(urls: &[String]) -> Result<(), Status> {
+    if urls.is_empty() {
+        return Err(Status::invalid_argument("etcdserver: member peer URLs are empty"));
+    }
+    for url in urls {
+        if !url.starts_with("http://") || url.len() <= "http://".len() {
+            return Err(Status::invalid_argument(format!("etcdserver: invalid peer URL {url:?}")));
+        }
+    }
+    Ok(())
 }
 
 #[tonic::async_trait]
 impl Cluster for ClusterService {
-    async fn member_add(
-        &self,
-        _request: Request<MemberAddRequest>,
-    ) -> Result<Response<MemberAddResponse>, Status> {
-        Err(membership_changes_unsupported("MemberAdd"))
+    async fn member_add(&self, request: Request<MemberAddRequest>) -> Result<Response<MemberAddResponse>, Status> {
+        let status = match self.leader_or_forward(&request)? {
+            Ok(status) => status,
+            Err(mut leader) => return leader.member_add(forwarded(request.into_inner())).await,
+        };
+        let req = request.into_inner();
+        check_peer_urls(&req.peer_ur_ls)?;
+        let members = self.ctx.membership.members();
+        if members.iter().any(|m| m.peer_ur_ls.iter().any(|u| req.peer_ur_ls.contains(u))) {
+            return Err(peer_urls_exist());
+        }
+        if req.is_learner {
+            if members.iter().filter(|m| m.is_learner).count() >= MAX_LEARNERS {
+                return Err(Status::failed_precondition("etcdserver: too many learner members in cluster"));
+            }
+        } else {
+            // After the change, the active voters must still be a quorum.
+            let voters_after = status.voters.len() + 1;
+            if active_voters(&self.ctx, &status, None) < voters_after / 2 + 1 {
+                return Err(unhealthy());
+            }
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let id = compute_member_id(&req.peer_ur_ls, &format!("{:x}{now}", self.ctx.membership.cluster_id()));
+        let member = Member {
+            id,
+            name: String::new(),
+            peer_ur_ls: req.peer_ur_ls.clone(),
+            client_ur_ls: Vec::new(),
+            is_learner: req.is_learner,
+        };
+        let kind = if req.is_learner { ConfChangeType::AddLearnerNode } else { ConfChangeType::AddNode };
+        self.change(vec![(kind, id)], member.encode_to_vec()).await?;
+        Ok(Response::new(MemberAddResponse {
+            header: self.header(),
+            member: Some(member),
+            members: self.ctx.membership.members(),
+        }))
     }
 
-    async fn member_remove(
-        &self,
-        request: Request<MemberRemoveRequest>,
-    ) -> Result<Response<MemberRemoveResponse>, Status> {
-        if self.ctx.membership.member(request.get_ref().id).is_none() {
+    async fn member_remove(&self, request: Request<MemberRemoveRequest>) -> Result<Response<MemberRemoveResponse>, Status> {
+        let status = match self.leader_or_forward(&request)? {
+            Ok(status) => status,
+            Err(mut leader) => return leader.member_remove(forwarded(request.into_inner())).await,
+        };
+        let id = request.get_ref().id;
+        let Some(member) = self.ctx.membership.member(id) else {
+            return Err(errors::member_not_found());
+        };
+        if !member.is_learner {
+            let voters_after = status.voters.len().saturating_sub(1);
+            if voters_after == 0 || active_voters(&self.ctx, &status, Some(id)) < voters_after / 2 + 1 {
+                return Err(unhealthy());
+            }
+        }
+        if id == status.member_id {
+            // Removing the leader: hand leadership to the most caught-up
+            // active voter first, so the cluster does not wait for an election.
+            let successor = status
+                .progress
+                .iter()
+                .filter(|p| {
+                    p.member_id != id
+                        && p.recent_active
+                        && self.ctx.transport.is_reachable(p.member_id)
+                        && status.voters.contains(&p.member_id)
+                })
+                .max_by_key(|p| p.matched)
+                .map(|p| p.member_id)
+                .ok_or_else(unhealthy)?;
+            let group = self.ctx.router.default_group();
+            group.transfer_leader(successor).map_err(errors::from_raft)?;
+            let deadline = tokio::time::Instant::now() + LEADER_HANDOVER;
+            let mut role = group.watch_role();
+            while group.leader_id() == id || group.leader_id() == 0 {
+                if tokio::time::timeout_at(deadline, role.changed()).await.is_err() {
+                    return Err(Status::deadline_exceeded(
+                        "etcdserver: request timed out, leader transfer took too long",
+                    ));
+                }
+            }
+        }
+        self.change(vec![(ConfChangeType::RemoveNode, id)], Vec::new()).await?;
+        Ok(Response::new(MemberRemoveResponse {
+            header: self.header(),
+            members: self.ctx.membership.members(),
+        }))
+    }
+
+    async fn member_update(&self, request: Request<MemberUpdateRequest>) -> Result<Response<MemberUpdateResponse>, Status> {
+        let req = request.into_inner();
+        check_peer_urls(&req.peer_ur_ls)?;
+        let members = self.ctx.membership.members();
+        if !members.iter().any(|m| m.id == req.id) {
             return Err(errors::member_not_found());
         }
-        Err(membership_changes_unsupported("MemberRemove"))
-    }
-
-    async fn member_update(
-        &self,
-        request: Request<MemberUpdateRequest>,
-    ) -> Result<Response<MemberUpdateResponse>, Status> {
-        if self.ctx.membership.member(request.get_ref().id).is_none() {
-            return Err(errors::member_not_found());
+        if members
+            .iter()
+            .any(|m| m.id != req.id && m.peer_ur_ls.iter().any(|u| req.peer_ur_ls.contains(u)))
+        {
+            return Err(peer_urls_exist());
         }
-        Err(membership_changes_unsupported("MemberUpdate"))
+        let update = Member {
+            id: req.id,
+            peer_ur_ls: req.peer_ur_ls,
+            ..Default::default()
+        };
+        let group = self.ctx.router.default_group();
+        self.ctx.propose_membership(group, Op::UpdateMember(update)).await?;
+        Ok(Response::new(MemberUpdateResponse {
+            header: self.header(),
+            members: self.ctx.membership.members(),
+        }))
     }
 
-    async fn member_list(
-        &self,
-        request: Request<MemberListRequest>,
-    ) -> Result<Response<MemberListResponse>, Status> {
+    async fn member_list(&self, request: Request<MemberListRequest>) -> Result<Response<MemberListResponse>, Status> {
         let group = self.ctx.router.default_group();
         if request.get_ref().linearizable {
             group.read_barrier().await.map_err(errors::from_raft)?;
         }
         Ok(Response::new(MemberListResponse {
-            header: Some(self.ctx.header(self.ctx.store.current_revision())),
+            header: self.header(),
             members: self.ctx.membership.members(),
         }))
     }
 
-    async fn member_promote(
-        &self,
-        request: Request<MemberPromoteRequest>,
-    ) -> Result<Response<MemberPromoteResponse>, Status> {
-        if self.ctx.membership.member(request.get_ref().id).is_none() {
+    async fn member_promote(&self, request: Request<MemberPromoteRequest>) -> Result<Response<MemberPromoteResponse>, Status> {
+        let status = match self.leader_or_forward(&request)? {
+            Ok(status) => status,
+            Err(mut leader) => return leader.member_promote(forwarded(request.into_inner())).await,
+        };
+        let id = request.get_ref().id;
+        let Some(member) = self.ctx.membership.member(id) else {
             return Err(errors::member_not_found());
+        };
+        if !member.is_learner {
+            return Err(Status::failed_precondition("etcdserver: can only promote a learner member"));
         }
-        Err(membership_changes_unsupported("MemberPromote"))
+        let leader_match = status.progress.iter().find(|p| p.member_id == status.member_id).map_or(0, |p| p.matched);
+        let learner_match = status.progress.iter().find(|p| p.member_id == id).map_or(0, |p| p.matched);
+        if (learner_match as f64) < leader_match as f64 * LEARNER_READY_SHARE {
+            return Err(Status::failed_precondition(
+                "etcdserver: can only promote a learner member which is in sync with leader",
+            ));
+        }
+        let voters_after = status.voters.len() + 1;
+        if active_voters(&self.ctx, &status, None) + 1 < voters_after / 2 + 1 {
+            return Err(unhealthy());
+        }
+        let mut promoted = member.clone();
+        promoted.is_learner = false;
+        self.change(vec![(ConfChangeType::AddNode, id)], promoted.encode_to_vec()).await?;
+        Ok(Response::new(MemberPromoteResponse {
+            header: self.header(),
+            members: self.ctx.membership.members(),
+        }))
     }
 }

@@ -41,6 +41,12 @@ pub struct ServerConfig {
     pub election_timeout: Duration,
     /// `--max-request-bytes` and `--max-txn-ops`.
     pub limits: Limits,
+    /// `--snapshot-count`: applied entries the Raft log holds before its
+    /// front is dropped (lagging members then catch up from a snapshot).
+    pub snapshot_count: u64,
+    /// `--experimental-snapshot-catchup-entries`: entries kept behind the
+    /// applied index when the log is truncated.
+    pub snapshot_catchup_entries: u64,
     /// `--experimental-watch-progress-notify-interval`: how often idle
     /// watchers that asked for it hear how far they are (etcd: 10 minutes).
     pub watch_progress_notify_interval: Duration,

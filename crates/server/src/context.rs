@@ -21,6 +21,9 @@ pub struct Limits {
     pub max_request_bytes: usize,
     /// etcd's `--max-txn-ops`: the most compares or operations in a txn branch.
     pub max_txn_ops: usize,
+    /// etcd's `--quota-backend-bytes`: past this store size, writes are
+    /// refused and a NOSPACE alarm is raised until space is reclaimed.
+    pub quota_backend_bytes: u64,
 }
 
 impl Default for Limits {
@@ -28,6 +31,7 @@ impl Default for Limits {
         Limits {
             max_request_bytes: 1536 * 1024,
             max_txn_ops: 128,
+            quota_backend_bytes: 2 * 1024 * 1024 * 1024,
         }
     }
 }
@@ -38,10 +42,12 @@ pub struct MemberContext {
     pub membership: Arc<Membership>,
     /// Key-to-group routing.
     pub router: KeyRouter,
+    /// The peer transport, which knows which members answer.
+    pub transport: std::sync::Arc<concord_raft::PeerTransport>,
     /// The MVCC store the member's group applies into.
     pub store: Arc<MvccStore>,
-    /// Where the store's file is, for size reports.
-    pub store_path: PathBuf,
+    /// Where snapshots for clients are written before they are streamed.
+    pub snapshot_dir: PathBuf,
     /// Request limits.
     pub limits: Limits,
     /// How long a request may wait on Raft (etcd: 5 s + 2 election timeouts).
@@ -57,6 +63,13 @@ impl MemberContext {
             revision,
             raft_term: self.router.default_group().term(),
         }
+    }
+
+    /// Proposes a membership command (publish, update) and waits for it to apply here.
+    pub async fn propose_membership(&self, group: &GroupHandle, op: Op) -> Result<(), Status> {
+        let data = RaftCommand { op: Some(op) }.encode_to_vec();
+        group.propose(data).await.map_err(errors::from_raft)?;
+        Ok(())
     }
 
     /// Proposes a KV write through `group` and waits for this member to apply it.

@@ -66,6 +66,7 @@ pub fn from_kv(err: KvError) -> Status {
         ErrorCode::NotFound => Code::NotFound,
         ErrorCode::FailedPrecondition => Code::FailedPrecondition,
         ErrorCode::Internal => Code::Internal,
+        ErrorCode::ResourceExhausted => Code::ResourceExhausted,
     };
     Status::new(code, err.to_string())
 }

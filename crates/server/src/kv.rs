@@ -64,6 +64,7 @@ impl Kv for KvService {
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
         let req = request.into_inner();
         validate::check_put(&req)?;
+        crate::quota::check(&self.ctx, req.key.len() + req.value.len()).await?;
         let group = self.ctx.router.group_for_key(&req.key);
         let result = self.ctx.propose_write(group, Op::Put(req)).await?;
         let revision = result.revision();
@@ -108,6 +109,7 @@ impl Kv for KvService {
             resp.header = Some(self.ctx.header(revision));
             return Ok(Response::new(resp));
         }
+        crate::quota::check(&self.ctx, prost::Message::encoded_len(&req)).await?;
         let result = self.ctx.propose_write(group, Op::Txn(req)).await?;
         let revision = result.revision();
         match result {

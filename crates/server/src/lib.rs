@@ -2,21 +2,28 @@
 //!
 //! - [`member`]: starts and stops a member (storage, Raft group, listeners).
 //! - [`router`]: which group owns a key; the only module that knows the split.
-//! - [`kv`], [`watch`], [`cluster`], [`maintenance`]: etcd's services.
+//! - [`kv`], [`watch`], [`cluster`], [`maintenance`], [`lease`], [`lock`], [`election`]: etcd's services.
 //! - [`apply`]: the state machine a group's log is applied to.
 //! - [`membership`]: member and cluster ids, names and URLs.
 //! - [`validate`], [`errors`]: etcd's request checks and error strings.
 
 pub mod apply;
 pub mod cluster;
+pub mod concurrency;
 pub mod config;
+pub mod election;
 pub mod context;
 pub mod errors;
 mod fallback;
+pub mod forward;
 pub mod kv;
+pub mod lease;
+pub mod lock;
 pub mod maintenance;
 pub mod member;
 pub mod membership;
+pub mod peer;
+pub mod quota;
 pub mod router;
 pub mod validate;
 pub mod watch;

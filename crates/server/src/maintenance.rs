@@ -1,11 +1,11 @@
-//! etcd's Maintenance service: Status, MoveLeader and the alarm list work;
-//! hashing, defragmentation and snapshots arrive with #4 and until then
-//! answer `Unimplemented`.
+//! etcd's Maintenance service: status, alarms, hashes (the replica
+//! consistency check), defragmentation, snapshots and leader transfer.
 
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use concord_proto::concordpb::raft_command::Op;
 use concord_proto::etcdserverpb::maintenance_server::Maintenance;
 use concord_proto::etcdserverpb::{
     alarm_request::AlarmAction, AlarmRequest, AlarmResponse, DefragmentRequest,
@@ -14,16 +14,24 @@ use concord_proto::etcdserverpb::{
     SnapshotResponse, StatusRequest, StatusResponse,
 };
 use concord_raft::Role;
+use concord_storage::WriteResult;
 use futures::Stream;
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncReadExt;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::context::MemberContext;
+use crate::errors;
 
 /// The etcd API version Concord implements. Clients gate features on it.
 pub const ETCD_API_VERSION: &str = "3.5.0";
 
 /// How long MoveLeader waits for the new leader to take over.
 const LEADER_TRANSFER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bytes per snapshot message (etcd sends 32 KiB).
+const SNAPSHOT_CHUNK: usize = 32 * 1024;
 
 /// The Maintenance service of one member.
 pub struct MaintenanceService {
@@ -35,74 +43,115 @@ impl MaintenanceService {
     pub fn new(ctx: Arc<MemberContext>) -> Self {
         MaintenanceService { ctx }
     }
-}
 
-fn not_yet(rpc: &str) -> Status {
-    Status::unimplemented(format!("concord: Maintenance.{rpc} is not supported yet"))
+    fn header(&self) -> Option<concord_proto::etcdserverpb::ResponseHeader> {
+        Some(self.ctx.header(self.ctx.store.current_revision()))
+    }
 }
 
 #[tonic::async_trait]
 impl Maintenance for MaintenanceService {
     async fn alarm(&self, request: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
-        // No alarm can be raised yet (the space quota arrives with #4), so the list is empty.
-        match AlarmAction::try_from(request.get_ref().action) {
-            Ok(AlarmAction::Get) => Ok(Response::new(AlarmResponse {
-                header: Some(self.ctx.header(self.ctx.store.current_revision())),
-                alarms: vec![],
-            })),
-            _ => Err(not_yet("Alarm (activate/deactivate)")),
+        let req = request.into_inner();
+        if AlarmAction::try_from(req.action) == Ok(AlarmAction::Get) {
+            let mut alarms = self.ctx.store.alarms().map_err(errors::from_kv)?;
+            if req.alarm != 0 {
+                alarms.retain(|a| a.alarm == req.alarm);
+            }
+            return Ok(Response::new(AlarmResponse { header: self.header(), alarms }));
+        }
+        let group = self.ctx.router.default_group();
+        let result = self.ctx.propose_write(group, Op::Alarm(req)).await?;
+        match result {
+            WriteResult::Alarm(mut resp) => {
+                resp.header = self.header();
+                Ok(Response::new(resp))
+            }
+            _ => Err(Status::internal("etcdserver: unexpected apply result")),
         }
     }
 
     async fn status(&self, _request: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
         let group = self.ctx.router.default_group().status();
-        let db_size = std::fs::metadata(&self.ctx.store_path)
-            .map(|m| m.len() as i64)
-            .unwrap_or(0);
         let me = self.ctx.membership.local_id();
+        let errors = self
+            .ctx
+            .store
+            .alarms()
+            .map(|alarms| alarms.iter().map(|a| format!("memberID:{} alarm:{} ", a.member_id, alarm_name(a.alarm))).collect())
+            .unwrap_or_default();
+        let store = self.ctx.store.clone();
+        // Measuring the space in use walks every page: keep it off the async workers.
+        let in_use = tokio::task::spawn_blocking(move || store.db_size_in_use())
+            .await
+            .unwrap_or(0);
         Ok(Response::new(StatusResponse {
-            header: Some(self.ctx.header(self.ctx.store.current_revision())),
+            header: self.header(),
             version: ETCD_API_VERSION.to_string(),
-            db_size,
+            db_size: self.ctx.store.db_size() as i64,
             leader: group.leader_id,
             raft_index: group.commit_index,
             raft_term: group.term,
             raft_applied_index: group.applied_index,
-            errors: vec![],
-            db_size_in_use: db_size,
+            errors,
+            db_size_in_use: in_use as i64,
             is_learner: group.learners.contains(&me),
+            db_size_quota: self.ctx.limits.quota_backend_bytes as i64,
             ..Default::default()
         }))
     }
 
-    async fn defragment(
-        &self,
-        _request: Request<DefragmentRequest>,
-    ) -> Result<Response<DefragmentResponse>, Status> {
-        Err(not_yet("Defragment"))
+    async fn defragment(&self, _request: Request<DefragmentRequest>) -> Result<Response<DefragmentResponse>, Status> {
+        let store = self.ctx.store.clone();
+        tokio::task::spawn_blocking(move || store.defragment())
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| Status::internal(format!("etcdserver: {e}")))?;
+        Ok(Response::new(DefragmentResponse { header: self.header() }))
     }
 
     async fn hash(&self, _request: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
-        Err(not_yet("Hash"))
+        let hash = self.ctx.store.hash().map_err(errors::from_kv)?;
+        Ok(Response::new(HashResponse { header: self.header(), hash }))
     }
 
-    async fn hash_kv(&self, _request: Request<HashKvRequest>) -> Result<Response<HashKvResponse>, Status> {
-        Err(not_yet("HashKV"))
+    async fn hash_kv(&self, request: Request<HashKvRequest>) -> Result<Response<HashKvResponse>, Status> {
+        let (hash, compact_revision, hash_revision) =
+            self.ctx.store.hash_kv(request.get_ref().revision).map_err(errors::from_kv)?;
+        Ok(Response::new(HashKvResponse {
+            header: self.header(),
+            hash,
+            compact_revision,
+            hash_revision,
+        }))
     }
 
     type SnapshotStream = Pin<Box<dyn Stream<Item = Result<SnapshotResponse, Status>> + Send + 'static>>;
 
-    async fn snapshot(
-        &self,
-        _request: Request<SnapshotRequest>,
-    ) -> Result<Response<Self::SnapshotStream>, Status> {
-        Err(not_yet("Snapshot"))
+    /// Streams a consistent copy of the store, followed (as etcd does) by
+    /// the SHA-256 of the copy, so a restore can check what it got.
+    async fn snapshot(&self, _request: Request<SnapshotRequest>) -> Result<Response<Self::SnapshotStream>, Status> {
+        let dir = self.ctx.snapshot_dir.clone();
+        let store = self.ctx.store.clone();
+        let path = dir.join(format!("client-{:x}.snap", rand_suffix()));
+        let build_path = path.clone();
+        tokio::task::spawn_blocking(move || store.write_snapshot(&build_path))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| Status::internal(format!("etcdserver: {e}")))?;
+        let (tx, rx) = mpsc::channel(4);
+        let header = self.header();
+        tokio::spawn(async move {
+            let result = stream_file(&path, header, &tx).await;
+            let _ = tokio::fs::remove_file(&path).await;
+            if let Err(status) = result {
+                let _ = tx.send(Err(status)).await;
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
-    async fn move_leader(
-        &self,
-        request: Request<MoveLeaderRequest>,
-    ) -> Result<Response<MoveLeaderResponse>, Status> {
+    async fn move_leader(&self, request: Request<MoveLeaderRequest>) -> Result<Response<MoveLeaderResponse>, Status> {
         let target = request.get_ref().target_id;
         let group = self.ctx.router.default_group();
         let status = group.status();
@@ -113,26 +162,78 @@ impl Maintenance for MaintenanceService {
             return Err(Status::not_found("etcdserver: bad leader transferee"));
         }
         if target != status.member_id {
-            group.transfer_leader(target).map_err(crate::errors::from_raft)?;
+            group.transfer_leader(target).map_err(errors::from_raft)?;
             let deadline = tokio::time::Instant::now() + LEADER_TRANSFER_TIMEOUT;
-            while group.status().leader_id != target {
-                if tokio::time::Instant::now() >= deadline {
+            let mut role = group.watch_role();
+            while group.leader_id() != target {
+                if tokio::time::timeout_at(deadline, role.changed()).await.is_err() {
                     return Err(Status::deadline_exceeded(
                         "etcdserver: request timed out, leader transfer took too long",
                     ));
                 }
-                tokio::time::sleep(Duration::from_millis(10)).await;
             }
         }
-        Ok(Response::new(MoveLeaderResponse {
-            header: Some(self.ctx.header(self.ctx.store.current_revision())),
-        }))
+        Ok(Response::new(MoveLeaderResponse { header: self.header() }))
     }
 
-    async fn downgrade(
-        &self,
-        _request: Request<DowngradeRequest>,
-    ) -> Result<Response<DowngradeResponse>, Status> {
-        Err(not_yet("Downgrade"))
+    async fn downgrade(&self, _request: Request<DowngradeRequest>) -> Result<Response<DowngradeResponse>, Status> {
+        Err(Status::unimplemented("concord: Maintenance.Downgrade is not supported: there is no older Concord to downgrade to"))
     }
+}
+
+fn alarm_name(alarm: i32) -> &'static str {
+    match alarm {
+        1 => "NOSPACE",
+        2 => "CORRUPT",
+        _ => "NONE",
+    }
+}
+
+fn rand_suffix() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos())
+}
+
+async fn stream_file(
+    path: &std::path::Path,
+    header: Option<concord_proto::etcdserverpb::ResponseHeader>,
+    tx: &mpsc::Sender<Result<SnapshotResponse, Status>>,
+) -> Result<(), Status> {
+    let io = |e: std::io::Error| Status::internal(format!("etcdserver: snapshot: {e}"));
+    let mut file = tokio::fs::File::open(path).await.map_err(io)?;
+    let size = file.metadata().await.map_err(io)?.len();
+    let mut remaining = size + 32;
+    let mut hasher = Sha256::new();
+    let mut first = true;
+    loop {
+        let mut blob = vec![0u8; SNAPSHOT_CHUNK];
+        let n = file.read(&mut blob).await.map_err(io)?;
+        if n == 0 {
+            break;
+        }
+        blob.truncate(n);
+        hasher.update(&blob);
+        remaining -= n as u64;
+        let resp = SnapshotResponse {
+            header: if first { header.clone() } else { None },
+            remaining_bytes: remaining,
+            blob,
+            version: ETCD_API_VERSION.to_string(),
+        };
+        first = false;
+        if tx.send(Ok(resp)).await.is_err() {
+            return Ok(());
+        }
+    }
+    let digest = hasher.finalize().to_vec();
+    let _ = tx
+        .send(Ok(SnapshotResponse {
+            header: if first { header } else { None },
+            remaining_bytes: 0,
+            blob: digest,
+            version: ETCD_API_VERSION.to_string(),
+        }))
+        .await;
+    Ok(())
 }

@@ -17,7 +17,7 @@ use concord_storage::MvccStore;
 use prost::Message as _;
 use tokio::sync::watch;
 
-use crate::apply::KvStateMachine;
+use crate::apply::{Effects, KvStateMachine};
 use crate::cluster::ClusterService;
 use crate::config::{InitialClusterState, ServerConfig};
 use crate::context::MemberContext;
@@ -85,9 +85,19 @@ pub async fn serve(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> Res
     let membership = match Membership::load(&member_dir).map_err(|e| ServeError::Config(e.to_string()))? {
         Some(m) => m,
         None if cfg.initial_cluster_state == InitialClusterState::Existing => {
-            return Err(ServeError::Config(
-                "--initial-cluster-state=existing needs membership changes, which are not supported yet".into(),
-            ))
+            // Joining a running cluster: ask its members who is in it.
+            let spec = crate::membership::parse_initial_cluster(&cfg.initial_cluster)
+                .map_err(|e| ServeError::Config(e.to_string()))?;
+            let others: Vec<String> = spec
+                .into_iter()
+                .filter(|(name, _)| *name != cfg.name)
+                .flat_map(|(_, urls)| urls)
+                .collect();
+            let remote = crate::peer::fetch_membership(&others)
+                .await
+                .map_err(|e| ServeError::Config(format!("cannot reach the cluster to join: {e}")))?;
+            Membership::join(&member_dir, remote, &cfg.initial_advertise_peer_urls)
+                .map_err(|e| ServeError::Config(e.to_string()))?
         }
         None => {
             let spec = crate::membership::parse_initial_cluster(&cfg.initial_cluster)
@@ -134,24 +144,42 @@ pub async fn serve(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> Res
     tokio::spawn(hub.clone().run());
     let lessor = Lessor::new(store.clone(), cfg.election_timeout, cfg.request_timeout());
 
-    let transport = PeerTransport::new(member_id, tokio::runtime::Handle::current());
+    let snapshot_dir = member_dir.join("snap");
+    let transport = PeerTransport::new(member_id, tokio::runtime::Handle::current(), snapshot_dir.clone());
     for m in membership.members() {
         if let Some(url) = m.peer_ur_ls.first() {
             transport.set_peer(m.id, url);
         }
     }
+    // A joining member starts with no voters: the leader's snapshot brings them.
+    let initial_voters = if cfg.initial_cluster_state == InitialClusterState::New {
+        membership.members().iter().filter(|m| !m.is_learner).map(|m| m.id).collect()
+    } else {
+        Vec::new()
+    };
     let group_cfg = GroupConfig {
         group_id: FIRST_GROUP_ID,
         member_id,
-        initial_voters: membership.members().iter().filter(|m| !m.is_learner).map(|m| m.id).collect(),
+        initial_voters,
+        snapshot_dir,
+        snapshot_count: cfg.snapshot_count,
+        catch_up_entries: cfg.snapshot_catchup_entries,
         tick_interval: cfg.heartbeat_interval,
         election_ticks: cfg.election_ticks(),
         request_timeout: cfg.request_timeout(),
     };
+    let (removed_tx, mut removed_rx) = watch::channel(false);
+    let effects = Effects {
+        membership: membership.clone(),
+        hub: hub.clone(),
+        lessor: lessor.clone(),
+        transport: transport.clone(),
+        removed: removed_tx,
+    };
     let (group, driver_thread) = start_group(
         group_cfg,
         engine,
-        KvStateMachine::new(store.clone(), membership.clone(), hub.clone(), lessor.clone()),
+        KvStateMachine::new(store.clone(), effects),
         transport.clone(),
     )
     .map_err(|e| ServeError::Storage(e.to_string()))?;
@@ -160,8 +188,9 @@ pub async fn serve(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> Res
     let ctx = Arc::new(MemberContext {
         membership: membership.clone(),
         router: KeyRouter::single(group.clone()),
+        transport: transport.clone(),
         store,
-        store_path,
+        snapshot_dir: member_dir.join("snap"),
         limits: cfg.limits.clone(),
         request_timeout: cfg.request_timeout(),
     });
@@ -174,11 +203,13 @@ pub async fn serve(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> Res
     for addr in resolve(&cfg.listen_peer_urls).await? {
         let listener = bind(addr).await?;
         let svc = transport.service();
+        let cluster_peer = crate::peer::ClusterPeerService::server(membership.clone());
         let stop = wait_for_stop(stop_rx.clone());
         servers.spawn(async move {
             tonic::transport::Server::builder()
                 .tcp_nodelay(true)
                 .add_service(svc)
+                .add_service(cluster_peer)
                 .serve_with_incoming_shutdown(incoming(listener), stop)
                 .await
                 .map_err(|e| format!("peer listener {addr}: {e}"))
@@ -236,6 +267,10 @@ pub async fn serve(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> Res
 
     let failed = tokio::select! {
         _ = shutdown => None,
+        _ = removed_rx.wait_for(|removed| *removed) => {
+            tracing::warn!("stopping: this member has been permanently removed from the cluster");
+            None
+        }
         Some(result) = servers.join_next() => Some(result),
     };
     tracing::info!("shutting down");

@@ -171,6 +171,94 @@ impl Membership {
             .cloned()
     }
 
+    /// The membership as it is kept on disk, for shipping in snapshots.
+    pub fn state(&self) -> ClusterState {
+        self.state.read().expect("membership lock").clone()
+    }
+
+    /// Takes over the members of a snapshot; this member's own id stays.
+    pub fn replace_members(&self, from: ClusterState) -> Result<(), MembershipError> {
+        {
+            let mut state = self.state.write().expect("membership lock");
+            state.cluster_id = from.cluster_id;
+            state.members = from.members;
+        }
+        self.save()
+    }
+
+    /// Adds a member, or updates the one with the same id (a promotion).
+    pub fn upsert(&self, member: Member) -> Result<(), MembershipError> {
+        {
+            let mut state = self.state.write().expect("membership lock");
+            match state.members.iter_mut().find(|m| m.id == member.id) {
+                Some(existing) => {
+                    existing.is_learner = member.is_learner;
+                    if !member.peer_ur_ls.is_empty() {
+                        existing.peer_ur_ls = member.peer_ur_ls;
+                    }
+                }
+                None => state.members.push(member),
+            }
+        }
+        self.save()
+    }
+
+    /// Removes a member; returns whether it was there.
+    pub fn remove(&self, id: u64) -> Result<bool, MembershipError> {
+        let removed = {
+            let mut state = self.state.write().expect("membership lock");
+            let before = state.members.len();
+            state.members.retain(|m| m.id != id);
+            before != state.members.len()
+        };
+        if removed {
+            self.save()?;
+        }
+        Ok(removed)
+    }
+
+    /// Changes a member's peer URLs (etcd's MemberUpdate).
+    pub fn update_peer_urls(&self, id: u64, peer_urls: Vec<String>) -> Result<(), MembershipError> {
+        {
+            let mut state = self.state.write().expect("membership lock");
+            if let Some(m) = state.members.iter_mut().find(|m| m.id == id) {
+                m.peer_ur_ls = peer_urls;
+            }
+        }
+        self.save()
+    }
+
+    /// Adopts the membership fetched from a running cluster when this member
+    /// joins it, finding itself by its peer URLs; saves it in `dir`.
+    pub fn join(dir: &Path, remote: ClusterState, my_peer_urls: &[String]) -> Result<Membership, MembershipError> {
+        let mut mine = my_peer_urls.to_vec();
+        mine.sort();
+        let me = remote
+            .members
+            .iter()
+            .find(|m| {
+                let mut urls = m.peer_ur_ls.clone();
+                urls.sort();
+                urls == mine
+            })
+            .ok_or_else(|| {
+                MembershipError::Config(format!(
+                    "the cluster has no member with peer URLs {my_peer_urls:?}; add it first (etcdctl member add)"
+                ))
+            })?;
+        let state = ClusterState {
+            cluster_id: remote.cluster_id,
+            local_member_id: me.id,
+            members: remote.members.clone(),
+        };
+        let membership = Membership {
+            path: dir.join("cluster.pb"),
+            state: RwLock::new(state),
+        };
+        membership.save()?;
+        Ok(membership)
+    }
+
     /// Records a member's name and client URLs, as announced through Raft.
     pub fn publish(&self, announced: &Member) -> Result<(), MembershipError> {
         {

@@ -24,6 +24,8 @@ pub enum ErrorCode {
     FailedPrecondition,
     /// The store failed internally while serving a read.
     Internal,
+    /// A resource (here: the cluster's storage quota) is exhausted.
+    ResourceExhausted,
 }
 
 /// A deterministic, per-request error whose `Display` is exactly etcd's client-visible message.
@@ -49,6 +51,10 @@ pub enum KvError {
     /// populated); Concord answers it so a waiting caller is never left hanging.
     #[error("etcdserver: request is empty")]
     EmptyCommand,
+    /// A NOSPACE alarm is raised, so the store refuses writes that would add data: puts, txns
+    /// containing a put, and lease grants (deletes, compactions and revokes still apply).
+    #[error("etcdserver: mvcc: database space exceeded")]
+    NoSpace,
     /// The store failed while serving a read (never produced by `apply`, whose storage failures
     /// are [`StorageError`]s that abort the batch).
     #[error("etcdserver: {0}")]
@@ -64,6 +70,7 @@ impl KvError {
             KvError::LeaseNotFound => ErrorCode::NotFound,
             KvError::LeaseExists => ErrorCode::FailedPrecondition,
             KvError::Internal(_) => ErrorCode::Internal,
+            KvError::NoSpace => ErrorCode::ResourceExhausted,
         }
     }
 }
@@ -104,7 +111,8 @@ from_redb!(
     redb::TableError,
     redb::StorageError,
     redb::CommitError,
-    redb::SetDurabilityError
+    redb::SetDurabilityError,
+    redb::CompactionError
 );
 
 macro_rules! kv_from_redb {
@@ -185,5 +193,10 @@ mod tests {
             "etcdserver: lease already exists"
         );
         assert_eq!(KvError::LeaseExists.code(), ErrorCode::FailedPrecondition);
+        assert_eq!(
+            KvError::NoSpace.to_string(),
+            "etcdserver: mvcc: database space exceeded"
+        );
+        assert_eq!(KvError::NoSpace.code(), ErrorCode::ResourceExhausted);
     }
 }

@@ -30,6 +30,10 @@ pub(crate) const LEASES: TableDefinition<i64, i64> = TableDefinition::new("lease
 /// element by element, so a lease's keys are contiguous and in ascending key order.
 pub(crate) const LEASE_KEYS: TableDefinition<(i64, &[u8]), ()> = TableDefinition::new("lease_keys");
 
+/// Raised alarms: `(member id, alarm type)` → nothing. An alarm is raised from its ACTIVATE until
+/// its DEACTIVATE; the alarm type is etcd's `AlarmType` number, stored as given.
+pub(crate) const ALARMS: TableDefinition<(u64, i32), ()> = TableDefinition::new("alarms");
+
 /// Store-wide counters, see the `META_*` keys.
 pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 

@@ -1,6 +1,7 @@
 //! Concord's MVCC key-value state machine: etcd's v3 KV semantics (revisions, history, Range,
-//! Put, DeleteRange, Txn, Compaction) and etcd's leases (grant, revoke, keys attached to a lease)
-//! on top of a single redb file.
+//! Put, DeleteRange, Txn, Compaction), etcd's leases (grant, revoke, keys attached to a lease) and
+//! alarms on top of a single redb file, plus what operating a cluster needs of it: consistency
+//! hashes, sizes, snapshots (write, install, restore) and defragmentation.
 //!
 //! # Tables
 //!
@@ -11,6 +12,7 @@
 //! | `changes`    | `(main rev, sub rev)`                           | change kind byte (put/delete) + user key    |
 //! | `leases`     | lease id (`i64`)                                | granted TTL in seconds (`i64`)              |
 //! | `lease_keys` | `(lease id, user key)`                          | nothing: the row itself is the attachment   |
+//! | `alarms`     | `(member id, alarm type)`                       | nothing: the row itself is the raised alarm |
 //! | `meta`       | `applied_index`, `revision`, `compact_revision` | `u64`                                       |
 //!
 //! A *record* is `create_revision, mod_revision, version, lease` as four little-endian `i64`s
@@ -26,6 +28,9 @@
 //! up ([`MvccStore::events`]) and for compaction, which must find the keys whose history it can
 //! drop without scanning the whole store. `lease_keys` lets a revoke find its keys without a
 //! scan. There is no in-memory index: reads run on redb read snapshots.
+//!
+//! Every table but `meta`'s applied index is replicated state: members that applied the same
+//! log hold the same rows, which [`MvccStore::hash`] and [`MvccStore::hash_kv`] check.
 //!
 //! # Invariants
 //!
@@ -44,6 +49,9 @@
 //!   fails, and a revoke deletes the lease's keys in the same command). Grants do not change the
 //!   revision; a revoke that deletes keys takes one main revision for all of them. Compaction
 //!   does not touch leases.
+//! * Alarm requests never change the revision. While some member has NOSPACE raised, puts, txns
+//!   containing a put and lease grants fail with `KvError::NoSpace` before writing anything;
+//!   every member decides this from its own (identical) `alarms` table (see `alarm.rs`).
 //! * `meta.applied_index` is written in the same redb transaction as the effects of the entries
 //!   it covers, so the store and its applied index can never disagree, even after a crash.
 //!
@@ -57,19 +65,27 @@
 //! non-durable commit only flips an in-memory pointer to its new roots and never frees pages the
 //! last durable commit references. The Raft log, fsync'd separately, holds every entry above
 //! [`MvccStore::durable_applied_index`], so replaying it restores the rest.
+//!
+//! [`MvccStore::install_snapshot`] and [`MvccStore::defragment`] replace the whole file: the new
+//! file is fsync'd, renamed over the store's path, and the directory fsync'd, so after a crash the
+//! path holds either the old store or the new one, each consistent with its own applied index.
 
+mod alarm;
 mod compact;
 mod error;
 mod events;
+mod hash;
 mod keys;
 mod lease;
 mod range;
+mod snapshot;
 mod store;
 mod txn;
 mod view;
 mod write;
 
 pub use error::{ErrorCode, KvError, StorageError};
+pub use snapshot::SnapshotInfo;
 pub use store::{ApplyEntry, MvccStore, WriteResult};
 pub use txn::is_txn_read_only;
 

@@ -1,23 +1,24 @@
 //! [`MvccStore`]: opening the redb file, applying committed Raft entries in batches, and serving
 //! reads from snapshots.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
 use concord_proto::concordpb::raft_command::Op;
 use concord_proto::concordpb::RaftCommand;
 use concord_proto::etcdserverpb::{
-    CompactionResponse, DeleteRangeResponse, LeaseGrantResponse, LeaseRevokeResponse, PutResponse,
-    RangeRequest, RangeResponse, TxnRequest, TxnResponse,
+    AlarmMember, AlarmResponse, CompactionResponse, DeleteRangeResponse, LeaseGrantResponse,
+    LeaseRevokeResponse, PutResponse, RangeRequest, RangeResponse, TxnRequest, TxnResponse,
 };
 use concord_proto::mvccpb::Event;
 use redb::{
     Database, Durability, ReadOnlyTable, ReadTransaction, ReadableDatabase, ReadableTable,
-    WriteTransaction,
+    ReadableTableMetadata, WriteTransaction,
 };
 
+use crate::alarm::{needs_space, raised_alarms};
 use crate::error::{KvError, OpError, StorageError};
 use crate::keys::{self, META_APPLIED_INDEX, META_COMPACT_REVISION, META_REVISION};
 use crate::lease::{all_leases, attached_keys};
@@ -59,6 +60,8 @@ pub enum WriteResult {
     LeaseGrant(LeaseGrantResponse),
     /// A lease revoke.
     LeaseRevoke(LeaseRevokeResponse),
+    /// An alarm request (get, activate or deactivate).
+    Alarm(AlarmResponse),
 }
 
 impl WriteResult {
@@ -71,13 +74,14 @@ impl WriteResult {
             WriteResult::Compaction(r) => &r.header,
             WriteResult::LeaseGrant(r) => &r.header,
             WriteResult::LeaseRevoke(r) => &r.header,
+            WriteResult::Alarm(r) => &r.header,
         };
         header.as_ref().map_or(0, |h| h.revision)
     }
 }
 
 /// Bookkeeping of the single writer: when the next commit must be durable.
-struct WriterState {
+pub(crate) struct WriterState {
     batches_since_durable: u32,
     last_durable: Instant,
 }
@@ -88,8 +92,14 @@ struct WriterState {
 /// Writes come only through [`apply`](Self::apply) (committed Raft entries, in log order);
 /// reads ([`range`](Self::range), [`txn_read`](Self::txn_read), [`events`](Self::events)) run on
 /// redb read snapshots, never block the writer, and never see part of a batch.
+///
+/// The redb handle can be replaced as a whole ([`install_snapshot`](Self::install_snapshot),
+/// [`defragment`](Self::defragment)): it sits behind a lock that readers hold only long enough to
+/// clone an `Arc`, and each read keeps its own clone, so a read that began before a replacement
+/// finishes on the old file.
 pub struct MvccStore {
-    db: Database,
+    path: PathBuf,
+    db: RwLock<Arc<Database>>,
     writer: Mutex<WriterState>,
     applied_index: AtomicU64,
     durable_applied_index: AtomicU64,
@@ -98,13 +108,17 @@ pub struct MvccStore {
 }
 
 /// The store-wide counters as stored in `meta`.
-struct Meta {
-    applied_index: u64,
-    revision: i64,
-    compact_revision: i64,
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Meta {
+    pub applied_index: u64,
+    pub revision: i64,
+    pub compact_revision: i64,
 }
 
-fn read_meta<T: ReadableTable<&'static str, u64>>(meta: &T) -> Result<Meta, StorageError> {
+/// Reads the counters from `meta`, with the defaults of an empty store for missing rows.
+pub(crate) fn read_meta<T: ReadableTable<&'static str, u64>>(
+    meta: &T,
+) -> Result<Meta, StorageError> {
     let get = |name: &str| -> Result<Option<u64>, StorageError> {
         Ok(meta.get(name)?.map(|guard| guard.value()))
     };
@@ -120,17 +134,21 @@ type LatestRead = ReadOnlyTable<&'static [u8], &'static [u8]>;
 /// `kv` opened in a read snapshot.
 type HistoryRead = ReadOnlyTable<(&'static [u8], u64, u64), &'static [u8]>;
 
-/// A read snapshot with the tables a read needs.
-struct Snapshot {
+/// A read snapshot with the tables a read needs. It holds its own handle on the database, so a
+/// replacement of the store's file does not cut it short.
+pub(crate) struct Snapshot {
+    pub latest: LatestRead,
+    pub kv: HistoryRead,
+    pub changes: ReadOnlyTable<(u64, u64), &'static [u8]>,
+    pub meta: Meta,
+    // Dropped after the tables, in declaration order.
     _txn: ReadTransaction,
-    latest: LatestRead,
-    kv: HistoryRead,
-    changes: ReadOnlyTable<(u64, u64), &'static [u8]>,
-    meta: Meta,
+    _db: Arc<Database>,
 }
 
 impl Snapshot {
-    fn view(&self) -> View<'_, LatestRead, HistoryRead> {
+    /// The snapshot as a view at its own revision.
+    pub fn view(&self) -> View<'_, LatestRead, HistoryRead> {
         View {
             latest: &self.latest,
             kv: &self.kv,
@@ -138,6 +156,23 @@ impl Snapshot {
             compact_rev: self.meta.compact_revision,
         }
     }
+}
+
+/// Readies a freshly opened redb file for use as a store: creates every table it lacks (so read
+/// snapshots can always open them) and reads its counters.
+pub(crate) fn prepare_database(db: Database) -> Result<(Database, Meta), StorageError> {
+    let txn = db.begin_write()?;
+    let meta = {
+        txn.open_table(keys::LATEST)?;
+        txn.open_table(keys::KV)?;
+        txn.open_table(keys::CHANGES)?;
+        txn.open_table(keys::LEASES)?;
+        txn.open_table(keys::LEASE_KEYS)?;
+        txn.open_table(keys::ALARMS)?;
+        read_meta(&txn.open_table(keys::META)?)?
+    };
+    txn.commit()?;
+    Ok((db, meta))
 }
 
 impl MvccStore {
@@ -149,18 +184,7 @@ impl MvccStore {
                 std::fs::create_dir_all(parent)?;
             }
         }
-        let db = Database::builder().create(path)?;
-        // Create every table up front so read snapshots can always open them.
-        let txn = db.begin_write()?;
-        let meta = {
-            txn.open_table(keys::LATEST)?;
-            txn.open_table(keys::KV)?;
-            txn.open_table(keys::CHANGES)?;
-            txn.open_table(keys::LEASES)?;
-            txn.open_table(keys::LEASE_KEYS)?;
-            read_meta(&txn.open_table(keys::META)?)?
-        };
-        txn.commit()?;
+        let (db, meta) = prepare_database(Database::builder().create(path)?)?;
         tracing::info!(
             path = %path.display(),
             applied_index = meta.applied_index,
@@ -169,7 +193,8 @@ impl MvccStore {
             "opened MVCC store"
         );
         Ok(MvccStore {
-            db,
+            path: path.to_path_buf(),
+            db: RwLock::new(Arc::new(db)),
             writer: Mutex::new(WriterState {
                 batches_since_durable: 0,
                 last_durable: Instant::now(),
@@ -203,8 +228,25 @@ impl MvccStore {
         self.compact_revision.load(Ordering::Acquire)
     }
 
-    fn snapshot(&self) -> Result<Snapshot, StorageError> {
-        let txn = self.db.begin_read()?;
+    /// The path of the store's file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The current database handle. Readers clone it and let go of the lock at once.
+    pub(crate) fn db(&self) -> Arc<Database> {
+        self.db.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Takes the single-writer lock: no batch is applied while it is held.
+    pub(crate) fn lock_writer(&self) -> MutexGuard<'_, WriterState> {
+        self.writer.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Opens a read snapshot of the current database with the tables reads need.
+    pub(crate) fn snapshot(&self) -> Result<Snapshot, StorageError> {
+        let db = self.db();
+        let txn = db.begin_read()?;
         let meta = read_meta(&txn.open_table(keys::META)?)?;
         Ok(Snapshot {
             latest: txn.open_table(keys::LATEST)?,
@@ -212,6 +254,7 @@ impl MvccStore {
             changes: txn.open_table(keys::CHANGES)?,
             meta,
             _txn: txn,
+            _db: db,
         })
     }
 
@@ -270,13 +313,15 @@ impl MvccStore {
     /// Every granted lease with the TTL (seconds) it was granted with, ascending by id: what the
     /// server's lessor rebuilds its expiry clock from (on start and on becoming leader).
     pub fn leases(&self) -> Result<Vec<(i64, i64)>, KvError> {
-        let txn = self.db.begin_read()?;
+        let db = self.db();
+        let txn = db.begin_read()?;
         Ok(all_leases(&txn.open_table(keys::LEASES)?)?)
     }
 
     /// The TTL (seconds) lease `id` was granted with, or `None` if it is not granted.
     pub fn lease_ttl(&self, id: i64) -> Result<Option<i64>, KvError> {
-        let txn = self.db.begin_read()?;
+        let db = self.db();
+        let txn = db.begin_read()?;
         let leases = txn.open_table(keys::LEASES)?;
         let ttl = leases.get(id)?.map(|guard| guard.value());
         Ok(ttl)
@@ -285,33 +330,80 @@ impl MvccStore {
     /// The keys attached to lease `id`, ascending (empty when the lease has none or does not
     /// exist).
     pub fn lease_keys(&self, id: i64) -> Result<Vec<Vec<u8>>, KvError> {
-        let txn = self.db.begin_read()?;
+        let db = self.db();
+        let txn = db.begin_read()?;
         Ok(attached_keys(&txn.open_table(keys::LEASE_KEYS)?, id)?)
+    }
+
+    /// Every raised alarm, ascending by (member id, alarm type): what etcd's alarm GET of type
+    /// `NONE` answers, read from the local store without going through Raft.
+    pub fn alarms(&self) -> Result<Vec<AlarmMember>, KvError> {
+        let db = self.db();
+        let txn = db.begin_read()?;
+        Ok(raised_alarms(&txn.open_table(keys::ALARMS)?, None)?)
+    }
+
+    /// The size in bytes of the store's file on disk (0 if it cannot be read), as etcd's
+    /// `db_size`.
+    pub fn db_size(&self) -> u64 {
+        std::fs::metadata(&self.path).map_or(0, |m| m.len())
+    }
+
+    /// The bytes of the file that hold live data, as etcd's `db_size_in_use`: the size of every
+    /// page of the store's tables as of now (redb's own bookkeeping pages, a handful, are not
+    /// counted); free pages, which only [`defragment`](Self::defragment) gives back to the file
+    /// system, are not. Falls back to [`db_size`](Self::db_size) if redb cannot say.
+    ///
+    /// Runs on a read snapshot, so it never holds up applies, but it visits every page of the
+    /// store (about 0.15 s per GiB when cached): call it from a blocking context, and not in a
+    /// tight loop on a large store.
+    pub fn db_size_in_use(&self) -> u64 {
+        match self.table_bytes() {
+            Ok(bytes) => bytes,
+            Err(err) => {
+                tracing::warn!(%err, "cannot read storage stats");
+                self.db_size()
+            }
+        }
+    }
+
+    /// The total size of every table's pages in a read snapshot.
+    fn table_bytes(&self) -> Result<u64, StorageError> {
+        let db = self.db();
+        let txn = db.begin_read()?;
+        let mut bytes = 0;
+        for table in txn.list_tables()? {
+            let stats = txn.open_untyped_table(table)?.stats()?;
+            bytes += stats.stored_bytes() + stats.metadata_bytes() + stats.fragmented_bytes();
+        }
+        Ok(bytes)
     }
 
     /// Applies committed Raft entries in one redb write transaction and records the last index
     /// as applied.
     ///
     /// Entries with `index <= applied_index()` are skipped, so replay after a restart is
-    /// idempotent. An entry without a command, or whose command is not a KV operation (e.g.
-    /// `PublishMember`, which the server handles), only advances the applied index and yields no
-    /// result. Every other entry yields `Ok(WriteResult)` or a deterministic `Err(KvError)`; a
-    /// failed command changes nothing and does not affect the rest of the batch. A
-    /// [`StorageError`] abandons the whole batch (nothing of it becomes visible); redb then
-    /// refuses further writes until the store is reopened.
+    /// idempotent. An entry without a command, or whose command is not the store's
+    /// (`PublishMember`, `UpdateMember`: membership, which the server handles), only advances the
+    /// applied index and yields no result. Every other entry (alarms included) yields
+    /// `Ok(WriteResult)` or a deterministic `Err(KvError)`; a failed command changes nothing and
+    /// does not affect the rest of the batch. A [`StorageError`] abandons the whole batch
+    /// (nothing of it becomes visible); redb then refuses further writes until the store is
+    /// reopened.
     #[allow(clippy::type_complexity)] // the signature the Raft layer is written against
     pub fn apply(
         &self,
         entries: &[ApplyEntry<'_>],
     ) -> Result<Vec<(u64, Result<WriteResult, KvError>)>, StorageError> {
-        let mut state = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let mut state = self.lock_writer();
         let mut last_index = self.applied_index();
         if entries.iter().all(|e| e.index <= last_index) {
             return Ok(Vec::new());
         }
         let durable = state.batches_since_durable + 1 >= DURABLE_EVERY_BATCHES
             || state.last_durable.elapsed() >= DURABLE_EVERY;
-        let mut txn = self.db.begin_write()?;
+        let db = self.db();
+        let mut txn = db.begin_write()?;
         if !durable {
             txn.set_durability(Durability::None)?;
         }
@@ -353,14 +445,40 @@ impl MvccStore {
 
     /// Forces everything applied so far onto disk (fsync).
     pub fn sync(&self) -> Result<(), StorageError> {
-        let mut state = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-        let txn = self.db.begin_write()?;
+        let mut state = self.lock_writer();
+        let txn = self.db().begin_write()?;
         txn.commit()?;
         self.durable_applied_index
             .store(self.applied_index(), Ordering::Release);
         state.batches_since_durable = 0;
         state.last_durable = Instant::now();
         Ok(())
+    }
+}
+
+impl MvccStore {
+    /// Opens whatever file is now at the store's path and makes it the store: the handle is
+    /// swapped (reads already running keep the old one) and every cached counter is reloaded. The
+    /// caller holds the writer lock (`state`) and has made the new file durable, so its applied
+    /// index is durable too.
+    pub(crate) fn reopen_file(&self, state: &mut WriterState) -> Result<Meta, StorageError> {
+        let (db, meta) = prepare_database(Database::builder().open(&self.path)?)?;
+        let old = {
+            let mut slot = self.db.write().unwrap_or_else(|e| e.into_inner());
+            std::mem::replace(&mut *slot, Arc::new(db))
+        };
+        self.applied_index
+            .store(meta.applied_index, Ordering::Release);
+        self.durable_applied_index
+            .store(meta.applied_index, Ordering::Release);
+        self.revision.store(meta.revision, Ordering::Release);
+        self.compact_revision
+            .store(meta.compact_revision, Ordering::Release);
+        state.batches_since_durable = 0;
+        state.last_durable = Instant::now();
+        // Outside the lock: closing the old file may take a moment if no reader still holds it.
+        drop(old);
+        Ok(meta)
     }
 }
 
@@ -371,15 +489,18 @@ fn apply_command(
 ) -> Result<Option<Result<WriteResult, KvError>>, StorageError> {
     writer.begin_command();
     let outcome = match &command.op {
+        Some(op) if writer.no_space && needs_space(op) => Err(OpError::Kv(KvError::NoSpace)),
         Some(Op::Put(req)) => writer.put(req).map(WriteResult::Put),
         Some(Op::DeleteRange(req)) => writer.delete_range(req).map(WriteResult::DeleteRange),
         Some(Op::Txn(req)) => run_txn(writer, req).map(WriteResult::Txn),
         Some(Op::Compaction(req)) => writer.compact(req).map(WriteResult::Compaction),
         Some(Op::LeaseGrant(req)) => writer.lease_grant(req).map(WriteResult::LeaseGrant),
         Some(Op::LeaseRevoke(req)) => writer.lease_revoke(req).map(WriteResult::LeaseRevoke),
+        Some(Op::Alarm(req)) => writer.alarm(req).map(WriteResult::Alarm),
         None => Err(OpError::Kv(KvError::EmptyCommand)),
-        // Membership announcements are the server's business, not the store's.
+        // Membership changes are the server's business, not the store's.
         Some(Op::PublishMember(_)) => return Ok(None),
+        Some(Op::UpdateMember(_)) => return Ok(None),
     };
     let revision = writer.end_command();
     match outcome {
@@ -393,6 +514,7 @@ fn apply_command(
                 WriteResult::Compaction(r) => r.header = header,
                 WriteResult::LeaseGrant(r) => r.header = header,
                 WriteResult::LeaseRevoke(r) => r.header = header,
+                WriteResult::Alarm(r) => r.header = header,
             }
             Ok(Some(Ok(result)))
         }

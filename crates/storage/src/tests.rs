@@ -16,7 +16,10 @@ use concord_proto::mvccpb::KeyValue;
 
 use crate::{ApplyEntry, ErrorCode, KvError, MvccStore, WriteResult};
 
+mod alarm;
+mod hash;
 mod lease;
+mod snapshot;
 
 /// A store in a temporary directory plus a Raft index counter.
 struct Harness {

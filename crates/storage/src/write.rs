@@ -12,6 +12,7 @@ use concord_proto::etcdserverpb::{
 use concord_proto::mvccpb::KeyValue;
 use redb::{ReadableTable, Table, WriteTransaction};
 
+use crate::alarm::{no_space_raised, AlarmsMut};
 use crate::error::{KvError, OpError, StorageError};
 use crate::keys::{
     self, encode_change, encode_record, KeySpan, Record, RecordHeader, CHANGE_DELETE, CHANGE_PUT,
@@ -34,6 +35,9 @@ pub(crate) struct Writer<'t> {
     pub changes: ChangesMut<'t>,
     pub leases: LeasesMut<'t>,
     pub lease_keys: LeaseKeysMut<'t>,
+    pub alarms: AlarmsMut<'t>,
+    /// Whether a NOSPACE alarm is raised (kept in step by `Writer::alarm`).
+    pub no_space: bool,
     /// Store revision before the command being applied.
     pub revision: i64,
     /// Last compaction point (-1 when never compacted).
@@ -51,12 +55,15 @@ impl<'t> Writer<'t> {
         revision: i64,
         compact_revision: i64,
     ) -> Result<Writer<'t>, StorageError> {
+        let alarms = txn.open_table(keys::ALARMS)?;
         Ok(Writer {
             latest: txn.open_table(keys::LATEST)?,
             kv: txn.open_table(keys::KV)?,
             changes: txn.open_table(keys::CHANGES)?,
             leases: txn.open_table(keys::LEASES)?,
             lease_keys: txn.open_table(keys::LEASE_KEYS)?,
+            no_space: no_space_raised(&alarms)?,
+            alarms,
             revision,
             compact_revision,
             sub: 0,

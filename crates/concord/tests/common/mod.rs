@@ -25,8 +25,10 @@ pub struct MemberSpec {
 pub struct Cluster {
     pub members: Vec<MemberSpec>,
     processes: Vec<Option<Child>>,
-    initial_cluster: String,
-    _dir: tempfile::TempDir,
+    /// Per member: the `--initial-cluster` and `--initial-cluster-state` it starts with.
+    bootstrap: Vec<(String, &'static str)>,
+    extra_args: Vec<String>,
+    dir: tempfile::TempDir,
 }
 
 fn free_port() -> u16 {
@@ -39,6 +41,11 @@ fn free_port() -> u16 {
 impl Cluster {
     /// Starts `n` members and waits until they agree on a leader.
     pub async fn start(n: usize) -> Cluster {
+        Self::start_with(n, &[]).await
+    }
+
+    /// Starts `n` members with extra `concord serve` flags.
+    pub async fn start_with(n: usize, extra_args: &[&str]) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let members: Vec<MemberSpec> = (0..n)
             .map(|i| MemberSpec {
@@ -57,8 +64,9 @@ impl Cluster {
         let mut cluster = Cluster {
             processes: (0..n).map(|_| None).collect(),
             members,
-            initial_cluster,
-            _dir: dir,
+            bootstrap: (0..n).map(|_| (initial_cluster.clone(), "new")).collect(),
+            extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
+            dir,
         };
         for i in 0..n {
             cluster.spawn(i);
@@ -67,8 +75,62 @@ impl Cluster {
         cluster
     }
 
+    /// Starts a new member that joins the running cluster (after it was added
+    /// with MemberAdd) with `--initial-cluster-state existing`; returns its index.
+    pub fn spawn_joining(&mut self, peer_url: &str) -> usize {
+        let i = self.members.len();
+        let spec = MemberSpec {
+            name: format!("m{i}"),
+            client_url: format!("http://127.0.0.1:{}", free_port()),
+            peer_url: peer_url.to_string(),
+            data_dir: self.dir.path().join(format!("m{i}.etcd")),
+            log: self.dir.path().join(format!("m{i}.log")),
+        };
+        self.members.push(spec);
+        let initial_cluster = self
+            .members
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j == i || self.processes.get(*j).is_some_and(|p| p.is_some()))
+            .map(|(_, m)| format!("{}={}", m.name, m.peer_url))
+            .collect::<Vec<_>>()
+            .join(",");
+        self.bootstrap.push((initial_cluster, "existing"));
+        self.processes.push(None);
+        self.spawn(i);
+        i
+    }
+
+    /// A loopback peer URL nobody uses yet, for a member about to be added.
+    pub fn new_peer_url(&self) -> String {
+        format!("http://127.0.0.1:{}", free_port())
+    }
+
+    /// Waits for member `i`'s process to exit on its own; returns whether it did in time.
+    pub fn wait_exit(&mut self, i: usize) -> bool {
+        let deadline = Instant::now() + WAIT;
+        while Instant::now() < deadline {
+            if let Some(child) = self.processes[i].as_mut() {
+                if child.try_wait().expect("wait").is_some() {
+                    self.processes[i] = None;
+                    return true;
+                }
+            } else {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+
+    /// Whether member `i`'s log mentions `text`.
+    pub fn log_contains(&self, i: usize, text: &str) -> bool {
+        std::fs::read_to_string(&self.members[i].log).is_ok_and(|l| l.contains(text))
+    }
+
     fn spawn(&mut self, i: usize) {
         let m = &self.members[i];
+        let (initial_cluster, state) = &self.bootstrap[i];
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -82,10 +144,11 @@ impl Cluster {
             .args(["--advertise-client-urls", &m.client_url])
             .args(["--listen-peer-urls", &m.peer_url])
             .args(["--initial-advertise-peer-urls", &m.peer_url])
-            .args(["--initial-cluster", &self.initial_cluster])
-            .args(["--initial-cluster-state", "new"])
+            .args(["--initial-cluster", initial_cluster])
+            .args(["--initial-cluster-state", state])
             .args(["--initial-cluster-token", "concord-test"])
             .args(["--heartbeat-interval", "100", "--election-timeout", "1000"])
+            .args(&self.extra_args)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log file"))
             .stderr(log)

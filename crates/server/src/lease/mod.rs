@@ -2,9 +2,8 @@
 //!
 //! Grant and Revoke go through Raft like writes. Keep-alives and time-to-live
 //! questions are answered from the leader's lease clock ([`lessor`]); other
-//! members forward them to the leader ([`forward`]).
+//! members forward them to the leader ([`crate::forward`]).
 
-pub mod forward;
 pub mod lessor;
 
 use std::pin::Pin;
@@ -29,7 +28,8 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::context::MemberContext;
 use crate::errors;
-use forward::{mark_forwarded, was_forwarded, LeaderClients};
+use crate::forward::{mark_forwarded, was_forwarded, LeaderChannels};
+use concord_proto::etcdserverpb::lease_client::LeaseClient;
 use lessor::{Lessor, Renewal};
 
 /// etcd's largest lease TTL, in seconds.
@@ -41,7 +41,7 @@ const RETRY_DELAY: Duration = Duration::from_millis(50);
 pub struct LeaseService {
     ctx: Arc<MemberContext>,
     lessor: Arc<Lessor>,
-    leader: Arc<LeaderClients>,
+    leader: Arc<LeaderChannels>,
     /// The shortest TTL granted: etcd's 1.5 election timeouts, rounded up to seconds.
     min_ttl: i64,
     next_id: AtomicI64,
@@ -61,7 +61,7 @@ impl LeaseService {
         LeaseService {
             ctx,
             lessor,
-            leader: Arc::new(LeaderClients::default()),
+            leader: Arc::new(LeaderChannels::default()),
             min_ttl: min_ttl.max(1),
             next_id: AtomicI64::new(first_id.max(1)),
         }
@@ -74,7 +74,7 @@ impl LeaseService {
 async fn keep_alive_once(
     ctx: &MemberContext,
     lessor: &Lessor,
-    leader: &LeaderClients,
+    leader: &LeaderChannels,
     id: i64,
     forwarded: bool,
 ) -> Result<i64, Status> {
@@ -104,7 +104,7 @@ async fn keep_alive_once(
     }
 }
 
-async fn forward_keep_alive(ctx: &MemberContext, leader: &LeaderClients, leader_id: u64, id: i64) -> Result<i64, Status> {
+async fn forward_keep_alive(ctx: &MemberContext, leader: &LeaderChannels, leader_id: u64, id: i64) -> Result<i64, Status> {
     let mut client = leader_client(ctx, leader, leader_id)?;
     let mut request = Request::new(tokio_stream::once(LeaseKeepAliveRequest { id }));
     mark_forwarded(&mut request);
@@ -116,17 +116,8 @@ async fn forward_keep_alive(ctx: &MemberContext, leader: &LeaderClients, leader_
     }
 }
 
-fn leader_client(
-    ctx: &MemberContext,
-    leader: &LeaderClients,
-    leader_id: u64,
-) -> Result<concord_proto::etcdserverpb::lease_client::LeaseClient<tonic::transport::Channel>, Status> {
-    let url = ctx
-        .membership
-        .member(leader_id)
-        .and_then(|m| m.client_ur_ls.first().cloned())
-        .ok_or_else(|| errors::from_raft(RaftError::NoLeader))?;
-    leader.client(&url)
+fn leader_client(ctx: &MemberContext, leader: &LeaderChannels, leader_id: u64) -> Result<LeaseClient<tonic::transport::Channel>, Status> {
+    Ok(LeaseClient::new(leader.to_leader(ctx, leader_id)?))
 }
 
 #[tonic::async_trait]
@@ -140,6 +131,7 @@ impl Lease for LeaseService {
         if req.id == 0 {
             req.id = self.next_id.fetch_add(1, Ordering::Relaxed) & i64::MAX;
         }
+        crate::quota::check(&self.ctx, 16).await?;
         let group = self.ctx.router.default_group();
         let result = self.ctx.propose_write(group, Op::LeaseGrant(req)).await?;
         let revision = result.revision();

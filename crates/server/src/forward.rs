@@ -1,12 +1,16 @@
-//! Sending lease calls that only the leader can answer (keep-alives, time
-//! to live) to the leader's client URL, as etcd's followers do.
+//! Sending calls that only the leader can answer (lease keep-alives and
+//! time-to-live, membership changes) to the leader's client URL, as etcd's
+//! followers do.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use concord_proto::etcdserverpb::lease_client::LeaseClient;
+use concord_raft::RaftError;
 use tonic::transport::{Channel, Endpoint};
 use tonic::Status;
+
+use crate::context::MemberContext;
+use crate::errors;
 
 /// Marks a request that one member already forwarded, so that a member that
 /// is not leader either refuses it instead of forwarding it again.
@@ -14,15 +18,15 @@ pub const FORWARDED_HEADER: &str = "concord-forwarded";
 
 /// Cached gRPC channels to other members' client URLs.
 #[derive(Default)]
-pub struct LeaderClients {
-    clients: Mutex<HashMap<String, LeaseClient<Channel>>>,
+pub struct LeaderChannels {
+    channels: Mutex<HashMap<String, Channel>>,
 }
 
-impl LeaderClients {
-    /// A Lease client for `url`, connecting lazily on first use.
-    pub fn client(&self, url: &str) -> Result<LeaseClient<Channel>, Status> {
-        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(c) = clients.get(url) {
+impl LeaderChannels {
+    /// A channel to `url`, connecting lazily on first use.
+    pub fn channel(&self, url: &str) -> Result<Channel, Status> {
+        let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = channels.get(url) {
             return Ok(c.clone());
         }
         let channel = Endpoint::from_shared(url.to_string())
@@ -30,9 +34,18 @@ impl LeaderClients {
             .connect_timeout(std::time::Duration::from_secs(1))
             .tcp_nodelay(true)
             .connect_lazy();
-        let client = LeaseClient::new(channel);
-        clients.insert(url.to_string(), client.clone());
-        Ok(client)
+        channels.insert(url.to_string(), channel.clone());
+        Ok(channel)
+    }
+
+    /// A channel to the member that leads now, by its advertised client URL.
+    pub fn to_leader(&self, ctx: &MemberContext, leader_id: u64) -> Result<Channel, Status> {
+        let url = ctx
+            .membership
+            .member(leader_id)
+            .and_then(|m| m.client_ur_ls.first().cloned())
+            .ok_or_else(|| errors::from_raft(RaftError::NoLeader))?;
+        self.channel(&url)
     }
 }
 

@@ -1,0 +1,35 @@
+//! etcd's space quota: once the store outgrows `--quota-backend-bytes`, a
+//! write is refused and the cluster raises a NOSPACE alarm, which keeps
+//! refusing writes on every member until an operator compacts, defragments
+//! and disarms it.
+
+use concord_proto::concordpb::raft_command::Op;
+use concord_proto::etcdserverpb::alarm_request::AlarmAction;
+use concord_proto::etcdserverpb::{AlarmRequest, AlarmType};
+use tonic::Status;
+
+use crate::context::MemberContext;
+
+/// etcd's error for a write refused for lack of space.
+pub fn no_space() -> Status {
+    Status::resource_exhausted("etcdserver: mvcc: database space exceeded")
+}
+
+/// Refuses a write of about `cost` bytes when it would take the store past
+/// the quota, raising the NOSPACE alarm first.
+pub async fn check(ctx: &MemberContext, cost: usize) -> Result<(), Status> {
+    let quota = ctx.limits.quota_backend_bytes;
+    if ctx.store.db_size().saturating_add(cost as u64) <= quota {
+        return Ok(());
+    }
+    let raise = AlarmRequest {
+        action: AlarmAction::Activate as i32,
+        member_id: ctx.membership.local_id(),
+        alarm: AlarmType::Nospace as i32,
+    };
+    let group = ctx.router.default_group();
+    if let Err(status) = ctx.propose_write(group, Op::Alarm(raise)).await {
+        tracing::warn!("raising the NOSPACE alarm failed: {}", status.message());
+    }
+    Err(no_space())
+}

@@ -1,0 +1,260 @@
+//! Hashes of the store's content, for checking that replicas agree (etcd's HashKV and Hash).
+//!
+//! Both use CRC-32C (Castagnoli), as etcd does, over an encoding of our own rows, so the values
+//! never equal etcd's; they only have to agree between Concord members. Every row is fed as
+//! length-prefixed fields, so no two different contents produce the same byte stream.
+//!
+//! # What `hash_kv` covers
+//!
+//! With `C` the store's compaction point and `R` the requested revision, the hash covers, in
+//! `kv` order (key, then revision):
+//! * every version written in `(C, R]`, deletions (tombstones) included, and
+//! * for each key, its version live at `R` when that version is at or below `C`.
+//!
+//! This is etcd's choice: history since the last compaction plus what a compaction at `R` would
+//! keep of the older versions. It is a function of the applied log, `C` and `R` alone: two
+//! members that applied the same log up to `R` and have the same compaction point agree however
+//! their files were built (in particular after one was restored from a snapshot). Compaction is a
+//! replicated command, so members that applied the same prefix of the log share `C`. Members
+//! with different compaction points generally disagree even when both are healthy: compare only
+//! answers whose compact revisions are equal, as etcd's corruption check does.
+
+use redb::{
+    AccessGuard, Key, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition,
+    TableHandle, Value,
+};
+
+use crate::error::{KvError, StorageError};
+use crate::keys;
+use crate::store::{read_meta, MvccStore};
+use crate::view::HistoryTable;
+
+impl MvccStore {
+    /// etcd's HashKV: a hash of the key space's history up to `revision` (0 or negative: the
+    /// current revision), see the module docs for what it covers and when two answers are
+    /// comparable. Returns `(hash, compact revision, hashed revision)`; the compact revision is
+    /// -1 if the store was never compacted.
+    ///
+    /// Fails with `FutureRevision` above the current revision and with `Compacted` below the
+    /// compaction point. Walks the whole `kv` table.
+    pub fn hash_kv(&self, revision: i64) -> Result<(u32, i64, i64), KvError> {
+        let snap = self.snapshot()?;
+        let (current, compacted) = (snap.meta.revision, snap.meta.compact_revision);
+        if revision > current {
+            return Err(KvError::FutureRevision);
+        }
+        if revision > 0 && revision < compacted {
+            return Err(KvError::Compacted);
+        }
+        let rev = if revision <= 0 { current } else { revision };
+        let hash = hash_history(&snap.kv, compacted, rev)?;
+        Ok((hash, compacted, rev))
+    }
+
+    /// etcd's Hash: one hash over the store's whole replicated content (every table, with the
+    /// revision and compaction point), leaving out only the applied index, which depends on how
+    /// the member's Raft log went (e.g. after a snapshot restore). Two members that applied the
+    /// same log agree.
+    ///
+    /// Tables are hashed in redb's byte encoding of their rows, which is fixed by redb's file
+    /// format. Walks every table.
+    pub fn hash(&self) -> Result<u32, KvError> {
+        let db = self.db();
+        let txn = db.begin_read()?;
+        let mut crc = Crc32c::new();
+        hash_table(&mut crc, &txn, keys::KV)?;
+        hash_table(&mut crc, &txn, keys::LATEST)?;
+        hash_table(&mut crc, &txn, keys::CHANGES)?;
+        hash_table(&mut crc, &txn, keys::LEASES)?;
+        hash_table(&mut crc, &txn, keys::LEASE_KEYS)?;
+        hash_table(&mut crc, &txn, keys::ALARMS)?;
+        let meta = read_meta(&txn.open_table(keys::META)?)?;
+        crc.field(keys::META.name().as_bytes());
+        crc.update(&meta.revision.to_le_bytes());
+        crc.update(&meta.compact_revision.to_le_bytes());
+        Ok(crc.finish())
+    }
+}
+
+/// Hashes the `kv` rows `hash_kv` covers (see the module docs).
+fn hash_history<H: HistoryTable>(kv: &H, compacted: i64, rev: i64) -> Result<u32, StorageError> {
+    let mut crc = Crc32c::new();
+    // The newest version at or below the compaction point of the key being walked: it counts
+    // only if no later version at or below `rev` replaces it.
+    let mut pending: Option<HistoryRow<'_>> = None;
+    for row in kv.iter()? {
+        let (id, value) = row?;
+        let (key, main, sub) = id.value();
+        if let Some((pending_id, pending_value)) = pending.take() {
+            let (pending_key, ..) = pending_id.value();
+            // Replaced when the same key has another version at or below `rev`.
+            if pending_key != key || main as i64 > rev {
+                hash_live_row(&mut crc, pending_id.value(), pending_value.value());
+            }
+        }
+        if main as i64 > rev {
+            continue;
+        }
+        if main as i64 > compacted {
+            hash_row(&mut crc, (key, main, sub), value.value());
+        } else {
+            pending = Some((id, value));
+        }
+    }
+    if let Some((id, value)) = pending {
+        hash_live_row(&mut crc, id.value(), value.value());
+    }
+    Ok(crc.finish())
+}
+
+/// A `kv` row as its table iterator yields it.
+type HistoryRow<'a> = (
+    AccessGuard<'a, (&'static [u8], u64, u64)>,
+    AccessGuard<'a, &'static [u8]>,
+);
+
+/// Hashes a `kv` row unless it is a tombstone.
+fn hash_live_row(crc: &mut Crc32c, id: (&[u8], u64, u64), value: &[u8]) {
+    if !value.is_empty() {
+        hash_row(crc, id, value);
+    }
+}
+
+/// Feeds one `kv` row: key, main and sub revision, and the record (empty for a tombstone).
+fn hash_row(crc: &mut Crc32c, (key, main, sub): (&[u8], u64, u64), value: &[u8]) {
+    crc.field(key);
+    crc.update(&main.to_le_bytes());
+    crc.update(&sub.to_le_bytes());
+    crc.field(value);
+}
+
+/// Feeds a table's name and every row's key and value bytes.
+fn hash_table<K: Key + 'static, V: Value + 'static>(
+    crc: &mut Crc32c,
+    txn: &ReadTransaction,
+    table: TableDefinition<K, V>,
+) -> Result<(), StorageError> {
+    crc.field(table.name().as_bytes());
+    for row in txn.open_table(table)?.iter()? {
+        let (key, value) = row?;
+        crc.field(K::as_bytes(&key.value()).as_ref());
+        crc.field(V::as_bytes(&value.value()).as_ref());
+    }
+    Ok(())
+}
+
+/// The reflected Castagnoli polynomial.
+const CASTAGNOLI: u32 = 0x82F6_3B78;
+
+/// `TABLES[0]` is the classic byte-at-a-time table; `TABLES[k][b]` is the CRC of byte `b`
+/// followed by `k` zero bytes, which lets [`Crc32c::update`] fold eight bytes per step.
+const TABLES: [[u32; 256]; 8] = crc_tables();
+
+const fn crc_tables() -> [[u32; 256]; 8] {
+    let mut tables = [[0u32; 256]; 8];
+    let mut byte = 0;
+    while byte < 256 {
+        let mut crc = byte as u32;
+        let mut bit = 0;
+        while bit < 8 {
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ CASTAGNOLI
+            } else {
+                crc >> 1
+            };
+            bit += 1;
+        }
+        tables[0][byte] = crc;
+        byte += 1;
+    }
+    let mut k = 1;
+    while k < 8 {
+        let mut byte = 0;
+        while byte < 256 {
+            let prev = tables[k - 1][byte];
+            tables[k][byte] = (prev >> 8) ^ tables[0][(prev & 0xff) as usize];
+            byte += 1;
+        }
+        k += 1;
+    }
+    tables
+}
+
+/// A running CRC-32C (the checksum etcd's hashes use).
+pub(crate) struct Crc32c(u32);
+
+impl Crc32c {
+    /// A checksum of nothing yet.
+    pub fn new() -> Crc32c {
+        Crc32c(!0)
+    }
+
+    /// Feeds `bytes`.
+    pub fn update(&mut self, bytes: &[u8]) {
+        let mut crc = self.0;
+        let mut chunks = bytes.chunks_exact(8);
+        for chunk in &mut chunks {
+            let low = crc ^ u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+            crc = TABLES[7][(low & 0xff) as usize]
+                ^ TABLES[6][((low >> 8) & 0xff) as usize]
+                ^ TABLES[5][((low >> 16) & 0xff) as usize]
+                ^ TABLES[4][(low >> 24) as usize]
+                ^ TABLES[3][chunk[4] as usize]
+                ^ TABLES[2][chunk[5] as usize]
+                ^ TABLES[1][chunk[6] as usize]
+                ^ TABLES[0][chunk[7] as usize];
+        }
+        for &byte in chunks.remainder() {
+            crc = TABLES[0][((crc ^ u32::from(byte)) & 0xff) as usize] ^ (crc >> 8);
+        }
+        self.0 = crc;
+    }
+
+    /// Feeds `bytes` preceded by their length, so consecutive fields cannot run into each other.
+    pub fn field(&mut self, bytes: &[u8]) {
+        self.update(&(bytes.len() as u64).to_le_bytes());
+        self.update(bytes);
+    }
+
+    /// The checksum of everything fed so far.
+    pub fn finish(&self) -> u32 {
+        !self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn crc(bytes: &[u8]) -> u32 {
+        let mut crc = Crc32c::new();
+        crc.update(bytes);
+        crc.finish()
+    }
+
+    /// Byte-at-a-time reference, to check the eight-byte folding.
+    fn slow_crc(bytes: &[u8]) -> u32 {
+        let mut crc = !0u32;
+        for &byte in bytes {
+            crc = TABLES[0][((crc ^ u32::from(byte)) & 0xff) as usize] ^ (crc >> 8);
+        }
+        !crc
+    }
+
+    #[test]
+    fn crc32c_check_values() {
+        // The standard check value of CRC-32C, and the iSCSI test vector of 32 zero bytes.
+        assert_eq!(crc(b"123456789"), 0xE306_9283);
+        assert_eq!(crc(&[0u8; 32]), 0x8A91_36AA);
+        assert_eq!(crc(b""), 0);
+        let data: Vec<u8> = (0..1000u32).map(|i| (i * 7 + i / 3) as u8).collect();
+        for len in [1, 7, 8, 9, 15, 16, 17, 100, 1000] {
+            assert_eq!(crc(&data[..len]), slow_crc(&data[..len]), "len {len}");
+        }
+        // Feeding in pieces gives the same checksum as feeding at once.
+        let mut pieces = Crc32c::new();
+        pieces.update(&data[..13]);
+        pieces.update(&data[13..]);
+        assert_eq!(pieces.finish(), crc(&data));
+    }
+}
