@@ -31,15 +31,23 @@ async fn local_data(cluster: &Cluster, i: usize) -> Result<(i64, BTreeMap<String
     Ok((revision, data))
 }
 
-/// Waits until every listed member holds exactly the same data at the same revision.
+/// Waits until every listed member holds exactly the same data at the same
+/// revision, and their HashKV (etcd's replica consistency check) agrees.
 async fn wait_converged(cluster: &Cluster, members: &[usize]) -> BTreeMap<String, (String, i64)> {
     eventually("members converge", || async move {
         let first = local_data(cluster, members[0]).await?;
-        for &i in &members[1..] {
+        let mut hashes = Vec::new();
+        for &i in members {
             let other = local_data(cluster, i).await?;
             if other != first {
                 return Err(format!("member {i} differs: rev {} vs {}, {} vs {} keys", other.0, first.0, other.1.len(), first.1.len()));
             }
+            let mut c = cluster.client(i).await;
+            let hash = c.hash_kv(first.0).await.map_err(|e| e.to_string())?;
+            hashes.push((hash.hash(), hash.compact_version()));
+        }
+        if hashes.windows(2).any(|w| w[0] != w[1]) {
+            return Err(format!("HashKV differs at revision {}: {hashes:?}", first.0));
         }
         Ok(first.1)
     })
@@ -51,11 +59,16 @@ fn start_writer(endpoints: Vec<String>, acked: Arc<Mutex<BTreeMap<String, String
     tokio::spawn(async move {
         let opts = ConnectOptions::new().with_connect_timeout(Duration::from_millis(500)).with_timeout(Duration::from_secs(3));
         let mut target = 0;
+        let mut client: Option<Client> = None;
         for seq in 0..100_000u64 {
             if stop.load(Ordering::Relaxed) {
                 break;
             }
-            let Ok(mut c) = Client::connect([endpoints[target % endpoints.len()].as_str()], Some(opts.clone())).await else {
+            if client.is_none() {
+                let endpoint = endpoints[target % endpoints.len()].as_str();
+                client = Client::connect([endpoint], Some(opts.clone())).await.ok();
+            }
+            let Some(c) = client.as_mut() else {
                 target += 1;
                 continue;
             };
@@ -64,7 +77,10 @@ fn start_writer(endpoints: Vec<String>, acked: Arc<Mutex<BTreeMap<String, String
                 Ok(_) => {
                     acked.lock().unwrap().insert(key, value);
                 }
-                Err(_) => target += 1,
+                Err(_) => {
+                    client = None;
+                    target += 1;
+                }
             }
         }
     })
@@ -84,12 +100,16 @@ async fn grow_to_five_and_shrink_back_to_three_under_load() {
         let added = c.member_add([peer_url.as_str()], None).await.unwrap();
         assert!(!added.member().unwrap().is_learner());
         let i = cluster.spawn_joining(&peer_url);
-        eventually("new member serves", || {
+        cluster.wait_for_leader().await;
+        // The new member catches up (through a snapshot: its log starts empty).
+        eventually("new member catches up", || {
             let cluster = &cluster;
-            async move { local_data(cluster, i).await }
+            async move {
+                let (rev, _) = local_data(cluster, i).await?;
+                if rev > 1 { Ok(()) } else { Err("still empty".to_string()) }
+            }
         })
         .await;
-        cluster.wait_for_leader().await;
     }
     let list = c.member_list().await.unwrap();
     assert_eq!(list.members().len(), 5);

@@ -656,6 +656,11 @@ impl<S: StateMachine> Driver<S> {
                     fatal(&format!("cannot persist the configuration: {e}"));
                 }
                 self.last_conf_change = entry.index;
+                // A snapshot carries the configuration it was taken under;
+                // one from before this change would mislead a new member.
+                if let Some(stale) = self.snapshots.invalidate() {
+                    remove_snapshot_file(&stale);
+                }
                 Some(ConfChangeApplied { changes, context })
             }
             Err(e) => {
@@ -738,9 +743,7 @@ impl<S: StateMachine> Driver<S> {
         meta.set_conf_state(store.conf_state().clone());
         tracing::info!(group = self.cfg.group_id, index = built.applied_index, size, "snapshot ready");
         if let Some(old) = self.snapshots.set_ready(snap) {
-            if let Ok(d) = SnapshotDescriptor::decode(old.get_data()) {
-                let _ = std::fs::remove_file(d.path);
-            }
+            remove_snapshot_file(&old);
         }
     }
 
@@ -821,6 +824,12 @@ fn member_change(kind: ConfChangeType) -> MemberChangeKind {
         ConfChangeType::AddNode => MemberChangeKind::AddVoter,
         ConfChangeType::AddLearnerNode => MemberChangeKind::AddLearner,
         ConfChangeType::RemoveNode => MemberChangeKind::Remove,
+    }
+}
+
+fn remove_snapshot_file(snap: &Snapshot) {
+    if let Ok(d) = SnapshotDescriptor::decode(snap.get_data()) {
+        let _ = std::fs::remove_file(d.path);
     }
 }
 

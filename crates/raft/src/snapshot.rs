@@ -43,6 +43,12 @@ impl SnapshotSlot {
         self.state().wanted.is_some()
     }
 
+    /// Withdraws the ready snapshot (its configuration is out of date);
+    /// returns it so its file can go.
+    pub(crate) fn invalidate(&self) -> Option<Snapshot> {
+        self.state().ready.take()
+    }
+
     /// Offers a newly built snapshot; returns the one it replaces.
     pub(crate) fn set_ready(&self, snap: Snapshot) -> Option<Snapshot> {
         let mut state = self.state();

@@ -321,6 +321,9 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("member logs at the failure:\n{}", self.logs());
+        }
         for i in 0..self.processes.len() {
             self.kill(i);
         }
