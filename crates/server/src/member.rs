@@ -303,10 +303,11 @@ async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, ServeError> {
         .map_err(|e| ServeError::Network(format!("cannot listen on {addr}: {e}")))
 }
 
-fn incoming(
-    listener: tokio::net::TcpListener,
-) -> tokio_stream::wrappers::TcpListenerStream {
-    tokio_stream::wrappers::TcpListenerStream::new(listener)
+/// Accepted connections with Nagle's algorithm off: small gRPC frames must
+/// not wait for delayed ACKs (the builder's `tcp_nodelay` does not apply to
+/// listeners handed over like this).
+fn incoming(listener: tokio::net::TcpListener) -> tonic::transport::server::TcpIncoming {
+    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
 }
 
 async fn wait_for_stop(mut stop: watch::Receiver<bool>) {

@@ -1359,7 +1359,7 @@ fn crash_child() {
     apply_put(2, "durable-2");
     store.sync().unwrap();
     // These commit non-durably (the first apply after open may be durable, the rest are not
-    // within 100 ms), and the process aborts before anything forces them to disk.
+    // within 1 s), and the process aborts before anything forces them to disk.
     for i in 3..=10 {
         apply_put(i, &format!("volatile-{i}"));
     }
@@ -1396,7 +1396,7 @@ fn crash_rolls_back_to_last_durable_commit() {
     let store = MvccStore::open(&path).unwrap();
     let applied = store.applied_index();
     // A non-durable commit never reaches the on-disk header, so the store comes back exactly at
-    // the last durable commit (10 only if the child was slow enough to hit the 100 ms rule).
+    // the last durable commit (10 only if the child was slow enough to hit the 1 s rule).
     assert_eq!(
         applied, durable,
         "store reopened at the last durable commit"
