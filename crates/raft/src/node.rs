@@ -145,6 +145,10 @@ impl<O: Send + 'static> RaftHandle<O> {
         }
         let (reply, rx) = oneshot::channel();
         self.send(GroupMsg::Propose { data, reply })?;
+        self.await_reply(rx).await
+    }
+
+    async fn await_reply(&self, rx: oneshot::Receiver<Result<O, RaftError>>) -> Result<O, RaftError> {
         match tokio::time::timeout(self.request_timeout, rx).await {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(RaftError::Stopped),
@@ -160,11 +164,7 @@ impl<O: Send + 'static> RaftHandle<O> {
         }
         let (reply, rx) = oneshot::channel();
         self.send(GroupMsg::ProposeConfChange { change, reply })?;
-        match tokio::time::timeout(self.request_timeout, rx).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(RaftError::Stopped),
-            Err(_) => Err(RaftError::Timeout),
-        }
+        self.await_reply(rx).await
     }
 
     /// Tells the group whether a snapshot reached `to`.
@@ -422,27 +422,20 @@ impl<S: StateMachine> Driver<S> {
     }
 
     fn propose(&mut self, data: Vec<u8>, reply: oneshot::Sender<Result<S::Output, RaftError>>) {
-        if self.raw.raft.leader_id == 0 {
-            let _ = reply.send(Err(RaftError::NoLeader));
-            return;
-        }
-        let request_id = self.next_request_id;
-        self.next_request_id = self.next_request_id.wrapping_add(1);
-        let ctx = encode_context(self.cfg.member_id, request_id);
-        match self.raw.propose(ctx, data) {
-            Ok(()) => {
-                self.pending_proposals.insert(request_id, reply);
-            }
-            Err(raft::Error::ProposalDropped) => {
-                let _ = reply.send(Err(RaftError::ProposalDropped));
-            }
-            Err(e) => {
-                let _ = reply.send(Err(RaftError::raft(e)));
-            }
-        }
+        self.submit(reply, |raw, ctx| raw.propose(ctx, data));
     }
 
     fn propose_conf_change(&mut self, change: ConfChangeV2, reply: oneshot::Sender<Result<S::Output, RaftError>>) {
+        self.submit(reply, |raw, ctx| raw.propose_conf_change(ctx, change));
+    }
+
+    /// Hands a proposal to raft-rs under a fresh request id, and remembers
+    /// who waits for it.
+    fn submit(
+        &mut self,
+        reply: oneshot::Sender<Result<S::Output, RaftError>>,
+        propose: impl FnOnce(&mut RawNode<LogStore>, Vec<u8>) -> raft::Result<()>,
+    ) {
         if self.raw.raft.leader_id == 0 {
             let _ = reply.send(Err(RaftError::NoLeader));
             return;
@@ -450,7 +443,7 @@ impl<S: StateMachine> Driver<S> {
         let request_id = self.next_request_id;
         self.next_request_id = self.next_request_id.wrapping_add(1);
         let ctx = encode_context(self.cfg.member_id, request_id);
-        match self.raw.propose_conf_change(ctx, change) {
+        match propose(&mut self.raw, ctx) {
             Ok(()) => {
                 self.pending_proposals.insert(request_id, reply);
             }

@@ -65,6 +65,21 @@ impl MemberContext {
         }
     }
 
+    /// Proposes a KV or lease write and answers with the response `pick`
+    /// takes from its result, carrying etcd's header at the write's revision.
+    pub async fn write<R: WithHeader>(
+        &self,
+        group: &GroupHandle,
+        op: Op,
+        pick: impl FnOnce(WriteResult) -> Option<R>,
+    ) -> Result<tonic::Response<R>, Status> {
+        let result = self.propose_write(group, op).await?;
+        let revision = result.revision();
+        let mut resp = pick(result).ok_or_else(|| Status::internal("etcdserver: unexpected apply result"))?;
+        resp.set_header(self.header(revision));
+        Ok(tonic::Response::new(resp))
+    }
+
     /// Proposes a membership command (publish, update) and waits for it to apply here.
     pub async fn propose_membership(&self, group: &GroupHandle, op: Op) -> Result<(), Status> {
         let data = RaftCommand { op: Some(op) }.encode_to_vec();
@@ -84,3 +99,29 @@ impl MemberContext {
         }
     }
 }
+
+/// etcd responses that carry a `ResponseHeader`.
+pub trait WithHeader {
+    /// Sets the response's header.
+    fn set_header(&mut self, header: ResponseHeader);
+}
+
+macro_rules! with_header {
+    ($($response:ty),* $(,)?) => {
+        $(impl WithHeader for $response {
+            fn set_header(&mut self, header: ResponseHeader) {
+                self.header = Some(header);
+            }
+        })*
+    };
+}
+
+with_header!(
+    concord_proto::etcdserverpb::PutResponse,
+    concord_proto::etcdserverpb::DeleteRangeResponse,
+    concord_proto::etcdserverpb::TxnResponse,
+    concord_proto::etcdserverpb::CompactionResponse,
+    concord_proto::etcdserverpb::LeaseGrantResponse,
+    concord_proto::etcdserverpb::LeaseRevokeResponse,
+    concord_proto::etcdserverpb::AlarmResponse,
+);

@@ -40,13 +40,6 @@ fn all_reads_serializable(txn: &TxnRequest) -> bool {
     })
 }
 
-fn unexpected(result: WriteResult) -> Status {
-    Status::internal(format!(
-        "etcdserver: unexpected apply result at revision {}",
-        result.revision()
-    ))
-}
-
 #[tonic::async_trait]
 impl Kv for KvService {
     async fn range(&self, request: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
@@ -66,15 +59,12 @@ impl Kv for KvService {
         validate::check_put(&req)?;
         crate::quota::check(&self.ctx, req.key.len() + req.value.len()).await?;
         let group = self.ctx.router.group_for_key(&req.key);
-        let result = self.ctx.propose_write(group, Op::Put(req)).await?;
-        let revision = result.revision();
-        match result {
-            WriteResult::Put(mut resp) => {
-                resp.header = Some(self.ctx.header(revision));
-                Ok(Response::new(resp))
-            }
-            other => Err(unexpected(other)),
-        }
+        self.ctx
+            .write(group, Op::Put(req), |r| match r {
+                WriteResult::Put(resp) => Some(resp),
+                _ => None,
+            })
+            .await
     }
 
     async fn delete_range(
@@ -84,15 +74,12 @@ impl Kv for KvService {
         let req = request.into_inner();
         validate::check_delete(&req)?;
         let group = self.ctx.router.group_for_range(&req.key, &req.range_end);
-        let result = self.ctx.propose_write(group, Op::DeleteRange(req)).await?;
-        let revision = result.revision();
-        match result {
-            WriteResult::DeleteRange(mut resp) => {
-                resp.header = Some(self.ctx.header(revision));
-                Ok(Response::new(resp))
-            }
-            other => Err(unexpected(other)),
-        }
+        self.ctx
+            .write(group, Op::DeleteRange(req), |r| match r {
+                WriteResult::DeleteRange(resp) => Some(resp),
+                _ => None,
+            })
+            .await
     }
 
     async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
@@ -110,15 +97,12 @@ impl Kv for KvService {
             return Ok(Response::new(resp));
         }
         crate::quota::check(&self.ctx, prost::Message::encoded_len(&req)).await?;
-        let result = self.ctx.propose_write(group, Op::Txn(req)).await?;
-        let revision = result.revision();
-        match result {
-            WriteResult::Txn(mut resp) => {
-                resp.header = Some(self.ctx.header(revision));
-                Ok(Response::new(resp))
-            }
-            other => Err(unexpected(other)),
-        }
+        self.ctx
+            .write(group, Op::Txn(req), |r| match r {
+                WriteResult::Txn(resp) => Some(resp),
+                _ => None,
+            })
+            .await
     }
 
     async fn compact(
@@ -127,14 +111,11 @@ impl Kv for KvService {
     ) -> Result<Response<CompactionResponse>, Status> {
         let req = request.into_inner();
         let group = self.ctx.router.default_group();
-        let result = self.ctx.propose_write(group, Op::Compaction(req)).await?;
-        let revision = result.revision();
-        match result {
-            WriteResult::Compaction(mut resp) => {
-                resp.header = Some(self.ctx.header(revision));
-                Ok(Response::new(resp))
-            }
-            other => Err(unexpected(other)),
-        }
+        self.ctx
+            .write(group, Op::Compaction(req), |r| match r {
+                WriteResult::Compaction(resp) => Some(resp),
+                _ => None,
+            })
+            .await
     }
 }

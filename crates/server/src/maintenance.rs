@@ -61,14 +61,12 @@ impl Maintenance for MaintenanceService {
             return Ok(Response::new(AlarmResponse { header: self.header(), alarms }));
         }
         let group = self.ctx.router.default_group();
-        let result = self.ctx.propose_write(group, Op::Alarm(req)).await?;
-        match result {
-            WriteResult::Alarm(mut resp) => {
-                resp.header = self.header();
-                Ok(Response::new(resp))
-            }
-            _ => Err(Status::internal("etcdserver: unexpected apply result")),
-        }
+        self.ctx
+            .write(group, Op::Alarm(req), |r| match r {
+                WriteResult::Alarm(resp) => Some(resp),
+                _ => None,
+            })
+            .await
     }
 
     async fn status(&self, _request: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {

@@ -133,29 +133,23 @@ impl Lease for LeaseService {
         }
         crate::quota::check(&self.ctx, 16).await?;
         let group = self.ctx.router.default_group();
-        let result = self.ctx.propose_write(group, Op::LeaseGrant(req)).await?;
-        let revision = result.revision();
-        match result {
-            WriteResult::LeaseGrant(mut resp) => {
-                resp.header = Some(self.ctx.header(revision));
-                Ok(Response::new(resp))
-            }
-            _ => Err(Status::internal("etcdserver: unexpected apply result")),
-        }
+        self.ctx
+            .write(group, Op::LeaseGrant(req), |r| match r {
+                WriteResult::LeaseGrant(resp) => Some(resp),
+                _ => None,
+            })
+            .await
     }
 
     async fn lease_revoke(&self, request: Request<LeaseRevokeRequest>) -> Result<Response<LeaseRevokeResponse>, Status> {
         let req = request.into_inner();
         let group = self.ctx.router.default_group();
-        let result = self.ctx.propose_write(group, Op::LeaseRevoke(req)).await?;
-        let revision = result.revision();
-        match result {
-            WriteResult::LeaseRevoke(mut resp) => {
-                resp.header = Some(self.ctx.header(revision));
-                Ok(Response::new(resp))
-            }
-            _ => Err(Status::internal("etcdserver: unexpected apply result")),
-        }
+        self.ctx
+            .write(group, Op::LeaseRevoke(req), |r| match r {
+                WriteResult::LeaseRevoke(resp) => Some(resp),
+                _ => None,
+            })
+            .await
     }
 
     type LeaseKeepAliveStream = Pin<Box<dyn Stream<Item = Result<LeaseKeepAliveResponse, Status>> + Send + 'static>>;
