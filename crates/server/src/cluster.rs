@@ -16,14 +16,14 @@ use concord_proto::etcdserverpb::{
     MemberPromoteRequest, MemberPromoteResponse, MemberRemoveRequest, MemberRemoveResponse,
     MemberUpdateRequest, MemberUpdateResponse,
 };
-use concord_raft::{GroupStatus, RaftError, Role};
+use concord_raft::{GroupStatus, Role};
 use prost::Message as _;
 use raft::eraftpb::{ConfChangeSingle, ConfChangeType, ConfChangeV2};
 use tonic::{Request, Response, Status};
 
 use crate::context::MemberContext;
 use crate::errors;
-use crate::forward::{mark_forwarded, was_forwarded, LeaderChannels};
+use crate::forward::{mark_forwarded, wait_for_leader, was_forwarded, LeaderChannels};
 use crate::membership::compute_member_id;
 
 /// etcd's limit on learners in a cluster.
@@ -50,19 +50,19 @@ impl ClusterService {
 
     /// The leader's status when this member leads; otherwise a client to the
     /// leader for forwarding (or an error if the request was forwarded already).
-    fn leader_or_forward<T>(&self, request: &Request<T>) -> Result<Result<GroupStatus, ClusterClient<tonic::transport::Channel>>, Status> {
-        let group = self.ctx.router.default_group();
-        let status = group.status();
+    async fn leader_or_forward<T>(
+        &self,
+        request: &Request<T>,
+    ) -> Result<Result<GroupStatus, ClusterClient<tonic::transport::Channel>>, Status> {
+        let leader_id = wait_for_leader(&self.ctx).await?;
+        let status = self.ctx.router.default_group().status();
         if status.role == Role::Leader {
             return Ok(Ok(status));
-        }
-        if status.leader_id == 0 {
-            return Err(errors::from_raft(RaftError::NoLeader));
         }
         if was_forwarded(request) {
             return Err(Status::failed_precondition("etcdserver: not leader"));
         }
-        Ok(Err(ClusterClient::new(self.leader.to_leader(&self.ctx, status.leader_id)?)))
+        Ok(Err(ClusterClient::new(self.leader.to_leader(&self.ctx, leader_id)?)))
     }
 
     fn header(&self) -> Option<concord_proto::etcdserverpb::ResponseHeader> {
@@ -125,7 +125,7 @@ fn check_peer_urls(urls: &[String]) -> Result<(), Status> {
 #[tonic::async_trait]
 impl Cluster for ClusterService {
     async fn member_add(&self, request: Request<MemberAddRequest>) -> Result<Response<MemberAddResponse>, Status> {
-        let status = match self.leader_or_forward(&request)? {
+        let status = match self.leader_or_forward(&request).await? {
             Ok(status) => status,
             Err(mut leader) => return leader.member_add(forwarded(request.into_inner())).await,
         };
@@ -167,7 +167,7 @@ impl Cluster for ClusterService {
     }
 
     async fn member_remove(&self, request: Request<MemberRemoveRequest>) -> Result<Response<MemberRemoveResponse>, Status> {
-        let status = match self.leader_or_forward(&request)? {
+        let status = match self.leader_or_forward(&request).await? {
             Ok(status) => status,
             Err(mut leader) => return leader.member_remove(forwarded(request.into_inner())).await,
         };
@@ -253,7 +253,7 @@ impl Cluster for ClusterService {
     }
 
     async fn member_promote(&self, request: Request<MemberPromoteRequest>) -> Result<Response<MemberPromoteResponse>, Status> {
-        let status = match self.leader_or_forward(&request)? {
+        let status = match self.leader_or_forward(&request).await? {
             Ok(status) => status,
             Err(mut leader) => return leader.member_promote(forwarded(request.into_inner())).await,
         };

@@ -49,6 +49,26 @@ impl LeaderChannels {
     }
 }
 
+/// The current leader, once there is one that this member can reach: itself,
+/// or one whose client URL it has learned (members announce their URLs through
+/// Raft just after start-up). Waits up to the request timeout, as etcd does.
+pub async fn wait_for_leader(ctx: &MemberContext) -> Result<u64, Status> {
+    let group = ctx.router.default_group();
+    let deadline = tokio::time::Instant::now() + ctx.request_timeout;
+    loop {
+        let leader_id = group.leader_id();
+        let reachable = leader_id == ctx.membership.local_id()
+            || ctx.membership.member(leader_id).is_some_and(|m| !m.client_ur_ls.is_empty());
+        if leader_id != 0 && reachable {
+            return Ok(leader_id);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(errors::from_raft(RaftError::NoLeader));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
 /// Marks `request` as forwarded.
 pub fn mark_forwarded<T>(request: &mut tonic::Request<T>) {
     request

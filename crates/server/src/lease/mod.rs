@@ -28,7 +28,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::context::MemberContext;
 use crate::errors;
-use crate::forward::{mark_forwarded, was_forwarded, LeaderChannels};
+use crate::forward::{mark_forwarded, wait_for_leader, was_forwarded, LeaderChannels};
 use concord_proto::etcdserverpb::lease_client::LeaseClient;
 use lessor::{Lessor, Renewal};
 
@@ -187,10 +187,7 @@ impl Lease for LeaseService {
         let forwarded = was_forwarded(&request);
         let req = request.into_inner();
         let group = self.ctx.router.default_group();
-        let leader_id = group.leader_id();
-        if leader_id == 0 {
-            return Err(errors::from_raft(RaftError::NoLeader));
-        }
+        let leader_id = wait_for_leader(&self.ctx).await?;
         if leader_id != self.ctx.membership.local_id() {
             if forwarded {
                 return Err(Status::failed_precondition("etcdserver: not leader"));
