@@ -1,10 +1,13 @@
 //! `concord`: run a member (`serve`), a local 3-member cluster (`dev`),
-//! talk to any etcd-v3 endpoint (`kv`), or load one (`bench`).
+//! talk to any etcd-v3 endpoint (`kv`), load one (`bench`), back a cluster up
+//! and start a new one from the backup (`snapshot`), or change its members (`member`).
 
 mod bench;
 mod dev;
 mod kv;
+mod member;
 mod serve;
+mod snapshot;
 
 use clap::{Parser, Subcommand};
 
@@ -29,6 +32,10 @@ enum Command {
     Kv(kv::KvArgs),
     /// Load any etcd-v3 endpoint and report throughput and latency (like etcd's benchmark).
     Bench(bench::BenchArgs),
+    /// Save a snapshot of a running cluster, or restore one into a new member's data directory.
+    Snapshot(snapshot::SnapshotArgs),
+    /// List, add, remove, update and promote the members of a cluster (like `etcdctl member`).
+    Member(member::MemberArgs),
 }
 
 fn init_logging(level: &str) {
@@ -60,6 +67,8 @@ fn main() -> std::process::ExitCode {
         }
         Command::Kv(args) => runtime.block_on(kv::run(args)),
         Command::Bench(args) => runtime.block_on(bench::run(args)),
+        Command::Snapshot(args) => runtime.block_on(snapshot::run(args)),
+        Command::Member(args) => runtime.block_on(member::run(args)),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -109,13 +109,21 @@ impl Maintenance for MaintenanceService {
     }
 
     async fn hash(&self, _request: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
-        let hash = self.ctx.store.hash().map_err(errors::from_kv)?;
+        let store = self.ctx.store.clone();
+        // Hashing reads the whole store: keep it off the async workers.
+        let hash = tokio::task::spawn_blocking(move || store.hash())
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(errors::from_kv)?;
         Ok(Response::new(HashResponse { header: self.header(), hash }))
     }
 
     async fn hash_kv(&self, request: Request<HashKvRequest>) -> Result<Response<HashKvResponse>, Status> {
-        let (hash, compact_revision, hash_revision) =
-            self.ctx.store.hash_kv(request.get_ref().revision).map_err(errors::from_kv)?;
+        let (store, revision) = (self.ctx.store.clone(), request.get_ref().revision);
+        let (hash, compact_revision, hash_revision) = tokio::task::spawn_blocking(move || store.hash_kv(revision))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(errors::from_kv)?;
         Ok(Response::new(HashKvResponse {
             header: self.header(),
             hash,
