@@ -17,6 +17,7 @@
 //! writes; loading them first is the caller's job, e.g. with
 //! `concord bench --sequential-keys --key-space N --total N put`.
 
+use crate::text::json_string;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -226,27 +227,6 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-/// `s` as a JSON string literal.
-fn json_string(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
 impl Summary {
     /// Summarises a run from the latencies of its successful requests, its
     /// failures counted by error, and its wall time.
@@ -370,7 +350,7 @@ async fn connect(args: &BenchArgs) -> Result<Vec<Channel>, String> {
     let mut channels = Vec::with_capacity(args.conns);
     for i in 0..args.conns {
         let endpoint = args.endpoints[i % args.endpoints.len()].trim();
-        let url = if endpoint.contains("://") { endpoint.to_string() } else { format!("http://{endpoint}") };
+        let url = crate::text::endpoint_url(endpoint);
         let channel = Endpoint::from_shared(url)
             .map_err(|e| format!("bad endpoint {endpoint:?}: {}", error_chain(&e)))?
             .connect_timeout(Duration::from_secs(5))

@@ -57,7 +57,7 @@ fn prefix_end(prefix: &[u8]) -> Vec<u8> {
 async fn connect(endpoints: &[String]) -> Result<KvClient<tonic::transport::Channel>, String> {
     let mut last_error = String::from("no endpoints given");
     for endpoint in endpoints {
-        let url = if endpoint.contains("://") { endpoint.clone() } else { format!("http://{endpoint}") };
+        let url = crate::text::endpoint_url(endpoint);
         match KvClient::connect(url).await {
             Ok(client) => return Ok(client),
             Err(e) => last_error = format!("{endpoint}: {e}"),

@@ -8,6 +8,7 @@ mod kv;
 mod member;
 mod serve;
 mod snapshot;
+mod text;
 
 use clap::{Parser, Subcommand};
 

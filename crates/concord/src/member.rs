@@ -6,6 +6,7 @@
 //! to the cluster through etcd's public Cluster API only, so it works against
 //! etcd as well. Member ids are shown and taken in hex, as etcdctl does.
 
+use crate::text::{endpoint_url, json_string};
 use std::time::Duration;
 
 use clap::{Args, Subcommand, ValueEnum};
@@ -98,16 +99,6 @@ pub fn parse_member_id(text: &str) -> Result<u64, String> {
     u64::from_str_radix(digits, 16).map_err(|_| format!("bad member ID {text:?}: more than 64 bits"))
 }
 
-/// Turns `host:port` into `http://host:port`; a URL is kept as it is.
-pub fn endpoint_url(endpoint: &str) -> String {
-    let endpoint = endpoint.trim();
-    if endpoint.contains("://") {
-        endpoint.to_string()
-    } else {
-        format!("http://{endpoint}")
-    }
-}
-
 /// Connects to the first endpoint that accepts a connection within `dial_timeout`;
 /// requests on the channel time out after `request_timeout` when one is given.
 /// Returns the channel and the endpoint it reached.
@@ -180,25 +171,6 @@ pub fn member_line(m: &Member) -> String {
         m.client_ur_ls.join(","),
         m.is_learner
     )
-}
-
-/// A JSON string literal (quotes and escapes included).
-fn json_string(text: &str) -> String {
-    let mut out = String::with_capacity(text.len() + 2);
-    out.push('"');
-    for c in text.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
 }
 
 fn json_strings(items: &[String]) -> String {
