@@ -456,21 +456,6 @@ mod tests {
         anomalies.iter().map(Anomaly::name).collect()
     }
 
-    fn fin(entries: &[(&str, &str, i64)]) -> FinalState {
-        entries
-            .iter()
-            .map(|(k, v, r)| {
-                (
-                    b(k),
-                    FinalRead {
-                        value: b(v),
-                        mod_revision: *r,
-                    },
-                )
-            })
-            .collect()
-    }
-
     fn good_history() -> History {
         history(vec![
             put(1, (0, 10), "a", "1", 2),

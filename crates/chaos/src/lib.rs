@@ -168,21 +168,6 @@ mod tests {
         check_all(&history(ops), final_state, watches, &Options::default())
     }
 
-    fn fin(entries: &[(&str, &str, i64)]) -> FinalState {
-        entries
-            .iter()
-            .map(|(k, v, r)| {
-                (
-                    b(k),
-                    FinalRead {
-                        value: b(v),
-                        mod_revision: *r,
-                    },
-                )
-            })
-            .collect()
-    }
-
     // Each known-bad history below must make the whole checker fail.
 
     #[test]

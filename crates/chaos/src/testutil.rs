@@ -104,3 +104,17 @@ pub fn failed(mut op: Op) -> Op {
 pub fn history(ops: Vec<Op>) -> History {
     History::new(ops).expect("well-formed test history")
 }
+
+/// A final state read after healing, from (key, value, mod revision) triples.
+pub fn fin(entries: &[(&str, &str, i64)]) -> crate::checks::FinalState {
+    entries
+        .iter()
+        .map(|(k, v, r)| {
+            let read = crate::checks::FinalRead {
+                value: b(v),
+                mod_revision: *r,
+            };
+            (b(k), read)
+        })
+        .collect()
+}
