@@ -55,6 +55,7 @@ pub async fn run(args: DevArgs) -> Result<(), String> {
             watch_progress_notify_interval: Duration::from_secs(600),
             snapshot_count: 100_000,
             snapshot_catchup_entries: 5000,
+            sabotage: None,
         };
         let mut stop = stop_rx.clone();
         members.spawn(async move {

@@ -3,6 +3,7 @@
 //! and start a new one from the backup (`snapshot`), or change its members (`member`).
 
 mod bench;
+mod chaos;
 mod dev;
 mod kv;
 mod member;
@@ -37,6 +38,9 @@ enum Command {
     Snapshot(snapshot::SnapshotArgs),
     /// List, add, remove, update and promote the members of a cluster (like `etcdctl member`).
     Member(member::MemberArgs),
+    /// Run a cluster under a seeded schedule of faults while clients record a history, then check
+    /// it: linearizability, lost writes, watch gaps, lock exclusion, members' hashes.
+    Chaos(chaos::ChaosArgs),
 }
 
 fn init_logging(level: &str) {
@@ -70,6 +74,7 @@ fn main() -> std::process::ExitCode {
         Command::Bench(args) => runtime.block_on(bench::run(args)),
         Command::Snapshot(args) => runtime.block_on(snapshot::run(args)),
         Command::Member(args) => runtime.block_on(member::run(args)),
+        Command::Chaos(args) => runtime.block_on(chaos::run(args)),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
-use concord_server::{InitialClusterState, Limits, ServerConfig};
+use concord_server::{InitialClusterState, Limits, Sabotage, ServerConfig};
 
 /// etcd's `--initial-cluster-state` values.
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -69,6 +69,17 @@ pub struct ServeArgs {
     /// Duration of periodic watch progress notifications (e.g. 10m, 5s, 500ms).
     #[arg(long, default_value = "10m", value_parser = parse_duration, env = "ETCD_EXPERIMENTAL_WATCH_PROGRESS_NOTIFY_INTERVAL")]
     pub experimental_watch_progress_notify_interval: Duration,
+    /// Starts the member deliberately broken, for the chaos rig's known-bad check. Hidden: no
+    /// deployment should ever use it.
+    #[arg(long, value_enum, hide = true)]
+    pub unsafe_sabotage: Option<SabotageArg>,
+}
+
+/// The faults `--unsafe-sabotage` can inject (see [`Sabotage`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum SabotageArg {
+    /// Linearizable reads skip the ReadIndex barrier.
+    StaleReads,
 }
 
 /// Parses a Go-style duration with one unit: `500ms`, `5s`, `10m`, `1h`.
@@ -134,6 +145,9 @@ impl ServeArgs {
             watch_progress_notify_interval: self.experimental_watch_progress_notify_interval,
             snapshot_count: self.snapshot_count,
             snapshot_catchup_entries: self.experimental_snapshot_catchup_entries,
+            sabotage: self.unsafe_sabotage.map(|s| match s {
+                SabotageArg::StaleReads => Sabotage::StaleReads,
+            }),
         })
     }
 }

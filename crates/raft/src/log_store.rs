@@ -264,8 +264,14 @@ impl Storage for LogStore {
     fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
         // Building a snapshot copies the whole store, so it happens on a
         // builder thread; raft-rs asks again until one is ready.
+        // raft-rs asks with request_index 0 unless the follower asked for a
+        // snapshot itself, but a snapshot older than the log's truncation
+        // point is useless: the follower would still miss the entries between
+        // it and the log's first entry (the chaos rig found a follower that
+        // ignored such a snapshot forever). So it must reach that point.
+        let needed = request_index.max(self.truncated_index);
         self.snapshots
-            .take_ready(request_index, to)
+            .take_ready(needed, to)
             .ok_or(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable))
     }
 }

@@ -85,6 +85,8 @@ struct SharedStatus {
     term: AtomicU64,
     /// This member's role and the term it holds it in; changes wake watchers.
     role: watch::Sender<(Role, u64)>,
+    /// The leader this member knows of (0: none); changes wake watchers.
+    leader: watch::Sender<u64>,
 }
 
 /// The caller's side of a group: cheap to clone, usable from async code.
@@ -135,6 +137,12 @@ impl<O: Send + 'static> RaftHandle<O> {
     /// that only the leader does, such as expiring leases.
     pub fn watch_role(&self) -> watch::Receiver<(Role, u64)> {
         self.status.role.subscribe()
+    }
+
+    /// Follows the leader this member knows of (0 while it knows none), for
+    /// callers that wait for leadership to move, such as a leader transfer.
+    pub fn watch_leader(&self) -> watch::Receiver<u64> {
+        self.status.leader.subscribe()
     }
 
     /// Replicates `data` through the group and returns what the state machine
@@ -277,6 +285,7 @@ pub fn start_group<S: StateMachine>(
         leader_id: AtomicU64::new(0),
         term: AtomicU64::new(0),
         role: watch::channel((Role::Follower, 0)).0,
+        leader: watch::channel(0).0,
     });
     let handle = RaftHandle {
         group_id: cfg.group_id,
@@ -767,6 +776,11 @@ impl<S: StateMachine> Driver<S> {
             StateRole::Candidate | StateRole::PreCandidate => Role::Candidate,
             StateRole::Follower => Role::Follower,
         };
+        self.status.leader.send_if_modified(|current| {
+            let changed = *current != raft.leader_id;
+            *current = raft.leader_id;
+            changed
+        });
         self.status.role.send_if_modified(|current| {
             let changed = *current != (role, raft.term);
             *current = (role, raft.term);

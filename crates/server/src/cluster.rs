@@ -198,14 +198,12 @@ impl Cluster for ClusterService {
                 .ok_or_else(unhealthy)?;
             let group = self.ctx.router.default_group();
             group.transfer_leader(successor).map_err(errors::from_raft)?;
-            let deadline = tokio::time::Instant::now() + LEADER_HANDOVER;
-            let mut role = group.watch_role();
-            while group.leader_id() == id || group.leader_id() == 0 {
-                if tokio::time::timeout_at(deadline, role.changed()).await.is_err() {
-                    return Err(Status::deadline_exceeded(
-                        "etcdserver: request timed out, leader transfer took too long",
-                    ));
-                }
+            let mut leader = group.watch_leader();
+            let moved = tokio::time::timeout(LEADER_HANDOVER, leader.wait_for(|l| *l != id && *l != 0)).await;
+            if !matches!(moved, Ok(Ok(_))) {
+                return Err(Status::deadline_exceeded(
+                    "etcdserver: request timed out, leader transfer took too long",
+                ));
             }
         }
         self.change(vec![(ConfChangeType::RemoveNode, id)], Vec::new()).await?;

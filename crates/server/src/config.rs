@@ -14,6 +14,15 @@ pub enum InitialClusterState {
     Existing,
 }
 
+/// A deliberate fault a member can be started with, so that the chaos rig can prove its checker
+/// catches a broken system (a checker that cannot fail proves nothing). Never for production.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sabotage {
+    /// Serve linearizable reads from local state without a ReadIndex barrier, so a member cut off
+    /// from the leader answers with stale data.
+    StaleReads,
+}
+
 /// Everything `concord serve` needs to run one member.
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
@@ -50,6 +59,8 @@ pub struct ServerConfig {
     /// `--experimental-watch-progress-notify-interval`: how often idle
     /// watchers that asked for it hear how far they are (etcd: 10 minutes).
     pub watch_progress_notify_interval: Duration,
+    /// A deliberate fault for the chaos rig's known-bad check; `None` in every real deployment.
+    pub sabotage: Option<Sabotage>,
 }
 
 impl ServerConfig {

@@ -52,9 +52,17 @@ pub struct MemberContext {
     pub limits: Limits,
     /// How long a request may wait on Raft (etcd: 5 s + 2 election timeouts).
     pub request_timeout: std::time::Duration,
+    /// A deliberate fault for the chaos rig's known-bad check; `None` in every real deployment.
+    pub sabotage: Option<crate::config::Sabotage>,
 }
 
 impl MemberContext {
+    /// Whether a KV read must pass a ReadIndex barrier before it reads local state: every read
+    /// the client did not ask to be serializable, unless the member was started sabotaged.
+    pub fn needs_read_barrier(&self, serializable: bool) -> bool {
+        !serializable && self.sabotage != Some(crate::config::Sabotage::StaleReads)
+    }
+
     /// etcd's response header: who answered, at which revision and term.
     pub fn header(&self, revision: i64) -> ResponseHeader {
         ResponseHeader {

@@ -46,7 +46,7 @@ impl Kv for KvService {
         let req = request.into_inner();
         validate::check_range(&req)?;
         let group = self.ctx.router.group_for_range(&req.key, &req.range_end);
-        if !req.serializable {
+        if self.ctx.needs_read_barrier(req.serializable) {
             group.read_barrier().await.map_err(errors::from_raft)?;
         }
         let (mut resp, revision) = self.ctx.store.range(&req).map_err(errors::from_kv)?;
@@ -89,7 +89,7 @@ impl Kv for KvService {
         if concord_storage::is_txn_read_only(&req) {
             // Like etcd, a txn that only reads needs no Raft round: a ReadIndex
             // barrier (unless every read is serializable), then a local snapshot.
-            if !all_reads_serializable(&req) {
+            if self.ctx.needs_read_barrier(all_reads_serializable(&req)) {
                 group.read_barrier().await.map_err(errors::from_raft)?;
             }
             let (mut resp, revision) = self.ctx.store.txn_read(&req).map_err(errors::from_kv)?;

@@ -28,6 +28,6 @@ pub mod router;
 pub mod validate;
 pub mod watch;
 
-pub use config::{InitialClusterState, ServerConfig};
+pub use config::{InitialClusterState, Sabotage, ServerConfig};
 pub use context::Limits;
 pub use member::{serve, ServeError};

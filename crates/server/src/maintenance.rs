@@ -169,14 +169,12 @@ impl Maintenance for MaintenanceService {
         }
         if target != status.member_id {
             group.transfer_leader(target).map_err(errors::from_raft)?;
-            let deadline = tokio::time::Instant::now() + LEADER_TRANSFER_TIMEOUT;
-            let mut role = group.watch_role();
-            while group.leader_id() != target {
-                if tokio::time::timeout_at(deadline, role.changed()).await.is_err() {
-                    return Err(Status::deadline_exceeded(
-                        "etcdserver: request timed out, leader transfer took too long",
-                    ));
-                }
+            let mut leader = group.watch_leader();
+            let moved = tokio::time::timeout(LEADER_TRANSFER_TIMEOUT, leader.wait_for(|l| *l == target)).await;
+            if !matches!(moved, Ok(Ok(_))) {
+                return Err(Status::deadline_exceeded(
+                    "etcdserver: request timed out, leader transfer took too long",
+                ));
             }
         }
         Ok(Response::new(MoveLeaderResponse { header: self.header() }))

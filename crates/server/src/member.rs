@@ -193,6 +193,7 @@ pub async fn serve(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> Res
         snapshot_dir: member_dir.join("snap"),
         limits: cfg.limits.clone(),
         request_timeout: cfg.request_timeout(),
+        sabotage: cfg.sabotage,
     });
 
     let lessor_task = tokio::spawn(run_lessor(lessor.clone(), ctx.clone()));
