@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Installs what building and testing Concord needs on Debian: protoc for the
-# .proto files, etcdctl (etcd-client) for the tests, and etcd itself
-# (etcd-server) for side-by-side benchmarks. Needs root or sudo.
+# .proto files, etcdctl (etcd-client) for the tests, etcd itself (etcd-server)
+# for side-by-side benchmarks, and iproute2 (`ip`, `tc`) for the chaos rig's
+# network namespaces. Needs root or sudo.
 set -euo pipefail
 
 missing=()
 command -v protoc >/dev/null || missing+=(protobuf-compiler)
 command -v etcdctl >/dev/null || missing+=(etcd-client)
 command -v etcd >/dev/null || missing+=(etcd-server)
+command -v ip >/dev/null || missing+=(iproute2)
 command -v cargo >/dev/null || { echo "setup: cargo not found; install Rust (rustup) first" >&2; exit 1; }
 
 if ((${#missing[@]})); then

@@ -1,0 +1,76 @@
+//! The chaos rig's short form, as CI runs it: a few seeds of `concord chaos` against real
+//! clusters (in network namespaces when the tests run as root, on loopback otherwise), and a
+//! deliberately broken cluster that the checker must catch.
+//!
+//! `CHAOS_SEEDS=1,2,3` and `CHAOS_TIME=20s` choose other seeds and lengths; the long form is
+//! `concord chaos --time 10m`.
+
+use std::process::Command;
+use std::sync::Mutex;
+
+/// One cluster at a time: the runs are heavy for a 2-core machine.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+/// Runs `concord chaos` with `args`; returns whether it passed, and what it printed.
+fn chaos(args: &[&str]) -> (bool, String) {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let out = Command::new(env!("CARGO_BIN_EXE_concord"))
+        .arg("chaos")
+        .args(args)
+        .output()
+        .expect("run concord chaos");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+fn seeds() -> Vec<String> {
+    std::env::var("CHAOS_SEEDS")
+        .unwrap_or_else(|_| "1,2,3".into())
+        .split(',')
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+fn run_length() -> String {
+    std::env::var("CHAOS_TIME").unwrap_or_else(|_| "20s".into())
+}
+
+#[test]
+fn every_fault_kind_keeps_the_guarantees() {
+    let time = run_length();
+    for (i, seed) in seeds().iter().enumerate() {
+        // Every third seed runs 5 members, so bridge partitions and 2-member minorities occur.
+        let members = if i % 3 == 2 { "5" } else { "3" };
+        let (passed, text) = chaos(&["--seed", seed, "--members", members, "--time", &time]);
+        println!("{text}");
+        assert!(passed, "seed {seed} failed:\n{text}");
+        assert!(text.contains("verdict: Valid"), "{text}");
+        assert!(text.contains("HashKV agrees on every member"), "{text}");
+        assert!(text.contains(" 0 not linearizable"), "{text}");
+    }
+}
+
+#[test]
+fn a_cluster_serving_stale_reads_is_caught() {
+    // Members that answer linearizable reads from local state without a ReadIndex barrier. Any
+    // follower that lags, or a member cut off from the leader, then returns old values.
+    let (passed, text) = chaos(&[
+        "--seed",
+        "11",
+        "--time",
+        "15s",
+        "--faults",
+        "pause,partition-leader,partition-minority",
+        "--sabotage",
+        "stale-reads",
+    ]);
+    println!("{text}");
+    assert!(!passed, "the checker missed stale reads:\n{text}");
+    assert!(text.contains("verdict: Invalid"), "{text}");
+    assert!(text.contains("not linearizable; these"), "no counterexample printed:\n{text}");
+}
