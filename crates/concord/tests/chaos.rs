@@ -56,6 +56,26 @@ fn every_fault_kind_keeps_the_guarantees() {
 }
 
 #[test]
+fn the_loopback_proxy_injects_network_faults() {
+    // Without namespaces (not root, or --loopback) partitions and lossy links go through the
+    // peer proxy; this runs that path even where the other tests get namespaces.
+    let (passed, text) = chaos(&[
+        "--loopback",
+        "--seed",
+        "5",
+        "--time",
+        &run_length(),
+        "--faults",
+        "partition-leader,partition-minority,partition-bridge,lossy,kill",
+    ]);
+    println!("{text}");
+    assert!(passed, "{text}");
+    assert!(text.contains("fault-injecting peer proxy"), "{text}");
+    assert!(text.contains("verdict: Valid"), "{text}");
+    assert!(!text.contains("skipped"), "a fault could not be injected:\n{text}");
+}
+
+#[test]
 fn a_cluster_serving_stale_reads_is_caught() {
     // Members that answer linearizable reads from local state without a ReadIndex barrier. Any
     // follower that lags, or a member cut off from the leader, then returns old values.

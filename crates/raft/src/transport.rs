@@ -8,6 +8,7 @@
 //! the peer unreachable instead of applying back-pressure to consensus.
 
 use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
@@ -75,6 +76,8 @@ struct PeerLink {
 pub struct PeerTransport {
     member_id: u64,
     runtime: tokio::runtime::Handle,
+    /// The address outgoing peer connections leave from; see [`source_address`].
+    source: Option<IpAddr>,
     /// Where received snapshot files are written.
     snapshot_dir: PathBuf,
     peers: RwLock<HashMap<u64, PeerLink>>,
@@ -87,9 +90,21 @@ impl PeerTransport {
     /// Creates a transport whose link tasks run on `runtime` and which
     /// stores received snapshots in `snapshot_dir`.
     pub fn new(member_id: u64, runtime: tokio::runtime::Handle, snapshot_dir: PathBuf) -> Arc<Self> {
+        Self::with_source(member_id, runtime, snapshot_dir, None)
+    }
+
+    /// Like [`PeerTransport::new`], but outgoing connections to peers leave
+    /// from `source` when it is given (see [`source_address`]).
+    pub fn with_source(
+        member_id: u64,
+        runtime: tokio::runtime::Handle,
+        snapshot_dir: PathBuf,
+        source: Option<IpAddr>,
+    ) -> Arc<Self> {
         Arc::new(PeerTransport {
             member_id,
             runtime,
+            source,
             snapshot_dir,
             peers: RwLock::new(HashMap::new()),
             groups: RwLock::new(HashMap::new()),
@@ -177,10 +192,10 @@ impl MessageSink for PeerTransport {
             if msg.get_msg_type() == MessageType::MsgSnapshot {
                 match peers.get(&to) {
                     Some(peer) => {
-                        let (url, me) = (peer.url.clone(), self.member_id);
+                        let (url, me, source) = (peer.url.clone(), self.member_id, self.source);
                         let groups = self.groups.read().expect("groups lock poisoned").get(&group_id).cloned();
                         self.runtime.spawn(async move {
-                            let result = send_snapshot(me, group_id, &url, msg).await;
+                            let result = send_snapshot(me, group_id, &url, source, msg).await;
                             if let Err(e) = &result {
                                 tracing::warn!(peer = to, "sending a snapshot failed: {e}");
                             }
@@ -215,7 +230,7 @@ async fn run_link(
     url: String,
     mut queue: mpsc::Receiver<(u64, Message)>,
 ) {
-    let Some(me) = transport.upgrade().map(|t| t.member_id) else {
+    let Some((me, source)) = transport.upgrade().map(|t| (t.member_id, t.source)) else {
         return;
     };
     let mut first = None;
@@ -227,7 +242,7 @@ async fn run_link(
                 None => return,
             };
         }
-        let client = match connect(&url).await {
+        let client = match connect(&url, source).await {
             Ok(client) => client,
             Err(e) => {
                 tracing::debug!(peer, %url, "cannot reach peer: {e}");
@@ -282,8 +297,29 @@ async fn run_link(
     }
 }
 
-async fn connect(url: &str) -> Result<RaftPeerClient<tonic::transport::Channel>, tonic::transport::Error> {
+/// The address a member's outgoing peer connections should leave from, given
+/// the URLs it listens for peers on: their host when they all name one
+/// specific IP address, `None` (the kernel picks) for a wildcard address, a
+/// hostname or several addresses. On a multi-homed host this keeps peer
+/// traffic on the interface the member was told to use, and it lets whoever
+/// sits between members (a firewall, the chaos rig's loopback proxy) tell
+/// which member a connection comes from.
+pub fn source_address(listen_peer_urls: &[String]) -> Option<IpAddr> {
+    let mut hosts = listen_peer_urls.iter().map(|url| {
+        let rest = url.split_once("://").map_or(url.as_str(), |(_, rest)| rest);
+        rest.trim_end_matches('/').parse::<SocketAddr>().ok().map(|a| a.ip())
+    });
+    let first = hosts.next()??;
+    let same = hosts.all(|ip| ip == Some(first));
+    (same && !first.is_unspecified()).then_some(first)
+}
+
+async fn connect(
+    url: &str,
+    source: Option<IpAddr>,
+) -> Result<RaftPeerClient<tonic::transport::Channel>, tonic::transport::Error> {
     let endpoint = tonic::transport::Endpoint::from_shared(url.to_string())?
+        .local_address(source)
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(5))
@@ -312,13 +348,19 @@ fn drain_and_report(
 
 /// Streams the snapshot a `MsgSnapshot` announces: the message first, then
 /// the file in chunks.
-async fn send_snapshot(from: u64, group_id: u64, url: &str, msg: Message) -> Result<(), String> {
+async fn send_snapshot(
+    from: u64,
+    group_id: u64,
+    url: &str,
+    source: Option<IpAddr>,
+    msg: Message,
+) -> Result<(), String> {
     let to = msg.to;
     let descriptor = SnapshotDescriptor::decode(msg.get_snapshot().get_data()).map_err(|e| e.to_string())?;
     let mut file = tokio::fs::File::open(&descriptor.path)
         .await
         .map_err(|e| format!("{}: {e}", descriptor.path))?;
-    let mut client = connect(url).await.map_err(|e| e.to_string())?;
+    let mut client = connect(url, source).await.map_err(|e| e.to_string())?;
     let (tx, rx) = mpsc::channel::<SnapshotChunk>(4);
     let call = tokio::spawn(async move { client.snapshot(ReceiverStream::new(rx)).await });
     let head = SnapshotChunk {
@@ -442,5 +484,27 @@ impl RaftPeer for PeerService {
             None => return Err(Status::not_found(format!("no group {}", head.group_id))),
         }
         Ok(Response::new(RaftStreamDone {}))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::source_address;
+
+    fn urls(list: &[&str]) -> Vec<String> {
+        list.iter().map(|u| u.to_string()).collect()
+    }
+
+    #[test]
+    fn outgoing_connections_leave_from_the_one_specific_listen_address() {
+        let ip = |s: &str| Some(s.parse().unwrap());
+        assert_eq!(source_address(&urls(&["http://127.0.0.10:2380"])), ip("127.0.0.10"));
+        assert_eq!(source_address(&urls(&["http://[::1]:2380/"])), ip("::1"));
+        assert_eq!(source_address(&urls(&["http://10.0.0.1:2380", "http://10.0.0.1:2381"])), ip("10.0.0.1"));
+        assert_eq!(source_address(&urls(&["http://0.0.0.0:2380"])), None);
+        assert_eq!(source_address(&urls(&["http://[::]:2380"])), None);
+        assert_eq!(source_address(&urls(&["http://localhost:2380"])), None);
+        assert_eq!(source_address(&urls(&["http://10.0.0.1:2380", "http://10.0.0.2:2380"])), None);
+        assert_eq!(source_address(&[]), None);
     }
 }

@@ -143,7 +143,7 @@ impl ChaosCluster {
             .arg(format!("--data-dir={}", m.data_dir.display()))
             .args(["--listen-client-urls", &client_url])
             .args(["--advertise-client-urls", &client_url])
-            .args(["--listen-peer-urls", &peer_url])
+            .args(["--listen-peer-urls", &self.net.listen_peer_url(i)])
             .args(["--initial-advertise-peer-urls", &peer_url])
             .args(["--initial-cluster", &initial_cluster])
             .args(["--initial-cluster-state", state])

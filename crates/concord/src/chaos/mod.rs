@@ -4,6 +4,7 @@
 //! have healed.
 //!
 //! - [`net`]: where members run (a network namespace each, or loopback) and how links are cut;
+//! - [`proxy`]: the peer proxy that cuts and degrades links on loopback;
 //! - [`cluster`]: the member processes and the process faults;
 //! - [`nemesis`]: the seeded fault schedule, injected and healed one fault at a time;
 //! - [`workload`]: the recording clients.
@@ -13,6 +14,7 @@
 pub mod cluster;
 pub mod nemesis;
 pub mod net;
+pub mod proxy;
 pub mod workload;
 
 use std::path::PathBuf;
@@ -140,10 +142,7 @@ pub async fn run(args: ChaosArgs) -> Result<(), String> {
 }
 
 async fn run_on(cluster: &mut ChaosCluster, args: &ChaosArgs, seed: u64) -> Result<Totals, String> {
-    let mut kinds = if args.faults.is_empty() { FaultKind::all() } else { args.faults.clone() };
-    if !cluster.network().supports_network_faults() {
-        kinds.retain(|k| !k.is_network());
-    }
+    let kinds = if args.faults.is_empty() { FaultKind::all() } else { args.faults.clone() };
     let steps = nemesis::schedule(seed, args.time, &kinds);
     print!("chaos: schedule:\n{}", nemesis::describe(&steps));
 

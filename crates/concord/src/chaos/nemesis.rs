@@ -36,17 +36,6 @@ pub enum FaultKind {
 }
 
 impl FaultKind {
-    /// Whether the fault needs network namespaces.
-    pub fn is_network(self) -> bool {
-        matches!(
-            self,
-            FaultKind::PartitionLeader
-                | FaultKind::PartitionMinority
-                | FaultKind::PartitionBridge
-                | FaultKind::Lossy
-        )
-    }
-
     /// Every kind.
     pub fn all() -> Vec<FaultKind> {
         FaultKind::value_variants().to_vec()
@@ -245,9 +234,6 @@ async fn inject(
             Ok((Active::Partitioned, what))
         }
         FaultKind::Lossy => {
-            if !cluster.network().supports_network_faults() {
-                return Err("network faults need network namespaces".into());
-            }
             let order = shuffled(rng, n);
             let count = 1 + rng.below(n as u64) as usize;
             let mut degraded = Vec::new();
@@ -257,7 +243,7 @@ async fn inject(
                 }
                 degraded.push(i);
             }
-            let what = format!("netem delay 50ms±30ms, loss 5% on {}", names(cluster, &degraded));
+            let what = format!("{} on {}", cluster.network().degradation(), names(cluster, &degraded));
             Ok((Active::Degraded, what))
         }
         FaultKind::MoveLeader => {

@@ -11,19 +11,38 @@
 //!   where it has not, the nemesis makes links flap instead (short partitions between random
 //!   pairs, switched on and off every few hundred milliseconds).
 //!
-//! Without root or iproute2 the members share loopback on distinct ports, and only process faults
-//! (kill, pause, wipe, leader transfer) are available; the rig says so when it starts.
+//! Without root or iproute2 (or with `--loopback`) every member gets its own loopback address,
+//! `127.0.0.(10+i)`, and the members' peer traffic goes through a TCP proxy in this process that
+//! cuts and degrades connections instead ([`super::proxy`]); clients still reach the members
+//! directly.
 
 use std::collections::BTreeSet;
-use std::net::TcpListener;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::process::Command;
+
+use super::proxy::{member_address, PeerProxy};
 
 /// Where the members run and how their links are cut.
 pub enum Network {
     /// One namespace per member on a private bridge.
     Namespaces(Namespaces),
-    /// Loopback ports; no network faults.
-    Loopback(Vec<(u16, u16)>),
+    /// One loopback address per member, peer traffic through a fault-injecting proxy.
+    Loopback(Loopback),
+}
+
+/// The loopback addresses, ports and peer proxy of one run; the proxy stops on drop.
+pub struct Loopback {
+    /// Per member: its client port, the port it listens for peers on, and the port the proxy
+    /// listens on for it (its advertised peer port).
+    ports: Vec<Ports>,
+    proxy: PeerProxy,
+}
+
+/// One loopback member's ports, all on its own address.
+struct Ports {
+    client: u16,
+    listen_peer: u16,
+    advertised_peer: u16,
 }
 
 /// The namespaces, bridge and routes of one run; all removed on drop.
@@ -73,24 +92,46 @@ fn namespaces_possible() -> bool {
     root && Command::new("ip").arg("-V").output().is_ok_and(|o| o.status.success())
 }
 
-fn free_port() -> Result<u16, String> {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(|e| format!("no free loopback port: {e}"))
+/// A listener on a free port of `ip`.
+fn listen(ip: Ipv4Addr) -> Result<TcpListener, String> {
+    TcpListener::bind((ip, 0)).map_err(|e| format!("cannot listen on {ip} (is 127/8 routed to lo?): {e}"))
+}
+
+fn port(listener: &TcpListener) -> Result<u16, String> {
+    listener.local_addr().map(|a| a.port()).map_err(|e| e.to_string())
+}
+
+/// A port of `ip` that is free now.
+fn free_port(ip: Ipv4Addr) -> Result<u16, String> {
+    port(&listen(ip)?)
 }
 
 impl Network {
     /// Sets up room for `members` members (and as many rejoins as needed, which reuse a slot):
-    /// namespaces when `namespaces` is asked for and possible, loopback otherwise.
+    /// namespaces when `namespaces` is asked for and possible, loopback otherwise. Loopback
+    /// starts the peer proxy, so it must be called inside a tokio runtime.
     pub fn create(members: usize, namespaces: bool) -> Result<Network, String> {
         if namespaces && namespaces_possible() {
-            return Namespaces::create(members).map(Network::Namespaces);
+            match Namespaces::create(members) {
+                Ok(ns) => return Ok(Network::Namespaces(ns)),
+                Err(e) => println!("chaos: cannot set up network namespaces ({e}); using loopback"),
+            }
         }
-        let ports = (0..members)
-            .map(|_| Ok((free_port()?, free_port()?)))
-            .collect::<Result<Vec<_>, String>>()?;
-        Ok(Network::Loopback(ports))
+        let (mut ports, mut listeners, mut targets) = (Vec::new(), Vec::new(), Vec::new());
+        for i in 0..members {
+            let ip = member_address(i);
+            let listener = listen(ip)?;
+            let member = Ports {
+                client: free_port(ip)?,
+                listen_peer: free_port(ip)?,
+                advertised_peer: port(&listener)?,
+            };
+            targets.push(SocketAddr::from((ip, member.listen_peer)));
+            listeners.push(listener);
+            ports.push(member);
+        }
+        let proxy = PeerProxy::start(listeners, targets)?;
+        Ok(Network::Loopback(Loopback { ports, proxy }))
     }
 
     /// One line saying where the members run.
@@ -103,30 +144,37 @@ impl Network {
                 ns.subnet[2],
                 if netem_available() { "available" } else { "unavailable (lossy links flap instead)" }
             ),
-            Network::Loopback(_) => {
-                "members on loopback ports (not root or no iproute2): network faults are off".into()
-            }
+            Network::Loopback(lo) => format!(
+                "members on loopback behind a fault-injecting peer proxy ({}-{})",
+                member_address(0),
+                member_address(lo.ports.len().saturating_sub(1)),
+            ),
         }
-    }
-
-    /// Whether partitions and lossy links can be injected.
-    pub fn supports_network_faults(&self) -> bool {
-        matches!(self, Network::Namespaces(_))
     }
 
     /// Member `i`'s client URL, as the rig's clients reach it.
     pub fn client_url(&self, i: usize) -> String {
         match self {
             Network::Namespaces(ns) => format!("http://{}:{CLIENT_PORT}", ns.address(i)),
-            Network::Loopback(ports) => format!("http://127.0.0.1:{}", ports[i].0),
+            Network::Loopback(lo) => format!("http://{}:{}", member_address(i), lo.ports[i].client),
         }
     }
 
-    /// Member `i`'s peer URL.
+    /// Member `i`'s peer URL, as the other members reach it (and as it advertises it).
     pub fn peer_url(&self, i: usize) -> String {
         match self {
             Network::Namespaces(ns) => format!("http://{}:{PEER_PORT}", ns.address(i)),
-            Network::Loopback(ports) => format!("http://127.0.0.1:{}", ports[i].1),
+            Network::Loopback(lo) => format!("http://{}:{}", member_address(i), lo.ports[i].advertised_peer),
+        }
+    }
+
+    /// Where member `i` listens for peers: its peer URL, except on loopback, where the proxy
+    /// holds the peer URL and forwards to this one. Its host is also where the member's own peer
+    /// connections leave from, which is how the proxy tells members apart.
+    pub fn listen_peer_url(&self, i: usize) -> String {
+        match self {
+            Network::Namespaces(_) => self.peer_url(i),
+            Network::Loopback(lo) => format!("http://{}:{}", member_address(i), lo.ports[i].listen_peer),
         }
     }
 
@@ -144,11 +192,11 @@ impl Network {
 
     /// Drops every packet between the members of each pair (in addition to what is already cut).
     pub fn cut(&mut self, pairs: &[(usize, usize)]) -> Result<(), String> {
-        let Network::Namespaces(ns) = self else {
-            return Err("network faults need network namespaces".into());
-        };
         for &(a, b) in pairs {
-            ns.cut(a, b)?;
+            match self {
+                Network::Namespaces(ns) => ns.cut(a, b)?,
+                Network::Loopback(lo) => lo.proxy.cut(a, b),
+            }
         }
         Ok(())
     }
@@ -157,7 +205,10 @@ impl Network {
     pub fn mend(&mut self, a: usize, b: usize) -> Result<(), String> {
         match self {
             Network::Namespaces(ns) => ns.mend(a, b),
-            Network::Loopback(_) => Ok(()),
+            Network::Loopback(lo) => {
+                lo.proxy.mend(a, b);
+                Ok(())
+            }
         }
     }
 
@@ -165,14 +216,27 @@ impl Network {
     pub fn cut_pairs(&self) -> Vec<(usize, usize)> {
         match self {
             Network::Namespaces(ns) => ns.blocked.iter().copied().collect(),
-            Network::Loopback(_) => Vec::new(),
+            Network::Loopback(lo) => lo.proxy.cut_pairs(),
         }
     }
 
-    /// Makes member `i`'s link slow and lossy with netem (`false` when the kernel lacks it).
+    /// How [`Network::degrade`] makes a link slow and lossy here, for the nemesis's log.
+    pub fn degradation(&self) -> &'static str {
+        match self {
+            Network::Namespaces(_) => "netem delay 50ms±30ms, loss 5%",
+            Network::Loopback(_) => "proxy delay 50ms±30ms, 2% of chunks reset the connection",
+        }
+    }
+
+    /// Makes member `i`'s link slow and lossy: netem in namespaces (`false` when the kernel
+    /// lacks it), the proxy's delays and resets on loopback.
     pub fn degrade(&mut self, i: usize) -> Result<bool, String> {
-        let Network::Namespaces(ns) = self else {
-            return Err("network faults need network namespaces".into());
+        let ns = match self {
+            Network::Namespaces(ns) => ns,
+            Network::Loopback(lo) => {
+                lo.proxy.degrade(i);
+                return Ok(true);
+            }
         };
         if !netem_available() {
             return Ok(false);
@@ -188,9 +252,15 @@ impl Network {
         Ok(true)
     }
 
-    /// Removes every partition and netem qdisc.
+    /// Removes every partition and slow link.
     pub fn heal(&mut self) -> Result<(), String> {
-        let Network::Namespaces(ns) = self else { return Ok(()) };
+        let ns = match self {
+            Network::Namespaces(ns) => ns,
+            Network::Loopback(lo) => {
+                lo.proxy.heal();
+                return Ok(());
+            }
+        };
         for (a, b) in ns.blocked.clone() {
             ns.mend(a, b)?;
         }
