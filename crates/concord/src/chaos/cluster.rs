@@ -439,7 +439,8 @@ impl ChaosCluster {
         for i in 0..self.members.len() {
             let mut client = MaintenanceClient::new(self.admin[i].clone());
             let call = client.hash_kv(HashKvRequest { revision });
-            match tokio::time::timeout(ADMIN_TIMEOUT, call).await {
+            // Hashing reads the whole history: far slower than a status call on a big store.
+            match tokio::time::timeout(Duration::from_secs(60), call).await {
                 Ok(Ok(r)) => hashes.push(r.into_inner().hash),
                 Ok(Err(e)) => return Err(format!("{}: {}", self.name(i), e.message())),
                 Err(_) => return Err(format!("{}: HashKV timed out", self.name(i))),

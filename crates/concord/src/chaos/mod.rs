@@ -158,6 +158,7 @@ async fn run_on(cluster: &mut ChaosCluster, args: &ChaosArgs, seed: u64) -> Resu
         stop: stop_rx.clone(),
         counts: Default::default(),
         locks: LockStats::default(),
+        started: Instant::now(),
     });
 
     let mut clients = tokio::task::JoinSet::new();

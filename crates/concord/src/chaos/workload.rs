@@ -37,6 +37,8 @@ use crate::bench::SplitMix64;
 
 /// How long one KV request may take before its outcome is unknown.
 const OP_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long the append clients use one set of list keys before moving to fresh ones.
+const LIST_GENERATION: Duration = Duration::from_secs(15);
 /// How long a client waits after its member failed it, before it tries the next one.
 const BACKOFF: Duration = Duration::from_millis(100);
 
@@ -46,7 +48,8 @@ pub struct Shared {
     pub recorder: Recorder,
     /// Every member's client URL.
     pub urls: Vec<String>,
-    /// The run's key prefix: register keys are `<prefix>r/N`, list keys `<prefix>a/N`.
+    /// The run's key prefix: register keys are `<prefix>r/N`, list keys `<prefix>a/G/N` (G: the
+    /// generation).
     pub prefix: String,
     /// The keys of each kind.
     pub keys: u64,
@@ -58,6 +61,8 @@ pub struct Shared {
     pub counts: [AtomicU64; 3],
     /// What the lock clients saw.
     pub locks: LockStats,
+    /// When the clients started; list keys change with the time since.
+    pub started: std::time::Instant,
 }
 
 /// Counts and violations of the lock workload.
@@ -94,15 +99,26 @@ impl Shared {
         format!("{}r/{i}", self.prefix).into_bytes()
     }
 
+    /// List key `i` of the current generation. Every append rewrites the whole list, so the
+    /// clients move to fresh lists every [`LIST_GENERATION`] to keep values, and the store's
+    /// history, from growing without bound in long runs.
     fn list_key(&self, i: u64) -> Vec<u8> {
-        format!("{}a/{i}", self.prefix).into_bytes()
+        self.list_key_of(self.generation(), i)
     }
 
-    /// Every key the register and append clients may write.
+    fn list_key_of(&self, generation: u64, i: u64) -> Vec<u8> {
+        format!("{}a/{generation}/{i}", self.prefix).into_bytes()
+    }
+
+    fn generation(&self) -> u64 {
+        self.started.elapsed().as_secs() / LIST_GENERATION.as_secs()
+    }
+
+    /// Every key the register and append clients may have written so far.
     pub fn all_keys(&self) -> Vec<Vec<u8>> {
-        (0..self.keys)
-            .flat_map(|i| [self.register_key(i), self.list_key(i)])
-            .collect()
+        let registers = (0..self.keys).map(|i| self.register_key(i));
+        let lists = (0..=self.generation()).flat_map(|g| (0..self.keys).map(move |i| (g, i)));
+        registers.chain(lists.map(|(g, i)| self.list_key_of(g, i))).collect()
     }
 
     /// The range the watchers watch: every register and list key.
