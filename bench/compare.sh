@@ -4,13 +4,20 @@
 # Starts a 3-member etcd cluster (/usr/bin/etcd) and a 3-member Concord
 # cluster (target/release/concord serve) with the same flags, on loopback
 # ports, with data dirs under one temp dir (so both fsync to the same disk).
-# Then runs the same `concord bench` load against each, alternating
-# (etcd, concord, etcd, concord, ...), and prints a table of requests/s and
-# p99 latency, followed by the RSS of every member.
+# Then runs the same `concord bench` workloads against each, alternating
+# (etcd, concord, etcd, concord, ...): put (1 and 64 clients), linearizable
+# and serializable range, txn-put, watch (put-to-event latency) and
+# lease-keepalive. Each run is short (DURATION). At the end it prints a
+# markdown table of throughput and p99 latency, with the Concord/etcd ratios,
+# and one of the members' memory (VmRSS after the runs, and the VmHWM peak).
+# The whole script takes about 6 minutes with the defaults.
 #
 # Usage:  bench/compare.sh
 # Environment knobs (all optional):
-#   ROUNDS=2          runs of each workload per system (alternating)
+#   ROUNDS=2          runs of each workload per system (alternating); the table
+#                     shows the mean of the rounds
+#   DURATION=10s      length of each run
+#   ONLY=regex        run only the workloads whose label matches (e.g. ONLY='^put c1$')
 #   BASE_PORT=24000   etcd uses BASE+1..3 (client), BASE+11..13 (peer);
 #                     Concord BASE+101..103 and BASE+111..113
 #   RUN_TIMEOUT=100   seconds after which one bench run is abandoned
@@ -33,13 +40,22 @@ RUN_TIMEOUT=${RUN_TIMEOUT:-100}
 HEALTH_DEADLINE=${HEALTH_DEADLINE:-60}
 export ETCDCTL_API=3
 
+DURATION=${DURATION:-10s}
+ONLY=${ONLY:-}
+
 # The workloads: "label|bench arguments". The range rows read the keys that
-# the preload below writes (same --key-space and --key-size).
+# the preload below writes (same --key-space and --key-size). The watch row
+# has 256 watchers on 64 keys (4 events per put) and paces its puts, so its
+# throughput is the pace; its p99 is the put-to-event latency.
 PRELOAD_KEYS=10000
 WORKLOADS=(
-  "put c64/n8 256B|put --clients 64 --conns 8 --total 50000 --val-size 256 --key-space 100000"
-  "put c1/n1 256B|put --clients 1 --conns 1 --total 2000 --val-size 256 --key-space 100000"
-  "range-l c64/n8|range --consistency l --clients 64 --conns 8 --total 50000 --key-space $PRELOAD_KEYS"
+  "put c1|put --clients 1 --conns 1 --duration $DURATION --val-size 256 --key-space 100000"
+  "put c64|put --clients 64 --conns 8 --duration $DURATION --val-size 256 --key-space 100000"
+  "range-l c64|range --consistency l --clients 64 --conns 8 --duration $DURATION --key-space $PRELOAD_KEYS"
+  "range-s c64|range --consistency s --clients 64 --conns 8 --duration $DURATION --key-space $PRELOAD_KEYS"
+  "txn-put c64|txn-put --clients 64 --conns 8 --duration $DURATION --val-size 256 --key-space 100000"
+  "watch 16x16 on 64 keys, 500 puts/s|watch --streams 16 --watchers-per-stream 16 --clients 8 --conns 8 --key-space 64 --rate 500 --duration $DURATION --val-size 256"
+  "lease-keepalive c64|lease-keepalive --clients 64 --conns 8 --duration $DURATION"
 )
 PRELOAD="put --clients 64 --conns 8 --total $PRELOAD_KEYS --val-size 256 --key-space $PRELOAD_KEYS --sequential-keys"
 
@@ -141,24 +157,34 @@ cluster_cpu_ms() {
   echo $((ticks * 1000 / CLK_TCK))
 }
 
-# field NAME JSON: a number from the bench's one-line JSON summary.
-field() { sed -n "s/.*\"$1\":\([-0-9.eE+]*\).*/\1/p" <<<"$2"; }
+# field NAME JSON: a number from the bench's one-line JSON summary (the first
+# NAME in it: the run's own, not one of its parts'); sfield: a string field.
+field() {
+  awk -v k="\"$1\":" '{ i = index($0, k); if (i) { s = substr($0, i + length(k)); match(s, /^[-0-9.eE+]*/); print substr(s, 1, RLENGTH) } }' <<<"$2"
+}
+sfield() {
+  awk -v k="\"$1\":\"" '{ i = index($0, k); if (i) { s = substr($0, i + length(k)); print substr(s, 1, index(s, "\"") - 1) } }' <<<"$2"
+}
 
-# bench KIND OFFSET ARGS...: runs one bench; prints its JSON line (or nothing).
+# bench KIND OFFSET ARGS...: runs one bench; prints its JSON line, or
+# "FAIL: why" when it did not finish.
 bench() {
   local kind=$1 off=$2 out rc=0 cpu0; shift 2
   cpu0=$(cluster_cpu_ms "$kind")
   out=$(timeout "$RUN_TIMEOUT" "$CONCORD" bench --json --endpoints="$(endpoints "$off")" "$@" 2>"$WORK/bench.err") || rc=$?
   if [ $rc -ne 0 ]; then
-    if [ $rc -eq 124 ]; then log "$kind: bench timed out after ${RUN_TIMEOUT}s: $*"
-    else log "$kind: bench failed (exit $rc): $* -- $(head -c 500 "$WORK/bench.err")"; fi
+    local why
+    if [ $rc -eq 124 ]; then why="timed out after ${RUN_TIMEOUT}s"
+    else why="exit $rc: $( (grep -v '^[[:space:]]*$' "$WORK/bench.err" || true) | tail -n 1 | tr '|\t' '/ ' | cut -c1-200)"; fi
+    log "$kind: bench failed ($why): $*"
+    echo "FAIL: $why"
     return 0
   fi
   # Append the members' CPU time during the run (all three members together).
   out="${out%\}},\"server_cpu_ms\":$(( $(cluster_cpu_ms "$kind") - cpu0 ))}"
   local errors; errors=$(field errors "$out")
   if [ "${errors:-0}" != 0 ]; then log "$kind: $errors errors: $(sed -n 's/.*"error_kinds":\(.*\)}$/\1/p' <<<"$out" | head -c 500)"; fi
-  log "$kind: $*: $(field requests_per_sec "$out") req/s, p99 $(field p99_ms "$out") ms, errors ${errors:-?}"
+  log "$kind: $*: $(field requests_per_sec "$out") $(sfield unit "$out")/s, p99 $(field p99_ms "$out") ms, errors ${errors:-?}"
   echo "$out"
 }
 
@@ -169,59 +195,109 @@ wait_healthy etcd 0
 wait_healthy concord 100
 log "leaders: etcd $(leader_of 0), concord $(leader_of 100)"
 
-ROWS=()
-# cpu_per_req JSON: server CPU microseconds (3 members together) per successful request.
-cpu_per_req() {
-  local cpu ok; cpu=$(field server_cpu_ms "$1"); ok=$(field ok "$1")
-  if [ -n "$cpu" ] && [ -n "$ok" ] && [ "$ok" -gt 0 ]; then echo $((cpu * 1000 / ok)); else echo -; fi
+# One line per run: label, kind, throughput/s, p99 ms, errors, server CPU us
+# per successful request, unit, and why it failed (if it did).
+RESULTS=$WORK/results.tsv
+: >"$RESULTS"
+record() { # label kind output
+  local label=$1 kind=$2 out=$3 rps p99 errors cpu ok unit
+  if [[ $out == FAIL:* ]]; then
+    printf '%s\t%s\t\t\t\t\t\t%s\n' "$label" "$kind" "${out#FAIL: }" >>"$RESULTS"
+    return
+  fi
+  rps=$(field requests_per_sec "$out"); p99=$(field p99_ms "$out"); errors=$(field errors "$out")
+  cpu=$(field server_cpu_ms "$out"); ok=$(field ok "$out")
+  unit=$(sfield unit "$out")
+  if [ -n "$cpu" ] && [ -n "$ok" ] && [ "$ok" -gt 0 ]; then cpu=$((cpu * 1000 / ok)); else cpu=; fi
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n' "$label" "$kind" "$rps" "$p99" "${errors:-0}" "$cpu" "${unit:-requests}" >>"$RESULTS"
 }
-add_row() { # label etcd_json concord_json
-  local label=$1 e=$2 c=$3 erps crps ep99 cp99 ratio
-  erps=$(field requests_per_sec "$e"); crps=$(field requests_per_sec "$c")
-  ep99=$(field p99_ms "$e"); cp99=$(field p99_ms "$c")
-  [ -n "$erps" ] && [ -n "$(field errors "$e")" ] && [ "$(field errors "$e")" != 0 ] && erps="$erps*"
-  [ -n "$crps" ] && [ -n "$(field errors "$c")" ] && [ "$(field errors "$c")" != 0 ] && crps="$crps*"
-  if [ -n "$erps" ] && [ -n "$crps" ]; then
-    ratio=$(awk -v c="${crps%\*}" -v e="${erps%\*}" 'BEGIN { if (e > 0) printf "%.2f", c / e; else print "-" }')
-  else ratio="-"; fi
-  ROWS+=("$(printf '%-24s %12s %12s %8s %10s %10s %10s %10s' "$label" "${erps:-FAIL}" "${crps:-FAIL}" "$ratio" \
-    "${ep99:-FAIL}" "${cp99:-FAIL}" "$(cpu_per_req "$e")" "$(cpu_per_req "$c")")")
-}
+
+selected() { [ -z "$ONLY" ] || [[ $1 =~ $ONLY ]]; }
 
 for w in "${WORKLOADS[@]}"; do
   label=${w%%|*}; read -r -a args <<<"${w#*|}"
+  selected "$label" || continue
   if [ "${args[0]}" = range ] && [ -z "${PRELOADED:-}" ]; then
     read -r -a pre <<<"$PRELOAD"
-    e=$(bench etcd 0 "${pre[@]}"); c=$(bench concord 100 "${pre[@]}")
-    add_row "put preload seq 10k" "$e" "$c"
+    record "put preload (10k keys, c64)" etcd "$(bench etcd 0 "${pre[@]}")"
+    record "put preload (10k keys, c64)" concord "$(bench concord 100 "${pre[@]}")"
     PRELOADED=1
   fi
   for ((r = 1; r <= ROUNDS; r++)); do
-    e=$(bench etcd 0 "${args[@]}")
-    c=$(bench concord 100 "${args[@]}")
-    add_row "$label #$r" "$e" "$c"
+    record "$label" etcd "$(bench etcd 0 "${args[@]}")"
+    record "$label" concord "$(bench concord 100 "${args[@]}")"
   done
 done
 
-echo
-echo "Workloads (concord bench, against all 3 members; '*' = some requests failed;"
-echo "cpu = user+system CPU of the 3 members together during the run, per successful request):"
-for w in "${WORKLOADS[@]}"; do printf '  %-18s %s\n' "${w%%|*}:" "${w#*|}"; done
-printf '  %-18s %s\n' "preload:" "$PRELOAD"
-echo
-printf '%-24s %12s %12s %8s %10s %10s %10s %10s\n' workload "etcd req/s" "concord req/s" "c/e" "etcd p99" "concord p99" "etcd cpu" "concord cpu"
-printf '%-24s %12s %12s %8s %10s %10s %10s %10s\n' "" "" "" "" "(ms)" "(ms)" "(us/req)" "(us/req)"
-for row in "${ROWS[@]}"; do echo "$row"; done
+# rss_mib KIND FIELD: FIELD (VmRSS, VmHWM) of each member in MiB, space-separated ("-" if gone).
+rss_mib() {
+  local kind=$1 name=$2 i v out=""
+  for i in 1 2 3; do
+    v=$(awk -v f="$name:" '$1 == f { printf "%.1f", $2 / 1024 }' "/proc/${PID[$kind-$i]}/status" 2>/dev/null || true)
+    out+="${v:--} "
+  done
+  echo "${out% }"
+}
 
 echo
-echo "Member RSS after the runs (VmRSS):"
-for kind in etcd concord; do
-  line="  $kind:"
-  for i in 1 2 3; do
-    rss=$(awk '/^VmRSS:/ { printf "%.1f MiB", $2 / 1024 }' "/proc/${PID[$kind-$i]}/status" 2>/dev/null || true)
-    line+="  $kind-$i ${rss:-gone}"
-  done
-  echo "$line"
+echo "## Concord / etcd, $(date +%F), ${ROUNDS} round(s) of ${DURATION} per workload"
+echo
+echo "Workloads (\`concord bench\` against all 3 members of each cluster):"
+echo
+for w in "${WORKLOADS[@]}"; do
+  if selected "${w%%|*}"; then printf -- '- %s: `%s`\n' "${w%%|*}" "${w#*|}"; fi
+done
+if [ -n "${PRELOADED:-}" ]; then printf -- '- put preload: `%s`\n' "$PRELOAD"; fi
+echo
+echo "Throughput is per second of the run's unit (requests; events for watch;"
+echo "keepalives for lease-keepalive), the mean over the rounds; so is p99."
+echo "'*': some operations failed. cpu: user+system CPU of the 3 members together"
+echo "during the run, per successful operation."
+echo
+awk -F'\t' '
+  function ratio(c, e) { return (c != "" && e != "" && e + 0 > 0) ? sprintf("%.2f", c / e) : "-" }
+  function mean(sum, n) { return n > 0 ? sum / n : "" }
+  {
+    key = $1; if (!(key in seen)) { seen[key] = 1; order[++rows] = key }
+    k = key SUBSEP $2
+    if ($8 != "") { fails[k] = $8; next }
+    n[k]++; rps[k] += $3; p99[k] += $4; if ($5 + 0 > 0) err[k] = 1
+    if ($6 != "") { cpu[k] += $6; ncpu[k]++ }
+    unit[key] = $7
+  }
+  END {
+    print "| workload | etcd /s | Concord /s | Concord/etcd | etcd p99 ms | Concord p99 ms | Concord/etcd p99 | etcd cpu us/op | Concord cpu us/op | note |"
+    print "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+    for (i = 1; i <= rows; i++) {
+      key = order[i]; e = key SUBSEP "etcd"; c = key SUBSEP "concord"
+      er = mean(rps[e], n[e]); cr = mean(rps[c], n[c]); ep = mean(p99[e], n[e]); cp = mean(p99[c], n[c])
+      note = ""
+      if (e in fails) note = note "etcd: " (n[e] ? "some runs " : "") "failed (" fails[e] "); "
+      if (c in fails) note = note "Concord: " (n[c] ? "some runs " : "") "failed (" fails[c] "); "
+      if (unit[key] != "" && unit[key] != "requests") note = note "per second: " unit[key]
+      printf "| %s | %s%s | %s%s | %s | %s | %s | %s | %s | %s | %s |\n", key,
+        (er == "" ? (e in fails ? "unsupported/failed" : "-") : sprintf("%.0f", er)), (err[e] ? "*" : ""),
+        (cr == "" ? (c in fails ? "failed" : "-") : sprintf("%.0f", cr)), (err[c] ? "*" : ""),
+        ratio(cr, er), (ep == "" ? "-" : sprintf("%.1f", ep)), (cp == "" ? "-" : sprintf("%.1f", cp)), ratio(cp, ep),
+        (ncpu[e] ? sprintf("%.0f", cpu[e] / ncpu[e]) : "-"), (ncpu[c] ? sprintf("%.0f", cpu[c] / ncpu[c]) : "-"), note
+    }
+  }' "$RESULTS"
+
+echo
+echo "Memory of each member after the runs (MiB; VmRSS now, VmHWM the peak):"
+echo
+echo "| memory | etcd (3 members) | Concord (3 members) | etcd mean | Concord mean | Concord/etcd |"
+echo "|---|---|---|---:|---:|---:|"
+for what in VmRSS VmHWM; do
+  e=$(rss_mib etcd $what); c=$(rss_mib concord $what)
+  awk -v w="$what" -v e="$e" -v c="$c" 'BEGIN {
+    ne = split(e, ev, " "); nc = split(c, cv, " "); se = 0; sc = 0; ke = 0; kc = 0
+    for (i = 1; i <= ne; i++) if (ev[i] != "-") { se += ev[i]; ke++ }
+    for (i = 1; i <= nc; i++) if (cv[i] != "-") { sc += cv[i]; kc++ }
+    me = ke ? se / ke : 0; mc = kc ? sc / kc : 0
+    printf "| %s | %s | %s | %s | %s | %s |\n", w, e, c, (ke ? sprintf("%.1f", me) : "-"), (kc ? sprintf("%.1f", mc) : "-"),
+      (me > 0 && kc ? sprintf("%.2f", mc / me) : "-")
+  }'
 done
 
 echo
