@@ -133,3 +133,22 @@ async fn unknown_leases_get_etcds_answers() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("granted with TTL(100s)"), "{text}{}", String::from_utf8_lossy(&out.stderr));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keep_alive_right_after_a_grant_through_a_follower_finds_the_lease() {
+    // The grant is answered once the follower applied it; the keep-alive it forwards may reach
+    // a leader that has committed the grant but not applied it yet. It must still find it.
+    let cluster = Cluster::start(3).await;
+    let leader = cluster.wait_for_leader().await;
+    let follower = (leader + 1) % 3;
+    let mut c = cluster.client(follower).await;
+    for _ in 0..50 {
+        let lease = c.lease_grant(30, None).await.unwrap();
+        let (mut keeper, mut responses) = c.lease_keep_alive(lease.id()).await.unwrap();
+        keeper.keep_alive().await.unwrap();
+        let answer = tokio::time::timeout(WAIT, responses.message()).await.expect("no keep-alive answer");
+        let answer = answer.unwrap().expect("keep-alive stream ended");
+        assert!(answer.ttl() > 0, "lease {:x} not found right after its grant", lease.id());
+        c.lease_revoke(lease.id()).await.unwrap();
+    }
+}

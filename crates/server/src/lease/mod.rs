@@ -87,7 +87,16 @@ async fn keep_alive_once(
         } else if leader_id == ctx.membership.local_id() {
             match lessor.renew(id) {
                 Renewal::Renewed(ttl) => return Ok(ttl),
-                Renewal::NotFound => return Ok(0),
+                // Another member may apply and answer a grant before this
+                // leader applies it. Like etcd, catch up with the commit
+                // index (a ReadIndex here) before saying the lease is unknown.
+                Renewal::NotFound => {
+                    group.read_barrier().await.map_err(errors::from_raft)?;
+                    return match lessor.renew(id) {
+                        Renewal::Renewed(ttl) => Ok(ttl),
+                        _ => Ok(0),
+                    };
+                }
                 // Just elected; the lease clock takes over in a moment.
                 Renewal::NotPrimary => Err(errors::from_raft(RaftError::Timeout)),
             }
