@@ -77,6 +77,11 @@ pub(crate) enum GroupMsg<O> {
     Stop,
 }
 
+/// An apply batch slower than this is logged (etcd warns at 100 ms).
+const SLOW_APPLY: Duration = Duration::from_millis(100);
+/// A Raft log write slower than this is logged (etcd warns at 1 s).
+const SLOW_LOG_WRITE: Duration = Duration::from_secs(1);
+
 /// What the driver publishes for callers after every loop. The leader and
 /// term sit in atomics because every request reads them.
 struct SharedStatus {
@@ -538,8 +543,14 @@ impl<S: StateMachine> Driver<S> {
         if let Some(hs) = rd.hs() {
             store.stage_hard_state(&mut batch, hs.clone());
         }
+        let started = Instant::now();
         if let Err(e) = store.write(&mut batch, rd.must_sync()) {
             fatal(&format!("cannot persist the raft log: {e}"));
+        }
+        let took = started.elapsed();
+        if took >= SLOW_LOG_WRITE {
+            // etcd's "slow fdatasync": the disk holds up every write of the group.
+            tracing::warn!(group = self.cfg.group_id, ?took, "slow raft log fsync");
         }
         self.sink.send(self.cfg.group_id, rd.take_persisted_messages());
         self.answer_reads(rd.take_read_states());
@@ -606,10 +617,16 @@ impl<S: StateMachine> Driver<S> {
                 }
             }
         }
+        let started = Instant::now();
         let outputs = match self.sm.apply(&commands) {
             Ok(outputs) => outputs,
             Err(e) => fatal(&format!("cannot apply committed entries: {e}")),
         };
+        let took = started.elapsed();
+        if took >= SLOW_APPLY {
+            // etcd's "apply request took too long": every request behind this batch waited.
+            tracing::warn!(group = self.cfg.group_id, entries = commands.len(), ?took, "apply took too long");
+        }
         for (index, output) in outputs {
             if let Some(request) = waiting.remove(&index) {
                 if let Some(reply) = self.pending_proposals.remove(&request) {

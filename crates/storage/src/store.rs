@@ -32,7 +32,11 @@ use crate::write::{header_at, Writer};
 /// holds every entry, and these commits only bound replay and allow log truncation.
 const DURABLE_EVERY_BATCHES: u32 = 4096;
 /// …or once this much time has passed since the last durable commit, whichever comes first.
-const DURABLE_EVERY: Duration = Duration::from_secs(1);
+/// A durable commit writes every page the batches since the last one dirtied and fsyncs, and
+/// every request waits behind it: under 64 writers on random keys that took 100–230 ms once a
+/// second, which set the put p99 (175–230 ms). Every 5 s the p99 fell to about 32 ms and
+/// throughput rose ~15%; the price is up to 5 s of log to replay after a crash.
+const DURABLE_EVERY: Duration = Duration::from_secs(5);
 
 /// One committed Raft log entry handed to [`MvccStore::apply`].
 #[derive(Debug, Clone, Copy)]
