@@ -110,7 +110,7 @@ impl MvccStore {
     /// durable. `concord snapshot restore` uses it on a snapshot file, since a restored cluster
     /// starts a new Raft log.
     pub fn reset_applied_index(path: &Path, index: u64) -> Result<(), StorageError> {
-        let (db, _) = prepare_database(Database::builder().open(path)?)?;
+        let (db, _) = prepare_database(crate::store::database_builder().open(path)?)?;
         let txn = db.begin_write()?;
         txn.open_table(keys::META)?
             .insert(META_APPLIED_INDEX, index)?;
