@@ -119,7 +119,12 @@ pub async fn run(args: ChaosArgs) -> Result<(), String> {
     .await?;
     println!("chaos: {}", cluster.network().describe());
     println!("chaos: data and logs in {}", dir.display());
-    let outcome = run_on(&mut cluster, &args, seed).await;
+    // Ctrl-C ends the run through the same path as a failure, so the members are killed and
+    // the namespaces removed rather than left behind.
+    let outcome = tokio::select! {
+        outcome = run_on(&mut cluster, &args, seed) => outcome,
+        _ = tokio::signal::ctrl_c() => Err(format!("seed {seed} interrupted")),
+    };
     match &outcome {
         Ok(_) if args.dir.is_none() => {
             drop(cluster);
@@ -190,7 +195,7 @@ async fn run_on(cluster: &mut ChaosCluster, args: &ChaosArgs, seed: u64) -> Resu
     let progress = tokio::spawn(report_progress(shared.clone(), stop_rx.clone()));
 
     let start = Instant::now();
-    let (_nemesis_stop_tx, nemesis_stop) = watch::channel(false);
+    let (_never_stopped_early, nemesis_stop) = watch::channel(false);
     let faults = nemesis::run(cluster, &steps, start, nemesis_stop).await;
     tokio::time::sleep(args.time.saturating_sub(start.elapsed())).await;
 

@@ -150,7 +150,7 @@ impl Conn {
     }
 }
 
-/// Runs `call` with the op timeout; `None` when it timed out.
+/// Awaits a gRPC call for at most the op timeout; a timeout becomes `DeadlineExceeded`.
 async fn timed<T>(f: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>) -> Result<T, tonic::Status> {
     match tokio::time::timeout(OP_TIMEOUT, f).await {
         Ok(Ok(r)) => Ok(r.into_inner()),
