@@ -111,6 +111,19 @@ async fn grow_to_five_and_shrink_back_to_three_under_load() {
         })
         .await;
     }
+    // The load goes on through the changes: wait (bounded) for it to make progress rather than
+    // count on a throughput, which a loaded machine may not give.
+    let writes_flow = |at_least: usize| {
+        let acked = acked.clone();
+        async move {
+            eventually("writes are acknowledged", || {
+                let n = acked.lock().unwrap().len();
+                async move { if n >= at_least { Ok(()) } else { Err(n) } }
+            })
+            .await
+        }
+    };
+    writes_flow(50).await;
     let list = c.member_list().await.unwrap();
     assert_eq!(list.members().len(), 5);
     assert!(list.members().iter().all(|m| !m.client_urls().is_empty() || m.name().is_empty()));
@@ -128,6 +141,8 @@ async fn grow_to_five_and_shrink_back_to_three_under_load() {
         assert!(cluster.wait_exit(victim), "a removed member must stop by itself\n{}", cluster.logs());
         let _ = &mut s;
     }
+    let after_shrink = acked.lock().unwrap().len();
+    writes_flow(after_shrink + 50).await;
     stop.store(true, Ordering::Relaxed);
     writer.await.unwrap();
     cluster.wait_for_leader().await;
