@@ -87,15 +87,10 @@ pub struct PeerTransport {
 }
 
 impl PeerTransport {
-    /// Creates a transport whose link tasks run on `runtime` and which
-    /// stores received snapshots in `snapshot_dir`.
-    pub fn new(member_id: u64, runtime: tokio::runtime::Handle, snapshot_dir: PathBuf) -> Arc<Self> {
-        Self::with_source(member_id, runtime, snapshot_dir, None)
-    }
-
-    /// Like [`PeerTransport::new`], but outgoing connections to peers leave
-    /// from `source` when it is given (see [`source_address`]).
-    pub fn with_source(
+    /// Creates a transport whose link tasks run on `runtime`, which stores
+    /// received snapshots in `snapshot_dir`, and whose outgoing connections
+    /// leave from `source` when it is given (see [`source_address`]).
+    pub fn new(
         member_id: u64,
         runtime: tokio::runtime::Handle,
         snapshot_dir: PathBuf,

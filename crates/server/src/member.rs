@@ -147,7 +147,7 @@ pub async fn serve(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> Res
     let snapshot_dir = member_dir.join("snap");
     let source = concord_raft::transport::source_address(&cfg.listen_peer_urls);
     let runtime = tokio::runtime::Handle::current();
-    let transport = PeerTransport::with_source(member_id, runtime, snapshot_dir.clone(), source);
+    let transport = PeerTransport::new(member_id, runtime, snapshot_dir.clone(), source);
     for m in membership.members() {
         if let Some(url) = m.peer_ur_ls.first() {
             transport.set_peer(m.id, url);
