@@ -56,6 +56,8 @@ pub async fn run(args: DevArgs) -> Result<(), String> {
             snapshot_count: 100_000,
             snapshot_catchup_entries: 5000,
             sabotage: None,
+            client_tls: None,
+            peer_tls: None,
         };
         let mut stop = stop_rx.clone();
         members.spawn(async move {

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 use concord_server::{InitialClusterState, Limits, Sabotage, ServerConfig};
+use concord_tls::TlsFiles;
 
 /// etcd's `--initial-cluster-state` values.
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -69,6 +70,30 @@ pub struct ServeArgs {
     /// Duration of periodic watch progress notifications (e.g. 10m, 5s, 500ms).
     #[arg(long, default_value = "10m", value_parser = parse_duration, env = "ETCD_EXPERIMENTAL_WATCH_PROGRESS_NOTIFY_INTERVAL")]
     pub experimental_watch_progress_notify_interval: Duration,
+    /// Path to the client server TLS cert file.
+    #[arg(long, env = "ETCD_CERT_FILE")]
+    pub cert_file: Option<PathBuf>,
+    /// Path to the client server TLS key file.
+    #[arg(long, env = "ETCD_KEY_FILE")]
+    pub key_file: Option<PathBuf>,
+    /// Path to the client server TLS trusted CA cert file.
+    #[arg(long, env = "ETCD_TRUSTED_CA_FILE")]
+    pub trusted_ca_file: Option<PathBuf>,
+    /// Enable client cert authentication.
+    #[arg(long, env = "ETCD_CLIENT_CERT_AUTH")]
+    pub client_cert_auth: bool,
+    /// Path to the peer server TLS cert file.
+    #[arg(long, env = "ETCD_PEER_CERT_FILE")]
+    pub peer_cert_file: Option<PathBuf>,
+    /// Path to the peer server TLS key file.
+    #[arg(long, env = "ETCD_PEER_KEY_FILE")]
+    pub peer_key_file: Option<PathBuf>,
+    /// Path to the peer server TLS trusted CA file.
+    #[arg(long, env = "ETCD_PEER_TRUSTED_CA_FILE")]
+    pub peer_trusted_ca_file: Option<PathBuf>,
+    /// Enable peer client cert authentication.
+    #[arg(long, env = "ETCD_PEER_CLIENT_CERT_AUTH")]
+    pub peer_client_cert_auth: bool,
     /// Starts the member deliberately broken, for the chaos rig's known-bad check. Hidden: no
     /// deployment should ever use it.
     #[arg(long, value_enum, hide = true)]
@@ -109,6 +134,18 @@ impl ServeArgs {
                 self.election_timeout, self.heartbeat_interval
             ));
         }
+        let client_tls = tls_files(
+            ("--cert-file", self.cert_file),
+            ("--key-file", self.key_file),
+            ("--trusted-ca-file", self.trusted_ca_file),
+            ("--client-cert-auth", self.client_cert_auth),
+        )?;
+        let peer_tls = tls_files(
+            ("--peer-cert-file", self.peer_cert_file),
+            ("--peer-key-file", self.peer_key_file),
+            ("--peer-trusted-ca-file", self.peer_trusted_ca_file),
+            ("--peer-client-cert-auth", self.peer_client_cert_auth),
+        )?;
         let initial_cluster = self.initial_cluster.unwrap_or_else(|| {
             self.initial_advertise_peer_urls
                 .iter()
@@ -148,7 +185,35 @@ impl ServeArgs {
             sabotage: self.unsafe_sabotage.map(|s| match s {
                 SabotageArg::StaleReads => Sabotage::StaleReads,
             }),
+            client_tls,
+            peer_tls,
         })
+    }
+}
+
+/// One side's TLS flags as a [`TlsFiles`]: none when no certificate is given; an error when only
+/// half of a pair is, or when certificate authentication has no CA to check against.
+fn tls_files(
+    cert: (&str, Option<PathBuf>),
+    key: (&str, Option<PathBuf>),
+    ca: (&str, Option<PathBuf>),
+    cert_auth: (&str, bool),
+) -> Result<Option<TlsFiles>, String> {
+    let files = match (cert.1, key.1) {
+        (None, None) => None,
+        (Some(cert_file), Some(key_file)) => Some(TlsFiles {
+            cert_file,
+            key_file,
+            trusted_ca_file: ca.1,
+            client_cert_auth: cert_auth.1,
+        }),
+        (Some(_), None) => return Err(format!("{} needs {}", cert.0, key.0)),
+        (None, Some(_)) => return Err(format!("{} needs {}", key.0, cert.0)),
+    };
+    match &files {
+        None if cert_auth.1 => Err(format!("{} needs {} and {}", cert_auth.0, cert.0, key.0)),
+        Some(f) if f.client_cert_auth && f.trusted_ca_file.is_none() => Err(format!("{} needs {}", cert_auth.0, ca.0)),
+        _ => Ok(files),
     }
 }
 

@@ -14,6 +14,7 @@ use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 
 use concord_proto::concordpb::raft_peer_client::RaftPeerClient;
+use concord_tls::Dialer;
 use concord_proto::concordpb::raft_peer_server::{RaftPeer, RaftPeerServer};
 use concord_proto::concordpb::{RaftMessageBatch, RaftStreamDone, SnapshotChunk, SnapshotDescriptor};
 use prost::Message as _;
@@ -76,8 +77,9 @@ struct PeerLink {
 pub struct PeerTransport {
     member_id: u64,
     runtime: tokio::runtime::Handle,
-    /// The address outgoing peer connections leave from; see [`source_address`].
-    source: Option<IpAddr>,
+    /// How outgoing peer connections are made: TLS for `https://` peer URLs, and the address
+    /// they leave from (see [`source_address`]).
+    dialer: Dialer,
     /// Where received snapshot files are written.
     snapshot_dir: PathBuf,
     peers: RwLock<HashMap<u64, PeerLink>>,
@@ -89,17 +91,17 @@ pub struct PeerTransport {
 impl PeerTransport {
     /// Creates a transport whose link tasks run on `runtime`, which stores
     /// received snapshots in `snapshot_dir`, and whose outgoing connections
-    /// leave from `source` when it is given (see [`source_address`]).
+    /// are made by `dialer` (peer TLS, and the source address from [`source_address`]).
     pub fn new(
         member_id: u64,
         runtime: tokio::runtime::Handle,
         snapshot_dir: PathBuf,
-        source: Option<IpAddr>,
+        dialer: Dialer,
     ) -> Arc<Self> {
         Arc::new(PeerTransport {
             member_id,
             runtime,
-            source,
+            dialer,
             snapshot_dir,
             peers: RwLock::new(HashMap::new()),
             groups: RwLock::new(HashMap::new()),
@@ -187,10 +189,10 @@ impl MessageSink for PeerTransport {
             if msg.get_msg_type() == MessageType::MsgSnapshot {
                 match peers.get(&to) {
                     Some(peer) => {
-                        let (url, me, source) = (peer.url.clone(), self.member_id, self.source);
+                        let (url, me, dialer) = (peer.url.clone(), self.member_id, self.dialer.clone());
                         let groups = self.groups.read().expect("groups lock poisoned").get(&group_id).cloned();
                         self.runtime.spawn(async move {
-                            let result = send_snapshot(me, group_id, &url, source, msg).await;
+                            let result = send_snapshot(me, group_id, &url, &dialer, msg).await;
                             if let Err(e) = &result {
                                 tracing::warn!(peer = to, "sending a snapshot failed: {e}");
                             }
@@ -225,7 +227,7 @@ async fn run_link(
     url: String,
     mut queue: mpsc::Receiver<(u64, Message)>,
 ) {
-    let Some((me, source)) = transport.upgrade().map(|t| (t.member_id, t.source)) else {
+    let Some((me, dialer)) = transport.upgrade().map(|t| (t.member_id, t.dialer.clone())) else {
         return;
     };
     let mut first = None;
@@ -237,7 +239,7 @@ async fn run_link(
                 None => return,
             };
         }
-        let client = match connect(&url, source).await {
+        let client = match connect(&url, &dialer).await {
             Ok(client) => client,
             Err(e) => {
                 tracing::debug!(peer, %url, "cannot reach peer: {e}");
@@ -309,17 +311,16 @@ pub fn source_address(listen_peer_urls: &[String]) -> Option<IpAddr> {
     (same && !first.is_unspecified()).then_some(first)
 }
 
-async fn connect(
-    url: &str,
-    source: Option<IpAddr>,
-) -> Result<RaftPeerClient<tonic::transport::Channel>, tonic::transport::Error> {
-    let endpoint = tonic::transport::Endpoint::from_shared(url.to_string())?
-        .local_address(source)
-        .connect_timeout(CONNECT_TIMEOUT)
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(5))
-        .keep_alive_timeout(Duration::from_secs(5));
-    let channel = endpoint.connect().await?;
+async fn connect(url: &str, dialer: &Dialer) -> Result<RaftPeerClient<tonic::transport::Channel>, String> {
+    let channel = dialer
+        .connect(url, |endpoint| {
+            endpoint
+                .connect_timeout(CONNECT_TIMEOUT)
+                .tcp_nodelay(true)
+                .http2_keep_alive_interval(Duration::from_secs(5))
+                .keep_alive_timeout(Duration::from_secs(5))
+        })
+        .await?;
     Ok(RaftPeerClient::new(channel).max_encoding_message_size(64 * 1024 * 1024))
 }
 
@@ -347,7 +348,7 @@ async fn send_snapshot(
     from: u64,
     group_id: u64,
     url: &str,
-    source: Option<IpAddr>,
+    dialer: &Dialer,
     msg: Message,
 ) -> Result<(), String> {
     let to = msg.to;
@@ -355,7 +356,7 @@ async fn send_snapshot(
     let mut file = tokio::fs::File::open(&descriptor.path)
         .await
         .map_err(|e| format!("{}: {e}", descriptor.path))?;
-    let mut client = connect(url, source).await.map_err(|e| e.to_string())?;
+    let mut client = connect(url, dialer).await?;
     let (tx, rx) = mpsc::channel::<SnapshotChunk>(4);
     let call = tokio::spawn(async move { client.snapshot(ReceiverStream::new(rx)).await });
     let head = SnapshotChunk {

@@ -3,6 +3,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use concord_tls::TlsFiles;
+
 use crate::context::Limits;
 
 /// Whether a member founds a new cluster or joins a running one (etcd's `--initial-cluster-state`).
@@ -61,6 +63,12 @@ pub struct ServerConfig {
     pub watch_progress_notify_interval: Duration,
     /// A deliberate fault for the chaos rig's known-bad check; `None` in every real deployment.
     pub sabotage: Option<Sabotage>,
+    /// Client TLS: `--cert-file`, `--key-file`, `--trusted-ca-file`, `--client-cert-auth`.
+    /// Needed by `https://` client URLs; `None` serves plaintext only.
+    pub client_tls: Option<TlsFiles>,
+    /// Peer TLS: `--peer-cert-file`, `--peer-key-file`, `--peer-trusted-ca-file`,
+    /// `--peer-client-cert-auth`. Needed by `https://` peer URLs.
+    pub peer_tls: Option<TlsFiles>,
 }
 
 impl ServerConfig {

@@ -54,6 +54,9 @@ pub struct MemberContext {
     pub request_timeout: std::time::Duration,
     /// A deliberate fault for the chaos rig's known-bad check; `None` in every real deployment.
     pub sabotage: Option<crate::config::Sabotage>,
+    /// How this member reaches other members' client URLs (calls forwarded to the leader):
+    /// with the client TLS configuration when those URLs are `https://`.
+    pub client_dialer: concord_tls::Dialer,
 }
 
 impl MemberContext {

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use concord_raft::RaftError;
+use concord_tls::Dialer;
 use tonic::transport::{Channel, Endpoint};
 use tonic::Status;
 
@@ -23,17 +24,15 @@ pub struct LeaderChannels {
 }
 
 impl LeaderChannels {
-    /// A channel to `url`, connecting lazily on first use.
-    pub fn channel(&self, url: &str) -> Result<Channel, Status> {
+    /// A channel to `url`, made by `dialer`, connecting lazily on first use.
+    pub fn channel(&self, url: &str, dialer: &Dialer) -> Result<Channel, Status> {
         let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(c) = channels.get(url) {
             return Ok(c.clone());
         }
-        let channel = Endpoint::from_shared(url.to_string())
-            .map_err(|e| Status::internal(format!("bad leader URL {url}: {e}")))?
-            .connect_timeout(std::time::Duration::from_secs(1))
-            .tcp_nodelay(true)
-            .connect_lazy();
+        let channel = dialer
+            .connect_lazy(url, |e: Endpoint| e.connect_timeout(std::time::Duration::from_secs(1)).tcp_nodelay(true))
+            .map_err(|e| Status::internal(format!("bad leader URL {url}: {e}")))?;
         channels.insert(url.to_string(), channel.clone());
         Ok(channel)
     }
@@ -45,7 +44,7 @@ impl LeaderChannels {
             .member(leader_id)
             .and_then(|m| m.client_ur_ls.first().cloned())
             .ok_or_else(|| errors::from_raft(RaftError::NoLeader))?;
-        self.channel(&url)
+        self.channel(&url, &ctx.client_dialer)
     }
 }
 

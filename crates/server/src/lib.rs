@@ -25,6 +25,7 @@ pub mod membership;
 pub mod peer;
 pub mod quota;
 pub mod router;
+pub mod tls;
 pub mod validate;
 pub mod watch;
 

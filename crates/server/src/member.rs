@@ -25,6 +25,7 @@ use crate::kv::KvService;
 use crate::maintenance::MaintenanceService;
 use crate::membership::Membership;
 use crate::router::KeyRouter;
+use crate::tls::MemberTls;
 use crate::election::ElectionService;
 use crate::lease::lessor::{run_lessor, Lessor};
 use crate::lease::LeaseService;
@@ -57,13 +58,16 @@ pub enum ServeError {
     Network(String),
 }
 
-/// Resolves etcd-style URLs (`http://host:port`) into socket addresses to bind.
-async fn resolve(urls: &[String]) -> Result<Vec<SocketAddr>, ServeError> {
+/// Resolves etcd-style URLs (`http://host:port`, `https://host:port`) into socket addresses to
+/// bind, each with whether it serves TLS.
+async fn resolve(urls: &[String]) -> Result<Vec<(SocketAddr, bool)>, ServeError> {
     let mut addrs = Vec::new();
     for url in urls {
-        let rest = url
-            .strip_prefix("http://")
-            .ok_or_else(|| ServeError::Config(format!("{url}: only http:// URLs are supported yet (TLS arrives with #7)")))?;
+        let (rest, tls) = match (url.strip_prefix("http://"), url.strip_prefix("https://")) {
+            (Some(rest), _) => (rest, false),
+            (_, Some(rest)) => (rest, true),
+            _ => return Err(ServeError::Config(format!("{url}: URLs must start with http:// or https://"))),
+        };
         let host_port = rest.trim_end_matches('/');
         let resolved = tokio::net::lookup_host(host_port)
             .await
@@ -71,7 +75,7 @@ async fn resolve(urls: &[String]) -> Result<Vec<SocketAddr>, ServeError> {
         // Bind one address per URL, preferring IPv4 for "localhost".
         let mut resolved: Vec<SocketAddr> = resolved.collect();
         resolved.sort_by_key(|a| !a.is_ipv4());
-        addrs.push(*resolved.first().ok_or_else(|| ServeError::Config(format!("{url}: no address")))?);
+        addrs.push((*resolved.first().ok_or_else(|| ServeError::Config(format!("{url}: no address")))?, tls));
     }
     Ok(addrs)
 }
@@ -82,6 +86,9 @@ pub async fn serve(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> Res
     let member_dir = cfg.data_dir.join("member");
     std::fs::create_dir_all(&member_dir)
         .map_err(|e| ServeError::Storage(format!("{}: {e}", member_dir.display())))?;
+    let peer_source = concord_raft::transport::source_address(&cfg.listen_peer_urls);
+    let tls = MemberTls::load(&cfg, peer_source)?;
+    tls.spawn_reloader();
     let membership = match Membership::load(&member_dir).map_err(|e| ServeError::Config(e.to_string()))? {
         Some(m) => m,
         None if cfg.initial_cluster_state == InitialClusterState::Existing => {
@@ -93,7 +100,7 @@ pub async fn serve(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> Res
                 .filter(|(name, _)| *name != cfg.name)
                 .flat_map(|(_, urls)| urls)
                 .collect();
-            let remote = crate::peer::fetch_membership(&others)
+            let remote = crate::peer::fetch_membership(&others, &tls.peer_dialer)
                 .await
                 .map_err(|e| ServeError::Config(format!("cannot reach the cluster to join: {e}")))?;
             Membership::join(&member_dir, remote, &cfg.initial_advertise_peer_urls)
@@ -145,9 +152,8 @@ pub async fn serve(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> Res
     let lessor = Lessor::new(store.clone(), cfg.election_timeout, cfg.request_timeout());
 
     let snapshot_dir = member_dir.join("snap");
-    let source = concord_raft::transport::source_address(&cfg.listen_peer_urls);
     let runtime = tokio::runtime::Handle::current();
-    let transport = PeerTransport::new(member_id, runtime, snapshot_dir.clone(), source);
+    let transport = PeerTransport::new(member_id, runtime, snapshot_dir.clone(), tls.peer_dialer.clone());
     for m in membership.members() {
         if let Some(url) = m.peer_ur_ls.first() {
             transport.set_peer(m.id, url);
@@ -196,6 +202,7 @@ pub async fn serve(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> Res
         limits: cfg.limits.clone(),
         request_timeout: cfg.request_timeout(),
         sabotage: cfg.sabotage,
+        client_dialer: tls.client_dialer.clone(),
     });
 
     let lessor_task = tokio::spawn(run_lessor(lessor.clone(), ctx.clone()));
@@ -203,25 +210,26 @@ pub async fn serve(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> Res
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut servers = tokio::task::JoinSet::new();
 
-    for addr in resolve(&cfg.listen_peer_urls).await? {
+    for (addr, https) in resolve(&cfg.listen_peer_urls).await? {
         let listener = bind(addr).await?;
-        let svc = transport.service();
-        let cluster_peer = crate::peer::ClusterPeerService::server(membership.clone());
+        let router = tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .add_service(transport.service())
+            .add_service(crate::peer::ClusterPeerService::server(membership.clone()));
+        let tls = if https { tls.peer_listener.clone() } else { None };
         let stop = wait_for_stop(stop_rx.clone());
         servers.spawn(async move {
-            tonic::transport::Server::builder()
-                .tcp_nodelay(true)
-                .add_service(svc)
-                .add_service(cluster_peer)
-                .serve_with_incoming_shutdown(incoming(listener), stop)
-                .await
-                .map_err(|e| format!("peer listener {addr}: {e}"))
+            match tls {
+                Some(tls) => router.serve_with_incoming_shutdown(concord_tls::accept(listener, tls), stop).await,
+                None => router.serve_with_incoming_shutdown(incoming(listener), stop).await,
+            }
+            .map_err(|e| format!("peer listener {addr}: {e}"))
         });
-        tracing::info!(%addr, "serving peers");
+        tracing::info!(%addr, tls = https, "serving peers");
     }
 
     let max_message = cfg.limits.max_request_bytes + GRPC_OVERHEAD_BYTES;
-    for addr in resolve(&cfg.listen_client_urls).await? {
+    for (addr, https) in resolve(&cfg.listen_client_urls).await? {
         let listener = bind(addr).await?;
         let routes = tonic::service::Routes::new(
             KvServer::new(KvService::new(ctx.clone())).max_decoding_message_size(max_message),
@@ -243,17 +251,20 @@ pub async fn serve(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> Res
         let router = routes
             .into_axum_router()
             .fallback(crate::fallback::unimplemented_method);
+        let router = tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .http2_keepalive_interval(Some(Duration::from_secs(10)))
+            .add_routes(tonic::service::Routes::from(router));
+        let tls = if https { tls.client_listener.clone() } else { None };
         let stop = wait_for_stop(stop_rx.clone());
         servers.spawn(async move {
-            tonic::transport::Server::builder()
-                .tcp_nodelay(true)
-                .http2_keepalive_interval(Some(Duration::from_secs(10)))
-                .add_routes(tonic::service::Routes::from(router))
-                .serve_with_incoming_shutdown(incoming(listener), stop)
-                .await
-                .map_err(|e| format!("client listener {addr}: {e}"))
+            match tls {
+                Some(tls) => router.serve_with_incoming_shutdown(concord_tls::accept(listener, tls), stop).await,
+                None => router.serve_with_incoming_shutdown(incoming(listener), stop).await,
+            }
+            .map_err(|e| format!("client listener {addr}: {e}"))
         });
-        tracing::info!(%addr, "serving clients");
+        tracing::info!(%addr, tls = https, "serving clients");
     }
 
     tokio::spawn(publish_self(

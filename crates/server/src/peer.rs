@@ -7,6 +7,7 @@ use std::time::Duration;
 use concord_proto::concordpb::cluster_peer_client::ClusterPeerClient;
 use concord_proto::concordpb::cluster_peer_server::{ClusterPeer, ClusterPeerServer};
 use concord_proto::concordpb::{ClusterState, MembershipRequest};
+use concord_tls::Dialer;
 use tonic::{Request, Response, Status};
 
 use crate::membership::Membership;
@@ -32,23 +33,18 @@ impl ClusterPeer for ClusterPeerService {
     }
 }
 
-/// Asks the members at `peer_urls`, in turn, for the cluster's membership.
-pub async fn fetch_membership(peer_urls: &[String]) -> Result<ClusterState, String> {
+/// Asks the members at `peer_urls`, in turn, for the cluster's membership, connecting through
+/// `dialer` (peer TLS for `https://` URLs).
+pub async fn fetch_membership(peer_urls: &[String], dialer: &Dialer) -> Result<ClusterState, String> {
     let mut last_error = "no peer URLs to ask".to_string();
     for url in peer_urls {
-        let endpoint = match tonic::transport::Endpoint::from_shared(url.clone()) {
-            Ok(e) => e.connect_timeout(Duration::from_secs(2)).timeout(Duration::from_secs(5)),
-            Err(e) => {
-                last_error = format!("{url}: {e}");
-                continue;
-            }
-        };
-        match endpoint.connect().await {
+        let configure = |e: tonic::transport::Endpoint| e.connect_timeout(Duration::from_secs(2)).timeout(Duration::from_secs(5));
+        match dialer.connect(url, configure).await {
             Ok(channel) => match ClusterPeerClient::new(channel).membership(MembershipRequest {}).await {
                 Ok(resp) => return Ok(resp.into_inner()),
                 Err(status) => last_error = format!("{url}: {}", status.message()),
             },
-            Err(e) => last_error = format!("{url}: {e}"),
+            Err(e) => last_error = e,
         }
     }
     Err(last_error)

@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 use etcd_client::{Client, ConnectOptions};
 
+pub mod pki;
+
 /// How long any wait in a test may take before the test fails.
 pub const WAIT: Duration = Duration::from_secs(30);
 
@@ -28,7 +30,20 @@ pub struct Cluster {
     /// Per member: the `--initial-cluster` and `--initial-cluster-state` it starts with.
     bootstrap: Vec<(String, &'static str)>,
     extra_args: Vec<String>,
+    /// `http` or `https`, for every client and peer URL.
+    scheme: &'static str,
+    /// What clients (and the harness's own status calls) connect with, on an `https` cluster.
+    client_tls: Option<etcd_client::TlsOptions>,
     dir: tempfile::TempDir,
+}
+
+/// How to run a cluster with TLS: the members' extra flags (certificates) and the TLS settings
+/// of the harness's clients.
+pub struct Secure {
+    /// Flags added to every member's command line, besides `https` URLs.
+    pub member_args: Vec<String>,
+    /// What `client()` and the harness's status calls present and trust.
+    pub client_tls: etcd_client::TlsOptions,
 }
 
 fn free_port() -> u16 {
@@ -46,12 +61,27 @@ impl Cluster {
 
     /// Starts `n` members with extra `concord serve` flags.
     pub async fn start_with(n: usize, extra_args: &[&str]) -> Cluster {
+        let extra_args: Vec<String> = extra_args.iter().map(|a| a.to_string()).collect();
+        Self::start_inner(n, "http", extra_args, None).await
+    }
+
+    /// Starts `n` members with `https` client and peer URLs and the certificates of `secure`.
+    pub async fn start_secure(n: usize, secure: Secure) -> Cluster {
+        Self::start_inner(n, "https", secure.member_args, Some(secure.client_tls)).await
+    }
+
+    async fn start_inner(
+        n: usize,
+        scheme: &'static str,
+        extra_args: Vec<String>,
+        client_tls: Option<etcd_client::TlsOptions>,
+    ) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let members: Vec<MemberSpec> = (0..n)
             .map(|i| MemberSpec {
                 name: format!("m{i}"),
-                client_url: format!("http://127.0.0.1:{}", free_port()),
-                peer_url: format!("http://127.0.0.1:{}", free_port()),
+                client_url: format!("{scheme}://127.0.0.1:{}", free_port()),
+                peer_url: format!("{scheme}://127.0.0.1:{}", free_port()),
                 data_dir: dir.path().join(format!("m{i}.etcd")),
                 log: dir.path().join(format!("m{i}.log")),
             })
@@ -65,7 +95,9 @@ impl Cluster {
             processes: (0..n).map(|_| None).collect(),
             members,
             bootstrap: (0..n).map(|_| (initial_cluster.clone(), "new")).collect(),
-            extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
+            extra_args,
+            scheme,
+            client_tls,
             dir,
         };
         for i in 0..n {
@@ -81,7 +113,7 @@ impl Cluster {
         let i = self.members.len();
         let spec = MemberSpec {
             name: format!("m{i}"),
-            client_url: format!("http://127.0.0.1:{}", free_port()),
+            client_url: format!("{}://127.0.0.1:{}", self.scheme, free_port()),
             peer_url: peer_url.to_string(),
             data_dir: self.dir.path().join(format!("m{i}.etcd")),
             log: self.dir.path().join(format!("m{i}.log")),
@@ -103,7 +135,18 @@ impl Cluster {
 
     /// A loopback peer URL nobody uses yet, for a member about to be added.
     pub fn new_peer_url(&self) -> String {
-        format!("http://127.0.0.1:{}", free_port())
+        format!("{}://127.0.0.1:{}", self.scheme, free_port())
+    }
+
+    /// Connection options for this cluster's clients (TLS on an `https` cluster).
+    pub fn connect_options(&self, connect_timeout: Duration, timeout: Duration) -> ConnectOptions {
+        let opts = ConnectOptions::new()
+            .with_connect_timeout(connect_timeout)
+            .with_timeout(timeout);
+        match &self.client_tls {
+            Some(tls) => opts.with_tls(tls.clone()),
+            None => opts,
+        }
     }
 
     /// Waits for member `i`'s process to exit on its own; returns whether it did in time.
@@ -174,9 +217,7 @@ impl Cluster {
 
     /// A client bound to member `i` only.
     pub async fn client(&self, i: usize) -> Client {
-        let opts = ConnectOptions::new()
-            .with_connect_timeout(Duration::from_secs(2))
-            .with_timeout(Duration::from_secs(15));
+        let opts = self.connect_options(Duration::from_secs(2), Duration::from_secs(15));
         let deadline = Instant::now() + WAIT;
         loop {
             match Client::connect([self.members[i].client_url.as_str()], Some(opts.clone())).await {
@@ -237,9 +278,7 @@ impl Cluster {
 
     /// Member `i`'s status as it reports it, if it answers.
     pub async fn status(&self, i: usize) -> Option<etcd_client::StatusResponse> {
-        let opts = ConnectOptions::new()
-            .with_connect_timeout(Duration::from_millis(500))
-            .with_timeout(Duration::from_secs(2));
+        let opts = self.connect_options(Duration::from_millis(500), Duration::from_secs(2));
         let mut c = Client::connect([self.members[i].client_url.as_str()], Some(opts))
             .await
             .ok()?;
@@ -307,7 +346,7 @@ impl Cluster {
     pub fn etcdctl(&self, endpoints: &[String], args: &[&str]) -> std::process::Output {
         let endpoints: Vec<&str> = endpoints
             .iter()
-            .map(|e| e.trim_start_matches("http://"))
+            .map(|e| e.trim_start_matches("http://").trim_start_matches("https://"))
             .collect();
         Command::new("etcdctl")
             .env("ETCDCTL_API", "3")

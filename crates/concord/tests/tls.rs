@@ -1,0 +1,184 @@
+//! TLS on every link: a 3-member cluster whose client and peer ports both require certificates
+//! signed by the cluster's CA, reached with etcd-client and etcdctl; clients that do not belong
+//! are refused; certificates rotate without a restart.
+
+mod common;
+
+use std::time::Duration;
+
+use common::pki::{TestCa, write_atomically};
+use common::{eventually, Cluster};
+use etcd_client::{Client, ConnectOptions, TlsOptions};
+
+fn tempdir() -> tempfile::TempDir {
+    tempfile::tempdir().expect("tempdir")
+}
+
+/// Connects to `url` with `opts` and makes one request, returning its error text if anything
+/// failed (connecting or the request).
+async fn try_get(url: &str, opts: ConnectOptions) -> Result<(), String> {
+    let mut client = Client::connect([url], Some(opts)).await.map_err(|e| e.to_string())?;
+    client.get("probe", None).await.map(|_| ()).map_err(|e| e.to_string())
+}
+
+fn quick() -> ConnectOptions {
+    ConnectOptions::new()
+        .with_connect_timeout(Duration::from_secs(2))
+        .with_timeout(Duration::from_secs(3))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_with_tls_on_every_link_serves_clients_and_etcdctl() {
+    let dir = tempdir();
+    let ca = TestCa::new(dir.path(), "cluster");
+    let member = ca.issue("member", "member");
+    let client_cert = ca.issue("client", "client");
+    let mut cluster = Cluster::start_secure(3, ca.secure(&member, &client_cert)).await;
+    let leader = cluster.wait_for_leader().await;
+    let follower = (leader + 1) % 3;
+
+    // Writes through a follower reach the leader over peer TLS and come back to every member.
+    let mut c = cluster.client(follower).await;
+    c.put("tls/key", "over tls", None).await.unwrap();
+    for i in 0..3 {
+        let mut ci = cluster.client(i).await;
+        let got = ci.get("tls/key", None).await.unwrap();
+        assert_eq!(got.kvs()[0].value_str().unwrap(), "over tls", "member {i}");
+    }
+
+    // A keep-alive through a follower is forwarded to the leader's https client URL.
+    let lease = c.lease_grant(30, None).await.unwrap();
+    let (mut keeper, mut stream) = c.lease_keep_alive(lease.id()).await.unwrap();
+    keeper.keep_alive().await.unwrap();
+    let answer = stream.message().await.unwrap().expect("a keep-alive answer");
+    assert_eq!(answer.id(), lease.id());
+    assert!(answer.ttl() > 0, "the forwarded keep-alive found the lease: {answer:?}");
+
+    // etcdctl with --cacert/--cert/--key.
+    let tls_args = [
+        format!("--cacert={}", ca.ca_file().display()),
+        format!("--cert={}", client_cert.cert_file.display()),
+        format!("--key={}", client_cert.key_file.display()),
+    ];
+    let with_tls = |extra: &[&str]| -> Vec<String> {
+        tls_args.iter().cloned().chain(extra.iter().map(|s| s.to_string())).collect()
+    };
+    let put = cluster.etcdctl(&cluster.endpoints(), &refs(&with_tls(&["put", "tls/etcdctl", "hello"])));
+    assert!(put.status.success(), "etcdctl put: {}", String::from_utf8_lossy(&put.stderr));
+    let get = cluster.etcdctl(&cluster.endpoints()[follower..=follower], &refs(&with_tls(&["get", "tls/etcdctl", "--print-value-only"])));
+    assert!(get.status.success(), "etcdctl get: {}", String::from_utf8_lossy(&get.stderr));
+    assert_eq!(String::from_utf8_lossy(&get.stdout).trim(), "hello");
+
+    // A killed member comes back and catches up over peer TLS.
+    cluster.kill(follower);
+    c = cluster.client(leader).await;
+    c.put("tls/while-down", "1", None).await.unwrap();
+    cluster.restart(follower);
+    let mut back = cluster.client(follower).await;
+    eventually("the restarted member catches up over peer TLS", || {
+        let mut back = back.clone();
+        async move {
+            let got = back
+                .get("tls/while-down", Some(etcd_client::GetOptions::new().with_serializable()))
+                .await
+                .map_err(|e| e.to_string())?;
+            if got.kvs().is_empty() { Err("not yet".to_string()) } else { Ok(()) }
+        }
+    })
+    .await;
+    back.put("tls/after", "1", None).await.unwrap();
+}
+
+fn refs(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_do_not_belong_are_refused() {
+    let dir = tempdir();
+    let ca = TestCa::new(dir.path(), "cluster");
+    let member = ca.issue("member", "member");
+    let client_cert = ca.issue("client", "client");
+    let cluster = Cluster::start_secure(1, ca.secure(&member, &client_cert)).await;
+    let url = cluster.members[0].client_url.clone();
+    let plain_url = url.replace("https://", "http://");
+
+    // The right client gets in.
+    let right = TlsOptions::new().ca_certificate(ca.certificate()).identity(client_cert.identity());
+    try_get(&url, quick().with_tls(right)).await.expect("a client with the cluster's certificates is served");
+
+    // Plaintext against the TLS port.
+    let plaintext = try_get(&plain_url, quick()).await;
+    assert!(plaintext.is_err(), "a plaintext client was served by a TLS port");
+
+    // A client that trusts another CA refuses the member's certificate.
+    let other = TestCa::new(dir.path(), "other");
+    let stranger = other.issue("stranger", "stranger");
+    let wrong_trust = TlsOptions::new().ca_certificate(other.certificate()).identity(client_cert.identity());
+    assert!(try_get(&url, quick().with_tls(wrong_trust)).await.is_err(), "a client accepted an untrusted server");
+
+    // A client whose certificate another CA signed is refused by the member...
+    let untrusted_client = TlsOptions::new().ca_certificate(ca.certificate()).identity(stranger.identity());
+    assert!(try_get(&url, quick().with_tls(untrusted_client)).await.is_err(), "an untrusted client certificate was accepted");
+    // ...and so is a client with no certificate at all, under --client-cert-auth.
+    let anonymous = TlsOptions::new().ca_certificate(ca.certificate());
+    assert!(try_get(&url, quick().with_tls(anonymous)).await.is_err(), "a client without a certificate was accepted");
+
+    assert!(
+        cluster.log_contains(0, "rejected a TLS connection"),
+        "the member says why it refused connections:\n{}",
+        cluster.logs()
+    );
+    // The member is still serving after all that.
+    let mut c = cluster.client(0).await;
+    c.put("still", "serving", None).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_without_certificates_for_an_https_url_says_so() {
+    let dir = tempdir();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_concord"))
+        .args(["serve", "--name", "lonely"])
+        .arg(format!("--data-dir={}", dir.path().join("d").display()))
+        .args(["--listen-client-urls", "https://127.0.0.1:0", "--advertise-client-urls", "https://127.0.0.1:0"])
+        .output()
+        .expect("run concord serve");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--cert-file"), "the error names the missing flag: {stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_rotate_without_a_restart() {
+    let dir = tempdir();
+    let old_ca = TestCa::new(dir.path(), "old");
+    let member = old_ca.issue("member", "member");
+    let client_cert = old_ca.issue("client", "client");
+    let mut cluster = Cluster::start_secure(1, old_ca.secure(&member, &client_cert)).await;
+    let url = cluster.members[0].client_url.clone();
+    let pid = cluster.pid(0).unwrap();
+
+    // The operator moves the member to a new CA: a new certificate and key in the same files, a
+    // new CA in the trusted CA file, then SIGHUP.
+    let new_ca = TestCa::new(dir.path(), "new");
+    let renewed = new_ca.issue("renewed", "member");
+    let new_client = new_ca.issue("new-client", "client");
+    write_atomically(&member.cert_file, &std::fs::read_to_string(&renewed.cert_file).unwrap());
+    write_atomically(&member.key_file, &std::fs::read_to_string(&renewed.key_file).unwrap());
+    write_atomically(&old_ca.ca_file(), &std::fs::read_to_string(new_ca.ca_file()).unwrap());
+    let hup = std::process::Command::new("kill").args(["-HUP", &pid.to_string()]).status().unwrap();
+    assert!(hup.success());
+
+    let new_options = TlsOptions::new().ca_certificate(new_ca.certificate()).identity(new_client.identity());
+    eventually("the member presents and trusts the new CA", || {
+        let opts = quick().with_tls(new_options.clone());
+        let url = url.clone();
+        async move { try_get(&url, opts).await }
+    })
+    .await;
+    let old_options = TlsOptions::new().ca_certificate(old_ca.certificate()).identity(client_cert.identity());
+    assert!(try_get(&url, quick().with_tls(old_options)).await.is_err(), "the old certificates are still accepted");
+    assert_eq!(cluster.pid(0), Some(pid), "the member was not restarted");
+    assert!(cluster.log_contains(0, "reloaded TLS certificates"), "{}", cluster.logs());
+    cluster.kill(0);
+}

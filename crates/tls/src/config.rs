@@ -1,0 +1,121 @@
+//! Building rustls configurations from etcd-style certificate flags.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::server::WebPkiClientVerifier;
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::error::TlsError;
+
+/// One side's TLS files and policy, as etcd's flags give them: `--cert-file`, `--key-file`,
+/// `--trusted-ca-file`, `--client-cert-auth` (or their `--peer-` forms).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// The member's certificate chain (PEM), presented to whoever connects, and presented by the
+    /// member when it connects out.
+    pub cert_file: PathBuf,
+    /// The private key of `cert_file` (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+    /// CA certificates (PEM) that sign the other side's certificates: clients' when
+    /// `client_cert_auth` is on, and servers' for the member's own outgoing connections.
+    pub trusted_ca_file: Option<PathBuf>,
+    /// Whether connecting clients must present a certificate signed by `trusted_ca_file`.
+    pub client_cert_auth: bool,
+}
+
+impl TlsFiles {
+    /// The files a change to which calls for a rebuild.
+    pub fn paths(&self) -> Vec<&Path> {
+        let mut paths = vec![self.cert_file.as_path(), self.key_file.as_path()];
+        paths.extend(self.trusted_ca_file.as_deref());
+        paths
+    }
+}
+
+/// gRPC runs over HTTP/2, which TLS peers must agree on through ALPN (recent gRPC clients refuse
+/// a server that does not).
+const ALPN_H2: &[u8] = b"h2";
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// The configuration for a TLS listener: present `cert_file`; with `client_cert_auth`, require a
+/// client certificate signed by `trusted_ca_file`.
+pub fn server_config(files: &TlsFiles) -> Result<ServerConfig, TlsError> {
+    let (certs, key) = identity(files)?;
+    let builder = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Rustls(e.to_string()))?;
+    let builder = if files.client_cert_auth {
+        let ca = files.trusted_ca_file.as_deref().ok_or_else(|| {
+            TlsError::Rustls("client certificate authentication needs a trusted CA file".into())
+        })?;
+        let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots(ca)?), provider())
+            .build()
+            .map_err(|e| TlsError::Rustls(format!("{}: {e}", ca.display())))?;
+        builder.with_client_cert_verifier(verifier)
+    } else {
+        builder.with_no_client_auth()
+    };
+    let mut config = builder
+        .with_single_cert(certs, key)
+        .map_err(|e| TlsError::Rustls(format!("{}: {e}", files.key_file.display())))?;
+    config.alpn_protocols = vec![ALPN_H2.to_vec()];
+    Ok(config)
+}
+
+/// The configuration for the member's own outgoing connections: trust `trusted_ca_file` (and
+/// nothing else) and present `cert_file` in case the other side asks for a certificate.
+pub fn client_config(files: &TlsFiles) -> Result<ClientConfig, TlsError> {
+    let (certs, key) = identity(files)?;
+    let roots = match files.trusted_ca_file.as_deref() {
+        Some(ca) => roots(ca)?,
+        None => RootCertStore::empty(),
+    };
+    let mut config = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Rustls(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(certs, key)
+        .map_err(|e| TlsError::Rustls(format!("{}: {e}", files.key_file.display())))?;
+    config.alpn_protocols = vec![ALPN_H2.to_vec()];
+    Ok(config)
+}
+
+fn identity(files: &TlsFiles) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsError> {
+    let certs = certificates(&files.cert_file)?;
+    let key = PrivateKeyDer::from_pem_file(&files.key_file).map_err(|e| pem_error(&files.key_file, "no private key", e))?;
+    Ok((certs, key))
+}
+
+fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| pem_error(path, "no certificate", e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| pem_error(path, "no certificate", e))?;
+    if certs.is_empty() {
+        return Err(TlsError::Pem { path: path.to_owned(), what: "no certificate in the file".into() });
+    }
+    Ok(certs)
+}
+
+fn roots(path: &Path) -> Result<RootCertStore, TlsError> {
+    let mut store = RootCertStore::empty();
+    for cert in certificates(path)? {
+        store
+            .add(cert)
+            .map_err(|e| TlsError::Pem { path: path.to_owned(), what: format!("not a usable CA certificate: {e}") })?;
+    }
+    Ok(store)
+}
+
+fn pem_error(path: &Path, what: &str, error: rustls_pki_types::pem::Error) -> TlsError {
+    match error {
+        rustls_pki_types::pem::Error::Io(source) => TlsError::Read { path: path.to_owned(), source },
+        other => TlsError::Pem { path: path.to_owned(), what: format!("{what}: {other:?}") },
+    }
+}
