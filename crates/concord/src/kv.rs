@@ -10,6 +10,8 @@ pub struct KvArgs {
     /// Endpoints to try, in order (comma-separated).
     #[arg(long, default_value = "http://127.0.0.1:2379", value_delimiter = ',', global = true)]
     pub endpoints: Vec<String>,
+    #[command(flatten)]
+    pub tls: crate::client_tls::ClientTlsArgs,
     #[command(subcommand)]
     pub command: KvCommand,
 }
@@ -54,12 +56,11 @@ fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     vec![0]
 }
 
-async fn connect(endpoints: &[String]) -> Result<KvClient<tonic::transport::Channel>, String> {
+async fn connect(endpoints: &[String], tls: &crate::client_tls::ClientTlsArgs) -> Result<KvClient<tonic::transport::Channel>, String> {
     let mut last_error = String::from("no endpoints given");
     for endpoint in endpoints {
-        let url = crate::text::endpoint_url(endpoint);
-        match KvClient::connect(url).await {
-            Ok(client) => return Ok(client),
+        match tls.endpoint(endpoint)?.connect().await {
+            Ok(channel) => return Ok(KvClient::new(channel)),
             Err(e) => last_error = format!("{endpoint}: {e}"),
         }
     }
@@ -68,7 +69,7 @@ async fn connect(endpoints: &[String]) -> Result<KvClient<tonic::transport::Chan
 
 /// Runs one `kv` subcommand.
 pub async fn run(args: KvArgs) -> Result<(), String> {
-    let mut client = connect(&args.endpoints).await?;
+    let mut client = connect(&args.endpoints, &args.tls).await?;
     let show = |s: tonic::Status| s.message().to_string();
     match args.command {
         KvCommand::Put { key, value } => {

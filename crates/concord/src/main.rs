@@ -4,6 +4,7 @@
 
 mod bench;
 mod chaos;
+mod client_tls;
 mod dev;
 mod kv;
 mod member;

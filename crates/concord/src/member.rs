@@ -6,7 +6,7 @@
 //! to the cluster through etcd's public Cluster API only, so it works against
 //! etcd as well. Member ids are shown and taken in hex, as etcdctl does.
 
-use crate::text::{endpoint_url, json_string};
+use crate::text::json_string;
 use std::time::Duration;
 
 use clap::{Args, Subcommand, ValueEnum};
@@ -15,7 +15,7 @@ use concord_proto::etcdserverpb::{
     Member, MemberAddRequest, MemberListRequest, MemberListResponse, MemberPromoteRequest,
     MemberRemoveRequest, MemberUpdateRequest, ResponseHeader,
 };
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::serve::parse_duration;
 
@@ -31,6 +31,8 @@ pub struct MemberArgs {
     /// How long to wait for the cluster to answer a request.
     #[arg(long, default_value = "5s", value_parser = parse_duration, global = true)]
     pub command_timeout: Duration,
+    #[command(flatten)]
+    pub tls: crate::client_tls::ClientTlsArgs,
     #[command(subcommand)]
     pub command: MemberCommand,
 }
@@ -104,13 +106,13 @@ pub fn parse_member_id(text: &str) -> Result<u64, String> {
 /// Returns the channel and the endpoint it reached.
 pub async fn connect_first(
     endpoints: &[String],
+    tls: &crate::client_tls::ClientTlsArgs,
     dial_timeout: Duration,
     request_timeout: Option<Duration>,
 ) -> Result<(Channel, String), String> {
     let mut errors = Vec::new();
     for endpoint in endpoints.iter().map(|e| e.trim()).filter(|e| !e.is_empty()) {
-        let url = endpoint_url(endpoint);
-        let mut target = match Endpoint::from_shared(url.clone()) {
+        let mut target = match tls.endpoint(endpoint) {
             Ok(t) => t.connect_timeout(dial_timeout).tcp_nodelay(true),
             Err(e) => {
                 errors.push(format!("{endpoint}: {e}"));
@@ -247,7 +249,7 @@ fn cluster_id(header: &Option<ResponseHeader>) -> u64 {
 
 /// Runs one `member` subcommand.
 pub async fn run(args: MemberArgs) -> Result<(), String> {
-    let (channel, _) = connect_first(&args.endpoints, args.dial_timeout, Some(args.command_timeout)).await?;
+    let (channel, _) = connect_first(&args.endpoints, &args.tls, args.dial_timeout, Some(args.command_timeout)).await?;
     let mut client = ClusterClient::new(channel);
     match args.command {
         MemberCommand::List { write_out } => {

@@ -63,6 +63,8 @@ pub struct SaveArgs {
     /// How long to wait for a connection to one endpoint (e.g. 2s, 500ms).
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     pub dial_timeout: Duration,
+    #[command(flatten)]
+    pub tls: crate::client_tls::ClientTlsArgs,
 }
 
 /// Flags of `concord snapshot restore`: etcdutl's, with `concord serve`'s defaults.
@@ -282,7 +284,7 @@ fn sync_parent(path: &Path) -> std::io::Result<()> {
 }
 
 async fn save(args: SaveArgs) -> Result<(), String> {
-    let (channel, endpoint) = connect_first(&args.endpoints, args.dial_timeout, None).await?;
+    let (channel, endpoint) = connect_first(&args.endpoints, &args.tls, args.dial_timeout, None).await?;
     // Snapshots of big stores are big: lift the default 4 MiB message cap (chunks are 32 KiB).
     let mut client = MaintenanceClient::new(channel).max_decoding_message_size(64 << 20);
     let part = part_path(&args.file);

@@ -1,14 +1,4 @@
-//! Small text helpers the CLI commands share: endpoint URLs and JSON strings.
-
-/// Turns `host:port` into `http://host:port`; a URL is kept as it is.
-pub fn endpoint_url(endpoint: &str) -> String {
-    let endpoint = endpoint.trim();
-    if endpoint.contains("://") {
-        endpoint.to_string()
-    } else {
-        format!("http://{endpoint}")
-    }
-}
+//! Small text helpers the CLI commands share: JSON strings.
 
 /// `text` as a JSON string literal (quotes and escapes included).
 pub fn json_string(text: &str) -> String {
@@ -34,9 +24,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn endpoints_and_json_strings() {
-        assert_eq!(endpoint_url("127.0.0.1:2379"), "http://127.0.0.1:2379");
-        assert_eq!(endpoint_url("http://a:1"), "http://a:1");
+    fn json_strings() {
         assert_eq!(json_string("a\"b\\c\n\u{1}"), "\"a\\\"b\\\\c\\n\\u0001\"");
     }
 }

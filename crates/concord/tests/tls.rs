@@ -69,6 +69,21 @@ async fn a_cluster_with_tls_on_every_link_serves_clients_and_etcdctl() {
     assert!(get.status.success(), "etcdctl get: {}", String::from_utf8_lossy(&get.stderr));
     assert_eq!(String::from_utf8_lossy(&get.stdout).trim(), "hello");
 
+    // The concord CLI takes etcdctl's TLS flags; host:port endpoints become https.
+    let endpoint = cluster.members[follower].client_url.trim_start_matches("https://").to_string();
+    let concord_kv = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_concord"))
+            .args(["kv", "--endpoints", &endpoint])
+            .args(refs(&tls_args))
+            .args(args)
+            .output()
+            .expect("run concord kv")
+    };
+    let put = concord_kv(&["put", "tls/cli", "from the cli"]);
+    assert!(put.status.success(), "concord kv put: {}", String::from_utf8_lossy(&put.stderr));
+    let got = concord_kv(&["get", "tls/cli"]);
+    assert!(String::from_utf8_lossy(&got.stdout).contains("from the cli"), "concord kv get: {got:?}");
+
     // A killed member comes back and catches up over peer TLS.
     cluster.kill(follower);
     c = cluster.client(leader).await;

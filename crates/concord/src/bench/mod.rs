@@ -44,7 +44,7 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use clap::{Args, Subcommand, ValueEnum};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use pace::Goal;
 use report::Summary;
@@ -55,6 +55,8 @@ pub struct BenchArgs {
     /// Endpoints to load (comma-separated; host:port or http://host:port).
     #[arg(long, default_value = "127.0.0.1:2379", value_delimiter = ',', global = true)]
     pub endpoints: Vec<String>,
+    #[command(flatten)]
+    pub tls: crate::client_tls::ClientTlsArgs,
     /// Concurrent requesters; each has one request in flight at a time.
     #[arg(long, default_value_t = 1, global = true)]
     pub clients: usize,
@@ -214,11 +216,11 @@ async fn connect(args: &BenchArgs) -> Result<Vec<Channel>, String> {
     let mut channels = Vec::with_capacity(args.conns);
     for i in 0..args.conns {
         let endpoint = args.endpoints[i % args.endpoints.len()].trim();
-        let url = crate::text::endpoint_url(endpoint);
         // The timeout covers a unary call, or a streaming call until its
         // response headers arrive; the stream itself may live on.
-        let channel = Endpoint::from_shared(url)
-            .map_err(|e| format!("bad endpoint {endpoint:?}: {}", error_chain(&e)))?
+        let channel = args
+            .tls
+            .endpoint(endpoint)?
             .connect_timeout(Duration::from_secs(5))
             .timeout(args.request_timeout())
             .tcp_nodelay(true)
