@@ -197,3 +197,33 @@ async fn certificates_rotate_without_a_restart() {
     assert!(cluster.log_contains(0, "reloaded TLS certificates"), "{}", cluster.logs());
     cluster.kill(0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_joins_a_tls_cluster_over_peer_tls() {
+    let dir = tempdir();
+    let ca = TestCa::new(dir.path(), "cluster");
+    let member = ca.issue("member", "member");
+    let client_cert = ca.issue("client", "client");
+    let mut cluster = Cluster::start_secure(1, ca.secure(&member, &client_cert)).await;
+    let mut c = cluster.client(0).await;
+    c.put("before-join", "1", None).await.unwrap();
+
+    let peer_url = cluster.new_peer_url();
+    assert!(peer_url.starts_with("https://"));
+    c.member_add([peer_url.as_str()], None).await.unwrap();
+    // The newcomer asks the cluster for its membership, then receives the log, over peer TLS.
+    let joined = cluster.spawn_joining(&peer_url);
+    let newcomer = cluster.client(joined).await;
+    eventually("the new member has the data", || {
+        let mut newcomer = newcomer.clone();
+        async move {
+            let got = newcomer
+                .get("before-join", Some(etcd_client::GetOptions::new().with_serializable()))
+                .await
+                .map_err(|e| e.to_string())?;
+            if got.kvs().is_empty() { Err("not yet".to_string()) } else { Ok(()) }
+        }
+    })
+    .await;
+    c.put("after-join", "2", None).await.unwrap();
+}

@@ -115,7 +115,8 @@ fn check_peer_urls(urls: &[String]) -> Result<(), Status> {
         return Err(Status::invalid_argument("etcdserver: member peer URLs are empty"));
     }
     for url in urls {
-        if !url.starts_with("http://") || url.len() <= "http://".len() {
+        let host = url.strip_prefix("http://").or_else(|| url.strip_prefix("https://"));
+        if host.is_none_or(str::is_empty) {
             return Err(Status::invalid_argument(format!("etcdserver: invalid peer URL {url:?}")));
         }
     }
@@ -140,9 +141,11 @@ impl Cluster for ClusterService {
                 return Err(Status::failed_precondition("etcdserver: too many learner members in cluster"));
             }
         } else {
-            // After the change, the active voters must still be a quorum.
+            // After the change, the active voters must still be a quorum. As in etcd, a
+            // one-member cluster may always grow to two (the way to restore from a snapshot).
             let voters_after = status.voters.len() + 1;
-            if active_voters(&self.ctx, &status, None) < voters_after / 2 + 1 {
+            let active = active_voters(&self.ctx, &status, None);
+            if active < voters_after / 2 + 1 && voters_after != 2 {
                 return Err(unhealthy());
             }
         }
