@@ -56,6 +56,7 @@ pub async fn run(args: DevArgs) -> Result<(), String> {
             snapshot_count: 100_000,
             snapshot_catchup_entries: 5000,
             sabotage: None,
+            auth: Default::default(),
         };
         let mut stop = stop_rx.clone();
         members.spawn(async move {

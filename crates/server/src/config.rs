@@ -61,6 +61,8 @@ pub struct ServerConfig {
     pub watch_progress_notify_interval: Duration,
     /// A deliberate fault for the chaos rig's known-bad check; `None` in every real deployment.
     pub sabotage: Option<Sabotage>,
+    /// `--auth-token`, `--auth-token-ttl`, `--bcrypt-cost`.
+    pub auth: crate::auth::AuthConfig,
 }
 
 impl ServerConfig {
