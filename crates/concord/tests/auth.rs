@@ -15,6 +15,7 @@ use std::time::Duration;
 use common::{eventually, Cluster, WAIT};
 use concord_proto::authpb::{permission::Type as PermType, Permission};
 use concord_proto::etcdserverpb::auth_client::AuthClient;
+use concord_proto::etcdserverpb::cluster_client::ClusterClient;
 use concord_proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
 use concord_proto::etcdserverpb::kv_client::KvClient;
 use concord_proto::etcdserverpb::lease_client::LeaseClient;
@@ -49,6 +50,7 @@ struct Api {
     watch: WatchClient<Channel>,
     lease: LeaseClient<Channel>,
     maintenance: MaintenanceClient<Channel>,
+    cluster: ClusterClient<Channel>,
     lock: LockClient<Channel>,
     election: ElectionClient<Channel>,
 }
@@ -67,6 +69,7 @@ impl Api {
             watch: WatchClient::new(channel.clone()),
             lease: LeaseClient::new(channel.clone()),
             maintenance: MaintenanceClient::new(channel.clone()),
+            cluster: ClusterClient::new(channel.clone()),
             lock: LockClient::new(channel.clone()),
             election: ElectionClient::new(channel),
         }
@@ -154,18 +157,30 @@ enum Rpc {
     Compact,
     Watch,
     LeaseRevoke,
+    LeaseTimeToLiveKeys,
     Lock,
     Campaign,
     UserAdd,
     RoleGrantPermission,
     UserList,
     HashKv,
+    AlarmDeactivate,
+    MemberUpdate,
 }
 
 impl Rpc {
     /// Only root may call it (else a user with readwrite on `/app/` may).
     fn admin(self) -> bool {
-        matches!(self, Rpc::Compact | Rpc::UserAdd | Rpc::RoleGrantPermission | Rpc::UserList | Rpc::HashKv)
+        matches!(
+            self,
+            Rpc::Compact
+                | Rpc::UserAdd
+                | Rpc::RoleGrantPermission
+                | Rpc::UserList
+                | Rpc::HashKv
+                | Rpc::AlarmDeactivate
+                | Rpc::MemberUpdate
+        )
     }
 }
 
@@ -257,6 +272,14 @@ async fn call(api: &Api, rpc: Rpc, token: Option<&str>, root: &str, n: usize) ->
             api.kv.clone().put(with(put, Some(root))).await.unwrap();
             outcome(lease.clone().lease_revoke(with(LeaseRevokeRequest { id }, token)).await)
         }
+        Rpc::LeaseTimeToLiveKeys => {
+            let grant = with(LeaseGrantRequest { ttl: 60, id: 0 }, Some(root));
+            let id = api.lease.clone().lease_grant(grant).await.unwrap().into_inner().id;
+            let put = PutRequest { key: format!("/app/ttl-{n}").into(), lease: id, ..Default::default() };
+            api.kv.clone().put(with(put, Some(root))).await.unwrap();
+            let req = LeaseTimeToLiveRequest { id, keys: true };
+            outcome(api.lease.clone().lease_time_to_live(with(req, token)).await)
+        }
         Rpc::Lock => {
             let req = LockRequest { name: "/app/lock".into(), lease: 0 };
             match api.lock.clone().lock(with(req, token)).await {
@@ -292,6 +315,17 @@ async fn call(api: &Api, rpc: Rpc, token: Option<&str>, root: &str, n: usize) ->
         }
         Rpc::UserList => outcome(api.auth.clone().user_list(with(AuthUserListRequest {}, token)).await),
         Rpc::HashKv => outcome(api.maintenance.clone().hash_kv(with(HashKvRequest { revision: 0 }, token)).await),
+        Rpc::AlarmDeactivate => {
+            let req = AlarmRequest { action: alarm_request::AlarmAction::Deactivate as i32, member_id: 1, alarm: AlarmType::Nospace as i32 };
+            outcome(api.maintenance.clone().alarm(with(req, token)).await)
+        }
+        Rpc::MemberUpdate => {
+            // Sets a member's peer URLs to what they are.
+            let members = api.cluster.clone().member_list(MemberListRequest { linearizable: false }).await.unwrap().into_inner().members;
+            let me = &members[0];
+            let req = MemberUpdateRequest { id: me.id, peer_ur_ls: me.peer_ur_ls.clone() };
+            outcome(api.cluster.clone().member_update(with(req, token)).await)
+        }
     }
 }
 
@@ -315,12 +349,15 @@ async fn every_rpc_refuses_no_token_wrong_password_expired_token_and_missing_per
         Rpc::Compact,
         Rpc::Watch,
         Rpc::LeaseRevoke,
+        Rpc::LeaseTimeToLiveKeys,
         Rpc::Lock,
         Rpc::Campaign,
         Rpc::UserAdd,
         Rpc::RoleGrantPermission,
         Rpc::UserList,
         Rpc::HashKv,
+        Rpc::AlarmDeactivate,
+        Rpc::MemberUpdate,
     ];
     let mut tokens_seen = vec![stale.clone()];
     for (n, rpc) in rpcs.into_iter().enumerate() {
