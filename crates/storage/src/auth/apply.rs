@@ -15,6 +15,8 @@
 //! A holder of the `root` role passes every check; so does the member itself (lease expiry,
 //! alarms it raises). Checks change nothing, so a refused command leaves the store as it was.
 
+use std::collections::HashMap;
+
 use base64::Engine as _;
 use concord_proto::authpb::{Permission, Role, User, UserAddOptions};
 use concord_proto::concordpb::auth_command::Op as AuthOp;
@@ -34,12 +36,14 @@ use crate::lease::attached_keys;
 use crate::write::{header_at, Writer};
 
 /// The auth tables opened in an apply batch's write transaction, with the status cached for the
-/// batch (so that a batch with auth disabled costs one read).
+/// batch (so that a batch with auth disabled costs one read) and the permissions of the senders
+/// seen in it (until an auth command changes them).
 pub(crate) struct AuthTables<'t> {
     users: Table<'t, &'static str, &'static [u8]>,
     roles: Table<'t, &'static str, &'static [u8]>,
     meta: Table<'t, &'static str, u64>,
     status: AuthStatus,
+    perms: HashMap<String, Option<UserPerms>>,
 }
 
 impl<'t> AuthTables<'t> {
@@ -52,20 +56,26 @@ impl<'t> AuthTables<'t> {
             roles: txn.open_table(ROLES)?,
             meta,
             status,
+            perms: HashMap::new(),
         })
     }
 
-    fn perms(&self, name: &str) -> Result<Option<UserPerms>, StorageError> {
+    fn perms(&mut self, name: &str) -> Result<Option<UserPerms>, StorageError> {
         if name.is_empty() {
             return Ok(None);
         }
-        load_perms(&self.users, &self.roles, name)
+        if let Some(perms) = self.perms.get(name) {
+            return Ok(perms.clone());
+        }
+        let perms = load_perms(&self.users, &self.roles, name)?;
+        self.perms.insert(name.to_string(), perms.clone());
+        Ok(perms)
     }
 
     /// Checks that `sender` (`None`: a command without an envelope) may run `command`, against
     /// the auth state as of this point of the log. `Ok(Err(_))` is the refusal to report.
     pub fn authorize(
-        &self,
+        &mut self,
         writer: &Writer<'_>,
         sender: Option<&Requester>,
         command: &RaftCommand,
@@ -144,6 +154,7 @@ impl<'t> AuthTables<'t> {
     /// Applies an auth store change (already authorized). `kv_revision` is the KV store's
     /// revision, which the response header carries.
     pub fn apply(&mut self, cmd: &AuthCommand, kv_revision: i64) -> Result<AuthApplied, OpError> {
+        self.perms.clear();
         let effect = match &cmd.op {
             None => return Err(KvError::EmptyCommand.into()),
             Some(AuthOp::Enable(_)) => self.enable()?,
