@@ -550,6 +550,8 @@ async fn a_revoked_permission_is_in_force_at_once_on_another_member() {
         let revoke = AuthRoleRevokePermissionRequest { role: "app".into(), key: "/app/".into(), range_end: "/app0".into() };
         apis[1].auth.clone().role_revoke_permission(with(revoke, Some(&root))).await.unwrap();
         assert_refused(&format!("round {round}: read after revoke"), apis[2].get("/app/k", Some(&alice)).await, Code::PermissionDenied, DENIED);
+        let watch = call(&apis[2], Rpc::Watch, Some(&alice), &root, round).await;
+        assert_eq!(watch, expected(Rpc::Watch, Code::PermissionDenied, DENIED), "round {round}: watch after revoke");
         // A write is checked at apply, at its place in the log: refused either for the missing
         // permission or, if member 2 had not yet applied the revoke when it took the request,
         // because the identity predates it (etcd's "revision of auth store is old").

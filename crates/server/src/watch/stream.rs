@@ -75,7 +75,9 @@ impl WatchStreamTask {
     }
 
     /// Whether the stream's caller may watch `[key, range_end)` (etcd's `isWatchPermitted`): read
-    /// permission on the whole range, as of this member's applied state. A refusal is answered
+    /// permission on the whole range, checked after a ReadIndex barrier (etcd checks its local
+    /// state as is; the barrier keeps a lagging member from starting a watch for a user whose
+    /// permission is already revoked). A refusal is answered
     /// as etcd does: a response that is created and canceled at once, with watch id -1 and the
     /// formatted gRPC error as the cancel reason.
     async fn permitted(&self, key: &[u8], range_end: &[u8]) -> Result<(), String> {
@@ -86,11 +88,15 @@ impl WatchStreamTask {
         let key = if key.is_empty() { &[0u8][..] } else { key };
         let needs = [Need::new(Access::Read, key, range_end)];
         let group = self.ctx.router.group_for_range(key, range_end);
-        match self.ctx.auth.authorize_read(&self.creds, group, &needs).await {
+        let checked = match group.read_barrier().await {
+            Ok(()) => self.ctx.auth.authorize_read(&self.creds, group, &needs).await,
+            Err(err) => Err(errors::from_raft(err)),
+        };
+        match checked {
             Ok(_) => Ok(()),
             Err(status) => {
                 let status = match status.code() {
-                    tonic::Code::Unauthenticated | tonic::Code::InvalidArgument => status,
+                    tonic::Code::Unauthenticated | tonic::Code::InvalidArgument | tonic::Code::Unavailable => status,
                     _ => errors::from_auth(concord_storage::AuthError::PermissionDenied),
                 };
                 Err(format!("rpc error: code = {:?} desc = {}", status.code(), status.message()))
