@@ -42,6 +42,9 @@ use tokens::{TokenKind, Tokens};
 /// The gRPC metadata key etcd clients send their token in.
 pub const TOKEN_METADATA_KEY: &str = "token";
 
+/// The key etcd also accepts a token in (its gRPC gateway's `Authorization` header).
+pub const GATEWAY_TOKEN_METADATA_KEY: &str = "authorization";
+
 /// etcd's default bcrypt cost (`--bcrypt-cost`).
 pub const DEFAULT_BCRYPT_COST: u32 = 10;
 
@@ -135,12 +138,14 @@ impl std::fmt::Debug for Credentials {
 }
 
 impl Credentials {
-    /// The credentials of `request`: its `token` metadata (etcd's `TokenFieldNameGRPC`) and the
-    /// user its client certificate names, if any.
+    /// The credentials of `request`: its `token` metadata (etcd's `TokenFieldNameGRPC`, else
+    /// `authorization`, which etcd's gRPC gateway uses) and the user its client certificate
+    /// names, if any.
     pub fn of<T>(request: &tonic::Request<T>) -> Credentials {
-        let token = request
-            .metadata()
+        let metadata = request.metadata();
+        let token = metadata
             .get(TOKEN_METADATA_KEY)
+            .or_else(|| metadata.get(GATEWAY_TOKEN_METADATA_KEY))
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
         Credentials {
@@ -191,8 +196,11 @@ impl AuthState {
     /// The auth state of a member whose store is `store`, with its flags. Fails on flags etcd
     /// would refuse (an unknown token kind, unreadable keys, a bcrypt cost out of range).
     pub fn new(store: Arc<MvccStore>, config: &AuthConfig) -> Result<Arc<AuthState>, String> {
-        if !(4..=31).contains(&config.bcrypt_cost) {
-            return Err(format!("--bcrypt-cost {} must be between 4 and 31", config.bcrypt_cost));
+        let mut bcrypt_cost = config.bcrypt_cost;
+        if !(4..=31).contains(&bcrypt_cost) {
+            // As etcd: an invalid cost falls back to the default, with a warning.
+            tracing::warn!(given = bcrypt_cost, default = DEFAULT_BCRYPT_COST, "--bcrypt-cost must be between 4 and 31; using the default");
+            bcrypt_cost = DEFAULT_BCRYPT_COST;
         }
         let kind = TokenKind::parse(&config.token)?;
         let status = store.auth_status().map_err(|e| e.to_string())?;
@@ -203,7 +211,7 @@ impl AuthState {
             tokens: Tokens::new(kind, config.token_ttl),
             perms: PermCache::default(),
             failed_logins: FailedLogins::default(),
-            bcrypt_cost: config.bcrypt_cost,
+            bcrypt_cost,
         }))
     }
 
