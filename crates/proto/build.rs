@@ -15,6 +15,15 @@ const PROTOS: &[&str] = &[
     "proto/concord/raft_cmd.proto",
 ];
 
+/// Messages whose derived `Debug` would print a secret.
+const SECRET_MESSAGES: &[&str] = &[
+    ".etcdserverpb.AuthenticateRequest",
+    ".etcdserverpb.AuthenticateResponse",
+    ".etcdserverpb.AuthUserAddRequest",
+    ".etcdserverpb.AuthUserChangePasswordRequest",
+    ".authpb.User",
+];
+
 fn main() -> Result<()> {
     println!("cargo:rerun-if-changed={PROTO_ROOT}");
     println!("cargo:rerun-if-changed=build.rs");
@@ -23,5 +32,9 @@ fn main() -> Result<()> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
+        // Messages that carry a password, a password hash or a token get a
+        // hand-written `Debug` that redacts it (see `src/lib.rs`), so no log
+        // line or panic message can ever print one.
+        .skip_debug(SECRET_MESSAGES)
         .compile_protos(PROTOS, &[PROTO_ROOT])
 }

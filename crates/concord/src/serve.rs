@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
-use concord_server::{InitialClusterState, Limits, Sabotage, ServerConfig};
+use concord_server::{AuthConfig, InitialClusterState, Limits, Sabotage, ServerConfig};
 use concord_tls::TlsFiles;
 
 /// etcd's `--initial-cluster-state` values.
@@ -98,6 +98,16 @@ pub struct ServeArgs {
     /// deployment should ever use it.
     #[arg(long, value_enum, hide = true)]
     pub unsafe_sabotage: Option<SabotageArg>,
+    /// Specify auth token type and options: 'simple' or
+    /// 'jwt,pub-key=<path>,priv-key=<path>,sign-method=<alg>[,ttl=<duration>]'.
+    #[arg(long, default_value = "simple", env = "ETCD_AUTH_TOKEN")]
+    pub auth_token: String,
+    /// Time (in seconds) a simple auth token stays valid without use.
+    #[arg(long, default_value_t = 300, env = "ETCD_AUTH_TOKEN_TTL")]
+    pub auth_token_ttl: u64,
+    /// Cost of bcrypt password hashes (4 to 31).
+    #[arg(long, default_value_t = 10, env = "ETCD_BCRYPT_COST")]
+    pub bcrypt_cost: u32,
 }
 
 /// The faults `--unsafe-sabotage` can inject (see [`Sabotage`]).
@@ -187,6 +197,11 @@ impl ServeArgs {
             }),
             client_tls,
             peer_tls,
+            auth: AuthConfig {
+                token: self.auth_token,
+                token_ttl: Duration::from_secs(self.auth_token_ttl.max(1)),
+                bcrypt_cost: self.bcrypt_cost,
+            },
         })
     }
 }

@@ -227,3 +227,36 @@ async fn a_member_joins_a_tls_cluster_over_peer_tls() {
     .await;
     c.put("after-join", "2", None).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_auth_on_a_client_certificate_names_the_user() {
+    let dir = tempdir();
+    let ca = TestCa::new(dir.path(), "cluster");
+    let member = ca.issue("member", "member");
+    let root_cert = ca.issue("root-client", "root");
+    let alice_cert = ca.issue("alice-client", "alice");
+    let cluster = Cluster::start_secure(1, ca.secure(&member, &root_cert)).await;
+
+    let mut root = cluster.client(0).await;
+    root.role_add("root").await.unwrap();
+    root.user_add("root", "root-password", None).await.unwrap();
+    root.user_grant_role("root", "root").await.unwrap();
+    root.role_add("alice-role").await.unwrap();
+    root.role_grant_permission("alice-role", etcd_client::Permission::read_write("alice/").with_prefix())
+        .await
+        .unwrap();
+    root.user_add("alice", "alice-password", None).await.unwrap();
+    root.user_grant_role("alice", "alice-role").await.unwrap();
+    root.auth_enable().await.unwrap();
+
+    // No token anywhere from here on: the certificates say who is asking.
+    root.put("anywhere", "root may", None).await.expect("the root certificate acts as root");
+    let url = cluster.members[0].client_url.clone();
+    let alice_tls = TlsOptions::new().ca_certificate(ca.certificate()).identity(alice_cert.identity());
+    let mut alice = Client::connect([url.as_str()], Some(quick().with_tls(alice_tls))).await.unwrap();
+    alice.put("alice/x", "mine", None).await.expect("alice writes under her prefix");
+    let denied = alice.put("bob/x", "not mine", None).await.unwrap_err();
+    let status = common::grpc_status(denied);
+    assert_eq!(status.code(), tonic::Code::PermissionDenied);
+    assert_eq!(status.message(), "etcdserver: permission denied");
+}

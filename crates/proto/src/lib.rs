@@ -41,3 +41,105 @@ pub mod v3electionpb {
 pub mod concordpb {
     tonic::include_proto!("concordpb");
 }
+
+/// `Debug` for the messages that hold secrets (listed in `build.rs`): every
+/// field is shown except passwords, password hashes and tokens, which print
+/// as `<redacted>` (or `""` when empty, so a log still tells whether one was
+/// sent).
+mod redacted {
+    use std::fmt;
+
+    use super::authpb::User;
+    use super::etcdserverpb::{
+        AuthUserAddRequest, AuthUserChangePasswordRequest, AuthenticateRequest, AuthenticateResponse,
+    };
+
+    /// Prints a secret's presence, never its content.
+    struct Secret(bool);
+
+    impl fmt::Debug for Secret {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str(if self.0 { "<redacted>" } else { "\"\"" })
+        }
+    }
+
+    fn secret(value: &[u8]) -> Secret {
+        Secret(!value.is_empty())
+    }
+
+    impl fmt::Debug for AuthenticateRequest {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.debug_struct("AuthenticateRequest")
+                .field("name", &self.name)
+                .field("password", &secret(self.password.as_bytes()))
+                .finish()
+        }
+    }
+
+    impl fmt::Debug for AuthenticateResponse {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.debug_struct("AuthenticateResponse")
+                .field("header", &self.header)
+                .field("token", &secret(self.token.as_bytes()))
+                .finish()
+        }
+    }
+
+    impl fmt::Debug for AuthUserAddRequest {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.debug_struct("AuthUserAddRequest")
+                .field("name", &self.name)
+                .field("password", &secret(self.password.as_bytes()))
+                .field("options", &self.options)
+                .field("hashed_password", &secret(self.hashed_password.as_bytes()))
+                .finish()
+        }
+    }
+
+    impl fmt::Debug for AuthUserChangePasswordRequest {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.debug_struct("AuthUserChangePasswordRequest")
+                .field("name", &self.name)
+                .field("password", &secret(self.password.as_bytes()))
+                .field("hashed_password", &secret(self.hashed_password.as_bytes()))
+                .finish()
+        }
+    }
+
+    impl fmt::Debug for User {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.debug_struct("User")
+                .field("name", &String::from_utf8_lossy(&self.name))
+                .field("password", &secret(&self.password))
+                .field("roles", &self.roles)
+                .field("options", &self.options)
+                .finish()
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn secrets_never_print() {
+            let req = AuthUserAddRequest {
+                name: "alice".into(),
+                password: "hunter2".into(),
+                hashed_password: "JDJhJDEw".into(),
+                options: None,
+            };
+            let printed = format!("{req:?}");
+            assert!(printed.contains("alice"), "{printed}");
+            assert!(!printed.contains("hunter2") && !printed.contains("JDJhJDEw"), "{printed}");
+            let auth = AuthenticateRequest { name: "bob".into(), password: "pw".into() };
+            assert!(!format!("{auth:?}").contains("\"pw\""));
+            let resp = AuthenticateResponse { header: None, token: "tok.123".into() };
+            assert!(!format!("{resp:#?}").contains("tok.123"));
+            let change = AuthUserChangePasswordRequest { name: "c".into(), password: "s3cret".into(), hashed_password: String::new() };
+            assert!(!format!("{change:?}").contains("s3cret"));
+            let user = User { name: b"u".to_vec(), password: b"$2b$10$hash".to_vec(), roles: vec![], options: None };
+            assert!(!format!("{user:?}").contains("hash"));
+        }
+    }
+}

@@ -16,6 +16,7 @@ use concord_storage::{ApplyEntry, KvError, MvccStore, WriteResult};
 use prost::Message as _;
 use tokio::sync::watch;
 
+use crate::auth::AuthState;
 use crate::lease::lessor::Lessor;
 use crate::membership::Membership;
 use crate::watch::WatchHub;
@@ -40,6 +41,8 @@ pub struct Effects {
     pub transport: Arc<PeerTransport>,
     /// Set when this member is removed from the cluster.
     pub removed: watch::Sender<bool>,
+    /// Told of every applied auth change (tokens, the enabled flag and revision).
+    pub auth: Arc<AuthState>,
 }
 
 /// Applies a KV group's log to its store.
@@ -113,6 +116,15 @@ impl StateMachine for KvStateMachine {
             } else {
                 let cmd = RaftCommand::decode(entry.data)
                     .map_err(|e| format!("undecodable entry at index {}: {e}", entry.index))?;
+                // A client's command may come in an envelope naming its sender; what matters
+                // here is the command inside.
+                let revoked = match concord_storage::open_envelope(&cmd).0.and_then(|c| c.op.as_ref()) {
+                    Some(Op::LeaseRevoke(revoke)) => Some(revoke.id),
+                    _ => None,
+                };
+                if let Some(id) = revoked {
+                    revokes.insert(entry.index, id);
+                }
                 match cmd.op {
                     Some(Op::PublishMember(member)) => {
                         if fresh {
@@ -131,10 +143,6 @@ impl StateMachine for KvStateMachine {
                         membership_changes.push(entry.index);
                         None
                     }
-                    Some(Op::LeaseRevoke(ref revoke)) => {
-                        revokes.insert(entry.index, revoke.id);
-                        Some(cmd)
-                    }
                     _ => Some(cmd),
                 }
             };
@@ -148,6 +156,18 @@ impl StateMachine for KvStateMachine {
             })
             .collect();
         let results = self.store.apply(&batch)?;
+        // Auth changes take effect in memory before the Raft driver reports these entries
+        // applied, so a read that passed a ReadIndex barrier sees them.
+        let mut auth_changed = false;
+        for (_, result) in &results {
+            if let Ok(WriteResult::Auth(applied)) = result {
+                self.effects.auth.on_applied(&applied.effect);
+                auth_changed = true;
+            }
+        }
+        if auth_changed {
+            self.effects.auth.refresh();
+        }
         self.effects.hub.notify_applied(self.store.current_revision());
         for (index, result) in &results {
             match result {
@@ -202,6 +222,7 @@ impl StateMachine for KvStateMachine {
             }
         }
         self.effects.membership.replace_members(state)?;
+        self.effects.auth.on_snapshot_installed();
         self.effects.hub.notify_applied(self.store.current_revision());
         Ok(())
     }

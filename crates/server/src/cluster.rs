@@ -21,6 +21,7 @@ use prost::Message as _;
 use raft::eraftpb::{ConfChangeSingle, ConfChangeType, ConfChangeV2};
 use tonic::{Request, Response, Status};
 
+use crate::auth::Credentials;
 use crate::context::MemberContext;
 use crate::errors;
 use crate::forward::{mark_forwarded, wait_for_leader, was_forwarded, LeaderChannels};
@@ -54,6 +55,11 @@ impl ClusterService {
         &self,
         request: &Request<T>,
     ) -> Result<Result<GroupStatus, ClusterClient<tonic::transport::Channel>>, Status> {
+        // Member changes need root once auth is on, as in etcd (the leader checks again).
+        self.ctx
+            .auth
+            .require_admin(&Credentials::of(request), self.ctx.router.default_group())
+            .await?;
         let leader_id = wait_for_leader(&self.ctx).await?;
         let status = self.ctx.router.default_group().status();
         if status.role == Role::Leader {
@@ -84,9 +90,11 @@ impl ClusterService {
     }
 }
 
-fn forwarded<T>(inner: T) -> Request<T> {
+/// `inner` as a call forwarded to the leader with the client's credentials.
+fn forwarded<T>(inner: T, creds: &Credentials) -> Request<T> {
     let mut request = Request::new(inner);
     mark_forwarded(&mut request);
+    creds.attach(&mut request);
     request
 }
 
@@ -128,7 +136,10 @@ impl Cluster for ClusterService {
     async fn member_add(&self, request: Request<MemberAddRequest>) -> Result<Response<MemberAddResponse>, Status> {
         let status = match self.leader_or_forward(&request).await? {
             Ok(status) => status,
-            Err(mut leader) => return leader.member_add(forwarded(request.into_inner())).await,
+            Err(mut leader) => {
+                let creds = Credentials::of(&request);
+                return leader.member_add(forwarded(request.into_inner(), &creds)).await;
+            }
         };
         let req = request.into_inner();
         check_peer_urls(&req.peer_ur_ls)?;
@@ -172,7 +183,10 @@ impl Cluster for ClusterService {
     async fn member_remove(&self, request: Request<MemberRemoveRequest>) -> Result<Response<MemberRemoveResponse>, Status> {
         let status = match self.leader_or_forward(&request).await? {
             Ok(status) => status,
-            Err(mut leader) => return leader.member_remove(forwarded(request.into_inner())).await,
+            Err(mut leader) => {
+                let creds = Credentials::of(&request);
+                return leader.member_remove(forwarded(request.into_inner(), &creds)).await;
+            }
         };
         let id = request.get_ref().id;
         let Some(member) = self.ctx.membership.member(id) else {
@@ -217,6 +231,8 @@ impl Cluster for ClusterService {
     }
 
     async fn member_update(&self, request: Request<MemberUpdateRequest>) -> Result<Response<MemberUpdateResponse>, Status> {
+        let creds = Credentials::of(&request);
+        self.ctx.auth.require_admin(&creds, self.ctx.router.default_group()).await?;
         let req = request.into_inner();
         check_peer_urls(&req.peer_ur_ls)?;
         let members = self.ctx.membership.members();
@@ -256,7 +272,10 @@ impl Cluster for ClusterService {
     async fn member_promote(&self, request: Request<MemberPromoteRequest>) -> Result<Response<MemberPromoteResponse>, Status> {
         let status = match self.leader_or_forward(&request).await? {
             Ok(status) => status,
-            Err(mut leader) => return leader.member_promote(forwarded(request.into_inner())).await,
+            Err(mut leader) => {
+                let creds = Credentials::of(&request);
+                return leader.member_promote(forwarded(request.into_inner(), &creds)).await;
+            }
         };
         let id = request.get_ref().id;
         let Some(member) = self.ctx.membership.member(id) else {

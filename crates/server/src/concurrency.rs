@@ -38,7 +38,10 @@ use concord_storage::{KvError, WriteResult};
 use tokio::sync::oneshot;
 use tonic::Status;
 
+use crate::auth::check::as_plain_error;
+use crate::auth::{Credentials, Sender};
 use crate::context::MemberContext;
+use concord_storage::auth::perms::{Access, Need};
 use crate::errors;
 use crate::watch::wait::next_events;
 use crate::watch::watcher::Watcher;
@@ -187,10 +190,10 @@ fn unexpected(result: &WriteResult) -> Status {
     ))
 }
 
-/// Replicates a txn and answers with etcd's header filled in.
-pub async fn txn(ctx: &MemberContext, req: TxnRequest) -> Result<TxnResponse, Status> {
+/// Replicates a txn on behalf of `sender` and answers with etcd's header filled in.
+pub async fn txn(ctx: &MemberContext, sender: &Sender, req: TxnRequest) -> Result<TxnResponse, Status> {
     let group = ctx.router.group_for_txn(&req);
-    let result = ctx.propose_write(group, Op::Txn(req)).await?;
+    let result = ctx.propose_write(group, sender, Op::Txn(req)).await.map_err(as_plain_error)?;
     let revision = result.revision();
     match result {
         WriteResult::Txn(mut resp) => {
@@ -201,18 +204,42 @@ pub async fn txn(ctx: &MemberContext, req: TxnRequest) -> Result<TxnResponse, St
     }
 }
 
-/// Deletes one key; answers with the revision after the delete.
-pub async fn delete(ctx: &MemberContext, key: &[u8]) -> Result<i64, Status> {
+/// Deletes one key on behalf of `sender`; answers with the revision after the delete.
+pub async fn delete(ctx: &MemberContext, sender: &Sender, key: &[u8]) -> Result<i64, Status> {
     let req = DeleteRangeRequest {
         key: key.to_vec(),
         ..Default::default()
     };
     let group = ctx.router.group_for_key(key);
-    let result = ctx.propose_write(group, Op::DeleteRange(req)).await?;
+    let result = ctx.propose_write(group, sender, Op::DeleteRange(req)).await.map_err(as_plain_error)?;
     match result {
         WriteResult::DeleteRange(_) => Ok(result.revision()),
         other => Err(unexpected(&other)),
     }
+}
+
+/// The sender of a Lock or Election step: the caller, identified afresh from its credentials
+/// (as etcd's in-process client sends the caller's token with every call).
+pub async fn sender(ctx: &MemberContext, creds: &Credentials) -> Result<Sender, Status> {
+    ctx.auth.sender(creds, ctx.router.default_group()).await.map_err(as_plain_error)
+}
+
+/// The check a Lock or Election call passes before anything else (with auth enabled): after a
+/// ReadIndex barrier, the caller must be able to read everything under `prefix`, and to write
+/// there too when `write` (where its key will go). Refusals are etcd's, as plain errors.
+pub async fn authorize_prefix(ctx: &MemberContext, creds: &Credentials, prefix: &[u8], write: bool) -> Result<(), Status> {
+    if !ctx.auth.enabled() {
+        return Ok(());
+    }
+    let group = ctx.router.default_group();
+    group.read_barrier().await.map_err(errors::from_raft)?;
+    let end = prefix_end(prefix);
+    let mut needs = vec![Need::new(Access::Read, prefix, &end)];
+    if write {
+        needs.push(Need::new(Access::Write, prefix, &end));
+    }
+    ctx.auth.authorize_read(creds, group, &needs).await.map_err(as_plain_error)?;
+    Ok(())
 }
 
 /// A linearizable range (ReadIndex barrier, then the local store), with the
@@ -262,7 +289,7 @@ fn next_lease_id(member_id: u64) -> i64 {
 /// session does: the request's lease, or, for lease 0, a new lease with
 /// [`SESSION_TTL`] that nobody keeps alive (so what it holds goes away after
 /// a minute unless released earlier).
-pub async fn session_lease(ctx: &MemberContext, lease: i64) -> Result<i64, Status> {
+pub async fn session_lease(ctx: &MemberContext, sender: &Sender, lease: i64) -> Result<i64, Status> {
     if lease != 0 {
         return Ok(lease);
     }
@@ -273,7 +300,7 @@ pub async fn session_lease(ctx: &MemberContext, lease: i64) -> Result<i64, Statu
             ttl: SESSION_TTL,
             id: next_lease_id(ctx.membership.local_id()),
         };
-        match ctx.propose_write(group, Op::LeaseGrant(req)).await {
+        match ctx.propose_write(group, sender, Op::LeaseGrant(req)).await.map_err(as_plain_error) {
             Ok(WriteResult::LeaseGrant(resp)) => return Ok(resp.id),
             Ok(other) => return Err(unexpected(&other)),
             Err(status) if status.message() == KvError::LeaseExists.to_string() => {

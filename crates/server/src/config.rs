@@ -69,6 +69,8 @@ pub struct ServerConfig {
     /// Peer TLS: `--peer-cert-file`, `--peer-key-file`, `--peer-trusted-ca-file`,
     /// `--peer-client-cert-auth`. Needed by `https://` peer URLs.
     pub peer_tls: Option<TlsFiles>,
+    /// `--auth-token`, `--auth-token-ttl`, `--bcrypt-cost`.
+    pub auth: crate::auth::AuthConfig,
 }
 
 impl ServerConfig {

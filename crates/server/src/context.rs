@@ -10,6 +10,7 @@ use prost::Message as _;
 use tonic::Status;
 
 use crate::apply::Applied;
+use crate::auth::Sender;
 use crate::errors;
 use crate::membership::Membership;
 use crate::router::{GroupHandle, KeyRouter};
@@ -57,6 +58,8 @@ pub struct MemberContext {
     /// How this member reaches other members' client URLs (calls forwarded to the leader):
     /// with the client TLS configuration when those URLs are `https://`.
     pub client_dialer: concord_tls::Dialer,
+    /// Authentication and authorization: tokens, identities, permission checks.
+    pub auth: Arc<crate::auth::AuthState>,
 }
 
 impl MemberContext {
@@ -76,15 +79,16 @@ impl MemberContext {
         }
     }
 
-    /// Proposes a KV or lease write and answers with the response `pick`
+    /// Proposes a KV or lease write on behalf of `sender` and answers with the response `pick`
     /// takes from its result, carrying etcd's header at the write's revision.
     pub async fn write<R: WithHeader>(
         &self,
         group: &GroupHandle,
+        sender: &Sender,
         op: Op,
         pick: impl FnOnce(WriteResult) -> Option<R>,
     ) -> Result<tonic::Response<R>, Status> {
-        let result = self.propose_write(group, op).await?;
+        let result = self.propose_write(group, sender, op).await?;
         let revision = result.revision();
         let mut resp = pick(result).ok_or_else(|| Status::internal("etcdserver: unexpected apply result"))?;
         resp.set_header(self.header(revision));
@@ -98,9 +102,10 @@ impl MemberContext {
         Ok(())
     }
 
-    /// Proposes a KV write through `group` and waits for this member to apply it.
-    pub async fn propose_write(&self, group: &GroupHandle, op: Op) -> Result<WriteResult, Status> {
-        let data = RaftCommand { op: Some(op) }.encode_to_vec();
+    /// Proposes a KV write through `group` on behalf of `sender` (apply checks that the sender
+    /// may make it) and waits for this member to apply it.
+    pub async fn propose_write(&self, group: &GroupHandle, sender: &Sender, op: Op) -> Result<WriteResult, Status> {
+        let data = RaftCommand { op: Some(sender.envelope(op)) }.encode_to_vec();
         if data.len() > self.limits.max_request_bytes {
             return Err(errors::request_too_large());
         }

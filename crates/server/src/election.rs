@@ -25,6 +25,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::concurrency::{self, Waited};
+use crate::auth::{Credentials, Sender};
 use crate::context::MemberContext;
 use crate::errors;
 use crate::watch::wait::next_events;
@@ -65,32 +66,40 @@ impl ElectionService {
 
 /// etcd's `Election.Resign`: deletes the leader key if it is still the one
 /// created at `rev`. Answers with the txn's header revision.
-async fn resign(ctx: &MemberContext, key: &[u8], rev: i64) -> Result<i64, Status> {
+async fn resign(ctx: &MemberContext, sender: &Sender, key: &[u8], rev: i64) -> Result<i64, Status> {
     let req = TxnRequest {
         compare: vec![concurrency::created_at(key, rev)],
         success: vec![concurrency::delete_op(key)],
         failure: vec![],
     };
-    let resp = concurrency::txn(ctx, req).await?;
+    let resp = concurrency::txn(ctx, sender, req).await?;
     Ok(resp.header.map_or(0, |h| h.revision))
 }
 
 /// Resign for a campaign that is being abandoned. Best effort, as in etcd.
 async fn withdraw(ctx: &MemberContext, key: &[u8], rev: i64) {
-    if let Err(status) = resign(ctx, key, rev).await {
+    // The member withdraws the candidacy this very call made, whoever the caller is now.
+    if let Err(status) = resign(ctx, &Sender::Member, key, rev).await {
         tracing::debug!("election: cannot withdraw {:?}: {}", String::from_utf8_lossy(key), status.message());
     }
 }
 
 /// etcd's `Election.Proclaim`: sets the leader key's value (attaching it to
 /// `lease`) if it is still the one created at `rev`.
-async fn proclaim(ctx: &MemberContext, key: &[u8], rev: i64, value: &[u8], lease: i64) -> Result<ProclaimResponse, Status> {
+async fn proclaim(
+    ctx: &MemberContext,
+    sender: &Sender,
+    key: &[u8],
+    rev: i64,
+    value: &[u8],
+    lease: i64,
+) -> Result<ProclaimResponse, Status> {
     let req = TxnRequest {
         compare: vec![concurrency::created_at(key, rev)],
         success: vec![concurrency::put_op(key, value, lease)],
         failure: vec![],
     };
-    let resp = concurrency::txn(ctx, req).await?;
+    let resp = concurrency::txn(ctx, sender, req).await?;
     if !resp.succeeded {
         return Err(not_leader());
     }
@@ -110,8 +119,8 @@ enum Campaigned {
 }
 
 /// One Campaign call, on its own task (see [`concurrency::detach`]).
-async fn campaign_task(ctx: Arc<MemberContext>, hub: Arc<WatchHub>, req: CampaignRequest, mut answer: Answer) {
-    match campaign(&ctx, &hub, req, &mut answer).await {
+async fn campaign_task(ctx: Arc<MemberContext>, hub: Arc<WatchHub>, creds: Credentials, req: CampaignRequest, mut answer: Answer) {
+    match campaign(&ctx, &hub, &creds, req, &mut answer).await {
         Campaigned::Answer(result) => {
             let _ = answer.send(result);
         }
@@ -127,8 +136,18 @@ async fn campaign_task(ctx: Arc<MemberContext>, hub: Arc<WatchHub>, req: Campaig
     }
 }
 
-async fn campaign(ctx: &Arc<MemberContext>, hub: &Arc<WatchHub>, req: CampaignRequest, answer: &mut Answer) -> Campaigned {
-    let lease = match concurrency::session_lease(ctx, req.lease).await {
+async fn campaign(
+    ctx: &Arc<MemberContext>,
+    hub: &Arc<WatchHub>,
+    creds: &Credentials,
+    req: CampaignRequest,
+    answer: &mut Answer,
+) -> Campaigned {
+    let sender = match concurrency::sender(ctx, creds).await {
+        Ok(sender) => sender,
+        Err(status) => return Campaigned::Answer(Err(status)),
+    };
+    let lease = match concurrency::session_lease(ctx, &sender, req.lease).await {
         Ok(lease) => lease,
         Err(status) => return Campaigned::Answer(Err(status)),
     };
@@ -141,7 +160,7 @@ async fn campaign(ctx: &Arc<MemberContext>, hub: &Arc<WatchHub>, req: CampaignRe
         success: vec![concurrency::put_op(&key, &req.value, lease)],
         failure: vec![concurrency::range_op(concurrency::get(&key))],
     };
-    let resp = match concurrency::txn(ctx, stand).await {
+    let resp = match concurrency::txn(ctx, &sender, stand).await {
         Ok(resp) => resp,
         Err(status) => return Campaigned::Answer(Err(status)),
     };
@@ -157,7 +176,7 @@ async fn campaign(ctx: &Arc<MemberContext>, hub: &Arc<WatchHub>, req: CampaignRe
             // etcd proclaims the new value for a candidacy it resumes, and
             // resigns it when that fails.
             let rev = kv.create_revision;
-            if let Err(status) = proclaim(ctx, &key, rev, &req.value, lease).await {
+            if let Err(status) = proclaim(ctx, &sender, &key, rev, &req.value, lease).await {
                 withdraw(ctx, &key, rev).await;
                 return Campaigned::Answer(Err(status));
             }
@@ -281,23 +300,30 @@ async fn observe_task(ctx: Arc<MemberContext>, hub: Arc<WatchHub>, prefix: Vec<u
 #[tonic::async_trait]
 impl Election for ElectionService {
     async fn campaign(&self, request: Request<CampaignRequest>) -> Result<Response<CampaignResponse>, Status> {
+        let creds = Credentials::of(&request);
         let req = request.into_inner();
+        // The candidate's key goes under the election's prefix, whose keys it must also read.
+        concurrency::authorize_prefix(&self.ctx, &creds, &concurrency::prefix(&req.name), true).await?;
         let (ctx, hub) = (self.ctx.clone(), self.hub.clone());
-        let resp = concurrency::detach(move |answer| campaign_task(ctx, hub, req, answer)).await?;
+        let resp = concurrency::detach(move |answer| campaign_task(ctx, hub, creds, req, answer)).await?;
         Ok(Response::new(resp))
     }
 
     async fn proclaim(&self, request: Request<ProclaimRequest>) -> Result<Response<ProclaimResponse>, Status> {
+        let creds = Credentials::of(&request);
         let req = request.into_inner();
         let leader = req.leader.ok_or_else(missing_leader_key)?;
-        let lease = concurrency::session_lease(&self.ctx, leader.lease).await?;
-        let resp = proclaim(&self.ctx, &leader.key, leader.rev, &req.value, lease).await?;
+        let sender = concurrency::sender(&self.ctx, &creds).await?;
+        let lease = concurrency::session_lease(&self.ctx, &sender, leader.lease).await?;
+        let resp = proclaim(&self.ctx, &sender, &leader.key, leader.rev, &req.value, lease).await?;
         Ok(Response::new(resp))
     }
 
     async fn leader(&self, request: Request<LeaderRequest>) -> Result<Response<LeaderResponse>, Status> {
+        let creds = Credentials::of(&request);
         let req = request.into_inner();
         let prefix = concurrency::prefix(&req.name);
+        concurrency::authorize_prefix(&self.ctx, &creds, &prefix, false).await?;
         let (leader, revision) = current_leader(&self.ctx, &prefix).await?;
         let kv = leader.ok_or_else(no_leader)?;
         Ok(Response::new(LeaderResponse {
@@ -309,17 +335,21 @@ impl Election for ElectionService {
     type ObserveStream = Pin<Box<dyn Stream<Item = Result<LeaderResponse, Status>> + Send + 'static>>;
 
     async fn observe(&self, request: Request<LeaderRequest>) -> Result<Response<Self::ObserveStream>, Status> {
+        let creds = Credentials::of(&request);
         let req = request.into_inner();
         let prefix = concurrency::prefix(&req.name);
+        concurrency::authorize_prefix(&self.ctx, &creds, &prefix, false).await?;
         let (out, rx) = mpsc::channel(OBSERVE_QUEUE);
         tokio::spawn(observe_task(self.ctx.clone(), self.hub.clone(), prefix, out));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
     async fn resign(&self, request: Request<ResignRequest>) -> Result<Response<ResignResponse>, Status> {
+        let creds = Credentials::of(&request);
         let req = request.into_inner();
         let leader = req.leader.ok_or_else(missing_leader_key)?;
-        let revision = resign(&self.ctx, &leader.key, leader.rev).await?;
+        let sender = concurrency::sender(&self.ctx, &creds).await?;
+        let revision = resign(&self.ctx, &sender, &leader.key, leader.rev).await?;
         Ok(Response::new(ResignResponse {
             header: Some(self.ctx.header(revision)),
         }))

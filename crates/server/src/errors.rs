@@ -4,7 +4,7 @@
 //! etcd's exactly; the codes are the ones etcd's server attaches.
 
 use concord_raft::RaftError;
-use concord_storage::{ErrorCode, KvError};
+use concord_storage::{AuthError, ErrorCode, KvError};
 use tonic::{Code, Status};
 
 /// "etcdserver: key is not provided"
@@ -67,6 +67,14 @@ pub fn from_kv(err: KvError) -> Status {
         ErrorCode::FailedPrecondition => Code::FailedPrecondition,
         ErrorCode::Internal => Code::Internal,
         ErrorCode::ResourceExhausted => Code::ResourceExhausted,
+        ErrorCode::PermissionDenied => Code::PermissionDenied,
+        ErrorCode::Unauthenticated => Code::Unauthenticated,
+        ErrorCode::Unknown => Code::Unknown,
     };
     Status::new(code, err.to_string())
+}
+
+/// An auth refusal as etcd's status (e.g. "etcdserver: permission denied", PermissionDenied).
+pub fn from_auth(err: AuthError) -> Status {
+    from_kv(KvError::Auth(err))
 }

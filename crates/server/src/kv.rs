@@ -13,9 +13,11 @@ use concord_proto::etcdserverpb::{
     CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
     PutResponse, RangeRequest, RangeResponse, TxnRequest, TxnResponse,
 };
+use concord_storage::auth::perms;
 use concord_storage::WriteResult;
 use tonic::{Request, Response, Status};
 
+use crate::auth::Credentials;
 use crate::context::MemberContext;
 use crate::{errors, validate};
 
@@ -43,24 +45,31 @@ fn all_reads_serializable(txn: &TxnRequest) -> bool {
 #[tonic::async_trait]
 impl Kv for KvService {
     async fn range(&self, request: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
+        let creds = Credentials::of(&request);
         let req = request.into_inner();
         validate::check_range(&req)?;
         let group = self.ctx.router.group_for_range(&req.key, &req.range_end);
         if self.ctx.needs_read_barrier(req.serializable) {
             group.read_barrier().await.map_err(errors::from_raft)?;
         }
+        // As etcd: the caller's permissions as of the barrier, then the read, then a check that
+        // no auth change slipped in between.
+        let id = self.ctx.auth.authorize_read(&creds, group, &perms::range_needs(&req)).await?;
         let (mut resp, revision) = self.ctx.store.range(&req).map_err(errors::from_kv)?;
+        self.ctx.auth.check_unchanged(id.as_ref())?;
         resp.header = Some(self.ctx.header(revision));
         Ok(Response::new(resp))
     }
 
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        let creds = Credentials::of(&request);
         let req = request.into_inner();
         validate::check_put(&req)?;
         crate::quota::check(&self.ctx, req.key.len() + req.value.len()).await?;
         let group = self.ctx.router.group_for_key(&req.key);
+        let sender = self.ctx.auth.sender(&creds, group).await?;
         self.ctx
-            .write(group, Op::Put(req), |r| match r {
+            .write(group, &sender, Op::Put(req), |r| match r {
                 WriteResult::Put(resp) => Some(resp),
                 _ => None,
             })
@@ -71,11 +80,13 @@ impl Kv for KvService {
         &self,
         request: Request<DeleteRangeRequest>,
     ) -> Result<Response<DeleteRangeResponse>, Status> {
+        let creds = Credentials::of(&request);
         let req = request.into_inner();
         validate::check_delete(&req)?;
         let group = self.ctx.router.group_for_range(&req.key, &req.range_end);
+        let sender = self.ctx.auth.sender(&creds, group).await?;
         self.ctx
-            .write(group, Op::DeleteRange(req), |r| match r {
+            .write(group, &sender, Op::DeleteRange(req), |r| match r {
                 WriteResult::DeleteRange(resp) => Some(resp),
                 _ => None,
             })
@@ -83,6 +94,7 @@ impl Kv for KvService {
     }
 
     async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
+        let creds = Credentials::of(&request);
         let req = request.into_inner();
         validate::check_txn(&req, self.ctx.limits.max_txn_ops)?;
         let group = self.ctx.router.group_for_txn(&req);
@@ -92,13 +104,16 @@ impl Kv for KvService {
             if self.ctx.needs_read_barrier(all_reads_serializable(&req)) {
                 group.read_barrier().await.map_err(errors::from_raft)?;
             }
+            let id = self.ctx.auth.authorize_read(&creds, group, &perms::txn_needs(&req)).await?;
             let (mut resp, revision) = self.ctx.store.txn_read(&req).map_err(errors::from_kv)?;
+            self.ctx.auth.check_unchanged(id.as_ref())?;
             resp.header = Some(self.ctx.header(revision));
             return Ok(Response::new(resp));
         }
         crate::quota::check(&self.ctx, prost::Message::encoded_len(&req)).await?;
+        let sender = self.ctx.auth.sender(&creds, group).await?;
         self.ctx
-            .write(group, Op::Txn(req), |r| match r {
+            .write(group, &sender, Op::Txn(req), |r| match r {
                 WriteResult::Txn(resp) => Some(resp),
                 _ => None,
             })
@@ -109,10 +124,12 @@ impl Kv for KvService {
         &self,
         request: Request<CompactionRequest>,
     ) -> Result<Response<CompactionResponse>, Status> {
+        let creds = Credentials::of(&request);
         let req = request.into_inner();
         let group = self.ctx.router.default_group();
+        let sender = self.ctx.auth.sender(&creds, group).await?;
         self.ctx
-            .write(group, Op::Compaction(req), |r| match r {
+            .write(group, &sender, Op::Compaction(req), |r| match r {
                 WriteResult::Compaction(resp) => Some(resp),
                 _ => None,
             })

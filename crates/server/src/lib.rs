@@ -4,10 +4,12 @@
 //! - [`router`]: which group owns a key; the only module that knows the split.
 //! - [`kv`], [`watch`], [`cluster`], [`maintenance`], [`lease`], [`lock`], [`election`]: etcd's services.
 //! - [`apply`]: the state machine a group's log is applied to.
+//! - [`auth`]: authentication (tokens, identities) and authorization checks; etcd's Auth service.
 //! - [`membership`]: member and cluster ids, names and URLs.
 //! - [`validate`], [`errors`]: etcd's request checks and error strings.
 
 pub mod apply;
+pub mod auth;
 pub mod cluster;
 pub mod concurrency;
 pub mod config;
@@ -29,6 +31,7 @@ pub mod tls;
 pub mod validate;
 pub mod watch;
 
+pub use auth::AuthConfig;
 pub use config::{InitialClusterState, Sabotage, ServerConfig};
 pub use context::Limits;
 pub use member::{serve, ServeError};

@@ -16,6 +16,7 @@ use tokio::sync::oneshot;
 use tonic::{Request, Response, Status};
 
 use crate::concurrency::{self, Waited};
+use crate::auth::{Credentials, Sender};
 use crate::context::MemberContext;
 use crate::validate;
 use crate::watch::WatchHub;
@@ -46,14 +47,15 @@ type Answer = oneshot::Sender<Result<LockResponse, Status>>;
 /// that failed while waiting. Best effort, as in etcd: if this fails, the key
 /// goes with its lease.
 async fn withdraw(ctx: &MemberContext, key: &[u8]) {
-    if let Err(status) = concurrency::delete(ctx, key).await {
+    // The member removes the key this very call queued, whoever the caller is now.
+    if let Err(status) = concurrency::delete(ctx, &Sender::Member, key).await {
         tracing::debug!("lock: cannot withdraw {:?}: {}", String::from_utf8_lossy(key), status.message());
     }
 }
 
 /// One Lock call, on its own task (see [`concurrency::detach`]).
-async fn lock_task(ctx: Arc<MemberContext>, hub: Arc<WatchHub>, req: LockRequest, mut answer: Answer) {
-    let result = acquire(&ctx, &hub, req, &mut answer).await;
+async fn lock_task(ctx: Arc<MemberContext>, hub: Arc<WatchHub>, creds: Credentials, req: LockRequest, mut answer: Answer) {
+    let result = acquire(&ctx, &hub, &creds, req, &mut answer).await;
     match result {
         Acquired::Answer(result) => {
             let _ = answer.send(result);
@@ -79,8 +81,18 @@ enum Acquired {
     CallerGone,
 }
 
-async fn acquire(ctx: &Arc<MemberContext>, hub: &Arc<WatchHub>, req: LockRequest, answer: &mut Answer) -> Acquired {
-    let lease = match concurrency::session_lease(ctx, req.lease).await {
+async fn acquire(
+    ctx: &Arc<MemberContext>,
+    hub: &Arc<WatchHub>,
+    creds: &Credentials,
+    req: LockRequest,
+    answer: &mut Answer,
+) -> Acquired {
+    let sender = match concurrency::sender(ctx, creds).await {
+        Ok(sender) => sender,
+        Err(status) => return Acquired::Answer(Err(status)),
+    };
+    let lease = match concurrency::session_lease(ctx, &sender, req.lease).await {
         Ok(lease) => lease,
         Err(status) => return Acquired::Answer(Err(status)),
     };
@@ -100,7 +112,7 @@ async fn acquire(ctx: &Arc<MemberContext>, hub: &Arc<WatchHub>, req: LockRequest
             concurrency::range_op(concurrency::first_created(&prefix)),
         ],
     };
-    let resp = match concurrency::txn(ctx, acquire).await {
+    let resp = match concurrency::txn(ctx, &sender, acquire).await {
         Ok(resp) => resp,
         Err(status) => return Acquired::Answer(Err(status)),
     };
@@ -163,19 +175,24 @@ async fn acquire(ctx: &Arc<MemberContext>, hub: &Arc<WatchHub>, req: LockRequest
 #[tonic::async_trait]
 impl Lock for LockService {
     async fn lock(&self, request: Request<LockRequest>) -> Result<Response<LockResponse>, Status> {
+        let creds = Credentials::of(&request);
         let req = request.into_inner();
+        // The caller's key goes under the name's prefix, whose keys it must also read.
+        concurrency::authorize_prefix(&self.ctx, &creds, &concurrency::prefix(&req.name), true).await?;
         let (ctx, hub) = (self.ctx.clone(), self.hub.clone());
-        let resp = concurrency::detach(move |answer| lock_task(ctx, hub, req, answer)).await?;
+        let resp = concurrency::detach(move |answer| lock_task(ctx, hub, creds, req, answer)).await?;
         Ok(Response::new(resp))
     }
 
     async fn unlock(&self, request: Request<UnlockRequest>) -> Result<Response<UnlockResponse>, Status> {
+        let creds = Credentials::of(&request);
         let req = request.into_inner();
         validate::check_delete(&DeleteRangeRequest {
             key: req.key.clone(),
             ..Default::default()
         })?;
-        let revision = concurrency::delete(&self.ctx, &req.key).await?;
+        let sender = concurrency::sender(&self.ctx, &creds).await?;
+        let revision = concurrency::delete(&self.ctx, &sender, &req.key).await?;
         Ok(Response::new(UnlockResponse {
             header: Some(self.ctx.header(revision)),
         }))

@@ -22,6 +22,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use crate::auth::Credentials;
 use crate::context::MemberContext;
 use crate::errors;
 
@@ -47,11 +48,20 @@ impl MaintenanceService {
     fn header(&self) -> Option<concord_proto::etcdserverpb::ResponseHeader> {
         Some(self.ctx.header(self.ctx.store.current_revision()))
     }
+
+    /// With auth enabled, only root may defragment, take snapshots, read hashes (as etcd) and
+    /// move the leader (which etcd 3.5 leaves open).
+    async fn require_admin<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        let creds = Credentials::of(request);
+        self.ctx.auth.require_admin(&creds, self.ctx.router.default_group()).await?;
+        Ok(())
+    }
 }
 
 #[tonic::async_trait]
 impl Maintenance for MaintenanceService {
     async fn alarm(&self, request: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
+        let creds = Credentials::of(&request);
         let req = request.into_inner();
         if AlarmAction::try_from(req.action) == Ok(AlarmAction::Get) {
             let mut alarms = self.ctx.store.alarms().map_err(errors::from_kv)?;
@@ -61,8 +71,10 @@ impl Maintenance for MaintenanceService {
             return Ok(Response::new(AlarmResponse { header: self.header(), alarms }));
         }
         let group = self.ctx.router.default_group();
+        // Raising or clearing an alarm needs root (checked at apply).
+        let sender = self.ctx.auth.sender(&creds, group).await?;
         self.ctx
-            .write(group, Op::Alarm(req), |r| match r {
+            .write(group, &sender, Op::Alarm(req), |r| match r {
                 WriteResult::Alarm(resp) => Some(resp),
                 _ => None,
             })
@@ -99,7 +111,8 @@ impl Maintenance for MaintenanceService {
         }))
     }
 
-    async fn defragment(&self, _request: Request<DefragmentRequest>) -> Result<Response<DefragmentResponse>, Status> {
+    async fn defragment(&self, request: Request<DefragmentRequest>) -> Result<Response<DefragmentResponse>, Status> {
+        self.require_admin(&request).await?;
         let store = self.ctx.store.clone();
         tokio::task::spawn_blocking(move || store.defragment())
             .await
@@ -108,7 +121,8 @@ impl Maintenance for MaintenanceService {
         Ok(Response::new(DefragmentResponse { header: self.header() }))
     }
 
-    async fn hash(&self, _request: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+    async fn hash(&self, request: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+        self.require_admin(&request).await?;
         let store = self.ctx.store.clone();
         // Hashing reads the whole store: keep it off the async workers.
         let hash = tokio::task::spawn_blocking(move || store.hash())
@@ -119,6 +133,7 @@ impl Maintenance for MaintenanceService {
     }
 
     async fn hash_kv(&self, request: Request<HashKvRequest>) -> Result<Response<HashKvResponse>, Status> {
+        self.require_admin(&request).await?;
         let (store, revision) = (self.ctx.store.clone(), request.get_ref().revision);
         let (hash, compact_revision, hash_revision) = tokio::task::spawn_blocking(move || store.hash_kv(revision))
             .await
@@ -136,7 +151,8 @@ impl Maintenance for MaintenanceService {
 
     /// Streams a consistent copy of the store, followed (as etcd does) by
     /// the SHA-256 of the copy, so a restore can check what it got.
-    async fn snapshot(&self, _request: Request<SnapshotRequest>) -> Result<Response<Self::SnapshotStream>, Status> {
+    async fn snapshot(&self, request: Request<SnapshotRequest>) -> Result<Response<Self::SnapshotStream>, Status> {
+        self.require_admin(&request).await?;
         let dir = self.ctx.snapshot_dir.clone();
         let store = self.ctx.store.clone();
         let path = dir.join(format!("client-{:x}.snap", rand_suffix()));
@@ -158,6 +174,7 @@ impl Maintenance for MaintenanceService {
     }
 
     async fn move_leader(&self, request: Request<MoveLeaderRequest>) -> Result<Response<MoveLeaderResponse>, Status> {
+        self.require_admin(&request).await?;
         let target = request.get_ref().target_id;
         let group = self.ctx.router.default_group();
         let status = group.status();

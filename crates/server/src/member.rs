@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use concord_proto::concordpb::{raft_command::Op, RaftCommand};
+use concord_proto::etcdserverpb::auth_server::AuthServer;
 use concord_proto::etcdserverpb::cluster_server::ClusterServer;
 use concord_proto::etcdserverpb::kv_server::KvServer;
 use concord_proto::etcdserverpb::maintenance_server::MaintenanceServer;
@@ -147,6 +148,7 @@ pub async fn serve(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> Res
     let engine = concord_raft::log_store::open_engine(&member_dir.join("raft"))
         .map_err(|e| ServeError::Storage(format!("raft log: {e}")))?;
 
+    let auth = crate::auth::AuthState::new(store.clone(), &cfg.auth).map_err(ServeError::Config)?;
     let hub = WatchHub::new(store.clone());
     tokio::spawn(hub.clone().run());
     let lessor = Lessor::new(store.clone(), cfg.election_timeout, cfg.request_timeout());
@@ -183,6 +185,7 @@ pub async fn serve(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> Res
         lessor: lessor.clone(),
         transport: transport.clone(),
         removed: removed_tx,
+        auth: auth.clone(),
     };
     let (group, driver_thread) = start_group(
         group_cfg,
@@ -203,6 +206,7 @@ pub async fn serve(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> Res
         request_timeout: cfg.request_timeout(),
         sabotage: cfg.sabotage,
         client_dialer: tls.client_dialer.clone(),
+        auth,
     });
 
     let lessor_task = tokio::spawn(run_lessor(lessor.clone(), ctx.clone()));
@@ -247,7 +251,8 @@ pub async fn serve(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> Res
             cfg.election_timeout,
         )))
         .add_service(LockServer::new(LockService::new(ctx.clone(), hub.clone())))
-        .add_service(ElectionServer::new(ElectionService::new(ctx.clone(), hub.clone())));
+        .add_service(ElectionServer::new(ElectionService::new(ctx.clone(), hub.clone())))
+        .add_service(AuthServer::new(crate::auth::service::AuthService::new(ctx.clone())));
         let router = routes
             .into_axum_router()
             .fallback(crate::fallback::unimplemented_method);

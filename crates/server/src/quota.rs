@@ -28,7 +28,8 @@ pub async fn check(ctx: &MemberContext, cost: usize) -> Result<(), Status> {
         alarm: AlarmType::Nospace as i32,
     };
     let group = ctx.router.default_group();
-    if let Err(status) = ctx.propose_write(group, Op::Alarm(raise)).await {
+    // The member raises the alarm itself, whoever's write ran out of space.
+    if let Err(status) = ctx.propose_write(group, &crate::auth::Sender::Member, Op::Alarm(raise)).await {
         tracing::warn!("raising the NOSPACE alarm failed: {}", status.message());
     }
     Err(no_space())

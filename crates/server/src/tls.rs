@@ -71,7 +71,7 @@ fn require_certificates(urls: &[String], have: bool, flag: &str, needs: &str) ->
 /// The user a request's client certificate names (its subject's common name), when the request
 /// came over TLS with a verified client certificate (`--client-cert-auth`). etcd takes this as
 /// the user when a request carries no token.
-pub fn certificate_user(extensions: &http::Extensions) -> Option<String> {
+pub fn certificate_user(extensions: &tonic::Extensions) -> Option<String> {
     let info = extensions.get::<TlsConnectInfo<TcpConnectInfo>>()?;
     let certs = info.peer_certs()?;
     concord_tls::common_name(certs.first()?)

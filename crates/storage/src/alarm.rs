@@ -102,7 +102,10 @@ pub(crate) fn needs_space(op: &Op) -> bool {
         | Op::LeaseRevoke(_)
         | Op::Alarm(_)
         | Op::PublishMember(_)
-        | Op::UpdateMember(_) => false,
+        | Op::UpdateMember(_)
+        | Op::Auth(_) => false,
+        // Envelopes are opened before this check (see `auth::open_envelope`).
+        Op::Authorized(_) => false,
     }
 }
 

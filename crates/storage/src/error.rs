@@ -26,6 +26,12 @@ pub enum ErrorCode {
     Internal,
     /// A resource (here: the cluster's storage quota) is exhausted.
     ResourceExhausted,
+    /// The user may not do this (auth).
+    PermissionDenied,
+    /// The request's credentials are not valid (auth).
+    Unauthenticated,
+    /// No code: etcd returns the error as a plain Go error.
+    Unknown,
 }
 
 /// A deterministic, per-request error whose `Display` is exactly etcd's client-visible message.
@@ -59,6 +65,10 @@ pub enum KvError {
     /// are [`StorageError`]s that abort the batch).
     #[error("etcdserver: {0}")]
     Internal(String),
+    /// Refused by the auth store: the sender may not do this, or an auth change is invalid (see
+    /// [`AuthError`](crate::AuthError)).
+    #[error(transparent)]
+    Auth(#[from] crate::auth::AuthError),
 }
 
 impl KvError {
@@ -71,6 +81,7 @@ impl KvError {
             KvError::LeaseExists => ErrorCode::FailedPrecondition,
             KvError::Internal(_) => ErrorCode::Internal,
             KvError::NoSpace => ErrorCode::ResourceExhausted,
+            KvError::Auth(err) => err.code(),
         }
     }
 }

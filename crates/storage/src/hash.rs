@@ -68,6 +68,9 @@ impl MvccStore {
         hash_table(&mut crc, &txn, keys::LEASES)?;
         hash_table(&mut crc, &txn, keys::LEASE_KEYS)?;
         hash_table(&mut crc, &txn, keys::ALARMS)?;
+        hash_table(&mut crc, &txn, crate::auth::USERS)?;
+        hash_table(&mut crc, &txn, crate::auth::ROLES)?;
+        hash_table(&mut crc, &txn, crate::auth::META)?;
         let meta = read_meta(&txn.open_table(keys::META)?)?;
         crc.field(keys::META.name().as_bytes());
         crc.update(&meta.revision.to_le_bytes());

@@ -13,6 +13,7 @@
 //! | `leases`     | lease id (`i64`)                                | granted TTL in seconds (`i64`)              |
 //! | `lease_keys` | `(lease id, user key)`                          | nothing: the row itself is the attachment   |
 //! | `alarms`     | `(member id, alarm type)`                       | nothing: the row itself is the raised alarm |
+//! | `auth_*`     | users, roles, auth flags (see [`auth`])         | etcd's auth store                           |
 //! | `meta`       | `applied_index`, `revision`, `compact_revision` | `u64`                                       |
 //!
 //! A *record* is `create_revision, mod_revision, version, lease` as four little-endian `i64`s
@@ -71,6 +72,7 @@
 //! path holds either the old store or the new one, each consistent with its own applied index.
 
 mod alarm;
+pub mod auth;
 mod compact;
 mod error;
 mod events;
@@ -84,6 +86,7 @@ mod txn;
 mod view;
 mod write;
 
+pub use auth::{open_envelope, AuthApplied, AuthEffect, AuthError, AuthStatus};
 pub use error::{ErrorCode, KvError, StorageError};
 pub use snapshot::SnapshotInfo;
 pub use store::{ApplyEntry, MvccStore, WriteResult};

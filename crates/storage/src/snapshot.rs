@@ -155,6 +155,9 @@ fn copy_database(db: &Database, dest: &Path) -> Result<SnapshotInfo, StorageErro
     copy_table(&snapshot, &out, keys::LEASES)?;
     copy_table(&snapshot, &out, keys::LEASE_KEYS)?;
     copy_table(&snapshot, &out, keys::ALARMS)?;
+    copy_table(&snapshot, &out, crate::auth::USERS)?;
+    copy_table(&snapshot, &out, crate::auth::ROLES)?;
+    copy_table(&snapshot, &out, crate::auth::META)?;
     copy_table(&snapshot, &out, keys::META)?;
     // The batches committed without fsync; this commit makes them all durable.
     out.begin_write()?.commit()?;

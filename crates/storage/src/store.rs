@@ -68,6 +68,8 @@ pub enum WriteResult {
     LeaseRevoke(LeaseRevokeResponse),
     /// An alarm request (get, activate or deactivate).
     Alarm(AlarmResponse),
+    /// A change to the auth store, or an authentication (see [`crate::auth`]).
+    Auth(crate::auth::AuthApplied),
 }
 
 impl WriteResult {
@@ -81,6 +83,7 @@ impl WriteResult {
             WriteResult::LeaseGrant(r) => &r.header,
             WriteResult::LeaseRevoke(r) => &r.header,
             WriteResult::Alarm(r) => &r.header,
+            WriteResult::Auth(r) => &r.header,
         };
         header.as_ref().map_or(0, |h| h.revision)
     }
@@ -187,6 +190,7 @@ pub(crate) fn prepare_database(db: Database) -> Result<(Database, Meta), Storage
         txn.open_table(keys::LEASES)?;
         txn.open_table(keys::LEASE_KEYS)?;
         txn.open_table(keys::ALARMS)?;
+        crate::auth::create_tables(&txn)?;
         read_meta(&txn.open_table(keys::META)?)?
     };
     txn.commit()?;
@@ -429,6 +433,7 @@ impl MvccStore {
         let mut results = Vec::new();
         let (revision, compact_revision) = {
             let mut writer = Writer::open(&txn, self.current_revision(), self.compact_revision())?;
+            let mut auth = crate::auth::AuthTables::open(&txn)?;
             for entry in entries {
                 if entry.index <= last_index {
                     continue;
@@ -437,7 +442,7 @@ impl MvccStore {
                 let Some(command) = entry.command else {
                     continue;
                 };
-                if let Some(result) = apply_command(&mut writer, command)? {
+                if let Some(result) = apply_command(&mut writer, &mut auth, command)? {
                     results.push((entry.index, result));
                 }
             }
@@ -503,9 +508,18 @@ impl MvccStore {
 /// Applies one command inside the batch. `Ok(None)` for commands that are not KV operations.
 fn apply_command(
     writer: &mut Writer<'_>,
+    auth: &mut crate::auth::AuthTables<'_>,
     command: &RaftCommand,
 ) -> Result<Option<Result<WriteResult, KvError>>, StorageError> {
     writer.begin_command();
+    // The sender's permissions first, as etcd's auth applier wraps every other check.
+    let (command, sender) = crate::auth::open_envelope(command);
+    let Some(command) = command else {
+        return Ok(Some(Err(KvError::EmptyCommand)));
+    };
+    if let Err(refused) = auth.authorize(writer, sender, command)? {
+        return Ok(Some(Err(refused)));
+    }
     let outcome = match &command.op {
         Some(op) if writer.no_space && needs_space(op) => Err(OpError::Kv(KvError::NoSpace)),
         Some(Op::Put(req)) => writer.put(req).map(WriteResult::Put),
@@ -515,6 +529,9 @@ fn apply_command(
         Some(Op::LeaseGrant(req)) => writer.lease_grant(req).map(WriteResult::LeaseGrant),
         Some(Op::LeaseRevoke(req)) => writer.lease_revoke(req).map(WriteResult::LeaseRevoke),
         Some(Op::Alarm(req)) => writer.alarm(req).map(WriteResult::Alarm),
+        Some(Op::Auth(req)) => auth.apply(req, writer.revision).map(WriteResult::Auth),
+        // An envelope inside an envelope: never proposed.
+        Some(Op::Authorized(_)) => Err(OpError::Kv(KvError::EmptyCommand)),
         None => Err(OpError::Kv(KvError::EmptyCommand)),
         // Membership changes are the server's business, not the store's.
         Some(Op::PublishMember(_)) => return Ok(None),
@@ -533,6 +550,7 @@ fn apply_command(
                 WriteResult::LeaseGrant(r) => r.header = header,
                 WriteResult::LeaseRevoke(r) => r.header = header,
                 WriteResult::Alarm(r) => r.header = header,
+                WriteResult::Auth(r) => r.header = header,
             }
             Ok(Some(Ok(result)))
         }

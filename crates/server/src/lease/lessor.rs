@@ -16,6 +16,7 @@ use concord_proto::etcdserverpb::LeaseRevokeRequest;
 use concord_raft::Role;
 use concord_storage::MvccStore;
 
+use crate::auth::Sender;
 use crate::context::MemberContext;
 
 /// How often the leader looks for expired leases (etcd: 500 ms).
@@ -200,7 +201,8 @@ pub async fn run_lessor(lessor: Arc<Lessor>, ctx: Arc<MemberContext>) {
                     let (ctx, lessor, group) = (ctx.clone(), lessor.clone(), group.clone());
                     tokio::spawn(async move {
                         let revoke = Op::LeaseRevoke(LeaseRevokeRequest { id });
-                        match ctx.propose_write(&group, revoke).await {
+                        // The member revokes what expired, whoever's keys the lease holds.
+                        match ctx.propose_write(&group, &Sender::Member, revoke).await {
                             Ok(_) => tracing::debug!(lease = id, "expired lease revoked"),
                             Err(status) if status.code() == tonic::Code::NotFound => lessor.on_revoked(id),
                             Err(status) => tracing::debug!(lease = id, "revoking expired lease failed: {}", status.message()),

@@ -26,7 +26,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::auth::Credentials;
 use crate::context::MemberContext;
+use concord_storage::auth::perms::{Access, Need};
 use crate::errors;
 use crate::forward::{mark_forwarded, wait_for_leader, was_forwarded, LeaderChannels};
 use concord_proto::etcdserverpb::lease_client::LeaseClient;
@@ -132,6 +134,7 @@ fn leader_client(ctx: &MemberContext, leader: &LeaderChannels, leader_id: u64) -
 #[tonic::async_trait]
 impl Lease for LeaseService {
     async fn lease_grant(&self, request: Request<LeaseGrantRequest>) -> Result<Response<LeaseGrantResponse>, Status> {
+        let creds = Credentials::of(&request);
         let mut req = request.into_inner();
         if req.ttl > MAX_LEASE_TTL {
             return Err(Status::out_of_range("etcdserver: too large lease TTL"));
@@ -142,8 +145,9 @@ impl Lease for LeaseService {
         }
         crate::quota::check(&self.ctx, 16).await?;
         let group = self.ctx.router.default_group();
+        let sender = self.ctx.auth.sender(&creds, group).await?;
         self.ctx
-            .write(group, Op::LeaseGrant(req), |r| match r {
+            .write(group, &sender, Op::LeaseGrant(req), |r| match r {
                 WriteResult::LeaseGrant(resp) => Some(resp),
                 _ => None,
             })
@@ -151,10 +155,13 @@ impl Lease for LeaseService {
     }
 
     async fn lease_revoke(&self, request: Request<LeaseRevokeRequest>) -> Result<Response<LeaseRevokeResponse>, Status> {
+        let creds = Credentials::of(&request);
         let req = request.into_inner();
         let group = self.ctx.router.default_group();
+        // Apply checks write permission on every key attached to the lease, as etcd.
+        let sender = self.ctx.auth.sender(&creds, group).await?;
         self.ctx
-            .write(group, Op::LeaseRevoke(req), |r| match r {
+            .write(group, &sender, Op::LeaseRevoke(req), |r| match r {
                 WriteResult::LeaseRevoke(resp) => Some(resp),
                 _ => None,
             })
@@ -194,8 +201,20 @@ impl Lease for LeaseService {
         request: Request<LeaseTimeToLiveRequest>,
     ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
         let forwarded = was_forwarded(&request);
+        let creds = Credentials::of(&request);
         let req = request.into_inner();
         let group = self.ctx.router.default_group();
+        if req.keys && self.ctx.auth.enabled() {
+            // etcd 3.5: listing a lease's keys needs read permission on each of them.
+            group.read_barrier().await.map_err(errors::from_raft)?;
+            let id = self.ctx.auth.identity(&creds, group).await?;
+            if id.is_none() {
+                return Err(errors::from_auth(concord_storage::AuthError::UserEmpty));
+            }
+            let keys = self.ctx.store.lease_keys(req.id).map_err(errors::from_kv)?;
+            let needs: Vec<Need<'_>> = keys.iter().map(|k| Need::new(Access::Read, k, &[])).collect();
+            self.ctx.auth.check_needs(id.as_ref(), &needs)?;
+        }
         let leader_id = wait_for_leader(&self.ctx).await?;
         if leader_id != self.ctx.membership.local_id() {
             if forwarded {
@@ -204,6 +223,7 @@ impl Lease for LeaseService {
             let mut client = leader_client(&self.ctx, &self.leader, leader_id)?;
             let mut forward = Request::new(req);
             mark_forwarded(&mut forward);
+            creds.attach(&mut forward);
             let mut resp = client.lease_time_to_live(forward).await?.into_inner();
             resp.header = Some(self.ctx.header(self.ctx.store.current_revision()));
             return Ok(resp.into());

@@ -50,7 +50,9 @@ impl Watch for WatchService {
         request: Request<Streaming<WatchRequest>>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         let (out, rx) = mpsc::channel(OUTBOUND_QUEUE);
-        let task = stream::WatchStreamTask::new(self.ctx.clone(), self.hub.clone(), out, self.progress_interval);
+        let creds = crate::auth::Credentials::of(&request);
+        let task = stream::WatchStreamTask::new(self.ctx.clone(), self.hub.clone(), out, self.progress_interval)
+            .with_credentials(creds);
         tokio::spawn(task.run(request.into_inner()));
         Ok(Response::new(ReceiverStream::new(rx)))
     }

@@ -23,7 +23,10 @@ use tonic::{Status, Streaming};
 
 use super::hub::{event_revision, EventBatch, WatchHub};
 use super::watcher::{Delivery, Watcher};
+use crate::auth::Credentials;
 use crate::context::MemberContext;
+use crate::errors;
+use concord_storage::auth::perms::{Access, Need};
 
 /// etcd's id for responses that belong to no single watcher (progress replies).
 const NO_WATCH_ID: i64 = -1;
@@ -42,6 +45,8 @@ pub struct WatchStreamTask {
     watchers: BTreeMap<i64, StreamWatcher>,
     next_auto_id: i64,
     progress_interval: Duration,
+    /// The credentials the stream was opened with: each new watcher is checked against them.
+    creds: Credentials,
 }
 
 impl WatchStreamTask {
@@ -59,6 +64,43 @@ impl WatchStreamTask {
             watchers: BTreeMap::new(),
             next_auto_id: 0,
             progress_interval,
+            creds: Credentials::default(),
+        }
+    }
+
+    /// The task of a stream opened with `creds`.
+    pub fn with_credentials(mut self, creds: Credentials) -> Self {
+        self.creds = creds;
+        self
+    }
+
+    /// Whether the stream's caller may watch `[key, range_end)` (etcd's `isWatchPermitted`): read
+    /// permission on the whole range, checked after a ReadIndex barrier (etcd checks its local
+    /// state as is; the barrier keeps a lagging member from starting a watch for a user whose
+    /// permission is already revoked). A refusal is answered
+    /// as etcd does: a response that is created and canceled at once, with watch id -1 and the
+    /// formatted gRPC error as the cancel reason.
+    async fn permitted(&self, key: &[u8], range_end: &[u8]) -> Result<(), String> {
+        if !self.ctx.auth.enabled() {
+            return Ok(());
+        }
+        // etcd watches from "\0" when no key is given.
+        let key = if key.is_empty() { &[0u8][..] } else { key };
+        let needs = [Need::new(Access::Read, key, range_end)];
+        let group = self.ctx.router.group_for_range(key, range_end);
+        let checked = match group.read_barrier().await {
+            Ok(()) => self.ctx.auth.authorize_read(&self.creds, group, &needs).await,
+            Err(err) => Err(errors::from_raft(err)),
+        };
+        match checked {
+            Ok(_) => Ok(()),
+            Err(status) => {
+                let status = match status.code() {
+                    tonic::Code::Unauthenticated | tonic::Code::InvalidArgument | tonic::Code::Unavailable => status,
+                    _ => errors::from_auth(concord_storage::AuthError::PermissionDenied),
+                };
+                Err(format!("rpc error: code = {:?} desc = {}", status.code(), status.message()))
+            }
         }
     }
 
@@ -129,6 +171,13 @@ impl WatchStreamTask {
     }
 
     async fn create(&mut self, create: WatchCreateRequest) -> bool {
+        if let Err(reason) = self.permitted(&create.key, &create.range_end).await {
+            let mut resp = self.response(NO_WATCH_ID, self.hub.store().current_revision());
+            resp.created = true;
+            resp.canceled = true;
+            resp.cancel_reason = reason;
+            return self.send(resp).await;
+        }
         let current = self.hub.store().current_revision();
         let id = if create.watch_id != 0 {
             create.watch_id

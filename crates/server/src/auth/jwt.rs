@@ -1,0 +1,200 @@
+//! etcd's JWT tokens (`--auth-token jwt,pub-key=<path>,priv-key=<path>,sign-method=<alg>,ttl=<d>`).
+//!
+//! A token is signed with the claims etcd puts in it: `username`, `revision` (the auth revision
+//! when it was issued) and `exp`. Any member with the key verifies it without asking anyone; an
+//! expired token, a bad signature or another algorithm is "invalid auth token".
+//!
+//! Algorithms: RS256/384/512, PS256/384/512 and ES256/384 (PEM keys; the public key is required
+//! to verify, the private one to sign, so a member given only `pub-key` verifies but cannot issue
+//! tokens, as etcd's verify-only mode), EdDSA (PEM), HS256/384/512 (the raw bytes of `priv-key`
+//! are the shared secret). `ttl` is a Go duration (`5m`, `300s`, `1h30m`); etcd's default is 5m.
+//! Unlike etcd, the public key is not derived from a lone private key: give both.
+
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+
+/// etcd's default JWT lifetime.
+pub const DEFAULT_JWT_TTL: Duration = Duration::from_secs(5 * 60);
+
+/// The claims of an etcd JWT.
+#[derive(Serialize, Deserialize)]
+struct Claims {
+    username: String,
+    revision: u64,
+    exp: u64,
+}
+
+/// The keys and settings JWTs are issued and verified with.
+pub struct JwtKeys {
+    algorithm: Algorithm,
+    signing: Option<EncodingKey>,
+    verifying: DecodingKey,
+    ttl: Duration,
+}
+
+/// Why a member cannot sign (etcd's `ErrVerifyOnly`, returned as a plain error).
+pub const VERIFY_ONLY: &str = "auth: token signing attempted with verify-only key";
+
+impl JwtKeys {
+    /// Reads the keys named by etcd's JWT options (see the module docs).
+    pub fn from_options(options: &HashMap<String, String>) -> Result<JwtKeys, String> {
+        for key in options.keys() {
+            if !matches!(key.as_str(), "pub-key" | "priv-key" | "sign-method" | "ttl") {
+                return Err(format!("--auth-token: unknown JWT option {key:?}"));
+            }
+        }
+        let method = options.get("sign-method").ok_or("--auth-token: jwt needs sign-method")?;
+        let algorithm = Algorithm::from_str(method)
+            .map_err(|_| format!("--auth-token: unknown JWT sign-method {method:?}"))?;
+        let ttl = match options.get("ttl") {
+            Some(text) => parse_go_duration(text).ok_or_else(|| format!("--auth-token: bad JWT ttl {text:?}"))?,
+            None => DEFAULT_JWT_TTL,
+        };
+        let read = |option: &str| -> Result<Option<Vec<u8>>, String> {
+            options
+                .get(option)
+                .map(|path| std::fs::read(path).map_err(|e| format!("--auth-token: {option} {path}: {e}")))
+                .transpose()
+        };
+        let (public, private) = (read("pub-key")?, read("priv-key")?);
+        let bad = |what: &str, e: jsonwebtoken::errors::Error| format!("--auth-token: {what} is not a {method} key: {e}");
+        let (signing, verifying) = match algorithm {
+            Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => {
+                let secret = private.ok_or("--auth-token: HMAC signing needs priv-key (the shared secret)")?;
+                (Some(EncodingKey::from_secret(&secret)), DecodingKey::from_secret(&secret))
+            }
+            _ => {
+                let public = public.ok_or_else(|| format!("--auth-token: {method} needs pub-key to verify tokens"))?;
+                let verifying = match algorithm {
+                    Algorithm::ES256 | Algorithm::ES384 => DecodingKey::from_ec_pem(&public),
+                    Algorithm::EdDSA => DecodingKey::from_ed_pem(&public),
+                    _ => DecodingKey::from_rsa_pem(&public),
+                }
+                .map_err(|e| bad("pub-key", e))?;
+                let signing = private
+                    .map(|private| match algorithm {
+                        Algorithm::ES256 | Algorithm::ES384 => EncodingKey::from_ec_pem(&private),
+                        Algorithm::EdDSA => EncodingKey::from_ed_pem(&private),
+                        _ => EncodingKey::from_rsa_pem(&private),
+                    })
+                    .transpose()
+                    .map_err(|e| bad("priv-key", e))?;
+                (signing, verifying)
+            }
+        };
+        let keys = JwtKeys { algorithm, signing, verifying, ttl };
+        // A key pair that does not match would issue tokens no member accepts: refuse it now.
+        if keys.signing.is_some() {
+            let probe = keys.sign("probe", 1).map_err(|e| format!("--auth-token: cannot sign: {e}"))?;
+            if keys.verify(&probe).is_none() {
+                return Err("--auth-token: pub-key and priv-key do not match".into());
+            }
+        }
+        Ok(keys)
+    }
+
+    /// A token for `username` at auth revision `revision`, valid for the configured TTL.
+    pub fn sign(&self, username: &str, revision: u64) -> Result<String, String> {
+        let key = self.signing.as_ref().ok_or(VERIFY_ONLY)?;
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+        let claims = Claims {
+            username: username.to_string(),
+            revision,
+            exp: (now + self.ttl).as_secs(),
+        };
+        jsonwebtoken::encode(&Header::new(self.algorithm), &claims, key).map_err(|e| e.to_string())
+    }
+
+    /// The user and auth revision of a token signed with this key, not yet expired.
+    pub fn verify(&self, token: &str) -> Option<(String, u64)> {
+        let mut validation = Validation::new(self.algorithm);
+        validation.leeway = 0;
+        let data = jsonwebtoken::decode::<Claims>(token, &self.verifying, &validation).ok()?;
+        Some((data.claims.username, data.claims.revision))
+    }
+}
+
+/// Parses a Go duration made of number–unit pairs (`300ms`, `5m`, `1h30m`, `1.5s`).
+pub fn parse_go_duration(text: &str) -> Option<Duration> {
+    let mut rest = text;
+    let mut total = 0f64;
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let number_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
+        let (number, tail) = rest.split_at(number_len);
+        let value: f64 = number.parse().ok()?;
+        let unit_len = tail.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(tail.len());
+        let (unit, tail) = tail.split_at(unit_len);
+        let seconds = match unit {
+            "ns" => 1e-9,
+            "us" | "µs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return None,
+        };
+        total += value * seconds;
+        rest = tail;
+    }
+    (total > 0.0).then(|| Duration::from_secs_f64(total))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hs256(ttl: &str) -> JwtKeys {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, b"a shared secret of some length").unwrap();
+        let options = HashMap::from([
+            ("sign-method".to_string(), "HS256".to_string()),
+            ("priv-key".to_string(), secret.display().to_string()),
+            ("ttl".to_string(), ttl.to_string()),
+        ]);
+        JwtKeys::from_options(&options).unwrap()
+    }
+
+    #[test]
+    fn tokens_carry_user_and_revision_and_expire() {
+        let keys = hs256("1s");
+        let token = keys.sign("alice", 7).unwrap();
+        assert_eq!(keys.verify(&token), Some(("alice".into(), 7)));
+        assert_eq!(keys.verify("garbage"), None);
+        let mut tampered = token.clone();
+        tampered.pop();
+        assert_eq!(keys.verify(&tampered), None);
+        let other = hs256("1s");
+        assert!(other.verify(&token).is_some(), "same secret, same verdict");
+        std::thread::sleep(Duration::from_millis(2100));
+        assert_eq!(keys.verify(&token), None, "expired");
+    }
+
+    #[test]
+    fn go_durations() {
+        assert_eq!(parse_go_duration("5m"), Some(Duration::from_secs(300)));
+        assert_eq!(parse_go_duration("1h30m"), Some(Duration::from_secs(5400)));
+        assert_eq!(parse_go_duration("1500ms"), Some(Duration::from_millis(1500)));
+        assert_eq!(parse_go_duration("10m0s"), Some(Duration::from_secs(600)));
+        assert_eq!(parse_go_duration("5"), None);
+        assert_eq!(parse_go_duration(""), None);
+        assert_eq!(parse_go_duration("0s"), None);
+    }
+
+    #[test]
+    fn bad_options_are_refused() {
+        let opts = |pairs: &[(&str, &str)]| -> HashMap<String, String> {
+            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        };
+        assert!(JwtKeys::from_options(&opts(&[("sign-method", "XX999")])).is_err());
+        assert!(JwtKeys::from_options(&opts(&[("sign-method", "RS256"), ("bogus", "1")])).is_err());
+        assert!(JwtKeys::from_options(&opts(&[("sign-method", "RS256"), ("pub-key", "/nonexistent")])).is_err());
+    }
+}
