@@ -259,4 +259,22 @@ async fn with_auth_on_a_client_certificate_names_the_user() {
     let status = common::grpc_status(denied);
     assert_eq!(status.code(), tonic::Code::PermissionDenied);
     assert_eq!(status.message(), "etcdserver: permission denied");
+
+    // etcdctl over TLS with --user: the password's token names the user, not the certificate.
+    let etcdctl = |user: &str, args: &[&str]| {
+        let mut all = vec![
+            format!("--cacert={}", ca.ca_file().display()),
+            format!("--cert={}", root_cert.cert_file.display()),
+            format!("--key={}", root_cert.key_file.display()),
+            format!("--user={user}"),
+        ];
+        all.extend(args.iter().map(|a| a.to_string()));
+        cluster.etcdctl(&cluster.endpoints(), &refs(&all))
+    };
+    let got = etcdctl("alice:alice-password", &["get", "alice/x", "--print-value-only"]);
+    assert!(got.status.success(), "etcdctl --user alice: {}", String::from_utf8_lossy(&got.stderr));
+    assert_eq!(String::from_utf8_lossy(&got.stdout).trim(), "mine");
+    let refused = etcdctl("alice:alice-password", &["put", "bob/y", "no"]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("permission denied"), "{refused:?}");
 }
