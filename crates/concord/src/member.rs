@@ -380,10 +380,4 @@ mod tests {
              ETCD_INITIAL_ADVERTISE_PEER_URLS=\"http://n:2380\"\nETCD_INITIAL_CLUSTER_STATE=\"existing\"\n"
         );
     }
-
-    #[test]
-    fn endpoints_become_urls() {
-        assert_eq!(endpoint_url("127.0.0.1:2379"), "http://127.0.0.1:2379");
-        assert_eq!(endpoint_url(" http://h:1 "), "http://h:1");
-    }
 }
