@@ -175,6 +175,7 @@ pub async fn serve(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> Res
         tick_interval: cfg.heartbeat_interval,
         election_ticks: cfg.election_ticks(),
         request_timeout: cfg.request_timeout(),
+        sealer: None,
     };
     let (removed_tx, mut removed_rx) = watch::channel(false);
     let effects = Effects {
