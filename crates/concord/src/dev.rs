@@ -58,6 +58,7 @@ pub async fn run(args: DevArgs) -> Result<(), String> {
             sabotage: None,
             client_tls: None,
             peer_tls: None,
+            encryption_key_file: None,
         };
         let mut stop = stop_rx.clone();
         members.spawn(async move {

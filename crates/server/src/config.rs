@@ -69,6 +69,9 @@ pub struct ServerConfig {
     /// Peer TLS: `--peer-cert-file`, `--peer-key-file`, `--peer-trusted-ca-file`,
     /// `--peer-client-cert-auth`. Needed by `https://` peer URLs.
     pub peer_tls: Option<TlsFiles>,
+    /// `--encryption-key-file`: encryption at rest of values and Raft log entries (see the
+    /// concord-crypt crate for the file format and rotation); `None` writes them plain.
+    pub encryption_key_file: Option<PathBuf>,
 }
 
 impl ServerConfig {
