@@ -150,7 +150,7 @@ impl LogStore {
             .unwrap_or((0, 0));
         let sealed = match engine.get(group_id, SEALED_KEYS_KEY) {
             Some(bytes) => decode_ranges(&bytes).ok_or_else(|| {
-                raft_engine::Error::Corruption(format!("group {group_id}: malformed {:?}", "sealed_keys"))
+                raft_engine::Error::Corruption(format!("group {group_id}: malformed sealed_keys record"))
             })?,
             None => Vec::new(),
         };
