@@ -132,8 +132,9 @@ impl MvccStore {
     /// Reclaims the file's free space, as etcd's defragment: rewrites the store into a fresh
     /// file next to it and installs that in its place. Content, applied index, and hashes are
     /// unchanged. With encryption at rest, every value is re-sealed under the first key of the
-    /// key file, so older keys are no longer needed by this file. Applies wait until it is done (it holds the writer lock throughout, which
-    /// takes about as long as a snapshot); reads go on, on the old file until the swap.
+    /// key file, so older keys are no longer needed by this file. Applies wait until it is done
+    /// (it holds the writer lock throughout, which takes about as long as a snapshot); reads go
+    /// on, on the old file until the swap.
     pub fn defragment(&self) -> Result<(), StorageError> {
         let mut state = self.lock_writer();
         let before = self.db_size();
