@@ -7,6 +7,9 @@
 //!
 //! Each batch is one redb write transaction committed without fsync, as the store does between
 //! its periodic durable commits, so the numbers are the store's CPU cost, not the disk's.
+//!
+//! With `CONCORD_BENCH_SEAL=1` in the environment the stores seal their values (encryption at
+//! rest, `--encryption-key-file`), to measure what that costs.
 
 use concord_proto::concordpb::raft_command::Op;
 use concord_proto::concordpb::RaftCommand;
@@ -41,7 +44,12 @@ struct Bench {
 impl Bench {
     fn new() -> Bench {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = MvccStore::open(&dir.path().join("kv.redb")).expect("open store");
+        let sealer = std::env::var_os("CONCORD_BENCH_SEAL").map(|_| {
+            let keys = "bench:000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+            let keyring = concord_crypt::Keyring::parse(keys, "bench keys").expect("key");
+            std::sync::Arc::new(concord_crypt::Sealer::new(std::sync::Arc::new(keyring)).expect("sealer"))
+        });
+        let store = MvccStore::open_with(&dir.path().join("kv.redb"), sealer).expect("open store");
         Bench {
             _dir: dir,
             store,

@@ -59,6 +59,7 @@ pub async fn run(args: DevArgs) -> Result<(), String> {
             client_tls: None,
             peer_tls: None,
             auth: Default::default(),
+            encryption_key_file: None,
         };
         let mut stop = stop_rx.clone();
         members.spawn(async move {

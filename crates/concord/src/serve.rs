@@ -94,6 +94,10 @@ pub struct ServeArgs {
     /// Enable peer client cert authentication.
     #[arg(long, env = "ETCD_PEER_CLIENT_CERT_AUTH")]
     pub peer_client_cert_auth: bool,
+    /// Encrypt values and the Raft log at rest with the keys in this file: lines
+    /// `name:64-hex-digits`; the first key seals new data, the others only open older data.
+    #[arg(long, env = "CONCORD_ENCRYPTION_KEY_FILE")]
+    pub encryption_key_file: Option<PathBuf>,
     /// Starts the member deliberately broken, for the chaos rig's known-bad check. Hidden: no
     /// deployment should ever use it.
     #[arg(long, value_enum, hide = true)]
@@ -202,6 +206,7 @@ impl ServeArgs {
                 token_ttl: Duration::from_secs(self.auth_token_ttl.max(1)),
                 bcrypt_cost: self.bcrypt_cost,
             },
+            encryption_key_file: self.encryption_key_file,
         })
     }
 }

@@ -21,6 +21,9 @@ pub enum RaftError {
     /// The log engine or the file system failed.
     #[error("io: {0}")]
     Io(String),
+    /// The log holds sealed entries this member has no key for (or no key file at all).
+    #[error("encryption at rest: {0}")]
+    Encryption(String),
 }
 
 impl RaftError {

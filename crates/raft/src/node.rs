@@ -52,6 +52,8 @@ pub struct GroupConfig {
     /// Entries kept behind the applied index when the log is truncated, so
     /// slightly lagging followers catch up from the log, not a snapshot.
     pub catch_up_entries: u64,
+    /// Seals the data of log entries (encryption at rest); `None` writes them plain.
+    pub sealer: Option<Arc<concord_crypt::Sealer>>,
 }
 
 /// Work sent to a group's thread.
@@ -247,6 +249,7 @@ pub fn start_group<S: StateMachine>(
     std::fs::create_dir_all(&cfg.snapshot_dir).map_err(|e| RaftError::Io(e.to_string()))?;
     let snapshots = Arc::new(SnapshotSlot::default());
     let mut store = LogStore::open(engine, cfg.group_id, snapshots.clone()).map_err(RaftError::log)?;
+    store.prepare_encryption(cfg.sealer.clone())?;
     // A founding member starts the group; a joining member starts empty and
     // learns everything from the leader's snapshot.
     if !store.is_initialized() && !cfg.initial_voters.is_empty() && store.truncated_index() == 0 {

@@ -71,6 +71,9 @@ pub struct ServerConfig {
     pub peer_tls: Option<TlsFiles>,
     /// `--auth-token`, `--auth-token-ttl`, `--bcrypt-cost`.
     pub auth: crate::auth::AuthConfig,
+    /// `--encryption-key-file`: encryption at rest of values and Raft log entries (see the
+    /// concord-crypt crate for the file format and rotation); `None` writes them plain.
+    pub encryption_key_file: Option<PathBuf>,
 }
 
 impl ServerConfig {

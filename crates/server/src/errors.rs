@@ -54,7 +54,7 @@ pub fn from_raft(err: RaftError) -> Status {
         RaftError::Timeout => Status::unavailable("etcdserver: request timed out"),
         RaftError::ProposalDropped => Status::unavailable("etcdserver: request timed out"),
         RaftError::Stopped => Status::unavailable("etcdserver: server stopped"),
-        RaftError::Raft(msg) | RaftError::Io(msg) => Status::internal(format!("etcdserver: {msg}")),
+        RaftError::Raft(msg) | RaftError::Io(msg) | RaftError::Encryption(msg) => Status::internal(format!("etcdserver: {msg}")),
     }
 }
 

@@ -84,6 +84,7 @@ async fn resolve(urls: &[String]) -> Result<Vec<(SocketAddr, bool)>, ServeError>
 /// Runs a member until `shutdown` resolves, then stops it gracefully:
 /// listeners close, in-flight requests finish, the store is flushed.
 pub async fn serve(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
+    let sealer = load_sealer(&cfg)?;
     let member_dir = cfg.data_dir.join("member");
     std::fs::create_dir_all(&member_dir)
         .map_err(|e| ServeError::Storage(format!("{}: {e}", member_dir.display())))?;
@@ -143,7 +144,8 @@ pub async fn serve(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> Res
 
     let store_path = member_dir.join("kv.redb");
     let store = Arc::new(
-        MvccStore::open(&store_path).map_err(|e| ServeError::Storage(format!("{}: {e}", store_path.display())))?,
+        MvccStore::open_with(&store_path, sealer.clone())
+            .map_err(|e| ServeError::Storage(format!("{}: {e}", store_path.display())))?,
     );
     let engine = concord_raft::log_store::open_engine(&member_dir.join("raft"))
         .map_err(|e| ServeError::Storage(format!("raft log: {e}")))?;
@@ -177,6 +179,7 @@ pub async fn serve(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> Res
         tick_interval: cfg.heartbeat_interval,
         election_ticks: cfg.election_ticks(),
         request_timeout: cfg.request_timeout(),
+        sealer,
     };
     let (removed_tx, mut removed_rx) = watch::channel(false);
     let effects = Effects {
@@ -314,6 +317,21 @@ pub async fn serve(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> Res
         Some(Err(e)) => Err(ServeError::Network(e.to_string())),
         _ => Ok(()),
     }
+}
+
+/// Reads `--encryption-key-file`, before anything is written: a bad file stops the member.
+fn load_sealer(cfg: &ServerConfig) -> Result<Option<Arc<concord_crypt::Sealer>>, ServeError> {
+    let Some(path) = &cfg.encryption_key_file else {
+        return Ok(None);
+    };
+    let bad = |e: concord_crypt::CryptError| ServeError::Config(format!("--encryption-key-file: {e}"));
+    let keyring = concord_crypt::Keyring::load(path).map_err(bad)?;
+    tracing::info!(
+        seal_with = %format!("{} (id {})", keyring.active_name(), keyring.active_id()),
+        keys = %keyring.describe(),
+        "encryption at rest is on"
+    );
+    Ok(Some(Arc::new(concord_crypt::Sealer::new(Arc::new(keyring)).map_err(bad)?)))
 }
 
 async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, ServeError> {

@@ -104,6 +104,16 @@ pub enum StorageError {
     /// The file holds data that violates this crate's invariants (e.g. an undecodable record).
     #[error("storage: corrupt store: {0}")]
     Corrupt(String),
+    /// Encryption at rest: a sealed value cannot be opened (its key is missing, or it was
+    /// altered), or the store holds values sealed with keys the member was not given.
+    #[error("storage: encryption at rest: {0}")]
+    Encryption(String),
+}
+
+impl From<concord_crypt::CryptError> for StorageError {
+    fn from(err: concord_crypt::CryptError) -> Self {
+        StorageError::Encryption(err.to_string())
+    }
 }
 
 macro_rules! from_redb {

@@ -46,7 +46,7 @@ where
             };
             (
                 EventType::Put,
-                Record::decode(stored.value())?.to_key_value(key, true),
+                Record::decode(stored.value())?.to_key_value(key, true)?,
             )
         };
         let prev_kv = if with_prev_kv {
@@ -57,7 +57,7 @@ where
                     if bytes.is_empty() {
                         None
                     } else {
-                        Some(Record::decode(bytes)?.to_key_value(key, true))
+                        Some(Record::decode(bytes)?.to_key_value(key, true)?)
                     }
                 }
                 None => None,

@@ -62,8 +62,8 @@ impl MvccStore {
         let db = self.db();
         let txn = db.begin_read()?;
         let mut crc = Crc32c::new();
-        hash_table(&mut crc, &txn, keys::KV)?;
-        hash_table(&mut crc, &txn, keys::LATEST)?;
+        hash_record_table(&mut crc, &txn, keys::KV)?;
+        hash_record_table(&mut crc, &txn, keys::LATEST)?;
         hash_table(&mut crc, &txn, keys::CHANGES)?;
         hash_table(&mut crc, &txn, keys::LEASES)?;
         hash_table(&mut crc, &txn, keys::LEASE_KEYS)?;
@@ -92,20 +92,20 @@ fn hash_history<H: HistoryTable>(kv: &H, compacted: i64, rev: i64) -> Result<u32
             let (pending_key, ..) = pending_id.value();
             // Replaced when the same key has another version at or below `rev`.
             if pending_key != key || main as i64 > rev {
-                hash_live_row(&mut crc, pending_id.value(), pending_value.value());
+                hash_live_row(&mut crc, pending_id.value(), pending_value.value())?;
             }
         }
         if main as i64 > rev {
             continue;
         }
         if main as i64 > compacted {
-            hash_row(&mut crc, (key, main, sub), value.value());
+            hash_row(&mut crc, (key, main, sub), value.value())?;
         } else {
             pending = Some((id, value));
         }
     }
     if let Some((id, value)) = pending {
-        hash_live_row(&mut crc, id.value(), value.value());
+        hash_live_row(&mut crc, id.value(), value.value())?;
     }
     Ok(crc.finish())
 }
@@ -117,18 +117,44 @@ type HistoryRow<'a> = (
 );
 
 /// Hashes a `kv` row unless it is a tombstone.
-fn hash_live_row(crc: &mut Crc32c, id: (&[u8], u64, u64), value: &[u8]) {
+fn hash_live_row(
+    crc: &mut Crc32c,
+    id: (&[u8], u64, u64),
+    value: &[u8],
+) -> Result<(), StorageError> {
     if !value.is_empty() {
-        hash_row(crc, id, value);
+        hash_row(crc, id, value)?;
     }
+    Ok(())
 }
 
-/// Feeds one `kv` row: key, main and sub revision, and the record (empty for a tombstone).
-fn hash_row(crc: &mut Crc32c, (key, main, sub): (&[u8], u64, u64), value: &[u8]) {
+/// Feeds one `kv` row: key, main and sub revision, and the record (empty for a tombstone) in its
+/// plain form, so members agree whether or not, and with which keys, they seal values.
+fn hash_row(
+    crc: &mut Crc32c,
+    (key, main, sub): (&[u8], u64, u64),
+    value: &[u8],
+) -> Result<(), StorageError> {
     crc.field(key);
     crc.update(&main.to_le_bytes());
     crc.update(&sub.to_le_bytes());
-    crc.field(value);
+    crc.field(&keys::plain_record(value)?);
+    Ok(())
+}
+
+/// [`hash_table`] for a table of records (`kv`, `latest`): each record in its plain form.
+fn hash_record_table<K: Key + 'static>(
+    crc: &mut Crc32c,
+    txn: &ReadTransaction,
+    table: TableDefinition<K, &'static [u8]>,
+) -> Result<(), StorageError> {
+    crc.field(table.name().as_bytes());
+    for row in txn.open_table(table)?.iter()? {
+        let (key, value) = row?;
+        crc.field(K::as_bytes(&key.value()).as_ref());
+        crc.field(&keys::plain_record(value.value())?);
+    }
+    Ok(())
 }
 
 /// Feeds a table's name and every row's key and value bytes.

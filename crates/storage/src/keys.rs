@@ -4,6 +4,9 @@
 //! Revisions are `i64` in etcd's API but always positive in the store, so tables key them as
 //! `u64` (redb orders `u64` numerically).
 
+use std::borrow::Cow;
+
+use concord_crypt::Sealer;
 use concord_proto::mvccpb::KeyValue;
 use redb::TableDefinition;
 
@@ -64,23 +67,91 @@ pub(crate) struct RecordHeader {
     pub lease: i64,
 }
 
+// --- Encryption at rest (concord-crypt): the only code that seals or opens values. -----------
+//
+// A sealed record sets the top bit of its stored `version` (a count from 1, so never negative
+// otherwise) and stores the value in concord-crypt's sealed form, bound to the 32 header bytes as
+// stored. Plain and sealed records can sit side by side (encryption turned on over an existing
+// store). Sealing: `encode_record` with a sealer. Opening: `Record::value` (lazily, so keys-only
+// and count-only reads never decrypt), `plain_record` (hashes), `reseal_record` (defragment).
+
+/// Set in the stored `version` of a record whose value is sealed.
+const SEALED_FLAG: i64 = i64::MIN;
+
 /// Encodes a record into `buf` (cleared first): the header as four little-endian `i64`s, then the
-/// value bytes. The key is not stored: it is already part of the table key.
-pub(crate) fn encode_record(buf: &mut Vec<u8>, header: &RecordHeader, value: &[u8]) {
+/// value bytes, sealed when `sealer` is given. The key is not stored: it is already part of the
+/// table key.
+pub(crate) fn encode_record(
+    buf: &mut Vec<u8>,
+    header: &RecordHeader,
+    value: &[u8],
+    sealer: Option<&Sealer>,
+) {
     buf.clear();
-    buf.reserve(HEADER_LEN + value.len());
+    let sealed_len = if sealer.is_some() {
+        concord_crypt::OVERHEAD
+    } else {
+        0
+    };
+    buf.reserve(HEADER_LEN + value.len() + sealed_len);
+    let version = match sealer {
+        Some(_) => header.version | SEALED_FLAG,
+        None => header.version,
+    };
     buf.extend_from_slice(&header.create_revision.to_le_bytes());
     buf.extend_from_slice(&header.mod_revision.to_le_bytes());
-    buf.extend_from_slice(&header.version.to_le_bytes());
+    buf.extend_from_slice(&version.to_le_bytes());
     buf.extend_from_slice(&header.lease.to_le_bytes());
-    buf.extend_from_slice(value);
+    match sealer {
+        None => buf.extend_from_slice(value),
+        Some(sealer) => {
+            let aad: [u8; HEADER_LEN] = buf[..HEADER_LEN].try_into().unwrap();
+            sealer.seal_into(buf, value, &aad);
+        }
+    }
 }
 
-/// A borrowed, validated record (never a tombstone).
+/// A stored record (never a tombstone) in its plain form: the header with the sealed flag
+/// cleared and the value opened, for hashes that must agree between members whatever their keys
+/// (or none). A plain record comes back as it is, without a copy.
+pub(crate) fn plain_record(bytes: &[u8]) -> Result<Cow<'_, [u8]>, StorageError> {
+    if bytes.len() < HEADER_LEN {
+        return Ok(Cow::Borrowed(bytes));
+    }
+    let rec = Record::decode(bytes)?;
+    if !rec.sealed {
+        return Ok(Cow::Borrowed(bytes));
+    }
+    let mut out = Vec::new();
+    encode_record(&mut out, &rec.header, &rec.value()?, None);
+    Ok(Cow::Owned(out))
+}
+
+/// Re-encodes a stored record into `buf` with its value sealed under `sealer`'s first key, or
+/// plain without a sealer (a defragment's copy). Tombstones stay empty.
+pub(crate) fn reseal_record(
+    bytes: &[u8],
+    sealer: Option<&Sealer>,
+    buf: &mut Vec<u8>,
+) -> Result<(), StorageError> {
+    if bytes.is_empty() {
+        buf.clear();
+        return Ok(());
+    }
+    let rec = Record::decode(bytes)?;
+    encode_record(buf, &rec.header, &rec.value()?, sealer);
+    Ok(())
+}
+
+/// A borrowed, validated record (never a tombstone). Its value is opened only when asked for.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Record<'a> {
     pub header: RecordHeader,
-    pub value: &'a [u8],
+    /// The header bytes as stored: what a sealed value is bound to.
+    stored_header: &'a [u8],
+    /// The value bytes as stored: the value, or its sealed form.
+    stored_value: &'a [u8],
+    sealed: bool,
 }
 
 impl<'a> Record<'a> {
@@ -93,32 +164,47 @@ impl<'a> Record<'a> {
             )));
         }
         let field = |i: usize| i64::from_le_bytes(bytes[i * 8..i * 8 + 8].try_into().unwrap());
+        let version = field(2);
         Ok(Record {
             header: RecordHeader {
                 create_revision: field(0),
                 mod_revision: field(1),
-                version: field(2),
+                version: version & !SEALED_FLAG,
                 lease: field(3),
             },
-            value: &bytes[HEADER_LEN..],
+            stored_header: &bytes[..HEADER_LEN],
+            stored_value: &bytes[HEADER_LEN..],
+            sealed: version & SEALED_FLAG != 0,
         })
     }
 
+    /// The value: borrowed from the stored bytes, or opened (with the keys registered in this
+    /// process) when it is sealed.
+    pub fn value(&self) -> Result<Cow<'a, [u8]>, StorageError> {
+        if !self.sealed {
+            return Ok(Cow::Borrowed(self.stored_value));
+        }
+        Ok(Cow::Owned(concord_crypt::open_registered(
+            self.stored_value,
+            self.stored_header,
+        )?))
+    }
+
     /// Builds the wire `KeyValue`; `with_value` false leaves the value empty (keys-only reads
-    /// skip the copy).
-    pub fn to_key_value(self, key: &[u8], with_value: bool) -> KeyValue {
-        KeyValue {
+    /// skip the copy, and the opening of a sealed value).
+    pub fn to_key_value(self, key: &[u8], with_value: bool) -> Result<KeyValue, StorageError> {
+        Ok(KeyValue {
             key: key.to_vec(),
             create_revision: self.header.create_revision,
             mod_revision: self.header.mod_revision,
             version: self.header.version,
             value: if with_value {
-                self.value.to_vec()
+                self.value()?.into_owned()
             } else {
                 Vec::new()
             },
             lease: self.header.lease,
-        }
+        })
     }
 }
 
@@ -186,14 +272,65 @@ mod tests {
             lease: -7,
         };
         let mut buf = Vec::new();
-        encode_record(&mut buf, &header, b"value");
+        encode_record(&mut buf, &header, b"value", None);
         let rec = Record::decode(&buf).unwrap();
         assert_eq!(rec.header, header);
-        assert_eq!(rec.value, b"value");
-        let kv = rec.to_key_value(b"k", false);
+        assert_eq!(&rec.value().unwrap()[..], b"value");
+        assert!(matches!(rec.value().unwrap(), Cow::Borrowed(_)));
+        let kv = rec.to_key_value(b"k", false).unwrap();
         assert!(kv.value.is_empty());
         assert_eq!(kv.mod_revision, 5);
         assert!(Record::decode(&buf[..10]).is_err());
+        assert!(matches!(plain_record(&buf).unwrap(), Cow::Borrowed(b) if b == &buf[..]));
+    }
+
+    #[test]
+    fn sealed_record_round_trip() {
+        let keyring = std::sync::Arc::new(
+            concord_crypt::Keyring::parse(
+                "rec:5151515151515151515151515151515151515151515151515151515151515151",
+                "test",
+            )
+            .unwrap(),
+        );
+        let sealer = Sealer::new(keyring.clone()).unwrap();
+        let header = RecordHeader {
+            create_revision: 2,
+            mod_revision: 5,
+            version: 3,
+            lease: 7,
+        };
+        let mut sealed = Vec::new();
+        encode_record(&mut sealed, &header, b"secret value", Some(&sealer));
+        assert!(!sealed.windows(6).any(|w| w == b"secret"));
+        assert_eq!(sealed.len(), HEADER_LEN + 12 + concord_crypt::OVERHEAD);
+        // The header reads without any key; the value needs it.
+        let rec = Record::decode(&sealed).unwrap();
+        assert_eq!(rec.header, header);
+        assert!(rec.to_key_value(b"k", false).is_ok());
+        let before = rec.value().unwrap_err().to_string();
+        assert!(
+            before.contains("not in the encryption key file"),
+            "{before}"
+        );
+        concord_crypt::register(&keyring);
+        assert_eq!(&rec.value().unwrap()[..], b"secret value");
+        assert_eq!(rec.to_key_value(b"k", true).unwrap().value, b"secret value");
+        // Its plain form is exactly the record written without a sealer.
+        let mut plain = Vec::new();
+        encode_record(&mut plain, &header, b"secret value", None);
+        assert_eq!(plain_record(&sealed).unwrap(), &plain[..]);
+        // Re-sealing opens and seals again (another nonce); without a sealer it writes plain.
+        let mut resealed = Vec::new();
+        reseal_record(&sealed, Some(&sealer), &mut resealed).unwrap();
+        assert_ne!(resealed, sealed);
+        assert_eq!(plain_record(&resealed).unwrap(), &plain[..]);
+        reseal_record(&sealed, None, &mut resealed).unwrap();
+        assert_eq!(resealed, plain);
+        // A header altered on disk (here the lease) no longer opens the value.
+        let mut altered = sealed.clone();
+        altered[24] ^= 1;
+        assert!(Record::decode(&altered).unwrap().value().is_err());
     }
 
     #[test]

@@ -67,6 +67,14 @@
 //! last durable commit references. The Raft log, fsync'd separately, holds every entry above
 //! [`MvccStore::durable_applied_index`], so replaying it restores the rest.
 //!
+//! # Encryption at rest
+//!
+//! A store opened with a sealer ([`MvccStore::open_with`], concord-crypt) seals the value of each
+//! new record; keys, revisions, versions and leases stay plain, so ordering, compares on them and
+//! keys-only reads never decrypt. See `keys.rs` for the record format and `sealing.rs` for
+//! which keys a file needs, the checks at open and snapshot install, and re-sealing on
+//! defragment.
+//!
 //! [`MvccStore::install_snapshot`] and [`MvccStore::defragment`] replace the whole file: the new
 //! file is fsync'd, renamed over the store's path, and the directory fsync'd, so after a crash the
 //! path holds either the old store or the new one, each consistent with its own applied index.
@@ -80,6 +88,7 @@ mod hash;
 mod keys;
 mod lease;
 mod range;
+mod sealing;
 mod snapshot;
 mod store;
 mod txn;

@@ -89,7 +89,7 @@ pub(crate) fn execute_range<L: LatestTable, H: HistoryTable>(
         if req.count_only || fetch.is_some_and(|n| kvs.len() >= n) || !passes_filters(req, &rec) {
             return Ok(true);
         }
-        kvs.push(rec.to_key_value(key, with_values));
+        kvs.push(rec.to_key_value(key, with_values)?);
         Ok(true)
     })?;
 

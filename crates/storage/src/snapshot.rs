@@ -20,8 +20,11 @@ use redb::{
     Value,
 };
 
+use concord_crypt::{KeyId, Sealer};
+
 use crate::error::StorageError;
 use crate::keys::{self, META_APPLIED_INDEX};
+use crate::sealing::{copy_resealed, reset_keys, sealed_ids};
 use crate::store::{prepare_database, read_meta, Meta, MvccStore};
 
 /// A copy commits (without fsync) after about this many bytes of rows, so memory stays bounded.
@@ -54,7 +57,7 @@ impl MvccStore {
                 "snapshot destination is the store's own file",
             )));
         }
-        let info = copy_database(&self.db(), dest)?;
+        let info = copy_database(&self.db(), dest, None)?;
         tracing::info!(
             path = %dest.display(),
             applied_index = info.applied_index,
@@ -82,7 +85,14 @@ impl MvccStore {
                 "snapshot to install is the store's own file",
             )));
         }
-        let incoming = verify_snapshot(src)?;
+        let (incoming, sealed_with) = verify_snapshot(src)?;
+        // Values sealed with keys this member lacks could never be read: refuse before anything
+        // changes.
+        crate::sealing::check_keys(
+            &sealed_with,
+            self.sealer(),
+            &format!("snapshot {}", src.display()),
+        )?;
         let mut state = self.lock_writer();
         let previous = self.applied_index();
         if incoming.applied_index < previous {
@@ -121,13 +131,15 @@ impl MvccStore {
 
     /// Reclaims the file's free space, as etcd's defragment: rewrites the store into a fresh
     /// file next to it and installs that in its place. Content, applied index, and hashes are
-    /// unchanged. Applies wait until it is done (it holds the writer lock throughout, which
-    /// takes about as long as a snapshot); reads go on, on the old file until the swap.
+    /// unchanged. With encryption at rest, every value is re-sealed under the first key of the
+    /// key file, so older keys are no longer needed by this file. Applies wait until it is done
+    /// (it holds the writer lock throughout, which takes about as long as a snapshot); reads go
+    /// on, on the old file until the swap.
     pub fn defragment(&self) -> Result<(), StorageError> {
         let mut state = self.lock_writer();
         let before = self.db_size();
         let fresh = sibling(self.path(), "defrag");
-        if let Err(err) = copy_database(&self.db(), &fresh) {
+        if let Err(err) = copy_database(&self.db(), &fresh, self.sealer()) {
             // Best effort: a leftover is replaced by the next attempt anyway.
             let _ = fs::remove_file(&fresh);
             return Err(err);
@@ -139,8 +151,13 @@ impl MvccStore {
     }
 }
 
-/// Copies every table of `db`, as of one read transaction, into a new file at `dest`.
-fn copy_database(db: &Database, dest: &Path) -> Result<SnapshotInfo, StorageError> {
+/// Copies every table of `db`, as of one read transaction, into a new file at `dest`; with
+/// `reseal`, every value is re-sealed under its first key.
+fn copy_database(
+    db: &Database,
+    dest: &Path,
+    reseal: Option<&Sealer>,
+) -> Result<SnapshotInfo, StorageError> {
     let snapshot = db.begin_read()?;
     let meta = read_meta(&snapshot.open_table(keys::META)?)?;
     match fs::remove_file(dest) {
@@ -149,8 +166,16 @@ fn copy_database(db: &Database, dest: &Path) -> Result<SnapshotInfo, StorageErro
         Err(err) => return Err(err.into()),
     }
     let out = Database::builder().create(dest)?;
-    copy_table(&snapshot, &out, keys::KV)?;
-    copy_table(&snapshot, &out, keys::LATEST)?;
+    match reseal {
+        None => {
+            copy_table(&snapshot, &out, keys::KV)?;
+            copy_table(&snapshot, &out, keys::LATEST)?;
+        }
+        Some(sealer) => {
+            copy_resealed(&snapshot, &out, keys::KV, sealer, COPY_BATCH_BYTES)?;
+            copy_resealed(&snapshot, &out, keys::LATEST, sealer, COPY_BATCH_BYTES)?;
+        }
+    }
     copy_table(&snapshot, &out, keys::CHANGES)?;
     copy_table(&snapshot, &out, keys::LEASES)?;
     copy_table(&snapshot, &out, keys::LEASE_KEYS)?;
@@ -159,6 +184,9 @@ fn copy_database(db: &Database, dest: &Path) -> Result<SnapshotInfo, StorageErro
     copy_table(&snapshot, &out, crate::auth::ROLES)?;
     copy_table(&snapshot, &out, crate::auth::META)?;
     copy_table(&snapshot, &out, keys::META)?;
+    if let Some(sealer) = reseal {
+        reset_keys(&out, sealer, meta.revision)?;
+    }
     // The batches committed without fsync; this commit makes them all durable.
     out.begin_write()?.commit()?;
     out.close()?;
@@ -205,16 +233,18 @@ fn copy_table<K: Key + 'static, V: Value + 'static>(
 }
 
 /// Opens a received snapshot with every page checked, readies it as a store file, and makes it
-/// durable: nothing of the running store changes before this succeeds.
-fn verify_snapshot(src: &Path) -> Result<Meta, StorageError> {
+/// durable: nothing of the running store changes before this succeeds. Returns its counters and
+/// the keys that sealed its values.
+fn verify_snapshot(src: &Path) -> Result<(Meta, Vec<KeyId>), StorageError> {
     let db = Database::builder()
         .set_check_integrity_on_open(true)
         .open(src)?;
     let (db, meta) = prepare_database(db)?;
+    let sealed_with = sealed_ids(&db.begin_read()?.open_table(keys::META)?)?;
     db.close()?;
     // Whoever wrote the file may not have synced it.
     File::open(src)?.sync_all()?;
-    Ok(meta)
+    Ok((meta, sealed_with))
 }
 
 /// Renames `src` over `dest` durably; across file systems, copies it next to `dest` first.

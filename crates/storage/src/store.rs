@@ -2,10 +2,11 @@
 //! reads from snapshots.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
+use concord_crypt::{KeyId, Sealer};
 use concord_proto::concordpb::raft_command::Op;
 use concord_proto::concordpb::RaftCommand;
 use concord_proto::etcdserverpb::{
@@ -114,6 +115,10 @@ pub struct MvccStore {
     durable_applied_index: AtomicU64,
     revision: AtomicI64,
     compact_revision: AtomicI64,
+    /// Seals new values (encryption at rest); see [`open_with`](Self::open_with).
+    sealer: Option<Arc<Sealer>>,
+    /// Whether the file's `meta` already names the sealer's key (see `sealing.rs`).
+    sealing_recorded: AtomicBool,
 }
 
 /// The store-wide counters as stored in `meta`.
@@ -225,7 +230,45 @@ impl MvccStore {
             durable_applied_index: AtomicU64::new(meta.applied_index),
             revision: AtomicI64::new(meta.revision),
             compact_revision: AtomicI64::new(meta.compact_revision),
+            sealer: None,
+            sealing_recorded: AtomicBool::new(false),
         })
+    }
+
+    /// Opens the store as [`open`](Self::open) does, for a member: with `sealer`, new values are
+    /// sealed and its keys can open sealed ones (they are registered for this process). Fails
+    /// when the file holds values sealed with a key `sealer` lacks, or any sealed value when
+    /// there is no sealer. Plain values already in the file stay readable either way.
+    pub fn open_with(path: &Path, sealer: Option<Arc<Sealer>>) -> Result<MvccStore, StorageError> {
+        let mut store = MvccStore::open(path)?;
+        let ids = store.sealed_key_ids()?;
+        crate::sealing::check_keys(&ids, sealer.as_deref(), &path.display().to_string())?;
+        if let Some(sealer) = &sealer {
+            concord_crypt::register(sealer.keyring());
+            *store.sealing_recorded.get_mut() = ids.contains(&sealer.active_id());
+            let ids: Vec<String> = ids.iter().map(|id| id.to_string()).collect();
+            tracing::info!(
+                sealing_with = %sealer.active_id(),
+                sealed_with = %ids.join(","),
+                "store values are sealed (encryption at rest)"
+            );
+        }
+        store.sealer = sealer;
+        Ok(store)
+    }
+
+    /// The keys that may have sealed values of the store's file (its `meta` rows), ascending.
+    /// After a key rotation, a key drops out of this list when a defragment re-sealed every
+    /// value.
+    pub fn sealed_key_ids(&self) -> Result<Vec<KeyId>, StorageError> {
+        let db = self.db();
+        let txn = db.begin_read()?;
+        crate::sealing::sealed_ids(&txn.open_table(keys::META)?)
+    }
+
+    /// The sealer new values are sealed with, if any.
+    pub(crate) fn sealer(&self) -> Option<&Sealer> {
+        self.sealer.as_deref()
     }
 
     /// The Raft log index of the last applied entry (possibly not yet durable, see
@@ -432,7 +475,12 @@ impl MvccStore {
 
         let mut results = Vec::new();
         let (revision, compact_revision) = {
-            let mut writer = Writer::open(&txn, self.current_revision(), self.compact_revision())?;
+            let mut writer = Writer::open(
+                &txn,
+                self.current_revision(),
+                self.compact_revision(),
+                self.sealer.clone(),
+            )?;
             let mut auth = crate::auth::AuthTables::open(&txn)?;
             for entry in entries {
                 if entry.index <= last_index {
@@ -449,7 +497,19 @@ impl MvccStore {
             (writer.revision, writer.compact_revision)
         };
         write_meta(&txn, last_index, revision, compact_revision)?;
+        let record_key = match &self.sealer {
+            Some(sealer) if !self.sealing_recorded.load(Ordering::Acquire) => {
+                Some(sealer.active_id())
+            }
+            _ => None,
+        };
+        if let Some(id) = record_key {
+            crate::sealing::record_key(&txn, id, revision)?;
+        }
         txn.commit()?;
+        if record_key.is_some() {
+            self.sealing_recorded.store(true, Ordering::Release);
+        }
 
         self.applied_index.store(last_index, Ordering::Release);
         self.revision.store(revision, Ordering::Release);
@@ -499,6 +559,10 @@ impl MvccStore {
             .store(meta.compact_revision, Ordering::Release);
         state.batches_since_durable = 0;
         state.last_durable = Instant::now();
+        if let Some(sealer) = &self.sealer {
+            let recorded = self.sealed_key_ids()?.contains(&sealer.active_id());
+            self.sealing_recorded.store(recorded, Ordering::Release);
+        }
         // Outside the lock: closing the old file may take a moment if no reader still holds it.
         drop(old);
         Ok(meta)

@@ -19,7 +19,19 @@ use crate::{ApplyEntry, ErrorCode, KvError, MvccStore, WriteResult};
 mod alarm;
 mod hash;
 mod lease;
+mod sealing;
 mod snapshot;
+
+/// Opens a test store. With `CONCORD_STORAGE_TEST_SEAL` set in the environment every store of
+/// the suite seals its values (encryption at rest), so all of these tests also run against
+/// sealed records.
+fn open_store(path: &std::path::Path) -> MvccStore {
+    if std::env::var_os("CONCORD_STORAGE_TEST_SEAL").is_some() {
+        MvccStore::open_with(path, Some(sealing::suite_sealer())).unwrap()
+    } else {
+        MvccStore::open(path).unwrap()
+    }
+}
 
 /// A store in a temporary directory plus a Raft index counter.
 struct Harness {
@@ -31,7 +43,7 @@ struct Harness {
 impl Harness {
     fn new() -> Harness {
         let dir = tempfile::tempdir().unwrap();
-        let store = MvccStore::open(&dir.path().join("data").join("kv.redb")).unwrap();
+        let store = open_store(&dir.path().join("data").join("kv.redb"));
         Harness {
             dir,
             store,
@@ -46,7 +58,7 @@ impl Harness {
             next_index,
         } = self;
         drop(store);
-        let store = MvccStore::open(&dir.path().join("data").join("kv.redb")).unwrap();
+        let store = open_store(&dir.path().join("data").join("kv.redb"));
         Harness {
             dir,
             store,

@@ -253,7 +253,7 @@ fn compare_holds<L: LatestTable, H: HistoryTable>(
         view.rev,
         |_, rec| {
             seen = true;
-            holds = compare_record(cmp, Some(&rec));
+            holds = compare_record(cmp, Some(&rec))?;
             Ok(holds)
         },
     )?;
@@ -261,14 +261,14 @@ fn compare_holds<L: LatestTable, H: HistoryTable>(
         if CompareTarget::try_from(cmp.target) == Ok(CompareTarget::Value) {
             return Ok(false);
         }
-        return Ok(compare_record(cmp, None));
+        return compare_record(cmp, None);
     }
     Ok(holds)
 }
 
 /// Compares one key-value (`None` = the zero key-value) against `cmp`. Unknown targets compare
 /// equal and unknown results hold, as in etcd.
-fn compare_record(cmp: &Compare, rec: Option<&Record<'_>>) -> bool {
+fn compare_record(cmp: &Compare, rec: Option<&Record<'_>>) -> Result<bool, StorageError> {
     let field = |get: fn(&Record<'_>) -> i64| rec.map_or(0, get);
     let int_target = |want: fn(&TargetUnion) -> Option<i64>| {
         cmp.target_union.as_ref().and_then(want).unwrap_or(0)
@@ -279,7 +279,11 @@ fn compare_record(cmp: &Compare, rec: Option<&Record<'_>>) -> bool {
                 Some(TargetUnion::Value(v)) => v,
                 _ => &[],
             };
-            rec.map_or(&[][..], |r| r.value).cmp(want)
+            let value = match rec {
+                Some(r) => r.value()?,
+                None => std::borrow::Cow::Borrowed(&[][..]),
+            };
+            value.as_ref().cmp(want)
         }
         Ok(CompareTarget::Version) => field(|r| r.header.version).cmp(&int_target(|t| {
             if let TargetUnion::Version(v) = t {
@@ -311,11 +315,11 @@ fn compare_record(cmp: &Compare, rec: Option<&Record<'_>>) -> bool {
         })),
         Err(_) => Ordering::Equal,
     };
-    match CompareResult::try_from(cmp.result) {
+    Ok(match CompareResult::try_from(cmp.result) {
         Ok(CompareResult::Equal) => ordering == Ordering::Equal,
         Ok(CompareResult::NotEqual) => ordering != Ordering::Equal,
         Ok(CompareResult::Greater) => ordering == Ordering::Greater,
         Ok(CompareResult::Less) => ordering == Ordering::Less,
         Err(_) => true,
-    }
+    })
 }

@@ -6,6 +6,9 @@
 //! `revision + 1`; its changes get sub revisions 0, 1, 2, … in order. A command that changes
 //! nothing leaves the revision alone.
 
+use std::sync::Arc;
+
+use concord_crypt::Sealer;
 use concord_proto::etcdserverpb::{
     DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, ResponseHeader,
 };
@@ -46,14 +49,17 @@ pub(crate) struct Writer<'t> {
     pub sub: u64,
     record_buf: Vec<u8>,
     change_buf: Vec<u8>,
+    /// Seals the values of new records (encryption at rest).
+    sealer: Option<Arc<Sealer>>,
 }
 
 impl<'t> Writer<'t> {
-    /// Opens the data tables in `txn`.
+    /// Opens the data tables in `txn`; new values are sealed with `sealer` when given.
     pub fn open(
         txn: &'t WriteTransaction,
         revision: i64,
         compact_revision: i64,
+        sealer: Option<Arc<Sealer>>,
     ) -> Result<Writer<'t>, StorageError> {
         let alarms = txn.open_table(keys::ALARMS)?;
         Ok(Writer {
@@ -69,6 +75,7 @@ impl<'t> Writer<'t> {
             sub: 0,
             record_buf: Vec::new(),
             change_buf: Vec::new(),
+            sealer,
         })
     }
 
@@ -115,10 +122,12 @@ impl<'t> Writer<'t> {
         let (prev, prev_value) = match self.latest.get(key)? {
             Some(guard) => {
                 let rec = Record::decode(guard.value())?;
-                (
-                    Some(rec.header),
-                    need_prev_value.then(|| rec.value.to_vec()),
-                )
+                let value = if need_prev_value {
+                    Some(rec.value()?.into_owned())
+                } else {
+                    None
+                };
+                (Some(rec.header), value)
             }
             None => (None, None),
         };
@@ -140,7 +149,7 @@ impl<'t> Writer<'t> {
             Some(v) if req.ignore_value => v.as_slice(),
             _ => req.value.as_slice(),
         };
-        encode_record(&mut self.record_buf, &header, value);
+        encode_record(&mut self.record_buf, &header, value, self.sealer.as_deref());
         self.kv
             .insert((key, rev as u64, self.sub), self.record_buf.as_slice())?;
         self.latest.insert(key, self.record_buf.as_slice())?;
@@ -206,7 +215,7 @@ impl<'t> Writer<'t> {
                 if let Some(guard) = removed {
                     let rec = Record::decode(guard.value())?;
                     if req.prev_kv {
-                        prev_kvs.push(rec.to_key_value(key, true));
+                        prev_kvs.push(rec.to_key_value(key, true)?);
                     }
                     tombstone(key, &rec, sub)?;
                     deleted = 1;
@@ -223,7 +232,7 @@ impl<'t> Writer<'t> {
                     let key = key.value();
                     let rec = Record::decode(value.value())?;
                     if req.prev_kv {
-                        prev_kvs.push(rec.to_key_value(key, true));
+                        prev_kvs.push(rec.to_key_value(key, true)?);
                     }
                     tombstone(key, &rec, sub)?;
                     deleted += 1;

@@ -177,7 +177,7 @@ fn expected_hash(rows: &[(&str, u64, u64, Option<RecordHeader>, &str)]) -> u32 {
     let mut record = Vec::new();
     for (key, main, sub, header, value) in rows {
         match header {
-            Some(header) => encode_record(&mut record, header, value.as_bytes()),
+            Some(header) => encode_record(&mut record, header, value.as_bytes(), None),
             None => record.clear(),
         }
         crc.field(key.as_bytes());

@@ -147,7 +147,7 @@ fn install_does_not_disturb_reads_in_flight() {
         crate::keys::KeySpan::new(b"\0", b"\0"),
         old.rev,
         |key, rec| {
-            seen.push((key.to_vec(), rec.value.to_vec()));
+            seen.push((key.to_vec(), rec.value()?.to_vec()));
             Ok(true)
         },
     )
