@@ -613,6 +613,8 @@ async fn auth_survives_a_full_restart_and_reaches_a_member_through_a_snapshot() 
     // Member 2 is away while auth is set up and the log moves on, so it can only learn the
     // auth store from a snapshot.
     cluster.terminate(2);
+    // Member 2 may have led: let the others settle on a leader before proposing.
+    cluster.wait_for_leader().await;
     let api0 = Api::to(&cluster, 0).await;
     set_up_auth(&api0).await;
     let root = api0.token("root", ROOT_PW).await;
