@@ -116,6 +116,9 @@ pub fn open_engine(dir: &std::path::Path) -> Result<Arc<Engine>, raft_engine::Er
     Ok(Arc::new(Engine::open(cfg)?))
 }
 
+/// Whether a purge of the log engine's files is running (one at a time per process is plenty).
+static PURGING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// One group's view of the shared log engine; implements raft-rs's `Storage`.
 ///
 /// Reads go to raft-engine's in-memory index; writes are staged into a
@@ -136,6 +139,29 @@ pub struct LogStore {
 }
 
 impl LogStore {
+    /// Deletes the engine's log files that hold only truncated entries, on a thread of its own.
+    ///
+    /// Truncation only moves the group's first index; raft-engine frees disk space when asked to
+    /// purge, which may also rewrite the live tail of old files. Without this, the log's files
+    /// (and, under encryption, entries sealed with retired keys) would stay on disk forever.
+    pub fn purge_in_background(&self) {
+        use std::sync::atomic::Ordering;
+        if PURGING.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let engine = self.engine.clone();
+        let spawned = std::thread::Builder::new().name("raft-log-purge".into()).spawn(move || {
+            match engine.purge_expired_files() {
+                Ok(_) => tracing::debug!("raft log files purged"),
+                Err(e) => tracing::warn!("cannot purge raft log files: {e}"),
+            }
+            PURGING.store(false, Ordering::Release);
+        });
+        if spawned.is_err() {
+            PURGING.store(false, Ordering::Release);
+        }
+    }
+
     /// Loads the group's state from the engine; an unknown group starts empty.
     pub fn open(engine: Arc<Engine>, group_id: u64, snapshots: Arc<SnapshotSlot>) -> raft_engine::Result<Self> {
         let hard_state = engine
@@ -501,6 +527,52 @@ mod tests {
         e.term = term;
         e.data = vec![index as u8].into();
         e
+    }
+
+    #[test]
+    fn truncated_log_files_are_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = raft_engine::Config {
+            dir: dir.path().to_string_lossy().into_owned(),
+            target_file_size: raft_engine::ReadableSize::kb(16),
+            purge_threshold: raft_engine::ReadableSize::kb(32),
+            ..Default::default()
+        };
+        let engine = Arc::new(Engine::open(cfg).unwrap());
+        let mut store = LogStore::open(engine, 7, Arc::default()).unwrap();
+        for chunk in 0..100u64 {
+            let mut batch = LogBatch::default();
+            let entries: Vec<Entry> = (1..=10)
+                .map(|i| {
+                    let mut e = entry(chunk * 10 + i, 1);
+                    // Bytes that do not compress, so the log really grows.
+                    let mut x = chunk * 10 + i;
+                    e.data = (0..1024)
+                        .map(|_| {
+                            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                            (x >> 56) as u8
+                        })
+                        .collect::<Vec<u8>>()
+                        .into();
+                    e
+                })
+                .collect();
+            store.stage_entries(&mut batch, &entries);
+            store.write(&mut batch, false).unwrap();
+        }
+        let log_files = || std::fs::read_dir(dir.path()).unwrap().filter(|f| f.as_ref().unwrap().path().extension().is_some_and(|e| e == "raftlog")).count();
+        let before = log_files();
+        let mut batch = LogBatch::default();
+        assert!(store.stage_compact(&mut batch, 990));
+        store.write(&mut batch, false).unwrap();
+        store.purge_in_background();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while log_files() * 2 > before {
+            assert!(std::time::Instant::now() < deadline, "{} of {before} log files left", log_files());
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            store.purge_in_background();
+        }
+        assert_eq!(store.first_index().unwrap(), 990);
     }
 
     #[test]

@@ -784,6 +784,7 @@ impl<S: StateMachine> Driver<S> {
                 fatal(&format!("cannot truncate the raft log: {e}"));
             }
             tracing::debug!(group = self.cfg.group_id, keep_from, "raft log truncated");
+            self.raw.store().purge_in_background();
         }
     }
 
