@@ -90,18 +90,23 @@ async fn a_cluster_with_tls_on_every_link_serves_clients_and_etcdctl() {
     c.put("tls/while-down", "1", None).await.unwrap();
     cluster.restart(follower);
     let mut back = cluster.client(follower).await;
-    eventually("the restarted member catches up over peer TLS", || {
-        let mut back = back.clone();
+    wait_until_local(&back, "tls/while-down", "the restarted member catches up over peer TLS").await;
+    back.put("tls/after", "1", None).await.unwrap();
+}
+
+/// Waits until the member behind `client` holds `key` in its own state (a serializable read).
+async fn wait_until_local(client: &Client, key: &str, what: &str) {
+    eventually(what, || {
+        let mut client = client.clone();
         async move {
-            let got = back
-                .get("tls/while-down", Some(etcd_client::GetOptions::new().with_serializable()))
+            let got = client
+                .get(key, Some(etcd_client::GetOptions::new().with_serializable()))
                 .await
                 .map_err(|e| e.to_string())?;
             if got.kvs().is_empty() { Err("not yet".to_string()) } else { Ok(()) }
         }
     })
     .await;
-    back.put("tls/after", "1", None).await.unwrap();
 }
 
 fn refs(args: &[String]) -> Vec<&str> {
@@ -214,17 +219,7 @@ async fn a_member_joins_a_tls_cluster_over_peer_tls() {
     // The newcomer asks the cluster for its membership, then receives the log, over peer TLS.
     let joined = cluster.spawn_joining(&peer_url);
     let newcomer = cluster.client(joined).await;
-    eventually("the new member has the data", || {
-        let mut newcomer = newcomer.clone();
-        async move {
-            let got = newcomer
-                .get("before-join", Some(etcd_client::GetOptions::new().with_serializable()))
-                .await
-                .map_err(|e| e.to_string())?;
-            if got.kvs().is_empty() { Err("not yet".to_string()) } else { Ok(()) }
-        }
-    })
-    .await;
+    wait_until_local(&newcomer, "before-join", "the new member has the data").await;
     c.put("after-join", "2", None).await.unwrap();
 }
 
