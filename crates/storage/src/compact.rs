@@ -1,80 +1,74 @@
 //! Compaction: dropping history that no read can ask for any more.
 //!
-//! After compacting at `rev`, reads at revisions `>= rev` must still answer exactly as before.
-//! For each key that means keeping its newest version `<= rev` (unless that version is a
-//! tombstone, in which case the key did not exist at `rev` and nothing of it is needed) and
-//! everything newer; every older version goes.
+//! After compacting at `c`, reads at revisions `>= c` must still answer exactly as before. For
+//! each key that means keeping its newest version `<= c` (unless that version is a tombstone, in
+//! which case the key did not exist at `c` and nothing of it is needed) and everything newer;
+//! every older version goes (see [`survives_compaction`]).
+//!
+//! `revisions` is also the change log, and a watcher may start at the compaction revision itself
+//! and expects every change made at it (etcd allows such watches). So rows at exactly `c` are
+//! kept whatever they are (a deletion, or a version replaced later within the same revision);
+//! the next compaction drops them.
 //!
 //! Only keys that changed since the previous compaction can have anything to drop: a key untouched
 //! since then already holds just its single newest version `<= previous compaction`, which is
-//! live. Those keys are exactly the ones named by the remaining `changes` rows up to `rev`, so the
-//! work is proportional to the history being compacted, not to the size of the store.
-//!
-//! `changes` rows with main revision `< rev` are removed. The rows at exactly `rev` are kept so a
-//! watcher may still start at the compaction revision and see every change made at it (etcd
-//! allows such watches); they are dropped by the next compaction.
-
-use std::collections::BTreeSet;
+//! live. Those keys are exactly the ones with rows from the previous compaction point to `c`, so
+//! the work is proportional to the history being compacted, not to the size of the store. Each
+//! such key is handled once, at its newest version `<= c`; the key index lists its older
+//! versions, wherever they lie in the table.
 
 use concord_proto::etcdserverpb::{CompactionRequest, CompactionResponse};
 use redb::ReadableTable;
 
 use crate::error::{KvError, OpError};
-use crate::keys::decode_change;
+use crate::index::{survives_compaction, IndexRead};
+use crate::keys::Row;
 use crate::write::{header_at, Writer};
 
-impl Writer<'_> {
+impl Writer<'_, '_> {
     /// etcd's Compact. Fails with `Compacted` when `req.revision` is not above the previous
     /// compaction point and with `FutureRevision` when it is above the current revision; the
     /// store revision does not change.
     pub fn compact(&mut self, req: &CompactionRequest) -> Result<CompactionResponse, OpError> {
-        let rev = req.revision;
-        if rev <= self.compact_revision {
+        let c = req.revision;
+        if c <= self.compact_revision {
             return Err(KvError::Compacted.into());
         }
-        if rev > self.revision {
+        if c > self.revision {
             return Err(KvError::FutureRevision.into());
         }
-        let urev = rev.max(0) as u64;
+        let from = self.compact_revision.max(0) as u64;
 
-        let mut touched: BTreeSet<Vec<u8>> = BTreeSet::new();
-        for row in self.changes.range((0u64, 0u64)..=(urev, u64::MAX))? {
-            let (_, value) = row?;
-            touched.insert(decode_change(value.value())?.1.to_vec());
-        }
-        self.changes
-            .retain_in((0u64, 0u64)..(urev, 0u64), |_, _| false)?;
-
-        for key in &touched {
-            let key = key.as_slice();
-            let newest = {
-                let found = self
-                    .kv
-                    .range((key, 0u64, 0u64)..=(key, urev, u64::MAX))?
-                    .next_back();
-                match found {
-                    Some(row) => {
-                        let (row_key, row_value) = row?;
-                        let (_, main, sub) = row_key.value();
-                        Some((main, sub, row_value.value().is_empty()))
-                    }
-                    None => None,
-                }
-            };
-            let Some((main, sub, is_tombstone)) = newest else {
+        // The rows to delete, and the keys they belong to (for the index, after the commit).
+        let mut doomed: Vec<(u64, u64)> = Vec::new();
+        let mut keys: Vec<Box<[u8]>> = Vec::new();
+        for row in self.revisions.range((from, 0u64)..=(c as u64, u64::MAX))? {
+            let (id, value) = row?;
+            let key = Row::decode(value.value())?.key;
+            let newest = self.index.version_at(key, c);
+            if newest.map(|v| v.id()) != Some(id.value()) {
+                // The key is handled at its newest version <= c, which is in this range too.
                 continue;
-            };
-            if is_tombstone {
-                self.kv
-                    .retain_in((key, 0u64, 0u64)..=(key, main, sub), |_, _| false)?;
-            } else {
-                self.kv
-                    .retain_in((key, 0u64, 0u64)..(key, main, sub), |_, _| false)?;
+            }
+            let before = doomed.len();
+            for version in self.index.versions(key).take_while(|v| v.main < c) {
+                if !survives_compaction(version, c, newest) {
+                    doomed.push(version.id());
+                }
+            }
+            if doomed.len() > before {
+                keys.push(key.into());
             }
         }
+        // In table order, so each page is visited (and copied) once.
+        doomed.sort_unstable();
+        for id in &doomed {
+            self.revisions.remove(*id)?;
+        }
+        self.index.record_compaction(c, keys);
 
-        self.compact_revision = rev;
-        tracing::debug!(revision = rev, keys = touched.len(), "compacted");
+        self.compact_revision = c;
+        tracing::debug!(revision = c, versions = doomed.len(), "compacted");
         Ok(CompactionResponse {
             header: Some(header_at(self.revision)),
         })

@@ -1,5 +1,5 @@
-//! On-disk layout: table definitions, the record encoding shared by `kv` and `latest`, the
-//! encoding of `changes` rows, and the translation of etcd's `key`/`range_end` pair into a span.
+//! On-disk layout: table definitions, the encoding of `revisions` rows and of the records in
+//! them, and the translation of etcd's `key`/`range_end` pair into a span.
 //!
 //! Revisions are `i64` in etcd's API but always positive in the store, so tables key them as
 //! `u64` (redb orders `u64` numerically).
@@ -9,18 +9,12 @@ use redb::TableDefinition;
 
 use crate::error::StorageError;
 
-/// Every version of every key: `(user key, main revision, sub revision)` → record, or an empty
-/// value for a deletion (tombstone). redb compares tuples element by element and byte slices
-/// lexicographically, so all versions of one key are contiguous and ordered by revision, and a key
-/// that is a prefix of another still sorts before it.
-pub(crate) const KV: TableDefinition<(&[u8], u64, u64), &[u8]> = TableDefinition::new("kv");
-
-/// The newest live version of each key: user key → record. A deleted key has no row. This is
-/// what reads at the current revision, compares, and the write path consult.
-pub(crate) const LATEST: TableDefinition<&[u8], &[u8]> = TableDefinition::new("latest");
-
-/// One row per change in revision order: `(main, sub)` → change kind byte followed by user key.
-pub(crate) const CHANGES: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("changes");
+/// Every change ever made and not yet compacted away, in revision order: `(main revision, sub
+/// revision)` → row (see [`encode_row`]): the user key, then the version's record, or nothing
+/// for a deletion (tombstone). Writes only ever append at the end of this table. It is both the
+/// store's data (reads find the row of the version they want through the in-memory key index)
+/// and its change log (watchers catching up walk it in order).
+pub(crate) const REVISIONS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("revisions");
 
 /// Every granted lease: lease id → the TTL (seconds) it was granted with. A row exists from the
 /// grant until the revoke; expiry is the server's business (it proposes the revoke).
@@ -44,14 +38,6 @@ pub(crate) const META_REVISION: &str = "revision";
 /// The revision of the last compaction; absent means never compacted (-1, as etcd).
 pub(crate) const META_COMPACT_REVISION: &str = "compact_revision";
 
-/// `changes` value prefix of a put.
-pub(crate) const CHANGE_PUT: u8 = 0;
-/// `changes` value prefix of a deletion.
-pub(crate) const CHANGE_DELETE: u8 = 1;
-
-/// A `kv` value that marks a deletion.
-pub(crate) const TOMBSTONE: &[u8] = &[];
-
 /// Length of the fixed record header that precedes the value bytes.
 pub(crate) const HEADER_LEN: usize = 32;
 
@@ -65,9 +51,16 @@ pub(crate) struct RecordHeader {
 }
 
 /// Encodes a record into `buf` (cleared first): the header as four little-endian `i64`s, then the
-/// value bytes. The key is not stored: it is already part of the table key.
+/// value bytes. This is the tail of a put's `revisions` row and what `hash_kv` feeds; outside
+/// tests only [`encode_row`] writes it.
+#[cfg(test)]
 pub(crate) fn encode_record(buf: &mut Vec<u8>, header: &RecordHeader, value: &[u8]) {
     buf.clear();
+    push_record(buf, header, value);
+}
+
+/// Appends a record's encoding (see [`encode_record`]) to `buf`.
+fn push_record(buf: &mut Vec<u8>, header: &RecordHeader, value: &[u8]) {
     buf.reserve(HEADER_LEN + value.len());
     buf.extend_from_slice(&header.create_revision.to_le_bytes());
     buf.extend_from_slice(&header.mod_revision.to_le_bytes());
@@ -122,19 +115,60 @@ impl<'a> Record<'a> {
     }
 }
 
-/// Encodes a `changes` value.
-pub(crate) fn encode_change(buf: &mut Vec<u8>, kind: u8, key: &[u8]) {
+/// Length of the key length field that starts every `revisions` row.
+const KEY_LEN_LEN: usize = 4;
+
+/// Encodes a `revisions` row into `buf` (cleared first): the key's length as a little-endian
+/// `u32`, the key, then, for a put, the record (see [`encode_record`]); a deletion ends after the
+/// key. A record is never empty (its header alone is [`HEADER_LEN`] bytes), so the two cannot be
+/// confused.
+pub(crate) fn encode_row(
+    buf: &mut Vec<u8>,
+    key: &[u8],
+    record: Option<(&RecordHeader, &[u8])>,
+) -> Result<(), StorageError> {
+    let key_len = u32::try_from(key.len())
+        .map_err(|_| StorageError::Corrupt(format!("key of {} bytes is too long", key.len())))?;
     buf.clear();
-    buf.reserve(1 + key.len());
-    buf.push(kind);
+    let record_len = record.map_or(0, |(_, value)| HEADER_LEN + value.len());
+    buf.reserve(KEY_LEN_LEN + key.len() + record_len);
+    buf.extend_from_slice(&key_len.to_le_bytes());
     buf.extend_from_slice(key);
+    if let Some((header, value)) = record {
+        push_record(buf, header, value);
+    }
+    Ok(())
 }
 
-/// Decodes a `changes` value into (kind, user key).
-pub(crate) fn decode_change(bytes: &[u8]) -> Result<(u8, &[u8]), StorageError> {
-    match bytes.split_first() {
-        Some((&kind, key)) if kind == CHANGE_PUT || kind == CHANGE_DELETE => Ok((kind, key)),
-        _ => Err(StorageError::Corrupt("malformed change row".into())),
+/// A decoded `revisions` row, borrowed from the stored bytes.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Row<'a> {
+    pub key: &'a [u8],
+    /// The version's record; `None` for a deletion.
+    pub record: Option<Record<'a>>,
+    /// The record's encoding as stored (empty for a deletion), for hashing.
+    pub record_bytes: &'a [u8],
+}
+
+impl<'a> Row<'a> {
+    /// Decodes a row written by [`encode_row`].
+    pub fn decode(bytes: &'a [u8]) -> Result<Row<'a>, StorageError> {
+        let malformed = || StorageError::Corrupt(format!("malformed row of {} bytes", bytes.len()));
+        let len_bytes = bytes.get(..KEY_LEN_LEN).ok_or_else(malformed)?;
+        let key_len = u32::from_le_bytes(len_bytes.try_into().unwrap()) as usize;
+        let key_end = KEY_LEN_LEN.checked_add(key_len).ok_or_else(malformed)?;
+        let key = bytes.get(KEY_LEN_LEN..key_end).ok_or_else(malformed)?;
+        let rest = &bytes[key_end..];
+        let record = if rest.is_empty() {
+            None
+        } else {
+            Some(Record::decode(rest)?)
+        };
+        Ok(Row {
+            key,
+            record,
+            record_bytes: rest,
+        })
     }
 }
 
@@ -197,12 +231,33 @@ mod tests {
     }
 
     #[test]
-    fn change_round_trip() {
+    fn row_round_trip() {
+        let header = RecordHeader {
+            create_revision: 2,
+            mod_revision: 5,
+            version: 3,
+            lease: 0,
+        };
         let mut buf = Vec::new();
-        encode_change(&mut buf, CHANGE_DELETE, b"abc");
-        assert_eq!(decode_change(&buf).unwrap(), (CHANGE_DELETE, &b"abc"[..]));
-        assert!(decode_change(&[]).is_err());
-        assert!(decode_change(&[9, 1]).is_err());
+        encode_row(&mut buf, b"key", Some((&header, b"value"))).unwrap();
+        let row = Row::decode(&buf).unwrap();
+        assert_eq!(row.key, b"key");
+        let rec = row.record.unwrap();
+        assert_eq!((rec.header, rec.value), (header, &b"value"[..]));
+
+        // A deletion, and a put of an empty value to an empty key.
+        encode_row(&mut buf, b"gone", None).unwrap();
+        let row = Row::decode(&buf).unwrap();
+        assert_eq!((row.key, row.record.is_none()), (&b"gone"[..], true));
+        encode_row(&mut buf, b"", Some((&header, b""))).unwrap();
+        let row = Row::decode(&buf).unwrap();
+        assert_eq!((row.key, row.record.unwrap().value), (&b""[..], &b""[..]));
+
+        // Truncated rows are refused.
+        encode_row(&mut buf, b"key", Some((&header, b"value"))).unwrap();
+        assert!(Row::decode(&buf[..3]).is_err());
+        assert!(Row::decode(&buf[..6]).is_err());
+        assert!(Row::decode(&buf[..20]).is_err());
     }
 
     #[test]

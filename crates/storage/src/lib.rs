@@ -75,6 +75,7 @@ mod compact;
 mod error;
 mod events;
 mod hash;
+mod index;
 mod keys;
 mod lease;
 mod range;
