@@ -20,9 +20,9 @@
 use concord_proto::etcdserverpb::{CompactionRequest, CompactionResponse};
 use redb::ReadableTable;
 
-use crate::error::{KvError, OpError};
-use crate::index::{survives_compaction, IndexRead};
-use crate::keys::Row;
+use crate::error::{KvError, OpError, StorageError};
+use crate::index::{survives_compaction, IndexRead, PendingIndex, Rev};
+use crate::keys::{main_revisions, row_id, split_row_id, Row, RowId};
 use crate::write::{header_at, Writer};
 
 impl Writer<'_, '_> {
@@ -37,40 +37,102 @@ impl Writer<'_, '_> {
         if c > self.revision {
             return Err(KvError::FutureRevision.into());
         }
-        let from = self.compact_revision.max(0) as u64;
-
-        // The rows to delete, and the keys they belong to (for the index, after the commit).
-        let mut doomed: Vec<(u64, u64)> = Vec::new();
-        let mut keys: Vec<Box<[u8]>> = Vec::new();
-        for row in self.revisions.range((from, 0u64)..=(c as u64, u64::MAX))? {
+        let from = self.compact_revision.max(0);
+        let Writer {
+            revisions, index, ..
+        } = self;
+        let mut sweep = Sweep {
+            index,
+            c,
+            from,
+            older: Vec::new(),
+            keys: Vec::new(),
+            removed: 0,
+            error: None,
+        };
+        // Rows from the previous compaction point up to (not including) c are removed in one
+        // pass as they are examined...
+        if from < c {
+            let below_c = row_id(from as u64, 0)..row_id(c as u64, 0);
+            revisions.retain_in(below_c, |id, value| sweep.keeps(id, value))?;
+        }
+        // ...rows at c all stay, but they may be some keys' newest versions...
+        for row in revisions.range(main_revisions(c, c))? {
             let (id, value) = row?;
-            let key = Row::decode(value.value())?.key;
-            let newest = self.index.version_at(key, c);
-            if newest.map(|v| v.id()) != Some(id.value()) {
-                // The key is handled at its newest version <= c, which is in this range too.
-                continue;
-            }
-            let before = doomed.len();
-            for version in self.index.versions(key).take_while(|v| v.main < c) {
-                if !survives_compaction(version, c, newest) {
-                    doomed.push(version.id());
-                }
-            }
-            if doomed.len() > before {
-                keys.push(key.into());
-            }
+            sweep.keeps(id.value(), value.value());
         }
-        // In table order, so each page is visited (and copied) once.
-        doomed.sort_unstable();
-        for id in &doomed {
-            self.revisions.remove(*id)?;
+        if let Some(err) = sweep.error {
+            return Err(err.into());
         }
-        self.index.record_compaction(c, keys);
+        // ...and those keys' versions below the previous compaction point go one by one.
+        sweep.older.sort_unstable();
+        for id in &sweep.older {
+            revisions.remove(*id)?;
+        }
+        let removed = sweep.removed + sweep.older.len();
+        index.record_compaction(c, sweep.keys);
 
         self.compact_revision = c;
-        tracing::debug!(revision = c, versions = doomed.len(), "compacted");
+        tracing::debug!(revision = c, versions = removed, "compacted");
         Ok(CompactionResponse {
             header: Some(header_at(self.revision)),
         })
+    }
+}
+
+/// One compaction's walk over the rows from the previous compaction point `from` to `c`.
+struct Sweep<'a, 'i> {
+    index: &'a PendingIndex<'i>,
+    c: i64,
+    from: i64,
+    /// Doomed versions below `from`, which the walk does not reach.
+    older: Vec<RowId>,
+    /// The keys that lose versions, for the index.
+    keys: Vec<Box<[u8]>>,
+    /// Rows the walk itself removed.
+    removed: usize,
+    /// The first row that could not be read; the walk keeps everything after it.
+    error: Option<StorageError>,
+}
+
+impl Sweep<'_, '_> {
+    /// Examines one row of the walk: whether it survives the compaction, and, when it is its
+    /// key's newest version at or below `c` (each key touched since `from` has exactly one such
+    /// row in the walk), what else of the key goes.
+    fn keeps(&mut self, id: RowId, value: &[u8]) -> bool {
+        if self.error.is_some() {
+            return true;
+        }
+        let row = match Row::decode(value) {
+            Ok(row) => row,
+            Err(err) => {
+                self.error = Some(err);
+                return true;
+            }
+        };
+        let (main, sub) = split_row_id(id);
+        let version = Rev {
+            main: main as i64,
+            sub: sub as u32,
+            tombstone: row.record.is_none(),
+        };
+        let newest = self.index.version_at(row.key, self.c);
+        if newest == Some(version) {
+            let mut loses = false;
+            for older in self.index.versions(row.key).take_while(|v| v.main < self.c) {
+                if !survives_compaction(older, self.c, newest) {
+                    loses = true;
+                    if older.main < self.from {
+                        self.older.push(older.id());
+                    }
+                }
+            }
+            if loses {
+                self.keys.push(row.key.into());
+            }
+        }
+        let keep = survives_compaction(version, self.c, newest);
+        self.removed += usize::from(!keep);
+        keep
     }
 }

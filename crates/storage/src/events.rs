@@ -5,7 +5,7 @@ use concord_proto::mvccpb::{Event, KeyValue};
 
 use crate::error::StorageError;
 use crate::index::Rev;
-use crate::keys::Row;
+use crate::keys::{main_revisions, split_row_id, Row};
 use crate::view::{fetch_row, live_record, RowTable};
 
 /// Reads the events of main revisions `start_rev..=end_rev` from `rows`, stopping at the end of
@@ -22,10 +22,9 @@ pub(crate) fn read_events<T: RowTable>(
     if end_rev < start_rev {
         return Ok((events, ids));
     }
-    let range = (start_rev as u64, 0u64)..=(end_rev as u64, u64::MAX);
-    for row in rows.range(range)? {
+    for row in rows.range(main_revisions(start_rev, end_rev))? {
         let (id, value) = row?;
-        let (main, sub) = id.value();
+        let (main, sub) = split_row_id(id.value());
         if events.len() >= max_events && ids.last().map(|&(m, _)| m) != Some(main as i64) {
             break;
         }

@@ -25,7 +25,7 @@ use redb::{Key, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinitio
 
 use crate::error::{KvError, StorageError};
 use crate::index::IndexRead;
-use crate::keys::{self, Row};
+use crate::keys::{self, main_revisions, split_row_id, Row};
 use crate::store::{read_meta, MvccStore, Snapshot};
 
 /// `hash_kv` re-takes the index lock after this many lookups, so the writer never waits long.
@@ -67,9 +67,9 @@ impl MvccStore {
         let mut crc = Crc32c::new();
         let mut shared = None;
         let mut lookups = 0;
-        for row in snap.revisions.range(..=(rev.max(0) as u64, u64::MAX))? {
+        for row in snap.revisions.range(main_revisions(0, rev))? {
             let (id, value) = row?;
-            let (main, sub) = id.value();
+            let (main, sub) = split_row_id(id.value());
             let row = Row::decode(value.value())?;
             if main as i64 > compacted {
                 shared = None;
@@ -94,7 +94,7 @@ impl MvccStore {
                 }
             };
             let current = index.index.version_at(row.key, rev);
-            if current.is_some_and(|v| v.id() == (main, sub)) {
+            if current.is_some_and(|v| v.id() == id.value()) {
                 hash_row(&mut crc, row.key, main, sub, row.record_bytes);
             }
         }

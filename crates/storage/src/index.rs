@@ -10,8 +10,10 @@
 //! ([`KeyIndex::apply`]) only once the batch's redb transaction has committed, so a failed batch
 //! leaves nothing behind.
 //!
-//! Memory: per key, the `BTreeMap` entry (a boxed key, 16 bytes, and a [`KeyHistory`], 48 bytes,
-//! plus the map's node overhead), the key bytes, and 16 bytes per stored version.
+//! Memory: per key, the `BTreeMap` entry (a boxed key, 16 bytes, and a [`KeyHistory`], 64 bytes,
+//! plus the map's node overhead), the key bytes, and 16 bytes per stored version but the newest
+//! (a key with a single version, the usual case after compaction, has no allocation of its
+//! own besides the key).
 
 use std::collections::btree_map;
 use std::collections::BTreeMap;
@@ -19,7 +21,7 @@ use std::iter::Peekable;
 use std::ops::Bound;
 
 use crate::error::StorageError;
-use crate::keys::{KeySpan, RecordHeader, Row};
+use crate::keys::{row_id, split_row_id, KeySpan, RecordHeader, Row, RowId};
 use crate::view::RowTable;
 
 /// One stored version of a key: the revision of its `revisions` row and whether it is a
@@ -33,8 +35,8 @@ pub(crate) struct Rev {
 
 impl Rev {
     /// The `revisions` table key of the version's row.
-    pub fn id(self) -> (u64, u64) {
-        (self.main as u64, u64::from(self.sub))
+    pub fn id(self) -> RowId {
+        row_id(self.main as u64, u64::from(self.sub))
     }
 
     /// Whether the version is a put (the key exists at this revision).
@@ -68,11 +70,66 @@ impl Head {
     }
 }
 
-/// One key's entry: its stored versions, ascending, and the head of the newest one.
+/// One key's entry: its stored versions and the head of the newest one. The newest version is
+/// kept apart from the older ones, so reads at the current revision touch nothing else.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct KeyHistory {
-    revs: Vec<Rev>,
+    newest: Rev,
     head: Head,
+    /// The older versions, ascending.
+    older: Vec<Rev>,
+}
+
+impl KeyHistory {
+    fn new(version: Rev, head: Head) -> KeyHistory {
+        KeyHistory {
+            newest: version,
+            head,
+            older: Vec::new(),
+        }
+    }
+
+    /// Adds a version newer than all the others.
+    fn push(&mut self, version: Rev, head: Head) {
+        self.older.push(self.newest);
+        self.newest = version;
+        self.head = head;
+    }
+
+    /// The newest version at or below main revision `rev`.
+    fn at(&self, rev: i64) -> Option<Rev> {
+        if self.newest.main <= rev {
+            Some(self.newest)
+        } else {
+            newest_at(&self.older, rev)
+        }
+    }
+
+    /// The newest version strictly before `(main, sub)`.
+    fn before(&self, main: i64, sub: u32) -> Option<Rev> {
+        if self.newest.position() < (main, sub) {
+            Some(self.newest)
+        } else {
+            newest_before(&self.older, main, sub)
+        }
+    }
+
+    /// Every version, ascending.
+    fn versions(&self) -> impl Iterator<Item = Rev> + '_ {
+        self.older.iter().copied().chain(std::iter::once(self.newest))
+    }
+
+    /// Applies the compaction rule at `c`; `false` when nothing of the key is left.
+    fn compact(&mut self, c: i64) -> bool {
+        let newest_at_c = self.at(c);
+        if !survives_compaction(self.newest, c, newest_at_c) {
+            // A deletion below `c` is the newest version: everything of the key goes.
+            return false;
+        }
+        self.older
+            .retain(|&version| survives_compaction(version, c, newest_at_c));
+        true
+    }
 }
 
 /// The newest of the ascending `revs` at or below main revision `rev`.
@@ -158,7 +215,7 @@ impl KeyIndex {
         let mut keys: BTreeMap<Box<[u8]>, KeyHistory> = BTreeMap::new();
         for row in revisions.iter()? {
             let (id, value) = row?;
-            let (main, sub) = id.value();
+            let (main, sub) = split_row_id(id.value());
             let row = Row::decode(value.value())?;
             let version = Rev {
                 main: main as i64,
@@ -168,18 +225,9 @@ impl KeyIndex {
             };
             let head = row.record.map_or(Head::default(), |r| Head::of(&r.header));
             match keys.get_mut(row.key) {
-                Some(history) => {
-                    history.revs.push(version);
-                    history.head = head;
-                }
+                Some(history) => history.push(version, head),
                 None => {
-                    keys.insert(
-                        row.key.into(),
-                        KeyHistory {
-                            revs: vec![version],
-                            head,
-                        },
-                    );
+                    keys.insert(row.key.into(), KeyHistory::new(version, head));
                 }
             }
         }
@@ -204,7 +252,7 @@ impl KeyIndex {
     /// The newest version of `key` strictly before `(main, sub)`: what a change at that revision
     /// replaced, if history still holds it.
     pub fn version_before(&self, key: &[u8], main: i64, sub: u32) -> Option<Rev> {
-        newest_before(&self.keys.get(key)?.revs, main, sub)
+        self.keys.get(key)?.before(main, sub)
     }
 
     /// How many keys the index holds (deleted keys whose history is not compacted yet count).
@@ -220,19 +268,20 @@ impl KeyIndex {
     /// `c`, which all came before it, and versions added after it are above `c`.
     pub fn apply(&mut self, changes: IndexChanges, revision: i64, compact_revision: i64) {
         for (key, pending) in changes.added {
+            let Some((&last, earlier)) = pending.revs.split_last() else {
+                continue;
+            };
             match self.keys.get_mut(&*key) {
                 Some(history) => {
-                    history.revs.extend_from_slice(&pending.revs);
+                    history.older.push(history.newest);
+                    history.older.extend_from_slice(earlier);
+                    history.newest = last;
                     history.head = pending.head;
                 }
                 None => {
-                    self.keys.insert(
-                        key,
-                        KeyHistory {
-                            revs: pending.revs,
-                            head: pending.head,
-                        },
-                    );
+                    let mut history = KeyHistory::new(last, pending.head);
+                    history.older.extend_from_slice(earlier);
+                    self.keys.insert(key, history);
                 }
             }
         }
@@ -250,11 +299,7 @@ impl KeyIndex {
         let Some(history) = self.keys.get_mut(key) else {
             return;
         };
-        let newest = newest_at(&history.revs, c);
-        history
-            .revs
-            .retain(|&version| survives_compaction(version, c, newest));
-        if history.revs.is_empty() {
+        if !history.compact(c) {
             self.keys.remove(key);
         }
     }
@@ -264,7 +309,7 @@ impl KeyIndex {
     pub fn live_keys(&self) -> Vec<Vec<u8>> {
         self.keys
             .iter()
-            .filter(|(_, h)| h.revs.last().is_some_and(|v| v.is_live()))
+            .filter(|(_, h)| h.newest.is_live())
             .map(|(k, _)| k.to_vec())
             .collect()
     }
@@ -272,12 +317,12 @@ impl KeyIndex {
 
 impl IndexRead for KeyIndex {
     fn version_at(&self, key: &[u8], rev: i64) -> Option<Rev> {
-        newest_at(&self.keys.get(key)?.revs, rev)
+        self.keys.get(key)?.at(rev)
     }
 
     fn newest(&self, key: &[u8]) -> Option<(Rev, Head)> {
         let history = self.keys.get(key)?;
-        Some((*history.revs.last()?, history.head))
+        Some((history.newest, history.head))
     }
 
     fn scan_live<E, F>(&self, span: KeySpan<'_>, rev: i64, mut f: F) -> Result<(), E>
@@ -291,7 +336,7 @@ impl IndexRead for KeyIndex {
             return Ok(());
         };
         for (key, history) in self.keys.range::<[u8], _>(bounds) {
-            if let Some(version) = newest_at(&history.revs, rev).filter(|v| v.is_live()) {
+            if let Some(version) = history.at(rev).filter(|v| v.is_live()) {
                 if !f(key, version)? {
                     break;
                 }
@@ -367,9 +412,9 @@ impl<'i> PendingIndex<'i> {
 
     /// Every stored version of `key`, ascending: the committed ones, then the batch's.
     pub fn versions<'a>(&'a self, key: &[u8]) -> impl Iterator<Item = Rev> + 'a {
-        let committed = self.base.keys.get(key).map_or(&[][..], |h| &h.revs[..]);
+        let committed = self.base.keys.get(key).into_iter().flat_map(|h| h.versions());
         let added = self.added.get(key).map_or(&[][..], |p| &p.revs[..]);
-        committed.iter().chain(added).copied()
+        committed.chain(added.iter().copied())
     }
 
     /// Records that the batch compacted `keys` at `c` (and removed their rows).
@@ -447,7 +492,7 @@ impl<'a> Merged<'a> {
         Some(match order {
             std::cmp::Ordering::Less => {
                 let (key, history) = self.base.next()?;
-                (&**key, newest_at(&history.revs, rev))
+                (&**key, history.at(rev))
             }
             std::cmp::Ordering::Greater => {
                 let (key, pending) = self.added.next()?;
@@ -457,7 +502,7 @@ impl<'a> Merged<'a> {
                 let (_, history) = self.base.next()?;
                 let (key, pending) = self.added.next()?;
                 let version =
-                    newest_at(&pending.revs, rev).or_else(|| newest_at(&history.revs, rev));
+                    newest_at(&pending.revs, rev).or_else(|| history.at(rev));
                 (&**key, version)
             }
         })

@@ -9,12 +9,33 @@ use redb::TableDefinition;
 
 use crate::error::StorageError;
 
-/// Every change ever made and not yet compacted away, in revision order: `(main revision, sub
-/// revision)` → row (see [`encode_row`]): the user key, then the version's record, or nothing
-/// for a deletion (tombstone). Writes only ever append at the end of this table. It is both the
-/// store's data (reads find the row of the version they want through the in-memory key index)
-/// and its change log (watchers catching up walk it in order).
-pub(crate) const REVISIONS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("revisions");
+/// Every change ever made and not yet compacted away, in revision order: [`RowId`] `(main
+/// revision, sub revision)` → row (see [`encode_row`]): the user key, then the version's record,
+/// or nothing for a deletion (tombstone). Writes only ever append at the end of this table. It is
+/// both the store's data (reads find the row of the version they want through the in-memory key
+/// index) and its change log (watchers catching up walk it in order).
+pub(crate) const REVISIONS: TableDefinition<RowId, &[u8]> = TableDefinition::new("revisions");
+
+/// The key of a `revisions` row: the main revision in the high 64 bits and the sub revision in
+/// the low 64, so numeric order is revision order. One integer rather than a `(u64, u64)` tuple
+/// because redb encodes tuple keys through a fresh heap buffer on every lookup.
+pub(crate) type RowId = u128;
+
+/// The row key of `(main, sub)`.
+pub(crate) fn row_id(main: u64, sub: u64) -> RowId {
+    (RowId::from(main) << 64) | RowId::from(sub)
+}
+
+/// The `(main, sub)` of a row key.
+pub(crate) fn split_row_id(id: RowId) -> (u64, u64) {
+    ((id >> 64) as u64, id as u64)
+}
+
+/// The row keys of every change of main revisions `from..=to`; `0 <= from <= to`.
+pub(crate) fn main_revisions(from: i64, to: i64) -> std::ops::RangeInclusive<RowId> {
+    debug_assert!(0 <= from && from <= to);
+    row_id(from as u64, 0)..=row_id(to as u64, u64::MAX)
+}
 
 /// Every granted lease: lease id → the TTL (seconds) it was granted with. A row exists from the
 /// grant until the revoke; expiry is the server's business (it proposes the revoke).

@@ -20,7 +20,7 @@ use concord_proto::mvccpb::KeyValue;
 use crate::error::{KvError, OpError, StorageError};
 use crate::index::{IndexRead, Rev};
 use crate::keys::{KeySpan, Record};
-use crate::view::{fetch_row, live_record, RowTable, View};
+use crate::view::{for_each_row, live_record, RowTable, View};
 
 /// Resolves a request's `revision` field against a view at `view_rev` with compaction point
 /// `compact_rev`, with etcd's checks: 0 (or negative) means the view's revision; above it is a
@@ -125,13 +125,24 @@ pub(crate) fn finish_range<T: RowTable>(
     };
     let with_values = !req.keys_only || (order != SortOrder::None && target == SortTarget::Value);
 
-    let mut kvs: Vec<KeyValue> = Vec::with_capacity(plan.fetch.len());
-    for version in plan.fetch {
-        let guard = fetch_row(rows, version)?;
-        let (key, record) = live_record(guard.value())?;
-        if passes_filters(req, &record) {
-            kvs.push(record.to_key_value(key, with_values));
+    // Rows arrive in table order; each lands in its key's slot.
+    let mut kvs: Vec<KeyValue> = Vec::new();
+    kvs.resize_with(plan.fetch.len(), KeyValue::default);
+    let mut passed = filtered(req).then(|| vec![false; plan.fetch.len()]);
+    for_each_row(rows, &plan.fetch, |i, bytes| {
+        let (key, record) = live_record(bytes)?;
+        if let Some(passed) = passed.as_mut() {
+            if !passes_filters(req, &record) {
+                return Ok(());
+            }
+            passed[i] = true;
         }
+        kvs[i] = record.to_key_value(key, with_values);
+        Ok(())
+    })?;
+    if let Some(passed) = passed {
+        let mut passed = passed.into_iter();
+        kvs.retain(|_| passed.next().unwrap_or(false));
     }
 
     if order != SortOrder::None {

@@ -141,6 +141,9 @@ pub struct MvccStore {
     durable_applied_index: AtomicU64,
     revision: AtomicI64,
     compact_revision: AtomicI64,
+    /// Makes the next batch fail just before its commit, as a storage error would.
+    #[cfg(test)]
+    pub(crate) fail_next_batch: std::sync::atomic::AtomicBool,
 }
 
 /// The store-wide counters as stored in `meta`.
@@ -166,7 +169,7 @@ pub(crate) fn read_meta<T: ReadableTable<&'static str, u64>>(
 }
 
 /// `revisions` opened in a read snapshot.
-pub(crate) type RevisionsRead = ReadOnlyTable<(u64, u64), &'static [u8]>;
+pub(crate) type RevisionsRead = ReadOnlyTable<crate::keys::RowId, &'static [u8]>;
 
 /// What the lock of [`MvccStore`] guards: the database handle and the key index of its
 /// committed state, which are replaced together.
@@ -279,6 +282,8 @@ impl MvccStore {
             durable_applied_index: AtomicU64::new(meta.applied_index),
             revision: AtomicI64::new(meta.revision),
             compact_revision: AtomicI64::new(meta.compact_revision),
+            #[cfg(test)]
+            fail_next_batch: Default::default(),
         })
     }
 
@@ -559,6 +564,10 @@ impl MvccStore {
             (counters.0, counters.1, writer.index.into_changes())
         };
         write_meta(&txn, last_index, revision, compact_revision)?;
+        #[cfg(test)]
+        if self.fail_next_batch.swap(false, Ordering::SeqCst) {
+            return Err(StorageError::Corrupt("injected failure".into()));
+        }
         drop(shared);
         // On any error up to here the batch's index changes are simply dropped with the
         // transaction: the index only ever learns of committed batches.
@@ -697,7 +706,7 @@ impl MvccStore {
             .unwrap()
             .map(|row| {
                 let (id, value) = row.unwrap();
-                let (main, sub) = id.value();
+                let (main, sub) = crate::keys::split_row_id(id.value());
                 let row = crate::keys::Row::decode(value.value()).unwrap();
                 (row.key.to_vec(), main, sub, row.record.is_none())
             })
@@ -712,7 +721,7 @@ impl MvccStore {
         snap.revisions
             .iter()
             .unwrap()
-            .map(|row| row.unwrap().0.value())
+            .map(|row| crate::keys::split_row_id(row.unwrap().0.value()))
             .collect()
     }
 

@@ -18,6 +18,7 @@ use crate::{ApplyEntry, ErrorCode, KvError, MvccStore, WriteResult};
 
 mod alarm;
 mod hash;
+mod index;
 mod lease;
 mod snapshot;
 

@@ -7,11 +7,11 @@ use redb::{AccessGuard, ReadableTable};
 
 use crate::error::StorageError;
 use crate::index::{IndexRead, Rev};
-use crate::keys::{KeySpan, Record, Row};
+use crate::keys::{KeySpan, Record, Row, RowId};
 
-/// A table shaped like `revisions` ((main, sub) → row), read-only or writable.
-pub(crate) trait RowTable: ReadableTable<(u64, u64), &'static [u8]> {}
-impl<T: ReadableTable<(u64, u64), &'static [u8]>> RowTable for T {}
+/// A table shaped like `revisions` (row id → row), read-only or writable.
+pub(crate) trait RowTable: ReadableTable<RowId, &'static [u8]> {}
+impl<T: ReadableTable<RowId, &'static [u8]>> RowTable for T {}
 
 /// The stored row of `version`, which the index says exists. Its absence means the index and
 /// the table disagree, which the read protocol (see `store.rs`) rules out.
@@ -25,6 +25,68 @@ pub(crate) fn fetch_row<T: RowTable>(
             version.main, version.sub
         ))
     })
+}
+
+/// How far [`for_each_row`] steps an open table iterator towards the next wanted row (in rows,
+/// and in main revisions for deciding to step at all) before it looks the row up afresh. A step
+/// costs a fraction of a lookup, which walks the B-tree from its root.
+const MAX_STEPS: usize = 8;
+
+/// Reads the rows of `versions` (which the index says exist; any order) and calls `f(i, row)`
+/// for each, `i` being its position in `versions`. Rows are visited in table order, and a run of
+/// rows close together (versions written together, such as keys loaded in one go) is read by
+/// stepping one iterator instead of a lookup per row.
+pub(crate) fn for_each_row<T, F>(rows: &T, versions: &[Rev], mut f: F) -> Result<(), StorageError>
+where
+    T: RowTable,
+    F: FnMut(usize, &[u8]) -> Result<(), StorageError>,
+{
+    let near = |a: Rev, b: Rev| b.main - a.main <= MAX_STEPS as i64;
+    let mut order: Vec<usize> = (0..versions.len()).collect();
+    order.sort_unstable_by_key(|&i| versions[i].id());
+    let mut cursor: Option<(redb::Range<'_, RowId, &'static [u8]>, Rev)> = None;
+    for (k, &i) in order.iter().enumerate() {
+        let want = versions[i];
+        let mut found = None;
+        if let Some((it, last)) = cursor.as_mut() {
+            if near(*last, want) {
+                for row in it.by_ref().take(MAX_STEPS) {
+                    let (id, value) = row?;
+                    if id.value() >= want.id() {
+                        found = (id.value() == want.id()).then_some(value);
+                        break;
+                    }
+                }
+            }
+        }
+        if found.is_none() {
+            cursor = None;
+            let next_is_near = order.get(k + 1).is_some_and(|&j| near(want, versions[j]));
+            if next_is_near {
+                let mut it = rows.range(want.id()..)?;
+                found = match it.next() {
+                    Some(row) => {
+                        let (id, value) = row?;
+                        (id.value() == want.id()).then_some(value)
+                    }
+                    None => None,
+                };
+                cursor = Some((it, want));
+            } else {
+                found = Some(fetch_row(rows, want)?);
+            }
+        }
+        let Some(guard) = found else {
+            return Err(fetch_row(rows, want).err().unwrap_or_else(|| {
+                StorageError::Corrupt("a row vanished while reading it".into())
+            }));
+        };
+        if let Some((_, last)) = cursor.as_mut() {
+            *last = want;
+        }
+        f(i, guard.value())?;
+    }
+    Ok(())
 }
 
 /// Decodes the row of a live version into its key and record.

@@ -16,12 +16,12 @@ use redb::{Table, WriteTransaction};
 use crate::alarm::{no_space_raised, AlarmsMut};
 use crate::error::{KvError, OpError, StorageError};
 use crate::index::{Head, IndexRead, KeyIndex, PendingIndex, Rev};
-use crate::keys::{self, encode_row, KeySpan, RecordHeader};
+use crate::keys::{self, encode_row, KeySpan, RecordHeader, RowId};
 use crate::lease::{self, LeaseKeysMut, LeasesMut, NO_LEASE};
 use crate::view::{fetch_row, live_record, View};
 
 /// `revisions` opened for writing.
-pub(crate) type RevisionsMut<'t> = Table<'t, (u64, u64), &'static [u8]>;
+pub(crate) type RevisionsMut<'t> = Table<'t, RowId, &'static [u8]>;
 
 /// Mutable state of one apply batch.
 pub(crate) struct Writer<'t, 'i> {
