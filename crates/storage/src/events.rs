@@ -8,6 +8,9 @@ use crate::index::Rev;
 use crate::keys::{main_revisions, split_row_id, Row};
 use crate::view::{fetch_row, live_record, RowTable};
 
+/// The `(main, sub)` revision of each event read, in order.
+pub(crate) type EventRevisions = Vec<(i64, u32)>;
+
 /// Reads the events of main revisions `start_rev..=end_rev` from `rows`, stopping at the end of
 /// the first main revision at which `max_events` is reached; see `MvccStore::events`. Returns
 /// each event's `(main, sub)` alongside, for looking up what it replaced.
@@ -16,7 +19,7 @@ pub(crate) fn read_events<T: RowTable>(
     start_rev: i64,
     end_rev: i64,
     max_events: usize,
-) -> Result<(Vec<Event>, Vec<(i64, u32)>), StorageError> {
+) -> Result<(Vec<Event>, EventRevisions), StorageError> {
     let mut events = Vec::new();
     let mut ids = Vec::new();
     if end_rev < start_rev {

@@ -21,7 +21,9 @@
 //! with different compaction points generally disagree even when both are healthy: compare only
 //! answers whose compact revisions are equal, as etcd's corruption check does.
 
-use redb::{Key, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, TableHandle, Value};
+use redb::{
+    Key, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, TableHandle, Value,
+};
 
 use crate::error::{KvError, StorageError};
 use crate::index::IndexRead;

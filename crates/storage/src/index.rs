@@ -116,7 +116,10 @@ impl KeyHistory {
 
     /// Every version, ascending.
     fn versions(&self) -> impl Iterator<Item = Rev> + '_ {
-        self.older.iter().copied().chain(std::iter::once(self.newest))
+        self.older
+            .iter()
+            .copied()
+            .chain(std::iter::once(self.newest))
     }
 
     /// Applies the compaction rule at `c`; `false` when nothing of the key is left.
@@ -173,8 +176,11 @@ pub(crate) trait IndexRead {
         F: FnMut(&[u8], Rev) -> Result<bool, E>;
 }
 
+/// Bounds of a range of keys in the index's map.
+type KeyBounds<'a> = (Bound<&'a [u8]>, Bound<&'a [u8]>);
+
 /// The map bounds of a range span; `None` for the other kinds.
-fn map_bounds<'a>(span: KeySpan<'a>) -> Option<(Bound<&'a [u8]>, Bound<&'a [u8]>)> {
+fn map_bounds(span: KeySpan<'_>) -> Option<KeyBounds<'_>> {
     match span {
         KeySpan::Range { start, end } => Some((
             Bound::Included(start),
@@ -412,7 +418,12 @@ impl<'i> PendingIndex<'i> {
 
     /// Every stored version of `key`, ascending: the committed ones, then the batch's.
     pub fn versions<'a>(&'a self, key: &[u8]) -> impl Iterator<Item = Rev> + 'a {
-        let committed = self.base.keys.get(key).into_iter().flat_map(|h| h.versions());
+        let committed = self
+            .base
+            .keys
+            .get(key)
+            .into_iter()
+            .flat_map(|h| h.versions());
         let added = self.added.get(key).map_or(&[][..], |p| &p.revs[..]);
         committed.chain(added.iter().copied())
     }
@@ -501,8 +512,7 @@ impl<'a> Merged<'a> {
             std::cmp::Ordering::Equal => {
                 let (_, history) = self.base.next()?;
                 let (key, pending) = self.added.next()?;
-                let version =
-                    newest_at(&pending.revs, rev).or_else(|| history.at(rev));
+                let version = newest_at(&pending.revs, rev).or_else(|| history.at(rev));
                 (&**key, version)
             }
         })
@@ -523,7 +533,12 @@ mod tests {
 
     #[test]
     fn lookups_by_revision() {
-        let revs = [rev(2, 0, false), rev(5, 1, false), rev(5, 2, true), rev(9, 0, false)];
+        let revs = [
+            rev(2, 0, false),
+            rev(5, 1, false),
+            rev(5, 2, true),
+            rev(9, 0, false),
+        ];
         assert_eq!(newest_at(&revs, 1), None);
         assert_eq!(newest_at(&revs, 4), Some(revs[0]));
         assert_eq!(newest_at(&revs, 5), Some(revs[2]));
@@ -535,7 +550,12 @@ mod tests {
 
     #[test]
     fn compaction_rule() {
-        let revs = [rev(2, 0, false), rev(4, 0, false), rev(6, 0, true), rev(6, 1, false)];
+        let revs = [
+            rev(2, 0, false),
+            rev(4, 0, false),
+            rev(6, 0, true),
+            rev(6, 1, false),
+        ];
         let kept = |c: i64| -> Vec<Rev> {
             let newest = newest_at(&revs, c);
             revs.iter()
@@ -551,8 +571,6 @@ mod tests {
         // A key whose newest version is a deletion below the point goes entirely.
         let deleted = [rev(2, 0, false), rev(3, 0, true)];
         let newest = newest_at(&deleted, 4);
-        assert!(deleted
-            .iter()
-            .all(|&v| !survives_compaction(v, 4, newest)));
+        assert!(deleted.iter().all(|&v| !survives_compaction(v, 4, newest)));
     }
 }

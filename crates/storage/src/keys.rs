@@ -71,16 +71,16 @@ pub(crate) struct RecordHeader {
     pub lease: i64,
 }
 
-/// Encodes a record into `buf` (cleared first): the header as four little-endian `i64`s, then the
-/// value bytes. This is the tail of a put's `revisions` row and what `hash_kv` feeds; outside
-/// tests only [`encode_row`] writes it.
+/// Encodes a record into `buf` (cleared first), as [`push_record`] does; for tests that
+/// rebuild hashes by hand.
 #[cfg(test)]
 pub(crate) fn encode_record(buf: &mut Vec<u8>, header: &RecordHeader, value: &[u8]) {
     buf.clear();
     push_record(buf, header, value);
 }
 
-/// Appends a record's encoding (see [`encode_record`]) to `buf`.
+/// Appends a record's encoding to `buf`: the header as four little-endian `i64`s, then the
+/// value bytes. This is the tail of a put's `revisions` row and what `hash_kv` feeds.
 fn push_record(buf: &mut Vec<u8>, header: &RecordHeader, value: &[u8]) {
     buf.reserve(HEADER_LEN + value.len());
     buf.extend_from_slice(&header.create_revision.to_le_bytes());
@@ -98,7 +98,7 @@ pub(crate) struct Record<'a> {
 }
 
 impl<'a> Record<'a> {
-    /// Decodes a record written by [`encode_record`].
+    /// Decodes a record written by [`push_record`].
     pub fn decode(bytes: &'a [u8]) -> Result<Record<'a>, StorageError> {
         if bytes.len() < HEADER_LEN {
             return Err(StorageError::Corrupt(format!(
@@ -140,7 +140,7 @@ impl<'a> Record<'a> {
 const KEY_LEN_LEN: usize = 4;
 
 /// Encodes a `revisions` row into `buf` (cleared first): the key's length as a little-endian
-/// `u32`, the key, then, for a put, the record (see [`encode_record`]); a deletion ends after the
+/// `u32`, the key, then, for a put, the record (see [`push_record`]); a deletion ends after the
 /// key. A record is never empty (its header alone is [`HEADER_LEN`] bytes), so the two cannot be
 /// confused.
 pub(crate) fn encode_row(

@@ -217,11 +217,13 @@ pub(crate) fn database_builder() -> redb::Builder {
     builder
 }
 
-/// Readies a freshly opened redb file for use as a store: creates every table it lacks (so read
-/// snapshots can always open them) and reads its counters.
+/// Readies a freshly opened redb file for use as a store: moves a file of the old layout to the
+/// current one (see `legacy.rs`), creates every table it lacks (so read snapshots can always
+/// open them) and reads its counters.
 pub(crate) fn prepare_database(db: Database) -> Result<(Database, Meta), StorageError> {
     let txn = db.begin_write()?;
     let meta = {
+        crate::legacy::migrate(&txn)?;
         txn.open_table(keys::REVISIONS)?;
         txn.open_table(keys::LEASES)?;
         txn.open_table(keys::LEASE_KEYS)?;
@@ -338,7 +340,9 @@ impl MvccStore {
 
     /// The key index, read-locked, and a redb read snapshot that holds every row it names (see
     /// the module docs). Reads stand at the index's revision, which the snapshot records.
-    pub(crate) fn read_state(&self) -> Result<(RwLockReadGuard<'_, Shared>, Snapshot), StorageError> {
+    pub(crate) fn read_state(
+        &self,
+    ) -> Result<(RwLockReadGuard<'_, Shared>, Snapshot), StorageError> {
         for _ in 0..PAIRING_ATTEMPTS {
             let shared = self.shared();
             let db = shared.db.clone();
@@ -734,6 +738,9 @@ impl MvccStore {
     pub(crate) fn assert_index_matches_file(&self) {
         let shared = self.shared();
         let rebuilt = load_index(&shared.db).unwrap();
-        assert_eq!(shared.index, rebuilt, "key index differs from the file's rows");
+        assert_eq!(
+            shared.index, rebuilt,
+            "key index differs from the file's rows"
+        );
     }
 }

@@ -20,6 +20,7 @@ mod alarm;
 mod hash;
 mod index;
 mod lease;
+mod legacy;
 mod snapshot;
 
 /// A store in a temporary directory plus a Raft index counter.
@@ -815,7 +816,10 @@ fn compaction_removes_history_and_guards_reads() {
     );
     // The rows are the change log too: below the compaction point only the surviving versions
     // are left; every change at it and above is there.
-    assert_eq!(h.store.change_ids(), vec![(3, 0), (6, 0), (7, 0), (8, 0), (9, 0)]);
+    assert_eq!(
+        h.store.change_ids(),
+        vec![(3, 0), (6, 0), (7, 0), (8, 0), (9, 0)]
+    );
 
     // Compacting again at or below the point fails; beyond the current revision too.
     assert_eq!(h.compact(6).unwrap_err(), KvError::Compacted);

@@ -193,7 +193,10 @@ impl<'t, 'i> Writer<'t, 'i> {
                 let (_, record) = live_record(guard.value())?;
                 prev_kvs.push(record.to_key_value(key, true));
             }
-            let lease = self.index.newest(key).map_or(NO_LEASE, |(_, head)| head.lease);
+            let lease = self
+                .index
+                .newest(key)
+                .map_or(NO_LEASE, |(_, head)| head.lease);
             encode_row(&mut self.row_buf, key, None)?;
             self.append(key, true, Head::default())?;
             lease::detach(&mut self.lease_keys, key, lease)?;
