@@ -21,6 +21,7 @@ mod hash;
 mod index;
 mod lease;
 mod legacy;
+mod memory;
 mod snapshot;
 
 /// A store in a temporary directory plus a Raft index counter.
