@@ -131,6 +131,10 @@ impl KeyHistory {
         }
         self.older
             .retain(|&version| survives_compaction(version, c, newest_at_c));
+        // A long history compacted away would otherwise keep its whole buffer.
+        if self.older.len() * 2 < self.older.capacity() {
+            self.older.shrink_to_fit();
+        }
         true
     }
 }
