@@ -16,17 +16,21 @@
 //!   committed before the index learns of them, and the only thing that removes rows is a
 //!   compaction. A later commit the snapshot may already see adds only rows above the index's
 //!   revision, which no lookup at or below it can name, unless it also compacted: then the
-//!   snapshot's compaction point is above the index's, the reader lets go, yields to the writer
-//!   (which is waiting for the write lock to merge that batch) and starts again.
-//! * With a matching pair, the reader reads at the index's revision `R`. Once it has its
-//!   snapshot it may drop the lock: its snapshot never changes, and the index only gains
-//!   versions above `R` until the next compaction, which readers that look the index up again
-//!   later detect (the compaction point moved) and then start over.
+//!   snapshot's compaction point is above the index's, and the reader lets go of both, yields
+//!   so the writer can merge that batch, and starts again.
+//! * With a matching pair, the reader reads at the index's revision `R`, never at redb's own
+//!   (possibly newer) `meta.revision`. Once it has its snapshot it may drop the lock: the
+//!   snapshot never changes, and the index only gains versions above `R` until the next
+//!   compaction. Readers that look the index up again later (events' previous versions,
+//!   `hash_kv`) check that its compaction point and file are still those of their snapshot
+//!   ([`Shared::pairs_with`]) and start over otherwise.
+//! * Installing a snapshot or defragmenting swaps the handle and an index built from the new
+//!   file together, under the write lock, so a pair never mixes two files.
 //!
-//! Lock holds are short: a batch's merge is a handful of map updates per changed key, a range
-//! holds the lock for the index walk only (rows are fetched after), and longer readers (hash,
-//! events) re-take it in short stretches. The writer holds the read side while it applies a
-//! batch, which only excludes itself.
+//! Lock holds are short: a batch's merge is a few map updates per changed key, a range holds
+//! the lock for the index walk only (rows are fetched after), a read-only txn for its duration
+//! (as etcd does), and the longer readers re-take it in short stretches. The writer holds the
+//! read side while it applies a batch, which only excludes itself.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
