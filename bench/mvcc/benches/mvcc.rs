@@ -3,7 +3,9 @@
 //! - `put`: applying a batch of 64 puts (what one Raft Ready typically carries under load),
 //!   over a key space of 10,000 keys that already exist, so each put replaces a version;
 //! - `range`: a single-key read at the current revision, and a 100-key prefix read;
-//! - `compaction`: compacting away four old versions of each of 2,000 keys.
+//! - `compaction`: compacting away four old versions of each of 2,000 keys;
+//! - `open`: opening a store of 10,000 keys with two versions each, which rebuilds its in-memory
+//!   key index from the file (what a member pays on start, snapshot install and defragment).
 //!
 //! Each batch is one redb write transaction committed without fsync, as the store does between
 //! its periodic durable commits, so the numbers are the store's CPU cost, not the disk's.
@@ -169,5 +171,22 @@ fn bench_compaction(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_put, bench_range, bench_compaction);
+fn bench_open(c: &mut Criterion) {
+    let mut bench = Bench::new();
+    bench.load(KEYS, 2);
+    bench.store.sync().expect("sync");
+    let path = bench.store.path().to_path_buf();
+    let Bench { _dir: dir, store, .. } = bench;
+    drop(store);
+    let mut group = c.benchmark_group("open");
+    group.sample_size(20);
+    group.throughput(Throughput::Elements(KEYS));
+    group.bench_function("10,000 keys x 2 versions", |b| {
+        b.iter(|| MvccStore::open(&path).expect("open store"))
+    });
+    group.finish();
+    drop(dir);
+}
+
+criterion_group!(benches, bench_put, bench_range, bench_compaction, bench_open);
 criterion_main!(benches);

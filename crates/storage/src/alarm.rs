@@ -31,7 +31,7 @@ use crate::write::{header_at, Writer};
 /// `alarms` opened for writing.
 pub(crate) type AlarmsMut<'t> = Table<'t, (u64, i32), ()>;
 
-impl Writer<'_> {
+impl Writer<'_, '_> {
     /// etcd's alarm request, applied (see the module docs). Never fails with a `KvError` and
     /// never changes the revision.
     pub fn alarm(&mut self, req: &AlarmRequest) -> Result<AlarmResponse, OpError> {

@@ -1,82 +1,138 @@
 //! Compaction: dropping history that no read can ask for any more.
 //!
-//! After compacting at `rev`, reads at revisions `>= rev` must still answer exactly as before.
-//! For each key that means keeping its newest version `<= rev` (unless that version is a
-//! tombstone, in which case the key did not exist at `rev` and nothing of it is needed) and
-//! everything newer; every older version goes.
+//! After compacting at `c`, reads at revisions `>= c` must still answer exactly as before. For
+//! each key that means keeping its newest version `<= c` (unless that version is a tombstone, in
+//! which case the key did not exist at `c` and nothing of it is needed) and everything newer;
+//! every older version goes (see [`survives_compaction`]).
+//!
+//! `revisions` is also the change log, and a watcher may start at the compaction revision itself
+//! and expects every change made at it (etcd allows such watches). So rows at exactly `c` are
+//! kept whatever they are (a deletion, or a version replaced later within the same revision);
+//! the next compaction drops them.
 //!
 //! Only keys that changed since the previous compaction can have anything to drop: a key untouched
 //! since then already holds just its single newest version `<= previous compaction`, which is
-//! live. Those keys are exactly the ones named by the remaining `changes` rows up to `rev`, so the
-//! work is proportional to the history being compacted, not to the size of the store.
-//!
-//! `changes` rows with main revision `< rev` are removed. The rows at exactly `rev` are kept so a
-//! watcher may still start at the compaction revision and see every change made at it (etcd
-//! allows such watches); they are dropped by the next compaction.
-
-use std::collections::BTreeSet;
+//! live. Those keys are exactly the ones with rows from the previous compaction point to `c`, so
+//! the work is proportional to the history being compacted, not to the size of the store. Each
+//! such key is handled once, at its newest version `<= c`; the key index lists its older
+//! versions, wherever they lie in the table.
 
 use concord_proto::etcdserverpb::{CompactionRequest, CompactionResponse};
 use redb::ReadableTable;
 
-use crate::error::{KvError, OpError};
-use crate::keys::decode_change;
+use crate::error::{KvError, OpError, StorageError};
+use crate::index::{survives_compaction, IndexRead, PendingIndex, Rev};
+use crate::keys::{main_revisions, row_id, split_row_id, Row, RowId};
 use crate::write::{header_at, Writer};
 
-impl Writer<'_> {
+impl Writer<'_, '_> {
     /// etcd's Compact. Fails with `Compacted` when `req.revision` is not above the previous
     /// compaction point and with `FutureRevision` when it is above the current revision; the
     /// store revision does not change.
     pub fn compact(&mut self, req: &CompactionRequest) -> Result<CompactionResponse, OpError> {
-        let rev = req.revision;
-        if rev <= self.compact_revision {
+        let c = req.revision;
+        if c <= self.compact_revision {
             return Err(KvError::Compacted.into());
         }
-        if rev > self.revision {
+        if c > self.revision {
             return Err(KvError::FutureRevision.into());
         }
-        let urev = rev.max(0) as u64;
-
-        let mut touched: BTreeSet<Vec<u8>> = BTreeSet::new();
-        for row in self.changes.range((0u64, 0u64)..=(urev, u64::MAX))? {
-            let (_, value) = row?;
-            touched.insert(decode_change(value.value())?.1.to_vec());
+        let from = self.compact_revision.max(0);
+        let Writer {
+            revisions, index, ..
+        } = self;
+        let mut sweep = Sweep {
+            index,
+            c,
+            from,
+            older: Vec::new(),
+            keys: Vec::new(),
+            removed: 0,
+            error: None,
+        };
+        // Rows from the previous compaction point up to (not including) c are removed in one
+        // pass as they are examined...
+        if from < c {
+            let below_c = row_id(from as u64, 0)..row_id(c as u64, 0);
+            revisions.retain_in(below_c, |id, value| sweep.keeps(id, value))?;
         }
-        self.changes
-            .retain_in((0u64, 0u64)..(urev, 0u64), |_, _| false)?;
-
-        for key in &touched {
-            let key = key.as_slice();
-            let newest = {
-                let found = self
-                    .kv
-                    .range((key, 0u64, 0u64)..=(key, urev, u64::MAX))?
-                    .next_back();
-                match found {
-                    Some(row) => {
-                        let (row_key, row_value) = row?;
-                        let (_, main, sub) = row_key.value();
-                        Some((main, sub, row_value.value().is_empty()))
-                    }
-                    None => None,
-                }
-            };
-            let Some((main, sub, is_tombstone)) = newest else {
-                continue;
-            };
-            if is_tombstone {
-                self.kv
-                    .retain_in((key, 0u64, 0u64)..=(key, main, sub), |_, _| false)?;
-            } else {
-                self.kv
-                    .retain_in((key, 0u64, 0u64)..(key, main, sub), |_, _| false)?;
-            }
+        // ...rows at c all stay, but they may be some keys' newest versions...
+        for row in revisions.range(main_revisions(c, c))? {
+            let (id, value) = row?;
+            sweep.keeps(id.value(), value.value());
         }
+        if let Some(err) = sweep.error {
+            return Err(err.into());
+        }
+        // ...and those keys' versions below the previous compaction point go one by one.
+        sweep.older.sort_unstable();
+        for id in &sweep.older {
+            revisions.remove(*id)?;
+        }
+        let removed = sweep.removed + sweep.older.len();
+        index.record_compaction(c, sweep.keys);
 
-        self.compact_revision = rev;
-        tracing::debug!(revision = rev, keys = touched.len(), "compacted");
+        self.compact_revision = c;
+        tracing::debug!(revision = c, versions = removed, "compacted");
         Ok(CompactionResponse {
             header: Some(header_at(self.revision)),
         })
+    }
+}
+
+/// One compaction's walk over the rows from the previous compaction point `from` to `c`.
+struct Sweep<'a, 'i> {
+    index: &'a PendingIndex<'i>,
+    c: i64,
+    from: i64,
+    /// Doomed versions below `from`, which the walk does not reach.
+    older: Vec<RowId>,
+    /// The keys that lose versions, for the index.
+    keys: Vec<Box<[u8]>>,
+    /// Rows the walk itself removed.
+    removed: usize,
+    /// The first row that could not be read; the walk keeps everything after it.
+    error: Option<StorageError>,
+}
+
+impl Sweep<'_, '_> {
+    /// Examines one row of the walk: whether it survives the compaction, and, when it is its
+    /// key's newest version at or below `c` (each key touched since `from` has exactly one such
+    /// row in the walk), what else of the key goes.
+    fn keeps(&mut self, id: RowId, value: &[u8]) -> bool {
+        if self.error.is_some() {
+            return true;
+        }
+        let row = match Row::decode(value) {
+            Ok(row) => row,
+            Err(err) => {
+                self.error = Some(err);
+                return true;
+            }
+        };
+        let (main, sub) = split_row_id(id);
+        let version = Rev {
+            main: main as i64,
+            sub: sub as u32,
+            tombstone: row.record.is_none(),
+        };
+        let newest = self.index.version_at(row.key, self.c);
+        if newest == Some(version) {
+            let mut loses = false;
+            for older in self.index.versions(row.key).take_while(|v| v.main < self.c) {
+                if !survives_compaction(older, self.c, newest) {
+                    loses = true;
+                    if older.main < self.from {
+                        self.older.push(older.id());
+                    }
+                }
+            }
+            if loses {
+                self.keys.push(row.key.into());
+            }
+        }
+        let keep = survives_compaction(version, self.c, newest);
+        self.removed += usize::from(!keep);
+        keep
     }
 }

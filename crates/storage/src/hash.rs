@@ -7,9 +7,13 @@
 //! # What `hash_kv` covers
 //!
 //! With `C` the store's compaction point and `R` the requested revision, the hash covers, in
-//! `kv` order (key, then revision):
+//! revision order (the order of `revisions`):
 //! * every version written in `(C, R]`, deletions (tombstones) included, and
 //! * for each key, its version live at `R` when that version is at or below `C`.
+//!
+//! Each version is fed as its key, main and sub revision, and record (empty for a deletion), the
+//! record in its plain form (value opened, sealed flag cleared), so members agree whatever keys
+//! they seal with.
 //!
 //! This is etcd's choice: history since the last compaction plus what a compaction at `R` would
 //! keep of the older versions. It is a function of the applied log, `C` and `R` alone: two
@@ -20,14 +24,16 @@
 //! answers whose compact revisions are equal, as etcd's corruption check does.
 
 use redb::{
-    AccessGuard, Key, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition,
-    TableHandle, Value,
+    Key, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, TableHandle, Value,
 };
 
 use crate::error::{KvError, StorageError};
-use crate::keys;
-use crate::store::{read_meta, MvccStore};
-use crate::view::HistoryTable;
+use crate::index::IndexRead;
+use crate::keys::{self, main_revisions, split_row_id, Row};
+use crate::store::{read_meta, MvccStore, Snapshot};
+
+/// `hash_kv` re-takes the index lock after this many lookups, so the writer never waits long.
+const LOOKUPS_PER_LOCK: usize = 1024;
 
 impl MvccStore {
     /// etcd's HashKV: a hash of the key space's history up to `revision` (0 or negative: the
@@ -36,19 +42,67 @@ impl MvccStore {
     /// -1 if the store was never compacted.
     ///
     /// Fails with `FutureRevision` above the current revision and with `Compacted` below the
-    /// compaction point. Walks the whole `kv` table.
+    /// compaction point. Walks `revisions` up to the hashed revision.
     pub fn hash_kv(&self, revision: i64) -> Result<(u32, i64, i64), KvError> {
-        let snap = self.snapshot()?;
-        let (current, compacted) = (snap.meta.revision, snap.meta.compact_revision);
-        if revision > current {
-            return Err(KvError::FutureRevision);
+        loop {
+            let snap = self.read_state()?.1;
+            let (current, compacted) = (snap.revision, snap.compact_revision);
+            if revision > current {
+                return Err(KvError::FutureRevision);
+            }
+            if revision > 0 && revision < compacted {
+                return Err(KvError::Compacted);
+            }
+            let rev = if revision <= 0 { current } else { revision };
+            if let Some(hash) = self.hash_history(&snap, rev)? {
+                return Ok((hash, compacted, rev));
+            }
+            // Compacted (or replaced) meanwhile: start over on a fresh snapshot.
         }
-        if revision > 0 && revision < compacted {
-            return Err(KvError::Compacted);
+    }
+
+    /// Hashes the rows `hash_kv` covers at `rev` (see the module docs), or `None` if the key
+    /// index no longer pairs with `snap` when it is needed.
+    ///
+    /// Rows above the compaction point are fed as they come. A row at or below it is fed when it
+    /// is its key's version at `rev` and live, which the key index tells.
+    fn hash_history(&self, snap: &Snapshot, rev: i64) -> Result<Option<u32>, StorageError> {
+        let compacted = snap.compact_revision;
+        let mut crc = Crc32c::new();
+        let mut shared = None;
+        let mut lookups = 0;
+        for row in snap.revisions.range(main_revisions(0, rev))? {
+            let (id, value) = row?;
+            let (main, sub) = split_row_id(id.value());
+            let row = Row::decode(value.value())?;
+            if main as i64 > compacted {
+                shared = None;
+                hash_row(&mut crc, row.key, main, sub, row.record_bytes)?;
+                continue;
+            }
+            if row.record.is_none() {
+                continue;
+            }
+            if lookups % LOOKUPS_PER_LOCK == 0 {
+                shared = None;
+            }
+            lookups += 1;
+            let index = match &shared {
+                Some(guard) => guard,
+                None => {
+                    let guard = self.shared();
+                    if !guard.pairs_with(snap) {
+                        return Ok(None);
+                    }
+                    shared.insert(guard)
+                }
+            };
+            let current = index.index.version_at(row.key, rev);
+            if current.is_some_and(|v| v.id() == id.value()) {
+                hash_row(&mut crc, row.key, main, sub, row.record_bytes)?;
+            }
         }
-        let rev = if revision <= 0 { current } else { revision };
-        let hash = hash_history(&snap.kv, compacted, rev)?;
-        Ok((hash, compacted, rev))
+        Ok(Some(crc.finish()))
     }
 
     /// etcd's Hash: one hash over the store's whole replicated content (every table, with the
@@ -62,9 +116,7 @@ impl MvccStore {
         let db = self.db();
         let txn = db.begin_read()?;
         let mut crc = Crc32c::new();
-        hash_record_table(&mut crc, &txn, keys::KV)?;
-        hash_record_table(&mut crc, &txn, keys::LATEST)?;
-        hash_table(&mut crc, &txn, keys::CHANGES)?;
+        hash_revisions(&mut crc, &txn)?;
         hash_table(&mut crc, &txn, keys::LEASES)?;
         hash_table(&mut crc, &txn, keys::LEASE_KEYS)?;
         hash_table(&mut crc, &txn, keys::ALARMS)?;
@@ -79,80 +131,30 @@ impl MvccStore {
     }
 }
 
-/// Hashes the `kv` rows `hash_kv` covers (see the module docs).
-fn hash_history<H: HistoryTable>(kv: &H, compacted: i64, rev: i64) -> Result<u32, StorageError> {
-    let mut crc = Crc32c::new();
-    // The newest version at or below the compaction point of the key being walked: it counts
-    // only if no later version at or below `rev` replaces it.
-    let mut pending: Option<HistoryRow<'_>> = None;
-    for row in kv.iter()? {
-        let (id, value) = row?;
-        let (key, main, sub) = id.value();
-        if let Some((pending_id, pending_value)) = pending.take() {
-            let (pending_key, ..) = pending_id.value();
-            // Replaced when the same key has another version at or below `rev`.
-            if pending_key != key || main as i64 > rev {
-                hash_live_row(&mut crc, pending_id.value(), pending_value.value())?;
-            }
-        }
-        if main as i64 > rev {
-            continue;
-        }
-        if main as i64 > compacted {
-            hash_row(&mut crc, (key, main, sub), value.value())?;
-        } else {
-            pending = Some((id, value));
-        }
-    }
-    if let Some((id, value)) = pending {
-        hash_live_row(&mut crc, id.value(), value.value())?;
-    }
-    Ok(crc.finish())
-}
-
-/// A `kv` row as its table iterator yields it.
-type HistoryRow<'a> = (
-    AccessGuard<'a, (&'static [u8], u64, u64)>,
-    AccessGuard<'a, &'static [u8]>,
-);
-
-/// Hashes a `kv` row unless it is a tombstone.
-fn hash_live_row(
-    crc: &mut Crc32c,
-    id: (&[u8], u64, u64),
-    value: &[u8],
-) -> Result<(), StorageError> {
-    if !value.is_empty() {
-        hash_row(crc, id, value)?;
-    }
-    Ok(())
-}
-
-/// Feeds one `kv` row: key, main and sub revision, and the record (empty for a tombstone) in its
+/// Feeds one version: key, main and sub revision, and the record (empty for a tombstone) in its
 /// plain form, so members agree whether or not, and with which keys, they seal values.
 fn hash_row(
     crc: &mut Crc32c,
-    (key, main, sub): (&[u8], u64, u64),
-    value: &[u8],
+    key: &[u8],
+    main: u64,
+    sub: u64,
+    record: &[u8],
 ) -> Result<(), StorageError> {
     crc.field(key);
     crc.update(&main.to_le_bytes());
     crc.update(&sub.to_le_bytes());
-    crc.field(&keys::plain_record(value)?);
+    crc.field(&keys::plain_record(record)?);
     Ok(())
 }
 
-/// [`hash_table`] for a table of records (`kv`, `latest`): each record in its plain form.
-fn hash_record_table<K: Key + 'static>(
-    crc: &mut Crc32c,
-    txn: &ReadTransaction,
-    table: TableDefinition<K, &'static [u8]>,
-) -> Result<(), StorageError> {
+/// [`hash_table`] for `revisions`: each row with its record in its plain form.
+fn hash_revisions(crc: &mut Crc32c, txn: &ReadTransaction) -> Result<(), StorageError> {
+    let table = keys::REVISIONS;
     crc.field(table.name().as_bytes());
     for row in txn.open_table(table)?.iter()? {
         let (key, value) = row?;
-        crc.field(K::as_bytes(&key.value()).as_ref());
-        crc.field(&keys::plain_record(value.value())?);
+        crc.field(keys::RowId::as_bytes(&key.value()).as_ref());
+        crc.field(&keys::plain_row(value.value())?);
     }
     Ok(())
 }

@@ -1,5 +1,5 @@
-//! On-disk layout: table definitions, the record encoding shared by `kv` and `latest`, the
-//! encoding of `changes` rows, and the translation of etcd's `key`/`range_end` pair into a span.
+//! On-disk layout: table definitions, the encoding of `revisions` rows and of the records in
+//! them, and the translation of etcd's `key`/`range_end` pair into a span.
 //!
 //! Revisions are `i64` in etcd's API but always positive in the store, so tables key them as
 //! `u64` (redb orders `u64` numerically).
@@ -12,18 +12,33 @@ use redb::TableDefinition;
 
 use crate::error::StorageError;
 
-/// Every version of every key: `(user key, main revision, sub revision)` → record, or an empty
-/// value for a deletion (tombstone). redb compares tuples element by element and byte slices
-/// lexicographically, so all versions of one key are contiguous and ordered by revision, and a key
-/// that is a prefix of another still sorts before it.
-pub(crate) const KV: TableDefinition<(&[u8], u64, u64), &[u8]> = TableDefinition::new("kv");
+/// Every change ever made and not yet compacted away, in revision order: [`RowId`] `(main
+/// revision, sub revision)` → row (see [`encode_row`]): the user key, then the version's record,
+/// or nothing for a deletion (tombstone). Writes only ever append at the end of this table. It is
+/// both the store's data (reads find the row of the version they want through the in-memory key
+/// index) and its change log (watchers catching up walk it in order).
+pub(crate) const REVISIONS: TableDefinition<RowId, &[u8]> = TableDefinition::new("revisions");
 
-/// The newest live version of each key: user key → record. A deleted key has no row. This is
-/// what reads at the current revision, compares, and the write path consult.
-pub(crate) const LATEST: TableDefinition<&[u8], &[u8]> = TableDefinition::new("latest");
+/// The key of a `revisions` row: the main revision in the high 64 bits and the sub revision in
+/// the low 64, so numeric order is revision order. One integer rather than a `(u64, u64)` tuple
+/// because redb encodes tuple keys through a fresh heap buffer on every lookup.
+pub(crate) type RowId = u128;
 
-/// One row per change in revision order: `(main, sub)` → change kind byte followed by user key.
-pub(crate) const CHANGES: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("changes");
+/// The row key of `(main, sub)`.
+pub(crate) fn row_id(main: u64, sub: u64) -> RowId {
+    (RowId::from(main) << 64) | RowId::from(sub)
+}
+
+/// The `(main, sub)` of a row key.
+pub(crate) fn split_row_id(id: RowId) -> (u64, u64) {
+    ((id >> 64) as u64, id as u64)
+}
+
+/// The row keys of every change of main revisions `from..=to`; `0 <= from <= to`.
+pub(crate) fn main_revisions(from: i64, to: i64) -> std::ops::RangeInclusive<RowId> {
+    debug_assert!(0 <= from && from <= to);
+    row_id(from as u64, 0)..=row_id(to as u64, u64::MAX)
+}
 
 /// Every granted lease: lease id → the TTL (seconds) it was granted with. A row exists from the
 /// grant until the revoke; expiry is the server's business (it proposes the revoke).
@@ -47,14 +62,6 @@ pub(crate) const META_REVISION: &str = "revision";
 /// The revision of the last compaction; absent means never compacted (-1, as etcd).
 pub(crate) const META_COMPACT_REVISION: &str = "compact_revision";
 
-/// `changes` value prefix of a put.
-pub(crate) const CHANGE_PUT: u8 = 0;
-/// `changes` value prefix of a deletion.
-pub(crate) const CHANGE_DELETE: u8 = 1;
-
-/// A `kv` value that marks a deletion.
-pub(crate) const TOMBSTONE: &[u8] = &[];
-
 /// Length of the fixed record header that precedes the value bytes.
 pub(crate) const HEADER_LEN: usize = 32;
 
@@ -72,15 +79,15 @@ pub(crate) struct RecordHeader {
 // A sealed record sets the top bit of its stored `version` (a count from 1, so never negative
 // otherwise) and stores the value in concord-crypt's sealed form, bound to the 32 header bytes as
 // stored. Plain and sealed records can sit side by side (encryption turned on over an existing
-// store). Sealing: `encode_record` with a sealer. Opening: `Record::value` (lazily, so keys-only
-// and count-only reads never decrypt), `plain_record` (hashes), `reseal_record` (defragment).
+// store). Sealing: `encode_row` / `encode_record` with a sealer. Opening: `Record::value`
+// (lazily, so keys-only and count-only reads never decrypt), `plain_record` (hashes),
+// `reseal_row` (defragment). `Record::decode` clears the flag, so every reader (the key index
+// included) sees the real version.
 
 /// Set in the stored `version` of a record whose value is sealed.
 const SEALED_FLAG: i64 = i64::MIN;
 
-/// Encodes a record into `buf` (cleared first): the header as four little-endian `i64`s, then the
-/// value bytes, sealed when `sealer` is given. The key is not stored: it is already part of the
-/// table key.
+/// Encodes a record into `buf` (cleared first), as [`push_record`] does.
 pub(crate) fn encode_record(
     buf: &mut Vec<u8>,
     header: &RecordHeader,
@@ -88,6 +95,13 @@ pub(crate) fn encode_record(
     sealer: Option<&Sealer>,
 ) {
     buf.clear();
+    push_record(buf, header, value, sealer);
+}
+
+/// Appends a record's encoding to `buf`: the header as four little-endian `i64`s, then the
+/// value bytes, sealed when `sealer` is given (bound to the 32 header bytes as stored). This is
+/// the tail of a put's `revisions` row; its plain form is what `hash_kv` feeds.
+fn push_record(buf: &mut Vec<u8>, header: &RecordHeader, value: &[u8], sealer: Option<&Sealer>) {
     let sealed_len = if sealer.is_some() {
         concord_crypt::OVERHEAD
     } else {
@@ -98,6 +112,7 @@ pub(crate) fn encode_record(
         Some(_) => header.version | SEALED_FLAG,
         None => header.version,
     };
+    let start = buf.len();
     buf.extend_from_slice(&header.create_revision.to_le_bytes());
     buf.extend_from_slice(&header.mod_revision.to_le_bytes());
     buf.extend_from_slice(&version.to_le_bytes());
@@ -105,7 +120,7 @@ pub(crate) fn encode_record(
     match sealer {
         None => buf.extend_from_slice(value),
         Some(sealer) => {
-            let aad: [u8; HEADER_LEN] = buf[..HEADER_LEN].try_into().unwrap();
+            let aad: [u8; HEADER_LEN] = buf[start..start + HEADER_LEN].try_into().unwrap();
             sealer.seal_into(buf, value, &aad);
         }
     }
@@ -127,8 +142,24 @@ pub(crate) fn plain_record(bytes: &[u8]) -> Result<Cow<'_, [u8]>, StorageError> 
     Ok(Cow::Owned(out))
 }
 
+/// A stored `revisions` row in its plain form: its record as [`plain_record`] gives it. A row
+/// without a sealed value comes back as it is, without a copy.
+pub(crate) fn plain_row(bytes: &[u8]) -> Result<Cow<'_, [u8]>, StorageError> {
+    let row = Row::decode(bytes)?;
+    match plain_record(row.record_bytes)? {
+        Cow::Borrowed(_) => Ok(Cow::Borrowed(bytes)),
+        Cow::Owned(record) => {
+            let mut out = Vec::new();
+            push_key(&mut out, row.key, record.len())?;
+            out.extend_from_slice(&record);
+            Ok(Cow::Owned(out))
+        }
+    }
+}
+
 /// Re-encodes a stored record into `buf` with its value sealed under `sealer`'s first key, or
-/// plain without a sealer (a defragment's copy). Tombstones stay empty.
+/// plain without a sealer. Tombstones stay empty. A defragment's copy uses [`reseal_row`].
+#[cfg(test)]
 pub(crate) fn reseal_record(
     bytes: &[u8],
     sealer: Option<&Sealer>,
@@ -155,7 +186,7 @@ pub(crate) struct Record<'a> {
 }
 
 impl<'a> Record<'a> {
-    /// Decodes a record written by [`encode_record`].
+    /// Decodes a record written by [`push_record`].
     pub fn decode(bytes: &'a [u8]) -> Result<Record<'a>, StorageError> {
         if bytes.len() < HEADER_LEN {
             return Err(StorageError::Corrupt(format!(
@@ -208,19 +239,95 @@ impl<'a> Record<'a> {
     }
 }
 
-/// Encodes a `changes` value.
-pub(crate) fn encode_change(buf: &mut Vec<u8>, kind: u8, key: &[u8]) {
-    buf.clear();
-    buf.reserve(1 + key.len());
-    buf.push(kind);
-    buf.extend_from_slice(key);
+/// Length of the key length field that starts every `revisions` row.
+const KEY_LEN_LEN: usize = 4;
+
+/// Encodes a `revisions` row into `buf` (cleared first): the key's length as a little-endian
+/// `u32`, the key, then, for a put, the record (see [`push_record`]); a deletion ends after the
+/// key. A record is never empty (its header alone is [`HEADER_LEN`] bytes), so the two cannot be
+/// confused.
+/// The value is sealed when `sealer` is given.
+pub(crate) fn encode_row(
+    buf: &mut Vec<u8>,
+    key: &[u8],
+    record: Option<(&RecordHeader, &[u8])>,
+    sealer: Option<&Sealer>,
+) -> Result<(), StorageError> {
+    let record_len = record.map_or(0, |(_, value)| HEADER_LEN + value.len());
+    push_key(buf, key, record_len)?;
+    if let Some((header, value)) = record {
+        push_record(buf, header, value, sealer);
+    }
+    Ok(())
 }
 
-/// Decodes a `changes` value into (kind, user key).
-pub(crate) fn decode_change(bytes: &[u8]) -> Result<(u8, &[u8]), StorageError> {
-    match bytes.split_first() {
-        Some((&kind, key)) if kind == CHANGE_PUT || kind == CHANGE_DELETE => Ok((kind, key)),
-        _ => Err(StorageError::Corrupt("malformed change row".into())),
+/// Encodes a `revisions` row into `buf` (cleared first) from a record as stored (sealed or
+/// not), copied verbatim; empty for a deletion. For moving rows between layouts.
+pub(crate) fn encode_row_stored(
+    buf: &mut Vec<u8>,
+    key: &[u8],
+    record_bytes: &[u8],
+) -> Result<(), StorageError> {
+    push_key(buf, key, record_bytes.len())?;
+    buf.extend_from_slice(record_bytes);
+    Ok(())
+}
+
+/// Re-encodes a stored `revisions` row into `buf` (cleared first) with its value sealed under
+/// `sealer`'s first key, or plain without a sealer (a defragment's copy). Deletions stay as
+/// they are.
+pub(crate) fn reseal_row(
+    bytes: &[u8],
+    sealer: Option<&Sealer>,
+    buf: &mut Vec<u8>,
+) -> Result<(), StorageError> {
+    let row = Row::decode(bytes)?;
+    match row.record {
+        None => encode_row(buf, row.key, None, None),
+        Some(rec) => encode_row(buf, row.key, Some((&rec.header, &rec.value()?)), sealer),
+    }
+}
+
+/// Clears `buf` and writes a row's key part, reserving room for `record_len` more bytes.
+fn push_key(buf: &mut Vec<u8>, key: &[u8], record_len: usize) -> Result<(), StorageError> {
+    let key_len = u32::try_from(key.len())
+        .map_err(|_| StorageError::Corrupt(format!("key of {} bytes is too long", key.len())))?;
+    buf.clear();
+    buf.reserve(KEY_LEN_LEN + key.len() + record_len);
+    buf.extend_from_slice(&key_len.to_le_bytes());
+    buf.extend_from_slice(key);
+    Ok(())
+}
+
+/// A decoded `revisions` row, borrowed from the stored bytes.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Row<'a> {
+    pub key: &'a [u8],
+    /// The version's record; `None` for a deletion.
+    pub record: Option<Record<'a>>,
+    /// The record's encoding as stored (empty for a deletion), for hashing.
+    pub record_bytes: &'a [u8],
+}
+
+impl<'a> Row<'a> {
+    /// Decodes a row written by [`encode_row`].
+    pub fn decode(bytes: &'a [u8]) -> Result<Row<'a>, StorageError> {
+        let malformed = || StorageError::Corrupt(format!("malformed row of {} bytes", bytes.len()));
+        let len_bytes = bytes.get(..KEY_LEN_LEN).ok_or_else(malformed)?;
+        let key_len = u32::from_le_bytes(len_bytes.try_into().unwrap()) as usize;
+        let key_end = KEY_LEN_LEN.checked_add(key_len).ok_or_else(malformed)?;
+        let key = bytes.get(KEY_LEN_LEN..key_end).ok_or_else(malformed)?;
+        let rest = &bytes[key_end..];
+        let record = if rest.is_empty() {
+            None
+        } else {
+            Some(Record::decode(rest)?)
+        };
+        Ok(Row {
+            key,
+            record,
+            record_bytes: rest,
+        })
     }
 }
 
@@ -327,6 +434,25 @@ mod tests {
         assert_eq!(plain_record(&resealed).unwrap(), &plain[..]);
         reseal_record(&sealed, None, &mut resealed).unwrap();
         assert_eq!(resealed, plain);
+        // The same inside a `revisions` row: sealed, the row decodes to the real version and
+        // re-sealing a row without a sealer gives the plain row.
+        let mut row = Vec::new();
+        encode_row(
+            &mut row,
+            b"k",
+            Some((&header, b"secret value")),
+            Some(&sealer),
+        )
+        .unwrap();
+        let decoded = Row::decode(&row).unwrap();
+        assert_eq!(decoded.record.unwrap().header, header);
+        assert_eq!(plain_record(decoded.record_bytes).unwrap(), &plain[..]);
+        let (mut plain_row, mut resealed_row) = (Vec::new(), Vec::new());
+        encode_row(&mut plain_row, b"k", Some((&header, b"secret value")), None).unwrap();
+        reseal_row(&row, None, &mut resealed_row).unwrap();
+        assert_eq!(resealed_row, plain_row);
+        encode_row_stored(&mut resealed_row, b"k", decoded.record_bytes).unwrap();
+        assert_eq!(resealed_row, row);
         // A header altered on disk (here the lease) no longer opens the value.
         let mut altered = sealed.clone();
         altered[24] ^= 1;
@@ -334,12 +460,39 @@ mod tests {
     }
 
     #[test]
-    fn change_round_trip() {
+    fn row_round_trip() {
+        let header = RecordHeader {
+            create_revision: 2,
+            mod_revision: 5,
+            version: 3,
+            lease: 0,
+        };
         let mut buf = Vec::new();
-        encode_change(&mut buf, CHANGE_DELETE, b"abc");
-        assert_eq!(decode_change(&buf).unwrap(), (CHANGE_DELETE, &b"abc"[..]));
-        assert!(decode_change(&[]).is_err());
-        assert!(decode_change(&[9, 1]).is_err());
+        encode_row(&mut buf, b"key", Some((&header, b"value")), None).unwrap();
+        let row = Row::decode(&buf).unwrap();
+        assert_eq!(row.key, b"key");
+        let rec = row.record.unwrap();
+        assert_eq!(
+            (rec.header, &rec.value().unwrap()[..]),
+            (header, &b"value"[..])
+        );
+
+        // A deletion, and a put of an empty value to an empty key.
+        encode_row(&mut buf, b"gone", None, None).unwrap();
+        let row = Row::decode(&buf).unwrap();
+        assert_eq!((row.key, row.record.is_none()), (&b"gone"[..], true));
+        encode_row(&mut buf, b"", Some((&header, b"")), None).unwrap();
+        let row = Row::decode(&buf).unwrap();
+        assert_eq!(
+            (row.key, &row.record.unwrap().value().unwrap()[..]),
+            (&b""[..], &b""[..])
+        );
+
+        // Truncated rows are refused.
+        encode_row(&mut buf, b"key", Some((&header, b"value")), None).unwrap();
+        assert!(Row::decode(&buf[..3]).is_err());
+        assert!(Row::decode(&buf[..6]).is_err());
+        assert!(Row::decode(&buf[..20]).is_err());
     }
 
     #[test]

@@ -29,7 +29,7 @@ pub(crate) type LeaseKeysMut<'t> = Table<'t, (i64, &'static [u8]), ()>;
 /// The id meaning "no lease", as in etcd.
 pub(crate) const NO_LEASE: i64 = 0;
 
-impl Writer<'_> {
+impl Writer<'_, '_> {
     /// etcd's lease grant. Fails with `LeaseNotFound` for id 0 (etcd's answer to a grant of "no
     /// lease") and with `LeaseExists` when the id is taken. The TTL is stored as given: clamping
     /// it to a minimum is the server's job, before it proposes. The revision does not change.

@@ -7,9 +7,7 @@
 //!
 //! | table        | key                                             | value                                       |
 //! |--------------|-------------------------------------------------|---------------------------------------------|
-//! | `kv`         | `(user key, main rev, sub rev)`                 | record, or empty for a deletion (tombstone) |
-//! | `latest`     | user key                                        | record of the newest *live* version         |
-//! | `changes`    | `(main rev, sub rev)`                           | change kind byte (put/delete) + user key    |
+//! | `revisions`  | `(main rev, sub rev)` as one `u128`             | user key, then record (none for a deletion) |
 //! | `leases`     | lease id (`i64`)                                | granted TTL in seconds (`i64`)              |
 //! | `lease_keys` | `(lease id, user key)`                          | nothing: the row itself is the attachment   |
 //! | `alarms`     | `(member id, alarm type)`                       | nothing: the row itself is the raised alarm |
@@ -17,18 +15,29 @@
 //! | `meta`       | `applied_index`, `revision`, `compact_revision` | `u64`                                       |
 //!
 //! A *record* is `create_revision, mod_revision, version, lease` as four little-endian `i64`s
-//! followed by the value bytes (the key is already in the table key). redb orders the `kv` tuple
-//! element by element with byte slices compared lexicographically, so every version of a key is
-//! contiguous and ascending by revision, and a key that is a prefix of another sorts before all of
-//! the other's versions.
+//! followed by the value bytes. A `revisions` row is the user key's length (`u32`, little
+//! endian), the key, then the record, or nothing for a deletion (tombstone); see `keys.rs`.
 //!
-//! `latest` exists so that the common operations never walk history: reads at the current
-//! revision, txn compares, and the write path (which needs the previous version for
-//! `create_revision`, `version`, `prev_kv`, `ignore_value`) touch one row per key. Only reads at an
-//! older revision use `kv`. `changes` lists every change in revision order, for watchers catching
-//! up ([`MvccStore::events`]) and for compaction, which must find the keys whose history it can
-//! drop without scanning the whole store. `lease_keys` lets a revoke find its keys without a
-//! scan. There is no in-memory index: reads run on redb read snapshots.
+//! `revisions` is etcd's layout: one row per change, keyed by revision, so every write appends
+//! at the tail of one B-tree (a batch of puts dirties a few pages, not two random leaves per
+//! key). It is both the data and the change log: watchers catching up
+//! ([`MvccStore::events`]) walk it in order. `lease_keys` lets a revoke find its keys without a
+//! scan.
+//!
+//! # The key index
+//!
+//! Reads by key go through an in-memory index (etcd's `treeIndex`, see `index.rs`): an ordered
+//! map from each user key with rows in `revisions` to those rows' revisions (each marked put or
+//! deletion), plus the create revision, version and lease of the key's newest version. A read at
+//! any revision finds there the one version per key it wants and fetches that row by revision;
+//! the write path reads nothing from redb unless a put asks for the previous value. Values are
+//! never held in memory.
+//!
+//! The index is not persisted: it is built by one scan of `revisions` when the store is opened
+//! and whenever its file is replaced (snapshot install, defragmentation). A batch's changes are
+//! merged into it only after the batch's redb transaction has committed. Readers pair it with
+//! redb read snapshots under one lock; `store.rs` explains why that pairing never gives a wrong
+//! answer.
 //!
 //! Every table but `meta`'s applied index is replicated state: members that applied the same
 //! log hold the same rows, which [`MvccStore::hash`] and [`MvccStore::hash_kv`] check.
@@ -37,15 +46,15 @@
 //!
 //! * `meta.revision` is etcd's current revision: 1 for an empty store, +1 for each applied
 //!   command that changed at least one key. All changes of one command share that main revision
-//!   and get sub revisions 0, 1, 2, … in execution order.
-//! * For each key, `latest` holds exactly the newest `kv` row of the key when that row is not a
-//!   tombstone, and nothing otherwise.
-//! * Every `kv` row with main revision above `compact_revision` has a `changes` row, and every
-//!   `changes` row above it has its `kv` row. `changes` rows at exactly `compact_revision` are
-//!   kept too, so watchers may start there (see `compact.rs`).
-//! * After compaction at `c`, `kv` holds for each key only versions newer than `c` plus its newest
-//!   version `<= c` if that one is live, so every read at a revision `>= c` is unchanged.
-//! * `lease_keys` holds `(l, key)` exactly when `key` is live and its `latest` record names lease
+//!   and get sub revisions 0, 1, 2, … in execution order, each one row of `revisions`.
+//! * The key index holds, for each key, exactly the revisions of its `revisions` rows, and
+//!   nothing else (tests check it against a rebuild after every applied command). Its head of a
+//!   key is that of the newest row when that row is a put.
+//! * Every row with main revision at or above `compact_revision` is present. After compaction at
+//!   `c`, rows below `c` are only each key's newest version `<= c` when that version is live, so
+//!   every read at a revision `>= c` is unchanged; rows at exactly `c` all stay, so watchers may
+//!   start there (see `compact.rs`).
+//! * `lease_keys` holds `(l, key)` exactly when `key` is live and its newest record names lease
 //!   `l != 0`; such an `l` always has a `leases` row (a put naming a lease that is not granted
 //!   fails, and a revoke deletes the lease's keys in the same command). Grants do not change the
 //!   revision; a revoke that deletes keys takes one main revision for all of them. Compaction
@@ -55,6 +64,9 @@
 //!   every member decides this from its own (identical) `alarms` table (see `alarm.rs`).
 //! * `meta.applied_index` is written in the same redb transaction as the effects of the entries
 //!   it covers, so the store and its applied index can never disagree, even after a crash.
+//!
+//! Files written in the earlier layout (`kv`, `latest` and `changes` tables) are moved to this
+//! one the first time they are opened (see `legacy.rs`).
 //!
 //! # Durability
 //!
@@ -67,17 +79,20 @@
 //! last durable commit references. The Raft log, fsync'd separately, holds every entry above
 //! [`MvccStore::durable_applied_index`], so replaying it restores the rest.
 //!
+//! [`MvccStore::install_snapshot`] and [`MvccStore::defragment`] replace the whole file: the new
+//! file is fsync'd, renamed over the store's path, and the directory fsync'd, so after a crash the
+//! path holds either the old store or the new one, each consistent with its own applied index.
+//!
 //! # Encryption at rest
 //!
 //! A store opened with a sealer ([`MvccStore::open_with`], concord-crypt) seals the value of each
 //! new record; keys, revisions, versions and leases stay plain, so ordering, compares on them and
 //! keys-only reads never decrypt. See `keys.rs` for the record format and `sealing.rs` for
 //! which keys a file needs, the checks at open and snapshot install, and re-sealing on
-//! defragment.
-//!
-//! [`MvccStore::install_snapshot`] and [`MvccStore::defragment`] replace the whole file: the new
-//! file is fsync'd, renamed over the store's path, and the directory fsync'd, so after a crash the
-//! path holds either the old store or the new one, each consistent with its own applied index.
+//! defragment. In a `revisions` row only the record's value is sealed (the user key stays plain,
+//! as it was in the old layout's table keys), bound to the record's 32 header bytes. A sealed
+//! record flags itself in its stored `version`; decoding clears the flag, so the key index and
+//! every reader see the real version. Both hashes feed records in their plain form.
 
 mod alarm;
 pub mod auth;
@@ -85,8 +100,10 @@ mod compact;
 mod error;
 mod events;
 mod hash;
+mod index;
 mod keys;
 mod lease;
+mod legacy;
 mod range;
 mod sealing;
 mod snapshot;

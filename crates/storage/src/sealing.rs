@@ -1,7 +1,7 @@
 //! Encryption at rest, store side: which keys sealed values of a store file, the checks made
 //! when a store is opened or a snapshot installed, and the re-sealing copy a defragment makes.
 //! Sealing and opening single records is in `keys.rs` (`encode_record`, `Record::value`,
-//! `plain_record`, `reseal_record`).
+//! `plain_record`, `plain_row`, `reseal_row`).
 //!
 //! `meta` holds a row `sealed_key:<key id>` (value: the revision at which it was recorded) for
 //! every key that may have sealed a value of the file. A member records its key in the first
@@ -11,12 +11,10 @@
 //! hashed, so these rows, which differ between members with different keys, never upset a hash.
 
 use concord_crypt::{KeyId, Sealer};
-use redb::{
-    Database, Durability, Key, ReadTransaction, ReadableTable, TableDefinition, WriteTransaction,
-};
+use redb::{Database, Durability, ReadTransaction, ReadableTable, WriteTransaction};
 
 use crate::error::StorageError;
-use crate::keys::{self, reseal_record};
+use crate::keys::{self, reseal_row};
 
 /// Prefix of the `meta` rows naming the keys that sealed values.
 const SEALED_KEY_PREFIX: &str = "sealed_key:";
@@ -84,16 +82,15 @@ pub(crate) fn check_keys(
     }))
 }
 
-/// Copies a table of records (`kv`, `latest`) into `out`, each value re-sealed under `sealer`'s
-/// first key, committing every `batch_bytes`.
-pub(crate) fn copy_resealed<K: Key + 'static>(
+/// Copies `revisions` into `out`, each value re-sealed under `sealer`'s first key, committing
+/// every `batch_bytes`.
+pub(crate) fn copy_resealed(
     snapshot: &ReadTransaction,
     out: &Database,
-    table: TableDefinition<K, &'static [u8]>,
     sealer: &Sealer,
     batch_bytes: usize,
 ) -> Result<(), StorageError> {
-    let source = snapshot.open_table(table)?;
+    let source = snapshot.open_table(keys::REVISIONS)?;
     let mut rows = source.iter()?;
     let mut buf = Vec::new();
     loop {
@@ -101,14 +98,13 @@ pub(crate) fn copy_resealed<K: Key + 'static>(
         txn.set_durability(Durability::None)?;
         let mut more = false;
         {
-            let mut dest = txn.open_table(table)?;
+            let mut dest = txn.open_table(keys::REVISIONS)?;
             let mut bytes = 0;
             for row in rows.by_ref() {
-                let (key, value) = row?;
-                reseal_record(value.value(), Some(sealer), &mut buf)?;
-                let key = key.value();
-                bytes += K::as_bytes(&key).as_ref().len() + buf.len();
-                dest.insert(key, buf.as_slice())?;
+                let (id, value) = row?;
+                reseal_row(value.value(), Some(sealer), &mut buf)?;
+                bytes += std::mem::size_of::<keys::RowId>() + buf.len();
+                dest.insert(id.value(), buf.as_slice())?;
                 if bytes >= batch_bytes {
                     more = true;
                     break;

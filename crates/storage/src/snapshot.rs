@@ -6,10 +6,11 @@
 //! the writer. Being written afresh in key order, it holds next to no free pages (under 1% in
 //! tests: what the copy's own batch commits left behind).
 //!
-//! Installing a file renames it over the store's path and swaps the store's database handle
-//! under the writer lock; reads that began before keep the old (now unlinked) file until they
-//! end. The new file is made durable before the rename and the directory after it, so a crash
-//! leaves either the old store or the new one at that path.
+//! Installing a file renames it over the store's path and swaps the store's database handle,
+//! together with a key index rebuilt from the new file, under the writer lock; reads that began
+//! before keep the old (now unlinked) file until they end. The new file is made durable before
+//! the rename and the directory after it, so a crash leaves either the old store or the new one
+//! at that path.
 
 use std::fs::{self, File};
 use std::io;
@@ -167,16 +168,9 @@ fn copy_database(
     }
     let out = Database::builder().create(dest)?;
     match reseal {
-        None => {
-            copy_table(&snapshot, &out, keys::KV)?;
-            copy_table(&snapshot, &out, keys::LATEST)?;
-        }
-        Some(sealer) => {
-            copy_resealed(&snapshot, &out, keys::KV, sealer, COPY_BATCH_BYTES)?;
-            copy_resealed(&snapshot, &out, keys::LATEST, sealer, COPY_BATCH_BYTES)?;
-        }
+        None => copy_table(&snapshot, &out, keys::REVISIONS)?,
+        Some(sealer) => copy_resealed(&snapshot, &out, sealer, COPY_BATCH_BYTES)?,
     }
-    copy_table(&snapshot, &out, keys::CHANGES)?;
     copy_table(&snapshot, &out, keys::LEASES)?;
     copy_table(&snapshot, &out, keys::LEASE_KEYS)?;
     copy_table(&snapshot, &out, keys::ALARMS)?;

@@ -1,9 +1,40 @@
 //! [`MvccStore`]: opening the redb file, applying committed Raft entries in batches, and serving
 //! reads from snapshots.
+//!
+//! # Reads and the key index
+//!
+//! A read needs two things that must agree: the key index, which says which version of each key
+//! to read, and a redb read snapshot, which holds those versions' rows. They live behind one lock
+//! ([`Shared`], with the database handle), and they are paired like this:
+//!
+//! * The writer changes the index only under the write lock, only after the batch's redb
+//!   transaction has committed, and only by merging in that batch ([`KeyIndex::apply`]). So at
+//!   any moment the index reflects some committed batch `B` (its `revision` and
+//!   `compact_revision`), and redb holds `B` or a later commit.
+//! * A reader takes the read lock and, while holding it, begins its redb read transaction
+//!   ([`MvccStore::read_state`]). That snapshot contains every row the index names: rows are
+//!   committed before the index learns of them, and the only thing that removes rows is a
+//!   compaction. A later commit the snapshot may already see adds only rows above the index's
+//!   revision, which no lookup at or below it can name, unless it also compacted: then the
+//!   snapshot's compaction point is above the index's, and the reader lets go of both, yields
+//!   so the writer can merge that batch, and starts again.
+//! * With a matching pair, the reader reads at the index's revision `R`, never at redb's own
+//!   (possibly newer) `meta.revision`. Once it has its snapshot it may drop the lock: the
+//!   snapshot never changes, and the index only gains versions above `R` until the next
+//!   compaction. Readers that look the index up again later (events' previous versions,
+//!   `hash_kv`) check that its compaction point and file are still those of their snapshot
+//!   ([`Shared::pairs_with`]) and start over otherwise.
+//! * Installing a snapshot or defragmenting swaps the handle and an index built from the new
+//!   file together, under the write lock, so a pair never mixes two files.
+//!
+//! Lock holds are short: a batch's merge is a few map updates per changed key, a range holds
+//! the lock for the index walk only (rows are fetched after), a read-only txn for its duration
+//! (as etcd does), and the longer readers re-take it in short stretches. The writer holds the
+//! read side while it applies a batch, which only excludes itself.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
 use concord_crypt::{KeyId, Sealer};
@@ -21,9 +52,11 @@ use redb::{
 
 use crate::alarm::{needs_space, raised_alarms};
 use crate::error::{KvError, OpError, StorageError};
+use crate::events::{attach_prev_kvs, read_events};
+use crate::index::{KeyIndex, Rev};
 use crate::keys::{self, META_APPLIED_INDEX, META_COMPACT_REVISION, META_REVISION};
 use crate::lease::{all_leases, attached_keys};
-use crate::range::execute_range;
+use crate::range::{finish_range, plan_range};
 use crate::txn::{is_txn_read_only, run_txn, ReadOnlyTarget};
 use crate::view::View;
 use crate::write::{header_at, Writer};
@@ -101,15 +134,16 @@ pub(crate) struct WriterState {
 ///
 /// Writes come only through [`apply`](Self::apply) (committed Raft entries, in log order);
 /// reads ([`range`](Self::range), [`txn_read`](Self::txn_read), [`events`](Self::events)) run on
-/// redb read snapshots, never block the writer, and never see part of a batch.
+/// the in-memory key index and redb read snapshots (see the module docs for how the two are
+/// kept in step), never wait for a batch to be applied, and never see part of one.
 ///
 /// The redb handle can be replaced as a whole ([`install_snapshot`](Self::install_snapshot),
-/// [`defragment`](Self::defragment)): it sits behind a lock that readers hold only long enough to
-/// clone an `Arc`, and each read keeps its own clone, so a read that began before a replacement
-/// finishes on the old file.
+/// [`defragment`](Self::defragment)), together with an index rebuilt from the new file: both sit
+/// behind a lock that readers hold only briefly, and each read keeps its own clone of the
+/// handle, so a read that began before a replacement finishes on the old file.
 pub struct MvccStore {
     path: PathBuf,
-    db: RwLock<Arc<Database>>,
+    shared: RwLock<Shared>,
     writer: Mutex<WriterState>,
     applied_index: AtomicU64,
     durable_applied_index: AtomicU64,
@@ -119,6 +153,9 @@ pub struct MvccStore {
     sealer: Option<Arc<Sealer>>,
     /// Whether the file's `meta` already names the sealer's key (see `sealing.rs`).
     sealing_recorded: AtomicBool,
+    /// Makes the next batch fail just before its commit, as a storage error would.
+    #[cfg(test)]
+    pub(crate) fail_next_batch: std::sync::atomic::AtomicBool,
 }
 
 /// The store-wide counters as stored in `meta`.
@@ -143,34 +180,42 @@ pub(crate) fn read_meta<T: ReadableTable<&'static str, u64>>(
     })
 }
 
-/// `latest` opened in a read snapshot.
-type LatestRead = ReadOnlyTable<&'static [u8], &'static [u8]>;
-/// `kv` opened in a read snapshot.
-type HistoryRead = ReadOnlyTable<(&'static [u8], u64, u64), &'static [u8]>;
+/// `revisions` opened in a read snapshot.
+pub(crate) type RevisionsRead = ReadOnlyTable<crate::keys::RowId, &'static [u8]>;
 
-/// A read snapshot with the tables a read needs. It holds its own handle on the database, so a
-/// replacement of the store's file does not cut it short.
-pub(crate) struct Snapshot {
-    pub latest: LatestRead,
-    pub kv: HistoryRead,
-    pub changes: ReadOnlyTable<(u64, u64), &'static [u8]>,
-    pub meta: Meta,
-    // Dropped after the tables, in declaration order.
-    _txn: ReadTransaction,
-    _db: Arc<Database>,
+/// What the lock of [`MvccStore`] guards: the database handle and the key index of its
+/// committed state, which are replaced together.
+pub(crate) struct Shared {
+    pub db: Arc<Database>,
+    pub index: KeyIndex,
 }
 
-impl Snapshot {
-    /// The snapshot as a view at its own revision.
-    pub fn view(&self) -> View<'_, LatestRead, HistoryRead> {
-        View {
-            latest: &self.latest,
-            kv: &self.kv,
-            rev: self.meta.revision,
-            compact_rev: self.meta.compact_revision,
-        }
+impl Shared {
+    /// Whether this is still the state `snap` was paired with (see the module docs): the same
+    /// file, and no compaction since.
+    pub fn pairs_with(&self, snap: &Snapshot) -> bool {
+        Arc::ptr_eq(&self.db, &snap.db) && self.index.compact_revision() == snap.compact_revision
     }
 }
+
+/// A redb read snapshot paired with the key index (see [`MvccStore::read_state`]), with the
+/// revision and compaction point of that index. It holds its own handle on the database, so a
+/// replacement of the store's file does not cut it short.
+pub(crate) struct Snapshot {
+    pub revisions: RevisionsRead,
+    /// The revision reads on this snapshot stand at (the index's, not redb's `meta`, which may
+    /// already be ahead).
+    pub revision: i64,
+    pub compact_revision: i64,
+    // Dropped after the table, in declaration order.
+    _txn: ReadTransaction,
+    db: Arc<Database>,
+}
+
+/// How many times a reader retries a snapshot that is ahead of the index (a compaction that is
+/// committed but not merged yet) before it reports the store as broken: merging takes the
+/// writer microseconds to milliseconds, so this is never reached unless they truly disagree.
+const PAIRING_ATTEMPTS: u32 = 1_000_000;
 
 /// redb's page cache for one store. redb's default (1 GiB) lets a member's memory grow with its
 /// data; the hot pages of a write load (the B-tree's upper levels, recent leaves) fit in far
@@ -184,14 +229,14 @@ pub(crate) fn database_builder() -> redb::Builder {
     builder
 }
 
-/// Readies a freshly opened redb file for use as a store: creates every table it lacks (so read
-/// snapshots can always open them) and reads its counters.
+/// Readies a freshly opened redb file for use as a store: moves a file of the old layout to the
+/// current one (see `legacy.rs`), creates every table it lacks (so read snapshots can always
+/// open them) and reads its counters.
 pub(crate) fn prepare_database(db: Database) -> Result<(Database, Meta), StorageError> {
     let txn = db.begin_write()?;
     let meta = {
-        txn.open_table(keys::LATEST)?;
-        txn.open_table(keys::KV)?;
-        txn.open_table(keys::CHANGES)?;
+        crate::legacy::migrate(&txn)?;
+        txn.open_table(keys::REVISIONS)?;
         txn.open_table(keys::LEASES)?;
         txn.open_table(keys::LEASE_KEYS)?;
         txn.open_table(keys::ALARMS)?;
@@ -200,6 +245,24 @@ pub(crate) fn prepare_database(db: Database) -> Result<(Database, Meta), Storage
     };
     txn.commit()?;
     Ok((db, meta))
+}
+
+/// Builds the key index of a prepared database, from one read snapshot.
+fn load_index(db: &Database) -> Result<KeyIndex, StorageError> {
+    let started = Instant::now();
+    let txn = db.begin_read()?;
+    let meta = read_meta(&txn.open_table(keys::META)?)?;
+    let index = KeyIndex::load(
+        &txn.open_table(keys::REVISIONS)?,
+        meta.revision,
+        meta.compact_revision,
+    )?;
+    tracing::info!(
+        keys = index.len(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "built key index"
+    );
+    Ok(index)
 }
 
 impl MvccStore {
@@ -212,6 +275,7 @@ impl MvccStore {
             }
         }
         let (db, meta) = prepare_database(database_builder().create(path)?)?;
+        let index = load_index(&db)?;
         tracing::info!(
             path = %path.display(),
             applied_index = meta.applied_index,
@@ -221,7 +285,10 @@ impl MvccStore {
         );
         Ok(MvccStore {
             path: path.to_path_buf(),
-            db: RwLock::new(Arc::new(db)),
+            shared: RwLock::new(Shared {
+                db: Arc::new(db),
+                index,
+            }),
             writer: Mutex::new(WriterState {
                 batches_since_durable: 0,
                 last_durable: Instant::now(),
@@ -232,6 +299,8 @@ impl MvccStore {
             compact_revision: AtomicI64::new(meta.compact_revision),
             sealer: None,
             sealing_recorded: AtomicBool::new(false),
+            #[cfg(test)]
+            fail_next_batch: Default::default(),
         })
     }
 
@@ -298,9 +367,21 @@ impl MvccStore {
         &self.path
     }
 
-    /// The current database handle. Readers clone it and let go of the lock at once.
+    /// The database handle and key index, read-locked.
+    pub(crate) fn shared(&self) -> RwLockReadGuard<'_, Shared> {
+        self.shared.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The database handle and key index, write-locked; only the writer (holding the writer
+    /// lock) takes it.
+    fn shared_mut(&self) -> RwLockWriteGuard<'_, Shared> {
+        self.shared.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The current database handle. Readers that need no key index clone it and let go of the
+    /// lock at once.
     pub(crate) fn db(&self) -> Arc<Database> {
-        self.db.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.shared().db.clone()
     }
 
     /// Takes the single-writer lock: no batch is applied while it is held.
@@ -308,29 +389,45 @@ impl MvccStore {
         self.writer.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Opens a read snapshot of the current database with the tables reads need.
-    pub(crate) fn snapshot(&self) -> Result<Snapshot, StorageError> {
-        let db = self.db();
-        let txn = db.begin_read()?;
-        let meta = read_meta(&txn.open_table(keys::META)?)?;
-        Ok(Snapshot {
-            latest: txn.open_table(keys::LATEST)?,
-            kv: txn.open_table(keys::KV)?,
-            changes: txn.open_table(keys::CHANGES)?,
-            meta,
-            _txn: txn,
-            _db: db,
-        })
+    /// The key index, read-locked, and a redb read snapshot that holds every row it names (see
+    /// the module docs). Reads stand at the index's revision, which the snapshot records.
+    pub(crate) fn read_state(
+        &self,
+    ) -> Result<(RwLockReadGuard<'_, Shared>, Snapshot), StorageError> {
+        for _ in 0..PAIRING_ATTEMPTS {
+            let shared = self.shared();
+            let db = shared.db.clone();
+            let txn = db.begin_read()?;
+            let meta = read_meta(&txn.open_table(keys::META)?)?;
+            if meta.compact_revision == shared.index.compact_revision() {
+                let snap = Snapshot {
+                    revisions: txn.open_table(keys::REVISIONS)?,
+                    revision: shared.index.revision(),
+                    compact_revision: shared.index.compact_revision(),
+                    _txn: txn,
+                    db,
+                };
+                return Ok((shared, snap));
+            }
+            // A compaction committed but not merged into the index yet: let the writer merge it.
+            drop(shared);
+            std::thread::yield_now();
+        }
+        Err(StorageError::Corrupt(
+            "the key index and the store's file disagree on the compaction point".into(),
+        ))
     }
 
     /// Serves a Range against a consistent snapshot. The response header is left `None` (the
     /// server fills it); the store revision of the snapshot, which etcd reports as the header
     /// revision, is returned alongside.
     pub fn range(&self, req: &RangeRequest) -> Result<(RangeResponse, i64), KvError> {
-        let snap = self.snapshot()?;
-        let view = snap.view();
-        let resp = execute_range(&view, req)?;
-        Ok((resp, view.rev))
+        let (shared, snap) = self.read_state()?;
+        let plan = plan_range(&shared.index, snap.revision, snap.compact_revision, req)?;
+        // The rows are fetched from the snapshot alone: no need to hold up the writer meanwhile.
+        drop(shared);
+        let resp = finish_range(&snap.revisions, plan, req)?;
+        Ok((resp, snap.revision))
     }
 
     /// Serves a read-only Txn (see [`is_txn_read_only`]) against a consistent snapshot, as etcd
@@ -340,10 +437,17 @@ impl MvccStore {
         if !is_txn_read_only(req) {
             return Err(KvError::Internal("txn_read given a txn that writes".into()));
         }
-        let snap = self.snapshot()?;
-        let mut target = ReadOnlyTarget { view: snap.view() };
-        let resp = run_txn(&mut target, req)?;
-        Ok((resp, snap.meta.revision))
+        // Compares and ranges interleave with row reads here, so the lock is held throughout, as
+        // etcd holds its index lock for a read txn; such txns are short.
+        let (shared, snap) = self.read_state()?;
+        let view = View {
+            index: &shared.index,
+            rows: &snap.revisions,
+            rev: snap.revision,
+            compact_rev: snap.compact_revision,
+        };
+        let resp = run_txn(&mut ReadOnlyTarget { view }, req)?;
+        Ok((resp, snap.revision))
     }
 
     /// Reads the change history from `start_rev` on, in revision order, for watchers catching
@@ -361,18 +465,34 @@ impl MvccStore {
         max_events: usize,
         prev_kv: bool,
     ) -> Result<(Vec<Event>, i64), KvError> {
-        let snap = self.snapshot()?;
-        if start_rev < snap.meta.compact_revision {
-            return Err(KvError::Compacted);
+        loop {
+            let snap = self.read_state()?.1;
+            if start_rev < snap.compact_revision {
+                return Err(KvError::Compacted);
+            }
+            let (mut events, ids) =
+                read_events(&snap.revisions, start_rev.max(1), snap.revision, max_events)?;
+            if prev_kv && !events.is_empty() {
+                let prevs: Vec<Option<Rev>> = {
+                    let shared = self.shared();
+                    if !shared.pairs_with(&snap) {
+                        // Compacted (or replaced) meanwhile: the index may have lost versions
+                        // this snapshot still shows.
+                        continue;
+                    }
+                    events
+                        .iter()
+                        .zip(&ids)
+                        .map(|(event, &(main, sub))| {
+                            let key = event.kv.as_ref().map_or(&[][..], |kv| &kv.key[..]);
+                            shared.index.version_before(key, main, sub)
+                        })
+                        .collect()
+                };
+                attach_prev_kvs(&snap.revisions, &mut events, &prevs)?;
+            }
+            return Ok((events, snap.revision));
         }
-        let events = crate::events::read_events(
-            &snap.kv,
-            &snap.changes,
-            start_rev.max(1),
-            max_events,
-            prev_kv,
-        )?;
-        Ok((events, snap.meta.revision))
     }
 
     /// Every granted lease with the TTL (seconds) it was granted with, ascending by id: what the
@@ -467,16 +587,19 @@ impl MvccStore {
         }
         let durable = state.batches_since_durable + 1 >= DURABLE_EVERY_BATCHES
             || state.last_durable.elapsed() >= DURABLE_EVERY;
-        let db = self.db();
-        let mut txn = db.begin_write()?;
+        // Only this thread (holding the writer lock) ever write-locks `shared`, so holding the
+        // read side for the batch blocks nobody.
+        let shared = self.shared();
+        let mut txn = shared.db.begin_write()?;
         if !durable {
             txn.set_durability(Durability::None)?;
         }
 
         let mut results = Vec::new();
-        let (revision, compact_revision) = {
+        let (revision, compact_revision, changes) = {
             let mut writer = Writer::open(
                 &txn,
+                &shared.index,
                 self.current_revision(),
                 self.compact_revision(),
                 self.sealer.clone(),
@@ -494,7 +617,8 @@ impl MvccStore {
                     results.push((entry.index, result));
                 }
             }
-            (writer.revision, writer.compact_revision)
+            let counters = (writer.revision, writer.compact_revision);
+            (counters.0, counters.1, writer.index.into_changes())
         };
         write_meta(&txn, last_index, revision, compact_revision)?;
         let record_key = match &self.sealer {
@@ -506,9 +630,21 @@ impl MvccStore {
         if let Some(id) = record_key {
             crate::sealing::record_key(&txn, id, revision)?;
         }
+        #[cfg(test)]
+        if self.fail_next_batch.swap(false, Ordering::SeqCst) {
+            return Err(StorageError::Corrupt("injected failure".into()));
+        }
+        drop(shared);
+        // On any error up to here the batch's index changes are simply dropped with the
+        // transaction: the index only ever learns of committed batches.
         txn.commit()?;
         if record_key.is_some() {
             self.sealing_recorded.store(true, Ordering::Release);
+        }
+        if !changes.is_empty() || compact_revision != self.compact_revision() {
+            self.shared_mut()
+                .index
+                .apply(changes, revision, compact_revision);
         }
 
         self.applied_index.store(last_index, Ordering::Release);
@@ -541,15 +677,19 @@ impl MvccStore {
 
 impl MvccStore {
     /// Opens whatever file is now at the store's path and makes it the store: the handle is
-    /// swapped (reads already running keep the old one) and every cached counter is reloaded. The
-    /// caller holds the writer lock (`state`) and has made the new file durable, so its applied
-    /// index is durable too.
+    /// swapped together with a key index built from the new file (reads already running keep
+    /// the old ones) and every cached counter is reloaded. The caller holds the writer lock
+    /// (`state`) and has made the new file durable, so its applied index is durable too.
     pub(crate) fn reopen_file(&self, state: &mut WriterState) -> Result<Meta, StorageError> {
         let (db, meta) = prepare_database(database_builder().open(&self.path)?)?;
-        let old = {
-            let mut slot = self.db.write().unwrap_or_else(|e| e.into_inner());
-            std::mem::replace(&mut *slot, Arc::new(db))
-        };
+        let index = load_index(&db)?;
+        let old = std::mem::replace(
+            &mut *self.shared_mut(),
+            Shared {
+                db: Arc::new(db),
+                index,
+            },
+        );
         self.applied_index
             .store(meta.applied_index, Ordering::Release);
         self.durable_applied_index
@@ -563,7 +703,8 @@ impl MvccStore {
             let recorded = self.sealed_key_ids()?.contains(&sealer.active_id());
             self.sealing_recorded.store(recorded, Ordering::Release);
         }
-        // Outside the lock: closing the old file may take a moment if no reader still holds it.
+        // Outside the lock: closing the old file (if no reader still holds it) and freeing the old
+        // index may take a moment.
         drop(old);
         Ok(meta)
     }
@@ -571,7 +712,7 @@ impl MvccStore {
 
 /// Applies one command inside the batch. `Ok(None)` for commands that are not KV operations.
 fn apply_command(
-    writer: &mut Writer<'_>,
+    writer: &mut Writer<'_, '_>,
     auth: &mut crate::auth::AuthTables<'_>,
     command: &RaftCommand,
 ) -> Result<Option<Result<WriteResult, KvError>>, StorageError> {
@@ -641,37 +782,47 @@ fn write_meta(
 
 #[cfg(test)]
 impl MvccStore {
-    /// Every `kv` row as (key, main, sub, is_tombstone), for tests that check physical removal.
+    /// Every `revisions` row as (key, main, sub, is_tombstone), ordered by key, then revision
+    /// (the order of the old `kv` table, which tests were written against).
     pub(crate) fn kv_rows(&self) -> Vec<(Vec<u8>, u64, u64, bool)> {
-        let snap = self.snapshot().unwrap();
-        snap.kv
+        let snap = self.read_state().unwrap().1;
+        let mut rows: Vec<_> = snap
+            .revisions
             .iter()
             .unwrap()
             .map(|row| {
-                let (k, v) = row.unwrap();
-                let (key, main, sub) = k.value();
-                (key.to_vec(), main, sub, v.value().is_empty())
+                let (id, value) = row.unwrap();
+                let (main, sub) = crate::keys::split_row_id(id.value());
+                let row = crate::keys::Row::decode(value.value()).unwrap();
+                (row.key.to_vec(), main, sub, row.record.is_none())
             })
-            .collect()
+            .collect();
+        rows.sort();
+        rows
     }
 
-    /// Every `changes` row's (main, sub).
+    /// Every `revisions` row's (main, sub), ascending.
     pub(crate) fn change_ids(&self) -> Vec<(u64, u64)> {
-        let snap = self.snapshot().unwrap();
-        snap.changes
+        let snap = self.read_state().unwrap().1;
+        snap.revisions
             .iter()
             .unwrap()
-            .map(|row| row.unwrap().0.value())
+            .map(|row| crate::keys::split_row_id(row.unwrap().0.value()))
             .collect()
     }
 
-    /// Every `latest` row's key.
+    /// The keys live at the current revision, ascending, as the key index has them.
     pub(crate) fn latest_keys(&self) -> Vec<Vec<u8>> {
-        let snap = self.snapshot().unwrap();
-        snap.latest
-            .iter()
-            .unwrap()
-            .map(|row| row.unwrap().0.value().to_vec())
-            .collect()
+        self.shared().index.live_keys()
+    }
+
+    /// Checks the crate's central invariant: the key index equals the one rebuilt from the file.
+    pub(crate) fn assert_index_matches_file(&self) {
+        let shared = self.shared();
+        let rebuilt = load_index(&shared.db).unwrap();
+        assert_eq!(
+            shared.index, rebuilt,
+            "key index differs from the file's rows"
+        );
     }
 }

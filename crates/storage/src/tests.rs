@@ -18,7 +18,10 @@ use crate::{ApplyEntry, ErrorCode, KvError, MvccStore, WriteResult};
 
 mod alarm;
 mod hash;
+mod index;
 mod lease;
+mod legacy;
+mod memory;
 mod sealing;
 mod snapshot;
 
@@ -78,6 +81,7 @@ impl Harness {
             }])
             .unwrap();
         assert_eq!(results.len(), 1);
+        self.store.assert_index_matches_file();
         let (got_index, result) = results.pop().unwrap();
         assert_eq!(got_index, index);
         result
@@ -823,28 +827,43 @@ fn compaction_removes_history_and_guards_reads() {
             ("d".into(), 9, true),
         ]
     );
-    // Change rows below the compaction point are gone; those at it are kept.
-    assert_eq!(h.store.change_ids(), vec![(6, 0), (7, 0), (8, 0), (9, 0)]);
+    // The rows are the change log too: below the compaction point only the surviving versions
+    // are left; every change at it and above is there.
+    assert_eq!(
+        h.store.change_ids(),
+        vec![(3, 0), (6, 0), (7, 0), (8, 0), (9, 0)]
+    );
 
     // Compacting again at or below the point fails; beyond the current revision too.
     assert_eq!(h.compact(6).unwrap_err(), KvError::Compacted);
     assert_eq!(h.compact(5).unwrap_err(), KvError::Compacted);
     assert_eq!(h.compact(10).unwrap_err(), KvError::FutureRevision);
 
-    // A second compaction drops d entirely and a's version at 3.
+    // A second compaction drops d's put and a's version at 3. d's deletion at exactly the
+    // compaction point stays for watchers starting there, until the next compaction.
     h.compact(9).unwrap();
     let rows: Vec<_> = h
         .store
         .kv_rows()
         .into_iter()
-        .map(|(k, main, _, _)| (String::from_utf8(k).unwrap(), main))
+        .map(|(k, main, _, tomb)| (String::from_utf8(k).unwrap(), main, tomb))
         .collect();
-    assert_eq!(rows, vec![("a".into(), 7), ("c".into(), 6)]);
+    assert_eq!(
+        rows,
+        vec![
+            ("a".into(), 7, false),
+            ("c".into(), 6, false),
+            ("d".into(), 9, true)
+        ]
+    );
     assert_eq!(
         keys(&h.range(range_bytes(b"\0", b"\0")).unwrap()),
         vec!["a", "c"]
     );
-    assert_eq!(h.store.change_ids(), vec![(9, 0)]);
+    assert_eq!(h.store.change_ids(), vec![(6, 0), (7, 0), (9, 0)]);
+    h.put("e", "1"); // 10
+    h.compact(10).unwrap();
+    assert_eq!(h.store.change_ids(), vec![(6, 0), (7, 0), (10, 0)]);
 }
 
 #[test]

@@ -21,32 +21,31 @@ use concord_proto::etcdserverpb::{
     ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
 };
 
-use redb::ReadableTable;
-
 use crate::error::{KvError, OpError, StorageError};
+use crate::index::{IndexRead, PendingIndex};
 use crate::keys::{KeySpan, Record};
 use crate::lease::NO_LEASE;
 use crate::range::{check_txn_range_revision, execute_range};
-use crate::view::{HistoryTable, LatestTable, View};
-use crate::write::{header_at, HistoryMut, LatestMut, Writer};
+use crate::view::{RowTable, View};
+use crate::write::{header_at, RevisionsMut, Writer};
 
 /// What a txn runs against: the batch writer when applying, or a read snapshot for read-only
 /// txns served outside Raft.
 pub(crate) trait TxnTarget {
-    type Latest: LatestTable;
-    type History: HistoryTable;
+    type Index: IndexRead;
+    type Rows: RowTable;
     /// The state as the txn sees it now (its own earlier writes included).
-    fn view(&self) -> View<'_, Self::Latest, Self::History>;
+    fn view(&self) -> View<'_, Self::Index, Self::Rows>;
     fn put(&mut self, req: &PutRequest) -> Result<PutResponse, OpError>;
     fn delete_range(&mut self, req: &DeleteRangeRequest) -> Result<DeleteRangeResponse, OpError>;
     /// Whether lease `id` is granted.
     fn lease_exists(&self, id: i64) -> Result<bool, OpError>;
 }
 
-impl<'t> TxnTarget for Writer<'t> {
-    type Latest = LatestMut<'t>;
-    type History = HistoryMut<'t>;
-    fn view(&self) -> View<'_, LatestMut<'t>, HistoryMut<'t>> {
+impl<'t, 'i> TxnTarget for Writer<'t, 'i> {
+    type Index = PendingIndex<'i>;
+    type Rows = RevisionsMut<'t>;
+    fn view(&self) -> View<'_, PendingIndex<'i>, RevisionsMut<'t>> {
         Writer::view(self)
     }
     fn put(&mut self, req: &PutRequest) -> Result<PutResponse, OpError> {
@@ -61,17 +60,17 @@ impl<'t> TxnTarget for Writer<'t> {
 }
 
 /// A read snapshot as a txn target; only read-only txns may run on it.
-pub(crate) struct ReadOnlyTarget<'v, L, H> {
-    pub view: View<'v, L, H>,
+pub(crate) struct ReadOnlyTarget<'v, I, T> {
+    pub view: View<'v, I, T>,
 }
 
-impl<L: LatestTable, H: HistoryTable> TxnTarget for ReadOnlyTarget<'_, L, H> {
-    type Latest = L;
-    type History = H;
-    fn view(&self) -> View<'_, L, H> {
+impl<I: IndexRead, T: RowTable> TxnTarget for ReadOnlyTarget<'_, I, T> {
+    type Index = I;
+    type Rows = T;
+    fn view(&self) -> View<'_, I, T> {
         View {
-            latest: self.view.latest,
-            kv: self.view.kv,
+            index: self.view.index,
+            rows: self.view.rows,
             rev: self.view.rev,
             compact_rev: self.view.compact_rev,
         }
@@ -127,8 +126,8 @@ fn branch(req: &TxnRequest, succeeded: bool) -> &[RequestOp] {
 }
 
 /// Phase 1: appends the branch choice of `req` and of its nested txns, in pre-order.
-fn choose_path<L: LatestTable, H: HistoryTable>(
-    view: &View<'_, L, H>,
+fn choose_path<I: IndexRead, T: RowTable>(
+    view: &View<'_, I, T>,
     req: &TxnRequest,
     path: &mut Vec<bool>,
 ) -> Result<(), StorageError> {
@@ -152,7 +151,7 @@ fn choose_path<L: LatestTable, H: HistoryTable>(
 /// check comes before the lease check, as in etcd.
 fn check_path<T: TxnTarget>(
     target: &T,
-    view: &View<'_, T::Latest, T::History>,
+    view: &View<'_, T::Index, T::Rows>,
     req: &TxnRequest,
     path: &[bool],
     cursor: &mut usize,
@@ -163,10 +162,8 @@ fn check_path<T: TxnTarget>(
         match &op.request {
             Some(Request::RequestTxn(inner)) => check_path(target, view, inner, path, cursor)?,
             Some(Request::RequestPut(put)) => {
-                if put.ignore_value || put.ignore_lease {
-                    view.latest
-                        .get(put.key.as_slice())?
-                        .ok_or(KvError::KeyNotFound)?;
+                if (put.ignore_value || put.ignore_lease) && !view.exists(&put.key) {
+                    return Err(KvError::KeyNotFound.into());
                 }
                 if put.lease != NO_LEASE && !target.lease_exists(put.lease)? {
                     return Err(KvError::LeaseNotFound.into());
@@ -242,8 +239,8 @@ fn after_checks(err: OpError) -> OpError {
 
 /// Evaluates one compare at the view's revision. Over a range, every live key must satisfy it;
 /// an empty range compares a zero key-value, except that a VALUE compare on no key is false.
-fn compare_holds<L: LatestTable, H: HistoryTable>(
-    view: &View<'_, L, H>,
+fn compare_holds<I: IndexRead, T: RowTable>(
+    view: &View<'_, I, T>,
     cmp: &Compare,
 ) -> Result<bool, StorageError> {
     let mut seen = false;

@@ -1,6 +1,8 @@
-//! The write side of one apply batch: the tables opened once for the batch, the revision
-//! counters, and the two primitive mutations (put and delete-range) every command is built from.
-//! Both keep the key's lease attachment in step with its newest record (see `lease.rs`).
+//! The write side of one apply batch: the tables opened once for the batch, the batch's view of
+//! the key index, the revision counters, and the two primitive mutations (put and delete-range)
+//! every command is built from. Both append one `revisions` row per changed key, record the new
+//! version in the batch's [`PendingIndex`], and keep the key's lease attachment in step with its
+//! newest record (see `lease.rs`).
 //!
 //! Revision rule (etcd's): a command that changes at least one key takes main revision
 //! `revision + 1`; its changes get sub revisions 0, 1, 2, … in order. A command that changes
@@ -12,30 +14,23 @@ use concord_crypt::Sealer;
 use concord_proto::etcdserverpb::{
     DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, ResponseHeader,
 };
-use concord_proto::mvccpb::KeyValue;
-use redb::{ReadableTable, Table, WriteTransaction};
+use redb::{Table, WriteTransaction};
 
 use crate::alarm::{no_space_raised, AlarmsMut};
 use crate::error::{KvError, OpError, StorageError};
-use crate::keys::{
-    self, encode_change, encode_record, KeySpan, Record, RecordHeader, CHANGE_DELETE, CHANGE_PUT,
-    TOMBSTONE,
-};
+use crate::index::{Head, IndexRead, KeyIndex, PendingIndex, Rev};
+use crate::keys::{self, encode_row, KeySpan, RecordHeader, RowId};
 use crate::lease::{self, LeaseKeysMut, LeasesMut, NO_LEASE};
-use crate::view::View;
+use crate::view::{fetch_row, live_record, View};
 
-/// `latest` opened for writing.
-pub(crate) type LatestMut<'t> = Table<'t, &'static [u8], &'static [u8]>;
-/// `kv` opened for writing.
-pub(crate) type HistoryMut<'t> = Table<'t, (&'static [u8], u64, u64), &'static [u8]>;
-/// `changes` opened for writing.
-pub(crate) type ChangesMut<'t> = Table<'t, (u64, u64), &'static [u8]>;
+/// `revisions` opened for writing.
+pub(crate) type RevisionsMut<'t> = Table<'t, RowId, &'static [u8]>;
 
 /// Mutable state of one apply batch.
-pub(crate) struct Writer<'t> {
-    pub latest: LatestMut<'t>,
-    pub kv: HistoryMut<'t>,
-    pub changes: ChangesMut<'t>,
+pub(crate) struct Writer<'t, 'i> {
+    pub revisions: RevisionsMut<'t>,
+    /// The committed key index with this batch's changes on top.
+    pub index: PendingIndex<'i>,
     pub leases: LeasesMut<'t>,
     pub lease_keys: LeaseKeysMut<'t>,
     pub alarms: AlarmsMut<'t>,
@@ -46,26 +41,26 @@ pub(crate) struct Writer<'t> {
     /// Last compaction point (-1 when never compacted).
     pub compact_revision: i64,
     /// Changes made so far by the command being applied (its next sub revision).
-    pub sub: u64,
-    record_buf: Vec<u8>,
-    change_buf: Vec<u8>,
+    pub sub: u32,
+    row_buf: Vec<u8>,
     /// Seals the values of new records (encryption at rest).
     sealer: Option<Arc<Sealer>>,
 }
 
-impl<'t> Writer<'t> {
-    /// Opens the data tables in `txn`; new values are sealed with `sealer` when given.
+impl<'t, 'i> Writer<'t, 'i> {
+    /// Opens the data tables in `txn`, over the committed key index `index`; new values are
+    /// sealed with `sealer` when given.
     pub fn open(
         txn: &'t WriteTransaction,
+        index: &'i KeyIndex,
         revision: i64,
         compact_revision: i64,
         sealer: Option<Arc<Sealer>>,
-    ) -> Result<Writer<'t>, StorageError> {
+    ) -> Result<Writer<'t, 'i>, StorageError> {
         let alarms = txn.open_table(keys::ALARMS)?;
         Ok(Writer {
-            latest: txn.open_table(keys::LATEST)?,
-            kv: txn.open_table(keys::KV)?,
-            changes: txn.open_table(keys::CHANGES)?,
+            revisions: txn.open_table(keys::REVISIONS)?,
+            index: PendingIndex::new(index),
             leases: txn.open_table(keys::LEASES)?,
             lease_keys: txn.open_table(keys::LEASE_KEYS)?,
             no_space: no_space_raised(&alarms)?,
@@ -73,8 +68,7 @@ impl<'t> Writer<'t> {
             revision,
             compact_revision,
             sub: 0,
-            record_buf: Vec::new(),
-            change_buf: Vec::new(),
+            row_buf: Vec::new(),
             sealer,
         })
     }
@@ -99,14 +93,37 @@ impl<'t> Writer<'t> {
         self.revision + 1
     }
 
+    /// The revision the current command sees: its own writes included.
+    fn view_revision(&self) -> i64 {
+        self.revision + i64::from(self.sub > 0)
+    }
+
     /// The store as the current command sees it so far (its own writes included).
-    pub fn view(&self) -> View<'_, LatestMut<'t>, HistoryMut<'t>> {
+    pub fn view(&self) -> View<'_, PendingIndex<'i>, RevisionsMut<'t>> {
         View {
-            latest: &self.latest,
-            kv: &self.kv,
-            rev: self.revision + i64::from(self.sub > 0),
+            index: &self.index,
+            rows: &self.revisions,
+            rev: self.view_revision(),
             compact_rev: self.compact_revision,
         }
+    }
+
+    /// Appends the row in `row_buf` as the current command's next change of `key` and records
+    /// it in the index with `head`.
+    fn append(&mut self, key: &[u8], tombstone: bool, head: Head) -> Result<(), StorageError> {
+        let version = Rev {
+            main: self.write_revision(),
+            sub: self.sub,
+            tombstone,
+        };
+        self.sub = self
+            .sub
+            .checked_add(1)
+            .ok_or_else(|| StorageError::Corrupt("too many changes in one command".into()))?;
+        self.revisions
+            .insert(version.id(), self.row_buf.as_slice())?;
+        self.index.record(key, version, head);
+        Ok(())
     }
 
     /// etcd's Put. Fails only with `LeaseNotFound` (a non-zero `lease` that is not granted) or
@@ -118,66 +135,52 @@ impl<'t> Writer<'t> {
         if req.lease != NO_LEASE && !self.lease_exists(req.lease)? {
             return Err(KvError::LeaseNotFound.into());
         }
-        let need_prev_value = req.ignore_value || req.prev_kv;
-        let (prev, prev_value) = match self.latest.get(key)? {
-            Some(guard) => {
-                let rec = Record::decode(guard.value())?;
-                let value = if need_prev_value {
-                    Some(rec.value()?.into_owned())
-                } else {
-                    None
-                };
-                (Some(rec.header), value)
+        // The index knows everything of the previous version but its value.
+        let prev = self.index.newest(key).filter(|(v, _)| v.is_live());
+        let prev_kv = match prev {
+            Some((version, _)) if req.ignore_value || req.prev_kv => {
+                let guard = fetch_row(&self.revisions, version)?;
+                let (_, record) = live_record(guard.value())?;
+                Some(record.to_key_value(key, true)?)
             }
-            None => (None, None),
+            _ => None,
         };
         if (req.ignore_value || req.ignore_lease) && prev.is_none() {
             return Err(KvError::KeyNotFound.into());
         }
 
         let rev = self.write_revision();
+        let prev_head = prev.map(|(_, head)| head);
         let header = RecordHeader {
-            create_revision: prev.map_or(rev, |p| p.create_revision),
+            create_revision: prev_head.map_or(rev, |p| p.create_revision),
             mod_revision: rev,
-            version: prev.map_or(1, |p| p.version + 1),
-            lease: match prev {
+            version: prev_head.map_or(1, |p| p.version + 1),
+            lease: match prev_head {
                 Some(p) if req.ignore_lease => p.lease,
                 _ => req.lease,
             },
         };
-        let value = match &prev_value {
-            Some(v) if req.ignore_value => v.as_slice(),
+        let value = match &prev_kv {
+            Some(prev) if req.ignore_value => prev.value.as_slice(),
             _ => req.value.as_slice(),
         };
-        encode_record(&mut self.record_buf, &header, value, self.sealer.as_deref());
-        self.kv
-            .insert((key, rev as u64, self.sub), self.record_buf.as_slice())?;
-        self.latest.insert(key, self.record_buf.as_slice())?;
-        encode_change(&mut self.change_buf, CHANGE_PUT, key);
-        self.changes
-            .insert((rev as u64, self.sub), self.change_buf.as_slice())?;
-        self.sub += 1;
+        encode_row(
+            &mut self.row_buf,
+            key,
+            Some((&header, value)),
+            self.sealer.as_deref(),
+        )?;
+        self.append(key, false, Head::of(&header))?;
         lease::reattach(
             &mut self.lease_keys,
             key,
-            prev.map_or(NO_LEASE, |p| p.lease),
+            prev_head.map_or(NO_LEASE, |p| p.lease),
             header.lease,
         )?;
 
-        let prev_kv = match (req.prev_kv, prev, prev_value) {
-            (true, Some(h), Some(value)) => Some(KeyValue {
-                key: key.to_vec(),
-                create_revision: h.create_revision,
-                mod_revision: h.mod_revision,
-                version: h.version,
-                value,
-                lease: h.lease,
-            }),
-            _ => None,
-        };
         Ok(PutResponse {
             header: Some(header_at(rev)),
-            prev_kv,
+            prev_kv: prev_kv.filter(|_| req.prev_kv),
         })
     }
 
@@ -188,63 +191,35 @@ impl<'t> Writer<'t> {
         req: &DeleteRangeRequest,
     ) -> Result<DeleteRangeResponse, OpError> {
         let rev = self.write_revision();
+        let span = KeySpan::new(&req.key, &req.range_end);
+        // The live keys of the span, ascending, with the version each one's deletion replaces.
+        let mut doomed: Vec<(Vec<u8>, Rev)> = Vec::new();
+        self.index
+            .scan_live(span, self.view_revision(), |key, version| {
+                doomed.push((key.to_vec(), version));
+                Ok::<_, StorageError>(true)
+            })?;
         let mut prev_kvs = Vec::new();
-        let mut deleted: i64 = 0;
-        let Writer {
-            latest,
-            kv,
-            changes,
-            lease_keys,
-            sub,
-            change_buf,
-            ..
-        } = self;
-        // Records the deletion of `key`, whose removed record was `rec`.
-        let mut tombstone =
-            |key: &[u8], rec: &Record<'_>, sub: &mut u64| -> Result<(), StorageError> {
-                kv.insert((key, rev as u64, *sub), TOMBSTONE)?;
-                encode_change(change_buf, CHANGE_DELETE, key);
-                changes.insert((rev as u64, *sub), change_buf.as_slice())?;
-                *sub += 1;
-                lease::detach(lease_keys, key, rec.header.lease)
-            };
-        match KeySpan::new(&req.key, &req.range_end) {
-            KeySpan::Empty => {}
-            KeySpan::Single(key) => {
-                let removed = latest.remove(key)?;
-                if let Some(guard) = removed {
-                    let rec = Record::decode(guard.value())?;
-                    if req.prev_kv {
-                        prev_kvs.push(rec.to_key_value(key, true)?);
-                    }
-                    tombstone(key, &rec, sub)?;
-                    deleted = 1;
-                }
+        for (key, version) in &doomed {
+            if req.prev_kv {
+                let guard = fetch_row(&self.revisions, *version)?;
+                let (_, record) = live_record(guard.value())?;
+                prev_kvs.push(record.to_key_value(key, true)?);
             }
-            KeySpan::Range { start, end } => {
-                let upper = match end {
-                    Some(end) => std::ops::Bound::Excluded(end),
-                    None => std::ops::Bound::Unbounded,
-                };
-                let range = (std::ops::Bound::Included(start), upper);
-                for row in latest.extract_from_if::<&[u8], _>(range, |_, _| true)? {
-                    let (key, value) = row?;
-                    let key = key.value();
-                    let rec = Record::decode(value.value())?;
-                    if req.prev_kv {
-                        prev_kvs.push(rec.to_key_value(key, true)?);
-                    }
-                    tombstone(key, &rec, sub)?;
-                    deleted += 1;
-                }
-            }
+            let lease = self
+                .index
+                .newest(key)
+                .map_or(NO_LEASE, |(_, head)| head.lease);
+            encode_row(&mut self.row_buf, key, None, None)?;
+            self.append(key, true, Head::default())?;
+            lease::detach(&mut self.lease_keys, key, lease)?;
         }
         // etcd reports the pending revision once the command has changed anything, even if this
         // particular delete removed nothing (a later op of the same txn).
-        let header_rev = if *sub > 0 { rev } else { rev - 1 };
+        let header_rev = if self.sub > 0 { rev } else { rev - 1 };
         Ok(DeleteRangeResponse {
             header: Some(header_at(header_rev)),
-            deleted,
+            deleted: doomed.len() as i64,
             prev_kvs,
         })
     }

@@ -76,7 +76,7 @@ impl<'t> AuthTables<'t> {
     /// the auth state as of this point of the log. `Ok(Err(_))` is the refusal to report.
     pub fn authorize(
         &mut self,
-        writer: &Writer<'_>,
+        writer: &Writer<'_, '_>,
         sender: Option<&Requester>,
         command: &RaftCommand,
     ) -> Result<Result<(), KvError>, StorageError> {
@@ -133,7 +133,7 @@ impl<'t> AuthTables<'t> {
     /// sender (root skips the walk).
     fn lease_keys_writable(
         &self,
-        writer: &Writer<'_>,
+        writer: &Writer<'_, '_>,
         sender: &Requester,
         perms: Option<&UserPerms>,
         leases: &[i64],

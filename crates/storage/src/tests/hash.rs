@@ -171,7 +171,7 @@ fn hashes_ignore_the_applied_index() {
     assert_eq!(one.store.hash().unwrap(), other.store.hash().unwrap());
 }
 
-/// The rows `hash_kv` feeds, rebuilt by hand: `(key, main, sub, record)` in `kv` order.
+/// The rows `hash_kv` feeds, rebuilt by hand: `(key, main, sub, record)` in revision order.
 fn expected_hash(rows: &[(&str, u64, u64, Option<RecordHeader>, &str)]) -> u32 {
     let mut crc = Crc32c::new();
     let mut record = Vec::new();
@@ -218,9 +218,9 @@ fn hash_kv_covers_history_since_compaction_and_older_live_versions() {
     // At 7: "a"@3 was replaced at 6, so only the newer history counts for "a"; the deletion of
     // "c" is history too.
     let at_7 = [
-        ("a", 6, 0, header(2, 6, 3), "3"),
         ("b", 4, 0, header(4, 4, 1), "1"),
         ("c", 5, 0, header(5, 5, 1), "1"),
+        ("a", 6, 0, header(2, 6, 3), "3"),
         ("c", 7, 0, None, ""),
     ];
     assert_eq!(h.store.hash_kv(7).unwrap(), (expected_hash(&at_7), 4, 7));

@@ -123,7 +123,7 @@ fn check_workload(h: &Harness) {
     assert_eq!(h.get("k/06").unwrap().value, secret(106).as_bytes());
     assert_eq!(h.get("k/07").unwrap().value, secret(7).as_bytes());
     assert_eq!(h.get("k/19").unwrap().value, secret(19).as_bytes());
-    // History (the `kv` table) and watch events.
+    // History (older rows of `revisions`) and watch events.
     assert_eq!(
         h.get_at("k/03", 5).unwrap().unwrap().value,
         secret(3).as_bytes()

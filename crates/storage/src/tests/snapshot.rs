@@ -138,20 +138,25 @@ fn install_does_not_disturb_reads_in_flight() {
     let path = snapshot_path(&other, "snap.redb");
     other.store.write_snapshot(&path).unwrap();
 
-    let held = h.store.snapshot().unwrap();
-    h.store.install_snapshot(&path).unwrap();
-    // The reader that started before the install still sees the old file, whole.
-    let old = held.view();
-    let mut seen = Vec::new();
-    old.scan(
-        crate::keys::KeySpan::new(b"\0", b"\0"),
-        old.rev,
-        |key, rec| {
-            seen.push((key.to_vec(), rec.value()?.to_vec()));
-            Ok(true)
-        },
+    // A range planned on the old index whose rows are read only after the install.
+    let (shared, held) = h.store.read_state().unwrap();
+    let plan = crate::range::plan_range(
+        &shared.index,
+        held.revision,
+        held.compact_revision,
+        &range_bytes(b"\0", b"\0"),
     )
     .unwrap();
+    drop(shared);
+    h.store.install_snapshot(&path).unwrap();
+    // The reader that started before the install still sees the old file, whole.
+    let old =
+        crate::range::finish_range(&held.revisions, plan, &range_bytes(b"\0", b"\0")).unwrap();
+    let seen: Vec<_> = old
+        .kvs
+        .iter()
+        .map(|kv| (kv.key.clone(), kv.value.clone()))
+        .collect();
     assert_eq!(seen, vec![(b"k".to_vec(), b"old".to_vec())]);
     drop(held);
     assert_eq!(h.get("k").unwrap().value, b"new");
