@@ -59,6 +59,13 @@ fn sender_of(id: Option<&Identity>) -> Requester {
 impl AuthState {
     /// The current permissions of `user` (`None`: no such user), from the cache when it holds
     /// the current revision's.
+    fn perms_of_identity(&self, id: Option<&Identity>) -> Result<Option<Arc<UserPerms>>, Status> {
+        Ok(match id {
+            Some(id) => self.perms_of(&id.username)?,
+            None => None,
+        })
+    }
+
     fn perms_of(&self, user: &str) -> Result<Option<Arc<UserPerms>>, Status> {
         if user.is_empty() {
             return Ok(None);
@@ -94,10 +101,7 @@ impl AuthState {
         if !status.enabled {
             return Ok(());
         }
-        let perms = match id {
-            Some(id) => self.perms_of(&id.username)?,
-            None => None,
-        };
+        let perms = self.perms_of_identity(id)?;
         auth::check_needs(status, &sender_of(id), perms.as_deref(), needs).map_err(errors::from_auth)
     }
 
@@ -107,10 +111,7 @@ impl AuthState {
         if !status.enabled {
             return Ok(());
         }
-        let perms = match id {
-            Some(id) => self.perms_of(&id.username)?,
-            None => None,
-        };
+        let perms = self.perms_of_identity(id)?;
         auth::check_admin(status, &sender_of(id), perms.as_deref()).map_err(errors::from_auth)
     }
 
