@@ -43,6 +43,8 @@ pub async fn run(args: DevArgs) -> Result<(), String> {
             name: name.to_string(),
             data_dir: args.data_dir.join(name),
             listen_client_urls: vec![client_url.clone()],
+            listen_metrics_urls: vec![],
+            listen_dashboard_urls: vec![],
             advertise_client_urls: vec![client_url],
             listen_peer_urls: vec![peer_url.clone()],
             initial_advertise_peer_urls: vec![peer_url],
@@ -79,6 +81,7 @@ pub async fn run(args: DevArgs) -> Result<(), String> {
     println!("concord dev: 3 members running; data in {}", args.data_dir.display());
     println!("endpoints: {endpoints}");
     println!("try: etcdctl --endpoints={endpoints} put hello world");
+    println!("dashboard: http://127.0.0.1:{}/ui/   metrics: http://127.0.0.1:{}/metrics", ports[0].0, ports[0].0);
     println!("press Ctrl-C to stop");
 
     let mut failure = None;

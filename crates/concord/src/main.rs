@@ -21,6 +21,9 @@ struct Cli {
     /// Log level: error, warn, info, debug or trace.
     #[arg(long, global = true, default_value = "info", env = "ETCD_LOG_LEVEL")]
     log_level: String,
+    /// Log format: text (human-readable lines) or json (one object per line, for log pipelines).
+    #[arg(long, global = true, value_enum, default_value = "text", env = "ETCD_LOG_FORMAT")]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -44,13 +47,23 @@ enum Command {
     Chaos(chaos::ChaosArgs),
 }
 
-fn init_logging(level: &str) {
+/// How `serve` and `dev` write their logs.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum LogFormat {
+    /// One human-readable line per event.
+    Text,
+    /// One JSON object per event: timestamp, level, target, message and fields.
+    Json,
+}
+
+fn init_logging(level: &str, format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().flatten_event(true).init(),
+    }
 }
 
 fn main() -> std::process::ExitCode {
@@ -64,11 +77,11 @@ fn main() -> std::process::ExitCode {
     };
     let result = match cli.command {
         Command::Serve(args) => {
-            init_logging(&cli.log_level);
+            init_logging(&cli.log_level, cli.log_format);
             runtime.block_on(serve::run(args))
         }
         Command::Dev(args) => {
-            init_logging(&cli.log_level);
+            init_logging(&cli.log_level, cli.log_format);
             runtime.block_on(dev::run(args))
         }
         Command::Kv(args) => runtime.block_on(kv::run(args)),

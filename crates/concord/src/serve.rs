@@ -31,6 +31,12 @@ pub struct ServeArgs {
     /// This member's client URLs, as announced to the cluster.
     #[arg(long, default_value = "http://localhost:2379", env = "ETCD_ADVERTISE_CLIENT_URLS", value_delimiter = ',')]
     pub advertise_client_urls: Vec<String>,
+    /// Extra URLs to serve /metrics and the health endpoints on (the client URLs serve them too).
+    #[arg(long, env = "ETCD_LISTEN_METRICS_URLS", value_delimiter = ',')]
+    pub listen_metrics_urls: Vec<String>,
+    /// Extra URLs to serve the web dashboard on (the client URLs serve it too, under /ui).
+    #[arg(long, env = "CONCORD_LISTEN_DASHBOARD_URLS", value_delimiter = ',')]
+    pub listen_dashboard_urls: Vec<String>,
     /// URLs to listen on for peer traffic.
     #[arg(long, default_value = "http://localhost:2380", env = "ETCD_LISTEN_PEER_URLS", value_delimiter = ',')]
     pub listen_peer_urls: Vec<String>,
@@ -173,6 +179,8 @@ impl ServeArgs {
                 .unwrap_or_else(|| PathBuf::from(format!("{}.etcd", self.name))),
             name: self.name,
             listen_client_urls: self.listen_client_urls,
+            listen_metrics_urls: self.listen_metrics_urls,
+            listen_dashboard_urls: self.listen_dashboard_urls,
             advertise_client_urls: self.advertise_client_urls,
             listen_peer_urls: self.listen_peer_urls,
             initial_advertise_peer_urls: self.initial_advertise_peer_urls,

@@ -15,6 +15,7 @@
 pub mod error;
 pub mod log_store;
 mod logging;
+pub mod metrics;
 pub mod node;
 pub mod snapshot;
 pub mod state_machine;

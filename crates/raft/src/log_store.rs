@@ -423,7 +423,12 @@ impl LogStore {
         if batch.is_empty() {
             return Ok(());
         }
-        self.engine.write(batch, sync)?;
+        let started = std::time::Instant::now();
+        let bytes = self.engine.write(batch, sync)?;
+        crate::metrics::WAL_WRITE_BYTES.inc_by(bytes as u64);
+        if sync {
+            crate::metrics::WAL_FSYNC_SECONDS.observe(started.elapsed().as_secs_f64());
+        }
         Ok(())
     }
 

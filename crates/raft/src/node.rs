@@ -700,6 +700,7 @@ impl<S: StateMachine> Driver<S> {
             Err(e) => fatal(&format!("undecodable snapshot descriptor: {e}")),
         };
         tracing::info!(group = self.cfg.group_id, index = meta.index, term = meta.term, "installing snapshot");
+        crate::metrics::SNAPSHOTS_INSTALLED.inc();
         if let Err(e) = self
             .sm
             .install_snapshot(std::path::Path::new(&descriptor.path), &descriptor.app_data)

@@ -118,7 +118,11 @@ impl StateMachine for KvStateMachine {
                     .map_err(|e| format!("undecodable entry at index {}: {e}", entry.index))?;
                 // A client's command may come in an envelope naming its sender; what matters
                 // here is the command inside.
-                let revoked = match concord_storage::open_envelope(&cmd).0.and_then(|c| c.op.as_ref()) {
+                let inner = concord_storage::open_envelope(&cmd).0.and_then(|c| c.op.as_ref());
+                if fresh {
+                    count_kv_op(inner);
+                }
+                let revoked = match inner {
                     Some(Op::LeaseRevoke(revoke)) => Some(revoke.id),
                     _ => None,
                 };
@@ -155,7 +159,9 @@ impl StateMachine for KvStateMachine {
                 command: command.as_ref(),
             })
             .collect();
+        let started = std::time::Instant::now();
         let results = self.store.apply(&batch)?;
+        crate::metrics::BACKEND_COMMIT_SECONDS.observe(started.elapsed().as_secs_f64());
         // Auth changes take effect in memory before the Raft driver reports these entries
         // applied, so a read that passed a ReadIndex barrier sees them.
         let mut auth_changed = false;
@@ -225,5 +231,15 @@ impl StateMachine for KvStateMachine {
         self.effects.auth.on_snapshot_installed();
         self.effects.hub.notify_applied(self.store.current_revision());
         Ok(())
+    }
+}
+
+/// Counts a client's write in etcd's `etcd_mvcc_*_total` metrics as it is applied.
+fn count_kv_op(op: Option<&Op>) {
+    match op {
+        Some(Op::Put(_)) => crate::metrics::MVCC_PUTS.inc(),
+        Some(Op::DeleteRange(_)) => crate::metrics::MVCC_DELETES.inc(),
+        Some(Op::Txn(_)) => crate::metrics::MVCC_TXNS.inc(),
+        _ => {}
     }
 }

@@ -36,6 +36,12 @@ pub struct ServerConfig {
     pub listen_client_urls: Vec<String>,
     /// `--advertise-client-urls`
     pub advertise_client_urls: Vec<String>,
+    /// `--listen-metrics-urls`: extra listeners serving only `/metrics` and the health endpoints
+    /// (the client URLs serve them too).
+    pub listen_metrics_urls: Vec<String>,
+    /// `--listen-dashboard-urls`: extra listeners serving only the web dashboard (the client
+    /// URLs serve it too, under `/ui`).
+    pub listen_dashboard_urls: Vec<String>,
     /// `--listen-peer-urls`
     pub listen_peer_urls: Vec<String>,
     /// `--initial-advertise-peer-urls`

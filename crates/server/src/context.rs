@@ -109,7 +109,11 @@ impl MemberContext {
         if data.len() > self.limits.max_request_bytes {
             return Err(errors::request_too_large());
         }
-        match group.propose(data).await.map_err(errors::from_raft)? {
+        let applied = group.propose(data).await.map_err(|e| {
+            crate::metrics::PROPOSALS_FAILED.inc();
+            errors::from_raft(e)
+        })?;
+        match applied {
             Applied::Kv(result) => result.map_err(errors::from_kv),
             Applied::Membership => Err(Status::internal("etcdserver: unexpected apply result")),
         }

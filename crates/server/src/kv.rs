@@ -56,6 +56,7 @@ impl Kv for KvService {
         // no auth change slipped in between.
         let id = self.ctx.auth.authorize_read(&creds, group, &perms::range_needs(&req)).await?;
         let (mut resp, revision) = self.ctx.store.range(&req).map_err(errors::from_kv)?;
+        crate::metrics::MVCC_RANGES.inc();
         self.ctx.auth.check_unchanged(id.as_ref())?;
         resp.header = Some(self.ctx.header(revision));
         Ok(Response::new(resp))

@@ -7,6 +7,7 @@
 //! - [`auth`]: authentication (tokens, identities) and authorization checks; etcd's Auth service.
 //! - [`membership`]: member and cluster ids, names and URLs.
 //! - [`validate`], [`errors`]: etcd's request checks and error strings.
+//! - [`metrics`], [`http`]: Prometheus metrics, health endpoints and the web dashboard.
 
 pub mod apply;
 pub mod auth;
@@ -18,12 +19,14 @@ pub mod context;
 pub mod errors;
 mod fallback;
 pub mod forward;
+pub mod http;
 pub mod kv;
 pub mod lease;
 pub mod lock;
 pub mod maintenance;
 pub mod member;
 pub mod membership;
+pub mod metrics;
 pub mod peer;
 pub mod quota;
 pub mod router;

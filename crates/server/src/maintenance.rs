@@ -202,7 +202,7 @@ impl Maintenance for MaintenanceService {
     }
 }
 
-fn alarm_name(alarm: i32) -> &'static str {
+pub(crate) fn alarm_name(alarm: i32) -> &'static str {
     match alarm {
         1 => "NOSPACE",
         2 => "CORRUPT",

@@ -22,6 +22,8 @@ use crate::apply::{Effects, KvStateMachine};
 use crate::cluster::ClusterService;
 use crate::config::{InitialClusterState, ServerConfig};
 use crate::context::MemberContext;
+use crate::http::HttpState;
+use crate::metrics::rates::RateHistory;
 use crate::kv::KvService;
 use crate::maintenance::MaintenanceService;
 use crate::membership::Membership;
@@ -217,6 +219,33 @@ pub async fn serve(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> Res
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut servers = tokio::task::JoinSet::new();
 
+    let http_state = HttpState { ctx: ctx.clone(), rates: Arc::new(RateHistory::default()) };
+    tokio::spawn(crate::metrics::rates::sample(ctx.clone(), http_state.rates.clone(), stop_rx.clone()));
+    tokio::spawn(crate::metrics::probe::count_leader_changes(ctx.clone(), stop_rx.clone()));
+    tokio::spawn(crate::metrics::probe::probe_peers(ctx.clone(), tls.peer_dialer.clone(), stop_rx.clone()));
+    let extra_listeners = [
+        ("metrics", &cfg.listen_metrics_urls, crate::http::operator_routes(http_state.clone())),
+        ("dashboard", &cfg.listen_dashboard_urls, crate::http::dashboard_routes(http_state.clone())),
+    ];
+    for (what, urls, routes) in extra_listeners {
+        for (addr, https) in resolve(urls).await? {
+            let listener = bind(addr).await?;
+            let router = tonic::transport::Server::builder()
+                .accept_http1(true)
+                .add_routes(tonic::service::Routes::from(routes.clone()));
+            let tls = if https { tls.client_listener.clone() } else { None };
+            let stop = wait_for_stop(stop_rx.clone());
+            servers.spawn(async move {
+                match tls {
+                    Some(tls) => router.serve_with_incoming_shutdown(concord_tls::accept(listener, tls), stop).await,
+                    None => router.serve_with_incoming_shutdown(incoming(listener), stop).await,
+                }
+                .map_err(|e| format!("{what} listener {addr}: {e}"))
+            });
+            tracing::info!(%addr, tls = https, "serving {what}");
+        }
+    }
+
     for (addr, https) in resolve(&cfg.listen_peer_urls).await? {
         let listener = bind(addr).await?;
         let router = tonic::transport::Server::builder()
@@ -258,8 +287,11 @@ pub async fn serve(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> Res
         .add_service(AuthServer::new(crate::auth::service::AuthService::new(ctx.clone())));
         let router = routes
             .into_axum_router()
-            .fallback(crate::fallback::unimplemented_method);
+            .merge(crate::http::all_routes(http_state.clone()))
+            .fallback(crate::fallback::unimplemented_method)
+            .layer(axum::middleware::from_fn(crate::metrics::grpc::layer));
         let router = tonic::transport::Server::builder()
+            .accept_http1(true)
             .tcp_nodelay(true)
             .http2_keepalive_interval(Some(Duration::from_secs(10)))
             .add_routes(tonic::service::Routes::from(router));

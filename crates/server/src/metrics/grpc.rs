@@ -1,0 +1,180 @@
+//! `grpc_server_started_total`, `grpc_server_handled_total` and `grpc_server_handling_seconds`,
+//! with the labels of go-grpc-prometheus that etcd exports, recorded by [`layer`] around the
+//! client services.
+//!
+//! A gRPC call's status usually arrives in the response's trailers, after the last message; a
+//! call that fails before answering carries it in the headers ("trailers-only"). [`MeteredBody`]
+//! watches the body for the trailers, so a call is counted when it really ends: a watch stream
+//! when it closes, a call the client abandoned as `Canceled`.
+
+use std::pin::Pin;
+use std::sync::LazyLock;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::Request;
+use axum::middleware::Next;
+use axum::response::Response;
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use prometheus::{exponential_buckets, register_histogram_vec, register_int_counter_vec, HistogramVec, IntCounterVec};
+
+/// Calls started, by service, method and type.
+pub static STARTED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "grpc_server_started_total",
+        "Total number of RPCs started on the server.",
+        &["grpc_type", "grpc_service", "grpc_method"]
+    )
+    .expect("metric registered once")
+});
+
+/// Calls finished, by service, method, type and status code.
+pub static HANDLED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "grpc_server_handled_total",
+        "Total number of RPCs completed on the server, regardless of success or failure.",
+        &["grpc_type", "grpc_service", "grpc_method", "grpc_code"]
+    )
+    .expect("metric registered once")
+});
+
+/// How long calls took from request to status, by service, method and type. Finer buckets than
+/// go-grpc-prometheus's defaults, because the dashboard reads percentiles from them.
+pub static HANDLING_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
+    register_histogram_vec!(
+        "grpc_server_handling_seconds",
+        "Histogram of response latency (seconds) of gRPC that had been application-level handled by the server.",
+        &["grpc_type", "grpc_service", "grpc_method"],
+        exponential_buckets(0.00025, 2.0, 18).expect("valid buckets")
+    )
+    .expect("metric registered once")
+});
+
+/// The labels of one call.
+#[derive(Clone)]
+struct Call {
+    kind: &'static str,
+    service: String,
+    method: String,
+    started: Instant,
+}
+
+impl Call {
+    fn finish(&self, code: &str) {
+        let labels = [self.kind, self.service.as_str(), self.method.as_str()];
+        HANDLED.with_label_values(&[labels[0], labels[1], labels[2], code]).inc();
+        HANDLING_SECONDS.with_label_values(&labels).observe(self.started.elapsed().as_secs_f64());
+    }
+}
+
+/// etcd's streaming methods; every other method of the client services is unary.
+fn call_type(service: &str, method: &str) -> &'static str {
+    match (service, method) {
+        ("etcdserverpb.Watch", "Watch") | ("etcdserverpb.Lease", "LeaseKeepAlive") => "bidi_stream",
+        ("etcdserverpb.Maintenance", "Snapshot") | ("v3electionpb.Election", "Observe") => "server_stream",
+        _ => "unary",
+    }
+}
+
+/// The name go-grpc-prometheus gives a status code.
+fn code_name(code: &[u8]) -> &'static str {
+    match code {
+        b"0" => "OK",
+        b"1" => "Canceled",
+        b"2" => "Unknown",
+        b"3" => "InvalidArgument",
+        b"4" => "DeadlineExceeded",
+        b"5" => "NotFound",
+        b"6" => "AlreadyExists",
+        b"7" => "PermissionDenied",
+        b"8" => "ResourceExhausted",
+        b"9" => "FailedPrecondition",
+        b"10" => "Aborted",
+        b"11" => "OutOfRange",
+        b"12" => "Unimplemented",
+        b"13" => "Internal",
+        b"14" => "Unavailable",
+        b"15" => "DataLoss",
+        b"16" => "Unauthenticated",
+        _ => "Unknown",
+    }
+}
+
+/// Records every gRPC call that passes through; other HTTP requests (metrics, health, the
+/// dashboard) pass untouched. Mount with `axum::middleware::from_fn(layer)`.
+pub async fn layer(request: Request, next: Next) -> Response {
+    let is_grpc = request
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    let Some((service, method)) = request.uri().path().trim_start_matches('/').split_once('/') else {
+        return next.run(request).await;
+    };
+    if !is_grpc {
+        return next.run(request).await;
+    }
+    let kind = call_type(service, method);
+    let call = Call { kind, service: service.to_string(), method: method.to_string(), started: Instant::now() };
+    STARTED.with_label_values(&[kind, service, method]).inc();
+    let response = next.run(request).await;
+    if let Some(code) = response.headers().get("grpc-status") {
+        call.finish(code_name(code.as_bytes()));
+        return response;
+    }
+    response.map(|body| Body::new(MeteredBody { inner: body, call: Some(call) }))
+}
+
+/// A response body that records its call when the trailers carrying the status pass, or when
+/// it is dropped before then (the client went away).
+struct MeteredBody {
+    inner: Body,
+    call: Option<Call>,
+}
+
+impl HttpBody for MeteredBody {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(trailers) = frame.trailers_ref() {
+                    let code = trailers.get("grpc-status").map(|c| code_name(c.as_bytes())).unwrap_or("Unknown");
+                    if let Some(call) = self.call.take() {
+                        call.finish(code);
+                    }
+                }
+            }
+            Poll::Ready(Some(Err(_))) => {
+                if let Some(call) = self.call.take() {
+                    call.finish("Unknown");
+                }
+            }
+            Poll::Ready(None) => {
+                if let Some(call) = self.call.take() {
+                    call.finish("OK");
+                }
+            }
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for MeteredBody {
+    fn drop(&mut self) {
+        if let Some(call) = self.call.take() {
+            call.finish("Canceled");
+        }
+    }
+}
