@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use etcd_client::{Client, ConnectOptions};
 
+pub mod http;
 pub mod pki;
 
 /// How long any wait in a test may take before the test fails.
