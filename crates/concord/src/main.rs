@@ -1,13 +1,22 @@
 //! `concord`: run a member (`serve`), a local 3-member cluster (`dev`),
-//! talk to any etcd-v3 endpoint (`kv`), load one (`bench`), back a cluster up
-//! and start a new one from the backup (`snapshot`), or change its members (`member`).
+//! talk to any etcd-v3 endpoint (`kv`, `lease`), load one (`bench`), back a
+//! cluster up and start a new one from the backup (`snapshot`), change its
+//! members (`member`), or see how its members are doing (`endpoint`).
+//!
+//! The commands that talk to a cluster share their connection flags
+//! ([`client`]) and etcdctl's `-w simple|table|json` output ([`output`]).
+//! Errors print as `Error: <message>` with exit code 1, as etcdctl's do.
 
 mod bench;
 mod chaos;
+mod client;
 mod client_tls;
 mod dev;
+mod endpoint;
 mod kv;
+mod lease;
 mod member;
+mod output;
 mod serve;
 mod snapshot;
 mod text;
@@ -34,14 +43,18 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Run a 3-member cluster on localhost, for trying Concord out.
     Dev(dev::DevArgs),
-    /// Read and write keys on any etcd-v3 endpoint.
+    /// Read, write and watch keys on any etcd-v3 endpoint.
     Kv(kv::KvArgs),
+    /// Grant, revoke, inspect, list and keep alive leases (like `etcdctl lease`).
+    Lease(lease::LeaseArgs),
     /// Load any etcd-v3 endpoint and report throughput and latency (like etcd's benchmark).
     Bench(bench::BenchArgs),
-    /// Save a snapshot of a running cluster, or restore one into a new member's data directory.
+    /// Save a snapshot of a running cluster, restore one into a new member's data directory, or show what one holds.
     Snapshot(snapshot::SnapshotArgs),
     /// List, add, remove, update and promote the members of a cluster (like `etcdctl member`).
     Member(member::MemberArgs),
+    /// Each endpoint's status, or whether it is healthy (like `etcdctl endpoint`).
+    Endpoint(endpoint::EndpointArgs),
     /// Run a cluster under a seeded schedule of faults while clients record a history, then check
     /// it: linearizability, lost writes, watch gaps, lock exclusion, members' hashes.
     Chaos(chaos::ChaosArgs),
@@ -71,7 +84,7 @@ fn main() -> std::process::ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
+            eprintln!("Error: cannot start the async runtime: {e}");
             return std::process::ExitCode::FAILURE;
         }
     };
@@ -85,6 +98,8 @@ fn main() -> std::process::ExitCode {
             runtime.block_on(dev::run(args))
         }
         Command::Kv(args) => runtime.block_on(kv::run(args)),
+        Command::Lease(args) => runtime.block_on(lease::run(args)),
+        Command::Endpoint(args) => runtime.block_on(endpoint::run(args)),
         Command::Bench(args) => runtime.block_on(bench::run(args)),
         Command::Snapshot(args) => runtime.block_on(snapshot::run(args)),
         Command::Member(args) => runtime.block_on(member::run(args)),
@@ -93,7 +108,7 @@ fn main() -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("Error: {e}");
             std::process::ExitCode::FAILURE
         }
     }
@@ -118,4 +133,15 @@ pub async fn stop_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// clap checks the whole command tree (no clashing flags, e.g. the global `-w` and `--key`).
+    #[test]
+    fn the_command_line_is_consistent() {
+        super::Cli::command().debug_assert();
+    }
 }

@@ -1,60 +1,40 @@
 //! `concord member`: list and change the members of a running cluster.
 //!
 //! It exists so that an operator with only the `concord` binary can do what
-//! `etcdctl member` does, and get the same output: the lines are etcdctl's
-//! "simple" format, so scripts written against etcdctl keep working. It talks
+//! `etcdctl member` does, and get the same output: etcdctl's "simple" lines
+//! by default, so scripts written against etcdctl keep working, or its table
+//! or etcd's JSON with `-w table|json`. It talks
 //! to the cluster through etcd's public Cluster API only, so it works against
 //! etcd as well. Member ids are shown and taken in hex, as etcdctl does.
 
-use crate::text::json_string;
-use std::time::Duration;
-
-use clap::{Args, Subcommand, ValueEnum};
+use clap::{Args, Subcommand};
 use concord_proto::etcdserverpb::cluster_client::ClusterClient;
 use concord_proto::etcdserverpb::{
-    Member, MemberAddRequest, MemberListRequest, MemberListResponse, MemberPromoteRequest,
-    MemberRemoveRequest, MemberUpdateRequest, ResponseHeader,
+    Member, MemberAddRequest, MemberListRequest, MemberListResponse, MemberPromoteRequest, MemberRemoveRequest,
+    MemberUpdateRequest, ResponseHeader,
 };
-use tonic::transport::Channel;
+use serde::Serialize;
 
-use crate::serve::parse_duration;
+use crate::client::{ClusterArgs, Session};
+use crate::output::{is_zero, print_json, to_json, Align, Format, HeaderJson, OutputArgs, Table};
+use crate::text::json_string;
 
 /// Flags of `concord member`; names and defaults follow etcdctl's.
 #[derive(Args, Debug)]
 pub struct MemberArgs {
-    /// Endpoints to try, in order, until one answers (comma-separated; host:port or http://host:port).
-    #[arg(long, default_value = "127.0.0.1:2379", value_delimiter = ',', global = true)]
-    pub endpoints: Vec<String>,
-    /// How long to wait for a connection to one endpoint (e.g. 2s, 500ms).
-    #[arg(long, default_value = "2s", value_parser = parse_duration, global = true)]
-    pub dial_timeout: Duration,
-    /// How long to wait for the cluster to answer a request.
-    #[arg(long, default_value = "5s", value_parser = parse_duration, global = true)]
-    pub command_timeout: Duration,
     #[command(flatten)]
-    pub tls: crate::client_tls::ClientTlsArgs,
+    pub cluster: ClusterArgs,
+    #[command(flatten)]
+    pub output: OutputArgs,
     #[command(subcommand)]
     pub command: MemberCommand,
-}
-
-/// How `member list` prints the members.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum OutputFormat {
-    /// One line per member, as etcdctl's default output.
-    Simple,
-    /// The whole response as JSON, as `etcdctl -w json`.
-    Json,
 }
 
 /// What to do with the members.
 #[derive(Subcommand, Debug)]
 pub enum MemberCommand {
     /// Lists every member: id, started|unstarted, name, peer URLs, client URLs, is learner.
-    List {
-        /// Output format: simple or json.
-        #[arg(short = 'w', long, value_enum, default_value = "simple")]
-        write_out: OutputFormat,
-    },
+    List,
     /// Adds a member, then prints the settings it must start with.
     Add {
         /// The new member's name (used for the ETCD_* lines printed; the member announces it itself).
@@ -101,66 +81,6 @@ pub fn parse_member_id(text: &str) -> Result<u64, String> {
     u64::from_str_radix(digits, 16).map_err(|_| format!("bad member ID {text:?}: more than 64 bits"))
 }
 
-/// Connects to the first endpoint that accepts a connection within `dial_timeout`;
-/// requests on the channel time out after `request_timeout` when one is given.
-/// Returns the channel and the endpoint it reached.
-pub async fn connect_first(
-    endpoints: &[String],
-    tls: &crate::client_tls::ClientTlsArgs,
-    dial_timeout: Duration,
-    request_timeout: Option<Duration>,
-) -> Result<(Channel, String), String> {
-    let mut errors = Vec::new();
-    for endpoint in endpoints.iter().map(|e| e.trim()).filter(|e| !e.is_empty()) {
-        let mut target = match tls.endpoint(endpoint) {
-            Ok(t) => t.connect_timeout(dial_timeout).tcp_nodelay(true),
-            Err(e) => {
-                errors.push(format!("{endpoint}: {e}"));
-                continue;
-            }
-        };
-        if let Some(timeout) = request_timeout {
-            target = target.timeout(timeout);
-        }
-        match tokio::time::timeout(dial_timeout, target.connect()).await {
-            Ok(Ok(channel)) => return Ok((channel, endpoint.to_string())),
-            Ok(Err(e)) => errors.push(format!("{endpoint}: {}", error_chain(&e))),
-            Err(_) => errors.push(format!("{endpoint}: no connection within {dial_timeout:?}")),
-        }
-    }
-    if errors.is_empty() {
-        return Err("--endpoints: give at least one endpoint".into());
-    }
-    Err(format!("cannot reach any endpoint ({})", errors.join("; ")))
-}
-
-/// An error and its causes on one line (tonic's transport errors say little on
-/// their own); a cause that the next one repeats is left out.
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut texts = vec![error.to_string()];
-    let mut source = error.source();
-    while let Some(cause) = source {
-        texts.push(cause.to_string());
-        source = cause.source();
-    }
-    let kept: Vec<&str> = texts
-        .iter()
-        .enumerate()
-        .filter(|(i, t)| texts.get(i + 1).is_none_or(|next| !next.contains(t.as_str())))
-        .map(|(_, t)| t.as_str())
-        .collect();
-    kept.join(": ")
-}
-
-/// A gRPC error as etcdctl shows it: the server's message (etcd's error strings).
-pub fn status_message(status: tonic::Status) -> String {
-    if status.message().is_empty() {
-        format!("{:?}", status.code())
-    } else {
-        status.message().to_string()
-    }
-}
-
 /// One member as a line of etcdctl's simple `member list` output.
 pub fn member_line(m: &Member) -> String {
     let status = if m.name.is_empty() { "unstarted" } else { "started" };
@@ -175,53 +95,74 @@ pub fn member_line(m: &Member) -> String {
     )
 }
 
-fn json_strings(items: &[String]) -> String {
-    format!("[{}]", items.iter().map(|s| json_string(s)).collect::<Vec<_>>().join(","))
+/// etcd's `Member` in JSON: the field names of etcd's Go struct, ids as (decimal) numbers.
+#[derive(Serialize)]
+pub struct MemberJson {
+    #[serde(rename = "ID")]
+    id: u64,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    name: String,
+    #[serde(rename = "peerURLs", skip_serializing_if = "Vec::is_empty")]
+    peer_urls: Vec<String>,
+    #[serde(rename = "clientURLs", skip_serializing_if = "Vec::is_empty")]
+    client_urls: Vec<String>,
+    #[serde(rename = "isLearner", skip_serializing_if = "is_zero")]
+    is_learner: bool,
 }
 
-/// The response header as etcdctl's JSON prints it (zero fields left out, as Go's `omitempty`).
-fn header_json(h: &ResponseHeader) -> String {
-    let mut fields = Vec::new();
-    if h.cluster_id != 0 {
-        fields.push(format!("\"cluster_id\":{}", h.cluster_id));
+impl MemberJson {
+    /// The JSON form of a member.
+    pub fn of(m: &Member) -> MemberJson {
+        MemberJson {
+            id: m.id,
+            name: m.name.clone(),
+            peer_urls: m.peer_ur_ls.clone(),
+            client_urls: m.client_ur_ls.clone(),
+            is_learner: m.is_learner,
+        }
     }
-    if h.member_id != 0 {
-        fields.push(format!("\"member_id\":{}", h.member_id));
-    }
-    if h.revision != 0 {
-        fields.push(format!("\"revision\":{}", h.revision));
-    }
-    if h.raft_term != 0 {
-        fields.push(format!("\"raft_term\":{}", h.raft_term));
-    }
-    format!("{{{}}}", fields.join(","))
 }
 
-/// A `member list` response as `etcdctl -w json member list` prints it: the
-/// field names of etcd's Go structs, ids as (decimal) numbers.
+/// The answer of a membership change (or list) in JSON: the header, the member
+/// added (for `add`), and the members after the change.
+#[derive(Serialize)]
+struct MembersJson {
+    header: HeaderJson,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    member: Option<MemberJson>,
+    members: Vec<MemberJson>,
+}
+
+impl MembersJson {
+    fn of(header: &Option<ResponseHeader>, member: Option<&Member>, members: &[Member]) -> MembersJson {
+        MembersJson {
+            header: HeaderJson::of(header),
+            member: member.map(MemberJson::of),
+            members: members.iter().map(MemberJson::of).collect(),
+        }
+    }
+}
+
+/// A `member list` response as `etcdctl -w json member list` prints it.
 pub fn member_list_json(resp: &MemberListResponse) -> String {
-    let members: Vec<String> = resp
-        .members
-        .iter()
-        .map(|m| {
-            let mut fields = vec![format!("\"ID\":{}", m.id)];
-            if !m.name.is_empty() {
-                fields.push(format!("\"name\":{}", json_string(&m.name)));
-            }
-            if !m.peer_ur_ls.is_empty() {
-                fields.push(format!("\"peerURLs\":{}", json_strings(&m.peer_ur_ls)));
-            }
-            if !m.client_ur_ls.is_empty() {
-                fields.push(format!("\"clientURLs\":{}", json_strings(&m.client_ur_ls)));
-            }
-            if m.is_learner {
-                fields.push("\"isLearner\":true".to_string());
-            }
-            format!("{{{}}}", fields.join(","))
-        })
-        .collect();
-    let header = resp.header.as_ref().map(header_json).unwrap_or_else(|| "{}".into());
-    format!("{{\"header\":{header},\"members\":[{}]}}", members.join(","))
+    to_json(&MembersJson::of(&resp.header, None, &resp.members)).unwrap_or_default()
+}
+
+/// The members as etcdctl's `member list -w table` draws them.
+pub fn member_table(members: &[Member]) -> Table {
+    let mut table = Table::new(&["id", "status", "name", "peer addrs", "client addrs", "is learner"], Align::Right);
+    for m in members {
+        let status = if m.name.is_empty() { "unstarted" } else { "started" };
+        table.row([
+            format!("{:x}", m.id),
+            status.to_string(),
+            m.name.clone(),
+            m.peer_ur_ls.join(","),
+            m.client_ur_ls.join(","),
+            m.is_learner.to_string(),
+        ]);
+    }
+    table
 }
 
 /// The settings etcdctl prints after `member add`, for starting the new member:
@@ -249,31 +190,29 @@ fn cluster_id(header: &Option<ResponseHeader>) -> u64 {
 
 /// Runs one `member` subcommand.
 pub async fn run(args: MemberArgs) -> Result<(), String> {
-    let (channel, _) = connect_first(&args.endpoints, &args.tls, args.dial_timeout, Some(args.command_timeout)).await?;
-    let mut client = ClusterClient::new(channel);
+    let session = Session::connect(&args.cluster).await?;
+    let format = args.output.write_out;
+    let mut client = ClusterClient::new(session.channel.clone());
     match args.command {
-        MemberCommand::List { write_out } => {
-            let resp = client
-                .member_list(MemberListRequest { linearizable: true })
-                .await
-                .map_err(status_message)?
-                .into_inner();
-            match write_out {
-                OutputFormat::Simple => {
+        MemberCommand::List => {
+            let resp = session.call(client.member_list(session.request(MemberListRequest { linearizable: true }))).await?;
+            match format {
+                Format::Simple => {
                     for m in &resp.members {
                         println!("{}", member_line(m));
                     }
                 }
-                OutputFormat::Json => println!("{}", member_list_json(&resp)),
+                Format::Table => print!("{}", member_table(&resp.members).render()),
+                Format::Json => println!("{}", member_list_json(&resp)),
             }
         }
         MemberCommand::Add { name, peer_urls, learner } => {
-            let resp = client
-                .member_add(MemberAddRequest { peer_ur_ls: peer_urls.clone(), is_learner: learner })
-                .await
-                .map_err(status_message)?
-                .into_inner();
-            let member = resp.member.ok_or("the server's answer names no member")?;
+            let request = MemberAddRequest { peer_ur_ls: peer_urls.clone(), is_learner: learner };
+            let resp = session.call(client.member_add(session.request(request))).await?;
+            let member = resp.member.clone().ok_or("the server's answer names no member")?;
+            if format == Format::Json {
+                return print_json(&MembersJson::of(&resp.header, Some(&member), &resp.members));
+            }
             let as_learner = if member.is_learner { " as learner " } else { " " };
             println!("Member {:16x} added{as_learner}to cluster {:16x}", member.id, cluster_id(&resp.header));
             // The member that made the change answers with the list after it;
@@ -281,39 +220,32 @@ pub async fn run(args: MemberArgs) -> Result<(), String> {
             let members = if resp.members.iter().any(|m| m.id == member.id) {
                 resp.members
             } else {
-                client
-                    .member_list(MemberListRequest { linearizable: true })
-                    .await
-                    .map_err(status_message)?
-                    .into_inner()
-                    .members
+                session.call(client.member_list(session.request(MemberListRequest { linearizable: true }))).await?.members
             };
             println!();
             print!("{}", join_settings(&name, member.id, &peer_urls, &members));
         }
         MemberCommand::Remove { id } => {
-            let resp = client
-                .member_remove(MemberRemoveRequest { id })
-                .await
-                .map_err(status_message)?
-                .into_inner();
-            println!("Member {id:16x} removed from cluster {:16x}", cluster_id(&resp.header));
+            let resp = session.call(client.member_remove(session.request(MemberRemoveRequest { id }))).await?;
+            match format {
+                Format::Json => print_json(&MembersJson::of(&resp.header, None, &resp.members))?,
+                _ => println!("Member {id:16x} removed from cluster {:16x}", cluster_id(&resp.header)),
+            }
         }
         MemberCommand::Update { id, peer_urls } => {
-            let resp = client
-                .member_update(MemberUpdateRequest { id, peer_ur_ls: peer_urls })
-                .await
-                .map_err(status_message)?
-                .into_inner();
-            println!("Member {id:16x} updated in cluster {:16x}", cluster_id(&resp.header));
+            let request = MemberUpdateRequest { id, peer_ur_ls: peer_urls };
+            let resp = session.call(client.member_update(session.request(request))).await?;
+            match format {
+                Format::Json => print_json(&MembersJson::of(&resp.header, None, &resp.members))?,
+                _ => println!("Member {id:16x} updated in cluster {:16x}", cluster_id(&resp.header)),
+            }
         }
         MemberCommand::Promote { id } => {
-            let resp = client
-                .member_promote(MemberPromoteRequest { id })
-                .await
-                .map_err(status_message)?
-                .into_inner();
-            println!("Member {id:16x} promoted in cluster {:16x}", cluster_id(&resp.header));
+            let resp = session.call(client.member_promote(session.request(MemberPromoteRequest { id }))).await?;
+            match format {
+                Format::Json => print_json(&MembersJson::of(&resp.header, None, &resp.members))?,
+                _ => println!("Member {id:16x} promoted in cluster {:16x}", cluster_id(&resp.header)),
+            }
         }
     }
     Ok(())
@@ -366,6 +298,22 @@ mod tests {
             member_list_json(&resp),
             r#"{"header":{"cluster_id":7,"member_id":8,"raft_term":2},"members":[{"ID":1,"name":"a\"b","peerURLs":["http://p"]},{"ID":2,"isLearner":true}]}"#
         );
+    }
+
+    #[test]
+    fn tables_match_etcdctl() {
+        let members = vec![Member {
+            id: 0x8e9e05c52164694d,
+            name: "m1".into(),
+            peer_ur_ls: vec!["http://a:2380".into()],
+            client_ur_ls: vec!["http://a:2379".into()],
+            is_learner: false,
+        }];
+        let text = member_table(&members).render();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 5, "{text}");
+        assert_eq!(lines[1], "|        ID        | STATUS  | NAME |  PEER ADDRS   | CLIENT ADDRS  | IS LEARNER |");
+        assert_eq!(lines[3], "| 8e9e05c52164694d | started |   m1 | http://a:2380 | http://a:2379 |      false |");
     }
 
     #[test]

@@ -1,19 +1,24 @@
-//! A small progress bar on stderr, so a long run shows that it is alive and
-//! how fast it goes. It draws only when stderr is a terminal, so scripts and
-//! logs (and `--json` output on stdout) stay clean.
+//! A progress bar on stderr (indicatif), so a long run shows that it is alive
+//! and how fast it goes. It draws only when stderr is a terminal, so scripts
+//! and logs (and `--json` output on stdout) stay clean.
 
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use indicatif::{ProgressDrawTarget, ProgressStyle};
+
 use super::pace::{Goal, Schedule};
 
-/// How often the bar is redrawn.
+/// How often the bar is updated.
 const TICK: Duration = Duration::from_millis(250);
-/// Width of the bar itself, in characters.
-const WIDTH: usize = 30;
+/// The bar's layout for a total: the bar, the share done, requests done of the total, and
+/// the rate in the message.
+const TOTAL_TEMPLATE: &str = "[{bar:30}] {percent:>3}% {pos}/{len}  {msg}";
+/// The bar's layout for a duration (the bar counts milliseconds): the rest is in the message.
+const DURATION_TEMPLATE: &str = "[{bar:30}] {percent:>3}% {msg}";
 
-/// A progress bar being drawn by a background task; [`ProgressBar::finish`] erases it.
+/// A progress bar being updated by a background task; [`ProgressBar::finish`] erases it.
 pub struct ProgressBar {
     stop: tokio::sync::oneshot::Sender<()>,
     task: tokio::task::JoinHandle<()>,
@@ -26,6 +31,8 @@ impl ProgressBar {
         if !std::io::stderr().is_terminal() {
             return None;
         }
+        let bar = indicatif::ProgressBar::with_draw_target(Some(length(goal)), ProgressDrawTarget::stderr());
+        bar.set_style(style(goal).ok()?);
         let (stop, mut stopped) = tokio::sync::oneshot::channel();
         let task = tokio::spawn(async move {
             let mut ticks = tokio::time::interval(TICK);
@@ -40,14 +47,12 @@ impl ProgressBar {
                 let window = now.duration_since(last_at).as_secs_f64();
                 let rate = if window > 0.0 { done.saturating_sub(last_done) as f64 / window } else { 0.0 };
                 (last_done, last_at) = (done, now);
-                let line = render(done, goal, schedule.start().elapsed(), rate, unit);
-                let mut err = std::io::stderr().lock();
-                let _ = write!(err, "\r{line}\x1b[K");
-                let _ = err.flush();
+                let elapsed = schedule.start().elapsed();
+                // The position first: what the template shows of it is then drawn with it.
+                bar.set_position(progress(done, goal, elapsed));
+                bar.set_message(message(done, goal, elapsed, rate, unit));
             }
-            let mut err = std::io::stderr().lock();
-            let _ = write!(err, "\r\x1b[K");
-            let _ = err.flush();
+            bar.finish_and_clear();
         });
         Some(ProgressBar { stop, task })
     }
@@ -66,26 +71,37 @@ pub async fn finish(bar: Option<ProgressBar>) {
     }
 }
 
-/// One line of the progress bar: the bar, how far along (done/total, or
-/// elapsed/duration), and the current rate.
-pub fn render(done: u64, goal: Goal, elapsed: Duration, rate: f64, unit: &str) -> String {
-    let (fraction, position) = match goal {
-        Goal::Total(total) => {
-            let fraction = if total == 0 { 1.0 } else { done as f64 / total as f64 };
-            (fraction, format!("{done}/{total}"))
-        }
-        Goal::Duration(d) => {
-            let fraction = if d.is_zero() { 1.0 } else { elapsed.as_secs_f64() / d.as_secs_f64() };
-            (fraction, format!("{:.1}s/{:.1}s {done}", elapsed.as_secs_f64(), d.as_secs_f64()))
-        }
+fn style(goal: Goal) -> Result<ProgressStyle, indicatif::style::TemplateError> {
+    let template = match goal {
+        Goal::Total(_) => TOTAL_TEMPLATE,
+        Goal::Duration(_) => DURATION_TEMPLATE,
     };
-    let filled = ((fraction.clamp(0.0, 1.0) * WIDTH as f64) as usize).min(WIDTH);
-    let bar: String = if filled == WIDTH {
-        "=".repeat(WIDTH)
-    } else {
-        format!("{}>{}", "=".repeat(filled), " ".repeat(WIDTH - filled - 1))
-    };
-    format!("[{bar}] {:>3.0}% {position}  {rate:.0} {unit}/s", fraction.clamp(0.0, 1.0) * 100.0)
+    Ok(ProgressStyle::with_template(template)?.progress_chars("=> "))
+}
+
+/// The bar's length: requests for a total, milliseconds for a duration.
+fn length(goal: Goal) -> u64 {
+    match goal {
+        Goal::Total(total) => total,
+        Goal::Duration(d) => d.as_millis() as u64,
+    }
+}
+
+/// The bar's position, in the units of [`length`] (never past the end).
+fn progress(done: u64, goal: Goal, elapsed: Duration) -> u64 {
+    match goal {
+        Goal::Total(total) => done.min(total),
+        Goal::Duration(d) => elapsed.min(d).as_millis() as u64,
+    }
+}
+
+/// The message after the bar: the current rate, after (for a duration) the time
+/// elapsed of it and the count (for a total, the template shows the count).
+pub fn message(done: u64, goal: Goal, elapsed: Duration, rate: f64, unit: &str) -> String {
+    match goal {
+        Goal::Total(_) => format!("{rate:.0} {unit}/s"),
+        Goal::Duration(d) => format!("{:.1}s/{:.1}s {done}  {rate:.0} {unit}/s", elapsed.as_secs_f64(), d.as_secs_f64()),
+    }
 }
 
 #[cfg(test)]
@@ -93,23 +109,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn renders_counts_and_times() {
-        let line = render(2500, Goal::Total(10_000), Duration::from_secs(1), 2500.4, "req");
-        assert_eq!(line, format!("[{}>{}]  25% 2500/10000  2500 req/s", "=".repeat(7), " ".repeat(22)));
-        let line = render(900, Goal::Duration(Duration::from_secs(10)), Duration::from_secs(3), 300.0, "puts");
-        assert!(line.starts_with(&format!("[{}>", "=".repeat(9))), "{line}");
-        assert!(line.ends_with("]  30% 3.0s/10.0s 900  300 puts/s"), "{line}");
+    fn describes_counts_and_times() {
+        assert_eq!(message(2500, Goal::Total(10_000), Duration::from_secs(1), 2500.4, "req"), "2500 req/s");
+        assert_eq!(
+            message(900, Goal::Duration(Duration::from_secs(10)), Duration::from_secs(3), 300.0, "puts"),
+            "3.0s/10.0s 900  300 puts/s"
+        );
     }
 
     #[test]
-    fn renders_the_ends_without_overflowing() {
-        let done = render(10, Goal::Total(10), Duration::ZERO, 0.0, "req");
-        assert!(done.starts_with(&format!("[{}] 100%", "=".repeat(WIDTH))), "{done}");
-        let over = render(0, Goal::Duration(Duration::from_secs(1)), Duration::from_secs(2), 0.0, "req");
-        assert!(over.contains("100%"), "{over}");
-        let start = render(0, Goal::Total(0), Duration::ZERO, 0.0, "req");
-        assert!(start.contains("100% 0/0"), "{start}");
-        let empty = render(0, Goal::Total(5), Duration::ZERO, 0.0, "req");
-        assert!(empty.starts_with(&format!("[>{}]   0%", " ".repeat(WIDTH - 1))), "{empty}");
+    fn positions_stay_within_the_bar() {
+        assert_eq!(length(Goal::Total(10)), 10);
+        assert_eq!(progress(12, Goal::Total(10), Duration::ZERO), 10);
+        let second = Goal::Duration(Duration::from_secs(1));
+        assert_eq!(length(second), 1000);
+        assert_eq!(progress(0, second, Duration::from_secs(2)), 1000);
+        assert_eq!(progress(0, second, Duration::from_millis(250)), 250);
+        assert!(style(Goal::Total(1)).is_ok() && style(second).is_ok());
     }
 }

@@ -1,5 +1,5 @@
-//! `concord snapshot save|restore`: back up a running cluster, and found a
-//! new cluster from the backup.
+//! `concord snapshot save|restore|status`: back up a running cluster, found a
+//! new cluster from the backup, and tell what a backup holds.
 //!
 //! This is disaster recovery: when a cluster has lost its quorum for good
 //! (or its data must move to new machines), a backup taken earlier is the way
@@ -17,11 +17,16 @@
 //!   restored store's applied index is set back to 0: the new cluster starts
 //!   a new Raft log (`concord serve --initial-cluster-state new` bootstraps
 //!   it), and the old log's positions mean nothing there.
+//! - `status` is `etcdutl snapshot status` ([`status`]).
+//!
+//! `save` shows its progress with a bar on a terminal ([`progress`]).
+
+mod progress;
+mod status;
 
 use std::fs::File;
-use std::io::{IsTerminal, Read, Seek, SeekFrom, Write};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
 use clap::{Args, Subcommand};
 use concord_proto::etcdserverpb::maintenance_client::MaintenanceClient;
@@ -30,8 +35,8 @@ use concord_server::membership::{parse_initial_cluster, Membership};
 use concord_storage::MvccStore;
 use sha2::{Digest, Sha256};
 
-use crate::member::{connect_first, status_message};
-use crate::serve::parse_duration;
+use crate::client::{status_message, ClusterArgs, Session};
+use progress::SaveProgress;
 
 /// Length of the SHA-256 trailer that follows the store in a snapshot.
 pub const TRAILER_LEN: usize = 32;
@@ -50,6 +55,8 @@ pub enum SnapshotCommand {
     Save(SaveArgs),
     /// Make a new member's data directory from a snapshot (like `etcdutl snapshot restore`).
     Restore(RestoreArgs),
+    /// Show a snapshot's hash, revision, key count and size (like `etcdutl snapshot status`).
+    Status(status::StatusArgs),
 }
 
 /// Flags of `concord snapshot save`.
@@ -57,14 +64,9 @@ pub enum SnapshotCommand {
 pub struct SaveArgs {
     /// Where to write the snapshot (written to FILE.part first, renamed when complete and verified).
     pub file: PathBuf,
-    /// Endpoints to try, in order; the first that answers sends the snapshot (host:port or http://host:port).
-    #[arg(long, default_value = "127.0.0.1:2379", value_delimiter = ',')]
-    pub endpoints: Vec<String>,
-    /// How long to wait for a connection to one endpoint (e.g. 2s, 500ms).
-    #[arg(long, default_value = "2s", value_parser = parse_duration)]
-    pub dial_timeout: Duration,
+    /// Where to connect; the first of --endpoints that answers sends the snapshot.
     #[command(flatten)]
-    pub tls: crate::client_tls::ClientTlsArgs,
+    pub cluster: ClusterArgs,
 }
 
 /// Flags of `concord snapshot restore`: etcdutl's, with `concord serve`'s defaults.
@@ -99,6 +101,9 @@ pub async fn run(args: SnapshotArgs) -> Result<(), String> {
         SnapshotCommand::Restore(args) => tokio::task::spawn_blocking(move || restore(args))
             .await
             .map_err(|e| format!("restore failed: {e}"))?,
+        SnapshotCommand::Status(args) => tokio::task::spawn_blocking(move || status::run(args))
+            .await
+            .map_err(|e| format!("status failed: {e}"))?,
     }
 }
 
@@ -184,80 +189,6 @@ pub fn human_bytes(n: u64) -> String {
     format!("{value:.1} {}", UNITS[unit])
 }
 
-/// The progress line: bytes received of the total, and the share done.
-pub fn progress_line(received: u64, total: u64) -> String {
-    let percent = if total == 0 { 100.0 } else { received as f64 * 100.0 / total as f64 };
-    format!(
-        "snapshot: {} / {} ({percent:.1}%), {received} / {total} bytes",
-        human_bytes(received),
-        human_bytes(total)
-    )
-}
-
-/// Progress on stderr: one line redrawn in place on a terminal (at most ten
-/// times a second); elsewhere (logs, pipes) nothing until the summary line.
-///
-/// A member writes the whole snapshot to its disk before the first byte is
-/// sent, which takes a while on a big store: the line says so meanwhile, and
-/// the summary tells the two phases apart.
-struct Progress {
-    terminal: bool,
-    started: Instant,
-    /// When the first bytes arrived.
-    streaming: Option<Instant>,
-    last_draw: Option<Instant>,
-}
-
-impl Progress {
-    fn new() -> Progress {
-        Progress { terminal: std::io::stderr().is_terminal(), started: Instant::now(), streaming: None, last_draw: None }
-    }
-
-    fn waiting(&mut self, endpoint: &str) {
-        if self.terminal {
-            eprint!("\rsnapshot: waiting for {endpoint} to write its snapshot...\x1b[K");
-            self.last_draw = Some(Instant::now());
-        }
-    }
-
-    fn update(&mut self, received: u64, total: u64) {
-        let now = Instant::now();
-        self.streaming.get_or_insert(now);
-        if !self.terminal {
-            return;
-        }
-        if self.last_draw.is_some_and(|t| now - t < Duration::from_millis(100)) && received < total {
-            return;
-        }
-        self.last_draw = Some(now);
-        eprint!("\r{}\x1b[K", progress_line(received, total));
-    }
-
-    /// Ends the line on a terminal, then prints the summary.
-    fn finish(&mut self, received: u64, endpoint: &str) {
-        let now = Instant::now();
-        let streaming = self.streaming.unwrap_or(now);
-        let (prepare, transfer) = ((streaming - self.started).as_secs_f64(), (now - streaming).as_secs_f64());
-        let rate = if transfer > 0.0 { received as f64 / transfer } else { 0.0 };
-        if self.terminal {
-            eprint!("\r\x1b[K");
-        }
-        eprintln!(
-            "snapshot: received {} ({received} bytes) from {endpoint} in {:.2}s ({prepare:.2}s for the member to write it, {transfer:.2}s to transfer it at {}/s)",
-            human_bytes(received),
-            prepare + transfer,
-            human_bytes(rate as u64)
-        );
-    }
-
-    /// Ends the line on a terminal, so an error message starts clean.
-    fn abandon(&mut self) {
-        if self.terminal && self.last_draw.is_some() {
-            eprintln!();
-        }
-    }
-}
-
 /// The temporary name a snapshot is written to: FILE.part.
 fn part_path(file: &Path) -> PathBuf {
     let mut name = file.as_os_str().to_os_string();
@@ -284,14 +215,14 @@ fn sync_parent(path: &Path) -> std::io::Result<()> {
 }
 
 async fn save(args: SaveArgs) -> Result<(), String> {
-    let (channel, endpoint) = connect_first(&args.endpoints, &args.tls, args.dial_timeout, None).await?;
+    let session = Session::connect(&args.cluster).await?;
+    let endpoint = session.endpoint.clone();
     // Snapshots of big stores are big: lift the default 4 MiB message cap (chunks are 32 KiB).
-    let mut client = MaintenanceClient::new(channel).max_decoding_message_size(64 << 20);
+    let mut client = MaintenanceClient::new(session.channel.clone()).max_decoding_message_size(64 << 20);
     let part = part_path(&args.file);
     let mut out = create_private(&part).map_err(|e| format!("{}: {e}", part.display()))?;
-    let mut progress = Progress::new();
-    progress.waiting(&endpoint);
-    let mut stream = match client.snapshot(SnapshotRequest {}).await {
+    let mut progress = SaveProgress::new(&endpoint);
+    let mut stream = match client.snapshot(session.request(SnapshotRequest {})).await {
         Ok(response) => response.into_inner(),
         Err(status) => {
             progress.abandon();
@@ -601,8 +532,6 @@ mod tests {
         assert_eq!(human_bytes(512), "512 B");
         assert_eq!(human_bytes(1536), "1.5 KiB");
         assert_eq!(human_bytes(3 << 30), "3.0 GiB");
-        assert_eq!(progress_line(512, 2048), "snapshot: 512 B / 2.0 KiB (25.0%), 512 / 2048 bytes");
-        assert!(progress_line(0, 0).contains("100.0%"));
     }
 
     #[test]
