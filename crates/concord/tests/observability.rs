@@ -70,6 +70,11 @@ async fn metrics_use_etcds_names_and_count_what_happened() {
         "grpc_server_handling_seconds_bucket",
         "concord_raft_group_state",
         "process_resident_memory_bytes",
+        "etcd_network_client_grpc_received_bytes_total",
+        "etcd_network_client_grpc_sent_bytes_total",
+        "etcd_network_peer_sent_bytes_total",
+        "etcd_network_peer_received_bytes_total",
+        "etcd_server_quota_backend_bytes",
     ] {
         assert!(has(&samples, name), "/metrics lacks {name}");
     }
@@ -86,6 +91,9 @@ async fn metrics_use_etcds_names_and_count_what_happened() {
     assert_eq!(sum(&samples, "grpc_server_handled_total", &revoke_missing), 1.0);
     assert_eq!(sum(&samples, "grpc_server_handling_seconds_count", &["grpc_method=\"Put\""]), 20.0);
     assert!(sum(&samples, "concord_raft_group_state", &["group=\"1\"", "field=\"term\""]) >= 1.0);
+    assert!(sum(&samples, "etcd_network_client_grpc_received_bytes_total", &[]) >= 200.0, "20 puts of 10 bytes or more");
+    assert!(sum(&samples, "etcd_network_client_grpc_sent_bytes_total", &[]) > 0.0);
+    assert!(sum(&samples, "etcd_network_peer_received_bytes_total", &[]) > 0.0, "a follower hears from its leader");
 
     // Every member counts exactly one leader among them.
     let mut leaders = 0.0;

@@ -6,7 +6,10 @@
 
 use std::sync::LazyLock;
 
-use prometheus::{exponential_buckets, register_histogram, register_int_counter, Histogram, IntCounter};
+use prometheus::{
+    exponential_buckets, register_histogram, register_int_counter, register_int_counter_vec, Histogram, IntCounter,
+    IntCounterVec,
+};
 
 /// etcd's `etcd_disk_wal_fsync_duration_seconds`: how long a synced write of the Raft log
 /// took. Every group's batch goes through one engine write, so this is one sample per fsync.
@@ -31,6 +34,23 @@ pub static SNAPSHOTS_INSTALLED: LazyLock<IntCounter> = LazyLock::new(|| {
     register_int_counter!(
         "concord_raft_snapshots_installed_total",
         "Snapshots received from a leader and installed by this member."
+    )
+    .expect("metric registered once")
+});
+
+/// etcd's `etcd_network_peer_sent_bytes_total`, labelled `To` with the peer's id in hex: Raft
+/// message bytes streamed to each peer.
+pub static PEER_SENT_BYTES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!("etcd_network_peer_sent_bytes_total", "The total number of bytes sent to peers.", &["To"])
+        .expect("metric registered once")
+});
+
+/// etcd's `etcd_network_peer_received_bytes_total`, labelled `From` with the peer's id in hex.
+pub static PEER_RECEIVED_BYTES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "etcd_network_peer_received_bytes_total",
+        "The total number of bytes received from peers.",
+        &["From"]
     )
     .expect("metric registered once")
 });

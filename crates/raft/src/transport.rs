@@ -255,6 +255,7 @@ async fn run_link(
         let (stream_tx, stream_rx) = mpsc::channel::<RaftMessageBatch>(64);
         let mut client = client;
         let call = tokio::spawn(async move { client.stream(ReceiverStream::new(stream_rx)).await });
+        let sent_bytes = crate::metrics::PEER_SENT_BYTES.with_label_values(&[&format!("{peer:x}")]);
         loop {
             let mut pending: Vec<(u64, Message)> = Vec::with_capacity(16);
             if let Some(m) = first.take() {
@@ -270,6 +271,7 @@ async fn run_link(
             let mut groups = Vec::new();
             for batch in into_batches(me, peer, pending) {
                 groups.push(batch.group_id);
+                sent_bytes.inc_by(batch.messages.iter().map(|m| m.len() as u64).sum());
                 if stream_tx.send(batch).await.is_err() {
                     broken = true;
                 }
@@ -416,8 +418,18 @@ impl RaftPeer for PeerService {
         request: Request<Streaming<RaftMessageBatch>>,
     ) -> Result<Response<RaftStreamDone>, Status> {
         let mut stream = request.into_inner();
+        let mut received_bytes: Option<(u64, prometheus::IntCounter)> = None;
         while let Some(batch) = stream.next().await {
             let batch = batch?;
+            let from = batch.from_member;
+            let counter = match &received_bytes {
+                Some((peer, counter)) if *peer == from => counter,
+                _ => {
+                    let counter = crate::metrics::PEER_RECEIVED_BYTES.with_label_values(&[&format!("{from:x}")]);
+                    &received_bytes.insert((from, counter)).1
+                }
+            };
+            counter.inc_by(batch.messages.iter().map(|m| m.len() as u64).sum());
             if batch.to_member != self.transport.member_id {
                 return Err(Status::failed_precondition(format!(
                     "this member is {:x}, not {:x}",

@@ -17,7 +17,22 @@ use axum::extract::Request;
 use axum::middleware::Next;
 use axum::response::Response;
 use http_body::{Body as HttpBody, Frame, SizeHint};
-use prometheus::{exponential_buckets, register_histogram_vec, register_int_counter_vec, HistogramVec, IntCounterVec};
+use prometheus::{
+    exponential_buckets, register_histogram_vec, register_int_counter, register_int_counter_vec, HistogramVec,
+    IntCounter, IntCounterVec,
+};
+
+/// etcd's `etcd_network_client_grpc_received_bytes_total`: bytes of gRPC requests from clients.
+pub static RECEIVED_BYTES: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!("etcd_network_client_grpc_received_bytes_total", "The total number of bytes received from grpc clients.")
+        .expect("metric registered once")
+});
+
+/// etcd's `etcd_network_client_grpc_sent_bytes_total`: bytes of gRPC responses to clients.
+pub static SENT_BYTES: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!("etcd_network_client_grpc_sent_bytes_total", "The total number of bytes sent to grpc clients.")
+        .expect("metric registered once")
+});
 
 /// Calls started, by service, method and type.
 pub static STARTED: LazyLock<IntCounterVec> = LazyLock::new(|| {
@@ -108,15 +123,14 @@ pub async fn layer(request: Request, next: Next) -> Response {
         .headers()
         .get(http::header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
-    let Some((service, method)) = request.uri().path().trim_start_matches('/').split_once('/') else {
+    let path = request.uri().path().trim_start_matches('/');
+    let Some((service, method)) = path.split_once('/').filter(|_| is_grpc) else {
         return next.run(request).await;
     };
-    if !is_grpc {
-        return next.run(request).await;
-    }
     let kind = call_type(service, method);
     let call = Call { kind, service: service.to_string(), method: method.to_string(), started: Instant::now() };
-    STARTED.with_label_values(&[kind, service, method]).inc();
+    STARTED.with_label_values(&[kind, &call.service, &call.method]).inc();
+    let request = request.map(|body| Body::new(CountedBody { inner: body }));
     let response = next.run(request).await;
     if let Some(code) = response.headers().get("grpc-status") {
         call.finish(code_name(code.as_bytes()));
@@ -140,6 +154,9 @@ impl HttpBody for MeteredBody {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    SENT_BYTES.inc_by(data.len() as u64);
+                }
                 if let Some(trailers) = frame.trailers_ref() {
                     let code = trailers.get("grpc-status").map(|c| code_name(c.as_bytes())).unwrap_or("Unknown");
                     if let Some(call) = self.call.take() {
@@ -176,5 +193,33 @@ impl Drop for MeteredBody {
         if let Some(call) = self.call.take() {
             call.finish("Canceled");
         }
+    }
+}
+
+/// A request body that counts the bytes a client sends.
+struct CountedBody {
+    inner: Body,
+}
+
+impl HttpBody for CountedBody {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(data) = frame.data_ref() {
+                RECEIVED_BYTES.inc_by(data.len() as u64);
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }

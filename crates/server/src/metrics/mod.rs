@@ -53,6 +53,7 @@ gauge!(PROPOSALS_APPLIED, "etcd_server_proposals_applied_total", "The total numb
 gauge!(PROPOSALS_PENDING, "etcd_server_proposals_pending", "The current number of pending proposals to commit.");
 counter!(PROPOSALS_FAILED, "etcd_server_proposals_failed_total", "The total number of failed proposals seen.");
 gauge!(DB_TOTAL_SIZE, "etcd_mvcc_db_total_size_in_bytes", "Total size of the underlying database physically allocated in bytes.");
+gauge!(DB_TOTAL_SIZE_DEBUGGING, "etcd_debugging_mvcc_db_total_size_in_bytes", "Total size of the underlying database physically allocated in bytes (etcd 3.4's name, which older dashboards use).");
 gauge!(QUOTA_BACKEND_BYTES, "etcd_server_quota_backend_bytes", "Current backend storage quota size in bytes.");
 gauge!(CURRENT_REVISION, "etcd_debugging_mvcc_current_revision", "The current revision of store.");
 gauge!(COMPACT_REVISION, "etcd_debugging_mvcc_compact_revision", "The revision of the last compaction in store.");
@@ -150,6 +151,7 @@ fn refresh(ctx: &MemberContext) {
     PROPOSALS_APPLIED.set(main.applied_index as i64);
     PROPOSALS_PENDING.set(main.commit_index.saturating_sub(main.applied_index) as i64);
     DB_TOTAL_SIZE.set(ctx.store.db_size() as i64);
+    DB_TOTAL_SIZE_DEBUGGING.set(ctx.store.db_size() as i64);
     QUOTA_BACKEND_BYTES.set(ctx.limits.quota_backend_bytes as i64);
     CURRENT_REVISION.set(ctx.store.current_revision());
     COMPACT_REVISION.set(ctx.store.compact_revision().max(0));
