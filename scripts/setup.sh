@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs what building and testing Concord needs on Debian: protoc for the
 # .proto files, etcdctl (etcd-client) for the tests, etcd itself (etcd-server)
-# for side-by-side benchmarks, and iproute2 (`ip`, `tc`) for the chaos rig's
-# network namespaces. Needs root or sudo.
+# for side-by-side benchmarks, iproute2 (`ip`, `tc`) for the chaos rig's
+# network namespaces, and chromium with chromium-driver (headless, through
+# WebDriver) for the dashboard's end-to-end test. Needs root or sudo.
 set -euo pipefail
 
 missing=()
@@ -10,6 +11,8 @@ command -v protoc >/dev/null || missing+=(protobuf-compiler)
 command -v etcdctl >/dev/null || missing+=(etcd-client)
 command -v etcd >/dev/null || missing+=(etcd-server)
 command -v ip >/dev/null || missing+=(iproute2)
+command -v chromium >/dev/null || missing+=(chromium)
+command -v chromedriver >/dev/null || missing+=(chromium-driver)
 command -v cargo >/dev/null || { echo "setup: cargo not found; install Rust (rustup) first" >&2; exit 1; }
 
 if ((${#missing[@]})); then

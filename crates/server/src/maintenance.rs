@@ -84,12 +84,7 @@ impl Maintenance for MaintenanceService {
     async fn status(&self, _request: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
         let group = self.ctx.router.default_group().status();
         let me = self.ctx.membership.local_id();
-        let errors = self
-            .ctx
-            .store
-            .alarms()
-            .map(|alarms| alarms.iter().map(|a| format!("memberID:{} alarm:{} ", a.member_id, alarm_name(a.alarm))).collect())
-            .unwrap_or_default();
+        let errors = self.ctx.store.alarms().map(|alarms| alarm_errors(&alarms)).unwrap_or_default();
         let store = self.ctx.store.clone();
         // Measuring the space in use walks every page: keep it off the async workers.
         let in_use = tokio::task::spawn_blocking(move || store.db_size_in_use())
@@ -200,6 +195,11 @@ impl Maintenance for MaintenanceService {
     async fn downgrade(&self, _request: Request<DowngradeRequest>) -> Result<Response<DowngradeResponse>, Status> {
         Err(Status::unimplemented("concord: Maintenance.Downgrade is not supported: there is no older Concord to downgrade to"))
     }
+}
+
+/// Raised alarms as etcd's Status lists them in `errors`.
+pub(crate) fn alarm_errors(alarms: &[concord_proto::etcdserverpb::AlarmMember]) -> Vec<String> {
+    alarms.iter().map(|a| format!("memberID:{} alarm:{} ", a.member_id, alarm_name(a.alarm))).collect()
 }
 
 pub(crate) fn alarm_name(alarm: i32) -> &'static str {

@@ -219,7 +219,11 @@ pub async fn serve(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> Res
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut servers = tokio::task::JoinSet::new();
 
-    let http_state = HttpState { ctx: ctx.clone(), rates: Arc::new(RateHistory::default()) };
+    let http_state = HttpState {
+        ctx: ctx.clone(),
+        rates: Arc::new(RateHistory::default()),
+        leases: Arc::new(LeaseService::new(ctx.clone(), lessor.clone(), cfg.election_timeout)),
+    };
     tokio::spawn(crate::metrics::rates::sample(ctx.clone(), http_state.rates.clone(), stop_rx.clone()));
     tokio::spawn(crate::metrics::probe::count_leader_changes(ctx.clone(), stop_rx.clone()));
     tokio::spawn(crate::metrics::probe::probe_peers(ctx.clone(), tls.peer_dialer.clone(), stop_rx.clone()));

@@ -11,6 +11,7 @@ use etcd_client::{Client, ConnectOptions};
 
 pub mod http;
 pub mod pki;
+pub mod webdriver;
 
 /// How long any wait in a test may take before the test fails.
 pub const WAIT: Duration = Duration::from_secs(30);

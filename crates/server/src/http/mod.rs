@@ -26,6 +26,9 @@ pub struct HttpState {
     pub ctx: Arc<MemberContext>,
     /// The last minutes of request rates, for the dashboard.
     pub rates: Arc<RateHistory>,
+    /// The member's Lease service, which the dashboard asks for lease TTLs (it answers from
+    /// the leader's lease clock, forwarding when this member does not lead).
+    pub leases: Arc<crate::lease::LeaseService>,
 }
 
 /// `/metrics`, `/health`, `/livez`, `/readyz` and `/version`: what `--listen-metrics-urls`
@@ -43,8 +46,10 @@ pub fn operator_routes(state: HttpState) -> Router {
 /// The dashboard: its page and assets, and the JSON and event-stream API behind them, under
 /// `/ui`. What `--listen-dashboard-urls` serves.
 pub fn dashboard_routes(state: HttpState) -> Router {
+    // A nested router's "/" answers "/ui" only: "/ui/" needs its own route.
     Router::new()
         .nest("/ui", dashboard::routes(state))
+        .route("/ui/", get(dashboard::page))
         .route("/", get(|| async { axum::response::Redirect::temporary("/ui/") }))
 }
 
