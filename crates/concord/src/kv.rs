@@ -75,21 +75,9 @@ pub enum KvCommand {
     },
 }
 
-/// The end of the range that holds every key starting with `prefix`.
-fn prefix_end(prefix: &[u8]) -> Vec<u8> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    vec![0]
-}
-
 fn range_end(key: &str, prefix: bool) -> Vec<u8> {
     if prefix {
-        prefix_end(key.as_bytes())
+        concord_server::concurrency::prefix_end(key.as_bytes())
     } else {
         vec![]
     }
@@ -261,17 +249,5 @@ fn print_watch(resp: &WatchResponse, format: Format) -> Result<(), String> {
             }
             Ok(())
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::prefix_end;
-
-    #[test]
-    fn prefix_end_increments_the_last_byte_that_can_be() {
-        assert_eq!(prefix_end(b"abc"), b"abd");
-        assert_eq!(prefix_end(b"a\xff"), b"b");
-        assert_eq!(prefix_end(b"\xff\xff"), vec![0]);
     }
 }

@@ -4,24 +4,12 @@
 
 mod common;
 
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 
 use base64::Engine as _;
-use common::{eventually, Cluster};
+use common::{concord, eventually, text, Cluster};
 use serde_json::Value;
 
-/// Runs the `concord` binary with `args`.
-fn concord(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_concord"))
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run concord")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
 
 /// The stdout of a command that must succeed; its output otherwise.
 fn stdout_of(what: &str, out: &Output) -> Result<String, String> {

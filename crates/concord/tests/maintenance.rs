@@ -9,22 +9,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{eventually, grpc_status, Cluster};
+use common::{concord, eventually, grpc_status, text, Cluster};
 use etcd_client::{Client, CompactionOptions, ConnectOptions, DeleteOptions, GetOptions, LeaseTimeToLiveOptions, PutOptions};
 use tonic::Code;
 
-/// Runs the `concord` binary with `args`.
-fn concord(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_concord"))
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run concord")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
 
 /// Asserts that a command succeeded, showing what it said otherwise.
 fn assert_ok(what: &str, out: &Output) {

@@ -238,14 +238,7 @@ pub async fn serve(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> Res
                 .accept_http1(true)
                 .add_routes(tonic::service::Routes::from(routes.clone()));
             let tls = if https { tls.client_listener.clone() } else { None };
-            let stop = wait_for_stop(stop_rx.clone());
-            servers.spawn(async move {
-                match tls {
-                    Some(tls) => router.serve_with_incoming_shutdown(concord_tls::accept(listener, tls), stop).await,
-                    None => router.serve_with_incoming_shutdown(incoming(listener), stop).await,
-                }
-                .map_err(|e| format!("{what} listener {addr}: {e}"))
-            });
+            servers.spawn(run_listener(what, addr, listener, router, tls, stop_rx.clone()));
             tracing::info!(%addr, tls = https, "serving {what}");
         }
     }
@@ -257,14 +250,7 @@ pub async fn serve(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> Res
             .add_service(transport.service())
             .add_service(crate::peer::ClusterPeerService::server(membership.clone()));
         let tls = if https { tls.peer_listener.clone() } else { None };
-        let stop = wait_for_stop(stop_rx.clone());
-        servers.spawn(async move {
-            match tls {
-                Some(tls) => router.serve_with_incoming_shutdown(concord_tls::accept(listener, tls), stop).await,
-                None => router.serve_with_incoming_shutdown(incoming(listener), stop).await,
-            }
-            .map_err(|e| format!("peer listener {addr}: {e}"))
-        });
+        servers.spawn(run_listener("peer", addr, listener, router, tls, stop_rx.clone()));
         tracing::info!(%addr, tls = https, "serving peers");
     }
 
@@ -300,14 +286,7 @@ pub async fn serve(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> Res
             .http2_keepalive_interval(Some(Duration::from_secs(10)))
             .add_routes(tonic::service::Routes::from(router));
         let tls = if https { tls.client_listener.clone() } else { None };
-        let stop = wait_for_stop(stop_rx.clone());
-        servers.spawn(async move {
-            match tls {
-                Some(tls) => router.serve_with_incoming_shutdown(concord_tls::accept(listener, tls), stop).await,
-                None => router.serve_with_incoming_shutdown(incoming(listener), stop).await,
-            }
-            .map_err(|e| format!("client listener {addr}: {e}"))
-        });
+        servers.spawn(run_listener("client", addr, listener, router, tls, stop_rx.clone()));
         tracing::info!(%addr, tls = https, "serving clients");
     }
 
@@ -353,6 +332,23 @@ pub async fn serve(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> Res
         Some(Err(e)) => Err(ServeError::Network(e.to_string())),
         _ => Ok(()),
     }
+}
+
+/// Serves `router` on `listener`, through TLS when `tls` is set, until `stop` turns true.
+async fn run_listener(
+    what: &'static str,
+    addr: SocketAddr,
+    listener: tokio::net::TcpListener,
+    router: tonic::transport::server::Router,
+    tls: Option<Arc<concord_tls::Reloadable<concord_tls::rustls::ServerConfig>>>,
+    stop: watch::Receiver<bool>,
+) -> Result<(), String> {
+    let stop = wait_for_stop(stop);
+    match tls {
+        Some(tls) => router.serve_with_incoming_shutdown(concord_tls::accept(listener, tls), stop).await,
+        None => router.serve_with_incoming_shutdown(incoming(listener), stop).await,
+    }
+    .map_err(|e| format!("{what} listener {addr}: {e}"))
 }
 
 /// Reads `--encryption-key-file`, before anything is written: a bad file stops the member.

@@ -389,6 +389,20 @@ where
     }
 }
 
+/// Runs the `concord` binary with `args`, as a person would, and collects what it printed.
+pub fn concord(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_concord"))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run concord")
+}
+
+/// Bytes a command printed, as text.
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
 /// The gRPC status inside an etcd-client error.
 pub fn grpc_status(err: etcd_client::Error) -> tonic::Status {
     match err {

@@ -111,7 +111,7 @@ pub async fn list(
 ) -> Result<Json<KeyList>, ApiError> {
     let limit = query.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT);
     let prefix = query.prefix.into_bytes();
-    let (key, range_end) = if prefix.is_empty() { (vec![0], vec![0]) } else { (prefix.clone(), prefix_end(&prefix)) };
+    let (key, range_end) = if prefix.is_empty() { (vec![0], vec![0]) } else { (prefix.clone(), crate::concurrency::prefix_end(&prefix)) };
     let resp = range(&dashboard, &headers, RangeRequest { key, range_end, limit, ..Default::default() }).await?;
     Ok(Json(KeyList {
         revision: resp.header.as_ref().map_or(0, |h| h.revision),
@@ -205,28 +205,9 @@ pub fn encode(bytes: &[u8], cut: bool) -> Encoded {
     }
 }
 
-/// The end of the range of keys starting with `prefix`, as etcd's `GetPrefixRangeEnd`.
-fn prefix_end(prefix: &[u8]) -> Vec<u8> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    vec![0]
-}
-
 #[cfg(test)]
 mod tests {
-    use super::{encode, prefix_end};
-
-    #[test]
-    fn prefix_end_increments_the_last_byte_that_can_be() {
-        assert_eq!(prefix_end(b"a/"), b"a0");
-        assert_eq!(prefix_end(&[b'a', 0xff]), b"b");
-        assert_eq!(prefix_end(&[0xff, 0xff]), vec![0]);
-    }
+    use super::encode;
 
     #[test]
     fn printable_utf8_is_text_and_the_rest_base64() {
