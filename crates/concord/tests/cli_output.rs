@@ -176,10 +176,7 @@ async fn leases_and_errors_read_like_etcdctl() {
     }
 
     // No endpoint answers: the error names it.
-    let dead = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        format!("127.0.0.1:{}", listener.local_addr().unwrap().port())
-    };
+    let dead = format!("127.0.0.1:{}", common::free_port());
     let out = concord(&["kv", "get", "x", "--endpoints", &dead, "--dial-timeout", "1s"]);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     let stderr = text(&out.stderr);

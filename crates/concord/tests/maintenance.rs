@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{concord, eventually, grpc_status, text, Cluster};
+use common::{concord, eventually, free_port, grpc_status, text, Cluster};
 use etcd_client::{Client, CompactionOptions, ConnectOptions, DeleteOptions, GetOptions, LeaseTimeToLiveOptions, PutOptions};
 use tonic::Code;
 
@@ -37,13 +37,6 @@ fn assert_fails_with(what: &str, out: &Output, expected: &str) {
 
 fn host_port(url: &str) -> String {
     url.trim_start_matches("http://").to_string()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("no free loopback port")
 }
 
 /// One key as the store holds it: key, value, create revision, mod revision, version, lease.

@@ -173,7 +173,7 @@ async fn health_follows_the_quorum() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn metrics_listener_and_json_logs() {
-    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("port").port();
+    let metrics_port = common::free_port();
     let metrics_url = format!("http://127.0.0.1:{metrics_port}");
     let cluster = Cluster::start_with(1, &["--listen-metrics-urls", &metrics_url, "--log-format", "json"]).await;
     let mut client = cluster.client(0).await;
