@@ -7,8 +7,9 @@
 //! watches the body for the trailers, so a call is counted when it really ends: a watch stream
 //! when it closes, a call the client abandoned as `Canceled`.
 
+use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock, RwLock};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -66,20 +67,64 @@ pub static HANDLING_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
     .expect("metric registered once")
 });
 
-/// The labels of one call.
-#[derive(Clone)]
-struct Call {
+/// One method's series, resolved once: looking a series up by its labels hashes every label,
+/// which would cost more than the rest of a small call's bookkeeping.
+struct MethodSeries {
     kind: &'static str,
     service: String,
     method: String,
+    started: IntCounter,
+    handled_ok: IntCounter,
+    seconds: prometheus::Histogram,
+}
+
+impl MethodSeries {
+    fn new(service: &str, method: &str) -> MethodSeries {
+        let kind = call_type(service, method);
+        MethodSeries {
+            kind,
+            service: service.to_string(),
+            method: method.to_string(),
+            started: STARTED.with_label_values(&[kind, service, method]),
+            handled_ok: HANDLED.with_label_values(&[kind, service, method, "OK"]),
+            seconds: HANDLING_SECONDS.with_label_values(&[kind, service, method]),
+        }
+    }
+
+    /// The series of the method at `path` (`/service/method`), made on first use.
+    fn of(path: &str) -> Option<Arc<MethodSeries>> {
+        static BY_PATH: LazyLock<RwLock<HashMap<String, Arc<MethodSeries>>>> = LazyLock::new(Default::default);
+        if let Some(series) = BY_PATH.read().unwrap_or_else(|e| e.into_inner()).get(path) {
+            return Some(series.clone());
+        }
+        let (service, method) = path.trim_start_matches('/').split_once('/')?;
+        let mut by_path = BY_PATH.write().unwrap_or_else(|e| e.into_inner());
+        // Unknown methods are answered `Unimplemented`; keep a client from growing the map.
+        if by_path.len() >= MAX_METHODS {
+            return None;
+        }
+        Some(by_path.entry(path.to_string()).or_insert_with(|| Arc::new(MethodSeries::new(service, method))).clone())
+    }
+}
+
+/// More methods than etcd's and Concord's services have together.
+const MAX_METHODS: usize = 256;
+
+/// One call in progress.
+struct Call {
+    series: Arc<MethodSeries>,
     started: Instant,
 }
 
 impl Call {
     fn finish(&self, code: &str) {
-        let labels = [self.kind, self.service.as_str(), self.method.as_str()];
-        HANDLED.with_label_values(&[labels[0], labels[1], labels[2], code]).inc();
-        HANDLING_SECONDS.with_label_values(&labels).observe(self.started.elapsed().as_secs_f64());
+        let series = &self.series;
+        if code == "OK" {
+            series.handled_ok.inc();
+        } else {
+            HANDLED.with_label_values(&[series.kind, &series.service, &series.method, code]).inc();
+        }
+        series.seconds.observe(self.started.elapsed().as_secs_f64());
     }
 }
 
@@ -123,13 +168,11 @@ pub async fn layer(request: Request, next: Next) -> Response {
         .headers()
         .get(http::header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
-    let path = request.uri().path().trim_start_matches('/');
-    let Some((service, method)) = path.split_once('/').filter(|_| is_grpc) else {
+    let Some(series) = Some(request.uri().path()).filter(|_| is_grpc).and_then(MethodSeries::of) else {
         return next.run(request).await;
     };
-    let kind = call_type(service, method);
-    let call = Call { kind, service: service.to_string(), method: method.to_string(), started: Instant::now() };
-    STARTED.with_label_values(&[kind, &call.service, &call.method]).inc();
+    series.started.inc();
+    let call = Call { series, started: Instant::now() };
     let request = request.map(|body| Body::new(CountedBody { inner: body }));
     let response = next.run(request).await;
     if let Some(code) = response.headers().get("grpc-status") {
