@@ -48,21 +48,44 @@ pub struct Secure {
     pub client_tls: etcd_client::TlsOptions,
 }
 
-/// A loopback port nothing listens on now and that this test process has not handed out before:
-/// the kernel may offer a just-released port again, and two members given the same port would
-/// not start.
+/// A loopback port nothing listens on now and that this test process has not handed out
+/// before. Ports come from below the kernel's ephemeral range
+/// (`net.ipv4.ip_local_port_range`), so that no client connection (an etcd client's, or a
+/// member's own, in another test running beside this one) takes the port as its local end
+/// before the member binds it; the kernel may also offer a just-released ephemeral port
+/// again, and a member given a taken port fails with "Address already in use".
 pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
     static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let (low, high) = fixed_port_range();
+    let span = u32::from(high - low);
+    if NEXT.load(Ordering::Relaxed) == 0 {
+        // Start at a point that differs between runs, so leftovers of an earlier run are skipped.
+        let seed = std::process::id().wrapping_mul(2_654_435_761) % span;
+        let _ = NEXT.compare_exchange(0, seed + 1, Ordering::Relaxed, Ordering::Relaxed);
+    }
     let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
-    loop {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("no free loopback port");
-        if !handed_out.contains(&port) {
+    for _ in 0..span {
+        let port = low + (NEXT.fetch_add(1, Ordering::Relaxed) % span) as u16;
+        if !handed_out.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok() {
             handed_out.push(port);
             return port;
         }
+    }
+    panic!("no free loopback port in {low}..{high}");
+}
+
+/// Ports that the kernel never picks for outgoing connections: from 10000 up to the start of
+/// its ephemeral range (32768 by default on Linux).
+fn fixed_port_range() -> (u16, u16) {
+    let ephemeral: Vec<u16> = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .map(|r| r.split_whitespace().filter_map(|p| p.parse().ok()).collect())
+        .unwrap_or_default();
+    match ephemeral[..] {
+        [low, _] if low > 12000 => (10000, low),
+        [_, high] if high < 63000 => (high + 1, 65535),
+        _ => (10000, 32768),
     }
 }
 
