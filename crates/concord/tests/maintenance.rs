@@ -421,24 +421,31 @@ async fn member_commands_work_like_etcdctl() {
     let cluster = Cluster::start(3).await;
     let endpoints = cluster.endpoints();
     let ep = host_port(&endpoints[1]);
-    let list_members = || {
-        let out = concord(&["member", "list", "--endpoints", &ep]);
+    let list_members = |endpoint: &str| {
+        let out = concord(&["member", "list", "--endpoints", endpoint]);
         assert_ok("concord member list", &out);
         text(&out.stdout)
     };
     let list = &list_members;
     // Names come from --initial-cluster, client URLs once each member has
-    // published them (through Raft, after the first election): wait for those.
-    let listed = eventually("every member has published its client URLs", || async move {
-        let listed = list();
-        let published = |line: &str| line.split(", ").nth(4).is_some_and(|urls| !urls.is_empty());
-        if listed.lines().count() == 3 && listed.lines().all(published) {
-            Ok(listed)
-        } else {
-            Err(listed)
-        }
-    })
-    .await;
+    // published them (through Raft, after the first election). etcdctl 3.4
+    // asks for a serializable list, which any member answers from what it has
+    // applied: wait until every member has applied all three publications.
+    for endpoint in &endpoints {
+        let endpoint = host_port(endpoint);
+        let endpoint = &endpoint;
+        eventually("every member has published its client URLs", || async move {
+            let listed = list(endpoint);
+            let published = |line: &str| line.split(", ").nth(4).is_some_and(|urls| !urls.is_empty());
+            if listed.lines().count() == 3 && listed.lines().all(published) {
+                Ok(())
+            } else {
+                Err(listed)
+            }
+        })
+        .await;
+    }
+    let listed = list(&ep);
     let etcdctl = cluster.etcdctl(&endpoints, &["member", "list"]);
     assert_ok("etcdctl member list", &etcdctl);
     assert_eq!(listed, text(&etcdctl.stdout), "the same lines as etcdctl");
@@ -464,7 +471,7 @@ async fn member_commands_work_like_etcdctl() {
     assert!(added.contains(&format!(",learner={peer}\"\n")), "{added}");
     assert!(added.contains(&format!("ETCD_INITIAL_ADVERTISE_PEER_URLS=\"{peer}\"\n")), "{added}");
     assert!(added.ends_with("ETCD_INITIAL_CLUSTER_STATE=\"existing\"\n"), "{added}");
-    let listed = list();
+    let listed = list(&ep);
     assert_eq!(listed.lines().count(), 4, "{listed}");
     assert!(listed.contains(&format!("{id}, unstarted, , {peer}, , true\n")), "{listed}");
 
@@ -472,9 +479,9 @@ async fn member_commands_work_like_etcdctl() {
     let out = concord(&["member", "update", &id, "--peer-urls", &moved, "--endpoints", &ep]);
     assert_ok("concord member update", &out);
     assert!(text(&out.stdout).contains(&format!("Member {id:>16} updated in cluster")), "{}", text(&out.stdout));
-    let (moved_url, id_ref) = (&moved, &id);
+    let (moved_url, id_ref, ep_ref) = (&moved, &id, &ep);
     eventually("the update is listed", || async move {
-        let listed = list();
+        let listed = list(ep_ref);
         if listed.contains(&format!("{id_ref}, unstarted, , {moved_url}, , true\n")) {
             Ok(())
         } else {
@@ -489,7 +496,7 @@ async fn member_commands_work_like_etcdctl() {
     let out = concord(&["member", "remove", &id, "--endpoints", &ep]);
     assert_ok("concord member remove", &out);
     assert!(text(&out.stdout).starts_with(&format!("Member {id:>16} removed from cluster ")), "{}", text(&out.stdout));
-    let listed = list();
+    let listed = list(&ep);
     assert_eq!(listed.lines().count(), 3, "{listed}");
     assert!(!listed.contains(&id));
 
