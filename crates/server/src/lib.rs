@@ -19,6 +19,7 @@ pub mod context;
 pub mod errors;
 mod fallback;
 pub mod forward;
+mod heap;
 pub mod http;
 pub mod kv;
 pub mod lease;

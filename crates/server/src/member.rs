@@ -155,6 +155,7 @@ pub async fn serve(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> Res
     let auth = crate::auth::AuthState::new(store.clone(), &cfg.auth).map_err(ServeError::Config)?;
     let hub = WatchHub::new(store.clone());
     tokio::spawn(hub.clone().run());
+    crate::heap::start_trimmer();
     let lessor = Lessor::new(store.clone(), cfg.election_timeout, cfg.request_timeout());
 
     let snapshot_dir = member_dir.join("snap");

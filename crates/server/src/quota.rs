@@ -19,7 +19,10 @@ pub fn no_space() -> Status {
 /// the quota, raising the NOSPACE alarm first.
 pub async fn check(ctx: &MemberContext, cost: usize) -> Result<(), Status> {
     let quota = ctx.limits.quota_backend_bytes;
-    if ctx.store.db_size().saturating_add(cost as u64) <= quota {
+    let fits = |size: u64| size.saturating_add(cost as u64) <= quota;
+    // The hint is a batch old at most; a stale one (say, from before a defragmentation) is
+    // only ever trusted to let a write through, never to refuse one.
+    if fits(ctx.store.db_size_hint()) || fits(ctx.store.db_size()) {
         return Ok(());
     }
     let raise = AlarmRequest {

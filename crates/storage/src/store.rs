@@ -153,6 +153,8 @@ pub struct MvccStore {
     sealer: Option<Arc<Sealer>>,
     /// Whether the file's `meta` already names the sealer's key (see `sealing.rs`).
     sealing_recorded: AtomicBool,
+    /// The file's size as of the last applied batch (see [`db_size_hint`](Self::db_size_hint)).
+    size_after_apply: AtomicU64,
     /// Makes the next batch fail just before its commit, as a storage error would.
     #[cfg(test)]
     pub(crate) fail_next_batch: std::sync::atomic::AtomicBool,
@@ -218,9 +220,11 @@ pub(crate) struct Snapshot {
 const PAIRING_ATTEMPTS: u32 = 1_000_000;
 
 /// redb's page cache for one store. redb's default (1 GiB) lets a member's memory grow with its
-/// data; the hot pages of a write load (the B-tree's upper levels, recent leaves) fit in far
-/// less, and the OS page cache still holds the file.
-const CACHE_BYTES: usize = 64 * 1024 * 1024;
+/// data. The hot pages of a write load (the B-tree's upper levels, the revision table's tail)
+/// fit in far less, reads of the newest versions go through the in-memory key index straight to
+/// one page, and a miss here is a copy from the OS page cache, which still holds the file.
+/// BENCHMARKS.md has reads and memory at this size (2026-11-25, night).
+const CACHE_BYTES: usize = 16 * 1024 * 1024;
 
 /// How every store file is opened or created: with [`CACHE_BYTES`] of cache.
 pub(crate) fn database_builder() -> redb::Builder {
@@ -299,6 +303,7 @@ impl MvccStore {
             compact_revision: AtomicI64::new(meta.compact_revision),
             sealer: None,
             sealing_recorded: AtomicBool::new(false),
+            size_after_apply: AtomicU64::new(std::fs::metadata(path).map_or(0, |m| m.len())),
             #[cfg(test)]
             fail_next_batch: Default::default(),
         })
@@ -534,6 +539,13 @@ impl MvccStore {
         std::fs::metadata(&self.path).map_or(0, |m| m.len())
     }
 
+    /// The file's size as of the last applied batch, without a system call: cheap enough to
+    /// check on every write. It can be stale after a defragmentation or a snapshot install
+    /// until the next batch; callers that refuse work on it confirm with [`db_size`](Self::db_size).
+    pub fn db_size_hint(&self) -> u64 {
+        self.size_after_apply.load(Ordering::Acquire)
+    }
+
     /// The bytes of the file that hold live data, as etcd's `db_size_in_use`: the size of every
     /// page of the store's tables as of now (redb's own bookkeeping pages, a handful, are not
     /// counted); free pages, which only [`defragment`](Self::defragment) gives back to the file
@@ -659,6 +671,7 @@ impl MvccStore {
         } else {
             state.batches_since_durable += 1;
         }
+        self.size_after_apply.store(self.db_size(), Ordering::Release);
         Ok(results)
     }
 

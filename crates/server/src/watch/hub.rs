@@ -77,6 +77,14 @@ impl WatchHub {
                 return;
             }
             let target = *applied.borrow_and_update();
+            if self.batches.receiver_count() == 0 {
+                // Nobody is watching: skip reading the history. A stream that subscribes
+                // later starts from the store on its own, and one that subscribes between
+                // this check and the next batch sees that batch begin past the revision it
+                // expects, and catches up from the store.
+                published = target;
+                continue;
+            }
             while published < target {
                 match self.store.events(published + 1, HUB_READ_EVENTS, true) {
                     Ok((events, snapshot_rev)) => {
