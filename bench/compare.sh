@@ -5,12 +5,13 @@
 # cluster (target/release/concord serve) with the same flags, on loopback
 # ports, with data dirs under one temp dir (so both fsync to the same disk).
 # Then runs the same `concord bench` workloads against each, alternating
-# (etcd, concord, etcd, concord, ...): put (1 and 64 clients), linearizable
+# (etcd, concord, etcd, concord, ...): put (1, 64, and 1000 clients over 100
+# connections, the load of etcd's own benchmark documentation), linearizable
 # and serializable range, txn-put, watch (put-to-event latency) and
 # lease-keepalive. Each run is short (DURATION). At the end it prints a
 # markdown table of throughput and p99 latency, with the Concord/etcd ratios,
 # and one of the members' memory (VmRSS after the runs, and the VmHWM peak).
-# The whole script takes about 6 minutes with the defaults.
+# The whole script takes about 8 minutes with the defaults.
 #
 # Usage:  bench/compare.sh
 # Environment knobs (all optional):
@@ -51,6 +52,7 @@ PRELOAD_KEYS=10000
 WORKLOADS=(
   "put c1|put --clients 1 --conns 1 --duration $DURATION --val-size 256 --key-space 100000"
   "put c64|put --clients 64 --conns 8 --duration $DURATION --val-size 256 --key-space 100000"
+  "put c1000|put --clients 1000 --conns 100 --duration $DURATION --val-size 256 --key-space 100000"
   "range-l c64|range --consistency l --clients 64 --conns 8 --duration $DURATION --key-space $PRELOAD_KEYS"
   "range-s c64|range --consistency s --clients 64 --conns 8 --duration $DURATION --key-space $PRELOAD_KEYS"
   "txn-put c64|txn-put --clients 64 --conns 8 --duration $DURATION --val-size 256 --key-space 100000"
