@@ -72,7 +72,7 @@
 //!
 //! Each [`MvccStore::apply`] batch is one redb write transaction. Most commit with
 //! `redb::Durability::None`: visible to readers at once, not fsync'd. Every 4096th batch, or the
-//! first one 5 s after the previous durable commit, commits with `Durability::Immediate`
+//! first one 250 ms after the previous durable commit, commits with `Durability::Immediate`
 //! (fsync), as does [`MvccStore::sync`]. redb guarantees (design.md, "Non-durable commits") that
 //! a crash rolls the file back to a consistent earlier commit, the last durable one at worst: a
 //! non-durable commit only flips an in-memory pointer to its new roots and never frees pages the
