@@ -1,7 +1,8 @@
 //! Consensus for Concord: each key range is owned by a Raft group driven by
 //! raft-rs, with its log on raft-engine and its messages on a gRPC transport.
 //!
-//! - [`log_store`]: the durable log of a group (raft-engine), raft-rs's `Storage`.
+//! - [`log_store`]: the durable log of a group (raft-engine), raft-rs's `Storage`, with the
+//!   log's tail cached in memory (`entry_cache`).
 //! - [`node`]: the driver thread of a group and the async [`RaftHandle`] callers use.
 //! - [`state_machine`]: the contract for what committed entries are applied to.
 //! - [`snapshot`]: snapshots built off the driver thread and shipped as files.
@@ -12,6 +13,7 @@
 //! served only after the local apply has reached the leader's commit index
 //! obtained through ReadIndex.
 
+mod entry_cache;
 pub mod error;
 pub mod log_store;
 mod logging;

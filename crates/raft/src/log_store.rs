@@ -33,6 +33,7 @@ use raft::{GetEntriesContext, RaftState, Storage, StorageError};
 use concord_crypt::{KeyId, Sealer, FORMAT_V1};
 use raft_engine::{Command, Engine, LogBatch, MessageExt};
 
+use crate::entry_cache::EntryCache;
 use crate::error::RaftError;
 use crate::snapshot::SnapshotSlot;
 
@@ -136,6 +137,8 @@ pub struct LogStore {
     sealer: Option<Arc<Sealer>>,
     /// The keys that sealed entries still in the log, as stored under [`SEALED_KEYS_KEY`].
     sealed: Vec<SealedRange>,
+    /// The log's newest entries, plaintext, so raft-rs's reads of them skip the log file.
+    cache: EntryCache,
 }
 
 impl LogStore {
@@ -190,6 +193,7 @@ impl LogStore {
             snapshots,
             sealer: None,
             sealed,
+            cache: EntryCache::default(),
         })
     }
 
@@ -309,6 +313,7 @@ impl LogStore {
             return false;
         };
         self.stage_truncated(batch, index - 1, term);
+        self.cache.drop_through(index - 1);
         batch.add_command(self.group_id, Command::Compact { index });
         self.stage_forget_sealed(batch, |r| r.last >= index);
         true
@@ -318,6 +323,7 @@ impl LogStore {
     /// goes, and the snapshot's configuration and position take their place.
     pub fn stage_snapshot(&mut self, batch: &mut LogBatch, meta: &SnapshotMetadata) {
         batch.add_command(self.group_id, Command::Clean);
+        self.cache.clear();
         // No entry is left, whichever key sealed it.
         self.stage_forget_sealed(batch, |_| false);
         self.stage_truncated(batch, meta.index, meta.term);
@@ -350,10 +356,11 @@ impl LogStore {
 
     /// Stages new entries, their data sealed when encryption is on; raft-engine drops any
     /// conflicting suffix itself.
-    pub fn stage_entries(&self, batch: &mut LogBatch, entries: &[Entry]) {
+    pub fn stage_entries(&mut self, batch: &mut LogBatch, entries: &[Entry]) {
         if entries.is_empty() {
             return;
         }
+        self.cache.append(entries);
         let staged = match &self.sealer {
             None => batch.add_entries::<EntryCodec>(self.group_id, entries),
             Some(sealer) => {
@@ -456,8 +463,14 @@ impl Storage for LogStore {
         if low <= self.truncated_index {
             return Err(raft::Error::Store(StorageError::Compacted));
         }
+        let max_size = max_size.into();
+        if let Some(cached) = self.cache.fetch(low, high, max_size) {
+            if cached.len() as u64 == high - low || max_size.is_some() {
+                return Ok(cached);
+            }
+        }
         let mut entries = Vec::with_capacity((high - low) as usize);
-        let max_size = max_size.into().map(|s| s as usize);
+        let max_size = max_size.map(|s| s as usize);
         self.engine
             .fetch_entries_to::<EntryCodec>(self.group_id, low, high, max_size, &mut entries)
             .map_err(|e| raft::Error::Store(StorageError::Other(Box::new(e))))?;
@@ -476,6 +489,9 @@ impl Storage for LogStore {
         }
         if idx < self.truncated_index {
             return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        if let Some(term) = self.cache.term(idx) {
+            return Ok(term);
         }
         match self.engine.get_entry::<EntryCodec>(self.group_id, idx) {
             Ok(Some(entry)) => Ok(entry.term),
@@ -612,7 +628,7 @@ mod tests {
     fn conflicting_suffix_is_replaced() {
         let dir = tempfile::tempdir().unwrap();
         let engine = open_engine(dir.path()).unwrap();
-        let store = LogStore::open(engine, 1, Arc::default()).unwrap();
+        let mut store = LogStore::open(engine, 1, Arc::default()).unwrap();
         let mut batch = LogBatch::default();
         store.stage_entries(&mut batch, &[entry(1, 1), entry(2, 1), entry(3, 1)]);
         store.write(&mut batch, false).unwrap();
@@ -693,7 +709,7 @@ mod tests {
         Ok(store)
     }
 
-    fn write_secrets(store: &LogStore, indexes: std::ops::RangeInclusive<u64>, term: u64) {
+    fn write_secrets(store: &mut LogStore, indexes: std::ops::RangeInclusive<u64>, term: u64) {
         let mut batch = LogBatch::default();
         let entries: Vec<Entry> = indexes.map(|i| secret_entry(i, term)).collect();
         store.stage_entries(&mut batch, &entries);
@@ -721,15 +737,15 @@ mod tests {
         // Control: the scan finds plain entries.
         let plain_dir = tempfile::tempdir().unwrap();
         {
-            let store = open_with(plain_dir.path(), None).unwrap();
-            write_secrets(&store, 1..=3, 1);
+            let mut store = open_with(plain_dir.path(), None).unwrap();
+            write_secrets(&mut store, 1..=3, 1);
         }
         assert!(files_contain(plain_dir.path(), b"PLAINTEXT-CANARY-0002"));
 
         let dir = tempfile::tempdir().unwrap();
         {
-            let store = open_with(dir.path(), sealer(K1)).unwrap();
-            write_secrets(&store, 1..=3, 1);
+            let mut store = open_with(dir.path(), sealer(K1)).unwrap();
+            write_secrets(&mut store, 1..=3, 1);
             assert_eq!(read_all(&store), (1..=3).map(secret).collect::<Vec<_>>());
             // The batch was staged from copies: the caller's entries are untouched, and terms
             // need no key.
@@ -737,7 +753,7 @@ mod tests {
         }
         assert!(!files_contain(dir.path(), b"PLAINTEXT-CANARY"));
         // Read back after a restart with the same key file.
-        let store = open_with(dir.path(), sealer(K1)).unwrap();
+        let mut store = open_with(dir.path(), sealer(K1)).unwrap();
         assert_eq!(read_all(&store), (1..=3).map(secret).collect::<Vec<_>>());
         let k1 = sealer(K1).unwrap().active_id();
         assert_eq!(stored_key(&store, 2), Some(k1));
@@ -755,8 +771,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (k1, k2) = (sealer(K1).unwrap().active_id(), sealer(K2).unwrap().active_id());
         {
-            let store = open_with(dir.path(), sealer(K1)).unwrap();
-            write_secrets(&store, 1..=10, 1);
+            let mut store = open_with(dir.path(), sealer(K1)).unwrap();
+            write_secrets(&mut store, 1..=10, 1);
         }
         let no_key = open_with(dir.path(), None).err().unwrap().to_string();
         assert!(no_key.contains(&k1.to_string()) && no_key.contains("--encryption-key-file"), "{no_key}");
@@ -767,8 +783,8 @@ mod tests {
         // Rotation: the new key on top, the old one below.
         let both = format!("{K2}\n{K1}");
         {
-            let store = open_with(dir.path(), sealer(&both)).unwrap();
-            write_secrets(&store, 11..=20, 2);
+            let mut store = open_with(dir.path(), sealer(&both)).unwrap();
+            write_secrets(&mut store, 11..=20, 2);
             assert_eq!(read_all(&store), (1..=20).map(secret).collect::<Vec<_>>());
             assert_eq!(stored_key(&store, 10), Some(k1));
             assert_eq!(stored_key(&store, 11), Some(k2));
@@ -790,12 +806,12 @@ mod tests {
     fn plain_entries_stay_readable_when_encryption_is_turned_on() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let store = open_with(dir.path(), None).unwrap();
-            write_secrets(&store, 1..=5, 1);
+            let mut store = open_with(dir.path(), None).unwrap();
+            write_secrets(&mut store, 1..=5, 1);
         }
         {
-            let store = open_with(dir.path(), sealer(K1)).unwrap();
-            write_secrets(&store, 6..=10, 1);
+            let mut store = open_with(dir.path(), sealer(K1)).unwrap();
+            write_secrets(&mut store, 6..=10, 1);
             assert_eq!(read_all(&store), (1..=10).map(secret).collect::<Vec<_>>());
             assert_eq!(stored_key(&store, 5), None);
             assert!(stored_key(&store, 6).is_some());
