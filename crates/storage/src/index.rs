@@ -10,8 +10,9 @@
 //! ([`KeyIndex::apply`]) only once the batch's redb transaction has committed, so a failed batch
 //! leaves nothing behind.
 //!
-//! Memory: per key, the `BTreeMap` entry (a boxed key, 16 bytes, and a [`KeyHistory`], 64 bytes,
-//! plus the map's node overhead), the key bytes, and 16 bytes per stored version but the newest
+//! Memory: per key, the `BTreeMap` entry (an [`IndexKey`], 24 bytes with keys of up to 22 bytes
+//! inline, and a [`KeyHistory`], 64 bytes, plus the map's node overhead), the bytes of a longer
+//! key, and 16 bytes per stored version but the newest
 //! (a key with a single version, the usual case after compaction, has no allocation of its
 //! own besides the key).
 
@@ -21,6 +22,7 @@ use std::iter::Peekable;
 use std::ops::Bound;
 
 use crate::error::StorageError;
+use crate::index_key::IndexKey;
 use crate::keys::{row_id, split_row_id, KeySpan, RecordHeader, Row, RowId};
 use crate::view::RowTable;
 
@@ -209,7 +211,7 @@ where
 /// last batch merged in).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct KeyIndex {
-    keys: BTreeMap<Box<[u8]>, KeyHistory>,
+    keys: BTreeMap<IndexKey, KeyHistory>,
     revision: i64,
     compact_revision: i64,
 }
@@ -227,7 +229,7 @@ impl KeyIndex {
         revision: i64,
         compact_revision: i64,
     ) -> Result<KeyIndex, StorageError> {
-        let mut gathered: HashMap<Box<[u8]>, KeyHistory> = HashMap::new();
+        let mut gathered: HashMap<IndexKey, KeyHistory> = HashMap::new();
         for row in revisions.iter()? {
             let (id, value) = row?;
             let (main, sub) = split_row_id(id.value());
@@ -246,7 +248,7 @@ impl KeyIndex {
                 }
             }
         }
-        let mut sorted: Vec<(Box<[u8]>, KeyHistory)> = gathered
+        let mut sorted: Vec<(IndexKey, KeyHistory)> = gathered
             .into_iter()
             .map(|(key, mut history)| {
                 history.older.shrink_to_fit();
@@ -385,14 +387,14 @@ struct Pending {
 /// after the commit.
 pub(crate) struct PendingIndex<'i> {
     base: &'i KeyIndex,
-    added: BTreeMap<Box<[u8]>, Pending>,
+    added: BTreeMap<IndexKey, Pending>,
     compactions: Vec<(i64, Vec<Box<[u8]>>)>,
 }
 
 /// The index changes of a batch, to merge into the [`KeyIndex`] once the batch has committed.
 #[derive(Debug)]
 pub(crate) struct IndexChanges {
-    added: BTreeMap<Box<[u8]>, Pending>,
+    added: BTreeMap<IndexKey, Pending>,
     compactions: Vec<(i64, Vec<Box<[u8]>>)>,
 }
 
@@ -504,8 +506,8 @@ impl IndexRead for PendingIndex<'_> {
 
 /// The committed keys and a batch's keys of one span, walked together in key order.
 struct Merged<'a> {
-    base: Peekable<btree_map::Range<'a, Box<[u8]>, KeyHistory>>,
-    added: Peekable<btree_map::Range<'a, Box<[u8]>, Pending>>,
+    base: Peekable<btree_map::Range<'a, IndexKey, KeyHistory>>,
+    added: Peekable<btree_map::Range<'a, IndexKey, Pending>>,
 }
 
 impl<'a> Merged<'a> {

@@ -101,6 +101,7 @@ mod error;
 mod events;
 mod hash;
 mod index;
+mod index_key;
 mod keys;
 mod lease;
 mod legacy;
