@@ -7,11 +7,11 @@
 # Then runs the same `concord bench` workloads against each, alternating
 # (etcd, concord, etcd, concord, ...): put (1, 64, and 1000 clients over 100
 # connections, the load of etcd's own benchmark documentation), linearizable
-# and serializable range, txn-put, watch (put-to-event latency) and
+# and serializable range (before and after the put rows), txn-put, watch (put-to-event latency) and
 # lease-keepalive. Each run is short (DURATION). At the end it prints a
 # markdown table of throughput and p99 latency, with the Concord/etcd ratios,
 # and one of the members' memory (VmRSS after the runs, and the VmHWM peak).
-# The whole script takes about 8 minutes with the defaults.
+# The whole script takes about 10 minutes with the defaults.
 #
 # Usage:  bench/compare.sh
 # Environment knobs (all optional):
@@ -45,16 +45,20 @@ DURATION=${DURATION:-10s}
 ONLY=${ONLY:-}
 
 # The workloads: "label|bench arguments". The range rows read the keys that
-# the preload below writes (same --key-space and --key-size). The watch row
+# the preload below writes (same --key-space and --key-size), first on the
+# freshly preloaded clusters, then again after the put rows have written some
+# hundred thousand more revisions (etcd's reads slow down by half by then). The watch row
 # has 256 watchers on 64 keys (4 events per put) and paces its puts, so its
 # throughput is the pace; its p99 is the put-to-event latency.
 PRELOAD_KEYS=10000
 WORKLOADS=(
+  "range-l c64, 10k keys|range --consistency l --clients 64 --conns 8 --duration $DURATION --key-space $PRELOAD_KEYS"
+  "range-s c64, 10k keys|range --consistency s --clients 64 --conns 8 --duration $DURATION --key-space $PRELOAD_KEYS"
   "put c1|put --clients 1 --conns 1 --duration $DURATION --val-size 256 --key-space 100000"
   "put c64|put --clients 64 --conns 8 --duration $DURATION --val-size 256 --key-space 100000"
   "put c1000|put --clients 1000 --conns 100 --duration $DURATION --val-size 256 --key-space 100000"
-  "range-l c64|range --consistency l --clients 64 --conns 8 --duration $DURATION --key-space $PRELOAD_KEYS"
-  "range-s c64|range --consistency s --clients 64 --conns 8 --duration $DURATION --key-space $PRELOAD_KEYS"
+  "range-l c64, after puts|range --consistency l --clients 64 --conns 8 --duration $DURATION --key-space $PRELOAD_KEYS"
+  "range-s c64, after puts|range --consistency s --clients 64 --conns 8 --duration $DURATION --key-space $PRELOAD_KEYS"
   "txn-put c64|txn-put --clients 64 --conns 8 --duration $DURATION --val-size 256 --key-space 100000"
   "watch 16x16 on 64 keys, 500 puts/s|watch --streams 16 --watchers-per-stream 16 --clients 8 --conns 8 --key-space 64 --rate 500 --duration $DURATION --val-size 256"
   "lease-keepalive c64|lease-keepalive --clients 64 --conns 8 --duration $DURATION"

@@ -505,6 +505,14 @@ impl<S: StateMachine> Driver<S> {
         if self.queued_reads.is_empty() {
             return;
         }
+        // One round out at a time, as etcd's read loop does: reads that arrive meanwhile wait
+        // for the next round, so under load each round serves many reads. A round out for
+        // longer than a tick (raft-rs may have dropped it; `on_tick` asks again) does not hold
+        // the next one back.
+        let now = Instant::now();
+        if self.inflight_reads.values().any(|b| now.duration_since(b.started) < self.cfg.tick_interval) {
+            return;
+        }
         let waiters = std::mem::take(&mut self.queued_reads);
         if self.raw.raft.leader_id == 0 {
             for w in waiters {
@@ -514,7 +522,6 @@ impl<S: StateMachine> Driver<S> {
         }
         let ctx = self.next_read_ctx;
         self.next_read_ctx += 1;
-        let now = Instant::now();
         self.inflight_reads.insert(
             ctx,
             ReadBatch {
