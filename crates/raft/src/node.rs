@@ -410,6 +410,11 @@ impl<S: StateMachine> Driver<S> {
             }
             self.issue_reads();
             self.on_ready();
+            // Reads that waited for a round this Ready finished go out now, not at the next
+            // message or tick.
+            if self.issue_reads() {
+                self.on_ready();
+            }
             self.manage_snapshots();
             self.publish_status();
         }
@@ -500,10 +505,11 @@ impl<S: StateMachine> Driver<S> {
         }
     }
 
-    /// Sends all reads queued since the last loop as one ReadIndex request.
-    fn issue_reads(&mut self) {
+    /// Sends all reads queued since the last round as one ReadIndex request; returns whether
+    /// it sent one.
+    fn issue_reads(&mut self) -> bool {
         if self.queued_reads.is_empty() {
-            return;
+            return false;
         }
         // One round out at a time, as etcd's read loop does: reads that arrive meanwhile wait
         // for the next round, so under load each round serves many reads. A round out for
@@ -511,14 +517,14 @@ impl<S: StateMachine> Driver<S> {
         // the next one back.
         let now = Instant::now();
         if self.inflight_reads.values().any(|b| now.duration_since(b.started) < self.cfg.tick_interval) {
-            return;
+            return false;
         }
         let waiters = std::mem::take(&mut self.queued_reads);
         if self.raw.raft.leader_id == 0 {
             for w in waiters {
                 let _ = w.send(Err(RaftError::NoLeader));
             }
-            return;
+            return false;
         }
         let ctx = self.next_read_ctx;
         self.next_read_ctx += 1;
@@ -531,6 +537,7 @@ impl<S: StateMachine> Driver<S> {
             },
         );
         self.raw.read_index(ctx.to_be_bytes().to_vec());
+        true
     }
 
     fn on_ready(&mut self) {
