@@ -4,6 +4,7 @@
 //! - [`log_store`]: the durable log of a group (raft-engine), raft-rs's `Storage`, with the
 //!   log's tail cached in memory (`entry_cache`).
 //! - [`node`]: the driver thread of a group and the async [`RaftHandle`] callers use.
+//! - `read_loop`: linearizable reads handed to the driver in batches.
 //! - [`state_machine`]: the contract for what committed entries are applied to.
 //! - [`snapshot`]: snapshots built off the driver thread and shipped as files.
 //! - [`transport`]: batched, streaming peer-to-peer delivery of Raft messages.
@@ -19,6 +20,7 @@ pub mod log_store;
 mod logging;
 pub mod metrics;
 pub mod node;
+mod read_loop;
 pub mod snapshot;
 pub mod state_machine;
 pub mod status;

@@ -25,6 +25,7 @@ use tokio::sync::{oneshot, watch};
 
 use crate::error::RaftError;
 use crate::log_store::LogStore;
+use crate::read_loop::{self, ReadQueue};
 use crate::snapshot::{BuiltSnapshot, SnapshotSlot};
 use crate::state_machine::{Committed, ConfChangeApplied, MemberChangeKind, StateMachine};
 use crate::status::{GroupStatus, PeerProgress, Role};
@@ -104,6 +105,8 @@ pub struct RaftHandle<O> {
     applied: watch::Receiver<u64>,
     status: Arc<SharedStatus>,
     request_timeout: Duration,
+    /// The queue of the group's read task ([`crate::read_loop`]), shared by every clone.
+    reads: Arc<ReadQueue>,
 }
 
 impl<O> Clone for RaftHandle<O> {
@@ -115,6 +118,7 @@ impl<O> Clone for RaftHandle<O> {
             applied: self.applied.clone(),
             status: self.status.clone(),
             request_timeout: self.request_timeout,
+            reads: self.reads.clone(),
         }
     }
 }
@@ -189,26 +193,21 @@ impl<O: Send + 'static> RaftHandle<O> {
 
     /// A linearizable read barrier (Raft's ReadIndex): returns once this
     /// member has applied everything the leader had committed when the call
-    /// began, so a local read afterwards sees every acknowledged write.
+    /// began, so a local read afterwards sees every acknowledged write. Reads
+    /// reach the driver in batches ([`crate::read_loop`]).
     pub async fn read_barrier(&self) -> Result<(), RaftError> {
         if self.leader_id() == 0 {
             return Err(RaftError::NoLeader);
         }
         let deadline = tokio::time::Instant::now() + self.request_timeout;
-        let (reply, rx) = oneshot::channel();
-        self.send(GroupMsg::ReadIndex { reply })?;
-        let index = match tokio::time::timeout_at(deadline, rx).await {
-            Ok(Ok(result)) => result?,
-            Ok(Err(_)) => return Err(RaftError::Stopped),
-            Err(_) => return Err(RaftError::Timeout),
-        };
-        let mut applied = self.applied.clone();
-        let caught_up = tokio::time::timeout_at(deadline, applied.wait_for(|a| *a >= index))
-            .await
-            .map(|r| r.is_ok());
-        match caught_up {
-            Ok(true) => Ok(()),
-            Ok(false) => Err(RaftError::Stopped),
+        let queue = self.reads.get_or_init(|| {
+            read_loop::start(self.mailbox.clone(), self.applied.clone(), self.request_timeout)
+        });
+        let (waiter, answer) = oneshot::channel();
+        queue.send(waiter).map_err(|_| RaftError::Stopped)?;
+        match tokio::time::timeout_at(deadline, answer).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(RaftError::Stopped),
             Err(_) => Err(RaftError::Timeout),
         }
     }
@@ -302,6 +301,7 @@ pub fn start_group<S: StateMachine>(
         applied: applied_rx,
         status: status.clone(),
         request_timeout: cfg.request_timeout,
+        reads: Arc::default(),
     };
     let mut driver = Driver {
         snapshots,
