@@ -33,6 +33,8 @@ pub const MAX_LEARNERS: usize = 1;
 const LEARNER_READY_SHARE: f64 = 0.9;
 /// How long removing the leader waits for leadership to move first.
 const LEADER_HANDOVER: Duration = Duration::from_secs(5);
+/// How long a member waits to apply a change it forwarded to the leader.
+const CATCH_UP_AFTER_FORWARD: Duration = Duration::from_secs(2);
 
 /// The Cluster service of one member.
 pub struct ClusterService {
@@ -69,6 +71,18 @@ impl ClusterService {
             return Err(Status::failed_precondition("etcdserver: not leader"));
         }
         Ok(Err(ClusterClient::new(self.leader.to_leader(&self.ctx, leader_id)?)))
+    }
+
+    /// The leader's answer to a forwarded change, once this member has applied
+    /// the change too, so the client's next call here sees it (read-your-writes).
+    /// A member that cannot catch up in time (it may have just been removed) still
+    /// passes the leader's answer on: the change itself is committed.
+    async fn after_forwarded<R>(&self, answer: Result<Response<R>, Status>) -> Result<Response<R>, Status> {
+        if answer.is_ok() {
+            let barrier = self.ctx.router.default_group().read_barrier();
+            let _ = tokio::time::timeout(CATCH_UP_AFTER_FORWARD, barrier).await;
+        }
+        answer
     }
 
     fn header(&self) -> Option<concord_proto::etcdserverpb::ResponseHeader> {
@@ -138,7 +152,8 @@ impl Cluster for ClusterService {
             Ok(status) => status,
             Err(mut leader) => {
                 let creds = Credentials::of(&request);
-                return leader.member_add(forwarded(request.into_inner(), &creds)).await;
+                let answer = leader.member_add(forwarded(request.into_inner(), &creds)).await;
+                return self.after_forwarded(answer).await;
             }
         };
         let req = request.into_inner();
@@ -185,7 +200,8 @@ impl Cluster for ClusterService {
             Ok(status) => status,
             Err(mut leader) => {
                 let creds = Credentials::of(&request);
-                return leader.member_remove(forwarded(request.into_inner(), &creds)).await;
+                let answer = leader.member_remove(forwarded(request.into_inner(), &creds)).await;
+                return self.after_forwarded(answer).await;
             }
         };
         let id = request.get_ref().id;
@@ -274,7 +290,8 @@ impl Cluster for ClusterService {
             Ok(status) => status,
             Err(mut leader) => {
                 let creds = Credentials::of(&request);
-                return leader.member_promote(forwarded(request.into_inner(), &creds)).await;
+                let answer = leader.member_promote(forwarded(request.into_inner(), &creds)).await;
+                return self.after_forwarded(answer).await;
             }
         };
         let id = request.get_ref().id;
