@@ -14,7 +14,7 @@ use clap::Args;
 use concord_proto::etcdserverpb::auth_client::AuthClient;
 use concord_proto::etcdserverpb::AuthenticateRequest;
 use tonic::metadata::{Ascii, MetadataValue};
-use tonic::transport::Channel;
+use tonic::transport::{Channel, Endpoint};
 
 use crate::client_tls::ClientTlsArgs;
 use crate::serve::parse_duration;
@@ -156,10 +156,21 @@ pub async fn dial(tls: &ClientTlsArgs, endpoint: &str, dial_timeout: Duration) -
         .map_err(|e| format!("{endpoint}: {e}"))?
         .connect_timeout(dial_timeout)
         .tcp_nodelay(true);
-    match tokio::time::timeout(dial_timeout, target.connect()).await {
+    match tokio::time::timeout(dial_timeout, open(&target, dial_timeout)).await {
         Ok(Ok(channel)) => Ok(channel),
         Ok(Err(e)) => Err(format!("{endpoint}: {}", error_chain(&e))),
         Err(_) => Err(format!("{endpoint}: no connection within {dial_timeout:?}")),
+    }
+}
+
+/// Opens a channel to `target`. Plain connections get Concord's own connector, which batches
+/// h2's writes ([`concord_tls::CoalescedWrites`]); https ones keep tonic's TLS, configured from
+/// etcdctl's flags.
+pub async fn open(target: &Endpoint, connect_timeout: Duration) -> Result<Channel, tonic::transport::Error> {
+    if target.uri().scheme_str() == Some("https") {
+        target.connect().await
+    } else {
+        target.connect_with_connector(concord_tls::TcpConnector::new(None, connect_timeout)).await
     }
 }
 

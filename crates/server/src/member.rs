@@ -375,9 +375,14 @@ async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, ServeError> {
 
 /// Accepted connections with Nagle's algorithm off: small gRPC frames must
 /// not wait for delayed ACKs (the builder's `tcp_nodelay` does not apply to
-/// listeners handed over like this).
-fn incoming(listener: tokio::net::TcpListener) -> tonic::transport::server::TcpIncoming {
-    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
+/// listeners handed over like this), and with h2's writes batched ([`concord_tls::CoalescedWrites`]).
+fn incoming(
+    listener: tokio::net::TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<concord_tls::CoalescedWrites<tokio::net::TcpStream>>> {
+    use tokio_stream::StreamExt as _;
+    tonic::transport::server::TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .map(|accepted| accepted.map(concord_tls::CoalescedWrites::new))
 }
 
 async fn wait_for_stop(mut stop: watch::Receiver<bool>) {

@@ -9,6 +9,7 @@ use tokio::sync::mpsc;
 use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::ReceiverStream;
 
+use crate::coalesce::CoalescedWrites;
 use crate::reload::Reloadable;
 
 /// How long a connecting client has to finish its handshake.
@@ -26,7 +27,7 @@ const BACKLOG: usize = 64;
 pub fn accept(
     listener: TcpListener,
     tls: Arc<Reloadable<ServerConfig>>,
-) -> ReceiverStream<std::io::Result<TlsStream<TcpStream>>> {
+) -> ReceiverStream<std::io::Result<CoalescedWrites<TlsStream<TcpStream>>>> {
     let (tx, rx) = mpsc::channel(BACKLOG);
     tokio::spawn(async move {
         loop {
@@ -47,7 +48,7 @@ pub fn accept(
             tokio::spawn(async move {
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(stream)) => {
-                        let _ = tx.send(Ok(stream)).await;
+                        let _ = tx.send(Ok(CoalescedWrites::new(stream))).await;
                     }
                     Ok(Err(e)) => tracing::info!(%remote, "rejected a TLS connection: {e}"),
                     Err(_) => tracing::info!(%remote, "rejected a TLS connection: no handshake within {HANDSHAKE_TIMEOUT:?}"),

@@ -7,7 +7,7 @@ use std::time::Duration;
 use rustls::ClientConfig;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::connect::TlsConnector;
+use crate::connect::{TcpConnector, TlsConnector};
 use crate::reload::Reloadable;
 
 /// The way one kind of outgoing link is made (peer links, or forwarded client calls): which TLS
@@ -47,7 +47,7 @@ impl Dialer {
         let (endpoint, tls) = self.endpoint(url, configure)?;
         match tls {
             Some(tls) => endpoint.connect_with_connector(tls).await,
-            None => endpoint.connect().await,
+            None => endpoint.connect_with_connector(self.tcp()).await,
         }
         .map_err(|e| describe(url, e))
     }
@@ -57,7 +57,7 @@ impl Dialer {
         let (endpoint, tls) = self.endpoint(url, configure)?;
         Ok(match tls {
             Some(tls) => endpoint.connect_with_connector_lazy(tls),
-            None => endpoint.connect_lazy(),
+            None => endpoint.connect_with_connector_lazy(self.tcp()),
         })
     }
 
@@ -66,6 +66,10 @@ impl Dialer {
     /// tonic refuses an `https://` endpoint unless it does the TLS itself, with a configuration
     /// fixed when the channel is made. So the TLS is done here, by the connector, with whatever
     /// configuration is current at each (re)connection, and tonic sees the URL as `http://`.
+    fn tcp(&self) -> TcpConnector {
+        TcpConnector::new(self.source, self.connect_timeout)
+    }
+
     fn endpoint(
         &self,
         url: &str,

@@ -15,7 +15,9 @@
 //! open keep the certificates they were made with; every new handshake uses the current ones.
 //!
 //! [`accept`] turns a TCP listener into a stream of TLS connections for a tonic server, and
-//! [`TlsConnector`] makes TLS connections for a tonic channel. [`common_name`] reads the user
+//! [`TlsConnector`] makes TLS connections for a tonic channel ([`TcpConnector`] plain ones).
+//! Each connection is wrapped in [`CoalescedWrites`], so that h2 writes the frames of many
+//! requests or responses with one system call. [`common_name`] reads the user
 //! name out of a client certificate, for `--client-cert-auth` (etcd's rule: the certificate's
 //! common name is the user).
 //!
@@ -23,6 +25,7 @@
 //! so nothing depends on a process-wide default provider.
 
 mod accept;
+mod coalesce;
 mod config;
 mod connect;
 mod dial;
@@ -31,8 +34,9 @@ mod reload;
 mod subject;
 
 pub use accept::accept;
+pub use coalesce::CoalescedWrites;
 pub use config::{client_config, server_config, TlsFiles};
-pub use connect::TlsConnector;
+pub use connect::{TcpConnector, TlsConnector};
 pub use dial::Dialer;
 pub use error::TlsError;
 pub use reload::{spawn_reloader, Reload, Reloadable};

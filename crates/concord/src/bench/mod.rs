@@ -211,6 +211,9 @@ fn status_kind(status: &tonic::Status) -> String {
     format!("{:?}: {}", status.code(), status.message())
 }
 
+/// How long opening one connection may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Opens `conns` connections, spread over the endpoints round-robin.
 async fn connect(args: &BenchArgs) -> Result<Vec<Channel>, String> {
     let mut channels = Vec::with_capacity(args.conns);
@@ -218,13 +221,13 @@ async fn connect(args: &BenchArgs) -> Result<Vec<Channel>, String> {
         let endpoint = args.endpoints[i % args.endpoints.len()].trim();
         // The timeout covers a unary call, or a streaming call until its
         // response headers arrive; the stream itself may live on.
-        let channel = args
+        let target = args
             .tls
             .endpoint(endpoint)?
-            .connect_timeout(Duration::from_secs(5))
+            .connect_timeout(CONNECT_TIMEOUT)
             .timeout(args.request_timeout())
-            .tcp_nodelay(true)
-            .connect()
+            .tcp_nodelay(true);
+        let channel = crate::client::open(&target, CONNECT_TIMEOUT)
             .await
             .map_err(|e| format!("cannot connect to {endpoint}: {}", error_chain(&e)))?;
         channels.push(channel);
