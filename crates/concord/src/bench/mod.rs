@@ -28,6 +28,7 @@
 //! deadlines, rate), [`report`] (histograms, text and JSON summaries),
 //! [`progress`] (the terminal progress bar), [`workloads`] and [`watch`].
 
+mod channel;
 mod keys;
 mod pace;
 mod progress;
@@ -44,7 +45,7 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use clap::{Args, Subcommand, ValueEnum};
-use tonic::transport::Channel;
+use channel::{BenchChannel, H2Channel};
 
 use pace::Goal;
 use report::Summary;
@@ -215,21 +216,28 @@ fn status_kind(status: &tonic::Status) -> String {
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Opens `conns` connections, spread over the endpoints round-robin.
-async fn connect(args: &BenchArgs) -> Result<Vec<Channel>, String> {
+async fn connect(args: &BenchArgs) -> Result<Vec<BenchChannel>, String> {
     let mut channels = Vec::with_capacity(args.conns);
     for i in 0..args.conns {
         let endpoint = args.endpoints[i % args.endpoints.len()].trim();
-        // The timeout covers a unary call, or a streaming call until its
-        // response headers arrive; the stream itself may live on.
-        let target = args
-            .tls
-            .endpoint(endpoint)?
-            .connect_timeout(CONNECT_TIMEOUT)
-            .timeout(args.request_timeout())
-            .tcp_nodelay(true);
-        let channel = crate::client::open(&target, CONNECT_TIMEOUT)
-            .await
-            .map_err(|e| format!("cannot connect to {endpoint}: {}", error_chain(&e)))?;
+        let url = args.tls.url(endpoint);
+        let channel = if url.starts_with("https://") {
+            // The timeout covers a unary call, or a streaming call until its
+            // response headers arrive; the stream itself may live on.
+            let target = args
+                .tls
+                .endpoint(endpoint)?
+                .connect_timeout(CONNECT_TIMEOUT)
+                .timeout(args.request_timeout())
+                .tcp_nodelay(true);
+            BenchChannel::Tonic(crate::client::open(&target, CONNECT_TIMEOUT).await.map_err(|e| format!("cannot connect to {endpoint}: {}", error_chain(&e)))?)
+        } else {
+            BenchChannel::H2(
+                H2Channel::connect(&url, CONNECT_TIMEOUT, args.request_timeout())
+                    .await
+                    .map_err(|e| format!("cannot connect to {endpoint}: {e}"))?,
+            )
+        };
         channels.push(channel);
     }
     Ok(channels)

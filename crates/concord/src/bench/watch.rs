@@ -20,7 +20,7 @@ use concord_proto::etcdserverpb::watch_request::RequestUnion;
 use concord_proto::etcdserverpb::{PutRequest, WatchCreateRequest, WatchRequest, WatchResponse};
 use tokio::sync::{mpsc, watch as signal};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Channel;
+use super::channel::BenchChannel;
 use tonic::Streaming;
 
 use super::keys::{encode_key, KeyChooser, SplitMix64};
@@ -74,7 +74,7 @@ struct WatchStream {
 
 /// Opens a watch stream on `channel` with one watcher per key in `keys`, and
 /// waits until the server has created them all.
-async fn open_stream(channel: Channel, keys: Vec<Vec<u8>>, timeout: Duration) -> Result<WatchStream, String> {
+async fn open_stream(channel: BenchChannel, keys: Vec<Vec<u8>>, timeout: Duration) -> Result<WatchStream, String> {
     let watchers = keys.len();
     // Room for every create request, so they are all queued before the call:
     // a server may send the call's response headers only with its first answer.
@@ -108,7 +108,7 @@ async fn open_stream(channel: Channel, keys: Vec<Vec<u8>>, timeout: Duration) ->
 /// watchers on `keys_of(s)`.
 async fn open_streams(
     args: &BenchArgs,
-    channels: &[Channel],
+    channels: &[BenchChannel],
     streams: usize,
     keys_of: impl Fn(usize) -> Vec<Vec<u8>>,
 ) -> Result<Vec<WatchStream>, String> {
@@ -186,7 +186,7 @@ fn filler(args: &BenchArgs, rng: &mut SplitMix64) -> Arc<Vec<u8>> {
 
 /// One putter of the `watch` workload.
 struct Putter {
-    kv: KvClient<Channel>,
+    kv: KvClient<BenchChannel>,
     keys: KeyChooser,
     key_size: usize,
     filler: Arc<Vec<u8>>,
@@ -220,7 +220,7 @@ async fn put_loop(mut p: Putter) -> (Tally, u64) {
 /// `--clients` putters; every event is timed from its put's send.
 pub async fn run_watch(
     args: &BenchArgs,
-    channels: &[Channel],
+    channels: &[BenchChannel],
     streams: usize,
     per_stream: usize,
 ) -> Result<Summary, String> {
@@ -319,7 +319,7 @@ pub async fn run_watch(
 /// at a time, each timed from its send until every watcher has its event.
 pub async fn run_fanout(
     args: &BenchArgs,
-    channels: &[Channel],
+    channels: &[BenchChannel],
     streams: usize,
     per_stream: usize,
 ) -> Result<Summary, String> {

@@ -13,7 +13,7 @@ use concord_proto::etcdserverpb::{
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Channel;
+use super::channel::BenchChannel;
 use tonic::Streaming;
 
 use super::keys::{encode_key, KeyChooser, SplitMix64};
@@ -61,7 +61,7 @@ impl Outcome {
 
 /// One client's state for the Kv workloads.
 struct KvRequester {
-    kv: KvClient<Channel>,
+    kv: KvClient<BenchChannel>,
     op: KvOp,
     keys: KeyChooser,
     key_size: usize,
@@ -140,7 +140,7 @@ struct KeepAliveStream {
 
 /// One client's state for `lease-keepalive`: its lease and its keep-alive stream.
 struct KeepAliver {
-    lease: LeaseClient<Channel>,
+    lease: LeaseClient<BenchChannel>,
     id: i64,
     /// `None` after a failure: the next request opens a new stream.
     stream: Option<KeepAliveStream>,
@@ -153,7 +153,7 @@ impl KeepAliver {
     /// stream. Returns it with the number of times the first keep-alive had to
     /// be retried: a member may answer "not found" for a lease that another
     /// member has just granted until it has applied the grant.
-    async fn new(channel: Channel, timeout: Duration) -> Result<(Self, u64), String> {
+    async fn new(channel: BenchChannel, timeout: Duration) -> Result<(Self, u64), String> {
         let mut lease = LeaseClient::new(channel);
         let granted = lease
             .lease_grant(LeaseGrantRequest { ttl: LEASE_TTL_SECS, id: 0 })
@@ -295,7 +295,7 @@ pub fn read_fraction(rw_ratio: f64) -> f64 {
 
 /// Sets up `--clients` clients (granting their leases, for `lease-keepalive`),
 /// then runs them until the schedule ends, and sums up what they saw.
-pub async fn run(args: &BenchArgs, channels: &[Channel]) -> Result<Summary, String> {
+pub async fn run(args: &BenchArgs, channels: &[BenchChannel]) -> Result<Summary, String> {
     let workload = args.workload;
     let (op, part_names) = kv_op(workload);
     let mut rng = SplitMix64::new(seed());
