@@ -96,7 +96,10 @@ impl H2Channel {
         let timeout = self.timeout;
         async move {
             let (answer, stream) = opened?;
-            send_body(body, stream)?;
+            // A server may answer (and close the stream) before it has seen the end of the
+            // request, as grpc-go does once it has the whole message; and a stream the server
+            // refused fails to send. Either way the answer says how the call went.
+            let _ = send_body(body, stream);
             let answer = tokio::time::timeout(timeout, answer)
                 .await
                 .map_err(|_| BoxError::from(format!("no answer within {timeout:?}")))??;
