@@ -538,6 +538,12 @@ pub fn decode_message(bytes: &[u8]) -> Result<raft::eraftpb::Message, protobuf::
     raft::eraftpb::Message::parse_from_bytes(bytes)
 }
 
+/// Decodes a raft-rs message from a received buffer; the entries' data are slices of
+/// `bytes`, not copies.
+pub fn decode_shared_message(bytes: &prost::bytes::Bytes) -> Result<raft::eraftpb::Message, protobuf::ProtobufError> {
+    raft::eraftpb::Message::parse_from_carllerche_bytes(bytes)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

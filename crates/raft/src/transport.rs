@@ -25,7 +25,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::log_store::{decode_message, encode_message};
+use crate::log_store::{decode_message, decode_shared_message, encode_message};
 use crate::node::RaftHandle;
 
 /// Messages waiting for one peer before new ones are dropped.
@@ -392,7 +392,7 @@ async fn send_snapshot(
 fn into_batches(from: u64, to: u64, msgs: Vec<(u64, Message)>) -> Vec<RaftMessageBatch> {
     let mut batches: Vec<RaftMessageBatch> = Vec::new();
     for (group_id, msg) in msgs {
-        let encoded = encode_message(&msg);
+        let encoded = prost::bytes::Bytes::from(encode_message(&msg));
         match batches.iter_mut().find(|b| b.group_id == group_id) {
             Some(b) => b.messages.push(encoded),
             None => batches.push(RaftMessageBatch {
@@ -441,7 +441,7 @@ impl RaftPeer for PeerService {
                 continue;
             };
             for bytes in &batch.messages {
-                match decode_message(bytes) {
+                match decode_shared_message(bytes) {
                     Ok(msg) => inbox.deliver(msg),
                     Err(e) => tracing::warn!(from = batch.from_member, "undecodable raft message: {e}"),
                 }
