@@ -296,17 +296,18 @@ impl KeyIndex {
             let Some((&last, earlier)) = pending.revs.split_last() else {
                 continue;
             };
-            match self.keys.get_mut(&*key) {
-                Some(history) => {
+            match self.keys.entry(key) {
+                btree_map::Entry::Occupied(mut occupied) => {
+                    let history = occupied.get_mut();
                     history.older.push(history.newest);
                     history.older.extend_from_slice(earlier);
                     history.newest = last;
                     history.head = pending.head;
                 }
-                None => {
+                btree_map::Entry::Vacant(vacant) => {
                     let mut history = KeyHistory::new(last, pending.head);
                     history.older.extend_from_slice(earlier);
-                    self.keys.insert(key, history);
+                    vacant.insert(history);
                 }
             }
         }
@@ -418,19 +419,17 @@ impl<'i> PendingIndex<'i> {
     /// Records a new version of `key`, above every version recorded so far, with the head it
     /// leaves the key with.
     pub fn record(&mut self, key: &[u8], version: Rev, head: Head) {
-        match self.added.get_mut(key) {
-            Some(pending) => {
+        match self.added.entry(key.into()) {
+            btree_map::Entry::Occupied(mut occupied) => {
+                let pending = occupied.get_mut();
                 pending.revs.push(version);
                 pending.head = head;
             }
-            None => {
-                self.added.insert(
-                    key.into(),
-                    Pending {
-                        revs: vec![version],
-                        head,
-                    },
-                );
+            btree_map::Entry::Vacant(vacant) => {
+                vacant.insert(Pending {
+                    revs: vec![version],
+                    head,
+                });
             }
         }
     }
