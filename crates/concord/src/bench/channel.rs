@@ -55,12 +55,12 @@ impl H2Channel {
         let uri: Uri = url.parse().map_err(|e| format!("bad endpoint {url:?}: {e}"))?;
         let authority = uri.authority().cloned().ok_or_else(|| format!("bad endpoint {url:?}: no host"))?;
         let connecting = async {
-            let tcp = tokio::net::TcpStream::connect(authority.as_str()).await?;
-            tcp.set_nodelay(true)?;
+            // The member's own connector: Nagle off, h2's writes batched.
+            let tcp = concord_tls::TcpConnector::new(None, connect_timeout).call(uri).await?;
             h2::client::Builder::new()
                 .initial_window_size(STREAM_WINDOW)
                 .initial_connection_window_size(CONNECTION_WINDOW)
-                .handshake::<_, Bytes>(concord_tls::CoalescedWrites::new(tcp))
+                .handshake::<_, Bytes>(tcp.into_inner())
                 .await
                 .map_err(std::io::Error::other)
         };
