@@ -39,5 +39,6 @@ fn main() -> Result<()> {
         // Raft messages arrive as slices of the received frame, so decoding them shares the
         // entries' bytes instead of copying them.
         .bytes(".concordpb.RaftMessageBatch.messages")
+        .codec_path("crate::codec::CompactCodec")
         .compile_protos(PROTOS, &[PROTO_ROOT])
 }

@@ -12,6 +12,8 @@
 //! package, so the `super::<package>::...` paths that prost generates for
 //! cross-package references resolve.
 
+pub mod codec;
+
 /// etcd's `mvccpb` package: stored key-values and watch events.
 pub mod mvccpb {
     tonic::include_proto!("mvccpb");
