@@ -10,14 +10,19 @@
 //! ([`KeyIndex::apply`]) only once the batch's redb transaction has committed, so a failed batch
 //! leaves nothing behind.
 //!
-//! Memory: per key, the `BTreeMap` entry (an [`IndexKey`], 24 bytes with keys of up to 22 bytes
-//! inline, and a [`KeyHistory`], 64 bytes, plus the map's node overhead), the bytes of a longer
-//! key, and 16 bytes per stored version but the newest
-//! (a key with a single version, the usual case after compaction, has no allocation of its
-//! own besides the key).
+//! Every key is held twice: in a hash map with its history, which answers the lookups of single
+//! keys that every put, delete and point read makes, and in an ordered set, which only range
+//! scans walk. With one ordered map, each of those lookups walked a B-tree of all the keys, a
+//! cache miss per level, and that walk was the largest single cost of applying a put.
+//!
+//! Memory: per key, the hash map's slot (an [`IndexKey`], 24 bytes with keys of up to 22 bytes
+//! inline, and a [`KeyHistory`], 64 bytes), the set's [`IndexKey`] with its node overhead, the
+//! bytes of a longer key twice, and 16 bytes per stored version but the newest (a key with a
+//! single version, the usual case after compaction, has no allocation of its own besides the
+//! key).
 
 use std::collections::btree_map;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{btree_set, hash_map, BTreeMap, BTreeSet, HashMap};
 use std::iter::Peekable;
 use std::ops::Bound;
 
@@ -211,7 +216,10 @@ where
 /// last batch merged in).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct KeyIndex {
-    keys: BTreeMap<IndexKey, KeyHistory>,
+    /// Every key's history.
+    histories: HashMap<IndexKey, KeyHistory>,
+    /// The same keys, in order.
+    order: BTreeSet<IndexKey>,
     revision: i64,
     compact_revision: i64,
 }
@@ -220,10 +228,9 @@ impl KeyIndex {
     /// Builds the index of the rows of `revisions` (one scan, in revision order), for a store
     /// whose counters are `revision` and `compact_revision`.
     ///
-    /// Rows come in revision order, not key order, so keys are gathered in a hash map first and
-    /// the ordered map is built from them sorted: that is faster than inserting each key into
-    /// the ordered map, and a map built in one go has full nodes (inserting keys one by one in
-    /// order leaves them half empty), which is most of its memory.
+    /// The ordered set is built from the keys sorted: that is faster than inserting them one by
+    /// one, and a set built in one go has full nodes (inserting keys one by one in order leaves
+    /// them half empty), which is most of its memory.
     pub fn load<T: RowTable>(
         revisions: &T,
         revision: i64,
@@ -248,16 +255,15 @@ impl KeyIndex {
                 }
             }
         }
-        let mut sorted: Vec<(IndexKey, KeyHistory)> = gathered
-            .into_iter()
-            .map(|(key, mut history)| {
-                history.older.shrink_to_fit();
-                (key, history)
-            })
-            .collect();
-        sorted.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let mut sorted: Vec<IndexKey> = Vec::with_capacity(gathered.len());
+        for (key, history) in gathered.iter_mut() {
+            history.older.shrink_to_fit();
+            sorted.push(key.clone());
+        }
+        sorted.sort_unstable();
         Ok(KeyIndex {
-            keys: sorted.into_iter().collect(),
+            histories: gathered,
+            order: sorted.into_iter().collect(),
             revision,
             compact_revision,
         })
@@ -277,12 +283,12 @@ impl KeyIndex {
     /// The newest version of `key` strictly before `(main, sub)`: what a change at that revision
     /// replaced, if history still holds it.
     pub fn version_before(&self, key: &[u8], main: i64, sub: u32) -> Option<Rev> {
-        self.keys.get(key)?.before(main, sub)
+        self.histories.get(key)?.before(main, sub)
     }
 
     /// How many keys the index holds (deleted keys whose history is not compacted yet count).
     pub fn len(&self) -> usize {
-        self.keys.len()
+        self.histories.len()
     }
 
     /// Merges in the changes of a committed batch, after which the index reflects `revision` and
@@ -296,17 +302,18 @@ impl KeyIndex {
             let Some((&last, earlier)) = pending.revs.split_last() else {
                 continue;
             };
-            match self.keys.entry(key) {
-                btree_map::Entry::Occupied(mut occupied) => {
+            match self.histories.entry(key) {
+                hash_map::Entry::Occupied(mut occupied) => {
                     let history = occupied.get_mut();
                     history.older.push(history.newest);
                     history.older.extend_from_slice(earlier);
                     history.newest = last;
                     history.head = pending.head;
                 }
-                btree_map::Entry::Vacant(vacant) => {
+                hash_map::Entry::Vacant(vacant) => {
                     let mut history = KeyHistory::new(last, pending.head);
                     history.older.extend_from_slice(earlier);
+                    self.order.insert(vacant.key().clone());
                     vacant.insert(history);
                 }
             }
@@ -322,19 +329,30 @@ impl KeyIndex {
 
     /// Applies the compaction rule at `c` to one key, dropping the key once nothing is left.
     fn compact_key(&mut self, key: &[u8], c: i64) {
-        let Some(history) = self.keys.get_mut(key) else {
+        let Some(history) = self.histories.get_mut(key) else {
             return;
         };
         if !history.compact(c) {
-            self.keys.remove(key);
+            self.histories.remove(key);
+            self.order.remove(key);
+        }
+    }
+
+    /// The keys `keys` yields (in order, from [`KeyIndex::order`]), each with its history.
+    fn ordered<'a, K>(&'a self, keys: K) -> Ordered<'a, K::IntoIter>
+    where
+        K: IntoIterator<Item = &'a IndexKey>,
+    {
+        Ordered {
+            keys: keys.into_iter(),
+            histories: &self.histories,
         }
     }
 
     #[cfg(test)]
     /// The live keys at the index's revision, ascending.
     pub fn live_keys(&self) -> Vec<Vec<u8>> {
-        self.keys
-            .iter()
+        self.ordered(&self.order)
             .filter(|(_, h)| h.newest.is_live())
             .map(|(k, _)| k.to_vec())
             .collect()
@@ -343,11 +361,11 @@ impl KeyIndex {
 
 impl IndexRead for KeyIndex {
     fn version_at(&self, key: &[u8], rev: i64) -> Option<Rev> {
-        self.keys.get(key)?.at(rev)
+        self.histories.get(key)?.at(rev)
     }
 
     fn newest(&self, key: &[u8]) -> Option<(Rev, Head)> {
-        let history = self.keys.get(key)?;
+        let history = self.histories.get(key)?;
         Some((history.newest, history.head))
     }
 
@@ -361,7 +379,7 @@ impl IndexRead for KeyIndex {
         let Some(bounds) = map_bounds(span) else {
             return Ok(());
         };
-        for (key, history) in self.keys.range::<[u8], _>(bounds) {
+        for (key, history) in self.ordered(self.order.range::<[u8], _>(bounds)) {
             if let Some(version) = history.at(rev).filter(|v| v.is_live()) {
                 if !f(key, version)? {
                     break;
@@ -369,6 +387,25 @@ impl IndexRead for KeyIndex {
             }
         }
         Ok(())
+    }
+}
+
+/// Keys from the ordered set, each with its history from the hash map.
+struct Ordered<'a, K> {
+    keys: K,
+    histories: &'a HashMap<IndexKey, KeyHistory>,
+}
+
+impl<'a, K: Iterator<Item = &'a IndexKey>> Iterator for Ordered<'a, K> {
+    type Item = (&'a IndexKey, &'a KeyHistory);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let key = self.keys.next()?;
+        let history = self
+            .histories
+            .get(&**key)
+            .expect("the key index's set and map hold the same keys");
+        Some((key, history))
     }
 }
 
@@ -438,7 +475,7 @@ impl<'i> PendingIndex<'i> {
     pub fn versions<'a>(&'a self, key: &[u8]) -> impl Iterator<Item = Rev> + 'a {
         let committed = self
             .base
-            .keys
+            .histories
             .get(key)
             .into_iter()
             .flat_map(|h| h.versions());
@@ -489,7 +526,7 @@ impl IndexRead for PendingIndex<'_> {
             return Ok(());
         };
         let mut merged = Merged {
-            base: self.base.keys.range::<[u8], _>(bounds).peekable(),
+            base: self.base.ordered(self.base.order.range::<[u8], _>(bounds)).peekable(),
             added: self.added.range::<[u8], _>(bounds).peekable(),
         };
         while let Some((key, version)) = merged.next_at(rev) {
@@ -505,7 +542,7 @@ impl IndexRead for PendingIndex<'_> {
 
 /// The committed keys and a batch's keys of one span, walked together in key order.
 struct Merged<'a> {
-    base: Peekable<btree_map::Range<'a, IndexKey, KeyHistory>>,
+    base: Peekable<Ordered<'a, btree_set::Range<'a, IndexKey>>>,
     added: Peekable<btree_map::Range<'a, IndexKey, Pending>>,
 }
 
