@@ -11,6 +11,7 @@
 
 pub mod apply;
 pub mod auth;
+pub mod client_port;
 pub mod cluster;
 pub mod concurrency;
 pub mod config;

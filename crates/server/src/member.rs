@@ -258,36 +258,29 @@ pub async fn serve(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> Res
     let max_message = cfg.limits.max_request_bytes + GRPC_OVERHEAD_BYTES;
     for (addr, https) in resolve(&cfg.listen_client_urls).await? {
         let listener = bind(addr).await?;
-        let routes = tonic::service::Routes::new(
-            KvServer::new(KvService::new(ctx.clone())).max_decoding_message_size(max_message),
-        )
-        .add_service(ClusterServer::new(ClusterService::new(ctx.clone())))
-        .add_service(MaintenanceServer::new(MaintenanceService::new(ctx.clone())))
-        .add_service(WatchServer::new(WatchService::new(
-            ctx.clone(),
-            hub.clone(),
-            cfg.watch_progress_notify_interval,
-        )))
-        .add_service(LeaseServer::new(LeaseService::new(
-            ctx.clone(),
-            lessor.clone(),
-            cfg.election_timeout,
-        )))
-        .add_service(LockServer::new(LockService::new(ctx.clone(), hub.clone())))
-        .add_service(ElectionServer::new(ElectionService::new(ctx.clone(), hub.clone())))
-        .add_service(AuthServer::new(crate::auth::service::AuthService::new(ctx.clone())));
+        let kv = KvServer::new(KvService::new(ctx.clone())).max_decoding_message_size(max_message);
+        let routes = tonic::service::Routes::new(ClusterServer::new(ClusterService::new(ctx.clone())))
+            .add_service(MaintenanceServer::new(MaintenanceService::new(ctx.clone())))
+            .add_service(WatchServer::new(WatchService::new(
+                ctx.clone(),
+                hub.clone(),
+                cfg.watch_progress_notify_interval,
+            )))
+            .add_service(LeaseServer::new(LeaseService::new(
+                ctx.clone(),
+                lessor.clone(),
+                cfg.election_timeout,
+            )))
+            .add_service(LockServer::new(LockService::new(ctx.clone(), hub.clone())))
+            .add_service(ElectionServer::new(ElectionService::new(ctx.clone(), hub.clone())))
+            .add_service(AuthServer::new(crate::auth::service::AuthService::new(ctx.clone())));
         let router = routes
             .into_axum_router()
             .merge(crate::http::all_routes(http_state.clone()))
-            .fallback(crate::fallback::unimplemented_method)
-            .layer(axum::middleware::from_fn(crate::metrics::grpc::layer));
-        let router = tonic::transport::Server::builder()
-            .accept_http1(true)
-            .tcp_nodelay(true)
-            .http2_keepalive_interval(Some(Duration::from_secs(10)))
-            .add_routes(tonic::service::Routes::from(router));
+            .fallback(crate::fallback::unimplemented_method);
+        let calls = crate::client_port::ClientCalls::new(kv, router);
         let tls = if https { tls.client_listener.clone() } else { None };
-        servers.spawn(run_listener("client", addr, listener, router, tls, stop_rx.clone()));
+        servers.spawn(run_client_listener(addr, listener, calls, tls, stop_rx.clone()));
         tracing::info!(%addr, tls = https, "serving clients");
     }
 
@@ -350,6 +343,22 @@ async fn run_listener(
         None => router.serve_with_incoming_shutdown(incoming(listener), stop).await,
     }
     .map_err(|e| format!("{what} listener {addr}: {e}"))
+}
+
+/// Serves the client port on `listener`, through TLS when `tls` is set, until `stop` turns true.
+async fn run_client_listener(
+    addr: SocketAddr,
+    listener: tokio::net::TcpListener,
+    calls: crate::client_port::ClientCalls<()>,
+    tls: Option<Arc<concord_tls::Reloadable<concord_tls::rustls::ServerConfig>>>,
+    stop: watch::Receiver<bool>,
+) -> Result<(), String> {
+    match tls {
+        Some(tls) => crate::client_port::serve(concord_tls::accept(listener, tls), calls, true, stop).await,
+        None => crate::client_port::serve(incoming(listener), calls, false, stop).await,
+    }
+    tracing::debug!(%addr, "client listener stopped");
+    Ok(())
 }
 
 /// Reads `--encryption-key-file`, before anything is written: a bad file stops the member.

@@ -1,6 +1,6 @@
 //! `grpc_server_started_total`, `grpc_server_handled_total` and `grpc_server_handling_seconds`,
-//! with the labels of go-grpc-prometheus that etcd exports, recorded by [`layer`] around the
-//! client services.
+//! with the labels of go-grpc-prometheus that etcd exports, recorded by [`start`] and
+//! [`finish_on`] around every call of the client services.
 //!
 //! A gRPC call's status usually arrives in the response's trailers, after the last message; a
 //! call that fails before answering carries it in the headers ("trailers-only"). [`MeteredBody`]
@@ -13,10 +13,6 @@ use std::sync::{Arc, LazyLock, RwLock};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use axum::body::Body;
-use axum::extract::Request;
-use axum::middleware::Next;
-use axum::response::Response;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use prometheus::{
     exponential_buckets, register_histogram_vec, register_int_counter, register_int_counter_vec, HistogramVec,
@@ -110,8 +106,8 @@ impl MethodSeries {
 /// More methods than etcd's and Concord's services have together.
 const MAX_METHODS: usize = 256;
 
-/// One call in progress.
-struct Call {
+/// One gRPC call in progress, from [`start`] until its status is known.
+pub struct Call {
     series: Arc<MethodSeries>,
     started: Instant,
 }
@@ -161,43 +157,57 @@ fn code_name(code: &[u8]) -> &'static str {
     }
 }
 
-/// Records every gRPC call that passes through; other HTTP requests (metrics, health, the
-/// dashboard) pass untouched. Mount with `axum::middleware::from_fn(layer)`.
-pub async fn layer(request: Request, next: Next) -> Response {
+/// Starts the record of `request` when it is a gRPC call to a known method; other HTTP requests
+/// (metrics, health, the dashboard) are not counted.
+pub fn start<B>(request: &http::Request<B>) -> Option<Call> {
     let is_grpc = request
         .headers()
         .get(http::header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
-    let Some(series) = Some(request.uri().path()).filter(|_| is_grpc).and_then(MethodSeries::of) else {
-        return next.run(request).await;
-    };
-    series.started.inc();
-    let call = Call { series, started: Instant::now() };
-    let request = request.map(|body| Body::new(CountedBody { inner: body }));
-    let response = next.run(request).await;
-    if let Some(code) = response.headers().get("grpc-status") {
-        call.finish(code_name(code.as_bytes()));
-        return response;
+    if !is_grpc {
+        return None;
     }
-    response.map(|body| Body::new(MeteredBody { inner: body, call: Some(call) }))
+    let series = MethodSeries::of(request.uri().path())?;
+    series.started.inc();
+    Some(Call { series, started: Instant::now() })
 }
 
-/// A response body that records its call when the trailers carrying the status pass, or when
-/// it is dropped before then (the client went away).
-struct MeteredBody {
-    inner: Body,
+/// Hands `call` to the response: a call that failed before answering carries its status in the
+/// headers and is recorded now; otherwise the body records it when its trailers pass. Without a
+/// call (not a gRPC request) the body passes uncounted.
+pub fn finish_on<B>(call: Option<Call>, response: http::Response<B>) -> http::Response<MeteredBody<B>> {
+    let counted = call.is_some();
+    let call = match (call, response.headers().get("grpc-status")) {
+        (Some(call), Some(code)) => {
+            call.finish(code_name(code.as_bytes()));
+            None
+        }
+        (call, _) => call,
+    };
+    response.map(|inner| MeteredBody { inner, call, counted })
+}
+
+/// A response body that counts the bytes it carries and records its call when the trailers
+/// carrying the status pass, or when it is dropped before then (the client went away).
+pub struct MeteredBody<B> {
+    inner: B,
     call: Option<Call>,
+    /// Whether its bytes count as sent to gRPC clients.
+    counted: bool,
 }
 
-impl HttpBody for MeteredBody {
+impl<B> HttpBody for MeteredBody<B>
+where
+    B: HttpBody<Data = bytes::Bytes> + Unpin,
+{
     type Data = bytes::Bytes;
-    type Error = axum::Error;
+    type Error = B::Error;
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
+                if let Some(data) = frame.data_ref().filter(|_| self.counted) {
                     SENT_BYTES.inc_by(data.len() as u64);
                 }
                 if let Some(trailers) = frame.trailers_ref() {
@@ -231,7 +241,7 @@ impl HttpBody for MeteredBody {
     }
 }
 
-impl Drop for MeteredBody {
+impl<B> Drop for MeteredBody<B> {
     fn drop(&mut self) {
         if let Some(call) = self.call.take() {
             call.finish("Canceled");
@@ -240,18 +250,29 @@ impl Drop for MeteredBody {
 }
 
 /// A request body that counts the bytes a client sends.
-struct CountedBody {
-    inner: Body,
+pub struct CountedBody<B> {
+    inner: B,
+    counted: bool,
 }
 
-impl HttpBody for CountedBody {
+impl<B> CountedBody<B> {
+    /// Counts what `inner` carries when it is a gRPC request's body (`counted`).
+    pub fn new(inner: B, counted: bool) -> CountedBody<B> {
+        CountedBody { inner, counted }
+    }
+}
+
+impl<B> HttpBody for CountedBody<B>
+where
+    B: HttpBody<Data = bytes::Bytes> + Unpin,
+{
     type Data = bytes::Bytes;
-    type Error = axum::Error;
+    type Error = B::Error;
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         if let Poll::Ready(Some(Ok(frame))) = &polled {
-            if let Some(data) = frame.data_ref() {
+            if let Some(data) = frame.data_ref().filter(|_| self.counted) {
                 RECEIVED_BYTES.inc_by(data.len() as u64);
             }
         }
