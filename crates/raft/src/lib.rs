@@ -20,6 +20,7 @@ pub mod log_store;
 mod logging;
 pub mod metrics;
 pub mod node;
+mod proposal_batch;
 mod read_loop;
 pub mod snapshot;
 pub mod state_machine;

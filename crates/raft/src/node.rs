@@ -25,6 +25,7 @@ use tokio::sync::{oneshot, watch};
 
 use crate::error::RaftError;
 use crate::log_store::LogStore;
+use crate::proposal_batch::{self, Proposer};
 use crate::read_loop::{self, ReadQueue};
 use crate::snapshot::{BuiltSnapshot, SnapshotSlot};
 use crate::state_machine::{Committed, ConfChangeApplied, MemberChangeKind, StateMachine};
@@ -310,6 +311,7 @@ pub fn start_group<S: StateMachine>(
         next_request_id: initial_request_id(),
         next_read_ctx: 1,
         pending_proposals: HashMap::new(),
+        queued_proposals: Vec::new(),
         queued_reads: Vec::new(),
         inflight_reads: HashMap::new(),
         raw,
@@ -335,24 +337,6 @@ fn initial_request_id() -> u64 {
         .unwrap_or(1)
 }
 
-/// Entry context: the proposing member's id and its request id, so only
-/// the member that proposed an entry answers the caller waiting for it.
-fn encode_context(member_id: u64, request_id: u64) -> Vec<u8> {
-    let mut ctx = Vec::with_capacity(16);
-    ctx.extend_from_slice(&member_id.to_be_bytes());
-    ctx.extend_from_slice(&request_id.to_be_bytes());
-    ctx
-}
-
-fn decode_context(ctx: &[u8]) -> Option<(u64, u64)> {
-    if ctx.len() != 16 {
-        return None;
-    }
-    let member = u64::from_be_bytes(ctx[..8].try_into().ok()?);
-    let request = u64::from_be_bytes(ctx[8..].try_into().ok()?);
-    Some((member, request))
-}
-
 /// Reads that share one ReadIndex round trip.
 struct ReadBatch {
     waiters: Vec<oneshot::Sender<Result<u64, RaftError>>>,
@@ -375,6 +359,8 @@ struct Driver<S: StateMachine> {
     next_request_id: u64,
     next_read_ctx: u64,
     pending_proposals: HashMap<u64, oneshot::Sender<Result<S::Output, RaftError>>>,
+    /// Proposals received since the last Ready, proposed together by [`Driver::flush_proposals`].
+    queued_proposals: Vec<(Vec<u8>, oneshot::Sender<Result<S::Output, RaftError>>)>,
     queued_reads: Vec<oneshot::Sender<Result<u64, RaftError>>>,
     inflight_reads: HashMap<u64, ReadBatch>,
     applied_tx: watch::Sender<u64>,
@@ -395,10 +381,12 @@ impl<S: StateMachine> Driver<S> {
                     // one fsync) covers all of it: this is the group commit.
                     while let Ok(msg) = inbox.try_recv() {
                         if !self.handle(msg) {
+                            self.flush_proposals();
                             self.on_ready();
                             return self.shutdown();
                         }
                     }
+                    self.flush_proposals();
                 }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
@@ -424,7 +412,7 @@ impl<S: StateMachine> Driver<S> {
     /// Returns false when the group must stop.
     fn handle(&mut self, msg: GroupMsg<S::Output>) -> bool {
         match msg {
-            GroupMsg::Propose { data, reply } => self.propose(data, reply),
+            GroupMsg::Propose { data, reply } => self.queued_proposals.push((data, reply)),
             GroupMsg::ProposeConfChange { change, reply } => self.propose_conf_change(change, reply),
             GroupMsg::ReadIndex { reply } => self.queued_reads.push(reply),
             GroupMsg::SnapshotSent { to, ok } => {
@@ -443,8 +431,56 @@ impl<S: StateMachine> Driver<S> {
         true
     }
 
-    fn propose(&mut self, data: Vec<u8>, reply: oneshot::Sender<Result<S::Output, RaftError>>) {
-        self.submit(reply, |raw, ctx| raw.propose(ctx, data));
+    /// Proposes everything queued since the last call: a lone proposal as its own entry, more
+    /// in batch entries (see [`crate::proposal_batch`]).
+    fn flush_proposals(&mut self) {
+        let mut queued = std::mem::take(&mut self.queued_proposals).into_iter().peekable();
+        while let Some((data, reply)) = queued.next() {
+            let mut bytes = data.len();
+            let mut batch = vec![(data, reply)];
+            while let Some((next, _)) = queued.peek() {
+                if batch.len() >= proposal_batch::MAX_COMMANDS || bytes + next.len() > proposal_batch::MAX_BYTES {
+                    break;
+                }
+                bytes += next.len();
+                batch.extend(queued.next());
+            }
+            if batch.len() == 1 {
+                let (data, reply) = batch.pop().expect("one proposal");
+                self.submit(reply, |raw, ctx| raw.propose(ctx, data));
+            } else {
+                self.submit_batch(batch, bytes);
+            }
+        }
+    }
+
+    /// Proposes `batch` (with `bytes` of data in all) as one entry.
+    fn submit_batch(&mut self, batch: Vec<(Vec<u8>, oneshot::Sender<Result<S::Output, RaftError>>)>, bytes: usize) {
+        let refuse = |batch: Vec<(Vec<u8>, oneshot::Sender<Result<S::Output, RaftError>>)>, err: RaftError| {
+            for (_, reply) in batch {
+                let _ = reply.send(Err(err.clone()));
+            }
+        };
+        if self.raw.raft.leader_id == 0 {
+            return refuse(batch, RaftError::NoLeader);
+        }
+        let first_request = self.next_request_id;
+        self.next_request_id = self.next_request_id.wrapping_add(batch.len() as u64);
+        let proposer = Proposer {
+            member: self.cfg.member_id,
+            first_request,
+            count: batch.len() as u32,
+        };
+        let data = proposal_batch::encode(batch.iter().map(|(data, _)| data.as_slice()), bytes + 4 * batch.len());
+        match self.raw.propose(proposer.encode(), data) {
+            Ok(()) => {
+                for (i, (_, reply)) in batch.into_iter().enumerate() {
+                    self.pending_proposals.insert(first_request.wrapping_add(i as u64), reply);
+                }
+            }
+            Err(raft::Error::ProposalDropped) => refuse(batch, RaftError::ProposalDropped),
+            Err(e) => refuse(batch, RaftError::raft(e)),
+        }
     }
 
     fn propose_conf_change(&mut self, change: ConfChangeV2, reply: oneshot::Sender<Result<S::Output, RaftError>>) {
@@ -464,7 +500,12 @@ impl<S: StateMachine> Driver<S> {
         }
         let request_id = self.next_request_id;
         self.next_request_id = self.next_request_id.wrapping_add(1);
-        let ctx = encode_context(self.cfg.member_id, request_id);
+        let ctx = Proposer {
+            member: self.cfg.member_id,
+            first_request: request_id,
+            count: 1,
+        }
+        .encode();
         match propose(&mut self.raw, ctx) {
             Ok(()) => {
                 self.pending_proposals.insert(request_id, reply);
@@ -604,26 +645,42 @@ impl<S: StateMachine> Driver<S> {
             return;
         };
         let mut commands = Vec::with_capacity(entries.len());
-        let mut waiting: HashMap<u64, u64> = HashMap::new();
+        // Which of `commands` this member proposed, and as which request.
+        let mut waiting: HashMap<usize, u64> = HashMap::new();
         for entry in &entries {
+            let proposer = Proposer::decode(&entry.context);
+            let mine = proposer.filter(|p| p.member == self.cfg.member_id);
             match entry.get_entry_type() {
-                EntryType::EntryNormal => {
-                    if let Some((member, request)) = decode_context(&entry.context) {
-                        if member == self.cfg.member_id {
-                            waiting.insert(entry.index, request);
+                EntryType::EntryNormal => match proposer.filter(|p| p.is_batch()) {
+                    Some(batch) => {
+                        let Some(proposals) = proposal_batch::decode(&entry.data, batch.count) else {
+                            fatal(&format!("malformed batch of proposals at index {}", entry.index));
+                        };
+                        for (i, data) in proposals.into_iter().enumerate() {
+                            if let Some(p) = mine {
+                                waiting.insert(commands.len(), p.first_request.wrapping_add(i as u64));
+                            }
+                            commands.push(Committed {
+                                index: entry.index,
+                                data,
+                                conf_change: None,
+                            });
                         }
                     }
-                    commands.push(Committed {
-                        index: entry.index,
-                        data: &entry.data,
-                        conf_change: None,
-                    });
-                }
-                EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
-                    if let Some((member, request)) = decode_context(&entry.context) {
-                        if member == self.cfg.member_id {
-                            waiting.insert(entry.index, request);
+                    None => {
+                        if let Some(p) = mine {
+                            waiting.insert(commands.len(), p.first_request);
                         }
+                        commands.push(Committed {
+                            index: entry.index,
+                            data: &entry.data,
+                            conf_change: None,
+                        });
+                    }
+                },
+                EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
+                    if let Some(p) = mine {
+                        waiting.insert(commands.len(), p.first_request);
                     }
                     let conf_change = self.apply_conf_change(entry);
                     commands.push(Committed {
@@ -644,8 +701,8 @@ impl<S: StateMachine> Driver<S> {
             // etcd's "apply request took too long": every request behind this batch waited.
             tracing::warn!(group = self.cfg.group_id, entries = commands.len(), ?took, "apply took too long");
         }
-        for (index, output) in outputs {
-            if let Some(request) = waiting.remove(&index) {
+        for (position, output) in outputs {
+            if let Some(request) = waiting.remove(&position) {
                 if let Some(reply) = self.pending_proposals.remove(&request) {
                     let _ = reply.send(Ok(output));
                 }

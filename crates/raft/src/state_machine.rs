@@ -5,7 +5,8 @@ use std::path::Path;
 
 use crate::snapshot::SnapshotJob;
 
-/// One committed log entry, handed to the state machine in log order.
+/// One committed proposal, handed to the state machine in log order. An entry that holds a
+/// batch of proposals comes as one of these per proposal, all with the entry's index.
 pub struct Committed<'a> {
     /// The entry's Raft log index; the state machine records the last one it applied.
     pub index: u64,
@@ -44,13 +45,14 @@ pub trait StateMachine: Send + 'static {
     /// The index of the last entry applied; entries up to it are skipped on restart.
     fn applied_index(&self) -> u64;
 
-    /// Applies a batch of committed entries and returns an output for each
-    /// applied entry with data, keyed by index. An error here is a storage
-    /// failure, not a rejected request, and stops the member.
+    /// Applies a run of committed proposals and returns an output for each one applied that
+    /// has an answer, keyed by its position in `entries`. Proposals of an index at or below
+    /// [`StateMachine::applied_index`] are skipped. An error here is a storage failure, not a
+    /// rejected request, and stops the member.
     fn apply(
         &mut self,
         entries: &[Committed<'_>],
-    ) -> Result<Vec<(u64, Self::Output)>, Box<dyn std::error::Error + Send + Sync>>;
+    ) -> Result<Vec<(usize, Self::Output)>, Box<dyn std::error::Error + Send + Sync>>;
 
     /// Makes everything applied so far durable; called on shutdown.
     fn sync(&mut self) -> Result<(), Box<dyn std::error::Error + Send + Sync>>;

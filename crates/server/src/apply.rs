@@ -98,18 +98,20 @@ impl StateMachine for KvStateMachine {
         self.store.applied_index()
     }
 
-    fn apply(&mut self, entries: &[Committed<'_>]) -> Result<Vec<(u64, Applied)>, BoxError> {
+    fn apply(&mut self, entries: &[Committed<'_>]) -> Result<Vec<(usize, Applied)>, BoxError> {
         let applied = self.store.applied_index();
         let mut commands = Vec::with_capacity(entries.len());
+        // The position in `entries` of each command the store answers, in its order.
+        let mut answered = Vec::with_capacity(entries.len());
         let mut membership_changes = Vec::new();
         let mut revokes = HashMap::new();
-        for entry in entries {
+        for (position, entry) in entries.iter().enumerate() {
             let fresh = entry.index > applied;
             if let Some(change) = &entry.conf_change {
                 if fresh {
                     self.apply_member_change(change)?;
                 }
-                membership_changes.push(entry.index);
+                membership_changes.push(position);
             }
             let command = if entry.data.is_empty() {
                 None
@@ -127,14 +129,14 @@ impl StateMachine for KvStateMachine {
                     _ => None,
                 };
                 if let Some(id) = revoked {
-                    revokes.insert(entry.index, id);
+                    revokes.insert(position, id);
                 }
                 match cmd.op {
                     Some(Op::PublishMember(member)) => {
                         if fresh {
                             self.effects.membership.publish(&member)?;
                         }
-                        membership_changes.push(entry.index);
+                        membership_changes.push(position);
                         None
                     }
                     Some(Op::UpdateMember(member)) => {
@@ -144,12 +146,15 @@ impl StateMachine for KvStateMachine {
                             }
                             self.effects.membership.update_peer_urls(member.id, member.peer_ur_ls)?;
                         }
-                        membership_changes.push(entry.index);
+                        membership_changes.push(position);
                         None
                     }
                     _ => Some(cmd),
                 }
             };
+            if fresh && command.is_some() {
+                answered.push(position);
+            }
             commands.push((entry.index, command));
         }
         let batch: Vec<ApplyEntry<'_>> = commands
@@ -161,6 +166,11 @@ impl StateMachine for KvStateMachine {
             .collect();
         let started = std::time::Instant::now();
         let results = self.store.apply(&batch)?;
+        if results.len() != answered.len() {
+            return Err(format!("the store answered {} of {} commands", results.len(), answered.len()).into());
+        }
+        let results: Vec<(usize, Result<WriteResult, KvError>)> =
+            answered.into_iter().zip(results).map(|(position, (_, result))| (position, result)).collect();
         crate::metrics::BACKEND_COMMIT_SECONDS.observe(started.elapsed().as_secs_f64());
         // Auth changes take effect in memory before the Raft driver reports these entries
         // applied, so a read that passed a ReadIndex barrier sees them.
@@ -175,22 +185,22 @@ impl StateMachine for KvStateMachine {
             self.effects.auth.refresh();
         }
         self.effects.hub.notify_applied(self.store.current_revision());
-        for (index, result) in &results {
+        for (position, result) in &results {
             match result {
                 Ok(WriteResult::LeaseGrant(grant)) => self.effects.lessor.on_granted(grant.id, grant.ttl),
                 Ok(WriteResult::LeaseRevoke(_)) | Err(KvError::LeaseNotFound) => {
-                    if let Some(id) = revokes.get(index) {
+                    if let Some(id) = revokes.get(position) {
                         self.effects.lessor.on_revoked(*id);
                     }
                 }
                 _ => {}
             }
         }
-        let mut outputs: Vec<(u64, Applied)> = results
+        let mut outputs: Vec<(usize, Applied)> = results
             .into_iter()
-            .map(|(index, result)| (index, Applied::Kv(result)))
+            .map(|(position, result)| (position, Applied::Kv(result)))
             .collect();
-        outputs.extend(membership_changes.into_iter().map(|index| (index, Applied::Membership)));
+        outputs.extend(membership_changes.into_iter().map(|position| (position, Applied::Membership)));
         Ok(outputs)
     }
 

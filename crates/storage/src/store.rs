@@ -581,7 +581,8 @@ impl MvccStore {
     /// as applied.
     ///
     /// Entries with `index <= applied_index()` are skipped, so replay after a restart is
-    /// idempotent. An entry without a command, or whose command is not the store's
+    /// idempotent. Consecutive entries may share an index (the proposals of one batch entry of
+    /// the log); they are applied, or skipped, together. An entry without a command, or whose command is not the store's
     /// (`PublishMember`, `UpdateMember`: membership, which the server handles), only advances the
     /// applied index and yields no result. Every other entry (alarms included) yields
     /// `Ok(WriteResult)` or a deterministic `Err(KvError)`; a failed command changes nothing and
@@ -618,8 +619,11 @@ impl MvccStore {
                 self.sealer.clone(),
             )?;
             let mut auth = crate::auth::AuthTables::open(&txn)?;
+            // Entries come in log order; several in a row may share an index (the proposals of
+            // one batch entry), and those are applied or skipped together.
+            let applied_before = last_index;
             for entry in entries {
-                if entry.index <= last_index {
+                if entry.index <= applied_before {
                     continue;
                 }
                 last_index = entry.index;

@@ -1,0 +1,124 @@
+//! Many proposals in one log entry.
+//!
+//! Every log entry costs each member the same fixed work however small it is: raft-rs tracks
+//! it, the log engine indexes and encodes it, the transport encodes and decodes it once per
+//! follower, and each step allocates. Under load the driver finds many proposals waiting at
+//! once, and puts them into one entry instead, so that work is paid once per batch.
+//!
+//! An entry's context says what it holds (the state machine never sees the context):
+//! - 16 bytes, the proposing member's id and the request id: one proposal, its data as proposed.
+//!   Every entry written before batching existed has this form.
+//! - 20 bytes, the member's id, the first request id and a count `n`: `n` proposals with
+//!   consecutive request ids, the data holding each one's bytes behind a 4-byte little-endian
+//!   length, in order.
+
+/// Proposals in one entry at most.
+pub(crate) const MAX_COMMANDS: usize = 256;
+
+/// Bytes of proposals in one entry at most (a larger proposal still goes alone).
+pub(crate) const MAX_BYTES: usize = 256 * 1024;
+
+/// Who proposed an entry, and as which request ids.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Proposer {
+    pub member: u64,
+    pub first_request: u64,
+    /// How many proposals the entry holds; 1 for an entry that is not a batch.
+    pub count: u32,
+}
+
+impl Proposer {
+    /// The context of an entry holding `count` proposals from `member`, the first of them
+    /// `first_request`.
+    pub fn encode(self) -> Vec<u8> {
+        let mut ctx = Vec::with_capacity(20);
+        ctx.extend_from_slice(&self.member.to_be_bytes());
+        ctx.extend_from_slice(&self.first_request.to_be_bytes());
+        if self.count != 1 {
+            ctx.extend_from_slice(&self.count.to_be_bytes());
+        }
+        ctx
+    }
+
+    /// Reads an entry's context; `None` for entries no member proposed (a new leader's empty
+    /// entry).
+    pub fn decode(ctx: &[u8]) -> Option<Proposer> {
+        let count = match ctx.len() {
+            16 => 1,
+            20 => u32::from_be_bytes(ctx[16..20].try_into().ok()?),
+            _ => return None,
+        };
+        Some(Proposer {
+            member: u64::from_be_bytes(ctx[..8].try_into().ok()?),
+            first_request: u64::from_be_bytes(ctx[8..16].try_into().ok()?),
+            count,
+        })
+    }
+
+    /// Whether the entry holds a batch rather than one proposal's data as proposed.
+    pub fn is_batch(self) -> bool {
+        self.count != 1
+    }
+}
+
+/// The data of an entry holding `proposals`.
+pub(crate) fn encode<'a>(proposals: impl Iterator<Item = &'a [u8]>, total_bytes: usize) -> Vec<u8> {
+    let mut data = Vec::with_capacity(total_bytes);
+    for proposal in proposals {
+        data.extend_from_slice(&(proposal.len() as u32).to_le_bytes());
+        data.extend_from_slice(proposal);
+    }
+    data
+}
+
+/// The proposals in a batch entry's `data`, in order; `None` when it is not a well-formed batch
+/// of exactly `count` of them.
+pub(crate) fn decode(data: &[u8], count: u32) -> Option<Vec<&[u8]>> {
+    let mut proposals = Vec::with_capacity(count as usize);
+    let mut rest = data;
+    while !rest.is_empty() {
+        let (len, tail) = rest.split_first_chunk::<4>()?;
+        let len = u32::from_le_bytes(*len) as usize;
+        if tail.len() < len {
+            return None;
+        }
+        let (proposal, tail) = tail.split_at(len);
+        proposals.push(proposal);
+        rest = tail;
+    }
+    (proposals.len() == count as usize).then_some(proposals)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn contexts_round_trip() {
+        let one = Proposer { member: 7, first_request: 42, count: 1 };
+        assert_eq!(one.encode().len(), 16);
+        assert_eq!(Proposer::decode(&one.encode()), Some(one));
+        assert!(!one.is_batch());
+        let many = Proposer { member: 7, first_request: 42, count: 3 };
+        assert_eq!(many.encode().len(), 20);
+        assert_eq!(Proposer::decode(&many.encode()), Some(many));
+        assert!(many.is_batch());
+        assert_eq!(Proposer::decode(&[]), None);
+        assert_eq!(Proposer::decode(&[0; 17]), None);
+    }
+
+    #[test]
+    fn batches_round_trip() {
+        let proposals: Vec<&[u8]> = vec![b"put a", b"", b"put c"];
+        let data = encode(proposals.iter().copied(), 32);
+        assert_eq!(decode(&data, 3), Some(proposals));
+    }
+
+    #[test]
+    fn malformed_batches_are_refused() {
+        let data = encode([&b"abc"[..], b"de"].into_iter(), 16);
+        assert_eq!(decode(&data, 3), None, "wrong count");
+        assert_eq!(decode(&data[..data.len() - 1], 2), None, "truncated");
+        assert_eq!(decode(&[1, 0], 1), None, "short length");
+    }
+}
