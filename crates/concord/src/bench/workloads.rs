@@ -5,11 +5,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use concord_proto::etcdserverpb::kv_client::KvClient;
 use concord_proto::etcdserverpb::lease_client::LeaseClient;
 use concord_proto::etcdserverpb::{
     request_op, response_op, LeaseGrantRequest, LeaseKeepAliveRequest, LeaseKeepAliveResponse, LeaseRevokeRequest,
-    PutRequest, RangeRequest, RequestOp, TxnRequest, TxnResponse,
+    PutRequest, PutResponse, RangeRequest, RangeResponse, RequestOp, TxnRequest, TxnResponse,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -29,6 +28,11 @@ const LEASE_TTL_SECS: i64 = 100;
 
 /// Pause between tries of a lease's first (untimed) keep-alive.
 const FIRST_KEEPALIVE_RETRY: Duration = Duration::from_millis(20);
+
+/// The gRPC paths of the KV calls the workloads make.
+const PUT: &str = "/etcdserverpb.KV/Put";
+const RANGE: &str = "/etcdserverpb.KV/Range";
+const TXN: &str = "/etcdserverpb.KV/Txn";
 
 /// What a request/response client sends: the Kv operations, and what the
 /// operation needs besides a key.
@@ -61,7 +65,7 @@ impl Outcome {
 
 /// One client's state for the Kv workloads.
 struct KvRequester {
-    kv: KvClient<BenchChannel>,
+    kv: BenchChannel,
     op: KvOp,
     keys: KeyChooser,
     key_size: usize,
@@ -84,13 +88,14 @@ impl KvRequester {
             KvOp::Put => {
                 let index = self.keys.index(request);
                 let put = self.put(index);
-                Outcome::whole(self.kv.put(put).await.map(|_| true).map_err(|s| status_kind(&s)))
+                let result = self.kv.unary::<_, PutResponse>(PUT, put).await;
+                Outcome::whole(result.map(|_| true).map_err(|s| status_kind(&s)))
             }
             KvOp::Range { serializable } => {
                 let index = self.keys.index(request);
                 let range = self.range(index, serializable);
-                let result = self.kv.range(range).await;
-                Outcome::whole(result.map(|r| !r.into_inner().kvs.is_empty()).map_err(|s| status_kind(&s)))
+                let result = self.kv.unary::<_, RangeResponse>(RANGE, range).await;
+                Outcome::whole(result.map(|r| !r.kvs.is_empty()).map_err(|s| status_kind(&s)))
             }
             KvOp::TxnPut { ops } => {
                 // Like etcd's txn-put: consecutive keys from the chosen one, so
@@ -102,7 +107,8 @@ impl KvRequester {
                     .map(|op| RequestOp { request: Some(op) })
                     .collect();
                 let txn = TxnRequest { compare: Vec::new(), success, failure: Vec::new() };
-                Outcome::whole(self.kv.txn(txn).await.map(|_| true).map_err(|s| status_kind(&s)))
+                let result = self.kv.unary::<_, TxnResponse>(TXN, txn).await;
+                Outcome::whole(result.map(|_| true).map_err(|s| status_kind(&s)))
             }
             KvOp::TxnMixed { read_fraction, serializable } => {
                 let read = self.rng.unit_f64() < read_fraction;
@@ -114,10 +120,10 @@ impl KvRequester {
                 };
                 let success = vec![RequestOp { request: Some(op) }];
                 let txn = TxnRequest { compare: Vec::new(), success, failure: Vec::new() };
-                let result = self.kv.txn(txn).await.map_err(|s| status_kind(&s));
+                let result = self.kv.unary::<_, TxnResponse>(TXN, txn).await.map_err(|s| status_kind(&s));
                 Outcome {
                     part: Some(if read { READ } else { WRITE }),
-                    result: result.map(|r| !read || txn_found_key(&r.into_inner())),
+                    result: result.map(|r| !read || txn_found_key(&r)),
                 }
             }
         }
@@ -318,7 +324,7 @@ pub async fn run(args: &BenchArgs, channels: &[BenchChannel]) -> Result<Summary,
             }
         } else {
             Requester::Kv(KvRequester {
-                kv: KvClient::new(channel).max_decoding_message_size(usize::MAX),
+                kv: channel,
                 op,
                 keys: KeyChooser::new(args.key_space, args.sequential_keys, rng.next_u64()),
                 key_size: args.key_size,
