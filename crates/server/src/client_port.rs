@@ -5,7 +5,7 @@
 //! services, bodies and futures, then the metrics layer. Each boxes or copies something, and
 //! under a load of small puts that bookkeeping cost more than the KV handler itself. Here a
 //! connection's requests go to [`ClientCalls`], which meters every gRPC call and sends calls of
-//! etcd's KV service straight to its generated server; everything else (the other services,
+//! etcd's KV service straight to the KV handler ([`crate::kv_unary`]); everything else (the other services,
 //! `/metrics`, `/health`, the dashboard, unknown methods) goes through the axum router as
 //! before. HTTP/1.1 is accepted for the plain HTTP routes, as on etcd's client port.
 //!
@@ -21,7 +21,8 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use concord_proto::etcdserverpb::kv_server::KvServer;
+use std::sync::Arc;
+
 use futures::future::BoxFuture;
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -34,21 +35,21 @@ use tonic::transport::server::Connected;
 use tower_service::Service as _;
 
 use crate::kv::KvService;
+use crate::kv_unary::{self, UnaryBody};
 use crate::metrics::grpc::{self as grpc_metrics, Call, CountedBody, MeteredBody};
-
-/// The path prefix of etcd's KV service, the calls that skip the router.
-const KV_PREFIX: &str = "/etcdserverpb.KV/";
 
 /// How often an idle connection is pinged to find a dead client.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 
 /// The body of any response on the client port.
-pub type ClientBody = MeteredBody<http_body_util::Either<tonic::body::Body, axum::body::Body>>;
+pub type ClientBody = MeteredBody<http_body_util::Either<UnaryBody, axum::body::Body>>;
 
 /// What one connection's calls go to: the KV service directly, the router for the rest.
 #[derive(Clone)]
 pub struct ClientCalls<C> {
-    kv: KvServer<KvService>,
+    kv: Arc<KvService>,
+    /// The largest KV request message accepted.
+    max_message: usize,
     router: axum::Router,
     /// The connection's TLS details, copied into each request, for services that read the
     /// client's certificate. `None` on plain connections, where nothing reads them.
@@ -56,9 +57,15 @@ pub struct ClientCalls<C> {
 }
 
 impl ClientCalls<()> {
-    /// Calls for `kv`, and `router` for everything else.
-    pub fn new(kv: KvServer<KvService>, router: axum::Router) -> ClientCalls<()> {
-        ClientCalls { kv, router, tls_info: None }
+    /// Calls for `kv` (with messages of at most `max_message` bytes), and `router` for
+    /// everything else.
+    pub fn new(kv: KvService, max_message: usize, router: axum::Router) -> ClientCalls<()> {
+        ClientCalls {
+            kv: Arc::new(kv),
+            max_message,
+            router,
+            tls_info: None,
+        }
     }
 }
 
@@ -67,6 +74,7 @@ impl<C> ClientCalls<C> {
     fn with_tls_info<D>(&self, info: Option<D>) -> ClientCalls<D> {
         ClientCalls {
             kv: self.kv.clone(),
+            max_message: self.max_message,
             router: self.router.clone(),
             tls_info: info,
         }
@@ -85,8 +93,8 @@ impl<C: Clone + Send + Sync + 'static> hyper::service::Service<Request<Incoming>
         let call = grpc_metrics::start(&request);
         let grpc = call.is_some();
         let request = request.map(|body| CountedBody::new(body, grpc));
-        let answer = if request.uri().path().starts_with(KV_PREFIX) {
-            Answer::Kv(self.kv.clone().call(request))
+        let answer = if kv_unary::is_kv(request.uri().path()) {
+            Answer::Kv(Box::pin(kv_unary::call(self.kv.clone(), request, self.max_message)))
         } else {
             let mut router = self.router.clone();
             Answer::Routed(Box::pin(async move {
@@ -100,7 +108,7 @@ impl<C: Clone + Send + Sync + 'static> hyper::service::Service<Request<Incoming>
 
 /// Where a call's response comes from.
 enum Answer {
-    Kv(BoxFuture<'static, Result<Response<tonic::body::Body>, Infallible>>),
+    Kv(BoxFuture<'static, Response<UnaryBody>>),
     Routed(BoxFuture<'static, Result<Response<axum::body::Body>, Infallible>>),
 }
 
@@ -116,7 +124,7 @@ impl Future for ClientCall {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let response = match &mut self.answer {
             Answer::Kv(future) => match future.as_mut().poll(cx) {
-                Poll::Ready(Ok(response)) => response.map(http_body_util::Either::Left),
+                Poll::Ready(response) => response.map(http_body_util::Either::Left),
                 Poll::Pending => return Poll::Pending,
             },
             Answer::Routed(future) => match future.as_mut().poll(cx) {

@@ -23,6 +23,7 @@ pub mod forward;
 mod heap;
 pub mod http;
 pub mod kv;
+pub mod kv_unary;
 pub mod lease;
 pub mod lock;
 pub mod maintenance;

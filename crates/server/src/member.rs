@@ -9,7 +9,6 @@ use std::time::Duration;
 use concord_proto::concordpb::{raft_command::Op, RaftCommand};
 use concord_proto::etcdserverpb::auth_server::AuthServer;
 use concord_proto::etcdserverpb::cluster_server::ClusterServer;
-use concord_proto::etcdserverpb::kv_server::KvServer;
 use concord_proto::etcdserverpb::maintenance_server::MaintenanceServer;
 use concord_proto::etcdserverpb::watch_server::WatchServer;
 use concord_proto::etcdserverpb::Member;
@@ -258,7 +257,6 @@ pub async fn serve(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> Res
     let max_message = cfg.limits.max_request_bytes + GRPC_OVERHEAD_BYTES;
     for (addr, https) in resolve(&cfg.listen_client_urls).await? {
         let listener = bind(addr).await?;
-        let kv = KvServer::new(KvService::new(ctx.clone())).max_decoding_message_size(max_message);
         let routes = tonic::service::Routes::new(ClusterServer::new(ClusterService::new(ctx.clone())))
             .add_service(MaintenanceServer::new(MaintenanceService::new(ctx.clone())))
             .add_service(WatchServer::new(WatchService::new(
@@ -278,7 +276,7 @@ pub async fn serve(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> Res
             .into_axum_router()
             .merge(crate::http::all_routes(http_state.clone()))
             .fallback(crate::fallback::unimplemented_method);
-        let calls = crate::client_port::ClientCalls::new(kv, router);
+        let calls = crate::client_port::ClientCalls::new(KvService::new(ctx.clone()), max_message, router);
         let tls = if https { tls.client_listener.clone() } else { None };
         servers.spawn(run_client_listener(addr, listener, calls, tls, stop_rx.clone()));
         tracing::info!(%addr, tls = https, "serving clients");
