@@ -23,7 +23,7 @@ use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf as _, BufMut as _, Bytes, BytesMut};
-use http::header::{HeaderValue, CONTENT_TYPE, TE};
+use http::header::{HeaderName, HeaderValue, CONTENT_TYPE, TE};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Method, Request, Response, Uri};
 use http_body::{Body, Frame};
@@ -174,12 +174,14 @@ const GRPC_HEADER_BYTES: usize = 5;
 /// The status of a call from `headers` (the trailers, or the headers of an answer without a
 /// body); `None` when they say the call succeeded or carry no status.
 fn grpc_status(headers: &http::HeaderMap) -> Option<tonic::Status> {
-    let code = headers.get("grpc-status")?;
+    const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+    const GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
+    let code = headers.get(GRPC_STATUS)?;
     if code.as_bytes() == b"0" {
         return None;
     }
     let code = std::str::from_utf8(code.as_bytes()).ok().and_then(|c| c.parse::<i32>().ok()).unwrap_or(2);
-    let message = headers.get("grpc-message").and_then(|m| m.to_str().ok()).unwrap_or_default();
+    let message = headers.get(GRPC_MESSAGE).and_then(|m| m.to_str().ok()).unwrap_or_default();
     Some(tonic::Status::new(tonic::Code::from(code), message.to_string()))
 }
 
