@@ -30,6 +30,15 @@ const FRAME_HEADER_BYTES: usize = 5;
 /// The KV methods, by the last part of their path.
 const PATH_PREFIX: &str = "/etcdserverpb.KV/";
 
+/// The KV service's methods.
+enum Method {
+    Range,
+    Put,
+    DeleteRange,
+    Txn,
+    Compact,
+}
+
 /// Whether `path` names a KV call (one this module answers).
 pub fn is_kv(path: &str) -> bool {
     path.starts_with(PATH_PREFIX)
@@ -43,7 +52,14 @@ where
     B::Error: std::fmt::Display,
 {
     let (head, body) = request.into_parts();
-    let method = head.uri.path().strip_prefix(PATH_PREFIX).unwrap_or_default().to_string();
+    let method = match head.uri.path().strip_prefix(PATH_PREFIX).unwrap_or_default() {
+        "Range" => Method::Range,
+        "Put" => Method::Put,
+        "DeleteRange" => Method::DeleteRange,
+        "Txn" => Method::Txn,
+        "Compact" => Method::Compact,
+        other => return failed(Status::unimplemented(format!("unknown method {other} in service etcdserverpb.KV"))),
+    };
     if let Some(encoding) = head.headers.get("grpc-encoding").filter(|e| e.as_bytes() != b"identity") {
         let encoding = String::from_utf8_lossy(encoding.as_bytes());
         return failed(Status::unimplemented(format!(
@@ -56,13 +72,12 @@ where
     };
     let metadata = MetadataMap::from_headers(head.headers);
     let extensions = head.extensions;
-    let answered = match method.as_str() {
-        "Range" => answer(message, metadata, extensions, |r| Kv::range(&*kv, r)).await,
-        "Put" => answer(message, metadata, extensions, |r| Kv::put(&*kv, r)).await,
-        "DeleteRange" => answer(message, metadata, extensions, |r| Kv::delete_range(&*kv, r)).await,
-        "Txn" => answer(message, metadata, extensions, |r| Kv::txn(&*kv, r)).await,
-        "Compact" => answer(message, metadata, extensions, |r| Kv::compact(&*kv, r)).await,
-        _ => Err(Status::unimplemented(format!("unknown method {method} in service etcdserverpb.KV"))),
+    let answered = match method {
+        Method::Range => answer(message, metadata, extensions, |r| Kv::range(&*kv, r)).await,
+        Method::Put => answer(message, metadata, extensions, |r| Kv::put(&*kv, r)).await,
+        Method::DeleteRange => answer(message, metadata, extensions, |r| Kv::delete_range(&*kv, r)).await,
+        Method::Txn => answer(message, metadata, extensions, |r| Kv::txn(&*kv, r)).await,
+        Method::Compact => answer(message, metadata, extensions, |r| Kv::compact(&*kv, r)).await,
     };
     match answered {
         Ok(response) => response,
