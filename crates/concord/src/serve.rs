@@ -125,6 +125,8 @@ pub struct ServeArgs {
 pub enum SabotageArg {
     /// Linearizable reads skip the ReadIndex barrier.
     StaleReads,
+    /// Txns nested past the depth limit reach the Raft log (as before the limit existed).
+    UncheckedTxnDepth,
 }
 
 /// Parses a Go-style duration with one unit: `500ms`, `5s`, `10m`, `1h`.
@@ -206,6 +208,7 @@ impl ServeArgs {
             snapshot_catchup_entries: self.experimental_snapshot_catchup_entries,
             sabotage: self.unsafe_sabotage.map(|s| match s {
                 SabotageArg::StaleReads => Sabotage::StaleReads,
+                SabotageArg::UncheckedTxnDepth => Sabotage::UncheckedTxnDepth,
             }),
             client_tls,
             peer_tls,
@@ -245,12 +248,18 @@ fn tls_files(
     }
 }
 
-/// Runs one member until SIGINT or SIGTERM.
+/// Runs one member until SIGINT or SIGTERM. A fault of the member's own storage ends the
+/// process with exit code 2, as etcd's fatal errors do, so a supervisor tells it from bad flags.
 pub async fn run(args: ServeArgs) -> Result<(), String> {
     let cfg = args.into_config()?;
-    concord_server::serve(cfg, crate::stop_signal())
-        .await
-        .map_err(|e| e.to_string())
+    match concord_server::serve(cfg, crate::stop_signal()).await {
+        Ok(()) => Ok(()),
+        Err(concord_server::ServeError::Fault(reason)) => {
+            eprintln!("fatal: {reason}");
+            std::process::exit(2);
+        }
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 #[cfg(test)]

@@ -12,6 +12,10 @@ pub enum RaftError {
     /// raft-rs refused the proposal (for example during a leader transfer).
     #[error("raft proposal dropped")]
     ProposalDropped,
+    /// The proposal was committed inside a batch entry that does not decode, so it was applied
+    /// as nothing (on every member alike).
+    #[error("the log entry holding the proposal does not decode")]
+    Malformed,
     /// The group is shutting down.
     #[error("raft group stopped")]
     Stopped,

@@ -96,6 +96,8 @@ struct SharedStatus {
     role: watch::Sender<(Role, u64)>,
     /// The leader this member knows of (0: none); changes wake watchers.
     leader: watch::Sender<u64>,
+    /// Why the driver stopped on a local fault; `None` while it runs (see [`Fault`]).
+    fault: watch::Sender<Option<String>>,
 }
 
 /// The caller's side of a group: cheap to clone, usable from async code.
@@ -155,6 +157,22 @@ impl<O: Send + 'static> RaftHandle<O> {
     /// callers that wait for leadership to move, such as a leader transfer.
     pub fn watch_leader(&self) -> watch::Receiver<u64> {
         self.status.leader.subscribe()
+    }
+
+    /// Resolves, with the reason, once the group's driver has stopped on a fault of this member's
+    /// own storage. The member then stops too: the library reports the fault, and what to do
+    /// about the process (etcd exits) is the binary's choice.
+    pub async fn failed(&self) -> String {
+        let mut fault = self.status.fault.subscribe();
+        let waited = fault
+            .wait_for(Option::is_some)
+            .await
+            .map(|reason| reason.clone().unwrap_or_default());
+        match waited {
+            Ok(reason) => reason,
+            // The sender lives in the status this handle holds, so it outlives the wait.
+            Err(_) => std::future::pending().await,
+        }
     }
 
     /// Replicates `data` through the group and returns what the state machine
@@ -294,6 +312,7 @@ pub fn start_group<S: StateMachine>(
         term: AtomicU64::new(0),
         role: watch::channel((Role::Follower, 0)).0,
         leader: watch::channel(0).0,
+        fault: watch::channel(None).0,
     });
     let handle = RaftHandle {
         group_id: cfg.group_id,
@@ -369,27 +388,36 @@ struct Driver<S: StateMachine> {
 
 impl<S: StateMachine> Driver<S> {
     fn run(&mut self, inbox: Receiver<GroupMsg<S::Output>>) {
+        if let Err(Fault(reason)) = self.serve(&inbox) {
+            tracing::error!(group = self.cfg.group_id, "{reason}; the group stops");
+            self.status.fault.send_replace(Some(reason));
+        }
+        self.shutdown();
+    }
+
+    /// The driver's loop: returns when the group is asked to stop, or with the local fault that
+    /// stopped it.
+    fn serve(&mut self, inbox: &Receiver<GroupMsg<S::Output>>) -> Result<(), Fault> {
         let mut next_tick = Instant::now() + self.cfg.tick_interval;
         loop {
             let wait = next_tick.saturating_duration_since(Instant::now());
             match inbox.recv_timeout(wait) {
                 Ok(msg) => {
                     if !self.handle(msg) {
-                        break;
+                        return Ok(());
                     }
                     // Drain whatever else is queued so that one Ready (and
                     // one fsync) covers all of it: this is the group commit.
                     while let Ok(msg) = inbox.try_recv() {
                         if !self.handle(msg) {
                             self.flush_proposals();
-                            self.on_ready();
-                            return self.shutdown();
+                            return self.on_ready();
                         }
                     }
                     self.flush_proposals();
                 }
                 Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => break,
+                Err(RecvTimeoutError::Disconnected) => return Ok(()),
             }
             if Instant::now() >= next_tick {
                 self.raw.tick();
@@ -397,16 +425,15 @@ impl<S: StateMachine> Driver<S> {
                 next_tick = Instant::now() + self.cfg.tick_interval;
             }
             self.issue_reads();
-            self.on_ready();
+            self.on_ready()?;
             // Reads that waited for a round this Ready finished go out now, not at the next
             // message or tick.
             if self.issue_reads() {
-                self.on_ready();
+                self.on_ready()?;
             }
-            self.manage_snapshots();
+            self.manage_snapshots()?;
             self.publish_status();
         }
-        self.shutdown();
     }
 
     /// Returns false when the group must stop.
@@ -581,9 +608,9 @@ impl<S: StateMachine> Driver<S> {
         true
     }
 
-    fn on_ready(&mut self) {
+    fn on_ready(&mut self) -> Result<(), Fault> {
         if !self.raw.has_ready() {
-            return;
+            return Ok(());
         }
         let mut rd = self.raw.ready();
         // A leader may send before persisting (Raft thesis 10.2.1); the
@@ -591,9 +618,9 @@ impl<S: StateMachine> Driver<S> {
         self.sink.send(self.cfg.group_id, rd.take_messages());
         if !rd.snapshot().is_empty() {
             let snap = rd.snapshot().clone();
-            self.install_snapshot(&snap);
+            self.install_snapshot(&snap)?;
         }
-        self.apply(rd.take_committed_entries());
+        self.apply(rd.take_committed_entries())?;
 
         let mut batch = LogBatch::default();
         let store = self.raw.mut_store();
@@ -602,9 +629,9 @@ impl<S: StateMachine> Driver<S> {
             store.stage_hard_state(&mut batch, hs.clone());
         }
         let started = Instant::now();
-        if let Err(e) = store.write(&mut batch, rd.must_sync()) {
-            fatal(&format!("cannot persist the raft log: {e}"));
-        }
+        store
+            .write(&mut batch, rd.must_sync())
+            .map_err(|e| Fault(format!("cannot persist the raft log: {e}")))?;
         let took = started.elapsed();
         if took >= SLOW_LOG_WRITE {
             // etcd's "slow fdatasync": the disk holds up every write of the group.
@@ -618,13 +645,14 @@ impl<S: StateMachine> Driver<S> {
             let mut batch = LogBatch::default();
             let store = self.raw.mut_store();
             store.stage_commit(&mut batch, commit);
-            if let Err(e) = store.write(&mut batch, false) {
-                fatal(&format!("cannot persist the commit index: {e}"));
-            }
+            store
+                .write(&mut batch, false)
+                .map_err(|e| Fault(format!("cannot persist the commit index: {e}")))?;
         }
         self.sink.send(self.cfg.group_id, light.take_messages());
-        self.apply(light.take_committed_entries());
+        self.apply(light.take_committed_entries())?;
         self.raw.advance_apply();
+        Ok(())
     }
 
     fn answer_reads(&mut self, states: Vec<raft::ReadState>) {
@@ -640,9 +668,9 @@ impl<S: StateMachine> Driver<S> {
         }
     }
 
-    fn apply(&mut self, entries: Vec<Entry>) {
+    fn apply(&mut self, entries: Vec<Entry>) -> Result<(), Fault> {
         let Some(last) = entries.last().map(|e| e.index) else {
-            return;
+            return Ok(());
         };
         let mut commands = Vec::with_capacity(entries.len());
         // Which of `commands` this member proposed, and as which request.
@@ -654,7 +682,18 @@ impl<S: StateMachine> Driver<S> {
                 EntryType::EntryNormal => match proposer.filter(|p| p.is_batch()) {
                     Some(batch) => {
                         let Some(proposals) = proposal_batch::decode(&entry.data, batch.count) else {
-                            fatal(&format!("malformed batch of proposals at index {}", entry.index));
+                            // Every member reads the same bytes: each applies the entry as
+                            // nothing, and the proposer's callers get an error.
+                            tracing::warn!(group = self.cfg.group_id, index = entry.index, "malformed batch of proposals; applied as nothing");
+                            if let Some(p) = mine {
+                                self.refuse_malformed_batch(p);
+                            }
+                            commands.push(Committed {
+                                index: entry.index,
+                                data: &[],
+                                conf_change: None,
+                            });
+                            continue;
                         };
                         for (i, data) in proposals.into_iter().enumerate() {
                             if let Some(p) = mine {
@@ -682,7 +721,7 @@ impl<S: StateMachine> Driver<S> {
                     if let Some(p) = mine {
                         waiting.insert(commands.len(), p.first_request);
                     }
-                    let conf_change = self.apply_conf_change(entry);
+                    let conf_change = self.apply_conf_change(entry)?;
                     commands.push(Committed {
                         index: entry.index,
                         data: &[],
@@ -692,10 +731,10 @@ impl<S: StateMachine> Driver<S> {
             }
         }
         let started = Instant::now();
-        let outputs = match self.sm.apply(&commands) {
-            Ok(outputs) => outputs,
-            Err(e) => fatal(&format!("cannot apply committed entries: {e}")),
-        };
+        let outputs = self
+            .sm
+            .apply(&commands)
+            .map_err(|e| Fault(format!("cannot apply committed entries: {e}")))?;
         let took = started.elapsed();
         if took >= SLOW_APPLY {
             // etcd's "apply request took too long": every request behind this batch waited.
@@ -709,11 +748,24 @@ impl<S: StateMachine> Driver<S> {
             }
         }
         self.applied_tx.send_replace(last);
+        Ok(())
+    }
+
+    /// Answers this member's proposals in a batch entry that does not decode.
+    fn refuse_malformed_batch(&mut self, batch: Proposer) {
+        // The count comes from the damaged entry; this member never proposes more than this.
+        let count = (batch.count as usize).min(proposal_batch::MAX_COMMANDS);
+        for i in 0..count {
+            let request = batch.first_request.wrapping_add(i as u64);
+            if let Some(reply) = self.pending_proposals.remove(&request) {
+                let _ = reply.send(Err(RaftError::Malformed));
+            }
+        }
     }
 
     /// Applies a configuration change to raft-rs and the log store, and
     /// returns what changed, for the state machine.
-    fn apply_conf_change(&mut self, entry: &Entry) -> Option<ConfChangeApplied> {
+    fn apply_conf_change(&mut self, entry: &Entry) -> Result<Option<ConfChangeApplied>, Fault> {
         let decoded = if entry.get_entry_type() == EntryType::EntryConfChange {
             let mut cc = ConfChange::default();
             cc.merge_from_bytes(&entry.data).map(|_| {
@@ -737,7 +789,7 @@ impl<S: StateMachine> Driver<S> {
             Ok(d) => d,
             Err(e) => {
                 tracing::warn!(group = self.cfg.group_id, "undecodable conf change: {e}");
-                return None;
+                return Ok(None);
             }
         };
         match applied {
@@ -745,52 +797,48 @@ impl<S: StateMachine> Driver<S> {
                 let mut batch = LogBatch::default();
                 let store = self.raw.mut_store();
                 store.stage_conf_state(&mut batch, cs);
-                if let Err(e) = store.write(&mut batch, true) {
-                    fatal(&format!("cannot persist the configuration: {e}"));
-                }
+                store
+                    .write(&mut batch, true)
+                    .map_err(|e| Fault(format!("cannot persist the configuration: {e}")))?;
                 self.last_conf_change = entry.index;
                 // A snapshot carries the configuration it was taken under;
                 // one from before this change would mislead a new member.
                 if let Some(stale) = self.snapshots.invalidate() {
                     remove_snapshot_file(&stale);
                 }
-                Some(ConfChangeApplied { changes, context })
+                Ok(Some(ConfChangeApplied { changes, context }))
             }
             Err(e) => {
                 tracing::warn!(group = self.cfg.group_id, "rejected conf change: {e}");
-                None
+                Ok(None)
             }
         }
     }
 
     /// Replaces the state machine and the log with a snapshot from the leader.
-    fn install_snapshot(&mut self, snap: &Snapshot) {
+    fn install_snapshot(&mut self, snap: &Snapshot) -> Result<(), Fault> {
         let meta = snap.get_metadata();
-        let descriptor = match SnapshotDescriptor::decode(snap.get_data()) {
-            Ok(d) => d,
-            Err(e) => fatal(&format!("undecodable snapshot descriptor: {e}")),
-        };
+        let descriptor = SnapshotDescriptor::decode(snap.get_data())
+            .map_err(|e| Fault(format!("undecodable snapshot descriptor: {e}")))?;
         tracing::info!(group = self.cfg.group_id, index = meta.index, term = meta.term, "installing snapshot");
         crate::metrics::SNAPSHOTS_INSTALLED.inc();
-        if let Err(e) = self
-            .sm
+        self.sm
             .install_snapshot(std::path::Path::new(&descriptor.path), &descriptor.app_data)
-        {
-            fatal(&format!("cannot install snapshot at index {}: {e}", meta.index));
-        }
+            .map_err(|e| Fault(format!("cannot install snapshot at index {}: {e}", meta.index)))?;
         let mut batch = LogBatch::default();
         let store = self.raw.mut_store();
         store.stage_snapshot(&mut batch, meta);
-        if let Err(e) = store.write(&mut batch, true) {
-            fatal(&format!("cannot persist the snapshot point: {e}"));
-        }
+        store
+            .write(&mut batch, true)
+            .map_err(|e| Fault(format!("cannot persist the snapshot point: {e}")))?;
         self.last_conf_change = self.last_conf_change.max(meta.index);
         self.applied_tx.send_replace(meta.index);
+        Ok(())
     }
 
     /// Builds snapshots when raft-rs wants one, and drops the front of the
     /// log once enough of it is applied and durable.
-    fn manage_snapshots(&mut self) {
+    fn manage_snapshots(&mut self) -> Result<(), Fault> {
         if self.building.as_ref().is_some_and(|b| b.is_finished()) {
             let result = self.building.take().expect("checked").join();
             match result {
@@ -811,7 +859,7 @@ impl<S: StateMachine> Driver<S> {
                 Err(e) => tracing::error!("cannot start the snapshot builder: {e}"),
             }
         }
-        self.compact_log();
+        self.compact_log()
     }
 
     fn offer_snapshot(&mut self, built: BuiltSnapshot) {
@@ -841,23 +889,25 @@ impl<S: StateMachine> Driver<S> {
         }
     }
 
-    fn compact_log(&mut self) {
+    fn compact_log(&mut self) -> Result<(), Fault> {
         let applied = self.raw.raft.raft_log.applied;
         let truncated = self.raw.store().truncated_index();
         if applied.saturating_sub(truncated) <= self.cfg.snapshot_count {
-            return;
+            return Ok(());
         }
         let keep_from = applied
             .min(self.sm.durable_index())
             .saturating_sub(self.cfg.catch_up_entries);
         let mut batch = LogBatch::default();
         if self.raw.mut_store().stage_compact(&mut batch, keep_from) {
-            if let Err(e) = self.raw.store().write(&mut batch, false) {
-                fatal(&format!("cannot truncate the raft log: {e}"));
-            }
+            self.raw
+                .store()
+                .write(&mut batch, false)
+                .map_err(|e| Fault(format!("cannot truncate the raft log: {e}")))?;
             tracing::debug!(group = self.cfg.group_id, keep_from, "raft log truncated");
             self.raw.store().purge_in_background();
         }
+        Ok(())
     }
 
     fn publish_status(&self) {
@@ -938,10 +988,8 @@ fn store_term(store: &LogStore, index: u64) -> Option<u64> {
     store.term(index).ok()
 }
 
-/// Storage failures leave the member unable to keep its promises; like etcd,
-/// it stops rather than serve from a state it cannot vouch for.
-fn fatal(msg: &str) -> ! {
-    tracing::error!("{msg}");
-    eprintln!("fatal: {msg}");
-    std::process::exit(2);
-}
+/// A failure of this member's own storage (the log engine, the state machine's file): the group
+/// can no longer keep its promises, so its driver stops rather than serve from a state it cannot
+/// vouch for, and [`RaftHandle::failed`] tells the member why. Never raised for what a committed
+/// entry holds: that is the same on every member, and apply answers it deterministically.
+struct Fault(String);

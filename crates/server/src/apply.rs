@@ -105,6 +105,8 @@ impl StateMachine for KvStateMachine {
         let mut answered = Vec::with_capacity(entries.len());
         let mut membership_changes = Vec::new();
         let mut revokes = HashMap::new();
+        // Entries no member can decode: each is answered with the same error everywhere.
+        let mut undecodable = Vec::new();
         for (position, entry) in entries.iter().enumerate() {
             let fresh = entry.index > applied;
             if let Some(change) = &entry.conf_change {
@@ -116,8 +118,16 @@ impl StateMachine for KvStateMachine {
             let command = if entry.data.is_empty() {
                 None
             } else {
-                let cmd = RaftCommand::decode(entry.data)
-                    .map_err(|e| format!("undecodable entry at index {}: {e}", entry.index))?;
+                let cmd = match decode_command(entry) {
+                    Ok(cmd) => cmd,
+                    Err(refused) => {
+                        if fresh {
+                            undecodable.push((position, refused));
+                        }
+                        commands.push((entry.index, None));
+                        continue;
+                    }
+                };
                 // A client's command may come in an envelope naming its sender; what matters
                 // here is the command inside.
                 let inner = concord_storage::open_envelope(&cmd).0.and_then(|c| c.op.as_ref());
@@ -201,6 +211,7 @@ impl StateMachine for KvStateMachine {
             .map(|(position, result)| (position, Applied::Kv(result)))
             .collect();
         outputs.extend(membership_changes.into_iter().map(|position| (position, Applied::Membership)));
+        outputs.extend(undecodable.into_iter().map(|(position, refused)| (position, Applied::Kv(Err(refused)))));
         Ok(outputs)
     }
 
@@ -242,6 +253,17 @@ impl StateMachine for KvStateMachine {
         self.effects.hub.notify_applied(self.store.current_revision());
         Ok(())
     }
+}
+
+/// Decodes a committed entry's command. An entry that does not decode (one an older build let
+/// into the log past the decoder's nesting limit, say) is not a fault of this member: every member
+/// reads the same bytes and reaches the same error, so apply answers it with that error and goes
+/// on, and a log that holds such an entry heals on upgrade instead of stopping every member.
+fn decode_command(entry: &Committed<'_>) -> Result<RaftCommand, KvError> {
+    RaftCommand::decode(entry.data).map_err(|e| {
+        tracing::warn!(index = entry.index, "a committed entry cannot be decoded; it is applied as an error: {e}");
+        KvError::Undecodable
+    })
 }
 
 /// Counts a client's write in etcd's `etcd_mvcc_*_total` metrics as it is applied.

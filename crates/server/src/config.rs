@@ -23,6 +23,9 @@ pub enum Sabotage {
     /// Serve linearizable reads from local state without a ReadIndex barrier, so a member cut off
     /// from the leader answers with stale data.
     StaleReads,
+    /// Let txns nested deeper than the log can decode be proposed, as builds before the depth
+    /// check did, so a test can show that apply survives an entry no member can decode.
+    UncheckedTxnDepth,
 }
 
 /// Everything `concord serve` needs to run one member.

@@ -69,6 +69,15 @@ impl MemberContext {
         !serializable && self.sabotage != Some(crate::config::Sabotage::StaleReads)
     }
 
+    /// How deeply a client's txns may nest: [`crate::validate::MAX_TXN_DEPTH`], unless the
+    /// member was started sabotaged to let deeper ones into the log.
+    pub fn max_txn_depth(&self) -> usize {
+        match self.sabotage {
+            Some(crate::config::Sabotage::UncheckedTxnDepth) => usize::MAX,
+            _ => crate::validate::MAX_TXN_DEPTH,
+        }
+    }
+
     /// etcd's response header: who answered, at which revision and term.
     pub fn header(&self, revision: i64) -> ResponseHeader {
         ResponseHeader {

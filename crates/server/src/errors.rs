@@ -32,6 +32,15 @@ pub fn duplicate_key() -> Status {
     Status::invalid_argument("etcdserver: duplicate key given in txn request")
 }
 
+/// A txn nested deeper than [`crate::validate::MAX_TXN_DEPTH`]; etcd has no such limit, so
+/// no etcd string either.
+pub fn txn_too_deep() -> Status {
+    Status::invalid_argument(format!(
+        "etcdserver: txn nested too deeply (at most {} levels)",
+        crate::validate::MAX_TXN_DEPTH
+    ))
+}
+
 /// "etcdserver: request is too large"
 pub fn request_too_large() -> Status {
     Status::invalid_argument("etcdserver: request is too large")
@@ -54,6 +63,7 @@ pub fn from_raft(err: RaftError) -> Status {
         RaftError::Timeout => Status::unavailable("etcdserver: request timed out"),
         RaftError::ProposalDropped => Status::unavailable("etcdserver: request timed out"),
         RaftError::Stopped => Status::unavailable("etcdserver: server stopped"),
+        RaftError::Malformed => Status::internal("etcdserver: request cannot be applied: its log entry does not decode"),
         RaftError::Raft(msg) | RaftError::Io(msg) | RaftError::Encryption(msg) => Status::internal(format!("etcdserver: {msg}")),
     }
 }

@@ -97,7 +97,7 @@ impl Kv for KvService {
     async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
         let creds = Credentials::of(&request);
         let req = request.into_inner();
-        validate::check_txn(&req, self.ctx.limits.max_txn_ops)?;
+        validate::check_txn(&req, self.ctx.limits.max_txn_ops, self.ctx.max_txn_depth())?;
         let group = self.ctx.router.group_for_txn(&req);
         if concord_storage::is_txn_read_only(&req) {
             // Like etcd, a txn that only reads needs no Raft round: a ReadIndex

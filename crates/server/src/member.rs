@@ -58,6 +58,10 @@ pub enum ServeError {
     /// A listener could not be bound or failed.
     #[error("{0}")]
     Network(String),
+    /// The member's own storage failed while it ran (see `RaftHandle::failed`): it stopped
+    /// rather than serve from a state it cannot vouch for. etcd exits for the same faults.
+    #[error("{0}")]
+    Fault(String),
 }
 
 /// Resolves etcd-style URLs (`http://host:port`, `https://host:port`) into socket addresses to
@@ -294,8 +298,13 @@ pub async fn serve(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> Res
         stop_rx.clone(),
     ));
 
+    let mut fault = None;
     let failed = tokio::select! {
         _ = shutdown => None,
+        reason = group.failed() => {
+            fault = Some(reason);
+            None
+        }
         _ = removed_rx.wait_for(|removed| *removed) => {
             tracing::warn!("stopping: this member has been permanently removed from the cluster");
             None
@@ -319,6 +328,9 @@ pub async fn serve(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> Res
     lessor_task.abort();
     group.stop();
     let _ = tokio::task::spawn_blocking(move || driver_thread.join()).await;
+    if let Some(reason) = fault {
+        return Err(ServeError::Fault(reason));
+    }
     match failed {
         Some(Ok(Err(e))) => Err(ServeError::Network(e)),
         Some(Err(e)) => Err(ServeError::Network(e.to_string())),

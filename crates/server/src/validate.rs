@@ -46,16 +46,32 @@ pub fn check_delete(r: &DeleteRangeRequest) -> Result<(), Status> {
     Ok(())
 }
 
-/// Checks a Txn: at most `max_ops` compares or operations in a branch, every
-/// operation valid, and no key written twice in one branch.
-pub fn check_txn(r: &TxnRequest, max_ops: usize) -> Result<(), Status> {
-    check_txn_ops(r, max_ops)?;
+/// How deeply txns may nest, the outermost counting as 1.
+///
+/// etcd sets no limit of its own. Concord needs one because every member must decode the txn again
+/// from the Raft log, where it sits two or three messages deeper (inside the `RaftCommand` and
+/// its sender's envelope), and prost refuses messages nested more than 100 deep: a txn that the
+/// edge could decode but the log could not would stop apply. prost's limit stays (lifting it
+/// would let a 1.5 MiB request of empty nested messages overflow a decoder's stack), and this
+/// one is set well inside it, so the log always decodes what validation lets through, with room
+/// for more envelopes later (`deepest_allowed_txn_decodes_from_the_log` checks the margin).
+/// No client nests txns more than a few deep.
+pub const MAX_TXN_DEPTH: usize = 32;
+
+/// Checks a Txn: nested at most `max_depth` deep (normally [`MAX_TXN_DEPTH`]), at most
+/// `max_ops` compares or operations in a branch, every operation valid, and no key written twice
+/// in one branch.
+pub fn check_txn(r: &TxnRequest, max_ops: usize, max_depth: usize) -> Result<(), Status> {
+    check_txn_ops(r, max_ops, max_depth, 1)?;
     key_writes(&r.success)?;
     key_writes(&r.failure)?;
     Ok(())
 }
 
-fn check_txn_ops(r: &TxnRequest, max_ops: usize) -> Result<(), Status> {
+fn check_txn_ops(r: &TxnRequest, max_ops: usize, max_depth: usize, depth: usize) -> Result<(), Status> {
+    if depth > max_depth {
+        return Err(errors::txn_too_deep());
+    }
     let widest = r.compare.len().max(r.success.len()).max(r.failure.len());
     if widest > max_ops {
         return Err(errors::too_many_ops());
@@ -68,7 +84,7 @@ fn check_txn_ops(r: &TxnRequest, max_ops: usize) -> Result<(), Status> {
             Some(Request::RequestRange(q)) => check_range(q)?,
             Some(Request::RequestPut(q)) => check_put(q)?,
             Some(Request::RequestDeleteRange(q)) => check_delete(q)?,
-            Some(Request::RequestTxn(q)) => check_txn_ops(q, max_ops)?,
+            Some(Request::RequestTxn(q)) => check_txn_ops(q, max_ops, max_depth, depth + 1)?,
             None => {}
         }
     }
@@ -176,15 +192,15 @@ mod tests {
     #[test]
     fn duplicate_puts_in_one_branch_are_refused() {
         let t = txn(vec![put("a"), put("a")], vec![]);
-        assert_eq!(check_txn(&t, 128).unwrap_err().message(), "etcdserver: duplicate key given in txn request");
-        assert!(check_txn(&txn(vec![put("a")], vec![put("a")]), 128).is_ok());
+        assert_eq!(check_txn(&t, 128, MAX_TXN_DEPTH).unwrap_err().message(), "etcdserver: duplicate key given in txn request");
+        assert!(check_txn(&txn(vec![put("a")], vec![put("a")]), 128, MAX_TXN_DEPTH).is_ok());
     }
 
     #[test]
     fn put_inside_a_deleted_range_is_refused() {
-        assert!(check_txn(&txn(vec![del("a", "c"), put("b")], vec![]), 128).is_err());
-        assert!(check_txn(&txn(vec![del("a", "c"), put("c")], vec![]), 128).is_ok());
-        assert!(check_txn(&txn(vec![del("a", "\0"), put("zzz")], vec![]), 128).is_err());
+        assert!(check_txn(&txn(vec![del("a", "c"), put("b")], vec![]), 128, MAX_TXN_DEPTH).is_err());
+        assert!(check_txn(&txn(vec![del("a", "c"), put("c")], vec![]), 128, MAX_TXN_DEPTH).is_ok());
+        assert!(check_txn(&txn(vec![del("a", "\0"), put("zzz")], vec![]), 128, MAX_TXN_DEPTH).is_err());
     }
 
     #[test]
@@ -192,14 +208,59 @@ mod tests {
         let nested = RequestOp {
             request: Some(Request::RequestTxn(txn(vec![put("k")], vec![put("k")]))),
         };
-        assert!(check_txn(&txn(vec![nested.clone()], vec![]), 128).is_ok());
-        assert!(check_txn(&txn(vec![nested, put("k")], vec![]), 128).is_err());
+        assert!(check_txn(&txn(vec![nested.clone()], vec![]), 128, MAX_TXN_DEPTH).is_ok());
+        assert!(check_txn(&txn(vec![nested, put("k")], vec![]), 128, MAX_TXN_DEPTH).is_err());
+    }
+
+    /// A txn of `depth` levels, the innermost holding a put and a compare.
+    fn nested(depth: usize) -> TxnRequest {
+        let mut inner = txn(vec![put("deep")], vec![]);
+        inner.compare.push(concord_proto::etcdserverpb::Compare { key: b"deep".to_vec(), ..Default::default() });
+        for _ in 1..depth {
+            inner = txn(vec![RequestOp { request: Some(Request::RequestTxn(inner)) }], vec![]);
+        }
+        inner
+    }
+
+    #[test]
+    fn txns_nested_past_the_limit_are_refused() {
+        assert!(check_txn(&nested(MAX_TXN_DEPTH), 128, MAX_TXN_DEPTH).is_ok());
+        for depth in [MAX_TXN_DEPTH + 1, 49, 50, 200] {
+            let refused = check_txn(&nested(depth), 128, MAX_TXN_DEPTH).unwrap_err();
+            assert_eq!(refused.code(), tonic::Code::InvalidArgument, "depth {depth}");
+            assert_eq!(refused.message(), errors::txn_too_deep().message());
+        }
+    }
+
+    /// What validation lets through must decode again from the log, inside the deepest wrapping
+    /// a command gets there (the sender's envelope), with room to spare for more wrapping.
+    #[test]
+    fn deepest_allowed_txn_decodes_from_the_log() {
+        use concord_proto::concordpb::{raft_command::Op, Authorized, RaftCommand, Requester};
+        use prost::Message as _;
+        let wrap = |depth: usize, extra_envelopes: usize| {
+            let mut command = RaftCommand { op: Some(Op::Txn(nested(depth))) };
+            for _ in 0..=extra_envelopes {
+                command = RaftCommand {
+                    op: Some(Op::Authorized(Box::new(Authorized {
+                        requester: Some(Requester::default()),
+                        command: Some(Box::new(command)),
+                    }))),
+                };
+            }
+            command.encode_to_vec()
+        };
+        // Four more envelopes (eight message levels) than today's one still decode ...
+        let logged = wrap(MAX_TXN_DEPTH, 4);
+        assert!(RaftCommand::decode(logged.as_slice()).is_ok());
+        // ... and the check is real: prost refuses a txn nested as deep as the edge admits.
+        assert!(RaftCommand::decode(wrap(50, 0).as_slice()).is_err());
     }
 
     #[test]
     fn too_many_ops_and_empty_keys() {
         let many: Vec<RequestOp> = (0..129).map(|i| put(&format!("k{i}"))).collect();
-        assert_eq!(check_txn(&txn(many, vec![]), 128).unwrap_err().message(), "etcdserver: too many operations in txn request");
+        assert_eq!(check_txn(&txn(many, vec![]), 128, MAX_TXN_DEPTH).unwrap_err().message(), "etcdserver: too many operations in txn request");
         assert_eq!(check_put(&PutRequest::default()).unwrap_err().message(), "etcdserver: key is not provided");
         let bad_sort = RangeRequest { key: b"a".to_vec(), sort_order: 9, ..Default::default() };
         assert_eq!(check_range(&bad_sort).unwrap_err().message(), "etcdserver: invalid sort option");

@@ -57,6 +57,12 @@ pub enum KvError {
     /// populated); Concord answers it so a waiting caller is never left hanging.
     #[error("etcdserver: request is empty")]
     EmptyCommand,
+    /// A committed entry holds bytes that do not decode as a command: a request an older
+    /// build let through that its log decoder cannot read back (a txn nested past the decoder's
+    /// depth limit), or a damaged proposal. Every member decodes the same bytes the same way, so
+    /// each applies the entry as this error (changing nothing) and the log goes on.
+    #[error("etcdserver: request cannot be applied: its log entry does not decode")]
+    Undecodable,
     /// A NOSPACE alarm is raised, so the store refuses writes that would add data: puts, txns
     /// containing a put, and lease grants (deletes, compactions and revokes still apply).
     #[error("etcdserver: mvcc: database space exceeded")]
@@ -76,7 +82,9 @@ impl KvError {
     pub fn code(&self) -> ErrorCode {
         match self {
             KvError::Compacted | KvError::FutureRevision => ErrorCode::OutOfRange,
-            KvError::KeyNotFound | KvError::EmptyCommand => ErrorCode::InvalidArgument,
+            KvError::KeyNotFound | KvError::EmptyCommand | KvError::Undecodable => {
+                ErrorCode::InvalidArgument
+            }
             KvError::LeaseNotFound => ErrorCode::NotFound,
             KvError::LeaseExists => ErrorCode::FailedPrecondition,
             KvError::Internal(_) => ErrorCode::Internal,

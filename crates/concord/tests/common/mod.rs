@@ -306,6 +306,12 @@ impl Cluster {
         }
     }
 
+    /// Replaces the extra `concord serve` flags that members started from now on get (say, a
+    /// member restarted as another build would run).
+    pub fn set_extra_args(&mut self, extra_args: &[&str]) {
+        self.extra_args = extra_args.iter().map(|a| a.to_string()).collect();
+    }
+
     /// Starts member `i` again with the same flags and data directory.
     pub fn restart(&mut self, i: usize) {
         assert!(self.processes[i].is_none(), "member {i} is still running");
