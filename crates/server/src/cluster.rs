@@ -26,6 +26,7 @@ use crate::context::MemberContext;
 use crate::errors;
 use crate::forward::{mark_forwarded, wait_for_leader, was_forwarded, LeaderChannels};
 use crate::membership::compute_member_id;
+use crate::peer_urls;
 
 /// etcd's limit on learners in a cluster.
 pub const MAX_LEARNERS: usize = 1;
@@ -132,22 +133,11 @@ fn active_voters(ctx: &MemberContext, status: &GroupStatus, excluding: Option<u6
         .count()
 }
 
-fn check_peer_urls(urls: &[String]) -> Result<(), Status> {
-    if urls.is_empty() {
-        return Err(Status::invalid_argument("etcdserver: member peer URLs are empty"));
-    }
-    for url in urls {
-        let host = url.strip_prefix("http://").or_else(|| url.strip_prefix("https://"));
-        if host.is_none_or(str::is_empty) {
-            return Err(Status::invalid_argument(format!("etcdserver: invalid peer URL {url:?}")));
-        }
-    }
-    Ok(())
-}
-
 #[tonic::async_trait]
 impl Cluster for ClusterService {
-    async fn member_add(&self, request: Request<MemberAddRequest>) -> Result<Response<MemberAddResponse>, Status> {
+    async fn member_add(&self, mut request: Request<MemberAddRequest>) -> Result<Response<MemberAddResponse>, Status> {
+        // Checked first, as etcd does, so a bad request costs nothing and is not forwarded.
+        request.get_mut().peer_ur_ls = peer_urls::validate(&request.get_ref().peer_ur_ls)?;
         let status = match self.leader_or_forward(&request).await? {
             Ok(status) => status,
             Err(mut leader) => {
@@ -157,7 +147,6 @@ impl Cluster for ClusterService {
             }
         };
         let req = request.into_inner();
-        check_peer_urls(&req.peer_ur_ls)?;
         let members = self.ctx.membership.members();
         if members.iter().any(|m| m.peer_ur_ls.iter().any(|u| req.peer_ur_ls.contains(u))) {
             return Err(peer_urls_exist());
@@ -247,10 +236,15 @@ impl Cluster for ClusterService {
     }
 
     async fn member_update(&self, request: Request<MemberUpdateRequest>) -> Result<Response<MemberUpdateResponse>, Status> {
+        // etcd checks no URL here, and its members panic applying a bad one; Concord checks
+        // them as MemberAdd's, before anything else.
+        let peer_urls = peer_urls::validate(&request.get_ref().peer_ur_ls)?;
         let creds = Credentials::of(&request);
         self.ctx.auth.require_admin(&creds, self.ctx.router.default_group()).await?;
-        let req = request.into_inner();
-        check_peer_urls(&req.peer_ur_ls)?;
+        let req = MemberUpdateRequest {
+            peer_ur_ls: peer_urls,
+            ..request.into_inner()
+        };
         let members = self.ctx.membership.members();
         if !members.iter().any(|m| m.id == req.id) {
             return Err(errors::member_not_found());

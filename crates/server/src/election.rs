@@ -6,6 +6,8 @@
 //! key `N/<lease hex>` holding its proclaimed value; the candidate whose key
 //! was created first leads. etcdctl's `elect` runs the same recipe
 //! client-side, so both kinds of candidates take part in one election.
+//! As in etcd, the empty name is a name like any other (prefix `/`), but an
+//! empty leader key is refused: it names no candidacy.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -49,6 +51,24 @@ pub fn no_leader() -> Status {
 /// etcd's `v3election.ErrMissingLeaderKey`.
 pub fn missing_leader_key() -> Status {
     Status::unknown("\"leader\" field must be provided")
+}
+
+/// etcd's answer to a Proclaim or Resign whose leader key is empty, and to an Unlock of the
+/// empty key: its KV server's `ErrGRPCEmptyKey` ("etcdserver: key is not provided"), which
+/// reaches the client through the election (or lock) server's in-process client as a plain
+/// error, so with gRPC code Unknown (checked against etcd 3.4.23).
+pub fn key_not_provided() -> Status {
+    Status::unknown(errors::empty_key().message())
+}
+
+/// The leader key of a Proclaim or Resign: there, and not empty (the empty key is no key, and
+/// etcd's KV server refuses to write or delete it).
+fn leader_key(leader: Option<LeaderKey>) -> Result<LeaderKey, Status> {
+    let leader = leader.ok_or_else(missing_leader_key)?;
+    if leader.key.is_empty() {
+        return Err(key_not_provided());
+    }
+    Ok(leader)
 }
 
 /// The Election service of one member.
@@ -312,7 +332,7 @@ impl Election for ElectionService {
     async fn proclaim(&self, request: Request<ProclaimRequest>) -> Result<Response<ProclaimResponse>, Status> {
         let creds = Credentials::of(&request);
         let req = request.into_inner();
-        let leader = req.leader.ok_or_else(missing_leader_key)?;
+        let leader = leader_key(req.leader)?;
         let sender = concurrency::sender(&self.ctx, &creds).await?;
         let lease = concurrency::session_lease(&self.ctx, &sender, leader.lease).await?;
         let resp = proclaim(&self.ctx, &sender, &leader.key, leader.rev, &req.value, lease).await?;
@@ -347,7 +367,7 @@ impl Election for ElectionService {
     async fn resign(&self, request: Request<ResignRequest>) -> Result<Response<ResignResponse>, Status> {
         let creds = Credentials::of(&request);
         let req = request.into_inner();
-        let leader = req.leader.ok_or_else(missing_leader_key)?;
+        let leader = leader_key(req.leader)?;
         let sender = concurrency::sender(&self.ctx, &creds).await?;
         let revision = resign(&self.ctx, &sender, &leader.key, leader.rev).await?;
         Ok(Response::new(ResignResponse {

@@ -51,6 +51,11 @@ pub fn invalid_sort_option() -> Status {
     Status::invalid_argument("etcdserver: invalid sort option")
 }
 
+/// "etcdserver: given member URLs are invalid" (etcd's `ErrGRPCMemberBadURLs`, code
+/// InvalidArgument): MemberAdd or MemberUpdate peer URLs that are malformed or that no member
+/// could be reached at (see `crate::peer_urls`).
+pub const MEMBER_BAD_URLS: &str = "etcdserver: given member URLs are invalid";
+
 /// "etcdserver: member not found"
 pub fn member_not_found() -> Status {
     Status::not_found("etcdserver: member not found")

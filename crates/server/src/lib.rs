@@ -31,6 +31,7 @@ pub mod member;
 pub mod membership;
 pub mod metrics;
 pub mod peer;
+pub mod peer_urls;
 pub mod quota;
 pub mod router;
 pub mod tls;

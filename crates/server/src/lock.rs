@@ -5,11 +5,12 @@
 //! `v3lock` server runs it: queue a key `N/<lease hex>` attached to the lease,
 //! and hold the lock once every key queued before it is gone. etcdctl's
 //! `lock` command runs the same recipe client-side over KV, Watch and Lease,
-//! so both kinds of lockers exclude each other.
+//! so both kinds of lockers exclude each other. As in etcd, the empty name is
+//! a name like any other (prefix `/`), but the empty key cannot be unlocked.
 
 use std::sync::Arc;
 
-use concord_proto::etcdserverpb::{DeleteRangeRequest, TxnRequest};
+use concord_proto::etcdserverpb::TxnRequest;
 use concord_proto::v3lockpb::lock_server::Lock;
 use concord_proto::v3lockpb::{LockRequest, LockResponse, UnlockRequest, UnlockResponse};
 use tokio::sync::oneshot;
@@ -18,7 +19,7 @@ use tonic::{Request, Response, Status};
 use crate::concurrency::{self, Waited};
 use crate::auth::{Credentials, Sender};
 use crate::context::MemberContext;
-use crate::validate;
+use crate::election::key_not_provided;
 use crate::watch::WatchHub;
 
 /// etcd's `concurrency.ErrSessionExpired`: the waiter's key vanished (its
@@ -187,10 +188,11 @@ impl Lock for LockService {
     async fn unlock(&self, request: Request<UnlockRequest>) -> Result<Response<UnlockResponse>, Status> {
         let creds = Credentials::of(&request);
         let req = request.into_inner();
-        validate::check_delete(&DeleteRangeRequest {
-            key: req.key.clone(),
-            ..Default::default()
-        })?;
+        // etcd's lock server deletes the key through its in-process client, which hands the KV
+        // server's refusal of the empty key back as a plain error.
+        if req.key.is_empty() {
+            return Err(key_not_provided());
+        }
         let sender = concurrency::sender(&self.ctx, &creds).await?;
         let revision = concurrency::delete(&self.ctx, &sender, &req.key).await?;
         Ok(Response::new(UnlockResponse {
