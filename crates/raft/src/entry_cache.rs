@@ -118,11 +118,12 @@ mod tests {
     use super::*;
 
     fn entry(index: u64, term: u64, len: usize) -> Entry {
-        let mut e = Entry::default();
-        e.index = index;
-        e.term = term;
-        e.data = vec![7u8; len].into();
-        e
+        Entry {
+            index,
+            term,
+            data: vec![7u8; len].into(),
+            ..Default::default()
+        }
     }
 
     fn indexes(entries: &[Entry]) -> Vec<(u64, u64)> {

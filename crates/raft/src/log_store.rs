@@ -282,20 +282,26 @@ impl LogStore {
     /// Stages the state of a group that starts with `voters`: an initial
     /// snapshot point holding the configuration, and nothing in the log.
     pub fn stage_bootstrap(&mut self, batch: &mut LogBatch, voters: Vec<u64>) {
-        let mut cs = ConfState::default();
-        cs.voters = voters;
+        let cs = ConfState {
+            voters,
+            ..Default::default()
+        };
         self.stage_conf_state(batch, cs);
         self.stage_truncated(batch, INITIAL_INDEX, INITIAL_TERM);
-        let mut hs = HardState::default();
-        hs.term = INITIAL_TERM;
-        hs.commit = INITIAL_INDEX;
+        let hs = HardState {
+            term: INITIAL_TERM,
+            commit: INITIAL_INDEX,
+            ..Default::default()
+        };
         self.stage_hard_state(batch, hs);
     }
 
     fn stage_truncated(&mut self, batch: &mut LogBatch, index: u64, term: u64) {
-        let mut marker = Entry::default();
-        marker.index = index;
-        marker.term = term;
+        let marker = Entry {
+            index,
+            term,
+            ..Default::default()
+        };
         batch
             .put_message(self.group_id, TRUNCATED_KEY.to_vec(), &marker)
             .expect("encoding the truncation point cannot fail");
@@ -549,11 +555,12 @@ mod tests {
     use super::*;
 
     fn entry(index: u64, term: u64) -> Entry {
-        let mut e = Entry::default();
-        e.index = index;
-        e.term = term;
-        e.data = vec![index as u8].into();
-        e
+        Entry {
+            index,
+            term,
+            data: vec![index as u8].into(),
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -610,10 +617,12 @@ mod tests {
             let mut store = LogStore::open(engine, 7, Arc::default()).unwrap();
             let mut batch = LogBatch::default();
             store.stage_entries(&mut batch, &[entry(1, 1), entry(2, 1), entry(3, 2)]);
-            let mut hs = HardState::default();
-            hs.term = 2;
-            hs.vote = 3;
-            hs.commit = 2;
+            let hs = HardState {
+                term: 2,
+                vote: 3,
+                commit: 2,
+                ..Default::default()
+            };
             store.stage_hard_state(&mut batch, hs);
             store.write(&mut batch, true).unwrap();
         }
@@ -665,9 +674,11 @@ mod tests {
         assert_eq!(store.term(14).unwrap(), 6);
         assert!(store.term(13).is_err());
 
-        let mut meta = SnapshotMetadata::default();
-        meta.index = 100;
-        meta.term = 9;
+        let mut meta = SnapshotMetadata {
+            index: 100,
+            term: 9,
+            ..Default::default()
+        };
         meta.mut_conf_state().voters = vec![1, 2, 3, 4];
         store.stage_snapshot(&mut batch, &meta);
         store.write(&mut batch, true).unwrap();

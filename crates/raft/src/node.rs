@@ -58,15 +58,21 @@ pub struct GroupConfig {
     pub sealer: Option<Arc<concord_crypt::Sealer>>,
 }
 
+/// Where the answer to one proposal goes.
+type Reply<O> = oneshot::Sender<Result<O, RaftError>>;
+
+/// A proposal waiting for the driver's next flush: its data and where its answer goes.
+type QueuedProposal<O> = (Vec<u8>, Reply<O>);
+
 /// Work sent to a group's thread.
 pub(crate) enum GroupMsg<O> {
     Propose {
         data: Vec<u8>,
-        reply: oneshot::Sender<Result<O, RaftError>>,
+        reply: Reply<O>,
     },
     ProposeConfChange {
         change: ConfChangeV2,
-        reply: oneshot::Sender<Result<O, RaftError>>,
+        reply: Reply<O>,
     },
     ReadIndex {
         reply: oneshot::Sender<Result<u64, RaftError>>,
@@ -377,9 +383,9 @@ struct Driver<S: StateMachine> {
     sink: Arc<dyn MessageSink>,
     next_request_id: u64,
     next_read_ctx: u64,
-    pending_proposals: HashMap<u64, oneshot::Sender<Result<S::Output, RaftError>>>,
+    pending_proposals: HashMap<u64, Reply<S::Output>>,
     /// Proposals received since the last Ready, proposed together by [`Driver::flush_proposals`].
-    queued_proposals: Vec<(Vec<u8>, oneshot::Sender<Result<S::Output, RaftError>>)>,
+    queued_proposals: Vec<QueuedProposal<S::Output>>,
     queued_reads: Vec<oneshot::Sender<Result<u64, RaftError>>>,
     inflight_reads: HashMap<u64, ReadBatch>,
     applied_tx: watch::Sender<u64>,
@@ -482,8 +488,8 @@ impl<S: StateMachine> Driver<S> {
     }
 
     /// Proposes `batch` (with `bytes` of data in all) as one entry.
-    fn submit_batch(&mut self, batch: Vec<(Vec<u8>, oneshot::Sender<Result<S::Output, RaftError>>)>, bytes: usize) {
-        let refuse = |batch: Vec<(Vec<u8>, oneshot::Sender<Result<S::Output, RaftError>>)>, err: RaftError| {
+    fn submit_batch(&mut self, batch: Vec<QueuedProposal<S::Output>>, bytes: usize) {
+        let refuse = |batch: Vec<QueuedProposal<S::Output>>, err: RaftError| {
             for (_, reply) in batch {
                 let _ = reply.send(Err(err.clone()));
             }
@@ -510,7 +516,7 @@ impl<S: StateMachine> Driver<S> {
         }
     }
 
-    fn propose_conf_change(&mut self, change: ConfChangeV2, reply: oneshot::Sender<Result<S::Output, RaftError>>) {
+    fn propose_conf_change(&mut self, change: ConfChangeV2, reply: Reply<S::Output>) {
         self.submit(reply, |raw, ctx| raw.propose_conf_change(ctx, change));
     }
 
@@ -518,7 +524,7 @@ impl<S: StateMachine> Driver<S> {
     /// who waits for it.
     fn submit(
         &mut self,
-        reply: oneshot::Sender<Result<S::Output, RaftError>>,
+        reply: Reply<S::Output>,
         propose: impl FnOnce(&mut RawNode<LogStore>, Vec<u8>) -> raft::Result<()>,
     ) {
         if self.raw.raft.leader_id == 0 {

@@ -36,6 +36,9 @@ pub struct ConfChangeApplied {
     pub context: Vec<u8>,
 }
 
+/// A failure of the state machine's own storage; it stops the group (see [`StateMachine::apply`]).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 /// A deterministic state machine: every member applies the same entries in
 /// the same order and must reach the same state and the same answers.
 pub trait StateMachine: Send + 'static {
@@ -49,13 +52,10 @@ pub trait StateMachine: Send + 'static {
     /// has an answer, keyed by its position in `entries`. Proposals of an index at or below
     /// [`StateMachine::applied_index`] are skipped. An error here is a storage failure, not a
     /// rejected request, and stops the member.
-    fn apply(
-        &mut self,
-        entries: &[Committed<'_>],
-    ) -> Result<Vec<(usize, Self::Output)>, Box<dyn std::error::Error + Send + Sync>>;
+    fn apply(&mut self, entries: &[Committed<'_>]) -> Result<Vec<(usize, Self::Output)>, BoxError>;
 
     /// Makes everything applied so far durable; called on shutdown.
-    fn sync(&mut self) -> Result<(), Box<dyn std::error::Error + Send + Sync>>;
+    fn sync(&mut self) -> Result<(), BoxError>;
 
     /// The highest applied index that is durable in the state machine; the
     /// log is never truncated past it.
@@ -69,5 +69,5 @@ pub trait StateMachine: Send + 'static {
         &mut self,
         path: &Path,
         app_data: &[u8],
-    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>>;
+    ) -> Result<(), BoxError>;
 }
