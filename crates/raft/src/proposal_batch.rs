@@ -74,7 +74,8 @@ pub(crate) fn encode<'a>(proposals: impl Iterator<Item = &'a [u8]>, total_bytes:
 /// The proposals in a batch entry's `data`, in order; `None` when it is not a well-formed batch
 /// of exactly `count` of them.
 pub(crate) fn decode(data: &[u8], count: u32) -> Option<Vec<&[u8]>> {
-    let mut proposals = Vec::with_capacity(count as usize);
+    // The count comes from the entry's context; each proposal takes at least its 4-byte length.
+    let mut proposals = Vec::with_capacity((count as usize).min(data.len() / 4));
     let mut rest = data;
     while !rest.is_empty() {
         let (len, tail) = rest.split_first_chunk::<4>()?;
@@ -120,5 +121,6 @@ mod tests {
         assert_eq!(decode(&data, 3), None, "wrong count");
         assert_eq!(decode(&data[..data.len() - 1], 2), None, "truncated");
         assert_eq!(decode(&[1, 0], 1), None, "short length");
+        assert_eq!(decode(&data, u32::MAX), None, "a count no entry could hold");
     }
 }

@@ -10,11 +10,15 @@
 //! others, so the answers do not tell which names exist.
 //!
 //! The count is per member (each member checks the passwords it receives), kept in memory, and
-//! bounded: beyond [`Policy::capacity`] names, the oldest records are dropped first.
+//! bounded: beyond [`Policy::capacity`] names, the oldest records are dropped first. A record is
+//! keyed by the SHA-256 of the name, so a record's size does not depend on the name's length
+//! (a name may be as long as a request).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
 
 /// Failures allowed before a name is locked.
 pub const FREE_FAILURES: u32 = 5;
@@ -56,7 +60,14 @@ struct Record {
 /// Failed authentications per user name (see the module docs).
 pub struct FailedLogins {
     policy: Policy,
-    records: Mutex<HashMap<String, Record>>,
+    records: Mutex<HashMap<NameKey, Record>>,
+}
+
+/// A user name as the limiter keys it: its SHA-256.
+type NameKey = [u8; 32];
+
+fn name_key(user: &str) -> NameKey {
+    Sha256::digest(user.as_bytes()).into()
 }
 
 impl Default for FailedLogins {
@@ -74,13 +85,13 @@ impl FailedLogins {
         }
     }
 
-    fn records(&self) -> std::sync::MutexGuard<'_, HashMap<String, Record>> {
+    fn records(&self) -> std::sync::MutexGuard<'_, HashMap<NameKey, Record>> {
         self.records.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// `Err(remaining)` while `user` is locked at `now`.
     pub fn check(&self, user: &str, now: Instant) -> Result<(), Duration> {
-        match self.records().get(user).and_then(|r| r.locked_until) {
+        match self.records().get(&name_key(user)).and_then(|r| r.locked_until) {
             Some(until) if until > now => Err(until - now),
             _ => Ok(()),
         }
@@ -88,11 +99,12 @@ impl FailedLogins {
 
     /// Records a failed attempt for `user` at `now`; returns the lock it starts, if any.
     pub fn failed(&self, user: &str, now: Instant) -> Option<Duration> {
+        let key = name_key(user);
         let mut records = self.records();
-        if !records.contains_key(user) && records.len() >= self.policy.capacity {
+        if !records.contains_key(&key) && records.len() >= self.policy.capacity {
             self.make_room(&mut records, now);
         }
-        let record = records.entry(user.to_string()).or_insert(Record {
+        let record = records.entry(key).or_insert(Record {
             failures: 0,
             locked_until: None,
             last_failure: now,
@@ -114,18 +126,18 @@ impl FailedLogins {
 
     /// Records a successful authentication: `user` starts afresh.
     pub fn succeeded(&self, user: &str) {
-        self.records().remove(user);
+        self.records().remove(&name_key(user));
     }
 
     /// Drops forgotten records, then, if still full, the records whose last failure is oldest.
-    fn make_room(&self, records: &mut HashMap<String, Record>, now: Instant) {
+    fn make_room(&self, records: &mut HashMap<NameKey, Record>, now: Instant) {
         let forget = self.policy.forget_after;
         records.retain(|_, r| now.duration_since(r.last_failure) < forget);
         while records.len() >= self.policy.capacity {
             let oldest = records
                 .iter()
                 .min_by_key(|(_, r)| r.last_failure)
-                .map(|(name, _)| name.clone());
+                .map(|(name, _)| *name);
             match oldest {
                 Some(name) => records.remove(&name),
                 None => break,
@@ -152,6 +164,19 @@ mod tests {
             forget_after: Duration::from_secs(60),
             capacity: 4,
         }
+    }
+
+    #[test]
+    fn a_name_as_long_as_a_request_is_tracked_in_a_fixed_size_record() {
+        let limiter = FailedLogins::new(policy());
+        let long = "n".repeat(1536 * 1024);
+        let t0 = Instant::now();
+        for _ in 0..4 {
+            limiter.failed(&long, t0);
+        }
+        assert!(limiter.check(&long, t0).is_err());
+        assert!(limiter.check(&long[1..], t0).is_ok());
+        assert_eq!(std::mem::size_of::<NameKey>(), 32);
     }
 
     #[test]
@@ -198,6 +223,6 @@ mod tests {
         }
         assert!(limiter.tracked() <= 4);
         // The newest names are the ones kept.
-        assert!(limiter.records().contains_key("user99"));
+        assert!(limiter.records().contains_key(&name_key("user99")));
     }
 }

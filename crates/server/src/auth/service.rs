@@ -125,7 +125,7 @@ impl AuthService {
         let limiter = &self.ctx.auth.failed_logins;
         let now = Instant::now();
         if let Err(left) = limiter.check(name, now) {
-            tracing::warn!(user = name, locked_for = ?left, "authentication refused: too many failed attempts for this user");
+            tracing::warn!(user = loggable(name), locked_for = ?left, "authentication refused: too many failed attempts for this user");
             return Err(AuthError::AuthFailed);
         }
         let verdict = match self.ctx.store.auth_user(name).map_err(|_| AuthError::AuthFailed)? {
@@ -139,9 +139,9 @@ impl AuthService {
         match verdict {
             Ok(()) => limiter.succeeded(name),
             Err(err) => {
-                tracing::warn!(user = name, "invalid authentication was requested: {err}");
+                tracing::warn!(user = loggable(name), "invalid authentication was requested: {err}");
                 if let Some(lock) = limiter.failed(name, now) {
-                    tracing::warn!(user = name, ?lock, "too many failed authentications: refusing this user for a while");
+                    tracing::warn!(user = loggable(name), ?lock, "too many failed authentications: refusing this user for a while");
                 }
             }
         }
@@ -349,5 +349,15 @@ impl Auth for AuthService {
         let creds = Credentials::of(&request);
         let (header, _) = self.change(&creds, AuthOp::RoleRevokePermission(request.into_inner())).await?;
         Ok(Response::new(AuthRoleRevokePermissionResponse { header }))
+    }
+}
+
+/// A user name as it goes into a log line: whole when short, else its first 64 characters and
+/// its length, since an unauthenticated client chooses it and may make it as long as a request.
+fn loggable(name: &str) -> String {
+    const SHOWN: usize = 64;
+    match name.char_indices().nth(SHOWN) {
+        None => name.to_string(),
+        Some((cut, _)) => format!("{}… ({} bytes)", &name[..cut], name.len()),
     }
 }
