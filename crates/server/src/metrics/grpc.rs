@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::{Arc, LazyLock, RwLock};
+use std::sync::{Arc, LazyLock};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -87,24 +87,56 @@ impl MethodSeries {
         }
     }
 
-    /// The series of the method at `path` (`/service/method`), made on first use.
+    /// The series of the method at `path` (`/service/method`); `None` for a path no service
+    /// serves, so a client cannot add series (or a lock-taking lookup) by inventing paths. Every
+    /// method's series exist from the first call on, at zero, as go-grpc-prometheus registers them.
     fn of(path: &str) -> Option<Arc<MethodSeries>> {
-        static BY_PATH: LazyLock<RwLock<HashMap<String, Arc<MethodSeries>>>> = LazyLock::new(Default::default);
-        if let Some(series) = BY_PATH.read().unwrap_or_else(|e| e.into_inner()).get(path) {
-            return Some(series.clone());
-        }
-        let (service, method) = path.trim_start_matches('/').split_once('/')?;
-        let mut by_path = BY_PATH.write().unwrap_or_else(|e| e.into_inner());
-        // Unknown methods are answered `Unimplemented`; keep a client from growing the map.
-        if by_path.len() >= MAX_METHODS {
-            return None;
-        }
-        Some(by_path.entry(path.to_string()).or_insert_with(|| Arc::new(MethodSeries::new(service, method))).clone())
+        static BY_PATH: LazyLock<HashMap<String, Arc<MethodSeries>>> = LazyLock::new(|| {
+            SERVED
+                .iter()
+                .flat_map(|(service, methods)| methods.iter().map(move |method| (*service, *method)))
+                .map(|(service, method)| (format!("/{service}/{method}"), Arc::new(MethodSeries::new(service, method))))
+                .collect()
+        });
+        BY_PATH.get(path).cloned()
     }
 }
 
-/// More methods than etcd's and Concord's services have together.
-const MAX_METHODS: usize = 256;
+/// The methods of the client services, by service: etcd's and its lock and election services.
+const SERVED: &[(&str, &[&str])] = &[
+    ("etcdserverpb.KV", &["Range", "Put", "DeleteRange", "Txn", "Compact"]),
+    ("etcdserverpb.Watch", &["Watch"]),
+    ("etcdserverpb.Lease", &["LeaseGrant", "LeaseRevoke", "LeaseKeepAlive", "LeaseTimeToLive", "LeaseLeases"]),
+    ("etcdserverpb.Cluster", &["MemberAdd", "MemberRemove", "MemberUpdate", "MemberList", "MemberPromote"]),
+    (
+        "etcdserverpb.Maintenance",
+        &["Alarm", "Status", "Defragment", "Hash", "HashKV", "Snapshot", "MoveLeader", "Downgrade"],
+    ),
+    (
+        "etcdserverpb.Auth",
+        &[
+            "AuthEnable",
+            "AuthDisable",
+            "AuthStatus",
+            "Authenticate",
+            "UserAdd",
+            "UserGet",
+            "UserList",
+            "UserDelete",
+            "UserChangePassword",
+            "UserGrantRole",
+            "UserRevokeRole",
+            "RoleAdd",
+            "RoleGet",
+            "RoleList",
+            "RoleDelete",
+            "RoleGrantPermission",
+            "RoleRevokePermission",
+        ],
+    ),
+    ("v3lockpb.Lock", &["Lock", "Unlock"]),
+    ("v3electionpb.Election", &["Campaign", "Proclaim", "Leader", "Observe", "Resign"]),
+];
 
 /// One gRPC call in progress, from [`start`] until its status is known.
 pub struct Call {
@@ -285,5 +317,20 @@ where
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_served_methods_have_series() {
+        let put = MethodSeries::of("/etcdserverpb.KV/Put").expect("a served method");
+        assert_eq!((put.kind, put.service.as_str(), put.method.as_str()), ("unary", "etcdserverpb.KV", "Put"));
+        assert_eq!(MethodSeries::of("/etcdserverpb.Watch/Watch").map(|s| s.kind), Some("bidi_stream"));
+        for invented in ["/etcdserverpb.KV/Bogus", "/x/y", "/", "", "/etcdserverpb.KV/Put/extra"] {
+            assert!(MethodSeries::of(invented).is_none(), "{invented}");
+        }
     }
 }
