@@ -62,6 +62,7 @@ pub async fn run(args: DevArgs) -> Result<(), String> {
             peer_tls: None,
             auth: Default::default(),
             encryption_key_file: None,
+            auto_compaction: None,
         };
         let mut stop = stop_rx.clone();
         members.spawn(async move {

@@ -13,6 +13,8 @@ mod client;
 mod client_tls;
 mod dev;
 mod endpoint;
+mod etcd_flags;
+mod goflags;
 mod kv;
 mod lease;
 mod member;
@@ -88,7 +90,8 @@ fn init_logging(level: &str, format: LogFormat) {
 }
 
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    // `serve` takes etcd's command lines in Go's flag syntax: rewritten for clap first.
+    let cli = Cli::parse_from(goflags::rewrite(std::env::args_os().collect(), &|k| std::env::var(k).ok()));
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

@@ -1,10 +1,15 @@
 //! `concord serve`: etcd's member flags, mapped onto a [`ServerConfig`].
+//!
+//! etcd's command lines are accepted as they are: [`crate::goflags`] reads Go's flag syntax
+//! (single dashes, `--flag=true`), and [`crate::etcd_flags`] takes the etcd flags that have no
+//! clap argument here, warning about those Concord ignores and refusing those it cannot honour
+//! safely. Durations are Go's (`1m30s`, see [`concord_server::go_duration`]).
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, ValueEnum};
-use concord_server::{AuthConfig, InitialClusterState, Limits, Sabotage, ServerConfig};
+use clap::{ArgAction, Args, ValueEnum};
+use concord_server::{AuthConfig, AutoCompaction, InitialClusterState, Limits, Sabotage, ServerConfig};
 use concord_tls::TlsFiles;
 
 /// etcd's `--initial-cluster-state` values.
@@ -86,7 +91,8 @@ pub struct ServeArgs {
     #[arg(long, env = "ETCD_TRUSTED_CA_FILE")]
     pub trusted_ca_file: Option<PathBuf>,
     /// Enable client cert authentication.
-    #[arg(long, env = "ETCD_CLIENT_CERT_AUTH")]
+    #[arg(long, env = "ETCD_CLIENT_CERT_AUTH", action = ArgAction::Set, num_args = 0..=1, require_equals = true,
+          default_value = "false", default_missing_value = "true", value_parser = crate::goflags::parse_bool)]
     pub client_cert_auth: bool,
     /// Path to the peer server TLS cert file.
     #[arg(long, env = "ETCD_PEER_CERT_FILE")]
@@ -98,7 +104,8 @@ pub struct ServeArgs {
     #[arg(long, env = "ETCD_PEER_TRUSTED_CA_FILE")]
     pub peer_trusted_ca_file: Option<PathBuf>,
     /// Enable peer client cert authentication.
-    #[arg(long, env = "ETCD_PEER_CLIENT_CERT_AUTH")]
+    #[arg(long, env = "ETCD_PEER_CLIENT_CERT_AUTH", action = ArgAction::Set, num_args = 0..=1, require_equals = true,
+          default_value = "false", default_missing_value = "true", value_parser = crate::goflags::parse_bool)]
     pub peer_client_cert_auth: bool,
     /// Encrypt values and the Raft log at rest with the keys in this file: lines
     /// `name:64-hex-digits`; the first key seals new data, the others only open older data.
@@ -118,6 +125,18 @@ pub struct ServeArgs {
     /// Cost of bcrypt password hashes (4 to 31).
     #[arg(long, default_value_t = 10, env = "ETCD_BCRYPT_COST")]
     pub bcrypt_cost: u32,
+    /// Interpret --auto-compaction-retention as 'periodic' (a duration, or a bare number of
+    /// hours) or 'revision' (a number of revisions).
+    #[arg(long, default_value = "periodic", env = "ETCD_AUTO_COMPACTION_MODE")]
+    pub auto_compaction_mode: String,
+    /// Auto compaction retention (0 keeps all history), e.g. 1h, 30m, 72 (hours) or 1000
+    /// (revisions, in revision mode). Run by the leader, as etcd does.
+    #[arg(long, default_value = "0", env = "ETCD_AUTO_COMPACTION_RETENTION")]
+    pub auto_compaction_retention: String,
+    /// How often revision-mode auto compaction runs (etcd: fixed at 5m). Hidden: for tests that
+    /// cannot wait that long.
+    #[arg(long, value_parser = parse_duration, hide = true)]
+    pub experimental_revision_compaction_interval: Option<Duration>,
 }
 
 /// The faults `--unsafe-sabotage` can inject (see [`Sabotage`]).
@@ -129,18 +148,10 @@ pub enum SabotageArg {
     UncheckedTxnDepth,
 }
 
-/// Parses a Go-style duration with one unit: `500ms`, `5s`, `10m`, `1h`.
+/// Parses a positive duration in Go's syntax, as etcd and etcdctl take them: `500ms`, `5s`,
+/// `1m30s`, `2.5s`, `1h`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let n: u64 = number.parse().map_err(|_| format!("{text:?} is not a duration like 5s or 10m"))?;
-    let duration = match unit {
-        "ms" => Duration::from_millis(n),
-        "s" => Duration::from_secs(n),
-        "m" => Duration::from_secs(n * 60),
-        "h" => Duration::from_secs(n * 3600),
-        _ => return Err(format!("{text:?}: unknown unit {unit:?} (use ms, s, m or h)")),
-    };
+    let duration = concord_server::go_duration::parse(text)?;
     if duration.is_zero() {
         return Err(format!("{text:?} must be positive"));
     }
@@ -168,6 +179,11 @@ impl ServeArgs {
             ("--peer-trusted-ca-file", self.peer_trusted_ca_file),
             ("--peer-client-cert-auth", self.peer_client_cert_auth),
         )?;
+        let auto_compaction = AutoCompaction::parse(&self.auto_compaction_mode, &self.auto_compaction_retention)?
+            .map(|policy| AutoCompaction {
+                revision_interval: self.experimental_revision_compaction_interval.unwrap_or(policy.revision_interval),
+                ..policy
+            });
         let initial_cluster = self.initial_cluster.unwrap_or_else(|| {
             self.initial_advertise_peer_urls
                 .iter()
@@ -176,9 +192,7 @@ impl ServeArgs {
                 .join(",")
         });
         Ok(ServerConfig {
-            data_dir: self
-                .data_dir
-                .unwrap_or_else(|| PathBuf::from(format!("{}.etcd", self.name))),
+            data_dir: data_dir(&self.name, self.data_dir.as_deref()),
             name: self.name,
             listen_client_urls: self.listen_client_urls,
             listen_metrics_urls: self.listen_metrics_urls,
@@ -218,6 +232,7 @@ impl ServeArgs {
                 bcrypt_cost: self.bcrypt_cost,
             },
             encryption_key_file: self.encryption_key_file,
+            auto_compaction,
         })
     }
 }
@@ -251,6 +266,7 @@ fn tls_files(
 /// Runs one member until SIGINT or SIGTERM. A fault of the member's own storage ends the
 /// process with exit code 2, as etcd's fatal errors do, so a supervisor tells it from bad flags.
 pub async fn run(args: ServeArgs) -> Result<(), String> {
+    check_etcd_flags(&args)?;
     let cfg = args.into_config()?;
     match concord_server::serve(cfg, crate::stop_signal()).await {
         Ok(()) => Ok(()),
@@ -262,6 +278,38 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
     }
 }
 
+/// etcd's checks of the process's command line and `ETCD_*` variables (see
+/// [`crate::etcd_flags::review`]): logs a warning line for each flag Concord ignores, and refuses
+/// what it cannot run safely without, before anything is opened.
+fn check_etcd_flags(args: &ServeArgs) -> Result<(), String> {
+    let line = crate::goflags::scan(&std::env::args_os().collect::<Vec<_>>());
+    let env: Vec<(String, String)> = std::env::vars_os()
+        .map(|(k, v)| (k.to_string_lossy().into_owned(), v.to_string_lossy().into_owned()))
+        .collect();
+    let review = crate::etcd_flags::review(&line, &env, &crate::goflags::clap_flags())?;
+    for warning in &review.warnings {
+        tracing::warn!("{warning}");
+    }
+    if let Some(discovery) = review.discovery {
+        // etcd ignores discovery once the member has its cluster; a new member would need it.
+        let member_dir = data_dir(&args.name, args.data_dir.as_deref()).join("member");
+        match concord_server::membership::Membership::load(&member_dir) {
+            Ok(Some(_)) => tracing::warn!("{discovery} is ignored: this member already belongs to a cluster"),
+            _ => {
+                return Err(format!(
+                    "{discovery} is not implemented in Concord yet: give the members with --initial-cluster"
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `--data-dir`, or etcd's default `<name>.etcd`.
+fn data_dir(name: &str, data_dir: Option<&std::path::Path>) -> PathBuf {
+    data_dir.map_or_else(|| PathBuf::from(format!("{name}.etcd")), std::path::Path::to_path_buf)
+}
+
 #[cfg(test)]
 mod tests {
     use super::parse_duration;
@@ -271,8 +319,12 @@ mod tests {
     fn durations_parse_like_go() {
         assert_eq!(parse_duration("10m").unwrap(), Duration::from_secs(600));
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("1m30s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("2.5s").unwrap(), Duration::from_millis(2500));
+        assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
         assert!(parse_duration("5").is_err());
         assert!(parse_duration("0s").is_err());
         assert!(parse_duration("s").is_err());
+        assert!(parse_duration("1d").is_err());
     }
 }

@@ -83,6 +83,9 @@ pub struct ServerConfig {
     /// `--encryption-key-file`: encryption at rest of values and Raft log entries (see the
     /// concord-crypt crate for the file format and rotation); `None` writes them plain.
     pub encryption_key_file: Option<PathBuf>,
+    /// `--auto-compaction-mode` and `--auto-compaction-retention`: `None` keeps all history
+    /// (etcd's default, retention 0).
+    pub auto_compaction: Option<crate::compactor::AutoCompaction>,
 }
 
 impl ServerConfig {

@@ -231,6 +231,7 @@ pub async fn serve(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> Res
     tokio::spawn(crate::metrics::rates::sample(ctx.clone(), http_state.rates.clone(), stop_rx.clone()));
     tokio::spawn(crate::metrics::probe::count_leader_changes(ctx.clone(), stop_rx.clone()));
     tokio::spawn(crate::metrics::probe::probe_peers(ctx.clone(), tls.peer_dialer.clone(), stop_rx.clone()));
+    tokio::spawn(crate::compactor::run(cfg.auto_compaction, ctx.clone(), stop_rx.clone()));
     let extra_listeners = [
         ("metrics", &cfg.listen_metrics_urls, crate::http::operator_routes(http_state.clone())),
         ("dashboard", &cfg.listen_dashboard_urls, crate::http::dashboard_routes(http_state.clone())),
@@ -312,6 +313,7 @@ pub async fn serve(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> Res
         Some(result) = servers.join_next() => Some(result),
     };
     tracing::info!("shutting down");
+    crate::notify::stopping();
     let _ = stop_tx.send(true);
     let drain = async {
         while let Some(result) = servers.join_next().await {
@@ -422,6 +424,9 @@ async fn publish_self(group: crate::router::GroupHandle, me: Member, stop: watch
         match group.propose(data.clone()).await {
             Ok(_) => {
                 tracing::info!("published member attributes");
+                // Listeners are bound and the cluster knows this member: as etcd after
+                // ReadyNotify, tell systemd it serves.
+                crate::notify::ready();
                 return;
             }
             Err(e) => tracing::debug!("publish not committed yet: {e}"),

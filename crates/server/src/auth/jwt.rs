@@ -4,11 +4,14 @@
 //! when it was issued) and `exp`. Any member with the key verifies it without asking anyone; an
 //! expired token, a bad signature or another algorithm is "invalid auth token".
 //!
-//! Algorithms: RS256/384/512, PS256/384/512 and ES256/384 (PEM keys; the public key is required
-//! to verify, the private one to sign, so a member given only `pub-key` verifies but cannot issue
-//! tokens, as etcd's verify-only mode), EdDSA (PEM), HS256/384/512 (the raw bytes of `priv-key`
-//! are the shared secret). `ttl` is a Go duration (`5m`, `300s`, `1h30m`); etcd's default is 5m.
-//! Unlike etcd, the public key is not derived from a lone private key: give both.
+//! Algorithms: RS256/384/512, PS256/384/512 and ES256/384 (PEM keys; the private one signs, the
+//! public one verifies, so a member given only `pub-key` verifies but cannot issue tokens, as
+//! etcd's verify-only mode), EdDSA (PEM), HS256/384/512 (the raw bytes of `priv-key` are the
+//! shared secret). `ttl` is a Go duration (`5m`, `300s`, `1h30m`); etcd's default is 5m.
+//! As in etcd, `pub-key` may be left out when `priv-key` is given: tokens are then verified with
+//! the private key's public half ([`keys`]).
+
+mod keys;
 
 use std::collections::HashMap;
 use std::str::FromStr;
@@ -42,10 +45,13 @@ pub const VERIFY_ONLY: &str = "auth: token signing attempted with verify-only ke
 impl JwtKeys {
     /// Reads the keys named by etcd's JWT options (see the module docs).
     pub fn from_options(options: &HashMap<String, String>) -> Result<JwtKeys, String> {
-        for key in options.keys() {
-            if !matches!(key.as_str(), "pub-key" | "priv-key" | "sign-method" | "ttl") {
-                return Err(format!("--auth-token: unknown JWT option {key:?}"));
-            }
+        let unknown: Vec<&String> = options
+            .keys()
+            .filter(|key| !matches!(key.as_str(), "pub-key" | "priv-key" | "sign-method" | "ttl"))
+            .collect();
+        if !unknown.is_empty() {
+            // etcd warns and goes on.
+            tracing::warn!(keys = ?unknown, "unknown JWT options");
         }
         let method = options.get("sign-method").ok_or("--auth-token: jwt needs sign-method")?;
         let algorithm = Algorithm::from_str(method)
@@ -68,21 +74,25 @@ impl JwtKeys {
                 (Some(EncodingKey::from_secret(&secret)), DecodingKey::from_secret(&secret))
             }
             _ => {
-                let public = public.ok_or_else(|| format!("--auth-token: {method} needs pub-key to verify tokens"))?;
-                let verifying = match algorithm {
-                    Algorithm::ES256 | Algorithm::ES384 => DecodingKey::from_ec_pem(&public),
-                    Algorithm::EdDSA => DecodingKey::from_ed_pem(&public),
-                    _ => DecodingKey::from_rsa_pem(&public),
-                }
-                .map_err(|e| bad("pub-key", e))?;
-                let signing = private
-                    .map(|private| match algorithm {
-                        Algorithm::ES256 | Algorithm::ES384 => EncodingKey::from_ec_pem(&private),
-                        Algorithm::EdDSA => EncodingKey::from_ed_pem(&private),
-                        _ => EncodingKey::from_rsa_pem(&private),
-                    })
+                let pair = private
+                    .map(|pem| keys::load_private(&pem, algorithm))
                     .transpose()
-                    .map_err(|e| bad("priv-key", e))?;
+                    .map_err(|e| format!("--auth-token: priv-key is not a {method} key: {e}"))?;
+                let (signing, derived) = match pair {
+                    Some(pair) => (Some(pair.signing), Some(pair.verifying)),
+                    None => (None, None),
+                };
+                let verifying = match (public, derived) {
+                    (Some(public), _) => match algorithm {
+                        Algorithm::ES256 | Algorithm::ES384 => DecodingKey::from_ec_pem(&public),
+                        Algorithm::EdDSA => DecodingKey::from_ed_pem(&public),
+                        _ => DecodingKey::from_rsa_pem(&public),
+                    }
+                    .map_err(|e| bad("pub-key", e))?,
+                    // etcd verifies with the private key's public half when pub-key is absent.
+                    (None, Some(derived)) => derived,
+                    (None, None) => return Err(format!("--auth-token: {method} needs priv-key or pub-key")),
+                };
                 (signing, verifying)
             }
         };
@@ -118,32 +128,9 @@ impl JwtKeys {
     }
 }
 
-/// Parses a Go duration made of number–unit pairs (`300ms`, `5m`, `1h30m`, `1.5s`).
+/// Parses a JWT `ttl`: a positive Go duration (`300ms`, `5m`, `1h30m`, `1.5s`).
 pub fn parse_go_duration(text: &str) -> Option<Duration> {
-    let mut rest = text;
-    let mut total = 0f64;
-    if rest.is_empty() {
-        return None;
-    }
-    while !rest.is_empty() {
-        let number_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
-        let (number, tail) = rest.split_at(number_len);
-        let value: f64 = number.parse().ok()?;
-        let unit_len = tail.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(tail.len());
-        let (unit, tail) = tail.split_at(unit_len);
-        let seconds = match unit {
-            "ns" => 1e-9,
-            "us" | "µs" => 1e-6,
-            "ms" => 1e-3,
-            "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
-            _ => return None,
-        };
-        total += value * seconds;
-        rest = tail;
-    }
-    (total > 0.0).then(|| Duration::from_secs_f64(total))
+    crate::go_duration::parse(text).ok().filter(|d| !d.is_zero())
 }
 
 #[cfg(test)]
@@ -186,6 +173,38 @@ mod tests {
         assert_eq!(parse_go_duration("5"), None);
         assert_eq!(parse_go_duration(""), None);
         assert_eq!(parse_go_duration("0s"), None);
+    }
+
+    /// etcd's Bitnami-style configuration: only `priv-key`; the public half verifies.
+    #[test]
+    fn a_private_key_alone_signs_and_verifies() {
+        let dir = tempfile::tempdir().unwrap();
+        let pkcs8_p256 = keys::tests::generate_pem(Algorithm::ES256);
+        let cases = [
+            ("ES256", pkcs8_p256.clone()),
+            ("ES256", keys::tests::as_sec1(&pkcs8_p256)),
+            ("ES384", keys::tests::generate_pem(Algorithm::ES384)),
+            ("EdDSA", keys::tests::generate_pem(Algorithm::EdDSA)),
+        ];
+        for (i, (method, pem)) in cases.iter().enumerate() {
+            let path = dir.path().join(format!("key{i}.pem"));
+            std::fs::write(&path, pem).unwrap();
+            let options = HashMap::from([
+                ("sign-method".to_string(), method.to_string()),
+                ("priv-key".to_string(), path.display().to_string()),
+                ("ttl".to_string(), "10m".to_string()),
+            ]);
+            let keys = JwtKeys::from_options(&options).unwrap_or_else(|e| panic!("{method} #{i}: {e}"));
+            let token = keys.sign("root", 3).unwrap();
+            assert_eq!(keys.verify(&token), Some(("root".into(), 3)), "{method} #{i}");
+        }
+        // A key of another kind than the sign method is refused at start.
+        let path = dir.path().join("key0.pem");
+        let options = HashMap::from([
+            ("sign-method".to_string(), "RS256".to_string()),
+            ("priv-key".to_string(), path.display().to_string()),
+        ]);
+        assert!(JwtKeys::from_options(&options).is_err());
     }
 
     #[test]

@@ -44,8 +44,13 @@ impl TokenKind {
             }
         }
         match kind {
-            "simple" if options.is_empty() => Ok(TokenKind::Simple),
-            "simple" => Err("--auth-token: simple tokens take no options".into()),
+            "simple" => {
+                if !options.is_empty() {
+                    // etcd ignores them too; a copied command line must still start.
+                    tracing::warn!("--auth-token: simple tokens take no options; ignoring {:?}", options.keys());
+                }
+                Ok(TokenKind::Simple)
+            }
             "jwt" => Ok(TokenKind::Jwt(JwtKeys::from_options(&options)?)),
             other => Err(format!("--auth-token: unknown token type {other:?} (want simple or jwt)")),
         }
@@ -235,7 +240,7 @@ mod tests {
     #[test]
     fn token_specs_parse_like_etcd() {
         assert!(matches!(TokenKind::parse("simple"), Ok(TokenKind::Simple)));
-        assert!(TokenKind::parse("simple,ttl=5m").is_err());
+        assert!(matches!(TokenKind::parse("simple,ttl=5m"), Ok(TokenKind::Simple)), "ignored, as etcd");
         assert!(TokenKind::parse("bogus").is_err());
         assert!(TokenKind::parse("jwt,sign-method").is_err());
         assert!(TokenKind::parse("jwt,sign-method=RS256,sign-method=RS256").is_err());

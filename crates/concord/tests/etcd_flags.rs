@@ -1,0 +1,396 @@
+//! etcd's own command lines, units and options start `concord serve`: kubeadm's static pod
+//! command line (Go's flag forms, etcd-only flags, mTLS, a metrics URL), a systemd
+//! `Type=notify` unit, auto compaction in both modes, and JWT auth configured with `priv-key`
+//! alone.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{eventually, free_port, grpc_status, pki::TestCa, WAIT};
+use etcd_client::{Client, ConnectOptions, GetOptions, TlsOptions};
+
+/// One `concord serve` process started with a command line given whole, as a unit or a pod
+/// manifest would start it.
+struct Member {
+    child: Option<Child>,
+    log: PathBuf,
+    client_url: String,
+}
+
+impl Member {
+    /// Starts `concord serve` with `args` and only `env` of the `ETCD_*` and `NOTIFY_SOCKET`
+    /// variables (the test's own are not inherited).
+    fn start(dir: &Path, args: &[String], env: &[(&str, &str)], client_url: &str) -> Member {
+        let log = dir.join("member.log");
+        let file = std::fs::File::create(&log).expect("log file");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_concord"));
+        command.arg("serve").args(args);
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("ETCD_") || key == "NOTIFY_SOCKET" {
+                command.env_remove(key);
+            }
+        }
+        let child = command
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().expect("log file"))
+            .stderr(file)
+            .spawn()
+            .expect("spawn concord serve");
+        Member { child: Some(child), log, client_url: client_url.to_string() }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// Waits (bounded) for the process to exit on its own and returns its status.
+    fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "member did not exit\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// A plain-HTTP client of this member.
+    async fn client(&self) -> Client {
+        let opts = ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(2))
+            .with_timeout(Duration::from_secs(10));
+        Client::connect([self.client_url.as_str()], Some(opts)).await.expect("connect")
+    }
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("member log at the failure:\n{}", self.log());
+        }
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Flags for a one-member plain-HTTP cluster in `dir`, in Go's single-dash form.
+fn one_member(dir: &Path) -> (Vec<String>, String) {
+    let client = format!("http://127.0.0.1:{}", free_port());
+    let peer = format!("http://127.0.0.1:{}", free_port());
+    let args = [
+        "-name=solo".to_string(),
+        format!("-data-dir={}", dir.join("solo.etcd").display()),
+        format!("-listen-client-urls={client}"),
+        format!("-advertise-client-urls={client}"),
+        format!("-listen-peer-urls={peer}"),
+        format!("-initial-advertise-peer-urls={peer}"),
+        format!("-initial-cluster=solo={peer}"),
+    ];
+    (args.to_vec(), client)
+}
+
+/// kubeadm's etcd static pod command line (flags in its order and forms), with mTLS on both
+/// ports: the member serves a put and a get over mTLS, and the probes kubeadm configures on its
+/// plain-HTTP metrics URL.
+#[tokio::test]
+async fn kubeadm_command_line_serves_over_mtls() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(dir.path(), "etcd");
+    let server = ca.issue("server", "m1");
+    let client_cert = ca.issue("client", "kube-apiserver-etcd-client");
+    let (client_port, peer_port, metrics_port) = (free_port(), free_port(), free_port());
+    let client_url = format!("https://127.0.0.1:{client_port}");
+    let peer_url = format!("https://127.0.0.1:{peer_port}");
+    let path = |p: &Path| p.display().to_string();
+    let args = vec![
+        format!("--advertise-client-urls={client_url}"),
+        format!("--cert-file={}", path(&server.cert_file)),
+        "--client-cert-auth=true".to_string(),
+        format!("--data-dir={}", path(&dir.path().join("etcd"))),
+        "--experimental-initial-corrupt-check=true".to_string(),
+        "--experimental-watch-progress-notify-interval=5s".to_string(),
+        format!("--initial-advertise-peer-urls={peer_url}"),
+        format!("--initial-cluster=m1={peer_url}"),
+        format!("--key-file={}", path(&server.key_file)),
+        format!("--listen-client-urls={client_url}"),
+        format!("--listen-metrics-urls=http://127.0.0.1:{metrics_port}"),
+        format!("--listen-peer-urls={peer_url}"),
+        "--name=m1".to_string(),
+        format!("--peer-cert-file={}", path(&server.cert_file)),
+        "--peer-client-cert-auth=true".to_string(),
+        format!("--peer-key-file={}", path(&server.key_file)),
+        format!("--peer-trusted-ca-file={}", path(&ca.ca_file())),
+        "--snapshot-count=10000".to_string(),
+        format!("--trusted-ca-file={}", path(&ca.ca_file())),
+    ];
+    let member = Member::start(dir.path(), &args, &[], &client_url);
+
+    let metrics = format!("http://127.0.0.1:{metrics_port}");
+    for probe in ["/health?exclude=NOSPACE&serializable=true", "/health", "/livez", "/readyz"] {
+        let url = format!("{metrics}{probe}");
+        let response = eventually(probe, || async {
+            match common::http::get(&url) {
+                Ok(r) if r.status == 200 => Ok(r),
+                other => Err(format!("{other:?}")),
+            }
+        })
+        .await;
+        if probe.starts_with("/health") {
+            assert!(response.body.contains(r#""health":"true""#), "{probe}: {}", response.body);
+        }
+    }
+
+    let tls = TlsOptions::new().ca_certificate(ca.certificate()).identity(client_cert.identity());
+    let opts = ConnectOptions::new()
+        .with_connect_timeout(Duration::from_secs(2))
+        .with_timeout(Duration::from_secs(10))
+        .with_tls(tls);
+    let mut client = Client::connect([client_url.as_str()], Some(opts)).await.expect("connect over mTLS");
+    eventually("put over mTLS", || {
+        let mut client = client.clone();
+        async move { client.put("/registry/pods/default/p", "spec", None).await }
+    })
+    .await;
+    let got = client.get("/registry/pods/default/p", None).await.unwrap();
+    assert_eq!(got.kvs()[0].value(), b"spec");
+
+    // A client without a certificate is turned away, as --client-cert-auth=true asks.
+    let bare = ConnectOptions::new()
+        .with_connect_timeout(Duration::from_secs(2))
+        .with_timeout(Duration::from_secs(5))
+        .with_tls(TlsOptions::new().ca_certificate(ca.certificate()));
+    let refused = match Client::connect([client_url.as_str()], Some(bare)).await {
+        Ok(mut c) => c.get("/registry/pods/default/p", None).await.is_err(),
+        Err(_) => true,
+    };
+    assert!(refused, "a client without a certificate was served");
+    let log = member.log();
+    assert!(
+        log.contains("flag --experimental-initial-corrupt-check is not implemented in Concord yet"),
+        "the ignored flag is named once at start:\n{log}"
+    );
+}
+
+/// A `Type=notify` unit: systemd's socket hears `READY=1` once the member serves (a put then
+/// succeeds at once) and `STOPPING=1` on SIGTERM.
+#[tokio::test]
+async fn systemd_notify_ready_and_stopping() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket_path = dir.path().join("notify.sock");
+    let socket = tokio::net::UnixDatagram::bind(&socket_path).unwrap();
+    let (args, client_url) = one_member(dir.path());
+    let notify = socket_path.display().to_string();
+    // The settings of Debian's /etc/default/etcd style: environment variables, Go's booleans.
+    let env = [("NOTIFY_SOCKET", notify.as_str()), ("ETCD_SNAPSHOT_COUNT", "5000"), ("ETCD_PRE_VOTE", "true")];
+    let mut member = Member::start(dir.path(), &args, &env, &client_url);
+
+    let mut buf = [0u8; 256];
+    let n = tokio::time::timeout(WAIT, socket.recv(&mut buf)).await.expect("READY=1 within WAIT").unwrap();
+    assert_eq!(&buf[..n], b"READY=1");
+    let mut client = member.client().await;
+    client.put("ready", "yes", None).await.expect("a ready member serves at once");
+
+    let _ = Command::new("kill").args(["-TERM", &member.pid().to_string()]).status();
+    let n = tokio::time::timeout(WAIT, socket.recv(&mut buf)).await.expect("STOPPING=1 within WAIT").unwrap();
+    assert_eq!(&buf[..n], b"STOPPING=1");
+    assert!(member.wait_exit().success());
+}
+
+/// Revision mode: every interval the leader compacts to the current revision minus the
+/// retention; a read at an older revision is then refused as etcd refuses it.
+#[tokio::test]
+async fn auto_compaction_by_revision() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut args, client_url) = one_member(dir.path());
+    args.extend(
+        ["--auto-compaction-mode", "revision", "--auto-compaction-retention", "3"]
+            .iter()
+            .map(|a| a.to_string()),
+    );
+    // etcd looks every 5 minutes; the test cannot wait that long.
+    args.push("--experimental-revision-compaction-interval=200ms".into());
+    let member = Member::start(dir.path(), &args, &[], &client_url);
+    let mut client = member.client().await;
+    let first = eventually("first put", || {
+        let mut c = client.clone();
+        async move { c.put("k", "0", None).await }
+    })
+    .await;
+    let old = first.header().expect("header").revision();
+    for i in 1..10 {
+        client.put("k", i.to_string(), None).await.unwrap();
+    }
+    wait_compacted(&mut client, old, false).await;
+    assert!(member.log().contains("completed auto revision compaction"), "{}", member.log());
+}
+
+/// Periodic mode with a short retention (etcd allows any duration): the leader compacts to the
+/// revision it saw one retention ago. Set through `ETCD_*` variables, as a unit's environment.
+#[tokio::test]
+async fn auto_compaction_periodic() {
+    let dir = tempfile::tempdir().unwrap();
+    let (args, client_url) = one_member(dir.path());
+    let env = [("ETCD_AUTO_COMPACTION_MODE", "periodic"), ("ETCD_AUTO_COMPACTION_RETENTION", "2s")];
+    let member = Member::start(dir.path(), &args, &env, &client_url);
+    let mut client = member.client().await;
+    let first = eventually("first put", || {
+        let mut c = client.clone();
+        async move { c.put("k", "0", None).await }
+    })
+    .await;
+    let old = first.header().expect("header").revision();
+    wait_compacted(&mut client, old, true).await;
+    assert!(member.log().contains("completed auto periodic compaction"), "{}", member.log());
+}
+
+/// Waits (bounded) until a read at `revision` is refused as compacted; with `keep_writing`, puts
+/// a key before each look, as the periodic compactor needs newer revisions to move on to.
+async fn wait_compacted(client: &mut Client, revision: i64, keep_writing: bool) {
+    eventually("a read at an old revision is refused as compacted", || {
+        let mut c = client.clone();
+        async move {
+            if keep_writing {
+                c.put("tick", "x", None).await.map_err(|e| format!("{e}"))?;
+            }
+            match c.get("k", Some(GetOptions::new().with_revision(revision))).await {
+                Ok(_) => Err("still readable".to_string()),
+                Err(e) => {
+                    let status = grpc_status(e);
+                    if status.message() == "etcdserver: mvcc: required revision has been compacted" {
+                        Ok(())
+                    } else {
+                        Err(status.message().to_string())
+                    }
+                }
+            }
+        }
+    })
+    .await;
+}
+
+/// Makes a private key with openssl; `None` (the test is skipped) where openssl is missing.
+fn openssl_key(dir: &Path, name: &str, args: &[&str]) -> Option<PathBuf> {
+    let path = dir.join(name);
+    let (command, options) = args.split_first()?;
+    // Options before positional ones (`genrsa -out FILE 2048`).
+    let out = Command::new("openssl").arg(command).arg("-out").arg(&path).args(options).output().ok()?;
+    out.status.success().then_some(path)
+}
+
+/// An RSA key as PKCS#1 (`RSA PRIVATE KEY`), as `openssl genrsa` wrote it before OpenSSL 3.
+fn rsa_pkcs1_key(dir: &Path) -> Option<PathBuf> {
+    openssl_key(dir, "jwt-rsa.pem", &["genrsa", "-traditional", "2048"])
+        .or_else(|| openssl_key(dir, "jwt-rsa.pem", &["genrsa", "2048"]))
+}
+
+/// `--auth-token jwt,priv-key=...,sign-method=RS256,ttl=10m` without `pub-key`, as the Bitnami
+/// chart passes it: tokens are issued, and a put with one succeeds.
+#[tokio::test]
+async fn jwt_with_only_a_private_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(key) = rsa_pkcs1_key(dir.path()) else {
+        eprintln!("skipped: openssl is not installed to make an RSA key");
+        return;
+    };
+    let (mut args, client_url) = one_member(dir.path());
+    args.push(format!("--auth-token=jwt,priv-key={},sign-method=RS256,ttl=10m", key.display()));
+    let member = Member::start(dir.path(), &args, &[], &client_url);
+    let mut client = member.client().await;
+    eventually("user add", || {
+        let mut c = client.clone();
+        async move { c.user_add("root", "secret", None).await }
+    })
+    .await;
+    client.role_add("root").await.unwrap();
+    client.user_grant_role("root", "root").await.unwrap();
+    client.auth_enable().await.unwrap();
+
+    let token = client
+        .auth_client()
+        .authenticate("root".into(), "secret".into())
+        .await
+        .expect("authenticate")
+        .token()
+        .to_string();
+    assert_eq!(token.split('.').count(), 3, "a JWT: {token}");
+    let opts = ConnectOptions::new().with_user("root", "secret").with_timeout(Duration::from_secs(10));
+    let mut authed = Client::connect([client_url.as_str()], Some(opts)).await.expect("connect as root");
+    authed.put("jwt", "works", None).await.expect("a put with the token");
+    assert_eq!(authed.get("jwt", None).await.unwrap().kvs()[0].value(), b"works");
+    let anonymous = client.put("jwt", "anonymous", None).await.unwrap_err();
+    assert_eq!(grpc_status(anonymous).message(), "etcdserver: user name is empty");
+}
+
+/// The key forms operators make with openssl, each alone in `priv-key`: RSA PKCS#1 and PKCS#8,
+/// ECDSA P-256 as SEC1 after its EC PARAMETERS block (`openssl ecparam -genkey`) and as PKCS#8,
+/// P-384, Ed25519.
+#[test]
+fn openssl_private_keys_alone_verify_their_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let Some(rsa1) = rsa_pkcs1_key(d) else {
+        eprintln!("skipped: openssl is not installed");
+        return;
+    };
+    let keys = [
+        ("RS256", Some(rsa1)),
+        ("PS256", openssl_key(d, "rsa8.pem", &["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"])),
+        ("ES256", openssl_key(d, "p256-sec1.pem", &["ecparam", "-name", "prime256v1", "-genkey"])),
+        ("ES256", openssl_key(d, "p256-pkcs8.pem", &["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"])),
+        ("ES384", openssl_key(d, "p384-sec1.pem", &["ecparam", "-name", "secp384r1", "-genkey", "-noout"])),
+        ("EdDSA", openssl_key(d, "ed25519.pem", &["genpkey", "-algorithm", "ED25519"])),
+    ];
+    for (method, key) in keys {
+        let key = key.unwrap_or_else(|| panic!("openssl made no {method} key"));
+        let options = HashMap::from([
+            ("sign-method".to_string(), method.to_string()),
+            ("priv-key".to_string(), key.display().to_string()),
+        ]);
+        let jwt = concord_server::auth::jwt::JwtKeys::from_options(&options)
+            .unwrap_or_else(|e| panic!("{method} {}: {e}", key.display()));
+        let token = jwt.sign("root", 1).unwrap();
+        assert_eq!(jwt.verify(&token), Some(("root".to_string(), 1)), "{method} {}", key.display());
+    }
+}
+
+/// What etcd refuses or reports, Concord refuses or reports the same way: a bool given a
+/// separate value, an `ETCD_*` variable shadowed by a flag, a flag whose absence would weaken
+/// TLS. None of them starts a member.
+#[test]
+fn refused_command_lines_exit_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let (args, _) = one_member(dir.path());
+    let run = |extra: &[&str], env: &[(&str, &str)]| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_concord"));
+        command.arg("serve").args(&args).args(extra).stdin(Stdio::null());
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("ETCD_") {
+                command.env_remove(key);
+            }
+        }
+        let out = command.envs(env.iter().copied()).output().expect("run concord serve");
+        assert!(!out.status.success(), "{extra:?} {env:?} started");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    assert!(run(&["--client-cert-auth", "true"], &[]).contains("unexpected argument 'true'"));
+    assert!(run(&[], &[("ETCD_NAME", "other")]).contains(
+        "conflicting environment variable \"ETCD_NAME\" is shadowed by corresponding command-line flag"
+    ));
+    assert!(run(&["--client-crl-file=/etc/etcd/crl.pem"], &[]).contains("refusing to start"));
+    assert!(run(&[], &[("ETCD_CIPHER_SUITES", "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256")]).contains("refusing to start"));
+    assert!(run(&["--auto-compaction-retention=1.5"], &[]).contains("error parsing CompactionRetention"));
+    assert!(!dir.path().join("solo.etcd").exists(), "nothing was written");
+}
