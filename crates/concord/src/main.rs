@@ -50,7 +50,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run one member; takes etcd's flags with etcd's meaning.
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Run a 3-member cluster on localhost, for trying Concord out.
     Dev(dev::DevArgs),
     /// Read, write and watch keys on any etcd-v3 endpoint.
@@ -102,7 +102,7 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Serve(args) => {
             init_logging(&cli.log_level, cli.log_format);
-            runtime.block_on(serve::run(args))
+            runtime.block_on(serve::run(*args))
         }
         Command::Dev(args) => {
             init_logging(&cli.log_level, cli.log_format);

@@ -53,6 +53,7 @@ async fn etcdctl_watch_sees_puts_from_another_client() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let _ = watcher.kill();
+    let _ = watcher.wait();
     let lines = lines.join().unwrap();
     assert_eq!(lines[0], "PUT");
     assert!(lines[1].starts_with("svc/"), "{lines:?}");
@@ -186,14 +187,13 @@ async fn no_event_is_lost_or_duplicated_when_the_leader_dies_under_load() {
     assert!(stream.message().await.unwrap().unwrap().created());
 
     let stop = Arc::new(AtomicBool::new(false));
-    let endpoints = vec![cluster.members[write_member].client_url.clone(), cluster.members[watch_member].client_url.clone()];
+    let endpoints = [cluster.members[write_member].client_url.clone(), cluster.members[watch_member].client_url.clone()];
     let writer = {
         let stop = stop.clone();
         tokio::spawn(async move {
             let opts = ConnectOptions::new().with_timeout(Duration::from_secs(3));
             let mut acked = 0u64;
-            let mut seq = 0u64;
-            for _ in 0..10_000 {
+            for seq in 0..10_000u64 {
                 if stop.load(Ordering::Relaxed) {
                     break;
                 }
@@ -203,7 +203,6 @@ async fn no_event_is_lost_or_duplicated_when_the_leader_dies_under_load() {
                         acked += 1;
                     }
                 }
-                seq += 1;
             }
             acked
         })

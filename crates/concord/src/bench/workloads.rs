@@ -232,7 +232,8 @@ impl KeepAliver {
 /// What one client sends, with the client-side state it needs.
 enum Requester {
     Kv(KvRequester),
-    KeepAlive(KeepAliver),
+    /// Boxed: a keep-alive stream's state is several times the size of a KV requester's.
+    KeepAlive(Box<KeepAliver>),
 }
 
 impl Requester {
@@ -315,7 +316,7 @@ pub async fn run(args: &BenchArgs, channels: &[BenchChannel]) -> Result<Summary,
             match KeepAliver::new(channel, args.request_timeout()).await {
                 Ok((k, retries)) => {
                     first_keepalive_retries += retries;
-                    Requester::KeepAlive(k)
+                    Requester::KeepAlive(Box::new(k))
                 }
                 Err(e) => {
                     revoke_all(requesters).await;

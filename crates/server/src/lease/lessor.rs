@@ -251,6 +251,6 @@ mod tests {
         lessor.on_granted(2, 10);
         let (left, granted) = lessor.time_to_live(2).unwrap();
         assert_eq!(granted, 10);
-        assert!(left <= 10 && left >= 9);
+        assert!((9..=10).contains(&left));
     }
 }
