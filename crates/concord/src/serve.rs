@@ -115,6 +115,10 @@ pub struct ServeArgs {
     /// deployment should ever use it.
     #[arg(long, value_enum, hide = true)]
     pub unsafe_sabotage: Option<SabotageArg>,
+    /// How long a snapshot download may go without its client taking data before it is
+    /// cancelled and its file removed (default 1m). Hidden: for tests that cannot wait that long.
+    #[arg(long, value_parser = parse_duration, hide = true)]
+    pub experimental_snapshot_stall_timeout: Option<Duration>,
     /// Specify auth token type and options: 'simple' or
     /// 'jwt,pub-key=<path>,priv-key=<path>,sign-method=<alg>[,ttl=<duration>]'.
     #[arg(long, default_value = "simple", env = "ETCD_AUTH_TOKEN")]
@@ -216,6 +220,9 @@ impl ServeArgs {
                 } else {
                     self.quota_backend_bytes
                 },
+                snapshot_stall_timeout: self
+                    .experimental_snapshot_stall_timeout
+                    .unwrap_or(concord_server::maintenance::SNAPSHOT_STALL_TIMEOUT),
             },
             watch_progress_notify_interval: self.experimental_watch_progress_notify_interval,
             snapshot_count: self.snapshot_count,

@@ -12,7 +12,9 @@
 //! What tonic's server did that matters is kept: TLS clients' certificates reach the services
 //! (client-certificate authentication reads them from the request), HTTP/2 keep-alive pings
 //! find dead clients, there is no limit on concurrent streams (etcd's), and a stop closes the
-//! listener at once and lets open connections finish their calls. A client's `grpc-timeout` is
+//! listener at once and lets open connections finish their calls. What a connection may hold of
+//! the member's memory is bounded by its flow-control windows (request bytes not yet read) and
+//! the send buffer of each of its streams (response bytes its client has not taken). A client's `grpc-timeout` is
 //! left to the client, which cancels the call when it expires.
 
 use std::convert::Infallible;
@@ -40,6 +42,16 @@ use crate::metrics::grpc::{self as grpc_metrics, Call, CountedBody, MeteredBody}
 
 /// How often an idle connection is pinged to find a dead client.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// Response bytes HTTP/2 holds per stream beyond what the socket takes (hyper's default is
+/// 400 KiB). A stream whose client stops reading keeps this much, plus the one chunk it was
+/// handed last, for as long as the client keeps it open; the socket's own buffer keeps a fast
+/// client's stream busy without it.
+const MAX_SEND_BUFFER_BYTES: usize = 64 * 1024;
+/// Request bytes a client may send ahead on one stream, and on one connection, before the
+/// member reads them: what a request body the member has not read yet can hold of its memory.
+/// hyper's defaults, stated here because they are part of that bound.
+const STREAM_WINDOW_BYTES: u32 = 1024 * 1024;
+const CONNECTION_WINDOW_BYTES: u32 = 1024 * 1024;
 
 /// The body of any response on the client port.
 pub type ClientBody = MeteredBody<http_body_util::Either<UnaryBody, axum::body::Body>>;
@@ -150,6 +162,9 @@ where
         .timer(TokioTimer::new())
         .keep_alive_interval(KEEPALIVE_INTERVAL)
         .max_concurrent_streams(None)
+        .max_send_buf_size(MAX_SEND_BUFFER_BYTES)
+        .initial_stream_window_size(STREAM_WINDOW_BYTES)
+        .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
         // gRPC has no use for a `date` header (etcd sends none), and one that changes every
         // second churns the connection's header compression table.
         .auto_date_header(false);

@@ -25,6 +25,9 @@ pub struct Limits {
     /// etcd's `--quota-backend-bytes`: past this store size, writes are
     /// refused and a NOSPACE alarm is raised until space is reclaimed.
     pub quota_backend_bytes: u64,
+    /// How long a snapshot download may go without its client taking data before it is
+    /// cancelled and its file removed (see [`crate::maintenance::SNAPSHOT_STALL_TIMEOUT`]).
+    pub snapshot_stall_timeout: std::time::Duration,
 }
 
 impl Default for Limits {
@@ -33,6 +36,7 @@ impl Default for Limits {
             max_request_bytes: 1536 * 1024,
             max_txn_ops: 128,
             quota_backend_bytes: 2 * 1024 * 1024 * 1024,
+            snapshot_stall_timeout: crate::maintenance::SNAPSHOT_STALL_TIMEOUT,
         }
     }
 }

@@ -116,54 +116,117 @@ where
 }
 
 /// The request's one message, without its frame header.
+///
+/// Nothing past one message of at most `max_message` bytes is held: the call is refused as soon
+/// as the announced length passes the limit or a byte arrives after the announced message (a
+/// unary call carries exactly one), without waiting for the rest of the body.
 async fn read_message<B>(mut body: B, max_message: usize) -> Result<Bytes, Status>
 where
     B: Body<Data = Bytes> + Unpin,
     B::Error: std::fmt::Display,
 {
-    // Usually the whole message arrives in one data frame, which is then used as it is.
-    let mut whole = Bytes::new();
-    let mut gathered: Option<BytesMut> = None;
+    let mut message = Gathered::default();
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| Status::internal(format!("failed to read the request: {e}")))?;
-        let Ok(data) = frame.into_data() else {
-            continue;
-        };
-        match gathered.as_mut() {
-            Some(buffer) => buffer.extend_from_slice(&data),
-            None if whole.is_empty() => whole = data,
+        if let Ok(data) = frame.into_data() {
+            message.push(data, max_message)?;
+        }
+    }
+    message.finish()
+}
+
+/// The bytes of a unary request's one message, as its data frames arrive.
+#[derive(Default)]
+struct Gathered {
+    /// The first data frame, used as it is while it is the only one (the usual case).
+    first: Bytes,
+    /// Everything received, once a second frame arrived.
+    joined: Option<BytesMut>,
+    /// The message's length, once its frame header is in.
+    announced: Option<usize>,
+}
+
+impl Gathered {
+    /// Bytes received so far, frame header included.
+    fn len(&self) -> usize {
+        self.joined.as_ref().map_or(self.first.len(), BytesMut::len)
+    }
+
+    /// Adds one data frame, refusing the call once it cannot be one message of at most
+    /// `max_message` bytes.
+    fn push(&mut self, data: Bytes, max_message: usize) -> Result<(), Status> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        if let Some(len) = self.announced {
+            if self.len() + data.len() > FRAME_HEADER_BYTES + len {
+                return Err(more_than_one_message());
+            }
+        }
+        match self.joined.as_mut() {
+            Some(joined) => joined.extend_from_slice(&data),
+            None if self.first.is_empty() => self.first = data,
             None => {
-                let mut buffer = BytesMut::from(&whole[..]);
-                buffer.extend_from_slice(&data);
-                gathered = Some(buffer);
+                let capacity = FRAME_HEADER_BYTES + self.announced.unwrap_or(0);
+                let mut joined = BytesMut::with_capacity(capacity.max(self.first.len() + data.len()));
+                joined.extend_from_slice(&self.first);
+                joined.extend_from_slice(&data);
+                self.first = Bytes::new();
+                self.joined = Some(joined);
             }
         }
-        let received = gathered.as_ref().map_or(whole.len(), BytesMut::len);
-        if received >= FRAME_HEADER_BYTES {
-            let head = gathered.as_deref().unwrap_or(&whole[..]);
-            let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
-            if len > max_message {
-                return Err(Status::out_of_range(format!(
-                    "Error, decoded message length too large: found {len} bytes, the limit is: {max_message} bytes"
-                )));
-            }
+        if self.announced.is_none() {
+            self.read_header(max_message)?;
         }
+        Ok(())
     }
-    let mut message = gathered.map_or(whole, BytesMut::freeze);
-    if message.len() < FRAME_HEADER_BYTES {
-        return Err(Status::internal("Missing request message."));
+
+    /// Reads the announced length once the frame header is in, and checks it and what already
+    /// arrived against it.
+    fn read_header(&mut self, max_message: usize) -> Result<(), Status> {
+        let head = self.joined.as_deref().unwrap_or(&self.first[..]);
+        let Some(&[_, a, b, c, d]) = head.get(..FRAME_HEADER_BYTES) else {
+            return Ok(());
+        };
+        let len = u32::from_be_bytes([a, b, c, d]) as usize;
+        if len > max_message {
+            return Err(Status::out_of_range(format!(
+                "Error, decoded message length too large: found {len} bytes, the limit is: {max_message} bytes"
+            )));
+        }
+        if self.len() > FRAME_HEADER_BYTES + len {
+            return Err(more_than_one_message());
+        }
+        self.announced = Some(len);
+        Ok(())
     }
-    let flag = message.get_u8();
-    if flag != 0 {
-        return Err(Status::internal(format!(
-            "protocol error: received message with invalid compression flag: {flag} (valid flags are 0 and 1), while sending request"
-        )));
+
+    /// The message, once the body has ended.
+    fn finish(self) -> Result<Bytes, Status> {
+        let Some(len) = self.announced else {
+            return Err(match self.len() {
+                0 => Status::internal("Missing request message."),
+                _ => Status::internal("Unexpected EOF decoding stream."),
+            });
+        };
+        let mut message = self.joined.map_or(self.first, BytesMut::freeze);
+        if message.len() < FRAME_HEADER_BYTES + len {
+            return Err(Status::internal("Unexpected EOF decoding stream."));
+        }
+        let flag = message.get_u8();
+        if flag != 0 {
+            return Err(Status::internal(format!(
+                "protocol error: received message with invalid compression flag: {flag} (valid flags are 0 and 1), while sending request"
+            )));
+        }
+        message.advance(FRAME_HEADER_BYTES - 1);
+        Ok(message)
     }
-    let len = message.get_u32() as usize;
-    if message.len() != len {
-        return Err(Status::internal("the request is not exactly one message"));
-    }
-    Ok(message)
+}
+
+/// What grpc-go answers a unary call that sends a second message.
+fn more_than_one_message() -> Status {
+    Status::internal("cardinality violation: received multiple request messages for non-client-streaming RPC")
 }
 
 /// The trailers of a call that succeeded.
@@ -198,5 +261,60 @@ impl Body for UnaryBody {
 
     fn is_end_stream(&self) -> bool {
         self.data.is_none() && self.trailers.is_none()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn framed(message: &[u8]) -> Vec<u8> {
+        let mut data = vec![0];
+        data.extend_from_slice(&(message.len() as u32).to_be_bytes());
+        data.extend_from_slice(message);
+        data
+    }
+
+    fn gather(frames: &[&[u8]], max_message: usize) -> Result<Bytes, Status> {
+        let mut message = Gathered::default();
+        for frame in frames {
+            message.push(Bytes::copy_from_slice(frame), max_message)?;
+        }
+        message.finish()
+    }
+
+    #[test]
+    fn one_message_in_any_number_of_frames() {
+        let data = framed(b"hello world");
+        assert_eq!(gather(&[&data], 100).unwrap(), &b"hello world"[..]);
+        let (a, rest) = data.split_at(3);
+        let (b, c) = rest.split_at(4);
+        assert_eq!(gather(&[a, b, &[], c], 100).unwrap(), &b"hello world"[..]);
+    }
+
+    #[test]
+    fn a_byte_past_the_message_is_refused_at_once() {
+        let mut data = framed(b"0123456789");
+        data.push(0);
+        let status = gather(&[&data], 100).unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Internal);
+        let mut message = Gathered::default();
+        message.push(Bytes::from(framed(b"0123456789")), 100).unwrap();
+        assert!(message.push(Bytes::from_static(b"x"), 100).is_err());
+    }
+
+    #[test]
+    fn an_announced_length_past_the_limit_is_refused_before_the_message() {
+        let mut message = Gathered::default();
+        let status = message.push(Bytes::from_static(&[0, 0, 0, 0, 101]), 100).unwrap_err();
+        assert_eq!(status.code(), tonic::Code::OutOfRange);
+    }
+
+    #[test]
+    fn short_bodies_are_refused() {
+        assert_eq!(gather(&[], 100).unwrap_err().message(), "Missing request message.");
+        assert_eq!(gather(&[&[0, 0]], 100).unwrap_err().message(), "Unexpected EOF decoding stream.");
+        assert_eq!(gather(&[&[0, 0, 0, 0, 3, 1]], 100).unwrap_err().message(), "Unexpected EOF decoding stream.");
+        assert_eq!(gather(&[&[1, 0, 0, 0, 0]], 100).unwrap_err().code(), tonic::Code::Internal);
     }
 }

@@ -34,6 +34,8 @@ pub struct WatchHub {
     store: Arc<MvccStore>,
     batches: broadcast::Sender<Arc<EventBatch>>,
     applied_revision: watch::Sender<i64>,
+    /// What the member's Watch streams may queue for their clients together.
+    outbound_budget: Arc<tokio::sync::Semaphore>,
 }
 
 impl WatchHub {
@@ -45,7 +47,14 @@ impl WatchHub {
             store,
             batches,
             applied_revision,
+            outbound_budget: super::outbound::member_budget(),
         })
+    }
+
+    /// The member-wide budget of the Watch streams' outbound queues (see
+    /// [`super::outbound::MEMBER_OUTBOUND_BYTES`]).
+    pub fn outbound_budget(&self) -> Arc<tokio::sync::Semaphore> {
+        self.outbound_budget.clone()
     }
 
     /// The store the hub reads from.

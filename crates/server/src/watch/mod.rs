@@ -4,9 +4,11 @@
 //! - [`hub`]: reads applied history once and broadcasts it to every stream.
 //! - [`watcher`]: one watcher's range, filters and position.
 //! - [`stream`]: one client stream with its watchers.
+//! - [`outbound`]: a stream's responses waiting for its client, bounded in bytes.
 //! - [`wait`]: the same, for waiters inside the server.
 
 pub mod hub;
+pub mod outbound;
 pub mod stream;
 pub mod wait;
 pub mod watcher;
@@ -15,16 +17,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use concord_proto::etcdserverpb::watch_server::Watch;
-use concord_proto::etcdserverpb::{WatchRequest, WatchResponse};
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
+use concord_proto::etcdserverpb::WatchRequest;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::context::MemberContext;
 pub use hub::WatchHub;
-
-/// Responses queued for one client before its stream stops reading the hub.
-const OUTBOUND_QUEUE: usize = 128;
 
 /// The Watch service of one member.
 pub struct WatchService {
@@ -43,17 +40,17 @@ impl WatchService {
 
 #[tonic::async_trait]
 impl Watch for WatchService {
-    type WatchStream = ReceiverStream<Result<WatchResponse, Status>>;
+    type WatchStream = outbound::Outbound;
 
     async fn watch(
         &self,
         request: Request<Streaming<WatchRequest>>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        let (out, rx) = mpsc::channel(OUTBOUND_QUEUE);
+        let (out, rx) = outbound::channel(outbound::OUTBOUND_BYTES, self.hub.outbound_budget());
         let creds = crate::auth::Credentials::of(&request);
         let task = stream::WatchStreamTask::new(self.ctx.clone(), self.hub.clone(), out, self.progress_interval)
             .with_credentials(creds);
         tokio::spawn(task.run(request.into_inner()));
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Ok(Response::new(rx))
     }
 }

@@ -2,9 +2,11 @@
 //!
 //! The stream's task owns its watchers. It reacts to three things: requests
 //! from the client (create, cancel, progress), batches from the hub, and the
-//! progress-notify clock. Sends to the client wait for room in a bounded
-//! queue; while a slow client makes the task wait, the task falls behind the
-//! hub's broadcast, and its watchers later catch up from the store. Nothing
+//! progress-notify clock. Sends to the client wait for room in a queue bounded
+//! in bytes ([`super::outbound`]). A task that has to wait first leaves the
+//! hub's broadcast and drops the batch in hand, so a slow client pins none of
+//! the member's shared history; once there is room again it subscribes anew and
+//! its watchers catch up from the store, a bounded step at a time. Nothing
 //! upstream waits for it.
 
 use std::collections::BTreeMap;
@@ -16,12 +18,12 @@ use concord_proto::etcdserverpb::{WatchCreateRequest, WatchRequest, WatchRespons
 use concord_proto::mvccpb::Event;
 use concord_storage::KvError;
 use prost::Message as _;
-use tokio::sync::broadcast::error::RecvError;
-use tokio::sync::mpsc;
+use tokio::sync::broadcast::{self, error::RecvError};
 use tokio_stream::StreamExt;
-use tonic::{Status, Streaming};
+use tonic::Streaming;
 
 use super::hub::{event_revision, EventBatch, WatchHub};
+use super::outbound::{OutboundSender, TrySendError};
 use super::watcher::{Delivery, Watcher};
 use crate::auth::Credentials;
 use crate::context::MemberContext;
@@ -41,7 +43,12 @@ struct StreamWatcher {
 pub struct WatchStreamTask {
     ctx: Arc<MemberContext>,
     hub: Arc<WatchHub>,
-    out: mpsc::Sender<Result<WatchResponse, Status>>,
+    out: OutboundSender,
+    /// The hub's broadcast, while the stream keeps up with it; `None` after the client made
+    /// the task wait, until the watchers catch up from the store.
+    live: Option<broadcast::Receiver<Arc<EventBatch>>>,
+    /// The batch being handed to the watchers; dropped if the client makes the task wait.
+    batch: Option<Arc<EventBatch>>,
     watchers: BTreeMap<i64, StreamWatcher>,
     next_auto_id: i64,
     progress_interval: Duration,
@@ -54,13 +61,15 @@ impl WatchStreamTask {
     pub fn new(
         ctx: Arc<MemberContext>,
         hub: Arc<WatchHub>,
-        out: mpsc::Sender<Result<WatchResponse, Status>>,
+        out: OutboundSender,
         progress_interval: Duration,
     ) -> Self {
         WatchStreamTask {
             ctx,
             hub,
             out,
+            live: None,
+            batch: None,
             watchers: BTreeMap::new(),
             next_auto_id: 0,
             progress_interval,
@@ -106,18 +115,23 @@ impl WatchStreamTask {
 
     /// Serves the stream until the client goes away.
     pub async fn run(mut self, mut inbound: Streaming<WatchRequest>) {
-        let mut batches = self.hub.subscribe();
         let mut progress = tokio::time::interval(self.progress_interval);
         progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         progress.tick().await;
         loop {
+            // Catching up can make the task wait for the client again, and leave again.
+            while self.live.is_none() {
+                if !self.rejoin().await {
+                    return;
+                }
+            }
             let keep_going = tokio::select! {
                 request = inbound.next() => match request {
                     Some(Ok(request)) => self.on_request(request).await,
                     _ => false,
                 },
-                batch = batches.recv() => match batch {
-                    Ok(batch) => self.on_batch(&batch).await,
+                batch = next_batch(&mut self.live) => match batch {
+                    Ok(batch) => self.on_batch(batch).await,
                     // Batches were dropped for this stream: every watcher
                     // that missed some reads them from the store instead.
                     Err(RecvError::Lagged(_)) => self.catch_up_all().await,
@@ -131,8 +145,24 @@ impl WatchStreamTask {
         }
     }
 
-    async fn send(&self, resp: WatchResponse) -> bool {
-        self.out.send(Ok(resp)).await.is_ok()
+    /// Subscribes to the hub's broadcast and catches every watcher up with the store, which
+    /// holds everything broadcast while the stream was away.
+    async fn rejoin(&mut self) -> bool {
+        self.live = Some(self.hub.subscribe());
+        self.catch_up_all().await
+    }
+
+    /// Queues `resp` for the client; false once the client has gone. If the client is behind,
+    /// the stream leaves the broadcast before it waits for room (see [`Self::rejoin`]).
+    async fn send(&mut self, resp: WatchResponse) -> bool {
+        let resp = match self.out.try_send(resp) {
+            Ok(()) => return true,
+            Err(TrySendError::Closed) => return false,
+            Err(TrySendError::Full(resp)) => resp,
+        };
+        self.live = None;
+        self.batch = None;
+        self.out.send(resp).await
     }
 
     fn response(&self, watch_id: i64, revision: i64) -> WatchResponse {
@@ -218,14 +248,22 @@ impl WatchStreamTask {
         true
     }
 
-    async fn on_batch(&mut self, batch: &EventBatch) -> bool {
+    /// Hands `batch` to every watcher, until the client makes the task wait: the watchers
+    /// not served by then catch up from the store when the stream rejoins the broadcast.
+    async fn on_batch(&mut self, batch: Arc<EventBatch>) -> bool {
+        let to_rev = batch.to_rev;
+        self.batch = Some(batch);
         let ids: Vec<i64> = self.watchers.keys().copied().collect();
         for id in ids {
-            let Some(w) = self.watchers.get_mut(&id) else { continue };
-            match w.watcher.deliver(batch) {
+            let delivery = {
+                let Some(batch) = self.batch.as_deref() else { break };
+                let Some(w) = self.watchers.get_mut(&id) else { continue };
+                w.watcher.deliver(batch)
+            };
+            match delivery {
                 Delivery::Nothing => {}
                 Delivery::Events(events) => {
-                    if !events.is_empty() && !self.send_events(id, events, batch.to_rev).await {
+                    if !events.is_empty() && !self.send_events(id, events, to_rev).await {
                         return false;
                     }
                 }
@@ -236,6 +274,7 @@ impl WatchStreamTask {
                 }
             }
         }
+        self.batch = None;
         true
     }
 
@@ -281,7 +320,7 @@ impl WatchStreamTask {
     /// limit. Without `fragment`, responses break only between revisions (a
     /// revision larger than the limit goes whole); with it, a response may
     /// break anywhere and all but the last part carry `fragment`, as in etcd.
-    async fn send_events(&self, id: i64, events: Vec<Event>, revision: i64) -> bool {
+    async fn send_events(&mut self, id: i64, events: Vec<Event>, revision: i64) -> bool {
         let fragment = self.watchers.get(&id).is_some_and(|w| w.fragment);
         let limit = self.ctx.limits.max_request_bytes;
         let template = self.response(id, revision);
@@ -325,5 +364,13 @@ impl WatchStreamTask {
             }
         }
         true
+    }
+}
+
+/// The next batch of the hub's broadcast; never, while the stream is not subscribed.
+async fn next_batch(live: &mut Option<broadcast::Receiver<Arc<EventBatch>>>) -> Result<Arc<EventBatch>, RecvError> {
+    match live {
+        Some(batches) => batches.recv().await,
+        None => std::future::pending().await,
     }
 }
