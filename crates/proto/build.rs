@@ -24,12 +24,18 @@ const SECRET_MESSAGES: &[&str] = &[
     ".authpb.User",
 ];
 
+/// The etcd packages that get serde impls (protobuf's JSON mapping) for the JSON gateway.
+const JSON_PACKAGES: &[&str] = &[".mvccpb", ".authpb", ".etcdserverpb", ".v3lockpb", ".v3electionpb"];
+
 fn main() -> Result<()> {
     println!("cargo:rerun-if-changed={PROTO_ROOT}");
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-env-changed=PROTOC");
 
+    let out_dir = std::path::PathBuf::from(std::env::var("OUT_DIR").map_err(std::io::Error::other)?);
+    let descriptors = out_dir.join("descriptors.bin");
     tonic_prost_build::configure()
+        .file_descriptor_set_path(&descriptors)
         .build_client(true)
         .build_server(true)
         // Messages that carry a password, a password hash or a token get a
@@ -40,5 +46,15 @@ fn main() -> Result<()> {
         // entries' bytes instead of copying them.
         .bytes(".concordpb.RaftMessageBatch.messages")
         .codec_path("crate::codec::CompactCodec")
-        .compile_protos(PROTOS, &[PROTO_ROOT])
+        .compile_protos(PROTOS, &[PROTO_ROOT])?;
+
+    // etcd's gateway marshals with grpc-gateway's JSONPb{OrigName: true}: proto field names,
+    // enums by name, 64-bit integers as strings, bytes in base64, default values left out.
+    // pbjson generates exactly that mapping (`<package>.serde.rs`, included by `src/lib.rs`).
+    let descriptor_set = std::fs::read(&descriptors)?;
+    pbjson_build::Builder::new()
+        .register_descriptors(&descriptor_set)?
+        .preserve_proto_field_names()
+        .ignore_unknown_fields()
+        .build(JSON_PACKAGES)
 }

@@ -1,11 +1,28 @@
-//! The answer for gRPC methods Concord does not serve yet: `Unimplemented`
-//! with the method's name, instead of an empty status.
+//! The answer for paths nothing else serves: for a gRPC call (its content type is
+//! `application/grpc...`), `Unimplemented` with the method's name instead of an empty status;
+//! for anything else, the `404 page not found` etcd's HTTP server answers.
 
-/// Builds the response for an unknown method path.
-pub async fn unimplemented_method(uri: axum::http::Uri) -> axum::response::Response {
-    tonic::Status::unimplemented(format!(
-        "concord: {} is not implemented yet",
-        uri.path()
-    ))
-    .into_http::<axum::body::Body>()
+use axum::http::{header, HeaderMap, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+
+/// Builds the response for an unknown path.
+pub async fn unimplemented_method(uri: Uri, headers: HeaderMap) -> Response {
+    if is_grpc(&headers) {
+        return tonic::Status::unimplemented(format!("concord: {} is not implemented yet", uri.path()))
+            .into_http::<axum::body::Body>();
+    }
+    (
+        StatusCode::NOT_FOUND,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8"), (header::X_CONTENT_TYPE_OPTIONS, "nosniff")],
+        "404 page not found\n",
+    )
+        .into_response()
+}
+
+/// Whether a request is a gRPC call.
+fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"))
 }

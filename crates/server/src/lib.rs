@@ -8,6 +8,7 @@
 //! - [`membership`]: member and cluster ids, names and URLs.
 //! - [`validate`], [`errors`]: etcd's request checks and error strings.
 //! - [`metrics`], [`http`]: Prometheus metrics, health endpoints and the web dashboard.
+//! - [`gateway`]: etcd's JSON gRPC gateway (`/v3/...` over HTTP with JSON bodies).
 
 pub mod apply;
 pub mod auth;
@@ -21,6 +22,7 @@ pub mod context;
 pub mod errors;
 mod fallback;
 pub mod forward;
+pub mod gateway;
 pub mod go_duration;
 mod heap;
 pub mod http;

@@ -18,8 +18,9 @@ use concord_storage::WriteResult;
 use futures::Stream;
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncReadExt;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::StreamExt as _;
 use tonic::{Request, Response, Status};
 
 use crate::auth::Credentials;
@@ -33,16 +34,33 @@ pub const ETCD_API_VERSION: &str = "3.5.0";
 const LEADER_TRANSFER_TIMEOUT: Duration = Duration::from_secs(5);
 /// Bytes per snapshot message (etcd sends 32 KiB).
 const SNAPSHOT_CHUNK: usize = 32 * 1024;
+/// Snapshot messages read ahead of the client, besides what HTTP/2 buffers for it.
+const SNAPSHOT_READ_AHEAD: usize = 4;
+/// Copies of the store made for clients at once. A copy's memory and disk traffic grow with the
+/// store, so concurrent downloads take their copies in turn rather than multiply them.
+const CONCURRENT_SNAPSHOT_COPIES: usize = 1;
+/// How long a snapshot download may go without the client taking a message before it is
+/// cancelled and its file removed. A client that reads at all takes a 32 KiB message in well
+/// under a second, even on a slow link; a minute covers a paused process, a long GC or a
+/// congested network, while a client that has stopped reading without closing its connection
+/// (which HTTP/2 keep-alive does not notice when its connection still answers pings) no longer
+/// keeps a copy of the store on disk for good.
+pub const SNAPSHOT_STALL_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The Maintenance service of one member.
 pub struct MaintenanceService {
     ctx: Arc<MemberContext>,
+    /// Turns at copying the store for a download (see [`CONCURRENT_SNAPSHOT_COPIES`]).
+    copies: Arc<Semaphore>,
 }
 
 impl MaintenanceService {
     /// A Maintenance service over the member's shared context.
     pub fn new(ctx: Arc<MemberContext>) -> Self {
-        MaintenanceService { ctx }
+        MaintenanceService {
+            ctx,
+            copies: Arc::new(Semaphore::new(CONCURRENT_SNAPSHOT_COPIES)),
+        }
     }
 
     fn header(&self) -> Option<concord_proto::etcdserverpb::ResponseHeader> {
@@ -144,28 +162,43 @@ impl Maintenance for MaintenanceService {
 
     type SnapshotStream = Pin<Box<dyn Stream<Item = Result<SnapshotResponse, Status>> + Send + 'static>>;
 
-    /// Streams a consistent copy of the store, followed (as etcd does) by
-    /// the SHA-256 of the copy, so a restore can check what it got.
+    /// Streams a consistent copy of the store in etcd's backend format (a bbolt file, so that
+    /// `etcdctl snapshot status|restore` take it), followed (as etcd does) by the SHA-256 of
+    /// the copy, so a restore can check what it got. The copy is a file in the
+    /// member's snapshot directory, removed once the download ends, fails, is abandoned by its
+    /// client, or stalls (see [`SNAPSHOT_STALL_TIMEOUT`]).
     async fn snapshot(&self, request: Request<SnapshotRequest>) -> Result<Response<Self::SnapshotStream>, Status> {
         self.require_admin(&request).await?;
-        let dir = self.ctx.snapshot_dir.clone();
+        let file = SnapshotFile(self.ctx.snapshot_dir.join(format!("client-{:x}.snap", rand_suffix())));
         let store = self.ctx.store.clone();
-        let path = dir.join(format!("client-{:x}.snap", rand_suffix()));
-        let build_path = path.clone();
-        tokio::task::spawn_blocking(move || store.write_snapshot(&build_path))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?
-            .map_err(|e| Status::internal(format!("etcdserver: {e}")))?;
-        let (tx, rx) = mpsc::channel(4);
-        let header = self.header();
+        let members = self.ctx.membership.members();
+        let turn = self.copies.clone().acquire_owned().await.map_err(|e| Status::internal(e.to_string()))?;
+        // The file and the turn travel with the copying: if the client leaves meanwhile, the turn
+        // passes and the file goes when the copy is done.
+        let file = tokio::task::spawn_blocking(move || {
+            let copied = store.write_etcd_snapshot(&file.0, &members).map(|_| file);
+            drop(turn);
+            copied
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(|e| Status::internal(format!("etcdserver: {e}")))?;
+        let (tx, rx) = mpsc::channel(SNAPSHOT_READ_AHEAD);
+        let (failed_tx, failed_rx) = oneshot::channel();
+        let (header, stall_timeout) = (self.header(), self.ctx.limits.snapshot_stall_timeout);
         tokio::spawn(async move {
-            let result = stream_file(&path, header, &tx).await;
-            let _ = tokio::fs::remove_file(&path).await;
+            let result = stream_file(&file.0, header, &tx, stall_timeout).await;
+            drop(file);
             if let Err(status) = result {
-                let _ = tx.send(Err(status)).await;
+                tracing::info!("snapshot download ended early: {}", status.message());
+                let _ = failed_tx.send(status);
             }
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        // A download that failed ends with its error, after what was already read: never with
+        // an OK that would pass a partial copy off as whole.
+        let failure = futures::stream::once(failed_rx).filter_map(|failed| failed.ok().map(Err));
+        let chunks = ReceiverStream::new(rx).map(Ok::<_, Status>);
+        Ok(Response::new(Box::pin(chunks.chain(failure))))
     }
 
     async fn move_leader(&self, request: Request<MoveLeaderRequest>) -> Result<Response<MoveLeaderResponse>, Status> {
@@ -216,10 +249,41 @@ fn rand_suffix() -> u128 {
         .map_or(0, |d| d.as_nanos())
 }
 
+/// A snapshot file made for one client, removed when dropped.
+struct SnapshotFile(std::path::PathBuf);
+
+impl Drop for SnapshotFile {
+    fn drop(&mut self) {
+        match std::fs::remove_file(&self.0) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!("cannot remove {}: {e}", self.0.display()),
+        }
+    }
+}
+
+/// Hands `resp` to the download's client; false if the client has gone. An error if the client
+/// took nothing for `stall_timeout`.
+async fn send_chunk(
+    tx: &mpsc::Sender<SnapshotResponse>,
+    resp: SnapshotResponse,
+    stall_timeout: Duration,
+) -> Result<bool, Status> {
+    match tokio::time::timeout(stall_timeout, tx.send(resp)).await {
+        Ok(sent) => Ok(sent.is_ok()),
+        Err(_) => Err(Status::deadline_exceeded(format!(
+            "concord: snapshot download cancelled: the client took no data for {stall_timeout:?}"
+        ))),
+    }
+}
+
+/// Sends the file at `path` in [`SNAPSHOT_CHUNK`] messages, then its SHA-256; stops early,
+/// without an error, if the client goes away.
 async fn stream_file(
     path: &std::path::Path,
     header: Option<concord_proto::etcdserverpb::ResponseHeader>,
-    tx: &mpsc::Sender<Result<SnapshotResponse, Status>>,
+    tx: &mpsc::Sender<SnapshotResponse>,
+    stall_timeout: Duration,
 ) -> Result<(), Status> {
     let io = |e: std::io::Error| Status::internal(format!("etcdserver: snapshot: {e}"));
     let mut file = tokio::fs::File::open(path).await.map_err(io)?;
@@ -237,24 +301,21 @@ async fn stream_file(
         hasher.update(&blob);
         remaining -= n as u64;
         let resp = SnapshotResponse {
-            header: if first { header.clone() } else { None },
+            header: if first { header } else { None },
             remaining_bytes: remaining,
             blob,
             version: ETCD_API_VERSION.to_string(),
         };
         first = false;
-        if tx.send(Ok(resp)).await.is_err() {
+        if !send_chunk(tx, resp, stall_timeout).await? {
             return Ok(());
         }
     }
-    let digest = hasher.finalize().to_vec();
-    let _ = tx
-        .send(Ok(SnapshotResponse {
-            header: if first { header } else { None },
-            remaining_bytes: 0,
-            blob: digest,
-            version: ETCD_API_VERSION.to_string(),
-        }))
-        .await;
-    Ok(())
+    let digest = SnapshotResponse {
+        header: if first { header } else { None },
+        remaining_bytes: 0,
+        blob: hasher.finalize().to_vec(),
+        version: ETCD_API_VERSION.to_string(),
+    };
+    send_chunk(tx, digest, stall_timeout).await.map(|_| ())
 }

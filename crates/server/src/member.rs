@@ -227,6 +227,8 @@ pub async fn serve(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> Res
         ctx: ctx.clone(),
         rates: Arc::new(RateHistory::default()),
         leases: Arc::new(LeaseService::new(ctx.clone(), lessor.clone(), cfg.election_timeout)),
+        hub: hub.clone(),
+        watch_progress_notify_interval: cfg.watch_progress_notify_interval,
     };
     tokio::spawn(crate::metrics::rates::sample(ctx.clone(), http_state.rates.clone(), stop_rx.clone()));
     tokio::spawn(crate::metrics::probe::count_leader_changes(ctx.clone(), stop_rx.clone()));
@@ -262,21 +264,23 @@ pub async fn serve(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> Res
     let max_message = cfg.limits.max_request_bytes + GRPC_OVERHEAD_BYTES;
     for (addr, https) in resolve(&cfg.listen_client_urls).await? {
         let listener = bind(addr).await?;
-        let routes = tonic::service::Routes::new(ClusterServer::new(ClusterService::new(ctx.clone())))
-            .add_service(MaintenanceServer::new(MaintenanceService::new(ctx.clone())))
-            .add_service(WatchServer::new(WatchService::new(
-                ctx.clone(),
-                hub.clone(),
-                cfg.watch_progress_notify_interval,
-            )))
-            .add_service(LeaseServer::new(LeaseService::new(
-                ctx.clone(),
-                lessor.clone(),
-                cfg.election_timeout,
-            )))
-            .add_service(LockServer::new(LockService::new(ctx.clone(), hub.clone())))
-            .add_service(ElectionServer::new(ElectionService::new(ctx.clone(), hub.clone())))
-            .add_service(AuthServer::new(crate::auth::service::AuthService::new(ctx.clone())));
+        // Every service refuses a message announced past the limit before reading it (tonic's
+        // own default is 4 MiB), as the KV calls do.
+        let maintenance = MaintenanceService::new(ctx.clone());
+        let watch = WatchService::new(ctx.clone(), hub.clone(), cfg.watch_progress_notify_interval);
+        let lease = LeaseService::new(ctx.clone(), lessor.clone(), cfg.election_timeout);
+        let auth = crate::auth::service::AuthService::new(ctx.clone());
+        let routes = tonic::service::Routes::new(
+            ClusterServer::new(ClusterService::new(ctx.clone())).max_decoding_message_size(max_message),
+        )
+        .add_service(MaintenanceServer::new(maintenance).max_decoding_message_size(max_message))
+        .add_service(WatchServer::new(watch).max_decoding_message_size(max_message))
+        .add_service(LeaseServer::new(lease).max_decoding_message_size(max_message))
+        .add_service(LockServer::new(LockService::new(ctx.clone(), hub.clone())).max_decoding_message_size(max_message))
+        .add_service(
+            ElectionServer::new(ElectionService::new(ctx.clone(), hub.clone())).max_decoding_message_size(max_message),
+        )
+        .add_service(AuthServer::new(auth).max_decoding_message_size(max_message));
         let router = routes
             .into_axum_router()
             .merge(crate::http::all_routes(http_state.clone()))

@@ -98,6 +98,7 @@ mod alarm;
 pub mod auth;
 mod compact;
 mod error;
+mod etcd_format;
 mod events;
 mod hash;
 mod index;
@@ -115,6 +116,7 @@ mod write;
 
 pub use auth::{open_envelope, AuthApplied, AuthEffect, AuthError, AuthStatus};
 pub use error::{ErrorCode, KvError, StorageError};
+pub use etcd_format::{etcd_snapshot_status, is_etcd_backend, EtcdSnapshotInfo, EtcdSnapshotStatus};
 pub use snapshot::SnapshotInfo;
 pub use store::{ApplyEntry, MvccStore, WriteResult};
 pub use txn::is_txn_read_only;

@@ -8,11 +8,13 @@
 //! - `save` is `etcdctl snapshot save`: it streams Maintenance.Snapshot from
 //!   one member into `FILE.part`, and renames it to `FILE` only once the
 //!   stream is complete and its SHA-256 trailer matches. The file holds the
-//!   bytes as sent (the store file, then the 32-byte SHA-256 of it), exactly
-//!   what etcdctl writes, so either tool's backup restores with either tool's
-//!   file.
+//!   bytes as sent (etcd's backend, a bbolt file, then the 32-byte SHA-256 of
+//!   it), exactly what etcdctl writes, so `etcdctl snapshot status|restore`
+//!   take it. A member of an earlier version sends its redb store instead:
+//!   `save` converts that to etcd's format ([`etcd`]).
 //! - `restore` is `etcdutl snapshot restore`: it checks the trailer, puts the
-//!   store in a new data directory, and writes a fresh membership from the
+//!   store in a new data directory (importing an etcd-format snapshot, from
+//!   etcd 3.4/3.5 or Concord, or copying a redb one), and writes a fresh membership from the
 //!   `--initial-*` flags given now (new member ids, new cluster id). The
 //!   restored store's applied index is set back to 0: the new cluster starts
 //!   a new Raft log (`concord serve --initial-cluster-state new` bootstraps
@@ -21,6 +23,7 @@
 //!
 //! `save` shows its progress with a bar on a terminal ([`progress`]).
 
+mod etcd;
 mod progress;
 mod status;
 
@@ -29,8 +32,9 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use clap::{Args, Subcommand};
+use concord_proto::etcdserverpb::cluster_client::ClusterClient;
 use concord_proto::etcdserverpb::maintenance_client::MaintenanceClient;
-use concord_proto::etcdserverpb::SnapshotRequest;
+use concord_proto::etcdserverpb::{MemberListRequest, SnapshotRequest};
 use concord_server::membership::{parse_initial_cluster, Membership};
 use concord_storage::MvccStore;
 use sha2::{Digest, Sha256};
@@ -51,7 +55,7 @@ pub struct SnapshotArgs {
 /// What to do with a snapshot.
 #[derive(Subcommand, Debug)]
 pub enum SnapshotCommand {
-    /// Stream a snapshot of a running member's store into FILE (like `etcdctl snapshot save`).
+    /// Stream a snapshot of a running member's store into FILE, in etcd's format (like `etcdctl snapshot save`).
     Save(SaveArgs),
     /// Make a new member's data directory from a snapshot (like `etcdutl snapshot restore`).
     Restore(RestoreArgs),
@@ -72,7 +76,7 @@ pub struct SaveArgs {
 /// Flags of `concord snapshot restore`: etcdutl's, with `concord serve`'s defaults.
 #[derive(Args, Debug)]
 pub struct RestoreArgs {
-    /// The snapshot file (from `concord snapshot save` or `etcdctl snapshot save`).
+    /// The snapshot file (from `concord snapshot save` or `etcdctl snapshot save`, etcd 3.4/3.5).
     pub file: PathBuf,
     /// Name of the member this data directory is for.
     #[arg(long, default_value = "default")]
@@ -264,6 +268,10 @@ async fn save(args: SaveArgs) -> Result<(), String> {
     }
     .await;
     drop(out);
+    let result = match result {
+        Ok(received) => to_etcd_format(&session, &part).await.map(|()| received),
+        Err(e) => Err(e),
+    };
     let received = match result {
         Ok(received) => received,
         Err(e) => {
@@ -277,6 +285,26 @@ async fn save(args: SaveArgs) -> Result<(), String> {
     progress.finish(received, &endpoint);
     println!("Snapshot saved at {}", args.file.display());
     Ok(())
+}
+
+/// Leaves the verified snapshot at `part` in etcd's format: as it is when the member sent
+/// etcd's format, converted (with the cluster's member list) when it sent its redb store.
+async fn to_etcd_format(session: &Session, part: &Path) -> Result<(), String> {
+    let mut file = File::open(part).map_err(|e| format!("{}: {e}", part.display()))?;
+    if etcd::is_etcd_snapshot(&mut file)? {
+        return Ok(());
+    }
+    let layout = inspect(&mut file, false)?;
+    drop(file);
+    let mut cluster = ClusterClient::new(session.channel.clone());
+    let members = session
+        .call(cluster.member_list(session.request(MemberListRequest { linearizable: false })))
+        .await?
+        .members;
+    let part = part.to_path_buf();
+    tokio::task::spawn_blocking(move || etcd::convert_to_etcd(&part, layout.store_len, &members))
+        .await
+        .map_err(|e| format!("converting the snapshot failed: {e}"))?
 }
 
 /// Whether a directory is missing or empty (what restore may write into).
@@ -422,7 +450,9 @@ fn write_member(
     std::fs::create_dir_all(member_dir).map_err(|e| format!("{}: {e}", member_dir.display()))?;
     let store_path = member_dir.join("kv.redb");
     let io = |e: std::io::Error| format!("{}: {e}", store_path.display());
-    {
+    if etcd::is_etcd_snapshot(file).map_err(|e| format!("{}: {e}", args.file.display()))? {
+        etcd::import(file, layout, &store_path).map_err(|e| format!("{}: {e}", args.file.display()))?;
+    } else {
         file.seek(SeekFrom::Start(0)).map_err(|e| format!("{}: {e}", args.file.display()))?;
         let mut out = create_private(&store_path).map_err(io)?;
         let copied = std::io::copy(&mut Read::by_ref(file).take(layout.store_len), &mut out).map_err(io)?;

@@ -2,11 +2,13 @@
 //! (like `etcdutl snapshot status`): its hash, revision, number of keys and
 //! size, in etcdctl's simple, table or JSON output.
 //!
-//! The hash is the store's `Hash` (what the Maintenance Hash RPC returns for
-//! a member holding the same data), and the key count is the number of live
-//! keys, since a Concord store is not a bbolt file whose buckets etcdutl
-//! would count. The store is read from a private temporary copy, so the file
-//! itself is never opened for writing.
+//! An etcd-format snapshot (what `snapshot save` writes, and etcd's) gets
+//! etcdutl's numbers exactly: the CRC-32C of its buckets, the newest revision
+//! in `key`, and the entries of every bucket. A redb snapshot (of an earlier
+//! Concord) gets the store's `Hash` (what the Maintenance Hash RPC returns for
+//! a member holding the same data) and the number of live keys; its store is
+//! read from a private temporary copy, so the file itself is never opened for
+//! writing.
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
@@ -35,11 +37,11 @@ pub struct StatusArgs {
 /// etcdutl's snapshot status, in its JSON field names.
 #[derive(Serialize, Debug, PartialEq, Eq)]
 pub struct SnapshotStatus {
-    /// The store's hash (etcd's Hash over its content).
+    /// The store's hash (etcdutl's CRC-32C of the buckets; a redb store's Hash).
     pub hash: u32,
     /// The store's revision.
     pub revision: i64,
-    /// Live keys in the store.
+    /// Entries of all buckets (etcdutl's count); live keys of a redb store.
     #[serde(rename = "totalKey")]
     pub total_keys: i64,
     /// Bytes of the store (the file but its trailer).
@@ -72,6 +74,16 @@ pub fn run(args: StatusArgs) -> Result<(), String> {
 pub fn read_status(path: &std::path::Path, skip_hash_check: bool) -> Result<SnapshotStatus, String> {
     let mut file = File::open(path).map_err(|e| e.to_string())?;
     let layout = inspect(&mut file, skip_hash_check)?;
+    if super::etcd::is_etcd_snapshot(&mut file)? {
+        let bytes = super::etcd::store_bytes(&mut file, &layout)?;
+        let status = concord_storage::etcd_snapshot_status(bytes).map_err(|e| format!("not a usable etcd snapshot: {e}"))?;
+        return Ok(SnapshotStatus {
+            hash: status.hash,
+            revision: status.revision,
+            total_keys: status.total_key as i64,
+            total_size: status.total_size,
+        });
+    }
     let dir = tempfile::tempdir().map_err(|e| format!("cannot make a temporary directory: {e}"))?;
     let copy = dir.path().join("kv.redb");
     {

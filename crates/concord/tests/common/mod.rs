@@ -347,7 +347,11 @@ impl Cluster {
                     }
                 }
             }
-            assert!(Instant::now() < deadline, "no agreed leader within {WAIT:?}: {leaders:?}\n{}", self.logs());
+            assert!(
+                Instant::now() < deadline,
+                "no agreed leader within {WAIT:?}: {leaders:?}\n{}",
+                self.logs()
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -374,7 +378,11 @@ impl Cluster {
             .map(|m| {
                 let text = std::fs::read_to_string(&m.log).unwrap_or_default();
                 let tail: Vec<&str> = text.lines().rev().take(40).collect();
-                format!("--- {} ---\n{}", m.name, tail.into_iter().rev().collect::<Vec<_>>().join("\n"))
+                format!(
+                    "--- {} ---\n{}",
+                    m.name,
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                )
             })
             .collect::<Vec<_>>()
             .join("\n")

@@ -41,10 +41,21 @@ impl TestCa {
         let key = KeyPair::generate().expect("CA key");
         let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, format!("{name} test CA"));
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        params
+            .distinguished_name
+            .push(DnType::CommonName, format!("{name} test CA"));
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
         let cert = params.self_signed(&key).expect("self-signed CA");
-        let ca = TestCa { cert, key, dir: dir.to_owned(), name: name.to_string() };
+        let ca = TestCa {
+            cert,
+            key,
+            dir: dir.to_owned(),
+            name: name.to_string(),
+        };
         std::fs::write(ca.ca_file(), ca.cert.pem()).expect("write CA");
         ca
     }
@@ -64,7 +75,9 @@ impl TestCa {
     pub fn issue(&self, stem: &str, common_name: &str) -> Issued {
         let key = KeyPair::generate().expect("key");
         let mut params = CertificateParams::new(vec!["localhost".to_string()]).expect("params");
-        params.subject_alt_names.push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
+        params
+            .subject_alt_names
+            .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
         params.distinguished_name.push(DnType::CommonName, common_name);
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
         let cert = params.signed_by(&key, &self.cert, &self.key).expect("sign");
@@ -95,7 +108,9 @@ impl TestCa {
         .collect();
         Secure {
             member_args,
-            client_tls: TlsOptions::new().ca_certificate(self.certificate()).identity(client.identity()),
+            client_tls: TlsOptions::new()
+                .ca_certificate(self.certificate())
+                .identity(client.identity()),
         }
     }
 }

@@ -38,7 +38,8 @@ pub fn tools() -> Result<Tools, String> {
         names
             .iter()
             .flat_map(|name| {
-                std::iter::once(Path::new("/usr/bin").join(name)).chain(std::env::split_paths(&path).map(move |d| d.join(name)))
+                std::iter::once(Path::new("/usr/bin").join(name))
+                    .chain(std::env::split_paths(&path).map(move |d| d.join(name)))
             })
             .find(|p| p.is_file())
     };
@@ -82,7 +83,12 @@ impl Browser {
             .stderr(log)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", tools.chromedriver.display()));
-        let mut browser = Browser { driver, port, session: String::new(), profile };
+        let mut browser = Browser {
+            driver,
+            port,
+            session: String::new(),
+            profile,
+        };
 
         let deadline = Instant::now() + STARTUP;
         loop {
@@ -92,7 +98,11 @@ impl Browser {
                     if let Ok(Some(exit)) = browser.driver.try_wait() {
                         panic!("chromedriver exited ({exit}):\n{}", browser.driver_log());
                     }
-                    assert!(Instant::now() < deadline, "chromedriver not ready after {STARTUP:?}: {other:?}\n{}", browser.driver_log());
+                    assert!(
+                        Instant::now() < deadline,
+                        "chromedriver not ready after {STARTUP:?}: {other:?}\n{}",
+                        browser.driver_log()
+                    );
                     std::thread::sleep(Duration::from_millis(100));
                 }
             }
@@ -142,7 +152,10 @@ impl Browser {
     pub fn find(&self, css: &str) -> Result<String, String> {
         let path = format!("/session/{}/element", self.session);
         let found = self.command("POST", &path, Some(&json!({ "using": "css selector", "value": css })))?;
-        found[ELEMENT_KEY].as_str().map(str::to_string).ok_or_else(|| format!("not an element: {found}"))
+        found[ELEMENT_KEY]
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| format!("not an element: {found}"))
     }
 
     /// Clicks an element.
@@ -171,7 +184,11 @@ impl Browser {
     }
 
     /// Polls `check` until it gives a value, for at most `timeout`; else what it last saw.
-    pub fn poll<T>(&self, timeout: Duration, mut check: impl FnMut(&Browser) -> Result<T, String>) -> Result<T, String> {
+    pub fn poll<T>(
+        &self,
+        timeout: Duration,
+        mut check: impl FnMut(&Browser) -> Result<T, String>,
+    ) -> Result<T, String> {
         let deadline = Instant::now() + timeout;
         loop {
             match check(self) {
@@ -192,7 +209,8 @@ impl Browser {
     /// One WebDriver call: its `value`, or the error chromedriver gave.
     fn command(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Value, String> {
         let (status, body) = http(self.port, method, path, body)?;
-        let parsed: Value = serde_json::from_slice(&body).map_err(|e| format!("status {status}, not JSON ({e}): {}", String::from_utf8_lossy(&body)))?;
+        let parsed: Value = serde_json::from_slice(&body)
+            .map_err(|e| format!("status {status}, not JSON ({e}): {}", String::from_utf8_lossy(&body)))?;
         if status != 200 {
             let value = &parsed["value"];
             return Err(format!("status {status}: {} {}", value["error"], value["message"]));
@@ -222,7 +240,9 @@ impl Drop for Browser {
 
 /// Ids of the processes whose command line mentions `text` (Linux).
 fn processes_mentioning(text: &str) -> Vec<u32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
     entries
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
         .filter(|pid| *pid != std::process::id())
@@ -272,14 +292,19 @@ fn http(port: u16, method: &str, path: &str, body: Option<&Value>) -> Result<(u1
     let header = |name: &str| {
         head.lines().skip(1).find_map(|l| {
             let (n, v) = l.split_once(':')?;
-            n.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_ascii_lowercase())
+            n.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_ascii_lowercase())
         })
     };
     let start = split + 4;
     if let Some(length) = header("content-length").and_then(|v| v.parse::<usize>().ok()) {
         while response.len() < start + length {
             if !more(&mut response)? {
-                return Err(format!("{method} {path}: connection closed {} bytes short", start + length - response.len()));
+                return Err(format!(
+                    "{method} {path}: connection closed {} bytes short",
+                    start + length - response.len()
+                ));
             }
         }
         return Ok((status, response[start..start + length].to_vec()));
@@ -302,16 +327,21 @@ fn http(port: u16, method: &str, path: &str, body: Option<&Value>) -> Result<(u1
 fn dechunk(mut body: &[u8]) -> Result<Option<Vec<u8>>, String> {
     let mut out = Vec::new();
     loop {
-        let Some(line_end) = body.windows(2).position(|w| w == b"\r\n") else { return Ok(None) };
+        let Some(line_end) = body.windows(2).position(|w| w == b"\r\n") else {
+            return Ok(None);
+        };
         let size_text = String::from_utf8_lossy(&body[..line_end]);
-        let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16).map_err(|e| format!("bad chunk size: {e}"))?;
+        let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
+            .map_err(|e| format!("bad chunk size: {e}"))?;
         body = &body[line_end + 2..];
         if size == 0 {
             return Ok(Some(out));
         }
         let Some(chunk) = body.get(..size) else { return Ok(None) };
         out.extend_from_slice(chunk);
-        let Some(rest) = body.get(size + 2..) else { return Ok(None) };
+        let Some(rest) = body.get(size + 2..) else {
+            return Ok(None);
+        };
         body = rest;
     }
 }

@@ -1,6 +1,6 @@
 //! The HTTP endpoints a member serves beside gRPC, for operators and their tools:
 //! `/metrics` (Prometheus), `/health`, `/livez`, `/readyz` and `/version` (etcd's), and the
-//! web dashboard under `/ui`.
+//! web dashboard under `/ui`; on client URLs also etcd's JSON gateway ([`crate::gateway`]).
 //!
 //! They are mounted on every client URL (gRPC and HTTP/1.1 share the port, as with etcd), and
 //! on the dedicated listeners of `--listen-metrics-urls` (metrics and health) and
@@ -29,6 +29,11 @@ pub struct HttpState {
     /// The member's Lease service, which the dashboard asks for lease TTLs (it answers from
     /// the leader's lease clock, forwarding when this member does not lead).
     pub leases: Arc<crate::lease::LeaseService>,
+    /// The member's watch hub, which the JSON gateway's Watch, Lock and Election streams share
+    /// with the gRPC ones.
+    pub hub: Arc<crate::watch::hub::WatchHub>,
+    /// etcd's `--experimental-watch-progress-notify-interval`, for the gateway's watches.
+    pub watch_progress_notify_interval: std::time::Duration,
 }
 
 /// `/metrics`, `/health`, `/livez`, `/readyz` and `/version`: what `--listen-metrics-urls`
@@ -53,9 +58,11 @@ pub fn dashboard_routes(state: HttpState) -> Router {
         .route("/", get(|| async { axum::response::Redirect::temporary("/ui/") }))
 }
 
-/// Everything above, for the client port.
+/// Everything above, and etcd's JSON gateway (`/v3/...`), for the client port.
 pub fn all_routes(state: HttpState) -> Router {
-    operator_routes(state.clone()).merge(dashboard_routes(state))
+    operator_routes(state.clone())
+        .merge(crate::gateway::routes(&state))
+        .merge(dashboard_routes(state))
 }
 
 async fn metrics(axum::extract::State(state): axum::extract::State<HttpState>) -> impl IntoResponse {
