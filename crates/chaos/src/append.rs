@@ -46,17 +46,8 @@ pub fn check_appends(history: &History, final_state: Option<&FinalState>) -> Vec
     out
 }
 
-fn check_key(
-    history: &History,
-    key: &[u8],
-    final_state: Option<&FinalState>,
-    out: &mut Vec<Anomaly>,
-) {
-    let ops: Vec<&Op> = history
-        .ops()
-        .iter()
-        .filter(|op| op.call.key() == key)
-        .collect();
+fn check_key(history: &History, key: &[u8], final_state: Option<&FinalState>, out: &mut Vec<Anomaly>) {
+    let ops: Vec<&Op> = history.ops().iter().filter(|op| op.call.key() == key).collect();
     let mut appends: HashMap<&[u8], &Op> = HashMap::new();
     for op in &ops {
         if let Call::Append { elem, .. } = &op.call {
@@ -84,11 +75,7 @@ fn check_key(
         });
     }
     // Acknowledged appends by completion.
-    let mut acked: Vec<&Op> = appends
-        .values()
-        .copied()
-        .filter(|op| op.ret().is_some())
-        .collect();
+    let mut acked: Vec<&Op> = appends.values().copied().filter(|op| op.ret().is_some()).collect();
     acked.sort_by_key(|op| op.complete);
 
     let mut reported_duplicate: HashSet<&[u8]> = HashSet::new();
@@ -221,11 +208,7 @@ fn check_key(
         .filter_map(|op| Some((*op, pos(op)?)))
         .collect();
     present.sort_by_key(|p| p.0.invoke);
-    let mut done: Vec<(&Op, usize)> = present
-        .iter()
-        .copied()
-        .filter(|p| p.0.ret().is_some())
-        .collect();
+    let mut done: Vec<(&Op, usize)> = present.iter().copied().filter(|p| p.0.ret().is_some()).collect();
     done.sort_by_key(|p| p.0.complete);
     let mut j = 0;
     let mut furthest: Option<(&Op, usize)> = None;
@@ -325,11 +308,7 @@ mod tests {
         let found = check_appends(&h, Some(&fin("x,y,f,w", 5)));
         assert_eq!(names(&found), ["append_unexplained", "append_unexplained"]);
         assert!(found[0].to_string().contains("failed"), "{}", found[0]);
-        assert!(
-            found[1].to_string().contains("never appended"),
-            "{}",
-            found[1]
-        );
+        assert!(found[1].to_string().contains("never appended"), "{}", found[1]);
     }
 
     #[test]

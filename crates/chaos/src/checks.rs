@@ -39,12 +39,7 @@ pub struct FinalRead {
 
 impl fmt::Display for FinalRead {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{} (mod_revision {})",
-            Bytes(&self.value),
-            self.mod_revision
-        )
+        write!(f, "{} (mod_revision {})", Bytes(&self.value), self.mod_revision)
     }
 }
 
@@ -132,12 +127,7 @@ impl fmt::Display for WatchEvent {
                 Bytes(&self.value),
                 self.revision
             ),
-            EventKind::Delete => write!(
-                f,
-                "delete {} at revision {}",
-                Bytes(&self.key),
-                self.revision
-            ),
+            EventKind::Delete => write!(f, "delete {} at revision {}", Bytes(&self.key), self.revision),
         }
     }
 }
@@ -223,11 +213,7 @@ pub fn check_revisions(history: &History) -> Vec<Anomaly> {
     }
 
     // Real-time order: sweep ops by invocation, folding in every op completed strictly before.
-    let done: Vec<&Op> = history
-        .ops()
-        .iter()
-        .filter(|op| op.ret().is_some())
-        .collect();
+    let done: Vec<&Op> = history.ops().iter().filter(|op| op.ret().is_some()).collect();
     let mut by_complete = done.clone();
     by_complete.sort_by_key(|op| op.complete);
     let mut j = 0;
@@ -382,9 +368,7 @@ fn check_watch_with(history: &History, writes: &Writes<'_>, stream: &WatchStream
                 }
             }
             None => {
-                if event.kind != EventKind::Put
-                    || !unknown_write_explains(history, &event.key, &event.value)
-                {
+                if event.kind != EventKind::Put || !unknown_write_explains(history, &event.key, &event.value) {
                     out.push(Anomaly::WatchUnexplainedEvent {
                         watcher,
                         event: event.clone(),
@@ -527,31 +511,18 @@ mod tests {
     #[test]
     fn non_monotonic_revision_is_rejected() {
         // The same client: a write at 5, then a read served at 4.
-        let h = history(vec![
-            put(1, (0, 10), "a", "1", 5),
-            get(1, (20, 30), "b", None, 0, 4),
-        ]);
+        let h = history(vec![put(1, (0, 10), "a", "1", 5), get(1, (20, 30), "b", None, 0, 4)]);
         let found = check_revisions(&h);
         assert_eq!(names(&found), ["revision_went_backwards"]);
-        assert!(
-            found[0].to_string().contains("the same client"),
-            "{}",
-            found[0]
-        );
+        assert!(found[0].to_string().contains("the same client"), "{}", found[0]);
         // Another client's later write that does not get a higher revision; and a shared one.
-        let h = history(vec![
-            put(1, (0, 10), "a", "1", 5),
-            put(2, (20, 30), "b", "1", 5),
-        ]);
+        let h = history(vec![put(1, (0, 10), "a", "1", 5), put(2, (20, 30), "b", "1", 5)]);
         assert_eq!(
             names(&check_revisions(&h)),
             ["duplicate_write_revision", "revision_went_backwards"]
         );
         // Overlapping ops may see any order.
-        let h = history(vec![
-            put(1, (0, 10), "a", "1", 5),
-            get(2, (10, 30), "b", None, 0, 4),
-        ]);
+        let h = history(vec![put(1, (0, 10), "a", "1", 5), get(2, (10, 30), "b", None, 0, 4)]);
         assert_eq!(check_revisions(&h), vec![]);
     }
 
@@ -571,10 +542,7 @@ mod tests {
         ]);
         assert_eq!(names(&check_revisions(&h)), ["revision_went_backwards"]);
         // An absent key at a revision that includes a write to it.
-        let h = history(vec![
-            put(1, (0, 10), "a", "1", 2),
-            get(2, (5, 50), "a", None, 0, 2),
-        ]);
+        let h = history(vec![put(1, (0, 10), "a", "1", 2), get(2, (5, 50), "a", None, 0, 2)]);
         assert_eq!(names(&check_revisions(&h)), ["stale_read"]);
     }
 
@@ -610,10 +578,7 @@ mod tests {
         assert!(found[0].to_string().contains("\"2\""), "{}", found[0]);
         // The right revision with the wrong value, and a value nobody wrote.
         let found = check_final_state(&h, &fin(&[("a", "x", 3), ("b", "1", 4), ("c", "1", 9)]));
-        assert_eq!(
-            names(&found),
-            ["wrong_final_version", "unexplained_final_value"]
-        );
+        assert_eq!(names(&found), ["wrong_final_version", "unexplained_final_value"]);
         // Overwritten by a write whose outcome is unknown: fine.
         let h = history(vec![
             put(1, (0, 10), "a", "1", 2),
@@ -677,11 +642,7 @@ mod tests {
         let h = three_writes();
         let found = check_watch(
             &h,
-            &stream(vec![
-                event(3, "k2", "b"),
-                event(2, "k1", "a"),
-                event(4, "k1", "c"),
-            ]),
+            &stream(vec![event(3, "k2", "b"), event(2, "k1", "a"), event(4, "k1", "c")]),
         );
         assert_eq!(names(&found), ["watch_out_of_order"]);
         let found = check_watch(
@@ -696,11 +657,7 @@ mod tests {
         assert_eq!(names(&found), ["watch_duplicate"]);
         let found = check_watch(
             &h,
-            &stream(vec![
-                event(2, "k1", "a"),
-                event(3, "k2", "b"),
-                event(5, "other", "d"),
-            ]),
+            &stream(vec![event(2, "k1", "a"), event(3, "k2", "b"), event(5, "other", "d")]),
         );
         assert_eq!(names(&found), ["watch_out_of_range", "watch_gap"]);
     }
@@ -712,19 +669,12 @@ mod tests {
         assert_eq!(names(&found), ["watch_wrong_event"]);
         let found = check_watch(
             &h,
-            &stream(vec![
-                event(2, "k1", "a"),
-                event(3, "k2", "b"),
-                event(9, "k9", "?"),
-            ]),
+            &stream(vec![event(2, "k1", "a"), event(3, "k2", "b"), event(9, "k9", "?")]),
         );
         assert_eq!(names(&found), ["watch_unexplained_event", "watch_gap"]);
         let mut delete = event(2, "k1", "");
         delete.kind = EventKind::Delete;
-        assert_eq!(
-            names(&check_watch(&h, &stream(vec![delete]))),
-            ["watch_wrong_event"]
-        );
+        assert_eq!(names(&check_watch(&h, &stream(vec![delete]))), ["watch_wrong_event"]);
     }
 
     #[test]

@@ -81,10 +81,7 @@ impl Call {
     /// The key the call reads or writes.
     pub fn key(&self) -> &[u8] {
         match self {
-            Call::Get { key }
-            | Call::Put { key, .. }
-            | Call::Cas { key, .. }
-            | Call::Append { key, .. } => key,
+            Call::Get { key } | Call::Put { key, .. } | Call::Cas { key, .. } | Call::Append { key, .. } => key,
         }
     }
 
@@ -199,9 +196,7 @@ impl Op {
             Call::Get { .. } => false,
             Call::Put { value: v, .. } => v == value,
             Call::Cas { new, .. } => new == value,
-            Call::Append { elem, .. } => {
-                value.rsplit(|b| *b == LIST_SEPARATOR).next() == Some(elem.as_slice())
-            }
+            Call::Append { elem, .. } => value.rsplit(|b| *b == LIST_SEPARATOR).next() == Some(elem.as_slice()),
         }
     }
 
@@ -254,12 +249,7 @@ pub(crate) struct Time(pub Timestamp);
 
 impl fmt::Display for Time {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}.{:09}s",
-            self.0 / 1_000_000_000,
-            self.0 % 1_000_000_000
-        )
+        write!(f, "{}.{:09}s", self.0 / 1_000_000_000, self.0 % 1_000_000_000)
     }
 }
 
@@ -289,29 +279,16 @@ impl fmt::Display for Ret {
                 mod_revision,
                 revision,
             } => {
-                write!(
-                    f,
-                    "{} (mod_revision {mod_revision}, revision {revision})",
-                    Bytes(v)
-                )
+                write!(f, "{} (mod_revision {mod_revision}, revision {revision})", Bytes(v))
             }
             Ret::Get {
-                value: None,
-                revision,
-                ..
+                value: None, revision, ..
             } => write!(f, "absent (revision {revision})"),
             Ret::Put { revision } | Ret::Append { revision } => {
                 write!(f, "ok (revision {revision})")
             }
-            Ret::Cas {
-                succeeded,
-                revision,
-            } => {
-                let what = if *succeeded {
-                    "succeeded"
-                } else {
-                    "compare failed"
-                };
+            Ret::Cas { succeeded, revision } => {
+                let what = if *succeeded { "succeeded" } else { "compare failed" };
                 write!(f, "{what} (revision {revision})")
             }
         }
@@ -415,10 +392,7 @@ impl History {
                         Some(_) => (1..=*revision).contains(mod_revision),
                     };
                     if !ok {
-                        return err(
-                            op,
-                            "mod_revision must be 0 for an absent key, else within 1..=revision",
-                        );
+                        return err(op, "mod_revision must be 0 for an absent key, else within 1..=revision");
                     }
                 }
             }
@@ -439,10 +413,7 @@ impl History {
                 Call::Get { .. } => {}
             }
             if let (Some(_), Some(other)) = *entry {
-                return err(
-                    other,
-                    "a key written by appends must not be written by puts or Cas",
-                );
+                return err(other, "a key written by appends must not be written by puts or Cas");
             }
         }
         Ok(History { ops })
@@ -536,11 +507,7 @@ impl Recorder {
     /// (or the give-up decision).
     pub fn complete(&self, invocation: Invocation, outcome: Outcome) {
         let complete = self.now();
-        let Invocation {
-            client,
-            invoke,
-            call,
-        } = invocation;
+        let Invocation { client, invoke, call } = invocation;
         self.record(Op {
             client,
             invoke,
@@ -610,10 +577,7 @@ mod tests {
         bad(vec![put(1, (0, 5), "k", "v", 0)], "at least 1");
         bad(vec![append(1, (0, 5), "k", "a,b", 2)], "free of ','");
         bad(
-            vec![
-                append(1, (0, 5), "k", "a", 2),
-                unknown(append(2, (0, 5), "k", "a", 0)),
-            ],
+            vec![append(1, (0, 5), "k", "a", 2), unknown(append(2, (0, 5), "k", "a", 0))],
             "twice",
         );
         bad(
@@ -630,10 +594,7 @@ mod tests {
 
     #[test]
     fn history_is_sorted_by_invocation() {
-        let h = history(vec![
-            put(1, (30, 40), "k", "b", 3),
-            put(1, (0, 10), "k", "a", 2),
-        ]);
+        let h = history(vec![put(1, (30, 40), "k", "b", 3), put(1, (0, 10), "k", "a", 2)]);
         assert_eq!(h.ops()[0].invoke, 0);
         assert_eq!(h.len(), 2);
     }
@@ -680,9 +641,7 @@ mod tests {
             "client 1 [0.000000000s, gave up 0.000000007s] cas \"k\" if absent then \"n\" -> unknown (may take effect later, or never)"
         );
         let long = "x".repeat(100);
-        assert!(put(1, (0, 1), "k", &long, 2)
-            .to_string()
-            .contains("...(100 bytes)"));
+        assert!(put(1, (0, 1), "k", &long, 2).to_string().contains("...(100 bytes)"));
     }
 
     #[test]

@@ -57,16 +57,12 @@ use std::fmt;
 pub use anomaly::{Anomaly, ListSource};
 pub use append::check_appends;
 pub use checks::{
-    check_final_state, check_revisions, check_watch, check_watches, EventKind, FinalRead,
-    FinalState, KeyRange, WatchEvent, WatchStream,
+    check_final_state, check_revisions, check_watch, check_watches, EventKind, FinalRead, FinalState, KeyRange,
+    WatchEvent, WatchStream,
 };
-pub use history::{
-    Call, ClientId, History, HistoryError, Invocation, Op, Outcome, Recorder, Ret, Revision,
-    Timestamp,
-};
+pub use history::{Call, ClientId, History, HistoryError, Invocation, Op, Outcome, Recorder, Ret, Revision, Timestamp};
 pub use linearizability::{
-    check_linearizability, Counterexample, CounterexampleOp, Inconclusive, LinOptions, LinReport,
-    UnknownKey,
+    check_linearizability, Counterexample, CounterexampleOp, Inconclusive, LinOptions, LinReport, UnknownKey,
 };
 
 /// An overall verdict.
@@ -207,16 +203,10 @@ mod tests {
 
     #[test]
     fn duplicated_append_fails() {
-        let ops = vec![
-            append(1, (0, 10), "l", "a", 2),
-            append(1, (20, 30), "l", "b", 3),
-        ];
+        let ops = vec![append(1, (0, 10), "l", "a", 2), append(1, (20, 30), "l", "b", 3)];
         let r = check(ops, Some(&fin(&[("l", "a,b,b", 4)])), &[]);
         assert_eq!(r.validity(), Validity::Invalid);
-        assert!(
-            r.anomalies.iter().any(|a| a.name() == "append_duplicate"),
-            "{r}"
-        );
+        assert!(r.anomalies.iter().any(|a| a.name() == "append_duplicate"), "{r}");
     }
 
     #[test]
@@ -241,19 +231,13 @@ mod tests {
         };
         let r = check(ops, None, &[w]);
         assert_eq!(r.validity(), Validity::Invalid);
-        assert_eq!(
-            r.anomalies.iter().map(Anomaly::name).collect::<Vec<_>>(),
-            ["watch_gap"]
-        );
+        assert_eq!(r.anomalies.iter().map(Anomaly::name).collect::<Vec<_>>(), ["watch_gap"]);
     }
 
     #[test]
     fn non_monotonic_revision_fails() {
         let r = check(
-            vec![
-                put(1, (0, 10), "a", "1", 5),
-                get(1, (20, 30), "b", None, 0, 4),
-            ],
+            vec![put(1, (0, 10), "a", "1", 5), get(1, (20, 30), "b", None, 0, 4)],
             None,
             &[],
         );

@@ -240,13 +240,7 @@ impl fmt::Display for LinReport {
             v.fmt(f)?;
         }
         for u in &self.unknown {
-            writeln!(
-                f,
-                "key {} ({} ops): unknown, {}",
-                Bytes(&u.key),
-                u.ops,
-                u.reason
-            )?;
+            writeln!(f, "key {} ({} ops): unknown, {}", Bytes(&u.key), u.ops, u.reason)?;
         }
         Ok(())
     }
@@ -276,8 +270,7 @@ pub fn check_linearizability(history: &History, options: &LinOptions) -> LinRepo
                 let Some((key, indices)) = keys.get(k) else {
                     break;
                 };
-                let (ops, verdict, steps) =
-                    check_key(history, key, indices, options, deadline, shrink_deadline);
+                let (ops, verdict, steps) = check_key(history, key, indices, options, deadline, shrink_deadline);
                 results
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
@@ -460,9 +453,7 @@ impl Model {
                 Outcome::Ok(ret) => Some(ret),
             };
             let kind = match (&op.call, ret) {
-                (Call::Get { .. }, Some(Ret::Get { value, .. })) => {
-                    Kind::Read(model.intern(value.as_deref()))
-                }
+                (Call::Get { .. }, Some(Ret::Get { value, .. })) => Kind::Read(model.intern(value.as_deref())),
                 (Call::Put { value, .. }, _) => Kind::Write(model.intern(Some(value))),
                 (Call::Cas { expect, new, .. }, ret) => Kind::Cas {
                     expect: model.intern(expect.as_deref()),
@@ -478,11 +469,7 @@ impl Model {
                     unreachable!("a get with a known outcome returns Ret::Get")
                 }
             };
-            let complete = if ret.is_some() {
-                op.complete
-            } else {
-                Timestamp::MAX
-            };
+            let complete = if ret.is_some() { op.complete } else { Timestamp::MAX };
             ops.push(MOp {
                 invoke: op.invoke,
                 complete,
@@ -584,11 +571,7 @@ impl Model {
         match kind {
             Kind::Read(v) => (v == state).then_some(state),
             Kind::Write(v) => Some(v),
-            Kind::Cas {
-                expect,
-                new,
-                succeeded,
-            } => {
+            Kind::Cas { expect, new, succeeded } => {
                 let holds = state == expect;
                 match succeeded {
                     Some(s) if s != holds => None,
@@ -679,9 +662,7 @@ impl Model {
             let mut changed = false;
             for op in ops.iter_mut().filter(|op| op.pending()) {
                 let deadline = match op.kind {
-                    Kind::Write(v) | Kind::Cas { new: v, .. }
-                        if v != ABSENT && writers.get(&v) == Some(&1) =>
-                    {
+                    Kind::Write(v) | Kind::Cas { new: v, .. } if v != ABSENT && writers.get(&v) == Some(&1) => {
                         needed_by.get(&v).copied()
                     }
                     Kind::Append(e) => elem_needed_by.get(&e).copied(),
@@ -772,11 +753,7 @@ impl Model {
             } if new != UNOBSERVED => Some(new as usize),
             _ => None,
         };
-        let ids = if self.list {
-            self.nodes.len()
-        } else {
-            self.values.len()
-        };
+        let ids = if self.list { self.nodes.len() } else { self.values.len() };
         let mut observers = vec![0u32; ids];
         let mut writers = vec![0u32; ids];
         for op in ops {
@@ -854,9 +831,7 @@ impl Model {
                 } else {
                     // Earliest deadline first; then ops with unknown outcomes, the most recently
                     // invoked first (one that nothing needed so far is likely never needed).
-                    arena[start..].sort_unstable_by_key(|&i| {
-                        (ops[i].complete, std::cmp::Reverse(ops[i].invoke), i)
-                    });
+                    arena[start..].sort_unstable_by_key(|&i| (ops[i].complete, std::cmp::Reverse(ops[i].invoke), i));
                 }
                 stack.push(Frame {
                     start,
@@ -884,8 +859,7 @@ impl Model {
                     }
                     let s = state as usize;
                     if after != state && s < ids {
-                        let own =
-                            |f: &dyn Fn(&MOp) -> Option<usize>| u32::from(f(&ops[i]) == Some(s));
+                        let own = |f: &dyn Fn(&MOp) -> Option<usize>| u32::from(f(&ops[i]) == Some(s));
                         if observers[s] > own(&observes) && writers[s] == own(&writes) {
                             continue;
                         }
@@ -942,10 +916,7 @@ impl Model {
     /// Shrinks the failing `ops` (see the module docs). Returns the ops by invocation time and
     /// whether the result is 1-minimal.
     fn shrink(&mut self, ops: Vec<MOp>, budget: &Budget) -> (Vec<MOp>, bool) {
-        let fails = |model: &mut Model, ops: &[MOp], uncertain: &mut bool| match model
-            .search(ops, budget)
-            .0
-        {
+        let fails = |model: &mut Model, ops: &[MOp], uncertain: &mut bool| match model.search(ops, budget).0 {
             Search::NotLinearizable => true,
             Search::Linearizable => false,
             Search::Inconclusive(_) => {
@@ -1102,9 +1073,7 @@ impl Observers {
                     bump(self.elems.entry(e).or_default());
                 }
             }
-            Kind::Cas {
-                expect, succeeded, ..
-            } => {
+            Kind::Cas { expect, succeeded, .. } => {
                 if expect != ABSENT {
                     bump(self.values.entry(expect).or_default());
                 }
@@ -1130,16 +1099,11 @@ impl Observers {
         match op.kind {
             Kind::Read(_)
             | Kind::Cas {
-                succeeded: Some(false),
-                ..
+                succeeded: Some(false), ..
             } => true,
             Kind::Write(v) => !observed(v, 0) && no_failed_cas_after(),
-            Kind::Cas { expect, new, .. } => {
-                !observed(new, usize::from(expect == new)) && no_failed_cas_after()
-            }
-            Kind::Append(e) => {
-                self.elems.get(&e).copied().unwrap_or(0) == 0 && no_failed_cas_after()
-            }
+            Kind::Cas { expect, new, .. } => !observed(new, usize::from(expect == new)) && no_failed_cas_after(),
+            Kind::Append(e) => self.elems.get(&e).copied().unwrap_or(0) == 0 && no_failed_cas_after(),
         }
     }
 
@@ -1198,9 +1162,7 @@ impl Cache {
                 let mut at = *e.get();
                 while at != u32::MAX {
                     let a = at as usize;
-                    if self.states[a] == state
-                        && self.bits[a * self.words..(a + 1) * self.words] == *bits
-                    {
+                    if self.states[a] == state && self.bits[a * self.words..(a + 1) * self.words] == *bits {
                         return false;
                     }
                     at = self.chain[a];
@@ -1367,10 +1329,7 @@ mod tests {
             ..LinOptions::default()
         };
         let r = check_linearizability(&history(ops), &options);
-        assert!(
-            r.violations[0].minimal && r.violations[0].ops.len() == 2,
-            "{r}"
-        );
+        assert!(r.violations[0].minimal && r.violations[0].ops.len() == 2, "{r}");
     }
 
     #[test]
@@ -1387,10 +1346,7 @@ mod tests {
         ops.push(get(4, (50, 60), "k", Some("a"), 2, 3));
         let r = check(ops);
         let c = &r.violations[0];
-        assert!(
-            c.ops.iter().any(|o| o.op.to_string().contains("\"x\"")),
-            "{c}"
-        );
+        assert!(c.ops.iter().any(|o| o.op.to_string().contains("\"x\"")), "{c}");
     }
 
     #[test]

@@ -17,14 +17,7 @@ fn op(client: u64, invoke: u64, complete: u64, call: Call, ret: Ret) -> Op {
 }
 
 /// A get returning `value` (`None`: absent) with its mod_revision and header revision.
-pub fn get(
-    client: u64,
-    t: (u64, u64),
-    key: &str,
-    value: Option<&str>,
-    mod_revision: i64,
-    revision: i64,
-) -> Op {
+pub fn get(client: u64, t: (u64, u64), key: &str, value: Option<&str>, mod_revision: i64, revision: i64) -> Op {
     op(
         client,
         t.0,
@@ -69,10 +62,7 @@ pub fn cas(
             expect: expect.map(b),
             new: b(new),
         },
-        Ret::Cas {
-            succeeded,
-            revision,
-        },
+        Ret::Cas { succeeded, revision },
     )
 }
 

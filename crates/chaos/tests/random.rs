@@ -168,21 +168,9 @@ fn simulate(rng: &mut Rng, p: &Params) -> Sim {
     }
     let final_state = state
         .into_iter()
-        .map(|(k, (value, mod_revision))| {
-            (
-                k,
-                FinalRead {
-                    value,
-                    mod_revision,
-                },
-            )
-        })
+        .map(|(k, (value, mod_revision))| (k, FinalRead { value, mod_revision }))
         .collect();
-    Sim {
-        ops,
-        final_state,
-        log,
-    }
+    Sim { ops, final_state, log }
 }
 
 fn watches(rng: &mut Rng, sim: &Sim) -> Vec<WatchStream> {
@@ -243,12 +231,7 @@ fn simulated_histories_pass_every_check() {
         let sim = simulate(&mut rng, &p);
         let streams = watches(&mut rng, &sim);
         let history = History::new(sim.ops.clone()).unwrap();
-        let report = check_all(
-            &history,
-            Some(&sim.final_state),
-            &streams,
-            &Options::default(),
-        );
+        let report = check_all(&history, Some(&sim.final_state), &streams, &Options::default());
         assert!(report.is_valid(), "round {round}: {report}");
     }
 }
@@ -258,10 +241,7 @@ fn simulated_histories_pass_every_check() {
 fn make_register_read_stale(rng: &mut Rng, ops: &mut [Op]) -> Option<usize> {
     let mut candidates = Vec::new();
     for (r, read) in ops.iter().enumerate() {
-        let Outcome::Ok(Ret::Get {
-            value, revision, ..
-        }) = &read.outcome
-        else {
+        let Outcome::Ok(Ret::Get { value, revision, .. }) = &read.outcome else {
             continue;
         };
         let key = read.call.key();
@@ -277,9 +257,7 @@ fn make_register_read_stale(rng: &mut Rng, ops: &mut [Op]) -> Option<usize> {
                 Call::Cas { new, .. } => new,
                 _ => continue,
             };
-            let followed = definite_writes
-                .clone()
-                .any(|w2| w1.precedes(w2) && w2.precedes(read));
+            let followed = definite_writes.clone().any(|w2| w1.precedes(w2) && w2.precedes(read));
             if followed && value.as_ref() != Some(v1) {
                 candidates.push((r, v1.clone(), w1.write_revision().unwrap(), *revision));
             }
@@ -301,10 +279,7 @@ fn make_register_read_stale(rng: &mut Rng, ops: &mut [Op]) -> Option<usize> {
 fn make_list_read_stale(rng: &mut Rng, ops: &mut [Op]) -> Option<usize> {
     let mut candidates = Vec::new();
     for (r, read) in ops.iter().enumerate() {
-        let Outcome::Ok(Ret::Get {
-            value: Some(value), ..
-        }) = &read.outcome
-        else {
+        let Outcome::Ok(Ret::Get { value: Some(value), .. }) = &read.outcome else {
             continue;
         };
         for elem in decode_list(value) {
@@ -403,8 +378,7 @@ fn oracle(ops: &[Op]) -> bool {
     let ops: Vec<&Op> = ops
         .iter()
         .filter(|op| {
-            op.outcome != Outcome::Failed
-                && !(op.outcome == Outcome::Unknown && matches!(op.call, Call::Get { .. }))
+            op.outcome != Outcome::Failed && !(op.outcome == Outcome::Unknown && matches!(op.call, Call::Get { .. }))
         })
         .collect();
     assert!(ops.len() <= 20);
@@ -487,13 +461,7 @@ fn perturb(rng: &mut Rng, ops: &mut [Op], values: u64) {
                 })
             }
         }
-        (
-            Call::Cas { .. },
-            Outcome::Ok(Ret::Cas {
-                succeeded,
-                revision,
-            }),
-        ) => Outcome::Ok(Ret::Cas {
+        (Call::Cas { .. }, Outcome::Ok(Ret::Cas { succeeded, revision })) => Outcome::Ok(Ret::Cas {
             succeeded: !succeeded,
             revision: (*revision).max(1),
         }),
@@ -530,10 +498,7 @@ fn agrees_with_brute_force_on_small_histories() {
             value_pool: Some(values),
         };
         let mut ops = simulate(&mut rng, &p).ops;
-        assert!(
-            oracle(&ops),
-            "round {round}: the simulation is linearizable"
-        );
+        assert!(oracle(&ops), "round {round}: the simulation is linearizable");
         if rng.chance(0.7) {
             perturb(&mut rng, &mut ops, values);
         }
@@ -565,10 +530,7 @@ fn agrees_with_brute_force_on_small_histories() {
                 e.outcome = Outcome::Unknown;
             }
         }
-        assert!(
-            !oracle(&excerpt),
-            "round {round}: counterexample passes:\n{c}"
-        );
+        assert!(!oracle(&excerpt), "round {round}: counterexample passes:\n{c}");
         // ... and is 1-minimal: dropping any get leaves a linearizable set.
         assert!(c.minimal, "round {round}: {c}");
         for i in 0..excerpt.len() {
@@ -619,12 +581,7 @@ fn large_histories_finish_quickly() {
         let streams = watches(&mut rng, &sim);
         let history = History::new(sim.ops).unwrap();
         let start = std::time::Instant::now();
-        let report = check_all(
-            &history,
-            Some(&sim.final_state),
-            &streams,
-            &Options::default(),
-        );
+        let report = check_all(&history, Some(&sim.final_state), &streams, &Options::default());
         assert!(report.is_valid(), "{report}");
         assert!(start.elapsed().as_secs() < 60, "took {:?}", start.elapsed());
     }

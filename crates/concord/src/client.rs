@@ -58,7 +58,9 @@ impl ClusterArgs {
             (Some(password), _) => (user.to_string(), password.clone()),
             (None, Some((name, password))) => (name.to_string(), password.to_string()),
             (None, None) => {
-                return Err(format!("--user {user:?} has no password: give --user {user}:PASSWORD or --password"))
+                return Err(format!(
+                    "--user {user:?} has no password: give --user {user}:PASSWORD or --password"
+                ))
             }
         };
         Ok(Some((name, password)))
@@ -91,11 +93,21 @@ impl Session {
     }
 
     async fn authenticate(args: &ClusterArgs, channel: Channel, endpoint: String) -> Result<Session, String> {
-        let mut session = Session { channel, endpoint, token: None, command_timeout: args.command_timeout };
+        let mut session = Session {
+            channel,
+            endpoint,
+            token: None,
+            command_timeout: args.command_timeout,
+        };
         if let Some((name, password)) = args.credentials()? {
             let mut auth = AuthClient::new(session.channel.clone());
-            let resp = session.call(auth.authenticate(AuthenticateRequest { name, password })).await?;
-            let token = resp.token.parse().map_err(|_| "the server's auth token is not valid metadata".to_string())?;
+            let resp = session
+                .call(auth.authenticate(AuthenticateRequest { name, password }))
+                .await?;
+            let token = resp
+                .token
+                .parse()
+                .map_err(|_| "the server's auth token is not valid metadata".to_string())?;
             session.token = Some(token);
         }
         Ok(session)
@@ -170,7 +182,9 @@ pub async fn open(target: &Endpoint, connect_timeout: Duration) -> Result<Channe
     if target.uri().scheme_str() == Some("https") {
         target.connect().await
     } else {
-        target.connect_with_connector(concord_tls::TcpConnector::new(None, connect_timeout)).await
+        target
+            .connect_with_connector(concord_tls::TcpConnector::new(None, connect_timeout))
+            .await
     }
 }
 
@@ -239,16 +253,27 @@ mod tests {
     #[test]
     fn credentials_follow_etcdctl() {
         assert_eq!(args(None, None).credentials().unwrap(), None);
-        assert_eq!(args(Some("root:pw:x"), None).credentials().unwrap(), Some(("root".into(), "pw:x".into())));
-        assert_eq!(args(Some("a:b"), Some("pw")).credentials().unwrap(), Some(("a:b".into(), "pw".into())));
-        assert!(args(Some("root"), None).credentials().unwrap_err().contains("no password"));
+        assert_eq!(
+            args(Some("root:pw:x"), None).credentials().unwrap(),
+            Some(("root".into(), "pw:x".into()))
+        );
+        assert_eq!(
+            args(Some("a:b"), Some("pw")).credentials().unwrap(),
+            Some(("a:b".into(), "pw".into()))
+        );
+        assert!(args(Some("root"), None)
+            .credentials()
+            .unwrap_err()
+            .contains("no password"));
         assert!(args(Some(":pw"), None).credentials().unwrap_err().contains("empty"));
         assert!(args(Some(""), Some("pw")).credentials().unwrap_err().contains("empty"));
     }
 
     #[tokio::test]
     async fn no_endpoints_is_a_clear_error() {
-        let e = connect_first(&[" ".into()], &ClientTlsArgs::default(), Duration::from_millis(100)).await.unwrap_err();
+        let e = connect_first(&[" ".into()], &ClientTlsArgs::default(), Duration::from_millis(100))
+            .await
+            .unwrap_err();
         assert!(e.contains("--endpoints"), "{e}");
     }
 }

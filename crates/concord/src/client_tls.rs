@@ -14,10 +14,22 @@ pub struct ClientTlsArgs {
     #[arg(long, global = true, env = "ETCDCTL_CACERT")]
     pub cacert: Option<PathBuf>,
     /// Identify this client with this certificate (for members started with --client-cert-auth).
-    #[arg(long = "cert", id = "tls_cert", global = true, env = "ETCDCTL_CERT", requires = "tls_key")]
+    #[arg(
+        long = "cert",
+        id = "tls_cert",
+        global = true,
+        env = "ETCDCTL_CERT",
+        requires = "tls_key"
+    )]
     pub cert: Option<PathBuf>,
     /// The private key of --cert.
-    #[arg(long = "key", id = "tls_key", global = true, env = "ETCDCTL_KEY", requires = "tls_cert")]
+    #[arg(
+        long = "key",
+        id = "tls_key",
+        global = true,
+        env = "ETCDCTL_KEY",
+        requires = "tls_cert"
+    )]
     pub key: Option<PathBuf>,
 }
 
@@ -66,7 +78,10 @@ mod tests {
         let plain = ClientTlsArgs::default();
         assert_eq!(plain.url("127.0.0.1:2379"), "http://127.0.0.1:2379");
         assert_eq!(plain.url(" https://a:1 "), "https://a:1");
-        let tls = ClientTlsArgs { cacert: Some("ca.pem".into()), ..ClientTlsArgs::default() };
+        let tls = ClientTlsArgs {
+            cacert: Some("ca.pem".into()),
+            ..ClientTlsArgs::default()
+        };
         assert_eq!(tls.url("127.0.0.1:2379"), "https://127.0.0.1:2379");
         assert_eq!(tls.url("http://a:1"), "http://a:1");
         assert!(plain.endpoint("https://a:1").unwrap_err().contains("--cacert"));

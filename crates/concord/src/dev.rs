@@ -82,7 +82,10 @@ pub async fn run(args: DevArgs) -> Result<(), String> {
     println!("concord dev: 3 members running; data in {}", args.data_dir.display());
     println!("endpoints: {endpoints}");
     println!("try: etcdctl --endpoints={endpoints} put hello world");
-    println!("dashboard: http://127.0.0.1:{}/ui/   metrics: http://127.0.0.1:{}/metrics", ports[0].0, ports[0].0);
+    println!(
+        "dashboard: http://127.0.0.1:{}/ui/   metrics: http://127.0.0.1:{}/metrics",
+        ports[0].0, ports[0].0
+    );
     println!("press Ctrl-C to stop");
 
     let mut failure = None;

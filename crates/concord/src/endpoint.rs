@@ -13,7 +13,9 @@ use clap::{Args, Subcommand};
 use concord_proto::etcdserverpb::cluster_client::ClusterClient;
 use concord_proto::etcdserverpb::kv_client::KvClient;
 use concord_proto::etcdserverpb::maintenance_client::MaintenanceClient;
-use concord_proto::etcdserverpb::{alarm_request, AlarmRequest, AlarmType, MemberListRequest, RangeRequest, StatusRequest, StatusResponse};
+use concord_proto::etcdserverpb::{
+    alarm_request, AlarmRequest, AlarmType, MemberListRequest, RangeRequest, StatusRequest, StatusResponse,
+};
 use serde::Serialize;
 
 use crate::client::{ClusterArgs, Session};
@@ -44,7 +46,11 @@ pub enum EndpointCommand {
 
 /// Runs one `endpoint` subcommand.
 pub async fn run(args: EndpointArgs) -> Result<(), String> {
-    let endpoints = if args.cluster_wide { cluster_endpoints(&args.cluster).await? } else { given(&args.cluster.endpoints)? };
+    let endpoints = if args.cluster_wide {
+        cluster_endpoints(&args.cluster).await?
+    } else {
+        given(&args.cluster.endpoints)?
+    };
     match args.command {
         EndpointCommand::Status => status(&args.cluster, &endpoints, args.output.write_out).await,
         EndpointCommand::Health => health(&args.cluster, &endpoints, args.output.write_out).await,
@@ -52,7 +58,11 @@ pub async fn run(args: EndpointArgs) -> Result<(), String> {
 }
 
 fn given(endpoints: &[String]) -> Result<Vec<String>, String> {
-    let endpoints: Vec<String> = endpoints.iter().map(|e| e.trim().to_string()).filter(|e| !e.is_empty()).collect();
+    let endpoints: Vec<String> = endpoints
+        .iter()
+        .map(|e| e.trim().to_string())
+        .filter(|e| !e.is_empty())
+        .collect();
     if endpoints.is_empty() {
         return Err("--endpoints: give at least one endpoint".into());
     }
@@ -63,7 +73,9 @@ fn given(endpoints: &[String]) -> Result<Vec<String>, String> {
 async fn cluster_endpoints(args: &ClusterArgs) -> Result<Vec<String>, String> {
     let session = Session::connect(args).await?;
     let mut cluster = ClusterClient::new(session.channel.clone());
-    let resp = session.call(cluster.member_list(session.request(MemberListRequest { linearizable: false }))).await?;
+    let resp = session
+        .call(cluster.member_list(session.request(MemberListRequest { linearizable: false })))
+        .await?;
     let mut endpoints: Vec<String> = Vec::new();
     for url in resp.members.iter().flat_map(|m| m.client_ur_ls.iter()) {
         if !endpoints.contains(url) {
@@ -154,17 +166,30 @@ pub fn status_row(endpoint: &str, s: &StatusResponse) -> Vec<String> {
 
 /// The header of etcdctl's `endpoint status -w table`.
 pub const STATUS_HEADER: [&str; 10] = [
-    "endpoint", "id", "version", "db size", "is leader", "is learner", "raft term", "raft index", "raft applied index", "errors",
+    "endpoint",
+    "id",
+    "version",
+    "db size",
+    "is leader",
+    "is learner",
+    "raft term",
+    "raft index",
+    "raft applied index",
+    "errors",
 ];
 
 async fn status_of(args: &ClusterArgs, endpoint: &str) -> Result<StatusResponse, String> {
     let session = Session::connect_to(args, endpoint).await?;
     let mut maintenance = MaintenanceClient::new(session.channel.clone());
-    session.call(maintenance.status(session.request(StatusRequest {}))).await
+    session
+        .call(maintenance.status(session.request(StatusRequest {})))
+        .await
 }
 
 async fn status(args: &ClusterArgs, endpoints: &[String], format: Format) -> Result<(), String> {
-    let asked = endpoints.iter().map(|ep| async move { (ep.clone(), status_of(args, ep).await) });
+    let asked = endpoints
+        .iter()
+        .map(|ep| async move { (ep.clone(), status_of(args, ep).await) });
     let results = futures::future::join_all(asked).await;
     let mut answered = Vec::new();
     let mut failed = 0;
@@ -173,7 +198,10 @@ async fn status(args: &ClusterArgs, endpoints: &[String], format: Format) -> Res
             Ok(s) => answered.push((endpoint, s)),
             Err(e) => {
                 failed += 1;
-                eprintln!("Failed to get the status of endpoint {endpoint} ({})", without_endpoint(&e, &endpoint));
+                eprintln!(
+                    "Failed to get the status of endpoint {endpoint} ({})",
+                    without_endpoint(&e, &endpoint)
+                );
             }
         }
     }
@@ -196,7 +224,10 @@ async fn status(args: &ClusterArgs, endpoints: &[String], format: Format) -> Res
         }
     }
     if failed > 0 {
-        return Err(format!("{failed} of {} endpoints did not report their status", endpoints.len()));
+        return Err(format!(
+            "{failed} of {} endpoints did not report their status",
+            endpoints.len()
+        ));
     }
     Ok(())
 }
@@ -222,7 +253,10 @@ async fn health_of(args: &ClusterArgs, endpoint: &str) -> Health {
     let result = async {
         let session = Session::connect_to(args, endpoint).await?;
         let mut kv = KvClient::new(session.channel.clone());
-        let read = RangeRequest { key: b"health".to_vec(), ..Default::default() };
+        let read = RangeRequest {
+            key: b"health".to_vec(),
+            ..Default::default()
+        };
         match session.call(kv.range(session.request(read))).await {
             Ok(_) => {}
             Err(e) if e.contains("permission denied") => {}
@@ -230,7 +264,11 @@ async fn health_of(args: &ClusterArgs, endpoint: &str) -> Health {
         }
         let took = started.elapsed();
         let mut maintenance = MaintenanceClient::new(session.channel.clone());
-        let get = AlarmRequest { action: alarm_request::AlarmAction::Get as i32, member_id: 0, alarm: AlarmType::None as i32 };
+        let get = AlarmRequest {
+            action: alarm_request::AlarmAction::Get as i32,
+            member_id: 0,
+            alarm: AlarmType::None as i32,
+        };
         let alarms = session
             .call(maintenance.alarm(session.request(get)))
             .await
@@ -251,7 +289,12 @@ async fn health_of(args: &ClusterArgs, endpoint: &str) -> Health {
     }
     .await;
     match result {
-        Ok(took) => Health { endpoint: endpoint.to_string(), health: true, took: go_duration(took), error: String::new() },
+        Ok(took) => Health {
+            endpoint: endpoint.to_string(),
+            health: true,
+            took: go_duration(took),
+            error: String::new(),
+        },
         Err(error) => Health {
             endpoint: endpoint.to_string(),
             health: false,
@@ -263,7 +306,10 @@ async fn health_of(args: &ClusterArgs, endpoint: &str) -> Health {
 
 /// An error without the endpoint it starts with, where the line names the endpoint already.
 fn without_endpoint<'e>(error: &'e str, endpoint: &str) -> &'e str {
-    error.strip_prefix(endpoint).and_then(|rest| rest.strip_prefix(": ")).unwrap_or(error)
+    error
+        .strip_prefix(endpoint)
+        .and_then(|rest| rest.strip_prefix(": "))
+        .unwrap_or(error)
 }
 
 /// A duration as Go prints one (`2.345678ms`), which etcdctl's `took` uses.
@@ -274,7 +320,10 @@ pub fn go_duration(d: Duration) -> String {
 /// The line etcdctl prints for one endpoint's health.
 pub fn health_line(h: &Health) -> String {
     if h.health {
-        format!("{} is healthy: successfully committed proposal: took = {}", h.endpoint, h.took)
+        format!(
+            "{} is healthy: successfully committed proposal: took = {}",
+            h.endpoint, h.took
+        )
     } else {
         format!("{} is unhealthy: failed to commit proposal: {}", h.endpoint, h.error)
     }
@@ -296,7 +345,12 @@ async fn health(args: &ClusterArgs, endpoints: &[String], format: Format) -> Res
         Format::Table => {
             let mut table = Table::new(&["endpoint", "health", "took", "error"], Align::Right);
             for h in &results {
-                table.row([h.endpoint.clone(), h.health.to_string(), h.took.clone(), h.error.clone()]);
+                table.row([
+                    h.endpoint.clone(),
+                    h.health.to_string(),
+                    h.took.clone(),
+                    h.error.clone(),
+                ]);
             }
             print!("{}", table.render());
         }
@@ -316,7 +370,12 @@ mod tests {
     #[test]
     fn status_rows_match_etcdctl() {
         let s = StatusResponse {
-            header: Some(ResponseHeader { cluster_id: 1, member_id: 0x8e9e05c52164694d, revision: 5, raft_term: 2 }),
+            header: Some(ResponseHeader {
+                cluster_id: 1,
+                member_id: 0x8e9e05c52164694d,
+                revision: 5,
+                raft_term: 2,
+            }),
             version: "3.5.0".into(),
             db_size: 20480,
             leader: 0x8e9e05c52164694d,
@@ -330,16 +389,40 @@ mod tests {
             "127.0.0.1:2379, 8e9e05c52164694d, 3.5.0, 20 kB, true, false, 2, 4, 4, "
         );
         let json = crate::output::to_json(&vec![EndpointStatusJson::of("a:1", &s)]).unwrap();
-        assert!(json.starts_with(r#"[{"Endpoint":"a:1","Status":{"header":{"cluster_id":1,"#), "{json}");
-        assert!(json.contains(r#""dbSize":20480,"leader":10276657743932975437,"raftIndex":4,"raftTerm":2,"raftAppliedIndex":4}"#), "{json}");
+        assert!(
+            json.starts_with(r#"[{"Endpoint":"a:1","Status":{"header":{"cluster_id":1,"#),
+            "{json}"
+        );
+        assert!(
+            json.contains(
+                r#""dbSize":20480,"leader":10276657743932975437,"raftIndex":4,"raftTerm":2,"raftAppliedIndex":4}"#
+            ),
+            "{json}"
+        );
     }
 
     #[test]
     fn health_lines_match_etcdctl() {
-        let ok = Health { endpoint: "a:1".into(), health: true, took: go_duration(Duration::from_micros(2345)), error: String::new() };
-        assert_eq!(health_line(&ok), "a:1 is healthy: successfully committed proposal: took = 2.345ms");
-        let bad = Health { endpoint: "a:1".into(), health: false, took: "1s".into(), error: "boom".into() };
+        let ok = Health {
+            endpoint: "a:1".into(),
+            health: true,
+            took: go_duration(Duration::from_micros(2345)),
+            error: String::new(),
+        };
+        assert_eq!(
+            health_line(&ok),
+            "a:1 is healthy: successfully committed proposal: took = 2.345ms"
+        );
+        let bad = Health {
+            endpoint: "a:1".into(),
+            health: false,
+            took: "1s".into(),
+            error: "boom".into(),
+        };
         assert_eq!(health_line(&bad), "a:1 is unhealthy: failed to commit proposal: boom");
-        assert_eq!(crate::output::to_json(&ok).unwrap(), r#"{"endpoint":"a:1","health":true,"took":"2.345ms"}"#);
+        assert_eq!(
+            crate::output::to_json(&ok).unwrap(),
+            r#"{"endpoint":"a:1","health":true,"took":"2.345ms"}"#
+        );
     }
 }

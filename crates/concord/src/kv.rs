@@ -14,7 +14,9 @@ use serde::Serialize;
 
 use crate::client::{ClusterArgs, Session};
 use crate::lease::parse_lease_id;
-use crate::output::{is_zero, lossy, print_json, Align, Format, HeaderJson, HeaderOnly, KeyValueJson, OutputArgs, Table};
+use crate::output::{
+    is_zero, lossy, print_json, Align, Format, HeaderJson, HeaderOnly, KeyValueJson, OutputArgs, Table,
+};
 
 /// Flags of `concord kv`.
 #[derive(Args, Debug)]
@@ -90,22 +92,44 @@ pub async fn run(args: KvArgs) -> Result<(), String> {
     let mut kv = KvClient::new(session.channel.clone()).max_decoding_message_size(usize::MAX);
     match args.command {
         KvCommand::Put { key, value, lease } => {
-            let request = PutRequest { key: key.into_bytes(), value: value.into_bytes(), lease: lease.unwrap_or(0), ..Default::default() };
+            let request = PutRequest {
+                key: key.into_bytes(),
+                value: value.into_bytes(),
+                lease: lease.unwrap_or(0),
+                ..Default::default()
+            };
             let resp = session.call(kv.put(session.request(request))).await?;
             match format {
-                Format::Json => print_json(&HeaderOnly { header: HeaderJson::of(&resp.header) })?,
+                Format::Json => print_json(&HeaderOnly {
+                    header: HeaderJson::of(&resp.header),
+                })?,
                 Format::Simple | Format::Table => println!("OK"),
             }
         }
-        KvCommand::Get { key, prefix, limit, rev } => {
+        KvCommand::Get {
+            key,
+            prefix,
+            limit,
+            rev,
+        } => {
             let range_end = range_end(&key, prefix);
-            let request = RangeRequest { key: key.into_bytes(), range_end, limit, revision: rev, ..Default::default() };
+            let request = RangeRequest {
+                key: key.into_bytes(),
+                range_end,
+                limit,
+                revision: rev,
+                ..Default::default()
+            };
             let resp = session.call(kv.range(session.request(request))).await?;
             print_range(&resp, format)?;
         }
         KvCommand::Del { key, prefix } => {
             let range_end = range_end(&key, prefix);
-            let request = DeleteRangeRequest { key: key.into_bytes(), range_end, ..Default::default() };
+            let request = DeleteRangeRequest {
+                key: key.into_bytes(),
+                range_end,
+                ..Default::default()
+            };
             let resp = session.call(kv.delete_range(session.request(request))).await?;
             print_delete(&resp, format)?;
         }
@@ -136,9 +160,16 @@ fn print_range(resp: &RangeResponse, format: Format) -> Result<(), String> {
             }
         }
         Format::Table => {
-            let mut table = Table::new(&["key", "value", "create revision", "mod revision", "version", "lease"], Align::Left);
+            let mut table = Table::new(
+                &["key", "value", "create revision", "mod revision", "version", "lease"],
+                Align::Left,
+            );
             for kv in &resp.kvs {
-                let lease = if kv.lease == 0 { String::new() } else { format!("{:016x}", kv.lease) };
+                let lease = if kv.lease == 0 {
+                    String::new()
+                } else {
+                    format!("{:016x}", kv.lease)
+                };
                 table.row([
                     lossy(&kv.key),
                     lossy(&kv.value),
@@ -170,7 +201,10 @@ struct DeleteJson {
 
 fn print_delete(resp: &DeleteRangeResponse, format: Format) -> Result<(), String> {
     match format {
-        Format::Json => print_json(&DeleteJson { header: HeaderJson::of(&resp.header), deleted: resp.deleted }),
+        Format::Json => print_json(&DeleteJson {
+            header: HeaderJson::of(&resp.header),
+            deleted: resp.deleted,
+        }),
         Format::Simple | Format::Table => {
             println!("{}", resp.deleted);
             Ok(())
@@ -200,10 +234,17 @@ struct WatchJson {
 /// Watches until interrupted, the watch is canceled, or the stream ends.
 async fn watch(session: &Session, key: String, prefix: bool, rev: i64, format: Format) -> Result<(), String> {
     let range_end = range_end(&key, prefix);
-    let create = WatchCreateRequest { key: key.into_bytes(), range_end, start_revision: rev, ..Default::default() };
+    let create = WatchCreateRequest {
+        key: key.into_bytes(),
+        range_end,
+        start_revision: rev,
+        ..Default::default()
+    };
     let (requests, outbox) = tokio::sync::mpsc::channel(1);
     requests
-        .send(WatchRequest { request_union: Some(RequestUnion::CreateRequest(create)) })
+        .send(WatchRequest {
+            request_union: Some(RequestUnion::CreateRequest(create)),
+        })
         .await
         .map_err(|_| "the watch stream closed before it started".to_string())?;
     let mut client = WatchClient::new(session.channel.clone()).max_decoding_message_size(usize::MAX);
@@ -219,7 +260,11 @@ async fn watch(session: &Session, key: String, prefix: bool, rev: i64, format: F
             return Err(format!("{}: the watch stream ended", session.endpoint));
         };
         if resp.canceled {
-            let reason = if resp.cancel_reason.is_empty() { "canceled by the server" } else { resp.cancel_reason.as_str() };
+            let reason = if resp.cancel_reason.is_empty() {
+                "canceled by the server"
+            } else {
+                resp.cancel_reason.as_str()
+            };
             return Err(format!("watch was canceled ({reason})"));
         }
         if !resp.events.is_empty() {
@@ -235,7 +280,10 @@ fn print_watch(resp: &WatchResponse, format: Format) -> Result<(), String> {
             events: resp
                 .events
                 .iter()
-                .map(|e| EventJson { kind: e.r#type, kv: e.kv.as_ref().map(KeyValueJson::of).unwrap_or_default() })
+                .map(|e| EventJson {
+                    kind: e.r#type,
+                    kv: e.kv.as_ref().map(KeyValueJson::of).unwrap_or_default(),
+                })
                 .collect(),
             compact_revision: resp.compact_revision,
             canceled: resp.canceled,
@@ -243,7 +291,11 @@ fn print_watch(resp: &WatchResponse, format: Format) -> Result<(), String> {
         }),
         Format::Simple | Format::Table => {
             for event in &resp.events {
-                let kind = if event.r#type == EventType::Delete as i32 { "DELETE" } else { "PUT" };
+                let kind = if event.r#type == EventType::Delete as i32 {
+                    "DELETE"
+                } else {
+                    "PUT"
+                };
                 let kv = event.kv.clone().unwrap_or_default();
                 println!("{kind}\n{}\n{}", lossy(&kv.key), lossy(&kv.value));
             }

@@ -67,9 +67,14 @@ pub enum LeaseCommand {
 
 /// Parses a lease id the way etcdctl does: hex digits of a signed 64-bit number; `0x` is allowed.
 pub fn parse_lease_id(text: &str) -> Result<i64, String> {
-    let digits = text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")).unwrap_or(text);
+    let digits = text
+        .strip_prefix("0x")
+        .or_else(|| text.strip_prefix("0X"))
+        .unwrap_or(text);
     if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(format!("bad lease ID {text:?}, expecting ID in hex (as `lease grant` prints it)"));
+        return Err(format!(
+            "bad lease ID {text:?}, expecting ID in hex (as `lease grant` prints it)"
+        ));
     }
     i64::from_str_radix(digits, 16).map_err(|_| format!("bad lease ID {text:?}: more than 63 bits"))
 }
@@ -130,28 +135,43 @@ pub async fn run(args: LeaseArgs) -> Result<(), String> {
     let mut lease = LeaseClient::new(session.channel.clone()).max_decoding_message_size(usize::MAX);
     match args.command {
         LeaseCommand::Grant { ttl } => {
-            let resp = session.call(lease.lease_grant(session.request(LeaseGrantRequest { ttl, id: 0 }))).await?;
+            let resp = session
+                .call(lease.lease_grant(session.request(LeaseGrantRequest { ttl, id: 0 })))
+                .await?;
             if !resp.error.is_empty() {
                 return Err(resp.error);
             }
             match format {
-                Format::Json => print_json(&GrantJson { header: HeaderJson::of(&resp.header), id: resp.id, ttl: resp.ttl, error: resp.error })?,
+                Format::Json => print_json(&GrantJson {
+                    header: HeaderJson::of(&resp.header),
+                    id: resp.id,
+                    ttl: resp.ttl,
+                    error: resp.error,
+                })?,
                 Format::Simple | Format::Table => println!("lease {:016x} granted with TTL({}s)", resp.id, resp.ttl),
             }
         }
         LeaseCommand::Revoke { id } => {
-            let resp = session.call(lease.lease_revoke(session.request(LeaseRevokeRequest { id }))).await?;
+            let resp = session
+                .call(lease.lease_revoke(session.request(LeaseRevokeRequest { id })))
+                .await?;
             match format {
-                Format::Json => print_json(&HeaderOnly { header: HeaderJson::of(&resp.header) })?,
+                Format::Json => print_json(&HeaderOnly {
+                    header: HeaderJson::of(&resp.header),
+                })?,
                 Format::Simple | Format::Table => println!("lease {id:016x} revoked"),
             }
         }
         LeaseCommand::Timetolive { id, keys } => {
-            let resp = session.call(lease.lease_time_to_live(session.request(LeaseTimeToLiveRequest { id, keys }))).await?;
+            let resp = session
+                .call(lease.lease_time_to_live(session.request(LeaseTimeToLiveRequest { id, keys })))
+                .await?;
             print_time_to_live(&resp, keys, format)?;
         }
         LeaseCommand::List => {
-            let resp = session.call(lease.lease_leases(session.request(LeaseLeasesRequest {}))).await?;
+            let resp = session
+                .call(lease.lease_leases(session.request(LeaseLeasesRequest {})))
+                .await?;
             match format {
                 Format::Simple => {
                     println!("found {} leases", resp.leases.len());
@@ -182,7 +202,10 @@ pub fn time_to_live_line(resp: &LeaseTimeToLiveResponse, with_keys: bool) -> Str
     if resp.ttl == -1 {
         return format!("lease {:016x} already expired", resp.id);
     }
-    let mut line = format!("lease {:016x} granted with TTL({}s), remaining({}s)", resp.id, resp.granted_ttl, resp.ttl);
+    let mut line = format!(
+        "lease {:016x} granted with TTL({}s), remaining({}s)",
+        resp.id, resp.granted_ttl, resp.ttl
+    );
     if with_keys {
         let keys: Vec<String> = resp.keys.iter().map(|k| lossy(k)).collect();
         line.push_str(&format!(", attached keys([{}])", keys.join(" ")));
@@ -196,7 +219,12 @@ fn print_time_to_live(resp: &LeaseTimeToLiveResponse, with_keys: bool, format: F
         Format::Table => {
             let mut table = Table::new(&["id", "ttl", "granted ttl", "keys"], Align::Right);
             let keys: Vec<String> = resp.keys.iter().map(|k| lossy(k)).collect();
-            table.row([format!("{:016x}", resp.id), resp.ttl.to_string(), resp.granted_ttl.to_string(), keys.join(",")]);
+            table.row([
+                format!("{:016x}", resp.id),
+                resp.ttl.to_string(),
+                resp.granted_ttl.to_string(),
+                keys.join(","),
+            ]);
             print!("{}", table.render());
         }
         Format::Json => print_json(&TimeToLiveJson {
@@ -212,7 +240,11 @@ fn print_time_to_live(resp: &LeaseTimeToLiveResponse, with_keys: bool, format: F
 
 fn print_keep_alive(resp: &LeaseKeepAliveResponse, format: Format) -> Result<(), String> {
     match format {
-        Format::Json => print_json(&KeepAliveJson { header: HeaderJson::of(&resp.header), id: resp.id, ttl: resp.ttl }),
+        Format::Json => print_json(&KeepAliveJson {
+            header: HeaderJson::of(&resp.header),
+            id: resp.id,
+            ttl: resp.ttl,
+        }),
         Format::Simple | Format::Table => {
             println!("lease {:016x} keepalived with TTL({})", resp.id, resp.ttl);
             Ok(())
@@ -237,7 +269,10 @@ async fn keep_alive(
 ) -> Result<(), String> {
     let (requests, outbox) = tokio::sync::mpsc::channel(1);
     let closed = || format!("{}: the keep-alive stream closed", session.endpoint);
-    requests.send(LeaseKeepAliveRequest { id }).await.map_err(|_| closed())?;
+    requests
+        .send(LeaseKeepAliveRequest { id })
+        .await
+        .map_err(|_| closed())?;
     let mut stream = session
         .call(lease.lease_keep_alive(session.request(tokio_stream::wrappers::ReceiverStream::new(outbox))))
         .await?;
@@ -263,7 +298,10 @@ async fn keep_alive(
             _ = tokio::time::sleep(renew_after(resp.ttl)) => {}
             _ = crate::stop_signal() => return Ok(()),
         }
-        requests.send(LeaseKeepAliveRequest { id }).await.map_err(|_| closed())?;
+        requests
+            .send(LeaseKeepAliveRequest { id })
+            .await
+            .map_err(|_| closed())?;
     }
 }
 
@@ -283,13 +321,26 @@ mod tests {
 
     #[test]
     fn time_to_live_lines_match_etcdctl() {
-        let resp = LeaseTimeToLiveResponse { id: 0x1f, ttl: 55, granted_ttl: 60, keys: vec![b"a".to_vec(), b"b".to_vec()], header: None };
-        assert_eq!(time_to_live_line(&resp, false), "lease 000000000000001f granted with TTL(60s), remaining(55s)");
+        let resp = LeaseTimeToLiveResponse {
+            id: 0x1f,
+            ttl: 55,
+            granted_ttl: 60,
+            keys: vec![b"a".to_vec(), b"b".to_vec()],
+            header: None,
+        };
+        assert_eq!(
+            time_to_live_line(&resp, false),
+            "lease 000000000000001f granted with TTL(60s), remaining(55s)"
+        );
         assert_eq!(
             time_to_live_line(&resp, true),
             "lease 000000000000001f granted with TTL(60s), remaining(55s), attached keys([a b])"
         );
-        let gone = LeaseTimeToLiveResponse { id: 0x1f, ttl: -1, ..Default::default() };
+        let gone = LeaseTimeToLiveResponse {
+            id: 0x1f,
+            ttl: -1,
+            ..Default::default()
+        };
         assert_eq!(time_to_live_line(&gone, true), "lease 000000000000001f already expired");
     }
 
@@ -303,12 +354,20 @@ mod tests {
     #[test]
     fn grant_json_inlines_the_header() {
         let json = crate::output::to_json(&GrantJson {
-            header: HeaderJson { cluster_id: 1, member_id: 2, revision: 3, raft_term: 4 },
+            header: HeaderJson {
+                cluster_id: 1,
+                member_id: 2,
+                revision: 3,
+                raft_term: 4,
+            },
             id: 5,
             ttl: 60,
             error: String::new(),
         })
         .unwrap();
-        assert_eq!(json, r#"{"cluster_id":1,"member_id":2,"revision":3,"raft_term":4,"ID":5,"TTL":60,"Error":""}"#);
+        assert_eq!(
+            json,
+            r#"{"cluster_id":1,"member_id":2,"revision":3,"raft_term":4,"ID":5,"TTL":60,"Error":""}"#
+        );
     }
 }

@@ -82,7 +82,9 @@ enum LogFormat {
 fn init_logging(level: &str, format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => logs.init(),
         LogFormat::Json => logs.json().flatten_event(true).init(),
@@ -91,7 +93,9 @@ fn init_logging(level: &str, format: LogFormat) {
 
 fn main() -> std::process::ExitCode {
     // `serve` takes etcd's command lines in Go's flag syntax: rewritten for clap first.
-    let cli = Cli::parse_from(goflags::rewrite(std::env::args_os().collect(), &|k| std::env::var(k).ok()));
+    let cli = Cli::parse_from(goflags::rewrite(std::env::args_os().collect(), &|k| {
+        std::env::var(k).ok()
+    }));
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

@@ -76,7 +76,9 @@ pub fn parse_member_id(text: &str) -> Result<u64, String> {
         .or_else(|| text.strip_prefix("0X"))
         .unwrap_or(text);
     if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(format!("bad member ID {text:?}, expecting ID in hex (as `member list` prints it)"));
+        return Err(format!(
+            "bad member ID {text:?}, expecting ID in hex (as `member list` prints it)"
+        ));
     }
     u64::from_str_radix(digits, 16).map_err(|_| format!("bad member ID {text:?}: more than 64 bits"))
 }
@@ -150,7 +152,10 @@ pub fn member_list_json(resp: &MemberListResponse) -> String {
 
 /// The members as etcdctl's `member list -w table` draws them.
 pub fn member_table(members: &[Member]) -> Table {
-    let mut table = Table::new(&["id", "status", "name", "peer addrs", "client addrs", "is learner"], Align::Right);
+    let mut table = Table::new(
+        &["id", "status", "name", "peer addrs", "client addrs", "is learner"],
+        Align::Right,
+    );
     for m in members {
         let status = if m.name.is_empty() { "unstarted" } else { "started" };
         table.row([
@@ -195,7 +200,9 @@ pub async fn run(args: MemberArgs) -> Result<(), String> {
     let mut client = ClusterClient::new(session.channel.clone());
     match args.command {
         MemberCommand::List => {
-            let resp = session.call(client.member_list(session.request(MemberListRequest { linearizable: true }))).await?;
+            let resp = session
+                .call(client.member_list(session.request(MemberListRequest { linearizable: true })))
+                .await?;
             match format {
                 Format::Simple => {
                     for m in &resp.members {
@@ -206,34 +213,53 @@ pub async fn run(args: MemberArgs) -> Result<(), String> {
                 Format::Json => println!("{}", member_list_json(&resp)),
             }
         }
-        MemberCommand::Add { name, peer_urls, learner } => {
-            let request = MemberAddRequest { peer_ur_ls: peer_urls.clone(), is_learner: learner };
+        MemberCommand::Add {
+            name,
+            peer_urls,
+            learner,
+        } => {
+            let request = MemberAddRequest {
+                peer_ur_ls: peer_urls.clone(),
+                is_learner: learner,
+            };
             let resp = session.call(client.member_add(session.request(request))).await?;
             let member = resp.member.clone().ok_or("the server's answer names no member")?;
             if format == Format::Json {
                 return print_json(&MembersJson::of(&resp.header, Some(&member), &resp.members));
             }
             let as_learner = if member.is_learner { " as learner " } else { " " };
-            println!("Member {:16x} added{as_learner}to cluster {:16x}", member.id, cluster_id(&resp.header));
+            println!(
+                "Member {:16x} added{as_learner}to cluster {:16x}",
+                member.id,
+                cluster_id(&resp.header)
+            );
             // The member that made the change answers with the list after it;
             // should it lack the new member, ask again through the leader.
             let members = if resp.members.iter().any(|m| m.id == member.id) {
                 resp.members
             } else {
-                session.call(client.member_list(session.request(MemberListRequest { linearizable: true }))).await?.members
+                session
+                    .call(client.member_list(session.request(MemberListRequest { linearizable: true })))
+                    .await?
+                    .members
             };
             println!();
             print!("{}", join_settings(&name, member.id, &peer_urls, &members));
         }
         MemberCommand::Remove { id } => {
-            let resp = session.call(client.member_remove(session.request(MemberRemoveRequest { id }))).await?;
+            let resp = session
+                .call(client.member_remove(session.request(MemberRemoveRequest { id })))
+                .await?;
             match format {
                 Format::Json => print_json(&MembersJson::of(&resp.header, None, &resp.members))?,
                 _ => println!("Member {id:16x} removed from cluster {:16x}", cluster_id(&resp.header)),
             }
         }
         MemberCommand::Update { id, peer_urls } => {
-            let request = MemberUpdateRequest { id, peer_ur_ls: peer_urls };
+            let request = MemberUpdateRequest {
+                id,
+                peer_ur_ls: peer_urls,
+            };
             let resp = session.call(client.member_update(session.request(request))).await?;
             match format {
                 Format::Json => print_json(&MembersJson::of(&resp.header, None, &resp.members))?,
@@ -241,7 +267,9 @@ pub async fn run(args: MemberArgs) -> Result<(), String> {
             }
         }
         MemberCommand::Promote { id } => {
-            let resp = session.call(client.member_promote(session.request(MemberPromoteRequest { id }))).await?;
+            let resp = session
+                .call(client.member_promote(session.request(MemberPromoteRequest { id })))
+                .await?;
             match format {
                 Format::Json => print_json(&MembersJson::of(&resp.header, None, &resp.members))?,
                 _ => println!("Member {id:16x} promoted in cluster {:16x}", cluster_id(&resp.header)),
@@ -281,17 +309,36 @@ mod tests {
             member_line(&started),
             "8e9e05c52164694d, started, m1, http://a:2380,http://b:2380, http://a:2379, false"
         );
-        let unstarted = Member { id: 0xab, peer_ur_ls: vec!["http://c:2380".into()], is_learner: true, ..Default::default() };
+        let unstarted = Member {
+            id: 0xab,
+            peer_ur_ls: vec!["http://c:2380".into()],
+            is_learner: true,
+            ..Default::default()
+        };
         assert_eq!(member_line(&unstarted), "ab, unstarted, , http://c:2380, , true");
     }
 
     #[test]
     fn json_escapes_and_omits_empty_fields() {
         let resp = MemberListResponse {
-            header: Some(ResponseHeader { cluster_id: 7, member_id: 8, revision: 0, raft_term: 2 }),
+            header: Some(ResponseHeader {
+                cluster_id: 7,
+                member_id: 8,
+                revision: 0,
+                raft_term: 2,
+            }),
             members: vec![
-                Member { id: 1, name: "a\"b".into(), peer_ur_ls: vec!["http://p".into()], ..Default::default() },
-                Member { id: 2, is_learner: true, ..Default::default() },
+                Member {
+                    id: 1,
+                    name: "a\"b".into(),
+                    peer_ur_ls: vec!["http://p".into()],
+                    ..Default::default()
+                },
+                Member {
+                    id: 2,
+                    is_learner: true,
+                    ..Default::default()
+                },
             ],
         };
         assert_eq!(
@@ -312,15 +359,30 @@ mod tests {
         let text = member_table(&members).render();
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 5, "{text}");
-        assert_eq!(lines[1], "|        ID        | STATUS  | NAME |  PEER ADDRS   | CLIENT ADDRS  | IS LEARNER |");
-        assert_eq!(lines[3], "| 8e9e05c52164694d | started |   m1 | http://a:2380 | http://a:2379 |      false |");
+        assert_eq!(
+            lines[1],
+            "|        ID        | STATUS  | NAME |  PEER ADDRS   | CLIENT ADDRS  | IS LEARNER |"
+        );
+        assert_eq!(
+            lines[3],
+            "| 8e9e05c52164694d | started |   m1 | http://a:2380 | http://a:2379 |      false |"
+        );
     }
 
     #[test]
     fn join_settings_name_the_new_member() {
         let members = vec![
-            Member { id: 1, name: "m1".into(), peer_ur_ls: vec!["http://a:2380".into()], ..Default::default() },
-            Member { id: 2, peer_ur_ls: vec!["http://n:2380".into()], ..Default::default() },
+            Member {
+                id: 1,
+                name: "m1".into(),
+                peer_ur_ls: vec!["http://a:2380".into()],
+                ..Default::default()
+            },
+            Member {
+                id: 2,
+                peer_ur_ls: vec!["http://n:2380".into()],
+                ..Default::default()
+            },
         ];
         assert_eq!(
             join_settings("new", 2, &["http://n:2380".into()], &members),

@@ -31,10 +31,20 @@ pub struct ServeArgs {
     #[arg(long, env = "ETCD_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
     /// URLs to listen on for client traffic.
-    #[arg(long, default_value = "http://localhost:2379", env = "ETCD_LISTEN_CLIENT_URLS", value_delimiter = ',')]
+    #[arg(
+        long,
+        default_value = "http://localhost:2379",
+        env = "ETCD_LISTEN_CLIENT_URLS",
+        value_delimiter = ','
+    )]
     pub listen_client_urls: Vec<String>,
     /// This member's client URLs, as announced to the cluster.
-    #[arg(long, default_value = "http://localhost:2379", env = "ETCD_ADVERTISE_CLIENT_URLS", value_delimiter = ',')]
+    #[arg(
+        long,
+        default_value = "http://localhost:2379",
+        env = "ETCD_ADVERTISE_CLIENT_URLS",
+        value_delimiter = ','
+    )]
     pub advertise_client_urls: Vec<String>,
     /// Extra URLs to serve /metrics and the health endpoints on (the client URLs serve them too).
     #[arg(long, env = "ETCD_LISTEN_METRICS_URLS", value_delimiter = ',')]
@@ -43,10 +53,20 @@ pub struct ServeArgs {
     #[arg(long, env = "CONCORD_LISTEN_DASHBOARD_URLS", value_delimiter = ',')]
     pub listen_dashboard_urls: Vec<String>,
     /// URLs to listen on for peer traffic.
-    #[arg(long, default_value = "http://localhost:2380", env = "ETCD_LISTEN_PEER_URLS", value_delimiter = ',')]
+    #[arg(
+        long,
+        default_value = "http://localhost:2380",
+        env = "ETCD_LISTEN_PEER_URLS",
+        value_delimiter = ','
+    )]
     pub listen_peer_urls: Vec<String>,
     /// This member's peer URLs, as announced to the rest of the cluster.
-    #[arg(long, default_value = "http://localhost:2380", env = "ETCD_INITIAL_ADVERTISE_PEER_URLS", value_delimiter = ',')]
+    #[arg(
+        long,
+        default_value = "http://localhost:2380",
+        env = "ETCD_INITIAL_ADVERTISE_PEER_URLS",
+        value_delimiter = ','
+    )]
     pub initial_advertise_peer_urls: Vec<String>,
     /// Initial cluster configuration for bootstrapping (name=peer-url,...); default: <name>=<initial-advertise-peer-urls>.
     #[arg(long, env = "ETCD_INITIAL_CLUSTER")]
@@ -183,10 +203,14 @@ impl ServeArgs {
             ("--peer-trusted-ca-file", self.peer_trusted_ca_file),
             ("--peer-client-cert-auth", self.peer_client_cert_auth),
         )?;
-        let auto_compaction = AutoCompaction::parse(&self.auto_compaction_mode, &self.auto_compaction_retention)?
-            .map(|policy| AutoCompaction {
-                revision_interval: self.experimental_revision_compaction_interval.unwrap_or(policy.revision_interval),
-                ..policy
+        let auto_compaction =
+            AutoCompaction::parse(&self.auto_compaction_mode, &self.auto_compaction_retention)?.map(|policy| {
+                AutoCompaction {
+                    revision_interval: self
+                        .experimental_revision_compaction_interval
+                        .unwrap_or(policy.revision_interval),
+                    ..policy
+                }
             });
         let initial_cluster = self.initial_cluster.unwrap_or_else(|| {
             self.initial_advertise_peer_urls

@@ -84,16 +84,25 @@ impl Api {
     }
 
     async fn token(&self, name: &str, password: &str) -> String {
-        self.authenticate(name, password).await.unwrap_or_else(|e| panic!("{name} cannot authenticate: {e:?}"))
+        self.authenticate(name, password)
+            .await
+            .unwrap_or_else(|e| panic!("{name} cannot authenticate: {e:?}"))
     }
 
     async fn get(&self, key: &str, token: Option<&str>) -> Result<RangeResponse, Status> {
-        let req = RangeRequest { key: key.into(), ..Default::default() };
+        let req = RangeRequest {
+            key: key.into(),
+            ..Default::default()
+        };
         Ok(self.kv.clone().range(with(req, token)).await?.into_inner())
     }
 
     async fn put(&self, key: &str, token: Option<&str>) -> Result<PutResponse, Status> {
-        let req = PutRequest { key: key.into(), value: b"v".to_vec(), ..Default::default() };
+        let req = PutRequest {
+            key: key.into(),
+            value: b"v".to_vec(),
+            ..Default::default()
+        };
         Ok(self.kv.clone().put(with(req, token)).await?.into_inner())
     }
 }
@@ -119,7 +128,11 @@ fn assert_refused<T: std::fmt::Debug>(what: &str, result: Result<T, Status>, cod
 }
 
 fn perm(kind: PermType, key: &str, range_end: &str) -> Permission {
-    Permission { perm_type: kind as i32, key: key.into(), range_end: range_end.into() }
+    Permission {
+        perm_type: kind as i32,
+        key: key.into(),
+        range_end: range_end.into(),
+    }
 }
 
 /// With auth still off: root (with the root role), alice (readwrite on the prefix `/app/`) and
@@ -127,9 +140,13 @@ fn perm(kind: PermType, key: &str, range_end: &str) -> Permission {
 async fn set_up_auth(api: &Api) {
     let mut auth = api.auth.clone();
     for (user, password) in [("root", ROOT_PW), ("alice", ALICE_PW), ("bob", BOB_PW)] {
-        auth.user_add(AuthUserAddRequest { name: user.into(), password: password.into(), ..Default::default() })
-            .await
-            .unwrap();
+        auth.user_add(AuthUserAddRequest {
+            name: user.into(),
+            password: password.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     }
     auth.role_add(AuthRoleAddRequest { name: "root".into() }).await.unwrap();
     for (role, prefix, end) in [("app", "/app/", "/app0"), ("other", "/other/", "/other0")] {
@@ -142,7 +159,12 @@ async fn set_up_auth(api: &Api) {
         .unwrap();
     }
     for (user, role) in [("root", "root"), ("alice", "app"), ("bob", "other")] {
-        auth.user_grant_role(AuthUserGrantRoleRequest { user: user.into(), role: role.into() }).await.unwrap();
+        auth.user_grant_role(AuthUserGrantRoleRequest {
+            user: user.into(),
+            role: role.into(),
+        })
+        .await
+        .unwrap();
     }
     auth.auth_enable(AuthEnableRequest {}).await.unwrap();
 }
@@ -216,7 +238,11 @@ async fn call(api: &Api, rpc: Rpc, token: Option<&str>, root: &str, n: usize) ->
         Rpc::Range => outcome(api.get("/app/k", token).await),
         Rpc::Put => outcome(api.put("/app/k", token).await),
         Rpc::DeleteRange => {
-            let req = DeleteRangeRequest { key: "/app/".into(), range_end: "/app0".into(), prev_kv: false };
+            let req = DeleteRangeRequest {
+                key: "/app/".into(),
+                range_end: "/app0".into(),
+                prev_kv: false,
+            };
             outcome(api.kv.clone().delete_range(with(req, token)).await)
         }
         Rpc::Txn => {
@@ -228,14 +254,27 @@ async fn call(api: &Api, rpc: Rpc, token: Option<&str>, root: &str, n: usize) ->
                     target_union: Some(TargetUnion::Version(0)),
                     range_end: vec![],
                 }],
-                success: vec![RequestOp { request: Some(TxnOp::RequestPut(PutRequest { key: "/app/t".into(), ..Default::default() })) }],
-                failure: vec![RequestOp { request: Some(TxnOp::RequestRange(RangeRequest { key: "/app/k".into(), ..Default::default() })) }],
+                success: vec![RequestOp {
+                    request: Some(TxnOp::RequestPut(PutRequest {
+                        key: "/app/t".into(),
+                        ..Default::default()
+                    })),
+                }],
+                failure: vec![RequestOp {
+                    request: Some(TxnOp::RequestRange(RangeRequest {
+                        key: "/app/k".into(),
+                        ..Default::default()
+                    })),
+                }],
             };
             outcome(api.kv.clone().txn(with(req, token)).await)
         }
         Rpc::Compact => {
             let revision = api.get("/app/k", Some(root)).await.unwrap().header.unwrap().revision;
-            let req = CompactionRequest { revision, physical: false };
+            let req = CompactionRequest {
+                revision,
+                physical: false,
+            };
             outcome(api.kv.clone().compact(with(req, token)).await)
         }
         Rpc::Watch => {
@@ -253,7 +292,9 @@ async fn call(api: &Api, rpc: Rpc, token: Option<&str>, root: &str, n: usize) ->
                 Ok(r) => r.into_inner(),
                 Err(s) => return Outcome::Refused(s.code(), s.message().to_string()),
             };
-            let first = tokio::time::timeout(WAIT, responses.next()).await.expect("a watch response");
+            let first = tokio::time::timeout(WAIT, responses.next())
+                .await
+                .expect("a watch response");
             let resp = first.expect("stream open").expect("no error");
             assert!(resp.created, "{resp:?}");
             drop(tx);
@@ -268,42 +309,69 @@ async fn call(api: &Api, rpc: Rpc, token: Option<&str>, root: &str, n: usize) ->
             let lease = api.lease.clone();
             let grant = with(LeaseGrantRequest { ttl: 60, id: 0 }, Some(root));
             let id = lease.clone().lease_grant(grant).await.unwrap().into_inner().id;
-            let put = PutRequest { key: format!("/app/leased-{n}").into(), lease: id, ..Default::default() };
+            let put = PutRequest {
+                key: format!("/app/leased-{n}").into(),
+                lease: id,
+                ..Default::default()
+            };
             api.kv.clone().put(with(put, Some(root))).await.unwrap();
             outcome(lease.clone().lease_revoke(with(LeaseRevokeRequest { id }, token)).await)
         }
         Rpc::LeaseTimeToLiveKeys => {
             let grant = with(LeaseGrantRequest { ttl: 60, id: 0 }, Some(root));
             let id = api.lease.clone().lease_grant(grant).await.unwrap().into_inner().id;
-            let put = PutRequest { key: format!("/app/ttl-{n}").into(), lease: id, ..Default::default() };
+            let put = PutRequest {
+                key: format!("/app/ttl-{n}").into(),
+                lease: id,
+                ..Default::default()
+            };
             api.kv.clone().put(with(put, Some(root))).await.unwrap();
             let req = LeaseTimeToLiveRequest { id, keys: true };
             outcome(api.lease.clone().lease_time_to_live(with(req, token)).await)
         }
         Rpc::Lock => {
-            let req = LockRequest { name: "/app/lock".into(), lease: 0 };
+            let req = LockRequest {
+                name: "/app/lock".into(),
+                lease: 0,
+            };
             match api.lock.clone().lock(with(req, token)).await {
                 Ok(resp) => {
                     let key = resp.into_inner().key;
-                    api.lock.clone().unlock(with(UnlockRequest { key }, token)).await.unwrap();
+                    api.lock
+                        .clone()
+                        .unlock(with(UnlockRequest { key }, token))
+                        .await
+                        .unwrap();
                     Outcome::Served
                 }
                 Err(s) => Outcome::Refused(s.code(), s.message().to_string()),
             }
         }
         Rpc::Campaign => {
-            let req = CampaignRequest { name: "/app/election".into(), lease: 0, value: b"me".to_vec() };
+            let req = CampaignRequest {
+                name: "/app/election".into(),
+                lease: 0,
+                value: b"me".to_vec(),
+            };
             match api.election.clone().campaign(with(req, token)).await {
                 Ok(resp) => {
                     let leader = resp.into_inner().leader;
-                    api.election.clone().resign(with(ResignRequest { leader }, token)).await.unwrap();
+                    api.election
+                        .clone()
+                        .resign(with(ResignRequest { leader }, token))
+                        .await
+                        .unwrap();
                     Outcome::Served
                 }
                 Err(s) => Outcome::Refused(s.code(), s.message().to_string()),
             }
         }
         Rpc::UserAdd => {
-            let req = AuthUserAddRequest { name: format!("user-{n}"), password: "pw".into(), ..Default::default() };
+            let req = AuthUserAddRequest {
+                name: format!("user-{n}"),
+                password: "pw".into(),
+                ..Default::default()
+            };
             outcome(api.auth.clone().user_add(with(req, token)).await)
         }
         Rpc::RoleGrantPermission => {
@@ -314,16 +382,35 @@ async fn call(api: &Api, rpc: Rpc, token: Option<&str>, root: &str, n: usize) ->
             outcome(api.auth.clone().role_grant_permission(with(req, token)).await)
         }
         Rpc::UserList => outcome(api.auth.clone().user_list(with(AuthUserListRequest {}, token)).await),
-        Rpc::HashKv => outcome(api.maintenance.clone().hash_kv(with(HashKvRequest { revision: 0 }, token)).await),
+        Rpc::HashKv => outcome(
+            api.maintenance
+                .clone()
+                .hash_kv(with(HashKvRequest { revision: 0 }, token))
+                .await,
+        ),
         Rpc::AlarmDeactivate => {
-            let req = AlarmRequest { action: alarm_request::AlarmAction::Deactivate as i32, member_id: 1, alarm: AlarmType::Nospace as i32 };
+            let req = AlarmRequest {
+                action: alarm_request::AlarmAction::Deactivate as i32,
+                member_id: 1,
+                alarm: AlarmType::Nospace as i32,
+            };
             outcome(api.maintenance.clone().alarm(with(req, token)).await)
         }
         Rpc::MemberUpdate => {
             // Sets a member's peer URLs to what they are.
-            let members = api.cluster.clone().member_list(MemberListRequest { linearizable: false }).await.unwrap().into_inner().members;
+            let members = api
+                .cluster
+                .clone()
+                .member_list(MemberListRequest { linearizable: false })
+                .await
+                .unwrap()
+                .into_inner()
+                .members;
             let me = &members[0];
-            let req = MemberUpdateRequest { id: me.id, peer_ur_ls: me.peer_ur_ls.clone() };
+            let req = MemberUpdateRequest {
+                id: me.id,
+                peer_ur_ls: me.peer_ur_ls.clone(),
+            };
             outcome(api.cluster.clone().member_update(with(req, token)).await)
         }
     }
@@ -333,7 +420,11 @@ async fn call(api: &Api, rpc: Rpc, token: Option<&str>, root: &str, n: usize) ->
 async fn every_rpc_refuses_no_token_wrong_password_expired_token_and_missing_permission() {
     // Simple tokens expire after 2 s without use.
     let cluster = Cluster::start_with(3, &["--auth-token-ttl", "2"]).await;
-    let apis = [Api::to(&cluster, 0).await, Api::to(&cluster, 1).await, Api::to(&cluster, 2).await];
+    let apis = [
+        Api::to(&cluster, 0).await,
+        Api::to(&cluster, 1).await,
+        Api::to(&cluster, 2).await,
+    ];
     set_up_auth(&apis[0]).await;
 
     // A token that works now and will have expired (unused) when the matrix runs.
@@ -363,22 +454,47 @@ async fn every_rpc_refuses_no_token_wrong_password_expired_token_and_missing_per
     for (n, rpc) in rpcs.into_iter().enumerate() {
         // Spread the calls over the members: tokens are known cluster-wide.
         let api = &apis[n % 3];
-        let (right, right_pw) = if rpc.admin() { ("root", ROOT_PW) } else { ("alice", ALICE_PW) };
-        let (lacking, lacking_pw) = if rpc.admin() { ("alice", ALICE_PW) } else { ("bob", BOB_PW) };
+        let (right, right_pw) = if rpc.admin() {
+            ("root", ROOT_PW)
+        } else {
+            ("alice", ALICE_PW)
+        };
+        let (lacking, lacking_pw) = if rpc.admin() {
+            ("alice", ALICE_PW)
+        } else {
+            ("bob", BOB_PW)
+        };
 
         // A wrong password never yields a token.
-        assert_refused(&format!("{rpc:?}: wrong password"), api.authenticate(right, "not-the-password").await, Code::InvalidArgument, AUTH_FAILED);
+        assert_refused(
+            &format!("{rpc:?}: wrong password"),
+            api.authenticate(right, "not-the-password").await,
+            Code::InvalidArgument,
+            AUTH_FAILED,
+        );
 
         // Tokens are fetched just before use: they expire after 2 s without use.
         let root = api.token("root", ROOT_PW).await;
         let no_token = call(api, rpc, None, &root, n).await;
-        assert_eq!(no_token, expected(rpc, Code::InvalidArgument, USER_EMPTY), "{rpc:?} without a token");
+        assert_eq!(
+            no_token,
+            expected(rpc, Code::InvalidArgument, USER_EMPTY),
+            "{rpc:?} without a token"
+        );
         let root = api.token("root", ROOT_PW).await;
         let expired = call(api, rpc, Some(&stale), &root, n).await;
-        assert_eq!(expired, expected(rpc, Code::Unauthenticated, INVALID_TOKEN), "{rpc:?} with an expired token");
+        assert_eq!(
+            expired,
+            expected(rpc, Code::Unauthenticated, INVALID_TOKEN),
+            "{rpc:?} with an expired token"
+        );
         let (root, lacking_token) = (api.token("root", ROOT_PW).await, api.token(lacking, lacking_pw).await);
         let lacking_outcome = call(api, rpc, Some(&lacking_token), &root, n).await;
-        assert_eq!(lacking_outcome, expected(rpc, Code::PermissionDenied, DENIED), "{rpc:?} as {lacking}, who lacks the permission");
+        assert_eq!(
+            lacking_outcome,
+            expected(rpc, Code::PermissionDenied, DENIED),
+            "{rpc:?} as {lacking}, who lacks the permission"
+        );
         let (root, right_token) = (api.token("root", ROOT_PW).await, api.token(right, right_pw).await);
         let served = call(api, rpc, Some(&right_token), &root, n).await;
         assert_eq!(served, Outcome::Served, "{rpc:?} as {right}");
@@ -387,7 +503,11 @@ async fn every_rpc_refuses_no_token_wrong_password_expired_token_and_missing_per
 
     // No password, hash or token ever reached a member's log.
     for i in 0..3 {
-        for secret in [ROOT_PW, ALICE_PW, BOB_PW].iter().map(|s| s.to_string()).chain(tokens_seen.iter().cloned()) {
+        for secret in [ROOT_PW, ALICE_PW, BOB_PW]
+            .iter()
+            .map(|s| s.to_string())
+            .chain(tokens_seen.iter().cloned())
+        {
             assert!(!cluster.log_contains(i, &secret), "member {i}'s log holds a secret");
         }
         assert!(!cluster.log_contains(i, "$2b$"), "member {i}'s log holds a bcrypt hash");
@@ -400,41 +520,173 @@ async fn auth_management_follows_etcd() {
     let api = Api::to(&cluster, 0).await;
     let mut auth = api.auth.clone();
     // Authenticating while auth is off, and enabling without a proper root.
-    assert_refused("authenticate while disabled", api.authenticate("root", "x").await, Code::FailedPrecondition, "etcdserver: authentication is not enabled");
-    assert_refused("enable without root", auth.auth_enable(AuthEnableRequest {}).await, Code::FailedPrecondition, "etcdserver: root user does not exist");
-    auth.user_add(AuthUserAddRequest { name: "root".into(), password: ROOT_PW.into(), ..Default::default() }).await.unwrap();
-    assert_refused("enable without the root role", auth.auth_enable(AuthEnableRequest {}).await, Code::FailedPrecondition, "etcdserver: root user does not have root role");
+    assert_refused(
+        "authenticate while disabled",
+        api.authenticate("root", "x").await,
+        Code::FailedPrecondition,
+        "etcdserver: authentication is not enabled",
+    );
+    assert_refused(
+        "enable without root",
+        auth.auth_enable(AuthEnableRequest {}).await,
+        Code::FailedPrecondition,
+        "etcdserver: root user does not exist",
+    );
+    auth.user_add(AuthUserAddRequest {
+        name: "root".into(),
+        password: ROOT_PW.into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    assert_refused(
+        "enable without the root role",
+        auth.auth_enable(AuthEnableRequest {}).await,
+        Code::FailedPrecondition,
+        "etcdserver: root user does not have root role",
+    );
     auth.role_add(AuthRoleAddRequest { name: "root".into() }).await.unwrap();
-    auth.user_grant_role(AuthUserGrantRoleRequest { user: "root".into(), role: "root".into() }).await.unwrap();
+    auth.user_grant_role(AuthUserGrantRoleRequest {
+        user: "root".into(),
+        role: "root".into(),
+    })
+    .await
+    .unwrap();
     let status = auth.auth_status(AuthStatusRequest {}).await.unwrap().into_inner();
     assert!(!status.enabled);
     let revision_before = status.auth_revision;
     auth.auth_enable(AuthEnableRequest {}).await.unwrap();
 
     let root = api.token("root", ROOT_PW).await;
-    let status = auth.auth_status(with(AuthStatusRequest {}, Some(&root))).await.unwrap().into_inner();
+    let status = auth
+        .auth_status(with(AuthStatusRequest {}, Some(&root)))
+        .await
+        .unwrap()
+        .into_inner();
     assert!(status.enabled);
-    assert_eq!(status.auth_revision, revision_before, "enabling does not move the revision");
+    assert_eq!(
+        status.auth_revision, revision_before,
+        "enabling does not move the revision"
+    );
 
     macro_rules! r {
         ($msg:expr) => {
             with($msg, Some(root.as_str()))
         };
     }
-    assert_refused("duplicate user", auth.user_add(r!(AuthUserAddRequest { name: "root".into(), password: "x".into(), ..Default::default() })).await, Code::FailedPrecondition, "etcdserver: user name already exists");
-    assert_refused("empty user", auth.user_add(r!(AuthUserAddRequest { name: "".into(), password: "x".into(), ..Default::default() })).await, Code::InvalidArgument, USER_EMPTY);
-    assert_refused("missing user", auth.user_get(r!(AuthUserGetRequest { name: "nobody".into() })).await, Code::FailedPrecondition, "etcdserver: user name not found");
-    assert_refused("missing role", auth.role_get(r!(AuthRoleGetRequest { role: "nobody".into() })).await, Code::FailedPrecondition, "etcdserver: role name not found");
-    assert_refused("grant a missing role", auth.user_grant_role(r!(AuthUserGrantRoleRequest { user: "root".into(), role: "nobody".into() })).await, Code::FailedPrecondition, "etcdserver: role name not found");
-    assert_refused("revoke an ungranted role", auth.user_revoke_role(r!(AuthUserRevokeRoleRequest { name: "root".into(), role: "nobody".into() })).await, Code::FailedPrecondition, "etcdserver: role is not granted to the user");
-    assert_refused("delete root", auth.user_delete(r!(AuthUserDeleteRequest { name: "root".into() })).await, Code::InvalidArgument, "etcdserver: invalid auth management");
-    assert_refused("take root from root", auth.user_revoke_role(r!(AuthUserRevokeRoleRequest { name: "root".into(), role: "root".into() })).await, Code::InvalidArgument, "etcdserver: invalid auth management");
-    auth.role_add(r!(AuthRoleAddRequest { name: "ro".into() })).await.unwrap();
-    assert_refused("duplicate role", auth.role_add(r!(AuthRoleAddRequest { name: "ro".into() })).await, Code::FailedPrecondition, "etcdserver: role name already exists");
-    assert_refused("empty role", auth.role_add(r!(AuthRoleAddRequest { name: "".into() })).await, Code::InvalidArgument, "etcdserver: role name is empty");
-    assert_refused("no permission", auth.role_grant_permission(r!(AuthRoleGrantPermissionRequest { name: "ro".into(), perm: None })).await, Code::InvalidArgument, "etcdserver: permission not given");
-    assert_refused("revoke an ungranted permission", auth.role_revoke_permission(r!(AuthRoleRevokePermissionRequest { role: "ro".into(), key: b"x".to_vec(), range_end: vec![] })).await, Code::FailedPrecondition, "etcdserver: permission is not granted to the role");
-    auth.role_grant_permission(r!(AuthRoleGrantPermissionRequest { name: "ro".into(), perm: Some(perm(PermType::Read, "cfg/", "cfg0")) })).await.unwrap();
+    assert_refused(
+        "duplicate user",
+        auth.user_add(r!(AuthUserAddRequest {
+            name: "root".into(),
+            password: "x".into(),
+            ..Default::default()
+        }))
+        .await,
+        Code::FailedPrecondition,
+        "etcdserver: user name already exists",
+    );
+    assert_refused(
+        "empty user",
+        auth.user_add(r!(AuthUserAddRequest {
+            name: "".into(),
+            password: "x".into(),
+            ..Default::default()
+        }))
+        .await,
+        Code::InvalidArgument,
+        USER_EMPTY,
+    );
+    assert_refused(
+        "missing user",
+        auth.user_get(r!(AuthUserGetRequest { name: "nobody".into() })).await,
+        Code::FailedPrecondition,
+        "etcdserver: user name not found",
+    );
+    assert_refused(
+        "missing role",
+        auth.role_get(r!(AuthRoleGetRequest { role: "nobody".into() })).await,
+        Code::FailedPrecondition,
+        "etcdserver: role name not found",
+    );
+    assert_refused(
+        "grant a missing role",
+        auth.user_grant_role(r!(AuthUserGrantRoleRequest {
+            user: "root".into(),
+            role: "nobody".into()
+        }))
+        .await,
+        Code::FailedPrecondition,
+        "etcdserver: role name not found",
+    );
+    assert_refused(
+        "revoke an ungranted role",
+        auth.user_revoke_role(r!(AuthUserRevokeRoleRequest {
+            name: "root".into(),
+            role: "nobody".into()
+        }))
+        .await,
+        Code::FailedPrecondition,
+        "etcdserver: role is not granted to the user",
+    );
+    assert_refused(
+        "delete root",
+        auth.user_delete(r!(AuthUserDeleteRequest { name: "root".into() }))
+            .await,
+        Code::InvalidArgument,
+        "etcdserver: invalid auth management",
+    );
+    assert_refused(
+        "take root from root",
+        auth.user_revoke_role(r!(AuthUserRevokeRoleRequest {
+            name: "root".into(),
+            role: "root".into()
+        }))
+        .await,
+        Code::InvalidArgument,
+        "etcdserver: invalid auth management",
+    );
+    auth.role_add(r!(AuthRoleAddRequest { name: "ro".into() }))
+        .await
+        .unwrap();
+    assert_refused(
+        "duplicate role",
+        auth.role_add(r!(AuthRoleAddRequest { name: "ro".into() })).await,
+        Code::FailedPrecondition,
+        "etcdserver: role name already exists",
+    );
+    assert_refused(
+        "empty role",
+        auth.role_add(r!(AuthRoleAddRequest { name: "".into() })).await,
+        Code::InvalidArgument,
+        "etcdserver: role name is empty",
+    );
+    assert_refused(
+        "no permission",
+        auth.role_grant_permission(r!(AuthRoleGrantPermissionRequest {
+            name: "ro".into(),
+            perm: None
+        }))
+        .await,
+        Code::InvalidArgument,
+        "etcdserver: permission not given",
+    );
+    assert_refused(
+        "revoke an ungranted permission",
+        auth.role_revoke_permission(r!(AuthRoleRevokePermissionRequest {
+            role: "ro".into(),
+            key: b"x".to_vec(),
+            range_end: vec![]
+        }))
+        .await,
+        Code::FailedPrecondition,
+        "etcdserver: permission is not granted to the role",
+    );
+    auth.role_grant_permission(r!(AuthRoleGrantPermissionRequest {
+        name: "ro".into(),
+        perm: Some(perm(PermType::Read, "cfg/", "cfg0"))
+    }))
+    .await
+    .unwrap();
 
     // A user added without password cannot log in with one.
     auth.user_add(r!(AuthUserAddRequest {
@@ -444,49 +696,149 @@ async fn auth_management_follows_etcd() {
     }))
     .await
     .unwrap();
-    assert_refused("no-password user", api.authenticate("svc", "anything").await, Code::Unknown, "auth: authentication failed, password was given for no password user");
+    assert_refused(
+        "no-password user",
+        api.authenticate("svc", "anything").await,
+        Code::Unknown,
+        "auth: authentication failed, password was given for no password user",
+    );
 
     // Users see themselves and their roles, not others.
-    auth.user_add(r!(AuthUserAddRequest { name: "carol".into(), password: "carol-pw".into(), ..Default::default() })).await.unwrap();
-    auth.user_grant_role(r!(AuthUserGrantRoleRequest { user: "carol".into(), role: "ro".into() })).await.unwrap();
+    auth.user_add(r!(AuthUserAddRequest {
+        name: "carol".into(),
+        password: "carol-pw".into(),
+        ..Default::default()
+    }))
+    .await
+    .unwrap();
+    auth.user_grant_role(r!(AuthUserGrantRoleRequest {
+        user: "carol".into(),
+        role: "ro".into()
+    }))
+    .await
+    .unwrap();
     let carol = api.token("carol", "carol-pw").await;
     macro_rules! c {
         ($msg:expr) => {
             with($msg, Some(carol.as_str()))
         };
     }
-    assert_eq!(auth.user_get(c!(AuthUserGetRequest { name: "carol".into() })).await.unwrap().into_inner().roles, vec!["ro".to_string()]);
-    assert_refused("carol reads root", auth.user_get(c!(AuthUserGetRequest { name: "root".into() })).await, Code::PermissionDenied, DENIED);
-    let perms = auth.role_get(c!(AuthRoleGetRequest { role: "ro".into() })).await.unwrap().into_inner().perm;
+    assert_eq!(
+        auth.user_get(c!(AuthUserGetRequest { name: "carol".into() }))
+            .await
+            .unwrap()
+            .into_inner()
+            .roles,
+        vec!["ro".to_string()]
+    );
+    assert_refused(
+        "carol reads root",
+        auth.user_get(c!(AuthUserGetRequest { name: "root".into() })).await,
+        Code::PermissionDenied,
+        DENIED,
+    );
+    let perms = auth
+        .role_get(c!(AuthRoleGetRequest { role: "ro".into() }))
+        .await
+        .unwrap()
+        .into_inner()
+        .perm;
     assert_eq!(perms, vec![perm(PermType::Read, "cfg/", "cfg0")]);
-    assert_refused("carol reads root's role", auth.role_get(c!(AuthRoleGetRequest { role: "root".into() })).await, Code::PermissionDenied, DENIED);
-    assert_refused("carol lists roles", auth.role_list(c!(AuthRoleListRequest {})).await, Code::PermissionDenied, DENIED);
-    let roles = auth.role_list(r!(AuthRoleListRequest {})).await.unwrap().into_inner().roles;
+    assert_refused(
+        "carol reads root's role",
+        auth.role_get(c!(AuthRoleGetRequest { role: "root".into() })).await,
+        Code::PermissionDenied,
+        DENIED,
+    );
+    assert_refused(
+        "carol lists roles",
+        auth.role_list(c!(AuthRoleListRequest {})).await,
+        Code::PermissionDenied,
+        DENIED,
+    );
+    let roles = auth
+        .role_list(r!(AuthRoleListRequest {}))
+        .await
+        .unwrap()
+        .into_inner()
+        .roles;
     assert_eq!(roles, vec!["ro".to_string(), "root".to_string()]);
-    let root_role = auth.role_get(r!(AuthRoleGetRequest { role: "root".into() })).await.unwrap().into_inner().perm;
+    let root_role = auth
+        .role_get(r!(AuthRoleGetRequest { role: "root".into() }))
+        .await
+        .unwrap()
+        .into_inner()
+        .perm;
     assert_eq!(root_role, vec![perm(PermType::Readwrite, "", "\0")]);
-    let users = auth.user_list(r!(AuthUserListRequest {})).await.unwrap().into_inner().users;
+    let users = auth
+        .user_list(r!(AuthUserListRequest {}))
+        .await
+        .unwrap()
+        .into_inner()
+        .users;
     assert_eq!(users, vec!["carol".to_string(), "root".to_string(), "svc".to_string()]);
 
     // A read-only role reads, but neither writes nor reads outside its prefix.
     api.put("cfg/a", Some(&root)).await.unwrap();
     assert_eq!(api.get("cfg/a", Some(&carol)).await.unwrap().kvs.len(), 1);
-    assert_refused("read-only put", api.put("cfg/a", Some(&carol)).await, Code::PermissionDenied, DENIED);
-    assert_refused("read outside", api.get("other", Some(&carol)).await, Code::PermissionDenied, DENIED);
+    assert_refused(
+        "read-only put",
+        api.put("cfg/a", Some(&carol)).await,
+        Code::PermissionDenied,
+        DENIED,
+    );
+    assert_refused(
+        "read outside",
+        api.get("other", Some(&carol)).await,
+        Code::PermissionDenied,
+        DENIED,
+    );
 
     // A new password voids the old tokens; so does deleting the user.
-    auth.user_change_password(r!(AuthUserChangePasswordRequest { name: "carol".into(), password: "new-pw".into(), ..Default::default() })).await.unwrap();
-    assert_refused("token after password change", api.get("cfg/a", Some(&carol)).await, Code::Unauthenticated, INVALID_TOKEN);
-    assert_refused("old password", api.authenticate("carol", "carol-pw").await, Code::InvalidArgument, AUTH_FAILED);
+    auth.user_change_password(r!(AuthUserChangePasswordRequest {
+        name: "carol".into(),
+        password: "new-pw".into(),
+        ..Default::default()
+    }))
+    .await
+    .unwrap();
+    assert_refused(
+        "token after password change",
+        api.get("cfg/a", Some(&carol)).await,
+        Code::Unauthenticated,
+        INVALID_TOKEN,
+    );
+    assert_refused(
+        "old password",
+        api.authenticate("carol", "carol-pw").await,
+        Code::InvalidArgument,
+        AUTH_FAILED,
+    );
     let carol = api.token("carol", "new-pw").await;
-    auth.user_delete(r!(AuthUserDeleteRequest { name: "carol".into() })).await.unwrap();
-    assert_refused("token of a deleted user", api.get("cfg/a", Some(&carol)).await, Code::Unauthenticated, INVALID_TOKEN);
+    auth.user_delete(r!(AuthUserDeleteRequest { name: "carol".into() }))
+        .await
+        .unwrap();
+    assert_refused(
+        "token of a deleted user",
+        api.get("cfg/a", Some(&carol)).await,
+        Code::Unauthenticated,
+        INVALID_TOKEN,
+    );
 
     // Deleting a role takes it from its users; disabling auth opens everything again.
-    auth.role_delete(r!(AuthRoleDeleteRequest { role: "ro".into() })).await.unwrap();
+    auth.role_delete(r!(AuthRoleDeleteRequest { role: "ro".into() }))
+        .await
+        .unwrap();
     auth.auth_disable(r!(AuthDisableRequest {})).await.unwrap();
     api.put("anything", None).await.unwrap();
-    assert!(!auth.auth_status(AuthStatusRequest {}).await.unwrap().into_inner().enabled);
+    assert!(
+        !auth
+            .auth_status(AuthStatusRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .enabled
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -495,7 +847,10 @@ async fn etcdctl_with_user_manages_and_uses_auth() {
     let eps = cluster.endpoints();
     let run = |args: &[&str]| {
         let out = cluster.etcdctl(&eps, args);
-        (out.status.success(), String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr))
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr),
+        )
     };
     let ok = |args: &[&str]| {
         let (success, text) = run(args);
@@ -509,7 +864,15 @@ async fn etcdctl_with_user_manages_and_uses_auth() {
     let as_root = format!("--user=root:{ROOT_PW}");
     ok(&[&as_root, "user", "add", &format!("alice:{ALICE_PW}")]);
     ok(&[&as_root, "role", "add", "app"]);
-    ok(&[&as_root, "role", "grant-permission", "app", "readwrite", "--prefix=true", "/app/"]);
+    ok(&[
+        &as_root,
+        "role",
+        "grant-permission",
+        "app",
+        "readwrite",
+        "--prefix=true",
+        "/app/",
+    ]);
     ok(&[&as_root, "user", "grant-role", "alice", "app"]);
     let role = ok(&[&as_root, "role", "get", "app"]);
     assert!(role.contains("[/app/, /app0) (prefix /app/)"), "{role}");
@@ -519,7 +882,12 @@ async fn etcdctl_with_user_manages_and_uses_auth() {
     ok(&[&as_alice, "put", "/app/config", "v1"]);
     assert!(ok(&[&as_alice, "get", "/app/config"]).contains("v1"));
     assert!(ok(&[&as_alice, "get", "--prefix", "/app/"]).contains("/app/config"));
-    for args in [vec!["put", "/etc/passwd", "x"], vec!["get", "/etc/passwd"], vec!["get", "", "--prefix"], vec!["user", "list"]] {
+    for args in [
+        vec!["put", "/etc/passwd", "x"],
+        vec!["get", "/etc/passwd"],
+        vec!["get", "", "--prefix"],
+        vec!["user", "list"],
+    ] {
         let mut full = vec![as_alice.as_str()];
         full.extend(args.iter());
         let (success, text) = run(&full);
@@ -536,7 +904,11 @@ async fn etcdctl_with_user_manages_and_uses_auth() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_permission_is_in_force_at_once_on_another_member() {
     let cluster = Cluster::start_with(3, &["--bcrypt-cost", "4"]).await;
-    let apis = [Api::to(&cluster, 0).await, Api::to(&cluster, 1).await, Api::to(&cluster, 2).await];
+    let apis = [
+        Api::to(&cluster, 0).await,
+        Api::to(&cluster, 1).await,
+        Api::to(&cluster, 2).await,
+    ];
     set_up_auth(&apis[0]).await;
     let alice = apis[0].token("alice", ALICE_PW).await;
     let bob = apis[0].token("bob", BOB_PW).await;
@@ -547,11 +919,29 @@ async fn a_revoked_permission_is_in_force_at_once_on_another_member() {
     for round in 0..5 {
         // Revoke through member 1; the very next requests go to member 2.
         let root = apis[1].token("root", ROOT_PW).await;
-        let revoke = AuthRoleRevokePermissionRequest { role: "app".into(), key: "/app/".into(), range_end: "/app0".into() };
-        apis[1].auth.clone().role_revoke_permission(with(revoke, Some(&root))).await.unwrap();
-        assert_refused(&format!("round {round}: read after revoke"), apis[2].get("/app/k", Some(&alice)).await, Code::PermissionDenied, DENIED);
+        let revoke = AuthRoleRevokePermissionRequest {
+            role: "app".into(),
+            key: "/app/".into(),
+            range_end: "/app0".into(),
+        };
+        apis[1]
+            .auth
+            .clone()
+            .role_revoke_permission(with(revoke, Some(&root)))
+            .await
+            .unwrap();
+        assert_refused(
+            &format!("round {round}: read after revoke"),
+            apis[2].get("/app/k", Some(&alice)).await,
+            Code::PermissionDenied,
+            DENIED,
+        );
         let watch = call(&apis[2], Rpc::Watch, Some(&alice), &root, round).await;
-        assert_eq!(watch, expected(Rpc::Watch, Code::PermissionDenied, DENIED), "round {round}: watch after revoke");
+        assert_eq!(
+            watch,
+            expected(Rpc::Watch, Code::PermissionDenied, DENIED),
+            "round {round}: watch after revoke"
+        );
         // A write is checked at apply, at its place in the log: refused either for the missing
         // permission or, if member 2 had not yet applied the revoke when it took the request,
         // because the identity predates it (etcd's "revision of auth store is old").
@@ -561,22 +951,55 @@ async fn a_revoked_permission_is_in_force_at_once_on_another_member() {
             other => panic!("round {round}: write after revoke: {other:?}"),
         }
         // Granting it back is in force at once too.
-        let grant = AuthRoleGrantPermissionRequest { name: "app".into(), perm: Some(perm(PermType::Readwrite, "/app/", "/app0")) };
-        apis[1].auth.clone().role_grant_permission(with(grant, Some(&root))).await.unwrap();
+        let grant = AuthRoleGrantPermissionRequest {
+            name: "app".into(),
+            perm: Some(perm(PermType::Readwrite, "/app/", "/app0")),
+        };
+        apis[1]
+            .auth
+            .clone()
+            .role_grant_permission(with(grant, Some(&root)))
+            .await
+            .unwrap();
         apis[2].get("/app/k", Some(&alice)).await.unwrap();
     }
 
     // Taking a role from a user and deleting a user act the same way.
     let root = apis[1].token("root", ROOT_PW).await;
-    let revoke_role = AuthUserRevokeRoleRequest { name: "alice".into(), role: "app".into() };
-    apis[1].auth.clone().user_revoke_role(with(revoke_role, Some(&root))).await.unwrap();
-    assert_refused("read after role revoke", apis[2].get("/app/k", Some(&alice)).await, Code::PermissionDenied, DENIED);
-    apis[1].auth.clone().user_delete(with(AuthUserDeleteRequest { name: "bob".into() }, Some(&root))).await.unwrap();
-    assert_refused("read after user delete", apis[2].get("/other/k", Some(&bob)).await, Code::Unauthenticated, INVALID_TOKEN);
+    let revoke_role = AuthUserRevokeRoleRequest {
+        name: "alice".into(),
+        role: "app".into(),
+    };
+    apis[1]
+        .auth
+        .clone()
+        .user_revoke_role(with(revoke_role, Some(&root)))
+        .await
+        .unwrap();
+    assert_refused(
+        "read after role revoke",
+        apis[2].get("/app/k", Some(&alice)).await,
+        Code::PermissionDenied,
+        DENIED,
+    );
+    apis[1]
+        .auth
+        .clone()
+        .user_delete(with(AuthUserDeleteRequest { name: "bob".into() }, Some(&root)))
+        .await
+        .unwrap();
+    assert_refused(
+        "read after user delete",
+        apis[2].get("/other/k", Some(&bob)).await,
+        Code::Unauthenticated,
+        INVALID_TOKEN,
+    );
 
     // etcd-client users see the same.
     let opts = etcd_client::ConnectOptions::new().with_user("root", ROOT_PW);
-    let mut client = etcd_client::Client::connect([cluster.members[2].client_url.as_str()], Some(opts)).await.unwrap();
+    let mut client = etcd_client::Client::connect([cluster.members[2].client_url.as_str()], Some(opts))
+        .await
+        .unwrap();
     client.put("/anywhere", "x", None).await.unwrap();
 }
 
@@ -584,12 +1007,43 @@ async fn a_revoked_permission_is_in_force_at_once_on_another_member() {
 /// callers are refused.
 async fn assert_auth_in_force(api: &Api, who: &str) {
     let alice = api.token("alice", ALICE_PW).await;
-    api.put("/app/after", Some(&alice)).await.unwrap_or_else(|e| panic!("{who}: alice's put: {e:?}"));
-    let serializable = RangeRequest { key: "/app/after".into(), serializable: true, ..Default::default() };
-    assert_eq!(api.kv.clone().range(with(serializable, Some(&alice))).await.unwrap().into_inner().kvs.len(), 1);
-    assert_refused(&format!("{who}: alice outside her prefix"), api.get("/other/x", Some(&alice)).await, Code::PermissionDenied, DENIED);
-    assert_refused(&format!("{who}: anonymous"), api.get("/app/after", None).await, Code::InvalidArgument, USER_EMPTY);
-    assert_refused(&format!("{who}: wrong password"), api.authenticate("bob", "nope").await, Code::InvalidArgument, AUTH_FAILED);
+    api.put("/app/after", Some(&alice))
+        .await
+        .unwrap_or_else(|e| panic!("{who}: alice's put: {e:?}"));
+    let serializable = RangeRequest {
+        key: "/app/after".into(),
+        serializable: true,
+        ..Default::default()
+    };
+    assert_eq!(
+        api.kv
+            .clone()
+            .range(with(serializable, Some(&alice)))
+            .await
+            .unwrap()
+            .into_inner()
+            .kvs
+            .len(),
+        1
+    );
+    assert_refused(
+        &format!("{who}: alice outside her prefix"),
+        api.get("/other/x", Some(&alice)).await,
+        Code::PermissionDenied,
+        DENIED,
+    );
+    assert_refused(
+        &format!("{who}: anonymous"),
+        api.get("/app/after", None).await,
+        Code::InvalidArgument,
+        USER_EMPTY,
+    );
+    assert_refused(
+        &format!("{who}: wrong password"),
+        api.authenticate("bob", "nope").await,
+        Code::InvalidArgument,
+        AUTH_FAILED,
+    );
 }
 
 /// etcd's Hash of every member, as root: equal when they hold the same auth store and data.
@@ -597,7 +1051,12 @@ async fn hashes(apis: &[Api]) -> Vec<u32> {
     let mut hashes = Vec::new();
     for api in apis {
         let root = api.token("root", ROOT_PW).await;
-        let resp = api.maintenance.clone().hash(with(HashRequest {}, Some(&root))).await.unwrap();
+        let resp = api
+            .maintenance
+            .clone()
+            .hash(with(HashRequest {}, Some(&root)))
+            .await
+            .unwrap();
         hashes.push(resp.into_inner().hash);
     }
     hashes
@@ -607,7 +1066,14 @@ async fn hashes(apis: &[Api]) -> Vec<u32> {
 async fn auth_survives_a_full_restart_and_reaches_a_member_through_a_snapshot() {
     let mut cluster = Cluster::start_with(
         3,
-        &["--bcrypt-cost", "4", "--snapshot-count", "20", "--experimental-snapshot-catchup-entries", "5"],
+        &[
+            "--bcrypt-cost",
+            "4",
+            "--snapshot-count",
+            "20",
+            "--experimental-snapshot-catchup-entries",
+            "5",
+        ],
     )
     .await;
     // Member 2 is away while auth is set up and the log moves on, so it can only learn the
@@ -626,7 +1092,11 @@ async fn auth_survives_a_full_restart_and_reaches_a_member_through_a_snapshot() 
     let api1 = Api::to(&cluster, 1).await;
     for api in [&api0, &api1] {
         let root = api.token("root", ROOT_PW).await;
-        api.maintenance.clone().defragment(with(DefragmentRequest {}, Some(&root))).await.unwrap();
+        api.maintenance
+            .clone()
+            .defragment(with(DefragmentRequest {}, Some(&root)))
+            .await
+            .unwrap();
     }
     for i in 60..100 {
         api0.put(&format!("/fill/{i}"), Some(&root)).await.unwrap();
@@ -636,7 +1106,15 @@ async fn auth_survives_a_full_restart_and_reaches_a_member_through_a_snapshot() 
     eventually("member 2 catches up", || {
         let api2 = api2.clone();
         async move {
-            let resp = api2.kv.clone().range(RangeRequest { key: "/fill/99".into(), serializable: true, ..Default::default() }).await;
+            let resp = api2
+                .kv
+                .clone()
+                .range(RangeRequest {
+                    key: "/fill/99".into(),
+                    serializable: true,
+                    ..Default::default()
+                })
+                .await;
             match resp {
                 Err(s) if s.message() == USER_EMPTY => Ok(()),
                 other => Err(format!("{other:?}")),
@@ -644,14 +1122,21 @@ async fn auth_survives_a_full_restart_and_reaches_a_member_through_a_snapshot() 
         }
     })
     .await;
-    assert!(cluster.log_contains(2, "installed snapshot"), "member 2 did not catch up through a snapshot");
+    assert!(
+        cluster.log_contains(2, "installed snapshot"),
+        "member 2 did not catch up through a snapshot"
+    );
     assert_auth_in_force(&api2, "member 2 after the snapshot").await;
     let apis = [api0.clone(), Api::to(&cluster, 1).await, api2];
     let before = eventually("hashes agree", || {
         let apis = apis.clone();
         async move {
             let h = hashes(&apis).await;
-            if h.windows(2).all(|w| w[0] == w[1]) { Ok(h) } else { Err(h) }
+            if h.windows(2).all(|w| w[0] == w[1]) {
+                Ok(h)
+            } else {
+                Err(h)
+            }
         }
     })
     .await;
@@ -706,15 +1191,26 @@ async fn jwt_tokens_work_on_every_member_and_expire() {
     let (private, public) = rsa_keys(keys.path());
     let spec = format!("jwt,pub-key={public},priv-key={private},sign-method=RS256,ttl=6s");
     let cluster = Cluster::start_with(3, &["--bcrypt-cost", "4", "--auth-token", &spec]).await;
-    let apis = [Api::to(&cluster, 0).await, Api::to(&cluster, 1).await, Api::to(&cluster, 2).await];
+    let apis = [
+        Api::to(&cluster, 0).await,
+        Api::to(&cluster, 1).await,
+        Api::to(&cluster, 2).await,
+    ];
     set_up_auth(&apis[0]).await;
 
     let alice = apis[0].token("alice", ALICE_PW).await;
     assert_eq!(alice.split('.').count(), 3, "a JWT: header.claims.signature");
     for (i, api) in apis.iter().enumerate() {
-        api.put(&format!("/app/from-{i}"), Some(&alice)).await.unwrap_or_else(|e| panic!("member {i}: {e:?}"));
+        api.put(&format!("/app/from-{i}"), Some(&alice))
+            .await
+            .unwrap_or_else(|e| panic!("member {i}: {e:?}"));
         api.get("/app/from-0", Some(&alice)).await.unwrap();
-        assert_refused(&format!("member {i}: outside the prefix"), api.put("/other/x", Some(&alice)).await, Code::PermissionDenied, DENIED);
+        assert_refused(
+            &format!("member {i}: outside the prefix"),
+            api.put("/other/x", Some(&alice)).await,
+            Code::PermissionDenied,
+            DENIED,
+        );
     }
     // A token signed with another key is refused.
     let forged = {
@@ -722,18 +1218,38 @@ async fn jwt_tokens_work_on_every_member_and_expire() {
         parts[2] = "AAAA";
         parts.join(".")
     };
-    assert_refused("forged JWT", apis[1].get("/app/from-0", Some(&forged)).await, Code::Unauthenticated, INVALID_TOKEN);
+    assert_refused(
+        "forged JWT",
+        apis[1].get("/app/from-0", Some(&forged)).await,
+        Code::Unauthenticated,
+        INVALID_TOKEN,
+    );
 
     // An auth change makes earlier JWTs stale: clients authenticate again.
     let root = apis[1].token("root", ROOT_PW).await;
-    apis[1].auth.clone().role_add(with(AuthRoleAddRequest { name: "new".into() }, Some(&root))).await.unwrap();
-    assert_refused("JWT from before an auth change", apis[2].get("/app/from-0", Some(&alice)).await, Code::InvalidArgument, OLD_REVISION);
+    apis[1]
+        .auth
+        .clone()
+        .role_add(with(AuthRoleAddRequest { name: "new".into() }, Some(&root)))
+        .await
+        .unwrap();
+    assert_refused(
+        "JWT from before an auth change",
+        apis[2].get("/app/from-0", Some(&alice)).await,
+        Code::InvalidArgument,
+        OLD_REVISION,
+    );
     let alice = apis[2].token("alice", ALICE_PW).await;
     apis[0].get("/app/from-0", Some(&alice)).await.unwrap();
 
     tokio::time::sleep(Duration::from_secs(7)).await;
     for (i, api) in apis.iter().enumerate() {
-        assert_refused(&format!("member {i}: expired JWT"), api.get("/app/from-0", Some(&alice)).await, Code::Unauthenticated, INVALID_TOKEN);
+        assert_refused(
+            &format!("member {i}: expired JWT"),
+            api.get("/app/from-0", Some(&alice)).await,
+            Code::Unauthenticated,
+            INVALID_TOKEN,
+        );
     }
 }
 
@@ -743,13 +1259,23 @@ async fn repeated_failed_logins_lock_the_user_for_a_while() {
     let api = Api::to(&cluster, 0).await;
     set_up_auth(&api).await;
     for attempt in 0..6 {
-        assert_refused(&format!("attempt {attempt}"), api.authenticate("alice", "guess").await, Code::InvalidArgument, AUTH_FAILED);
+        assert_refused(
+            &format!("attempt {attempt}"),
+            api.authenticate("alice", "guess").await,
+            Code::InvalidArgument,
+            AUTH_FAILED,
+        );
     }
     let locked_at = std::time::Instant::now();
     // Locked: even the right password is refused, the same way.
     let attempt = api.authenticate("alice", ALICE_PW).await;
     if locked_at.elapsed() < Duration::from_millis(900) {
-        assert_refused("right password while locked", attempt, Code::InvalidArgument, AUTH_FAILED);
+        assert_refused(
+            "right password while locked",
+            attempt,
+            Code::InvalidArgument,
+            AUTH_FAILED,
+        );
     }
     // Other users are not affected.
     api.token("bob", BOB_PW).await;

@@ -27,15 +27,10 @@ fn bad_url_lists() -> Vec<(&'static str, Vec<String>)> {
         ("a path", vec!["http://127.0.0.1:2380/x".into()]),
         ("an unclosed IPv6 bracket", vec!["http://[::1".into()]),
         ("a NUL byte", vec!["http://127.0.0.1:2380\0".into()]),
-        (
-            "a 1 MiB URL",
-            vec![format!("http://{}:2380", "a".repeat(1 << 20))],
-        ),
+        ("a 1 MiB URL", vec![format!("http://{}:2380", "a".repeat(1 << 20))]),
         (
             "1,000 URLs",
-            (0..1000)
-                .map(|i| format!("http://127.0.0.1:{}", 40000 + i))
-                .collect(),
+            (0..1000).map(|i| format!("http://127.0.0.1:{}", 40000 + i)).collect(),
         ),
         ("no scheme", vec!["127.0.0.1:2380".into()]),
         ("a unix scheme", vec!["unix://m1:2380".into()]),
@@ -104,11 +99,7 @@ fn assert_bad_urls<T: std::fmt::Debug>(what: &str, result: Result<T, etcd_client
 /// Asserts that a lock or election call failed as etcd's does for an empty key.
 fn assert_empty_key<T: std::fmt::Debug>(what: &str, result: Result<T, etcd_client::Error>) {
     let status = grpc_status(result.expect_err(what));
-    assert_eq!(
-        (status.code(), status.message()),
-        (Code::Unknown, EMPTY_KEY),
-        "{what}"
-    );
+    assert_eq!((status.code(), status.message()), (Code::Unknown, EMPTY_KEY), "{what}");
 }
 
 /// A write through member `i`, then a linearizable read of it through member `i`.
@@ -222,9 +213,7 @@ async fn empty_election_and_lock_keys_are_refused_and_write_nothing() {
     let revision = put.header().map(|h| h.revision()).unwrap_or_default();
 
     let empty = || LeaderKey::new().with_name("e").with_key("");
-    let proclaim = c
-        .proclaim("v", Some(ProclaimOptions::new().with_leader(empty())))
-        .await;
+    let proclaim = c.proclaim("v", Some(ProclaimOptions::new().with_leader(empty()))).await;
     assert_empty_key("Proclaim with an empty leader key", proclaim);
     let proclaim = c
         .proclaim(
@@ -235,8 +224,7 @@ async fn empty_election_and_lock_keys_are_refused_and_write_nothing() {
     assert_empty_key("Proclaim with an empty leader key at a revision", proclaim);
     assert_empty_key(
         "Resign with an empty leader key",
-        c.resign(Some(ResignOptions::new().with_leader(empty())))
-            .await,
+        c.resign(Some(ResignOptions::new().with_leader(empty()))).await,
     );
     assert_empty_key("Unlock of the empty key", c.unlock("").await);
 
@@ -246,11 +234,7 @@ async fn empty_election_and_lock_keys_are_refused_and_write_nothing() {
         .get("", Some(GetOptions::new().with_all_keys()))
         .await
         .expect("range of every key");
-    assert_eq!(
-        all.header().map(|h| h.revision()),
-        Some(revision),
-        "the revision moved"
-    );
+    assert_eq!(all.header().map(|h| h.revision()), Some(revision), "the revision moved");
     let keys: Vec<&[u8]> = all.kvs().iter().map(|kv| kv.key()).collect();
     assert_eq!(keys, vec![b"marker".as_slice()]);
     assert!(
@@ -258,16 +242,10 @@ async fn empty_election_and_lock_keys_are_refused_and_write_nothing() {
         "a lease was granted"
     );
     let status = grpc_status(c.get("", None).await.expect_err("range of the empty key"));
-    assert_eq!(
-        (status.code(), status.message()),
-        (Code::InvalidArgument, EMPTY_KEY)
-    );
+    assert_eq!((status.code(), status.message()), (Code::InvalidArgument, EMPTY_KEY));
 
     // An empty name is a name like any other, as in etcd: its keys go under "/".
-    let campaign = c
-        .campaign("", "v", 0)
-        .await
-        .expect("Campaign with an empty name");
+    let campaign = c.campaign("", "v", 0).await.expect("Campaign with an empty name");
     let leader = campaign.leader().expect("a leader key").clone();
     assert!(
         leader.key().starts_with(b"/"),

@@ -20,7 +20,10 @@ fn bench(endpoints: &[String], args: &[&str]) -> (u64, u64) {
         .expect("run concord bench");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "concord bench {args:?} failed:\n{stdout}\n{stderr}");
+    assert!(
+        out.status.success(),
+        "concord bench {args:?} failed:\n{stdout}\n{stderr}"
+    );
     let field = |name: &str| -> u64 {
         let start = stdout
             .find(&format!("\"{name}\":"))
@@ -28,7 +31,9 @@ fn bench(endpoints: &[String], args: &[&str]) -> (u64, u64) {
             + name.len()
             + 3;
         let digits: String = stdout[start..].chars().take_while(|c| c.is_ascii_digit()).collect();
-        digits.parse().unwrap_or_else(|_| panic!("{name} is not a count in {stdout}"))
+        digits
+            .parse()
+            .unwrap_or_else(|_| panic!("{name} is not a count in {stdout}"))
     };
     (field("ok"), field("errors"))
 }
@@ -44,8 +49,30 @@ async fn every_workload_runs_cleanly_through_all_members() {
         &["--total", "500", "--key-space", "100", "range", "--consistency", "s"],
         &["--total", "300", "--key-space", "100", "txn-put"],
         &["--total", "300", "--key-space", "100", "txn-mixed"],
-        &["--total", "100", "--key-space", "16", "--val-size", "16", "watch", "--streams", "2", "--watchers-per-stream", "4"],
-        &["--total", "50", "--val-size", "16", "watch-fanout", "--streams", "2", "--watchers-per-stream", "8"],
+        &[
+            "--total",
+            "100",
+            "--key-space",
+            "16",
+            "--val-size",
+            "16",
+            "watch",
+            "--streams",
+            "2",
+            "--watchers-per-stream",
+            "4",
+        ],
+        &[
+            "--total",
+            "50",
+            "--val-size",
+            "16",
+            "watch-fanout",
+            "--streams",
+            "2",
+            "--watchers-per-stream",
+            "8",
+        ],
         &["--total", "300", "lease-keepalive"],
     ];
     for args in workloads {

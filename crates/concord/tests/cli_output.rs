@@ -10,13 +10,17 @@ use base64::Engine as _;
 use common::{concord, eventually, text, Cluster};
 use serde_json::Value;
 
-
 /// The stdout of a command that must succeed; its output otherwise.
 fn stdout_of(what: &str, out: &Output) -> Result<String, String> {
     if out.status.success() {
         Ok(text(&out.stdout))
     } else {
-        Err(format!("{what} failed ({}):\nstdout: {}\nstderr: {}", out.status, text(&out.stdout), text(&out.stderr)))
+        Err(format!(
+            "{what} failed ({}):\nstdout: {}\nstderr: {}",
+            out.status,
+            text(&out.stdout),
+            text(&out.stderr)
+        ))
     }
 }
 
@@ -68,8 +72,16 @@ async fn kv_member_and_endpoint_print_etcdctls_formats() {
     let table = eventually("every member is listed with its client URLs", || {
         let ep = ep.clone();
         async move {
-            let table = stdout_of("member list -w table", &concord(&["member", "list", "-w", "table", &ep]))?;
-            let rows: Vec<Vec<String>> = table.lines().filter(|l| l.starts_with('|')).skip(1).map(cells).collect();
+            let table = stdout_of(
+                "member list -w table",
+                &concord(&["member", "list", "-w", "table", &ep]),
+            )?;
+            let rows: Vec<Vec<String>> = table
+                .lines()
+                .filter(|l| l.starts_with('|'))
+                .skip(1)
+                .map(cells)
+                .collect();
             if rows.len() == 3 && rows.iter().all(|r| r.len() == 6 && !r[4].is_empty()) {
                 Ok(table)
             } else {
@@ -83,11 +95,32 @@ async fn kv_member_and_endpoint_print_etcdctls_formats() {
     for border in [lines[0], lines[2], lines[6]] {
         assert!(border.starts_with("+-") && border.ends_with("-+"), "{table}");
     }
-    assert_eq!(cells(lines[1]), ["ID", "STATUS", "NAME", "PEER ADDRS", "CLIENT ADDRS", "IS LEARNER"], "{table}");
-    assert!(lines.iter().all(|l| l.chars().count() == lines[0].chars().count()), "aligned columns:\n{table}");
+    assert_eq!(
+        cells(lines[1]),
+        ["ID", "STATUS", "NAME", "PEER ADDRS", "CLIENT ADDRS", "IS LEARNER"],
+        "{table}"
+    );
+    assert!(
+        lines.iter().all(|l| l.chars().count() == lines[0].chars().count()),
+        "aligned columns:\n{table}"
+    );
     for m in &cluster.members {
-        let row = lines[3..6].iter().map(|l| cells(l)).find(|r| r[2] == m.name).unwrap_or_else(|| panic!("{} missing:\n{table}", m.name));
-        assert_eq!(row[1..], ["started", m.name.as_str(), m.peer_url.as_str(), m.client_url.as_str(), "false"], "{table}");
+        let row = lines[3..6]
+            .iter()
+            .map(|l| cells(l))
+            .find(|r| r[2] == m.name)
+            .unwrap_or_else(|| panic!("{} missing:\n{table}", m.name));
+        assert_eq!(
+            row[1..],
+            [
+                "started",
+                m.name.as_str(),
+                m.peer_url.as_str(),
+                m.client_url.as_str(),
+                "false"
+            ],
+            "{table}"
+        );
     }
 
     // endpoint status -w json: one entry per endpoint, and exactly one leader, the same for
@@ -95,11 +128,17 @@ async fn kv_member_and_endpoint_print_etcdctls_formats() {
     let statuses = eventually("the endpoints agree on one leader", || {
         let all = all.clone();
         async move {
-            let out = stdout_of("endpoint status -w json", &concord(&["endpoint", "status", "-w", "json", &all]))?;
+            let out = stdout_of(
+                "endpoint status -w json",
+                &concord(&["endpoint", "status", "-w", "json", &all]),
+            )?;
             let list = json(&out);
             let entries = list.as_array().ok_or_else(|| out.clone())?.clone();
             let leaders: Vec<&Value> = entries.iter().map(|e| &e["Status"]["leader"]).collect();
-            let leading = entries.iter().filter(|e| e["Status"]["leader"] == e["Status"]["header"]["member_id"]).count();
+            let leading = entries
+                .iter()
+                .filter(|e| e["Status"]["leader"] == e["Status"]["header"]["member_id"])
+                .count();
             if entries.len() == 3 && leading == 1 && leaders.iter().all(|l| *l == leaders[0]) {
                 Ok(entries)
             } else {
@@ -116,12 +155,20 @@ async fn kv_member_and_endpoint_print_etcdctls_formats() {
         assert!(!e["Status"]["version"].as_str().unwrap().is_empty(), "{e}");
     }
     let table = ok(&["endpoint", "status", "-w", "table", &all]);
-    assert!(table.contains("| RAFT APPLIED INDEX |") && table.lines().count() == 7, "{table}");
+    assert!(
+        table.contains("| RAFT APPLIED INDEX |") && table.lines().count() == 7,
+        "{table}"
+    );
 
     // endpoint health --cluster: every member's client URL, found through the member list.
     let healthy = eventually("the cluster is healthy", || {
         let ep = ep.clone();
-        async move { stdout_of("endpoint health --cluster", &concord(&["endpoint", "health", "--cluster", &ep])) }
+        async move {
+            stdout_of(
+                "endpoint health --cluster",
+                &concord(&["endpoint", "health", "--cluster", &ep]),
+            )
+        }
     })
     .await;
     for m in &cluster.members {
@@ -140,30 +187,50 @@ async fn leases_and_errors_read_like_etcdctl() {
 
     let granted = ok(&["lease", "grant", "60", &ep]);
     let words: Vec<&str> = granted.split_whitespace().collect();
-    assert!(granted.ends_with(" granted with TTL(60s)\n") && words[0] == "lease", "{granted}");
+    assert!(
+        granted.ends_with(" granted with TTL(60s)\n") && words[0] == "lease",
+        "{granted}"
+    );
     let id = words[1].to_string();
     assert_eq!(id.len(), 16, "lease ids print as 16 hex digits: {granted}");
     assert_eq!(ok(&["kv", "put", "leased/key", "v", "--lease", &id, &ep]).trim(), "OK");
 
     let ttl = json(&ok(&["lease", "timetolive", &id, "--keys", "-w", "json", &ep]));
-    assert_eq!(ttl["id"].as_i64().unwrap(), i64::from_str_radix(&id, 16).unwrap(), "{ttl}");
+    assert_eq!(
+        ttl["id"].as_i64().unwrap(),
+        i64::from_str_radix(&id, 16).unwrap(),
+        "{ttl}"
+    );
     assert_eq!(ttl["granted-ttl"], 60, "{ttl}");
     assert!((1..=60).contains(&ttl["ttl"].as_i64().unwrap()), "{ttl}");
     let keys: Vec<Vec<u8>> = ttl["keys"].as_array().unwrap().iter().map(unbase64).collect();
     assert_eq!(keys, [b"leased/key".to_vec()], "{ttl}");
     let line = ok(&["lease", "timetolive", &id, "--keys", &ep]);
-    assert!(line.starts_with(&format!("lease {id} granted with TTL(60s), remaining(")), "{line}");
+    assert!(
+        line.starts_with(&format!("lease {id} granted with TTL(60s), remaining(")),
+        "{line}"
+    );
     assert!(line.ends_with(", attached keys([leased/key])\n"), "{line}");
     let listed = ok(&["lease", "list", &ep]);
-    assert!(listed.starts_with("found 1 leases\n") && listed.contains(&format!("\n{id}\n")), "{listed}");
+    assert!(
+        listed.starts_with("found 1 leases\n") && listed.contains(&format!("\n{id}\n")),
+        "{listed}"
+    );
     let kept = ok(&["lease", "keep-alive", &id, "--once", &ep]);
     assert_eq!(kept, format!("lease {id} keepalived with TTL(60)\n"));
 
     assert_eq!(ok(&["lease", "revoke", &id, &ep]), format!("lease {id} revoked\n"));
     // etcd answers TTL -1 for a lease it does not have, which etcdctl prints as "already expired".
-    assert_eq!(ok(&["lease", "timetolive", &id, &ep]), format!("lease {id} already expired\n"));
+    assert_eq!(
+        ok(&["lease", "timetolive", &id, &ep]),
+        format!("lease {id} already expired\n")
+    );
     assert_eq!(json(&ok(&["lease", "timetolive", &id, "-w", "json", &ep]))["ttl"], -1);
-    assert_eq!(ok(&["kv", "get", "leased/key", &ep]), "", "revoking the lease deleted its key");
+    assert_eq!(
+        ok(&["kv", "get", "leased/key", &ep]),
+        "",
+        "revoking the lease deleted its key"
+    );
 
     // A lease that does not exist: etcd's message, exit code 1.
     for args in [["lease", "revoke", &id, &ep], ["lease", "keep-alive", &id, "--once"]] {
@@ -171,7 +238,11 @@ async fn leases_and_errors_read_like_etcdctl() {
         args.push(&ep);
         let out = concord(&args);
         assert_eq!(out.status.code(), Some(1), "{args:?}: {out:?}");
-        assert_eq!(text(&out.stderr).trim(), "Error: etcdserver: requested lease not found", "{args:?}");
+        assert_eq!(
+            text(&out.stderr).trim(),
+            "Error: etcdserver: requested lease not found",
+            "{args:?}"
+        );
         assert!(out.stdout.is_empty(), "{args:?}: {}", text(&out.stdout));
     }
 
@@ -180,10 +251,24 @@ async fn leases_and_errors_read_like_etcdctl() {
     let out = concord(&["kv", "get", "x", "--endpoints", &dead, "--dial-timeout", "1s"]);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     let stderr = text(&out.stderr);
-    assert!(stderr.starts_with("Error: cannot reach any endpoint") && stderr.contains(&dead), "{stderr}");
-    let out = concord(&["endpoint", "health", &format!("--endpoints={},{dead}", cluster.endpoints()[0])]);
-    assert_eq!(out.status.code(), Some(1), "one unhealthy endpoint fails the check: {out:?}");
-    assert!(text(&out.stderr).contains(&format!("{dead} is unhealthy: failed to commit proposal: ")), "{out:?}");
+    assert!(
+        stderr.starts_with("Error: cannot reach any endpoint") && stderr.contains(&dead),
+        "{stderr}"
+    );
+    let out = concord(&[
+        "endpoint",
+        "health",
+        &format!("--endpoints={},{dead}", cluster.endpoints()[0]),
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "one unhealthy endpoint fails the check: {out:?}"
+    );
+    assert!(
+        text(&out.stderr).contains(&format!("{dead} is unhealthy: failed to commit proposal: ")),
+        "{out:?}"
+    );
     assert!(text(&out.stderr).contains("Error: unhealthy cluster"), "{out:?}");
 }
 
@@ -200,10 +285,16 @@ async fn user_flag_authenticates_like_etcdctl() {
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     assert_eq!(text(&out.stderr).trim(), "Error: etcdserver: user name is empty");
     assert_eq!(ok(&["kv", "put", "k", "v", "--user", "root:pw", &ep]).trim(), "OK");
-    assert_eq!(ok(&["kv", "get", "k", "--user", "root", "--password", "pw", &ep]), "k\nv\n");
+    assert_eq!(
+        ok(&["kv", "get", "k", "--user", "root", "--password", "pw", &ep]),
+        "k\nv\n"
+    );
     let out = concord(&["kv", "get", "k", "--user", "root:wrong", &ep]);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
-    assert!(text(&out.stderr).contains("etcdserver: authentication failed"), "{out:?}");
+    assert!(
+        text(&out.stderr).contains("etcdserver: authentication failed"),
+        "{out:?}"
+    );
     let out = concord(&["lease", "list", "--user", "root", &ep]);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     assert!(text(&out.stderr).contains("has no password"), "{out:?}");

@@ -58,7 +58,11 @@ fn member_rows(browser: &Browser) -> Vec<Row> {
 
 fn text_of(browser: &Browser, css: &str) -> String {
     let script = "const el = document.querySelector(arguments[0]); return el ? el.innerText : null;";
-    browser.execute(script, vec![Value::from(css)]).as_str().unwrap_or_default().to_string()
+    browser
+        .execute(script, vec![Value::from(css)])
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
 }
 
 /// Where screenshots go: the target directory the test binary was built into.
@@ -68,7 +72,10 @@ fn target_dir() -> PathBuf {
     }
     // …/target/debug/concord
     let exe = PathBuf::from(env!("CARGO_BIN_EXE_concord"));
-    exe.parent().and_then(|p| p.parent()).map(PathBuf::from).unwrap_or_else(std::env::temp_dir)
+    exe.parent()
+        .and_then(|p| p.parent())
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir)
 }
 
 /// Saves the window as a PNG in the target directory; returns where.
@@ -98,8 +105,13 @@ async fn confirm_leader(cluster: &Cluster, browser: &Browser, page_member: &mut 
         let shown = browser.poll(Duration::from_secs(5), |b| {
             let rows = member_rows(b);
             let leaders: Vec<&Row> = rows.iter().filter(|r| r.leader).collect();
-            let ok = rows.len() == 3 && leaders.len() == 1 && leaders[0].id == leader_id && rows.iter().all(|r| r.healthy);
-            if ok { Ok(()) } else { Err(format!("{rows:?}")) }
+            let ok =
+                rows.len() == 3 && leaders.len() == 1 && leaders[0].id == leader_id && rows.iter().all(|r| r.healthy);
+            if ok {
+                Ok(())
+            } else {
+                Err(format!("{rows:?}"))
+            }
         });
         match shown {
             Ok(()) => return (leader, leader_id),
@@ -126,8 +138,15 @@ async fn dashboard_shows_members_keys_and_a_new_leader() {
     };
 
     let mut cluster = Cluster::start(3).await;
-    let put = cluster.etcdctl(&cluster.endpoints(), &["put", "dashboard/e2e/greeting", "hello from etcdctl"]);
-    assert!(put.status.success(), "etcdctl put: {}", String::from_utf8_lossy(&put.stderr));
+    let put = cluster.etcdctl(
+        &cluster.endpoints(),
+        &["put", "dashboard/e2e/greeting", "hello from etcdctl"],
+    );
+    assert!(
+        put.status.success(),
+        "etcdctl put: {}",
+        String::from_utf8_lossy(&put.stderr)
+    );
 
     // The page is served by a member that is not the leader, so it outlives the leader's death.
     let browser = Browser::start(&tools, 1440, 1350);
@@ -139,7 +158,11 @@ async fn dashboard_shows_members_keys_and_a_new_leader() {
     let leader_name = cluster.members[leader].name.clone();
     browser.wait_for("the leader's name in the summary", WAIT, |b| {
         let shown = text_of(b, "[data-testid=leader-name]");
-        if shown.contains(&leader_name) { Ok(()) } else { Err(shown) }
+        if shown.contains(&leader_name) {
+            Ok(())
+        } else {
+            Err(shown)
+        }
     });
 
     // The key written with etcdctl, found by prefix in the key browser; its value in full on a click.
@@ -149,15 +172,26 @@ async fn dashboard_shows_members_keys_and_a_new_leader() {
     browser.wait_for("the key written with etcdctl", WAIT, |b| {
         let rows = b.execute(KEY_ROWS, vec![]);
         let found = rows.as_array().into_iter().flatten().any(|r| {
-            r[0].as_str() == Some("dashboard/e2e/greeting") && r[1].as_str().is_some_and(|v| v.contains("hello from etcdctl"))
+            r[0].as_str() == Some("dashboard/e2e/greeting")
+                && r[1].as_str().is_some_and(|v| v.contains("hello from etcdctl"))
         });
-        if found { Ok(()) } else { Err(rows.to_string()) }
+        if found {
+            Ok(())
+        } else {
+            Err(rows.to_string())
+        }
     });
-    let row = browser.find(r#"[data-testid="key-row"][data-key="dashboard/e2e/greeting"]"#).expect("the key's row");
+    let row = browser
+        .find(r#"[data-testid="key-row"][data-key="dashboard/e2e/greeting"]"#)
+        .expect("the key's row");
     browser.click(&row);
     browser.wait_for("the key's value in the detail panel", WAIT, |b| {
         let value = text_of(b, "[data-testid=detail-value]");
-        if value == "hello from etcdctl" { Ok(()) } else { Err(value) }
+        if value == "hello from etcdctl" {
+            Ok(())
+        } else {
+            Err(value)
+        }
     });
 
     // Some traffic through the page's member until the screenshot, so the chart has something
@@ -167,7 +201,9 @@ async fn dashboard_shows_members_keys_and_a_new_leader() {
     let load = tokio::spawn(async move {
         let mut i = 0u64;
         while !*stopped.borrow_and_update() {
-            let put = client.put(format!("dashboard/e2e/load/{:03}", i % 500), "x", None).await;
+            let put = client
+                .put(format!("dashboard/e2e/load/{:03}", i % 500), "x", None)
+                .await;
             let get = client.get("dashboard/e2e/greeting", None).await;
             if put.is_err() || get.is_err() {
                 let _ = tokio::time::timeout(Duration::from_millis(100), stopped.changed()).await;
@@ -198,7 +234,11 @@ async fn dashboard_shows_members_keys_and_a_new_leader() {
     });
     browser.wait_for("the new leader in the summary", WAIT, |b| {
         let shown = text_of(b, "[data-testid=leader-name]");
-        if shown.contains(&new_leader) { Ok(()) } else { Err(shown) }
+        if shown.contains(&new_leader) {
+            Ok(())
+        } else {
+            Err(shown)
+        }
     });
     let connection = text_of(&browser, "[data-testid=conn-status]");
     assert_eq!(connection, "live", "the page lost its member, which was not the leader");
@@ -207,7 +247,11 @@ async fn dashboard_shows_members_keys_and_a_new_leader() {
     let seen = text_of(&browser, "#updated");
     browser.wait_for("the next update", WAIT, |b| {
         let now = text_of(b, "#updated");
-        if now != seen { Ok(()) } else { Err(now) }
+        if now != seen {
+            Ok(())
+        } else {
+            Err(now)
+        }
     });
     let path = save_screenshot(&browser, "dashboard-e2e.png");
     println!("dashboard screenshot: {}", path.display());
@@ -218,7 +262,11 @@ async fn dashboard_shows_members_keys_and_a_new_leader() {
     cluster.kill(page_member);
     browser.wait_for("that the page lost its member", WAIT, |b| {
         let shown = text_of(b, "[data-testid=conn-status]");
-        if shown == "disconnected, retrying" { Ok(()) } else { Err(shown) }
+        if shown == "disconnected, retrying" {
+            Ok(())
+        } else {
+            Err(shown)
+        }
     });
     let banner = text_of(&browser, "[data-testid=banner]");
     assert!(banner.contains("retrying"), "banner: {banner:?}");

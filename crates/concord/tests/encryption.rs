@@ -18,7 +18,12 @@ const K1_HEX: &str = "8f2a6c1d9e4b7053a1c8e6f2d4b9a7c3e5f1d8b2a6c4e9f7d3b1a5c8e2
 const K2_HEX: &str = "3c7e1a9f5d2b8c6e4a1f9d7b3e5c2a8f6d4b1e9c7a3f5d2b8e6c4a1f9d7b3e5c";
 
 /// Small enough that the writes below truncate the Raft log and send snapshots.
-const SMALL_LOG: [&str; 4] = ["--snapshot-count", "100", "--experimental-snapshot-catchup-entries", "10"];
+const SMALL_LOG: [&str; 4] = [
+    "--snapshot-count",
+    "100",
+    "--experimental-snapshot-catchup-entries",
+    "10",
+];
 
 fn secret(tag: &str, i: usize) -> String {
     format!("{CANARY}/{tag}/{i:05}/a value that must never be readable off the disk")
@@ -53,7 +58,9 @@ impl KeyFile {
 }
 
 fn key_id(hex: &str) -> KeyId {
-    let bytes: Vec<u8> = (0..32).map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap()).collect();
+    let bytes: Vec<u8> = (0..32)
+        .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap())
+        .collect();
     KeyId::of(&bytes.try_into().unwrap())
 }
 
@@ -154,7 +161,10 @@ async fn read_back(cluster: &Cluster, i: usize, tag: &str, n: usize) -> Result<(
 async fn wait_read_back(cluster: &Cluster, members: std::ops::Range<usize>, tags: &[(&str, usize)]) {
     for i in members {
         for &(tag, n) in tags {
-            eventually(&format!("member {i} reads back {tag:?}"), || read_back(cluster, i, tag, n)).await;
+            eventually(&format!("member {i} reads back {tag:?}"), || {
+                read_back(cluster, i, tag, n)
+            })
+            .await;
         }
     }
 }
@@ -225,17 +235,17 @@ async fn no_value_reaches_the_disk_in_plaintext() {
     let mut cluster = start(3, Some(&keys)).await;
     let found = run_and_scan(&mut cluster).await;
     for (m, files) in cluster.members.iter().zip(&found) {
-        assert!(
-            files.is_empty(),
-            "{} holds plaintext values in {files:?}",
-            m.name
-        );
+        assert!(files.is_empty(), "{} holds plaintext values in {files:?}", m.name);
         assert!(count_files(&m.data_dir) > 2, "{} scanned too little", m.name);
     }
     // And the values are really there, sealed with the key: the scan sees its key id.
     let prefix = sealed_prefix(key_id(K1_HEX));
     for m in &cluster.members {
-        assert!(!files_containing(&m.data_dir, &prefix).is_empty(), "{} holds no sealed value", m.name);
+        assert!(
+            !files_containing(&m.data_dir, &prefix).is_empty(),
+            "{} holds no sealed value",
+            m.name
+        );
     }
     restart_all(&mut cluster).await;
     wait_read_back(&cluster, 0..4, ALL).await;
@@ -255,7 +265,9 @@ async fn without_a_key_file_the_same_scan_finds_the_values() {
         );
     }
     assert!(
-        found[0].iter().any(|f| f.starts_with(cluster.members[0].data_dir.join("member/raft"))),
+        found[0]
+            .iter()
+            .any(|f| f.starts_with(cluster.members[0].data_dir.join("member/raft"))),
         "the scan did not find plaintext in the leader's Raft log: {:?}",
         found[0]
     );
@@ -281,8 +293,16 @@ async fn keys_rotate_without_losing_old_values() {
     stop_all(&mut cluster);
     for m in &cluster.members {
         let store = std::fs::read(m.data_dir.join("member/kv.redb")).unwrap();
-        assert!(contains(&store, &sealed_prefix(k1)), "{}: old values are still under the old key", m.name);
-        assert!(contains(&store, &sealed_prefix(k2)), "{}: new values are under the new key", m.name);
+        assert!(
+            contains(&store, &sealed_prefix(k1)),
+            "{}: old values are still under the old key",
+            m.name
+        );
+        assert!(
+            contains(&store, &sealed_prefix(k2)),
+            "{}: new values are under the new key",
+            m.name
+        );
         assert!(files_containing(&m.data_dir, CANARY.as_bytes()).is_empty());
     }
 
@@ -310,7 +330,11 @@ async fn keys_rotate_without_losing_old_values() {
     stop_all(&mut cluster);
     for m in &cluster.members {
         let store = std::fs::read(m.data_dir.join("member/kv.redb")).unwrap();
-        assert!(!contains(&store, &sealed_prefix(k1)), "{}: a value is still under the old key", m.name);
+        assert!(
+            !contains(&store, &sealed_prefix(k1)),
+            "{}: a value is still under the old key",
+            m.name
+        );
     }
 
     // Now the old key may go.
@@ -329,8 +353,18 @@ fn a_bad_key_file_stops_the_member_before_it_writes_anything() {
     let out = Command::new(env!("CARGO_BIN_EXE_concord"))
         .arg("serve")
         .arg(format!("--data-dir={}", data_dir.display()))
-        .args(["--listen-client-urls", "http://127.0.0.1:0", "--advertise-client-urls", "http://127.0.0.1:0"])
-        .args(["--listen-peer-urls", "http://127.0.0.1:0", "--initial-advertise-peer-urls", "http://127.0.0.1:0"])
+        .args([
+            "--listen-client-urls",
+            "http://127.0.0.1:0",
+            "--advertise-client-urls",
+            "http://127.0.0.1:0",
+        ])
+        .args([
+            "--listen-peer-urls",
+            "http://127.0.0.1:0",
+            "--initial-advertise-peer-urls",
+            "http://127.0.0.1:0",
+        ])
         .arg("--encryption-key-file")
         .arg(&keys)
         .output()

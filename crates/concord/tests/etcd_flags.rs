@@ -41,7 +41,11 @@ impl Member {
             .stderr(file)
             .spawn()
             .expect("spawn concord serve");
-        Member { child: Some(child), log, client_url: client_url.to_string() }
+        Member {
+            child: Some(child),
+            log,
+            client_url: client_url.to_string(),
+        }
     }
 
     fn log(&self) -> String {
@@ -70,7 +74,9 @@ impl Member {
         let opts = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(2))
             .with_timeout(Duration::from_secs(10));
-        Client::connect([self.client_url.as_str()], Some(opts)).await.expect("connect")
+        Client::connect([self.client_url.as_str()], Some(opts))
+            .await
+            .expect("connect")
     }
 }
 
@@ -139,7 +145,12 @@ async fn kubeadm_command_line_serves_over_mtls() {
     let member = Member::start(dir.path(), &args, &[], &client_url);
 
     let metrics = format!("http://127.0.0.1:{metrics_port}");
-    for probe in ["/health?exclude=NOSPACE&serializable=true", "/health", "/livez", "/readyz"] {
+    for probe in [
+        "/health?exclude=NOSPACE&serializable=true",
+        "/health",
+        "/livez",
+        "/readyz",
+    ] {
         let url = format!("{metrics}{probe}");
         let response = eventually(probe, || async {
             match common::http::get(&url) {
@@ -149,16 +160,24 @@ async fn kubeadm_command_line_serves_over_mtls() {
         })
         .await;
         if probe.starts_with("/health") {
-            assert!(response.body.contains(r#""health":"true""#), "{probe}: {}", response.body);
+            assert!(
+                response.body.contains(r#""health":"true""#),
+                "{probe}: {}",
+                response.body
+            );
         }
     }
 
-    let tls = TlsOptions::new().ca_certificate(ca.certificate()).identity(client_cert.identity());
+    let tls = TlsOptions::new()
+        .ca_certificate(ca.certificate())
+        .identity(client_cert.identity());
     let opts = ConnectOptions::new()
         .with_connect_timeout(Duration::from_secs(2))
         .with_timeout(Duration::from_secs(10))
         .with_tls(tls);
-    let mut client = Client::connect([client_url.as_str()], Some(opts)).await.expect("connect over mTLS");
+    let mut client = Client::connect([client_url.as_str()], Some(opts))
+        .await
+        .expect("connect over mTLS");
     eventually("put over mTLS", || {
         let mut client = client.clone();
         async move { client.put("/registry/pods/default/p", "spec", None).await }
@@ -194,17 +213,30 @@ async fn systemd_notify_ready_and_stopping() {
     let (args, client_url) = one_member(dir.path());
     let notify = socket_path.display().to_string();
     // The settings of Debian's /etc/default/etcd style: environment variables, Go's booleans.
-    let env = [("NOTIFY_SOCKET", notify.as_str()), ("ETCD_SNAPSHOT_COUNT", "5000"), ("ETCD_PRE_VOTE", "true")];
+    let env = [
+        ("NOTIFY_SOCKET", notify.as_str()),
+        ("ETCD_SNAPSHOT_COUNT", "5000"),
+        ("ETCD_PRE_VOTE", "true"),
+    ];
     let mut member = Member::start(dir.path(), &args, &env, &client_url);
 
     let mut buf = [0u8; 256];
-    let n = tokio::time::timeout(WAIT, socket.recv(&mut buf)).await.expect("READY=1 within WAIT").unwrap();
+    let n = tokio::time::timeout(WAIT, socket.recv(&mut buf))
+        .await
+        .expect("READY=1 within WAIT")
+        .unwrap();
     assert_eq!(&buf[..n], b"READY=1");
     let mut client = member.client().await;
-    client.put("ready", "yes", None).await.expect("a ready member serves at once");
+    client
+        .put("ready", "yes", None)
+        .await
+        .expect("a ready member serves at once");
 
     let _ = Command::new("kill").args(["-TERM", &member.pid().to_string()]).status();
-    let n = tokio::time::timeout(WAIT, socket.recv(&mut buf)).await.expect("STOPPING=1 within WAIT").unwrap();
+    let n = tokio::time::timeout(WAIT, socket.recv(&mut buf))
+        .await
+        .expect("STOPPING=1 within WAIT")
+        .unwrap();
     assert_eq!(&buf[..n], b"STOPPING=1");
     assert!(member.wait_exit().success());
 }
@@ -234,7 +266,11 @@ async fn auto_compaction_by_revision() {
         client.put("k", i.to_string(), None).await.unwrap();
     }
     wait_compacted(&mut client, old, false).await;
-    assert!(member.log().contains("completed auto revision compaction"), "{}", member.log());
+    assert!(
+        member.log().contains("completed auto revision compaction"),
+        "{}",
+        member.log()
+    );
 }
 
 /// Periodic mode with a short retention (etcd allows any duration): the leader compacts to the
@@ -243,7 +279,10 @@ async fn auto_compaction_by_revision() {
 async fn auto_compaction_periodic() {
     let dir = tempfile::tempdir().unwrap();
     let (args, client_url) = one_member(dir.path());
-    let env = [("ETCD_AUTO_COMPACTION_MODE", "periodic"), ("ETCD_AUTO_COMPACTION_RETENTION", "2s")];
+    let env = [
+        ("ETCD_AUTO_COMPACTION_MODE", "periodic"),
+        ("ETCD_AUTO_COMPACTION_RETENTION", "2s"),
+    ];
     let member = Member::start(dir.path(), &args, &env, &client_url);
     let mut client = member.client().await;
     let first = eventually("first put", || {
@@ -253,7 +292,11 @@ async fn auto_compaction_periodic() {
     .await;
     let old = first.header().expect("header").revision();
     wait_compacted(&mut client, old, true).await;
-    assert!(member.log().contains("completed auto periodic compaction"), "{}", member.log());
+    assert!(
+        member.log().contains("completed auto periodic compaction"),
+        "{}",
+        member.log()
+    );
 }
 
 /// Waits (bounded) until a read at `revision` is refused as compacted; with `keep_writing`, puts
@@ -286,7 +329,13 @@ fn openssl_key(dir: &Path, name: &str, args: &[&str]) -> Option<PathBuf> {
     let path = dir.join(name);
     let (command, options) = args.split_first()?;
     // Options before positional ones (`genrsa -out FILE 2048`).
-    let out = Command::new("openssl").arg(command).arg("-out").arg(&path).args(options).output().ok()?;
+    let out = Command::new("openssl")
+        .arg(command)
+        .arg("-out")
+        .arg(&path)
+        .args(options)
+        .output()
+        .ok()?;
     out.status.success().then_some(path)
 }
 
@@ -306,7 +355,10 @@ async fn jwt_with_only_a_private_key() {
         return;
     };
     let (mut args, client_url) = one_member(dir.path());
-    args.push(format!("--auth-token=jwt,priv-key={},sign-method=RS256,ttl=10m", key.display()));
+    args.push(format!(
+        "--auth-token=jwt,priv-key={},sign-method=RS256,ttl=10m",
+        key.display()
+    ));
     let member = Member::start(dir.path(), &args, &[], &client_url);
     let mut client = member.client().await;
     eventually("user add", || {
@@ -326,8 +378,12 @@ async fn jwt_with_only_a_private_key() {
         .token()
         .to_string();
     assert_eq!(token.split('.').count(), 3, "a JWT: {token}");
-    let opts = ConnectOptions::new().with_user("root", "secret").with_timeout(Duration::from_secs(10));
-    let mut authed = Client::connect([client_url.as_str()], Some(opts)).await.expect("connect as root");
+    let opts = ConnectOptions::new()
+        .with_user("root", "secret")
+        .with_timeout(Duration::from_secs(10));
+    let mut authed = Client::connect([client_url.as_str()], Some(opts))
+        .await
+        .expect("connect as root");
     authed.put("jwt", "works", None).await.expect("a put with the token");
     assert_eq!(authed.get("jwt", None).await.unwrap().kvs()[0].value(), b"works");
     let anonymous = client.put("jwt", "anonymous", None).await.unwrap_err();
@@ -347,11 +403,38 @@ fn openssl_private_keys_alone_verify_their_tokens() {
     };
     let keys = [
         ("RS256", Some(rsa1)),
-        ("PS256", openssl_key(d, "rsa8.pem", &["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"])),
-        ("ES256", openssl_key(d, "p256-sec1.pem", &["ecparam", "-name", "prime256v1", "-genkey"])),
-        ("ES256", openssl_key(d, "p256-pkcs8.pem", &["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"])),
-        ("ES384", openssl_key(d, "p384-sec1.pem", &["ecparam", "-name", "secp384r1", "-genkey", "-noout"])),
-        ("EdDSA", openssl_key(d, "ed25519.pem", &["genpkey", "-algorithm", "ED25519"])),
+        (
+            "PS256",
+            openssl_key(
+                d,
+                "rsa8.pem",
+                &["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"],
+            ),
+        ),
+        (
+            "ES256",
+            openssl_key(d, "p256-sec1.pem", &["ecparam", "-name", "prime256v1", "-genkey"]),
+        ),
+        (
+            "ES256",
+            openssl_key(
+                d,
+                "p256-pkcs8.pem",
+                &["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"],
+            ),
+        ),
+        (
+            "ES384",
+            openssl_key(
+                d,
+                "p384-sec1.pem",
+                &["ecparam", "-name", "secp384r1", "-genkey", "-noout"],
+            ),
+        ),
+        (
+            "EdDSA",
+            openssl_key(d, "ed25519.pem", &["genpkey", "-algorithm", "ED25519"]),
+        ),
     ];
     for (method, key) in keys {
         let key = key.unwrap_or_else(|| panic!("openssl made no {method} key"));
@@ -362,7 +445,12 @@ fn openssl_private_keys_alone_verify_their_tokens() {
         let jwt = concord_server::auth::jwt::JwtKeys::from_options(&options)
             .unwrap_or_else(|e| panic!("{method} {}: {e}", key.display()));
         let token = jwt.sign("root", 1).unwrap();
-        assert_eq!(jwt.verify(&token), Some(("root".to_string(), 1)), "{method} {}", key.display());
+        assert_eq!(
+            jwt.verify(&token),
+            Some(("root".to_string(), 1)),
+            "{method} {}",
+            key.display()
+        );
     }
 }
 
@@ -386,9 +474,8 @@ fn refused_command_lines_exit_with_the_reason() {
         String::from_utf8_lossy(&out.stderr).into_owned()
     };
     assert!(run(&["--client-cert-auth", "true"], &[]).contains("unexpected argument 'true'"));
-    assert!(run(&[], &[("ETCD_NAME", "other")]).contains(
-        "conflicting environment variable \"ETCD_NAME\" is shadowed by corresponding command-line flag"
-    ));
+    assert!(run(&[], &[("ETCD_NAME", "other")])
+        .contains("conflicting environment variable \"ETCD_NAME\" is shadowed by corresponding command-line flag"));
     assert!(run(&["--client-crl-file=/etc/etcd/crl.pem"], &[]).contains("refusing to start"));
     assert!(run(&[], &[("ETCD_CIPHER_SUITES", "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256")]).contains("refusing to start"));
     assert!(run(&["--auto-compaction-retention=1.5"], &[]).contains("error parsing CompactionRetention"));

@@ -25,7 +25,11 @@ const ALICE_PW: &str = "alice-secret";
 /// Whether etcd and etcdctl can run here; says why not when they cannot.
 fn etcd_tools_present(test: &str) -> bool {
     for (tool, arg) in [("etcd", "--version"), ("etcdctl", "version")] {
-        let ok = Command::new(tool).arg(arg).env("ETCDCTL_API", "3").output().is_ok_and(|o| o.status.success());
+        let ok = Command::new(tool)
+            .arg(arg)
+            .env("ETCDCTL_API", "3")
+            .output()
+            .is_ok_and(|o| o.status.success());
         if !ok {
             eprintln!("SKIPPED {test}: `{tool}` is not installed (Debian packages etcd-server and etcd-client; see scripts/setup.sh)");
             return false;
@@ -35,12 +39,23 @@ fn etcd_tools_present(test: &str) -> bool {
 }
 
 fn assert_ok(what: &str, out: &Output) {
-    assert!(out.status.success(), "{what} failed ({}):\nstdout: {}\nstderr: {}", out.status, text(&out.stdout), text(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\nstdout: {}\nstderr: {}",
+        out.status,
+        text(&out.stdout),
+        text(&out.stderr)
+    );
 }
 
 /// etcdctl (API v3), as a person runs it.
 fn etcdctl(args: &[&str]) -> Output {
-    Command::new("etcdctl").env("ETCDCTL_API", "3").args(args).stdin(Stdio::null()).output().expect("run etcdctl")
+    Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run etcdctl")
 }
 
 /// A `serve` process (etcd's or Concord's) with its log, killed when dropped.
@@ -67,9 +82,19 @@ impl Server {
             .args(["--name", name])
             .arg(format!("--data-dir={}", data_dir.display()))
             .args(["--listen-client-urls", &url, "--advertise-client-urls", &url])
-            .args(["--listen-peer-urls", peer_url, "--initial-advertise-peer-urls", peer_url])
+            .args([
+                "--listen-peer-urls",
+                peer_url,
+                "--initial-advertise-peer-urls",
+                peer_url,
+            ])
             .args(["--initial-cluster", &format!("{name}={peer_url}")])
-            .args(["--initial-cluster-state", "new", "--initial-cluster-token", "snapshot-test"])
+            .args([
+                "--initial-cluster-state",
+                "new",
+                "--initial-cluster-token",
+                "snapshot-test",
+            ])
             .args(["--heartbeat-interval", "100", "--election-timeout", "1000"])
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().expect("log file"))
@@ -81,7 +106,12 @@ impl Server {
 
     /// A client (logged in as `user`, if given) once the member serves.
     async fn client(&self, user: Option<(&str, &str)>) -> Client {
-        connect(&self.url, user, &format!("{} serves (log {})", self.url, self.log.display())).await
+        connect(
+            &self.url,
+            user,
+            &format!("{} serves (log {})", self.url, self.log.display()),
+        )
+        .await
     }
 }
 
@@ -91,7 +121,9 @@ async fn connect(url: &str, user: Option<(&str, &str)>, what: &str) -> Client {
     eventually(what, || {
         let (url, user) = (url.to_string(), user.clone());
         async move {
-            let mut opts = ConnectOptions::new().with_connect_timeout(Duration::from_secs(2)).with_timeout(Duration::from_secs(10));
+            let mut opts = ConnectOptions::new()
+                .with_connect_timeout(Duration::from_secs(2))
+                .with_timeout(Duration::from_secs(10));
             if let Some((u, p)) = user {
                 opts = opts.with_user(u, p);
             }
@@ -109,7 +141,11 @@ async fn connect(url: &str, user: Option<(&str, &str)>, what: &str) -> Client {
 impl Drop for Server {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            eprintln!("log of {}:\n{}", self.url, std::fs::read_to_string(&self.log).unwrap_or_default());
+            eprintln!(
+                "log of {}:\n{}",
+                self.url,
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -126,7 +162,16 @@ async fn rows(c: &mut Client, revision: i64) -> (i64, Vec<Row>) {
     let rows = resp
         .kvs()
         .iter()
-        .map(|kv| (kv.key().to_vec(), kv.value().to_vec(), kv.create_revision(), kv.mod_revision(), kv.version(), kv.lease()))
+        .map(|kv| {
+            (
+                kv.key().to_vec(),
+                kv.value().to_vec(),
+                kv.create_revision(),
+                kv.mod_revision(),
+                kv.version(),
+                kv.lease(),
+            )
+        })
         .collect();
     (rev, rows)
 }
@@ -143,11 +188,17 @@ async fn populate(c: &mut Client) -> (i64, i64) {
     c.compact(compact_at, None).await.unwrap();
     c.put("d", vec![0u8, 255, 1, 2], None).await.unwrap();
     let lease = c.lease_grant(600, None).await.unwrap().id();
-    c.put("leased/1", "x", Some(PutOptions::new().with_lease(lease))).await.unwrap();
-    c.put("leased/2", "y", Some(PutOptions::new().with_lease(lease))).await.unwrap();
+    c.put("leased/1", "x", Some(PutOptions::new().with_lease(lease)))
+        .await
+        .unwrap();
+    c.put("leased/2", "y", Some(PutOptions::new().with_lease(lease)))
+        .await
+        .unwrap();
     c.put("b", "back", None).await.unwrap();
     c.role_add("reader").await.unwrap();
-    c.role_grant_permission("reader", Permission::read("a").with_prefix()).await.unwrap();
+    c.role_grant_permission("reader", Permission::read("a").with_prefix())
+        .await
+        .unwrap();
     c.user_add("alice", ALICE_PW, None).await.unwrap();
     c.user_grant_role("alice", "reader").await.unwrap();
     c.user_add("root", ROOT_PW, None).await.unwrap();
@@ -171,7 +222,10 @@ struct Observed {
 async fn observe(c: &mut Client, compact_at: i64, lease: i64) -> Observed {
     let (revision, now) = rows(c, 0).await;
     let (_, at_compaction) = rows(c, compact_at).await;
-    let ttl = c.lease_time_to_live(lease, Some(LeaseTimeToLiveOptions::new().with_keys())).await.expect("lease lives");
+    let ttl = c
+        .lease_time_to_live(lease, Some(LeaseTimeToLiveOptions::new().with_keys()))
+        .await
+        .expect("lease lives");
     assert!(ttl.ttl() > 0 && ttl.granted_ttl() == 600, "lease {lease:x}: {ttl:?}");
     let mut lease_keys: Vec<Vec<u8>> = ttl.keys().to_vec();
     lease_keys.sort();
@@ -191,14 +245,23 @@ async fn observe(c: &mut Client, compact_at: i64, lease: i64) -> Observed {
 /// Checks, on a restored member, what `observe` cannot: the compaction holds, auth is on, and
 /// the users' passwords (bcrypt hashes) and permissions came along.
 async fn check_restored(server: &Server, c: &mut Client, compact_at: i64) {
-    let err = c.get("a", Some(GetOptions::new().with_revision(compact_at - 1))).await.unwrap_err();
-    assert!(err.to_string().contains("compacted"), "reads below the compaction fail: {err}");
+    let err = c
+        .get("a", Some(GetOptions::new().with_revision(compact_at - 1)))
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("compacted"),
+        "reads below the compaction fail: {err}"
+    );
     // Auth is on (etcd 3.4 has no AuthStatus): alice is held to her role below.
     let mut alice = server.client(Some(("alice", ALICE_PW))).await;
     let got = alice.get("a", None).await.expect("alice reads under a");
     assert_eq!(got.kvs()[0].value(), b"3");
     let denied = alice.get("c", None).await.unwrap_err();
-    assert!(denied.to_string().contains("permission denied"), "alice may not read c: {denied}");
+    assert!(
+        denied.to_string().contains("permission denied"),
+        "alice may not read c: {denied}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -209,13 +272,24 @@ async fn concord_snapshot_restores_into_etcd() {
     let cluster = Cluster::start(1).await;
     let mut c = cluster.client(0).await;
     let (compact_at, lease) = populate(&mut c).await;
-    let mut c = connect(&cluster.endpoints()[0], Some(("root", ROOT_PW)), "concord serves with auth on").await;
+    let mut c = connect(
+        &cluster.endpoints()[0],
+        Some(("root", ROOT_PW)),
+        "concord serves with auth on",
+    )
+    .await;
     let original = observe(&mut c, compact_at, lease).await;
 
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("concord.db");
     let out = concord(&[
-        "snapshot", "save", file.to_str().unwrap(), "--endpoints", &cluster.endpoints()[0], "--user", &format!("root:{ROOT_PW}"),
+        "snapshot",
+        "save",
+        file.to_str().unwrap(),
+        "--endpoints",
+        &cluster.endpoints()[0],
+        "--user",
+        &format!("root:{ROOT_PW}"),
     ]);
     assert_ok("concord snapshot save", &out);
 
@@ -224,7 +298,13 @@ async fn concord_snapshot_restores_into_etcd() {
     let by_etcdctl = dir.path().join("by-etcdctl.db");
     let endpoint = cluster.endpoints()[0].trim_start_matches("http://").to_string();
     let out = etcdctl(&[
-        "snapshot", "save", by_etcdctl.to_str().unwrap(), "--endpoints", &endpoint, "--user", &format!("root:{ROOT_PW}"),
+        "snapshot",
+        "save",
+        by_etcdctl.to_str().unwrap(),
+        "--endpoints",
+        &endpoint,
+        "--user",
+        &format!("root:{ROOT_PW}"),
     ]);
     assert_ok("etcdctl snapshot save from concord", &out);
     let out = etcdctl(&["snapshot", "status", by_etcdctl.to_str().unwrap(), "-w", "json"]);
@@ -236,21 +316,38 @@ async fn concord_snapshot_restores_into_etcd() {
     let out = etcdctl(&["snapshot", "status", file.to_str().unwrap(), "-w", "json"]);
     assert_ok("etcdctl snapshot status", &out);
     let etcd_status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status JSON");
-    assert_eq!(etcd_status["revision"].as_i64(), Some(original.revision), "{etcd_status}");
+    assert_eq!(
+        etcd_status["revision"].as_i64(),
+        Some(original.revision),
+        "{etcd_status}"
+    );
     let ours = concord(&["snapshot", "status", file.to_str().unwrap(), "-w", "json"]);
     assert_ok("concord snapshot status", &ours);
     let ours: serde_json::Value = serde_json::from_slice(&ours.stdout).expect("status JSON");
     assert_eq!(ours, etcd_status, "concord's status of the file is etcdctl's");
     // etcdutl counts the entries of every bucket: more than the live keys.
-    assert!(etcd_status["totalKey"].as_i64().unwrap() > original.now.len() as i64, "{etcd_status}");
+    assert!(
+        etcd_status["totalKey"].as_i64().unwrap() > original.now.len() as i64,
+        "{etcd_status}"
+    );
 
     // etcdctl restores it, and etcd serves it.
     let data_dir = dir.path().join("e0.etcd");
     let peer = format!("http://127.0.0.1:{}", free_port());
     let out = etcdctl(&[
-        "snapshot", "restore", file.to_str().unwrap(), "--name", "e0", "--data-dir", data_dir.to_str().unwrap(),
-        "--initial-cluster", &format!("e0={peer}"), "--initial-advertise-peer-urls", &peer,
-        "--initial-cluster-token", "snapshot-test",
+        "snapshot",
+        "restore",
+        file.to_str().unwrap(),
+        "--name",
+        "e0",
+        "--data-dir",
+        data_dir.to_str().unwrap(),
+        "--initial-cluster",
+        &format!("e0={peer}"),
+        "--initial-advertise-peer-urls",
+        &peer,
+        "--initial-cluster-token",
+        "snapshot-test",
     ]);
     assert_ok("etcdctl snapshot restore", &out);
     let etcd = Server::start("etcd", "e0", &data_dir, &peer, dir.path().join("etcd.log"));
@@ -269,7 +366,13 @@ async fn etcd_snapshot_restores_into_concord() {
     }
     let dir = tempfile::tempdir().unwrap();
     let peer = format!("http://127.0.0.1:{}", free_port());
-    let etcd = Server::start("etcd", "e0", &dir.path().join("e0.etcd"), &peer, dir.path().join("etcd.log"));
+    let etcd = Server::start(
+        "etcd",
+        "e0",
+        &dir.path().join("e0.etcd"),
+        &peer,
+        dir.path().join("etcd.log"),
+    );
     let mut e = etcd.client(None).await;
     let (compact_at, lease) = populate(&mut e).await;
     let mut e = etcd.client(Some(("root", ROOT_PW))).await;
@@ -278,7 +381,13 @@ async fn etcd_snapshot_restores_into_concord() {
     let file = dir.path().join("etcd.db");
     let endpoint = etcd.url.trim_start_matches("http://").to_string();
     let out = etcdctl(&[
-        "snapshot", "save", file.to_str().unwrap(), "--endpoints", &endpoint, "--user", &format!("root:{ROOT_PW}"),
+        "snapshot",
+        "save",
+        file.to_str().unwrap(),
+        "--endpoints",
+        &endpoint,
+        "--user",
+        &format!("root:{ROOT_PW}"),
     ]);
     assert_ok("etcdctl snapshot save", &out);
     drop(etcd);
@@ -295,9 +404,19 @@ async fn etcd_snapshot_restores_into_concord() {
     let data_dir = dir.path().join("c0.etcd");
     let peer = format!("http://127.0.0.1:{}", free_port());
     let out = concord(&[
-        "snapshot", "restore", file.to_str().unwrap(), "--name", "c0", "--data-dir", data_dir.to_str().unwrap(),
-        "--initial-cluster", &format!("c0={peer}"), "--initial-advertise-peer-urls", &peer,
-        "--initial-cluster-token", "snapshot-test",
+        "snapshot",
+        "restore",
+        file.to_str().unwrap(),
+        "--name",
+        "c0",
+        "--data-dir",
+        data_dir.to_str().unwrap(),
+        "--initial-cluster",
+        &format!("c0={peer}"),
+        "--initial-advertise-peer-urls",
+        &peer,
+        "--initial-cluster-token",
+        "snapshot-test",
     ]);
     assert_ok("concord snapshot restore", &out);
     let member = Server::start("concord", "c0", &data_dir, &peer, dir.path().join("concord.log"));

@@ -96,7 +96,13 @@ async fn killing_the_leader_under_load_loses_no_acknowledged_write() {
         async move {
             eventually("writes acknowledged", || {
                 let got = acked_count.load(Ordering::Relaxed);
-                async move { if got >= n { Ok(()) } else { Err(got) } }
+                async move {
+                    if got >= n {
+                        Ok(())
+                    } else {
+                        Err(got)
+                    }
+                }
             })
             .await
         }
@@ -122,7 +128,12 @@ async fn killing_the_leader_under_load_loses_no_acknowledged_write() {
         .map(|kv| (kv.key_str().unwrap().to_string(), kv.value_str().unwrap().to_string()))
         .collect();
     let lost: Vec<&String> = acked.keys().filter(|k| stored.get(*k) != acked.get(*k)).collect();
-    assert!(lost.is_empty(), "{} acknowledged writes lost, e.g. {:?}", lost.len(), &lost[..lost.len().min(5)]);
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged writes lost, e.g. {:?}",
+        lost.len(),
+        &lost[..lost.len().min(5)]
+    );
 
     // The killed member comes back and catches up with everything.
     cluster.restart(leader);
@@ -132,7 +143,11 @@ async fn killing_the_leader_under_load_loses_no_acknowledged_write() {
         let cluster = &cluster;
         async move {
             let local = local_keys(cluster, leader, "load/").await.map_err(|e| e.to_string())?;
-            if local == expected { Ok(()) } else { Err(format!("{} of {} keys", local.len(), expected.len())) }
+            if local == expected {
+                Ok(())
+            } else {
+                Err(format!("{} of {} keys", local.len(), expected.len()))
+            }
         }
     })
     .await;
@@ -168,7 +183,11 @@ async fn each_member_survives_kill_and_restart_in_turn() {
             let expected = expected.clone();
             async move {
                 let local = local_keys(cluster, round, "round/").await.map_err(|e| e.to_string())?;
-                if local == expected { Ok(()) } else { Err(format!("{} of {} keys", local.len(), expected.len())) }
+                if local == expected {
+                    Ok(())
+                } else {
+                    Err(format!("{} of {} keys", local.len(), expected.len()))
+                }
             }
         })
         .await;
@@ -189,7 +208,11 @@ async fn a_leaderless_member_answers_no_leader() {
             match c.put("k", "v2", None).await {
                 Err(e) => {
                     let s = grpc_status(e);
-                    if s.message() == "etcdserver: no leader" { Ok(s) } else { Err(s.message().to_string()) }
+                    if s.message() == "etcdserver: no leader" {
+                        Ok(s)
+                    } else {
+                        Err(s.message().to_string())
+                    }
                 }
                 Ok(_) => Err("write succeeded without a quorum".to_string()),
             }
@@ -216,7 +239,11 @@ async fn sigterm_stops_a_member_cleanly_and_it_restarts() {
         let cluster = &cluster;
         async move {
             let local = local_keys(cluster, 2, "before-stop").await.map_err(|e| e.to_string())?;
-            if local.len() == 1 { Ok(()) } else { Err("missing".to_string()) }
+            if local.len() == 1 {
+                Ok(())
+            } else {
+                Err("missing".to_string())
+            }
         }
     })
     .await;

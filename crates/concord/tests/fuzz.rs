@@ -50,9 +50,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::{Buf as _, BufMut as _, Bytes, BytesMut};
 use common::Cluster;
-use concord_server::concurrency::prefix_end;
 use concord_proto::etcdserverpb as pb;
 use concord_proto::{authpb, v3electionpb as el, v3lockpb as lk};
+use concord_server::concurrency::prefix_end;
 use pb::compare::TargetUnion;
 use pb::request_op::Request as Op;
 use pb::watch_request::RequestUnion;
@@ -88,7 +88,10 @@ struct Config {
 impl Config {
     fn from_env() -> Config {
         let num = |name: &str| std::env::var(name).ok().and_then(|v| v.trim().parse::<u64>().ok());
-        let fresh = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64) ^ u64::from(std::process::id());
+        let fresh = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64)
+            ^ u64::from(std::process::id());
         Config {
             seconds: num("FUZZ_SECONDS").unwrap_or(75),
             seed: num("FUZZ_SEED").unwrap_or(fresh % 1_000_000),
@@ -267,7 +270,11 @@ const METHODS: &[(M, &str, u64)] = &[
 ];
 
 fn path_of(m: M) -> &'static str {
-    METHODS.iter().find(|(x, _, _)| *x == m).map(|(_, p, _)| *p).unwrap_or("/")
+    METHODS
+        .iter()
+        .find(|(x, _, _)| *x == m)
+        .map(|(_, p, _)| *p)
+        .unwrap_or("/")
 }
 
 /// `KV.Range` for `/etcdserverpb.KV/Range`.
@@ -322,7 +329,11 @@ impl Shared {
 
     fn record(&self, what: &str, outcome: &str) {
         let mut stats = self.stats.lock().unwrap();
-        *stats.entry(what.to_string()).or_default().entry(outcome.to_string()).or_default() += 1;
+        *stats
+            .entry(what.to_string())
+            .or_default()
+            .entry(outcome.to_string())
+            .or_default() += 1;
     }
 
     fn remember(&self, member: usize, desc: String) {
@@ -371,7 +382,9 @@ impl Drop for Conn {
 impl Conn {
     async fn open(addr: &str) -> Result<Conn, String> {
         let connecting = async {
-            let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| format!("connect: {e}"))?;
+            let tcp = tokio::net::TcpStream::connect(addr)
+                .await
+                .map_err(|e| format!("connect: {e}"))?;
             let _ = tcp.set_nodelay(true);
             h2::client::Builder::new()
                 .initial_window_size(1 << 20)
@@ -386,7 +399,11 @@ impl Conn {
         let task = tokio::spawn(async move {
             let _ = connection.await;
         });
-        Ok(Conn { send, addr: addr.to_string(), task })
+        Ok(Conn {
+            send,
+            addr: addr.to_string(),
+            task,
+        })
     }
 
     /// Opens a Watch stream and sends `message` on it, leaving the stream open.
@@ -434,7 +451,10 @@ impl Call {
         Call {
             path: path.to_string(),
             method: "POST",
-            headers: vec![("content-type".into(), "application/grpc".into()), ("te".into(), "trailers".into())],
+            headers: vec![
+                ("content-type".into(), "application/grpc".into()),
+                ("te".into(), "trailers".into()),
+            ],
             frames,
             end: true,
             shape,
@@ -459,7 +479,10 @@ struct Answer {
 }
 
 fn code_name(code: &[u8]) -> String {
-    match std::str::from_utf8(code).ok().and_then(|c| c.trim().parse::<i32>().ok()) {
+    match std::str::from_utf8(code)
+        .ok()
+        .and_then(|c| c.trim().parse::<i32>().ok())
+    {
         Some(n) if (0..=16).contains(&n) => [
             "OK",
             "Canceled",
@@ -509,7 +532,10 @@ fn h2_outcome(e: &h2::Error) -> (String, bool) {
     if e.is_io() {
         ("h2: connection lost".into(), true)
     } else if e.is_go_away() {
-        (format!("h2: GOAWAY {}", e.reason().map_or("?", |r| h2_reason(r.into()))), true)
+        (
+            format!("h2: GOAWAY {}", e.reason().map_or("?", |r| h2_reason(r.into()))),
+            true,
+        )
     } else if let Some(r) = e.reason() {
         (format!("h2: RST_STREAM {}", h2_reason(r.into())), false)
     } else {
@@ -540,9 +566,15 @@ async fn call(conn: &mut Conn, c: Call) -> Answer {
         let mut answer = Answer::default();
         if let Err(e) = std::future::poll_fn(|cx| conn.send.poll_ready(cx)).await {
             let (outcome, broken) = h2_outcome(&e);
-            return Answer { outcome, broken, ..answer };
+            return Answer {
+                outcome,
+                broken,
+                ..answer
+            };
         }
-        let mut builder = http::Request::builder().method(c.method).uri(format!("http://{}{}", conn.addr, c.path));
+        let mut builder = http::Request::builder()
+            .method(c.method)
+            .uri(format!("http://{}{}", conn.addr, c.path));
         for (name, value) in &c.headers {
             builder = builder.header(name.as_str(), value.as_str());
         }
@@ -555,7 +587,11 @@ async fn call(conn: &mut Conn, c: Call) -> Answer {
             Ok(sent) => sent,
             Err(e) => {
                 let (outcome, broken) = h2_outcome(&e);
-                return Answer { outcome, broken, ..answer };
+                return Answer {
+                    outcome,
+                    broken,
+                    ..answer
+                };
             }
         };
         let n = c.frames.len();
@@ -569,7 +605,11 @@ async fn call(conn: &mut Conn, c: Call) -> Answer {
             Ok(response) => response.into_parts(),
             Err(e) => {
                 let (outcome, broken) = h2_outcome(&e);
-                return Answer { outcome, broken, ..answer };
+                return Answer {
+                    outcome,
+                    broken,
+                    ..answer
+                };
             }
         };
         if let Some(code) = head.headers.get("grpc-status") {
@@ -607,14 +647,20 @@ async fn call(conn: &mut Conn, c: Call) -> Answer {
                 }
                 Some(Err(e)) => {
                     let (outcome, broken) = h2_outcome(&e);
-                    return Answer { outcome, broken, ..answer };
+                    return Answer {
+                        outcome,
+                        broken,
+                        ..answer
+                    };
                 }
                 None => break,
             }
         }
         match body.trailers().await {
             Ok(Some(trailers)) => {
-                answer.outcome = trailers.get("grpc-status").map_or("no grpc-status".into(), |c| code_name(c.as_bytes()));
+                answer.outcome = trailers
+                    .get("grpc-status")
+                    .map_or("no grpc-status".into(), |c| code_name(c.as_bytes()));
                 answer.message = grpc_message(&trailers);
             }
             Ok(None) => answer.outcome = "ended without trailers".into(),
@@ -629,7 +675,10 @@ async fn call(conn: &mut Conn, c: Call) -> Answer {
     };
     match tokio::time::timeout(timeout, attempt).await {
         Ok(answer) => answer,
-        Err(_) => Answer { outcome: "no answer in time (client timeout)".into(), ..Answer::default() },
+        Err(_) => Answer {
+            outcome: "no answer in time (client timeout)".into(),
+            ..Answer::default()
+        },
     }
 }
 
@@ -666,7 +715,15 @@ fn outcome_with_reason(answer: &Answer) -> String {
     } else if message.contains("not exactly one message") || message.contains("cardinality violation") {
         "not exactly one message".to_string()
     } else {
-        message.split(": ").take(2).collect::<Vec<_>>().join(": ").chars().filter(|c| !c.is_ascii_digit()).take(70).collect()
+        message
+            .split(": ")
+            .take(2)
+            .collect::<Vec<_>>()
+            .join(": ")
+            .chars()
+            .filter(|c| !c.is_ascii_digit())
+            .take(70)
+            .collect()
     };
     format!("{} ({})", answer.outcome, bucket.trim())
 }
@@ -690,11 +747,24 @@ fn frame(message: &[u8]) -> Bytes {
 /// A typed unary call, for the set-up, the janitor and the final checks.
 async fn unary<Q: prost::Message, A: prost::Message + Default>(addr: &str, m: M, request: &Q) -> Result<A, String> {
     let mut conn = Conn::open(addr).await?;
-    let answer = call(&mut conn, Call::grpc(path_of(m), vec![frame(&request.encode_to_vec())], Shape::Unary, Duration::from_secs(15))).await;
+    let answer = call(
+        &mut conn,
+        Call::grpc(
+            path_of(m),
+            vec![frame(&request.encode_to_vec())],
+            Shape::Unary,
+            Duration::from_secs(15),
+        ),
+    )
+    .await;
     if answer.outcome != "OK" {
         return Err(format!("{:?} on {addr}: {} {}", m, answer.outcome, answer.message));
     }
-    let message = answer.messages.into_iter().next().ok_or_else(|| format!("{m:?} on {addr}: no message"))?;
+    let message = answer
+        .messages
+        .into_iter()
+        .next()
+        .ok_or_else(|| format!("{m:?} on {addr}: no message"))?;
     A::decode(message).map_err(|e| format!("{m:?} on {addr}: undecodable answer: {e}"))
 }
 
@@ -769,7 +839,14 @@ fn enumx(r: &mut Rng, known: u64) -> i32 {
 
 /// Sizes around the members' request limit (and gRPC's 4 MiB default for the other services).
 fn big_len(r: &mut Rng) -> usize {
-    r.pick(&[MAX_REQUEST_BYTES - 64, MAX_REQUEST_BYTES - 8, MAX_REQUEST_BYTES, MAX_REQUEST_BYTES + 1, 2 * MAX_REQUEST_BYTES, (4 << 20) + 16])
+    r.pick(&[
+        MAX_REQUEST_BYTES - 64,
+        MAX_REQUEST_BYTES - 8,
+        MAX_REQUEST_BYTES,
+        MAX_REQUEST_BYTES + 1,
+        2 * MAX_REQUEST_BYTES,
+        (4 << 20) + 16,
+    ])
 }
 
 fn fuzz_key(r: &mut Rng) -> Vec<u8> {
@@ -816,7 +893,6 @@ fn write_key(r: &mut Rng, big: bool) -> Vec<u8> {
         _ => fuzz_key(r),
     }
 }
-
 
 fn range_end(r: &mut Rng, key: &[u8]) -> Vec<u8> {
     match r.below(11) {
@@ -911,7 +987,11 @@ fn put_request(r: &mut Rng, sh: &Shared) -> pb::PutRequest {
 
 fn delete_request(r: &mut Rng) -> pb::DeleteRangeRequest {
     let key = write_key(r, false);
-    pb::DeleteRangeRequest { range_end: range_end(r, &key), key, prev_kv: r.flag() }
+    pb::DeleteRangeRequest {
+        range_end: range_end(r, &key),
+        key,
+        prev_kv: r.flag(),
+    }
 }
 
 fn compare(r: &mut Rng, sh: &Shared) -> pb::Compare {
@@ -960,11 +1040,22 @@ fn txn_tree(r: &mut Rng, sh: &Shared, depth: usize) -> pb::TxnRequest {
 }
 
 fn put_op(key: Vec<u8>) -> pb::RequestOp {
-    pb::RequestOp { request: Some(Op::RequestPut(pb::PutRequest { key, value: b"v".to_vec(), ..Default::default() })) }
+    pb::RequestOp {
+        request: Some(Op::RequestPut(pb::PutRequest {
+            key,
+            value: b"v".to_vec(),
+            ..Default::default()
+        })),
+    }
 }
 
 fn range_op(key: Vec<u8>) -> pb::RequestOp {
-    pb::RequestOp { request: Some(Op::RequestRange(pb::RangeRequest { key, ..Default::default() })) }
+    pb::RequestOp {
+        request: Some(Op::RequestRange(pb::RangeRequest {
+            key,
+            ..Default::default()
+        })),
+    }
 }
 
 /// A chain of `depth` txns, each the only success op of the one around it; the innermost puts,
@@ -974,14 +1065,29 @@ fn deep_txn(r: &mut Rng, sh: &Shared, depth: usize, inner: u64) -> pb::TxnReques
     let innermost = match inner {
         0 => put_op(key),
         1 => range_op(key),
-        _ => pb::RequestOp { request: Some(Op::RequestDeleteRange(pb::DeleteRangeRequest { key, ..Default::default() })) },
+        _ => pb::RequestOp {
+            request: Some(Op::RequestDeleteRange(pb::DeleteRangeRequest {
+                key,
+                ..Default::default()
+            })),
+        },
     };
-    let mut txn = pb::TxnRequest { compare: vec![], success: vec![innermost], failure: vec![] };
+    let mut txn = pb::TxnRequest {
+        compare: vec![],
+        success: vec![innermost],
+        failure: vec![],
+    };
     for _ in 1..depth {
         txn = pb::TxnRequest {
             compare: if r.chance(20) { vec![compare(r, sh)] } else { vec![] },
-            success: vec![pb::RequestOp { request: Some(Op::RequestTxn(txn)) }],
-            failure: if r.chance(20) { vec![range_op(b"data/0001".to_vec())] } else { vec![] },
+            success: vec![pb::RequestOp {
+                request: Some(Op::RequestTxn(txn)),
+            }],
+            failure: if r.chance(20) {
+                vec![range_op(b"data/0001".to_vec())]
+            } else {
+                vec![]
+            },
         };
     }
     txn
@@ -1012,14 +1118,24 @@ fn wide_txn(r: &mut Rng, sh: &Shared) -> (pb::TxnRequest, String) {
                 .map(|i| pb::RequestOp {
                     request: Some(Op::RequestTxn(pb::TxnRequest {
                         compare: vec![],
-                        success: (0..width).map(|j| range_op(format!("fuzz/n/{i}/{j}").into_bytes())).collect(),
-                        failure: (0..width).map(|j| put_op(format!("fuzz/n/{i}/{j}").into_bytes())).collect(),
+                        success: (0..width)
+                            .map(|j| range_op(format!("fuzz/n/{i}/{j}").into_bytes()))
+                            .collect(),
+                        failure: (0..width)
+                            .map(|j| put_op(format!("fuzz/n/{i}/{j}").into_bytes()))
+                            .collect(),
                     })),
                 })
                 .collect();
         }
     }
-    (txn, format!("wide txn: {n} {}", ["compares", "success ops", "failure ops", "nested txns of txns"][which as usize]))
+    (
+        txn,
+        format!(
+            "wide txn: {n} {}",
+            ["compares", "success ops", "failure ops", "nested txns of txns"][which as usize]
+        ),
+    )
 }
 
 fn txn_request(r: &mut Rng, sh: &Shared) -> (pb::TxnRequest, String) {
@@ -1032,22 +1148,35 @@ fn txn_request(r: &mut Rng, sh: &Shared) -> (pb::TxnRequest, String) {
             let depth = r.pick(&depths);
             let inner = r.below(3);
             let txn = deep_txn(r, sh, depth, inner);
-            (txn, format!("nested txn, depth {depth}, innermost {}", ["put", "range", "delete"][inner as usize]))
+            (
+                txn,
+                format!(
+                    "nested txn, depth {depth}, innermost {}",
+                    ["put", "range", "delete"][inner as usize]
+                ),
+            )
         }
         15..=24 => wide_txn(r, sh),
         _ => {
             let depth = r.upto(3);
-            (txn_tree(r, sh, depth), format!("random txn tree, depth <= {}", depth + 1))
+            (
+                txn_tree(r, sh, depth),
+                format!("random txn tree, depth <= {}", depth + 1),
+            )
         }
     }
 }
 
 fn watch_create(r: &mut Rng, sh: &Shared) -> pb::WatchCreateRequest {
     let rev = sh.rev();
-    let key = if r.chance(10) { vec![0] } else { {
-        let big = r.chance(5);
-        read_key(r, big)
-    } };
+    let key = if r.chance(10) {
+        vec![0]
+    } else {
+        {
+            let big = r.chance(5);
+            read_key(r, big)
+        }
+    };
     pb::WatchCreateRequest {
         range_end: if r.chance(10) { vec![0] } else { range_end(r, &key) },
         key,
@@ -1146,7 +1275,10 @@ fn accepted_bad_urls(sh: &Shared) -> Vec<String> {
         format!("http://[::ffff:127.0.0.1]:{other_client}"),
         format!("HTTP://127.0.0.1:{client}"),
     ];
-    candidates.into_iter().filter(|u| urls_pass(std::slice::from_ref(u))).collect()
+    candidates
+        .into_iter()
+        .filter(|u| urls_pass(std::slice::from_ref(u)))
+        .collect()
 }
 
 fn structured(m: M, r: &mut Rng, sh: &Shared) -> (Vec<u8>, String) {
@@ -1156,7 +1288,13 @@ fn structured(m: M, r: &mut Rng, sh: &Shared) -> (Vec<u8>, String) {
     match m {
         Range => {
             let q = range_request(r, sh);
-            let d = format!("key={} end={} rev={} limit={}", show(&q.key), show(&q.range_end), q.revision, q.limit);
+            let d = format!(
+                "key={} end={} rev={} limit={}",
+                show(&q.key),
+                show(&q.range_end),
+                q.revision,
+                q.limit
+            );
             (enc(&q), d)
         }
         Put => {
@@ -1174,14 +1312,23 @@ fn structured(m: M, r: &mut Rng, sh: &Shared) -> (Vec<u8>, String) {
             (enc(&q), d)
         }
         Compact => {
-            let q = pb::CompactionRequest { revision: i64x(r, sh), physical: r.flag() };
+            let q = pb::CompactionRequest {
+                revision: i64x(r, sh),
+                physical: r.flag(),
+            };
             let d = format!("revision={}", q.revision);
             (enc(&q), d)
         }
         Watch => {
             let q = watch_request(r, sh);
             let d = match &q.request_union {
-                Some(RequestUnion::CreateRequest(c)) => format!("create key={} end={} from={} id={}", show(&c.key), show(&c.range_end), c.start_revision, c.watch_id),
+                Some(RequestUnion::CreateRequest(c)) => format!(
+                    "create key={} end={} from={} id={}",
+                    show(&c.key),
+                    show(&c.range_end),
+                    c.start_revision,
+                    c.watch_id
+                ),
                 Some(RequestUnion::CancelRequest(c)) => format!("cancel {}", c.watch_id),
                 Some(RequestUnion::ProgressRequest(_)) => "progress".into(),
                 None => "empty".into(),
@@ -1205,14 +1352,24 @@ fn structured(m: M, r: &mut Rng, sh: &Shared) -> (Vec<u8>, String) {
             (enc(&pb::LeaseKeepAliveRequest { id }), format!("id={id}"))
         }
         LeaseTimeToLive => {
-            let q = pb::LeaseTimeToLiveRequest { id: sh.lease(r), keys: r.flag() };
+            let q = pb::LeaseTimeToLiveRequest {
+                id: sh.lease(r),
+                keys: r.flag(),
+            };
             let d = format!("id={} keys={}", q.id, q.keys);
             (enc(&q), d)
         }
         LeaseLeases => (enc(&pb::LeaseLeasesRequest {}), String::new()),
         MemberAdd => {
-            let q = pb::MemberAddRequest { peer_ur_ls: peer_urls(r, sh), is_learner: r.chance(60) };
-            let d = format!("urls={:?} learner={}", q.peer_ur_ls.iter().map(|u| show(u.as_bytes())).collect::<Vec<_>>(), q.is_learner);
+            let q = pb::MemberAddRequest {
+                peer_ur_ls: peer_urls(r, sh),
+                is_learner: r.chance(60),
+            };
+            let d = format!(
+                "urls={:?} learner={}",
+                q.peer_ur_ls.iter().map(|u| show(u.as_bytes())).collect::<Vec<_>>(),
+                q.is_learner
+            );
             (enc(&q), d)
         }
         MemberRemove => {
@@ -1220,8 +1377,15 @@ fn structured(m: M, r: &mut Rng, sh: &Shared) -> (Vec<u8>, String) {
             (enc(&pb::MemberRemoveRequest { id }), format!("id={id:x}"))
         }
         MemberUpdate => {
-            let q = pb::MemberUpdateRequest { id: u64x(r, sh), peer_ur_ls: peer_urls(r, sh) };
-            let d = format!("id={:x} urls={:?}", q.id, q.peer_ur_ls.iter().map(|u| show(u.as_bytes())).collect::<Vec<_>>());
+            let q = pb::MemberUpdateRequest {
+                id: u64x(r, sh),
+                peer_ur_ls: peer_urls(r, sh),
+            };
+            let d = format!(
+                "id={:x} urls={:?}",
+                q.id,
+                q.peer_ur_ls.iter().map(|u| show(u.as_bytes())).collect::<Vec<_>>()
+            );
             (enc(&q), d)
         }
         MemberList => (enc(&pb::MemberListRequest { linearizable: r.flag() }), String::new()),
@@ -1230,7 +1394,11 @@ fn structured(m: M, r: &mut Rng, sh: &Shared) -> (Vec<u8>, String) {
             (enc(&pb::MemberPromoteRequest { id }), format!("id={id:x}"))
         }
         Alarm => {
-            let q = pb::AlarmRequest { action: enumx(r, 3), member_id: u64x(r, sh), alarm: enumx(r, 3) };
+            let q = pb::AlarmRequest {
+                action: enumx(r, 3),
+                member_id: u64x(r, sh),
+                alarm: enumx(r, 3),
+            };
             let d = format!("action={} member={:x} alarm={}", q.action, q.member_id, q.alarm);
             (enc(&q), d)
         }
@@ -1243,82 +1411,170 @@ fn structured(m: M, r: &mut Rng, sh: &Shared) -> (Vec<u8>, String) {
         }
         Snapshot => (enc(&pb::SnapshotRequest {}), String::new()),
         MoveLeader => {
-            let target_id = if r.chance(30) { r.pick(&sh.member_ids) } else { u64x(r, sh) };
-            (enc(&pb::MoveLeaderRequest { target_id }), format!("target={target_id:x}"))
+            let target_id = if r.chance(30) {
+                r.pick(&sh.member_ids)
+            } else {
+                u64x(r, sh)
+            };
+            (
+                enc(&pb::MoveLeaderRequest { target_id }),
+                format!("target={target_id:x}"),
+            )
         }
         Downgrade => {
-            let q = pb::DowngradeRequest { action: enumx(r, 3), version: r.pick(&["", "3.4.0", "3.5", "999.0.0", "x.y.z"]).to_string() };
+            let q = pb::DowngradeRequest {
+                action: enumx(r, 3),
+                version: r.pick(&["", "3.4.0", "3.5", "999.0.0", "x.y.z"]).to_string(),
+            };
             (enc(&q), format!("action={}", q.action))
         }
         AuthEnable => (enc(&pb::AuthEnableRequest {}), String::new()),
         AuthDisable => (enc(&pb::AuthDisableRequest {}), String::new()),
         AuthStatus => (enc(&pb::AuthStatusRequest {}), String::new()),
         Authenticate => {
-            let q = pb::AuthenticateRequest { name: name(r), password: password(r) };
+            let q = pb::AuthenticateRequest {
+                name: name(r),
+                password: password(r),
+            };
             (enc(&q), format!("name={}", show(q.name.as_bytes())))
         }
         UserAdd => {
             let q = pb::AuthUserAddRequest {
                 name: name(r),
                 password: password(r),
-                options: if r.flag() { Some(authpb::UserAddOptions { no_password: r.flag() }) } else { None },
-                hashed_password: if r.chance(20) { "JDJhJDEwJGdhcmJhZ2U=".into() } else { String::new() },
+                options: if r.flag() {
+                    Some(authpb::UserAddOptions { no_password: r.flag() })
+                } else {
+                    None
+                },
+                hashed_password: if r.chance(20) {
+                    "JDJhJDEwJGdhcmJhZ2U=".into()
+                } else {
+                    String::new()
+                },
             };
-            (enc(&q), format!("name={} password=<{} bytes>", show(q.name.as_bytes()), q.password.len()))
+            (
+                enc(&q),
+                format!("name={} password=<{} bytes>", show(q.name.as_bytes()), q.password.len()),
+            )
         }
         UserGet => (enc(&pb::AuthUserGetRequest { name: name(r) }), String::new()),
         UserList => (enc(&pb::AuthUserListRequest {}), String::new()),
         UserDelete => (enc(&pb::AuthUserDeleteRequest { name: name(r) }), String::new()),
         UserChangePassword => {
-            let q = pb::AuthUserChangePasswordRequest { name: name(r), password: password(r), hashed_password: String::new() };
+            let q = pb::AuthUserChangePasswordRequest {
+                name: name(r),
+                password: password(r),
+                hashed_password: String::new(),
+            };
             (enc(&q), format!("name={}", show(q.name.as_bytes())))
         }
-        UserGrantRole => (enc(&pb::AuthUserGrantRoleRequest { user: name(r), role: name(r) }), String::new()),
-        UserRevokeRole => (enc(&pb::AuthUserRevokeRoleRequest { name: name(r), role: name(r) }), String::new()),
+        UserGrantRole => (
+            enc(&pb::AuthUserGrantRoleRequest {
+                user: name(r),
+                role: name(r),
+            }),
+            String::new(),
+        ),
+        UserRevokeRole => (
+            enc(&pb::AuthUserRevokeRoleRequest {
+                name: name(r),
+                role: name(r),
+            }),
+            String::new(),
+        ),
         RoleAdd => (enc(&pb::AuthRoleAddRequest { name: name(r) }), String::new()),
         RoleGet => (enc(&pb::AuthRoleGetRequest { role: name(r) }), String::new()),
         RoleList => (enc(&pb::AuthRoleListRequest {}), String::new()),
         RoleDelete => (enc(&pb::AuthRoleDeleteRequest { role: name(r) }), String::new()),
         RoleGrantPermission => {
             let key = read_key(r, false);
-            let perm = authpb::Permission { perm_type: enumx(r, 3), range_end: range_end(r, &key), key };
-            let d = format!("type={} key={} end={}", perm.perm_type, show(&perm.key), show(&perm.range_end));
-            (enc(&pb::AuthRoleGrantPermissionRequest { name: name(r), perm: if r.chance(90) { Some(perm) } else { None } }), d)
+            let perm = authpb::Permission {
+                perm_type: enumx(r, 3),
+                range_end: range_end(r, &key),
+                key,
+            };
+            let d = format!(
+                "type={} key={} end={}",
+                perm.perm_type,
+                show(&perm.key),
+                show(&perm.range_end)
+            );
+            (
+                enc(&pb::AuthRoleGrantPermissionRequest {
+                    name: name(r),
+                    perm: if r.chance(90) { Some(perm) } else { None },
+                }),
+                d,
+            )
         }
         RoleRevokePermission => {
             let key = read_key(r, false);
-            (enc(&pb::AuthRoleRevokePermissionRequest { role: name(r), range_end: range_end(r, &key), key }), String::new())
+            (
+                enc(&pb::AuthRoleRevokePermissionRequest {
+                    role: name(r),
+                    range_end: range_end(r, &key),
+                    key,
+                }),
+                String::new(),
+            )
         }
         Lock => {
-            let q = lk::LockRequest { name: lock_name(r, "lock"), lease: if r.chance(40) { 0 } else { sh.lease(r) } };
+            let q = lk::LockRequest {
+                name: lock_name(r, "lock"),
+                lease: if r.chance(40) { 0 } else { sh.lease(r) },
+            };
             let d = format!("name={} lease={}", show(&q.name), q.lease);
             (enc(&q), d)
         }
         Unlock => {
             let pool = sh.lock_keys.lock().unwrap().clone();
-            let key = if !pool.is_empty() && r.chance(50) { r.pick(&pool) } else { write_key(r, false) };
+            let key = if !pool.is_empty() && r.chance(50) {
+                r.pick(&pool)
+            } else {
+                write_key(r, false)
+            };
             let d = format!("key={}", show(&key));
             (enc(&lk::UnlockRequest { key }), d)
         }
         Campaign => {
-            let q = el::CampaignRequest { name: lock_name(r, "election"), lease: if r.chance(40) { 0 } else { sh.lease(r) }, value: value(r, true) };
+            let q = el::CampaignRequest {
+                name: lock_name(r, "election"),
+                lease: if r.chance(40) { 0 } else { sh.lease(r) },
+                value: value(r, true),
+            };
             let d = format!("name={} lease={}", show(&q.name), q.lease);
             (enc(&q), d)
         }
         Proclaim => {
             let leader = leader_key(r, sh);
             let d = format!("key={} rev={} lease={}", show(&leader.key), leader.rev, leader.lease);
-            (enc(&el::ProclaimRequest { leader: if r.chance(95) { Some(leader) } else { None }, value: value(r, true) }), d)
+            (
+                enc(&el::ProclaimRequest {
+                    leader: if r.chance(95) { Some(leader) } else { None },
+                    value: value(r, true),
+                }),
+                d,
+            )
         }
         Leader | Observe => {
-            let name = if r.flag() { lock_name(r, "election") } else { read_key(r, false) };
+            let name = if r.flag() {
+                lock_name(r, "election")
+            } else {
+                read_key(r, false)
+            };
             let d = format!("name={}", show(&name));
             (enc(&el::LeaderRequest { name }), d)
         }
         Resign => {
             let leader = leader_key(r, sh);
             let d = format!("key={} rev={}", show(&leader.key), leader.rev);
-            (enc(&el::ResignRequest { leader: if r.chance(95) { Some(leader) } else { None } }), d)
+            (
+                enc(&el::ResignRequest {
+                    leader: if r.chance(95) { Some(leader) } else { None },
+                }),
+                d,
+            )
         }
     }
 }
@@ -1362,7 +1618,10 @@ fn mutate(bytes: &mut Vec<u8>, r: &mut Rng) {
             3 => bytes.truncate(at),
             4 => {
                 // A varint as long as they go.
-                for (i, b) in [0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01].into_iter().enumerate() {
+                for (i, b) in [0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01]
+                    .into_iter()
+                    .enumerate()
+                {
                     bytes.insert(at + i, b);
                 }
             }
@@ -1449,7 +1708,9 @@ fn real_member(id: &mut u64, sh: &Shared) -> bool {
 /// it does not decode at all) leaves the bytes as they are.
 fn make_safe(m: M, bytes: Vec<u8>, sh: &Shared) -> Vec<u8> {
     fn fix<T: prost::Message + Default>(bytes: Vec<u8>, f: impl FnOnce(&mut T) -> bool) -> Vec<u8> {
-        let Ok(mut message) = T::decode(bytes.as_slice()) else { return bytes };
+        let Ok(mut message) = T::decode(bytes.as_slice()) else {
+            return bytes;
+        };
         if f(&mut message) {
             message.encode_to_vec()
         } else {
@@ -1520,7 +1781,13 @@ enum Framing {
 fn pick_framing(r: &mut Rng) -> Framing {
     match r.below(100) {
         0..=69 => Framing::Normal,
-        70..=73 => Framing::HugeLength(r.pick(&[u32::MAX, 0x7fff_ffff, (MAX_REQUEST_BYTES + 1024) as u32, (4 << 20) + 1, 64 << 20])),
+        70..=73 => Framing::HugeLength(r.pick(&[
+            u32::MAX,
+            0x7fff_ffff,
+            (MAX_REQUEST_BYTES + 1024) as u32,
+            (4 << 20) + 1,
+            64 << 20,
+        ])),
         74..=76 => Framing::ShortLength(1 + r.upto(8)),
         77..=79 => Framing::Flag(r.pick(&[1, 2, 0x80, 0xff])),
         80..=81 => Framing::Bare,
@@ -1580,7 +1847,10 @@ fn frames_for(m: M, messages: &[Vec<u8>], framing: Framing, r: &mut Rng, sh: &Sh
 
 /// Headers besides the usual ones, now and then.
 fn odd_headers(r: &mut Rng) -> (Vec<(String, String)>, &'static str) {
-    let mut headers: Vec<(String, String)> = vec![("content-type".into(), "application/grpc".into()), ("te".into(), "trailers".into())];
+    let mut headers: Vec<(String, String)> = vec![
+        ("content-type".into(), "application/grpc".into()),
+        ("te".into(), "trailers".into()),
+    ];
     let what = match r.below(100) {
         0..=84 => "",
         85 => {
@@ -1592,7 +1862,10 @@ fn odd_headers(r: &mut Rng) -> (Vec<(String, String)>, &'static str) {
             "grpc-encoding: identity"
         }
         87 => {
-            headers.push(("grpc-timeout".into(), r.pick(&["1n", "99999999H", "abc", "-5S", "0m"]).into()));
+            headers.push((
+                "grpc-timeout".into(),
+                r.pick(&["1n", "99999999H", "abc", "-5S", "0m"]).into(),
+            ));
             "grpc-timeout"
         }
         88 => {
@@ -1681,7 +1954,8 @@ impl Worker {
 
     async fn run(mut self, deadline: Instant) {
         let sh = self.sh.clone();
-        while Instant::now() < deadline && !sh.stop.load(Relaxed) && sh.sent.fetch_add(1, Relaxed) < sh.cfg.max_requests {
+        while Instant::now() < deadline && !sh.stop.load(Relaxed) && sh.sent.fetch_add(1, Relaxed) < sh.cfg.max_requests
+        {
             let member = self.r.below(sh.client_addrs.len() as u64) as usize;
             match self.r.below(1000) {
                 0..=11 => self.raw_garbage(member).await,
@@ -1714,7 +1988,11 @@ impl Worker {
     fn messages(&mut self, m: M) -> (Vec<Vec<u8>>, String) {
         let sh = self.sh.clone();
         let r = &mut self.r;
-        let n = if matches!(m, Watch | LeaseKeepAlive) { 1 + r.upto(5) } else { 1 };
+        let n = if matches!(m, Watch | LeaseKeepAlive) {
+            1 + r.upto(5)
+        } else {
+            1
+        };
         let style = r.below(100);
         let mut messages = Vec::with_capacity(n);
         let mut descs = Vec::with_capacity(n);
@@ -1744,7 +2022,11 @@ impl Worker {
         let (headers, odd) = odd_headers(&mut self.r);
         let frames = frames_for(m, &messages, framing, &mut self.r, &self.sh.clone());
         let shape = if answers_stream(m) {
-            Shape::Stream(Duration::from_millis(if m == Snapshot { 1500 } else { 200 + self.r.below(600) }))
+            Shape::Stream(Duration::from_millis(if m == Snapshot {
+                1500
+            } else {
+                200 + self.r.below(600)
+            }))
         } else {
             Shape::Unary
         };
@@ -1797,7 +2079,10 @@ impl Worker {
                 }
             }
             Campaign => {
-                if let Ok(el::CampaignResponse { leader: Some(leader), .. }) = el::CampaignResponse::decode(message.clone()) {
+                if let Ok(el::CampaignResponse {
+                    leader: Some(leader), ..
+                }) = el::CampaignResponse::decode(message.clone())
+                {
                     Shared::push(&sh.leaders, leader);
                 }
             }
@@ -1806,7 +2091,10 @@ impl Worker {
                 // in the answer: the next HashKV/Watch learns it.
             }
             MemberAdd => {
-                if let Ok(pb::MemberAddResponse { member: Some(member), .. }) = pb::MemberAddResponse::decode(message.clone()) {
+                if let Ok(pb::MemberAddResponse {
+                    member: Some(member), ..
+                }) = pb::MemberAddResponse::decode(message.clone())
+                {
                     sh.added.lock().unwrap().push(member.id);
                 }
             }
@@ -1850,7 +2138,8 @@ impl Worker {
             path = format!("/fuzz.Service{}/Method{}", self.r.below(1000), self.r.below(1000));
         }
         let body = self.r.some_bytes(0, 64);
-        self.sh.remember(member, format!("unknown path {}", show(path.as_bytes())));
+        self.sh
+            .remember(member, format!("unknown path {}", show(path.as_bytes())));
         let Some(conn) = self.conn(member).await else { return };
         let answer = call(conn, Call::grpc(&path, vec![frame(&body)], Shape::Unary, CALL_TIMEOUT)).await;
         if answer.broken {
@@ -1874,9 +2163,19 @@ impl Worker {
                 90..=94 => (rev - self.r.below(50) as i64).max(1),
                 _ => (compacted - 1).max(1),
             };
-            let key = if self.r.chance(20) { vec![0] } else { format!("fuzz/k{}", i % 64).into_bytes() };
+            let key = if self.r.chance(20) {
+                vec![0]
+            } else {
+                format!("fuzz/k{}", i % 64).into_bytes()
+            };
             let create = pb::WatchCreateRequest {
-                range_end: if key == [0] { vec![0] } else if self.r.chance(30) { prefix_end(PREFIX) } else { vec![] },
+                range_end: if key == [0] {
+                    vec![0]
+                } else if self.r.chance(30) {
+                    prefix_end(PREFIX)
+                } else {
+                    vec![]
+                },
                 key,
                 start_revision,
                 prev_kv: self.r.chance(30),
@@ -1884,24 +2183,46 @@ impl Worker {
                 watch_id: if self.r.chance(50) { 0 } else { i as i64 + 1 },
                 ..Default::default()
             };
-            batch.put_slice(&frame(&pb::WatchRequest { request_union: Some(RequestUnion::CreateRequest(create)) }.encode_to_vec()));
+            batch.put_slice(&frame(
+                &pb::WatchRequest {
+                    request_union: Some(RequestUnion::CreateRequest(create)),
+                }
+                .encode_to_vec(),
+            ));
             if i % 3 == 0 {
-                let cancel = pb::WatchRequest { request_union: Some(RequestUnion::CancelRequest(pb::WatchCancelRequest { watch_id: i as i64 / 2 })) };
+                let cancel = pb::WatchRequest {
+                    request_union: Some(RequestUnion::CancelRequest(pb::WatchCancelRequest {
+                        watch_id: i as i64 / 2,
+                    })),
+                };
                 batch.put_slice(&frame(&cancel.encode_to_vec()));
             }
             if batch.len() > 16 * 1024 {
                 frames.push(batch.split().freeze());
             }
         }
-        batch.put_slice(&frame(&pb::WatchRequest { request_union: Some(RequestUnion::ProgressRequest(pb::WatchProgressRequest {})) }.encode_to_vec()));
+        batch.put_slice(&frame(
+            &pb::WatchRequest {
+                request_union: Some(RequestUnion::ProgressRequest(pb::WatchProgressRequest {})),
+            }
+            .encode_to_vec(),
+        ));
         frames.push(batch.freeze());
         self.sh.remember(member, format!("Watch: {n} watchers on one stream"));
         // A connection of its own: this stream may carry a lot.
-        let Ok(mut conn) = Conn::open(&self.sh.client_addrs[member]).await else { return };
-        let mut c = Call::grpc(path_of(Watch), frames, Shape::Stream(Duration::from_secs(3)), Duration::from_secs(10));
+        let Ok(mut conn) = Conn::open(&self.sh.client_addrs[member]).await else {
+            return;
+        };
+        let mut c = Call::grpc(
+            path_of(Watch),
+            frames,
+            Shape::Stream(Duration::from_secs(3)),
+            Duration::from_secs(10),
+        );
         c.end = false;
         let answer = call(&mut conn, c).await;
-        self.sh.record(&format!("Watch ({n} watchers, one stream)"), &answer.outcome);
+        self.sh
+            .record(&format!("Watch ({n} watchers, one stream)"), &answer.outcome);
     }
 
     /// A stream opened and never read, or a request never finished; kept until the worker has
@@ -1911,24 +2232,60 @@ impl Worker {
         let rev = self.sh.rev();
         let (path, frames, end, what): (&str, Vec<Bytes>, bool, &str) = match kind {
             0 => {
-                let create = pb::WatchCreateRequest { key: vec![0], range_end: vec![0], start_revision: 1, prev_kv: true, ..Default::default() };
-                let msg = pb::WatchRequest { request_union: Some(RequestUnion::CreateRequest(create)) };
-                (path_of(Watch), vec![frame(&msg.encode_to_vec())], false, "Watch from revision 1, never read")
+                let create = pb::WatchCreateRequest {
+                    key: vec![0],
+                    range_end: vec![0],
+                    start_revision: 1,
+                    prev_kv: true,
+                    ..Default::default()
+                };
+                let msg = pb::WatchRequest {
+                    request_union: Some(RequestUnion::CreateRequest(create)),
+                };
+                (
+                    path_of(Watch),
+                    vec![frame(&msg.encode_to_vec())],
+                    false,
+                    "Watch from revision 1, never read",
+                )
             }
             1 => {
-                let create = pb::WatchCreateRequest { key: PREFIX.to_vec(), range_end: prefix_end(PREFIX), start_revision: rev, progress_notify: true, ..Default::default() };
-                let msg = pb::WatchRequest { request_union: Some(RequestUnion::CreateRequest(create)) };
-                (path_of(Watch), vec![frame(&msg.encode_to_vec())], false, "Watch on the fuzz prefix, never read")
+                let create = pb::WatchCreateRequest {
+                    key: PREFIX.to_vec(),
+                    range_end: prefix_end(PREFIX),
+                    start_revision: rev,
+                    progress_notify: true,
+                    ..Default::default()
+                };
+                let msg = pb::WatchRequest {
+                    request_union: Some(RequestUnion::CreateRequest(create)),
+                };
+                (
+                    path_of(Watch),
+                    vec![frame(&msg.encode_to_vec())],
+                    false,
+                    "Watch on the fuzz prefix, never read",
+                )
             }
             2 if self.held_snapshots() < 1 => (path_of(Snapshot), vec![frame(&[])], true, "Snapshot, never read"),
             3 => {
                 let name = lock_name(&mut self.r, "election");
-                (path_of(Observe), vec![frame(&el::LeaderRequest { name }.encode_to_vec())], true, "Observe, never read")
+                (
+                    path_of(Observe),
+                    vec![frame(&el::LeaderRequest { name }.encode_to_vec())],
+                    true,
+                    "Observe, never read",
+                )
             }
             4 => {
                 let lease = self.sh.lease(&mut self.r);
                 let one = frame(&pb::LeaseKeepAliveRequest { id: lease }.encode_to_vec());
-                (path_of(LeaseKeepAlive), (0..1000).map(|_| one.clone()).collect(), false, "LeaseKeepAlive x1000, never read")
+                (
+                    path_of(LeaseKeepAlive),
+                    (0..1000).map(|_| one.clone()).collect(),
+                    false,
+                    "LeaseKeepAlive x1000, never read",
+                )
             }
             5 => {
                 // A frame header promising more than ever comes.
@@ -1939,13 +2296,24 @@ impl Worker {
                 (path_of(Range), vec![f.freeze()], false, "Range body never finished")
             }
             _ => {
-                let put = pb::PutRequest { key: b"fuzz/half".to_vec(), value: vec![1; 1000], ..Default::default() };
+                let put = pb::PutRequest {
+                    key: b"fuzz/half".to_vec(),
+                    value: vec![1; 1000],
+                    ..Default::default()
+                };
                 let f = frame(&put.encode_to_vec());
-                (path_of(Put), vec![f.slice(..f.len() / 2)], false, "Put body never finished")
+                (
+                    path_of(Put),
+                    vec![f.slice(..f.len() / 2)],
+                    false,
+                    "Put body never finished",
+                )
             }
         };
         self.sh.remember(member, format!("held stream: {what}"));
-        let Ok(mut conn) = Conn::open(&self.sh.client_addrs[member]).await else { return };
+        let Ok(mut conn) = Conn::open(&self.sh.client_addrs[member]).await else {
+            return;
+        };
         let opened = async {
             std::future::poll_fn(|cx| conn.send.poll_ready(cx)).await.ok()?;
             let request = http::Request::builder()
@@ -1964,7 +2332,12 @@ impl Worker {
         };
         let outcome = match tokio::time::timeout(Duration::from_secs(3), opened).await {
             Ok(Some((response, stream))) => {
-                self.held.push_back(Held { snapshot: path == path_of(Snapshot), _conn: conn, _response: response, _stream: stream });
+                self.held.push_back(Held {
+                    snapshot: path == path_of(Snapshot),
+                    _conn: conn,
+                    _response: response,
+                    _stream: stream,
+                });
                 if self.held.len() > HELD_PER_WORKER {
                     self.held.pop_front();
                 }
@@ -1985,20 +2358,77 @@ impl Worker {
         let r = &mut self.r;
         let enc = |bytes: &[u8]| -> String { bytes.iter().map(|b| format!("%{b:02x}")).collect() };
         let junk = r.some_bytes(0, 40);
-        let limit = r.pick(&["-1", "0", "1", "1000", "1001", "9223372036854775807", "-9223372036854775808", "99999999999999999999", "abc", ""]);
+        let limit = r.pick(&[
+            "-1",
+            "0",
+            "1",
+            "1000",
+            "1001",
+            "9223372036854775807",
+            "-9223372036854775808",
+            "99999999999999999999",
+            "abc",
+            "",
+        ]);
         let (route, target, method, body): (&str, String, &str, Vec<u8>) = match r.below(20) {
-            0 => ("/health", format!("/health?serializable={}&exclude={}", r.pick(&["true", "false", "x"]), enc(&junk)), "GET", vec![]),
+            0 => (
+                "/health",
+                format!(
+                    "/health?serializable={}&exclude={}",
+                    r.pick(&["true", "false", "x"]),
+                    enc(&junk)
+                ),
+                "GET",
+                vec![],
+            ),
             1 => ("/health", "/health".into(), "GET", vec![]),
-            2 => ("/livez", format!("/livez?verbose&exclude={}", enc(&junk)), "GET", vec![]),
-            3 => ("/readyz", format!("/readyz?verbose={}&exclude=linearizable_read,{}", enc(&junk), enc(&junk)), "GET", vec![]),
+            2 => (
+                "/livez",
+                format!("/livez?verbose&exclude={}", enc(&junk)),
+                "GET",
+                vec![],
+            ),
+            3 => (
+                "/readyz",
+                format!(
+                    "/readyz?verbose={}&exclude=linearizable_read,{}",
+                    enc(&junk),
+                    enc(&junk)
+                ),
+                "GET",
+                vec![],
+            ),
             4 => ("/version", "/version".into(), "GET", vec![]),
             5 => ("/metrics", "/metrics".into(), "GET", vec![]),
-            6 => ("/ui/", r.pick(&["/ui/", "/ui", "/", "/ui/index.html", "/ui/../../etc/passwd", "/ui/%2e%2e/"]).into(), "GET", vec![]),
+            6 => (
+                "/ui/",
+                r.pick(&[
+                    "/ui/",
+                    "/ui",
+                    "/",
+                    "/ui/index.html",
+                    "/ui/../../etc/passwd",
+                    "/ui/%2e%2e/",
+                ])
+                .into(),
+                "GET",
+                vec![],
+            ),
             7 => ("/ui/api/cluster", "/ui/api/cluster".into(), "GET", vec![]),
             8 => ("/ui/api/rates", "/ui/api/rates".into(), "GET", vec![]),
             9 => ("/ui/api/alarms", "/ui/api/alarms".into(), "GET", vec![]),
-            10 | 11 => ("/ui/api/keys", format!("/ui/api/keys?prefix={}&limit={limit}", enc(&junk)), "GET", vec![]),
-            12 => ("/ui/api/keys", format!("/ui/api/keys?prefix=data%2F&limit={limit}&limit=2"), "GET", vec![]),
+            10 | 11 => (
+                "/ui/api/keys",
+                format!("/ui/api/keys?prefix={}&limit={limit}", enc(&junk)),
+                "GET",
+                vec![],
+            ),
+            12 => (
+                "/ui/api/keys",
+                format!("/ui/api/keys?prefix=data%2F&limit={limit}&limit=2"),
+                "GET",
+                vec![],
+            ),
             13 | 14 => {
                 let key = match r.below(5) {
                     0 => "key=data%2F0001".to_string(),
@@ -2022,17 +2452,30 @@ impl Worker {
                 ("/ui/api/login", "/ui/api/login".into(), "POST", body)
             }
             18 => ("/ui/api/login", "/ui/api/login".into(), "GET", vec![]),
-            _ => ("(other path)", format!("/{}", enc(&junk)), r.pick(&["GET", "POST", "PUT", "DELETE", "OPTIONS", "BREW"]), vec![]),
+            _ => (
+                "(other path)",
+                format!("/{}", enc(&junk)),
+                r.pick(&["GET", "POST", "PUT", "DELETE", "OPTIONS", "BREW"]),
+                vec![],
+            ),
         };
         let mut request = format!("{method} {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n");
         if !body.is_empty() || method == "POST" {
-            request.push_str(&format!("Content-Type: application/json\r\nContent-Length: {}\r\n", body.len()));
+            request.push_str(&format!(
+                "Content-Type: application/json\r\nContent-Length: {}\r\n",
+                body.len()
+            ));
         }
         request.push_str("\r\n");
         let mut bytes = request.into_bytes();
         bytes.extend_from_slice(&body);
-        self.sh.remember(member, format!("HTTP {method} {}", show(target.as_bytes())));
-        let listen = if route == "/ui/api/events" { Duration::from_millis(1500) } else { Duration::from_secs(8) };
+        self.sh
+            .remember(member, format!("HTTP {method} {}", show(target.as_bytes())));
+        let listen = if route == "/ui/api/events" {
+            Duration::from_millis(1500)
+        } else {
+            Duration::from_secs(8)
+        };
         let outcome = raw_exchange(&self.sh.client_addrs[member], &bytes, listen).await;
         self.sh.record(&format!("HTTP {method} {route}"), &outcome);
     }
@@ -2194,7 +2637,9 @@ async fn raw_exchange(addr: &str, bytes: &[u8], listen: Duration) -> String {
             Ok(tcp) => tcp,
             Err(e) => return format!("connect failed: {}", e.kind()),
         };
-        let write_failed = tokio::time::timeout(Duration::from_secs(5), tcp.write_all(bytes)).await.map_or(true, |r| r.is_err());
+        let write_failed = tokio::time::timeout(Duration::from_secs(5), tcp.write_all(bytes))
+            .await
+            .map_or(true, |r| r.is_err());
         let mut got = Vec::new();
         let mut buf = vec![0u8; 64 * 1024];
         let until = tokio::time::Instant::now() + listen;
@@ -2221,7 +2666,9 @@ async fn raw_exchange(addr: &str, bytes: &[u8], listen: Duration) -> String {
         let _ = write_failed;
         classify_raw(&got, ended)
     };
-    tokio::time::timeout(listen + Duration::from_secs(6), exchange).await.unwrap_or_else(|_| "no answer in time".into())
+    tokio::time::timeout(listen + Duration::from_secs(6), exchange)
+        .await
+        .unwrap_or_else(|_| "no answer in time".into())
 }
 
 fn classify_raw(got: &[u8], ended: &str) -> String {
@@ -2257,7 +2704,10 @@ fn classify_raw(got: &[u8], ended: &str) -> String {
 fn process_alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         // The state follows the parenthesised command name; Z (zombie) and X mean it has exited.
-        Ok(stat) => stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()).is_some_and(|s| s != "Z" && s != "X"),
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|s| s != "Z" && s != "X"),
         Err(_) => false,
     }
 }
@@ -2265,33 +2715,66 @@ fn process_alive(pid: u32) -> bool {
 /// Peak resident memory of a process, in KiB.
 fn peak_rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status.lines().find(|l| l.starts_with("VmHWM:"))?.split_whitespace().nth(1)?.parse().ok()
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
 }
 
 /// Resident memory of a process now, in KiB.
 fn rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
 }
 
 /// How much memory a member holds for one Watch stream whose client never reads, while another
 /// member takes `n` puts of a 1 MiB value (each event carries its previous value too).
 async fn unread_watch_probe(sh: &Shared, n: usize) -> String {
     let (watched, writer) = (1 % sh.client_addrs.len(), 0);
-    let Ok(mut conn) = Conn::open(&sh.client_addrs[watched]).await else { return "no connection".into() };
-    let create = pb::WatchCreateRequest { key: b"fuzz/mem/".to_vec(), range_end: prefix_end(b"fuzz/mem/"), prev_kv: true, ..Default::default() };
-    let message = pb::WatchRequest { request_union: Some(RequestUnion::CreateRequest(create)) };
+    let Ok(mut conn) = Conn::open(&sh.client_addrs[watched]).await else {
+        return "no connection".into();
+    };
+    let create = pb::WatchCreateRequest {
+        key: b"fuzz/mem/".to_vec(),
+        range_end: prefix_end(b"fuzz/mem/"),
+        prev_kv: true,
+        ..Default::default()
+    };
+    let message = pb::WatchRequest {
+        request_union: Some(RequestUnion::CreateRequest(create)),
+    };
     let opened = conn.open_watch(&message);
-    let Ok(Some(held)) = tokio::time::timeout(Duration::from_secs(5), opened).await else { return "could not open the watch".into() };
+    let Ok(Some(held)) = tokio::time::timeout(Duration::from_secs(5), opened).await else {
+        return "could not open the watch".into();
+    };
     tokio::time::sleep(Duration::from_millis(500)).await;
     let pid = sh.pids[watched];
     let before = rss_kib(pid).unwrap_or(0);
     let value = vec![0x77u8; 1 << 20];
     let mut written = 0;
     for _ in 0..n {
-        sh.remember(writer, "probe: KV.Put of 1 MiB under fuzz/mem/ while a watch on it is never read".into());
-        let put = pb::PutRequest { key: b"fuzz/mem/k".to_vec(), value: value.clone(), ..Default::default() };
-        if unary::<_, pb::PutResponse>(&sh.client_addrs[writer], Put, &put).await.is_ok() {
+        sh.remember(
+            writer,
+            "probe: KV.Put of 1 MiB under fuzz/mem/ while a watch on it is never read".into(),
+        );
+        let put = pb::PutRequest {
+            key: b"fuzz/mem/k".to_vec(),
+            value: value.clone(),
+            ..Default::default()
+        };
+        if unary::<_, pb::PutResponse>(&sh.client_addrs[writer], Put, &put)
+            .await
+            .is_ok()
+        {
             written += 1;
         }
     }
@@ -2299,7 +2782,11 @@ async fn unread_watch_probe(sh: &Shared, n: usize) -> String {
     let after = rss_kib(pid).unwrap_or(0);
     drop(held);
     drop(conn);
-    let delete = pb::DeleteRangeRequest { key: b"fuzz/mem/".to_vec(), range_end: prefix_end(b"fuzz/mem/"), ..Default::default() };
+    let delete = pb::DeleteRangeRequest {
+        key: b"fuzz/mem/".to_vec(),
+        range_end: prefix_end(b"fuzz/mem/"),
+        ..Default::default()
+    };
     let _ = unary::<_, pb::DeleteRangeResponse>(&sh.client_addrs[writer], DeleteRange, &delete).await;
     format!(
         "one never-read Watch (prev_kv) on m{watched} while {written} puts of 1 MiB went through m{writer}: m{watched} resident memory {} MiB -> {} MiB",
@@ -2310,7 +2797,10 @@ async fn unread_watch_probe(sh: &Shared, n: usize) -> String {
 
 /// Lines of a log that mention a panic or a fatal error.
 fn alarming_lines(log: &str) -> Vec<String> {
-    log.lines().filter(|l| l.contains("panicked") || l.contains("fatal")).map(|l| l.chars().take(600).collect()).collect()
+    log.lines()
+        .filter(|l| l.contains("panicked") || l.contains("fatal"))
+        .map(|l| l.chars().take(600).collect())
+        .collect()
 }
 
 /// The last `n` requests sent, newest first, one a line.
@@ -2321,7 +2811,13 @@ fn recent_requests(sh: &Shared, n: usize) -> String {
         .iter()
         .rev()
         .take(n)
-        .map(|(t, m, d)| format!("    {:>8.3}s m{m}: {}", t.as_secs_f64(), d.chars().take(300).collect::<String>()))
+        .map(|(t, m, d)| {
+            format!(
+                "    {:>8.3}s m{m}: {}",
+                t.as_secs_f64(),
+                d.chars().take(300).collect::<String>()
+            )
+        })
         .collect::<Vec<_>>()
         .join("\n")
 }
@@ -2344,7 +2840,11 @@ async fn monitor(sh: Arc<Shared>) {
             }
             dead[i] |= gone;
             let at = sh.started.elapsed();
-            let mut incident = format!("at {:.3}s member m{i}{}:\n", at.as_secs_f64(), if gone { " EXITED" } else { "" });
+            let mut incident = format!(
+                "at {:.3}s member m{i}{}:\n",
+                at.as_secs_f64(),
+                if gone { " EXITED" } else { "" }
+            );
             for l in lines.iter().take(5) {
                 incident.push_str(&format!("  log: {l}\n"));
             }
@@ -2371,8 +2871,15 @@ async fn sentinel(sh: Arc<Shared>, addr: String, mut from: i64) -> Vec<String> {
             tokio::time::sleep(Duration::from_millis(200)).await;
             continue;
         };
-        let create = pb::WatchCreateRequest { key: vec![], range_end: vec![0], start_revision: from, ..Default::default() };
-        let message = pb::WatchRequest { request_union: Some(RequestUnion::CreateRequest(create)) };
+        let create = pb::WatchCreateRequest {
+            key: vec![],
+            range_end: vec![0],
+            start_revision: from,
+            ..Default::default()
+        };
+        let message = pb::WatchRequest {
+            request_union: Some(RequestUnion::CreateRequest(create)),
+        };
         let opened = async {
             let (response, stream) = conn.open_watch(&message).await?;
             let response = response.await.ok()?;
@@ -2395,14 +2902,19 @@ async fn sentinel(sh: Arc<Shared>, addr: String, mut from: i64) -> Vec<String> {
             let mut n = 0;
             take_messages(&mut buf, &mut messages, &mut n, usize::MAX);
             for message in messages {
-                let Ok(resp) = pb::WatchResponse::decode(message) else { continue };
+                let Ok(resp) = pb::WatchResponse::decode(message) else {
+                    continue;
+                };
                 for event in &resp.events {
                     let Some(kv) = &event.kv else { continue };
                     from = from.max(kv.mod_revision + 1);
                     if !kv.key.starts_with(PREFIX) {
                         let kind = if event.r#type == 1 { "DELETE" } else { "PUT" };
                         let change = format!("{kind} {} at revision {}", show(&kv.key), kv.mod_revision);
-                        let mut incident = format!("at {:.3}s the sentinel saw {change}; the last requests sent before (newest first):\n", sh.started.elapsed().as_secs_f64());
+                        let mut incident = format!(
+                            "at {:.3}s the sentinel saw {change}; the last requests sent before (newest first):\n",
+                            sh.started.elapsed().as_secs_f64()
+                        );
                         incident.push_str(&recent_requests(&sh, 25));
                         eprintln!("FUZZ INCIDENT {incident}");
                         sh.incidents.lock().unwrap().push(incident);
@@ -2432,21 +2944,56 @@ async fn sentinel(sh: Arc<Shared>, addr: String, mut from: i64) -> Vec<String> {
 async fn tidy(sh: &Shared) -> Vec<String> {
     let mut done = Vec::new();
     for addr in &sh.client_addrs {
-        let Ok(alarms) = unary::<_, pb::AlarmResponse>(addr, Alarm, &pb::AlarmRequest { action: 0, member_id: 0, alarm: 0 }).await else { continue };
+        let Ok(alarms) = unary::<_, pb::AlarmResponse>(
+            addr,
+            Alarm,
+            &pb::AlarmRequest {
+                action: 0,
+                member_id: 0,
+                alarm: 0,
+            },
+        )
+        .await
+        else {
+            continue;
+        };
         for alarm in alarms.alarms {
-            let lower = pb::AlarmRequest { action: 2, member_id: alarm.member_id, alarm: alarm.alarm };
+            let lower = pb::AlarmRequest {
+                action: 2,
+                member_id: alarm.member_id,
+                alarm: alarm.alarm,
+            };
             let result = unary::<_, pb::AlarmResponse>(addr, Alarm, &lower).await;
-            done.push(format!("lowered alarm {} of {:x}: {}", alarm.alarm, alarm.member_id, if result.is_ok() { "ok" } else { "failed" }));
+            done.push(format!(
+                "lowered alarm {} of {:x}: {}",
+                alarm.alarm,
+                alarm.member_id,
+                if result.is_ok() { "ok" } else { "failed" }
+            ));
         }
         break;
     }
     for addr in &sh.client_addrs {
-        let Ok(list) = unary::<_, pb::MemberListResponse>(addr, MemberList, &pb::MemberListRequest { linearizable: true }).await else { continue };
+        let Ok(list) =
+            unary::<_, pb::MemberListResponse>(addr, MemberList, &pb::MemberListRequest { linearizable: true }).await
+        else {
+            continue;
+        };
         for member in list.members.iter().filter(|m| !sh.member_ids.contains(&m.id)) {
-            let result = unary::<_, pb::MemberRemoveResponse>(addr, MemberRemove, &pb::MemberRemoveRequest { id: member.id }).await;
-            done.push(format!("removed added member {:x} ({:?}): {}", member.id, member.peer_ur_ls, result.err().unwrap_or_else(|| "ok".into())));
+            let result =
+                unary::<_, pb::MemberRemoveResponse>(addr, MemberRemove, &pb::MemberRemoveRequest { id: member.id })
+                    .await;
+            done.push(format!(
+                "removed added member {:x} ({:?}): {}",
+                member.id,
+                member.peer_ur_ls,
+                result.err().unwrap_or_else(|| "ok".into())
+            ));
         }
-        sh.added.lock().unwrap().retain(|id| list.members.iter().any(|m| m.id == *id));
+        sh.added
+            .lock()
+            .unwrap()
+            .retain(|id| list.members.iter().any(|m| m.id == *id));
         break;
     }
     done
@@ -2457,7 +3004,11 @@ async fn janitor(sh: Arc<Shared>) {
         tokio::time::sleep(Duration::from_secs(4)).await;
         if !sh.stop.load(Relaxed) {
             for what in tidy(&sh).await {
-                let kind = if what.starts_with("lowered") { "lowered an alarm" } else { "removed a member the fuzzer added" };
+                let kind = if what.starts_with("lowered") {
+                    "lowered an alarm"
+                } else {
+                    "removed a member the fuzzer added"
+                };
                 sh.record("(janitor)", kind);
             }
         }
@@ -2466,7 +3017,9 @@ async fn janitor(sh: Arc<Shared>) {
 
 /// The known data set: every key sorts before the fuzz prefix.
 fn known_data() -> Vec<(Vec<u8>, Vec<u8>)> {
-    let mut data: Vec<(Vec<u8>, Vec<u8>)> = (0..200).map(|i| (format!("data/{i:04}").into_bytes(), format!("value {i}").into_bytes())).collect();
+    let mut data: Vec<(Vec<u8>, Vec<u8>)> = (0..200)
+        .map(|i| (format!("data/{i:04}").into_bytes(), format!("value {i}").into_bytes()))
+        .collect();
     data.push((vec![0], b"the NUL key".to_vec()));
     data.push((vec![0, 0xff], vec![0xff, 0, 0xfe]));
     data.push((b"a".to_vec(), b"1".to_vec()));
@@ -2485,8 +3038,26 @@ fn known_data() -> Vec<(Vec<u8>, Vec<u8>)> {
 async fn outside_prefix(addr: &str) -> Result<Vec<(Vec<u8>, Vec<u8>, i64, i64, i64, i64)>, String> {
     let mut all = Vec::new();
     for (key, range_end) in [(vec![0u8], PREFIX.to_vec()), (prefix_end(PREFIX), vec![0u8])] {
-        let resp: pb::RangeResponse = unary(addr, Range, &pb::RangeRequest { key, range_end, ..Default::default() }).await?;
-        all.extend(resp.kvs.into_iter().map(|kv| (kv.key, kv.value, kv.create_revision, kv.mod_revision, kv.version, kv.lease)));
+        let resp: pb::RangeResponse = unary(
+            addr,
+            Range,
+            &pb::RangeRequest {
+                key,
+                range_end,
+                ..Default::default()
+            },
+        )
+        .await?;
+        all.extend(resp.kvs.into_iter().map(|kv| {
+            (
+                kv.key,
+                kv.value,
+                kv.create_revision,
+                kv.mod_revision,
+                kv.version,
+                kv.lease,
+            )
+        }));
     }
     Ok(all)
 }
@@ -2513,14 +3084,24 @@ async fn agreed_leader(addrs: &[String]) -> Result<u64, String> {
 fn print_table(sh: &Shared) {
     let stats = sh.stats.lock().unwrap();
     let total: u64 = stats.values().flat_map(|o| o.values()).sum();
-    println!("\n## Fuzz summary: seed {}, {:.0} s, {} workers, {} calls\n", sh.cfg.seed, sh.started.elapsed().as_secs_f64(), sh.cfg.workers, total);
+    println!(
+        "\n## Fuzz summary: seed {}, {:.0} s, {} workers, {} calls\n",
+        sh.cfg.seed,
+        sh.started.elapsed().as_secs_f64(),
+        sh.cfg.workers,
+        total
+    );
     println!("| method / action | calls | outcomes |");
     println!("|---|---:|---|");
     for (what, outcomes) in stats.iter() {
         let n: u64 = outcomes.values().sum();
         let mut sorted: Vec<(&String, &u64)> = outcomes.iter().collect();
         sorted.sort_by(|a, b| b.1.cmp(a.1));
-        let list = sorted.iter().map(|(o, c)| format!("{o} {c}")).collect::<Vec<_>>().join(", ");
+        let list = sorted
+            .iter()
+            .map(|(o, c)| format!("{o} {c}"))
+            .collect::<Vec<_>>()
+            .join(", ");
         println!("| {what} | {n} | {list} |");
     }
     println!();
@@ -2538,7 +3119,11 @@ async fn members_survive_protocol_fuzzing() {
         cfg.seed, cfg.seconds, cfg.workers, cfg.max_depth
     );
     let mut cluster = Cluster::start(3).await;
-    let client_addrs: Vec<String> = cluster.members.iter().map(|m| m.client_url.trim_start_matches("http://").to_string()).collect();
+    let client_addrs: Vec<String> = cluster
+        .members
+        .iter()
+        .map(|m| m.client_url.trim_start_matches("http://").to_string())
+        .collect();
     let mut member_ids = Vec::new();
     for addr in &client_addrs {
         let status: pb::StatusResponse = unary(addr, Status, &pb::StatusRequest {}).await.expect("status");
@@ -2547,7 +3132,17 @@ async fn members_survive_protocol_fuzzing() {
 
     // The known data set, written through member 0 and read back as it is stored.
     for (key, value) in known_data() {
-        let _: pb::PutResponse = unary(&client_addrs[0], Put, &pb::PutRequest { key, value, ..Default::default() }).await.expect("put known data");
+        let _: pb::PutResponse = unary(
+            &client_addrs[0],
+            Put,
+            &pb::PutRequest {
+                key,
+                value,
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("put known data");
     }
     let known = outside_prefix(&client_addrs[0]).await.expect("read known data");
     assert_eq!(known.len(), known_data().len(), "the known data set reads back whole");
@@ -2589,8 +3184,17 @@ async fn members_survive_protocol_fuzzing() {
         frames.extend((0..32).map(|_| chunk.clone()));
         sh.remember(0, "probe: KV Put, length prefix 16, then 32 MiB".into());
         let answer = match Conn::open(&client_addrs[0]).await {
-            Ok(mut conn) => call(&mut conn, Call::grpc(path_of(Put), frames, Shape::Unary, Duration::from_secs(30))).await,
-            Err(e) => Answer { outcome: e, ..Answer::default() },
+            Ok(mut conn) => {
+                call(
+                    &mut conn,
+                    Call::grpc(path_of(Put), frames, Shape::Unary, Duration::from_secs(30)),
+                )
+                .await
+            }
+            Err(e) => Answer {
+                outcome: e,
+                ..Answer::default()
+            },
         };
         let after = peak_rss_kib(pid).unwrap_or(0);
         sh.record("(probe) KV.Put: prefix says 16 bytes, body is 32 MiB", &answer.outcome);
@@ -2608,12 +3212,26 @@ async fn members_survive_protocol_fuzzing() {
     // the seed: a well-formed message, random bytes, a huge length prefix, no body, a
     // compressed flag.
     {
-        let mut w = Worker { r: Rng::new(sh.cfg.seed ^ 0xfeed), sh: sh.clone(), conns: (0..3).map(|_| None).collect(), held: VecDeque::new() };
+        let mut w = Worker {
+            r: Rng::new(sh.cfg.seed ^ 0xfeed),
+            sh: sh.clone(),
+            conns: (0..3).map(|_| None).collect(),
+            held: VecDeque::new(),
+        };
         for (i, (m, path, _)) in METHODS.iter().enumerate() {
             if sh.stop.load(Relaxed) {
                 break;
             }
-            for (j, framing) in [Framing::Normal, Framing::Normal, Framing::HugeLength(u32::MAX), Framing::Empty, Framing::Flag(1)].into_iter().enumerate() {
+            for (j, framing) in [
+                Framing::Normal,
+                Framing::Normal,
+                Framing::HugeLength(u32::MAX),
+                Framing::Empty,
+                Framing::Flag(1),
+            ]
+            .into_iter()
+            .enumerate()
+            {
                 let member = (i + j) % 3;
                 let (messages, desc) = if j == 1 {
                     let n = w.r.upto(256);
@@ -2624,8 +3242,16 @@ async fn members_survive_protocol_fuzzing() {
                 };
                 let frames = frames_for(*m, &messages, framing, &mut w.r, &sh);
                 sh.remember(member, format!("sweep {} [{framing:?}] {desc}", label(path)));
-                let shape = if answers_stream(*m) { Shape::Stream(Duration::from_millis(300)) } else { Shape::Unary };
-                let timeout = if matches!(m, Lock | Campaign) { BLOCKING_TIMEOUT } else { Duration::from_secs(20) };
+                let shape = if answers_stream(*m) {
+                    Shape::Stream(Duration::from_millis(300))
+                } else {
+                    Shape::Unary
+                };
+                let timeout = if matches!(m, Lock | Campaign) {
+                    BLOCKING_TIMEOUT
+                } else {
+                    Duration::from_secs(20)
+                };
                 let Some(conn) = w.conn(member).await else { continue };
                 let answer = call(conn, Call::grpc(path, frames, shape, timeout)).await;
                 if answer.broken {
@@ -2639,39 +3265,272 @@ async fn members_survive_protocol_fuzzing() {
 
     // Edge cases that random choice reaches only now and then, once each.
     {
-        let put_keys = |n: usize, tag: &str| -> Vec<pb::RequestOp> { (0..n).map(|i| put_op(format!("fuzz/max/{tag}{i}").into_bytes())).collect() };
+        let put_keys = |n: usize, tag: &str| -> Vec<pb::RequestOp> {
+            (0..n)
+                .map(|i| put_op(format!("fuzz/max/{tag}{i}").into_bytes()))
+                .collect()
+        };
         let compares = |n: usize| -> Vec<pb::Compare> {
-            (0..n).map(|i| pb::Compare { key: format!("fuzz/c{i}").into_bytes(), target_union: Some(TargetUnion::Version(0)), ..Default::default() }).collect()
+            (0..n)
+                .map(|i| pb::Compare {
+                    key: format!("fuzz/c{i}").into_bytes(),
+                    target_union: Some(TargetUnion::Version(0)),
+                    ..Default::default()
+                })
+                .collect()
         };
         let big_key = [PREFIX, &vec![b'x'; MAX_REQUEST_BYTES - 64][..]].concat();
         let probes: Vec<(M, Vec<u8>, &str)> = vec![
-            (Proclaim, el::ProclaimRequest { leader: Some(el::LeaderKey { name: b"fuzz/election/p".to_vec(), key: vec![], rev: 0, lease: 0 }), value: b"v".to_vec() }.encode_to_vec(), "Proclaim with an empty leader key at rev 0"),
-            (Resign, el::ResignRequest { leader: Some(el::LeaderKey { name: vec![], key: vec![], rev: 0, lease: 0 }) }.encode_to_vec(), "Resign with an empty leader key at rev 0"),
-            (Txn, pb::TxnRequest { compare: compares(MAX_TXN_OPS), success: put_keys(MAX_TXN_OPS, "s"), failure: put_keys(MAX_TXN_OPS, "f") }.encode_to_vec(), "Txn with max-txn-ops compares and ops in both branches"),
-            (Txn, pb::TxnRequest { compare: compares(MAX_TXN_OPS + 1), ..Default::default() }.encode_to_vec(), "Txn with max-txn-ops + 1 compares"),
-            (Range, pb::RangeRequest { key: vec![0], range_end: vec![0], limit: i64::MIN, revision: 0, min_mod_revision: i64::MAX, max_create_revision: i64::MIN, ..Default::default() }.encode_to_vec(), "Range of everything with limit i64::MIN"),
-            (Range, pb::RangeRequest { key: vec![0], range_end: vec![0], revision: i64::MAX, ..Default::default() }.encode_to_vec(), "Range at revision i64::MAX"),
-            (Range, pb::RangeRequest { key: vec![0], range_end: vec![0], revision: i64::MIN, ..Default::default() }.encode_to_vec(), "Range at revision i64::MIN"),
-            (Range, pb::RangeRequest { key: big_key.clone(), range_end: vec![0], ..Default::default() }.encode_to_vec(), "Range from a 1.5 MiB key"),
-            (Put, pb::PutRequest { key: big_key.clone(), value: vec![], ..Default::default() }.encode_to_vec(), "Put of a key just under the request limit"),
-            (DeleteRange, pb::DeleteRangeRequest { key: big_key, range_end: vec![0], prev_kv: true }.encode_to_vec(), "DeleteRange from a 1.5 MiB key to the end"),
-            (Compact, pb::CompactionRequest { revision: i64::MAX, physical: true }.encode_to_vec(), "Compact to i64::MAX"),
-            (Compact, pb::CompactionRequest { revision: i64::MIN, physical: false }.encode_to_vec(), "Compact to i64::MIN"),
-            (HashKv, pb::HashKvRequest { revision: i64::MAX }.encode_to_vec(), "HashKV at i64::MAX"),
-            (HashKv, pb::HashKvRequest { revision: i64::MIN }.encode_to_vec(), "HashKV at i64::MIN"),
-            (LeaseGrant, pb::LeaseGrantRequest { ttl: 9_000_000_000, id: i64::MAX }.encode_to_vec(), "LeaseGrant TTL 9e9, id i64::MAX"),
-            (LeaseKeepAlive, pb::LeaseKeepAliveRequest { id: i64::MAX }.encode_to_vec(), "LeaseKeepAlive of id i64::MAX"),
-            (LeaseTimeToLive, pb::LeaseTimeToLiveRequest { id: i64::MAX, keys: true }.encode_to_vec(), "LeaseTimeToLive of id i64::MAX"),
-            (LeaseGrant, pb::LeaseGrantRequest { ttl: i64::MIN, id: -1 }.encode_to_vec(), "LeaseGrant TTL i64::MIN, id -1"),
-            (LeaseRevoke, pb::LeaseRevokeRequest { id: i64::MIN }.encode_to_vec(), "LeaseRevoke of id i64::MIN"),
-            (Watch, pb::WatchRequest { request_union: Some(RequestUnion::CreateRequest(pb::WatchCreateRequest { key: vec![0], range_end: vec![0], start_revision: i64::MAX, progress_notify: true, ..Default::default() })) }.encode_to_vec(), "Watch from revision i64::MAX"),
-            (Watch, pb::WatchRequest { request_union: Some(RequestUnion::CreateRequest(pb::WatchCreateRequest { key: vec![0], range_end: vec![0], start_revision: 1, prev_kv: true, fragment: true, watch_id: i64::MAX, ..Default::default() })) }.encode_to_vec(), "Watch everything from revision 1, id i64::MAX, fragments"),
-            (MemberAdd, pb::MemberAddRequest { peer_ur_ls: vec!["http://127.0.0.1".into(), sh.peer_urls[0].clone()], is_learner: false }.encode_to_vec(), "MemberAdd: a URL without a port beside an existing one"),
-            (MemberAdd, pb::MemberAddRequest { peer_ur_ls: vec!["127.0.0.1:2380".into()], is_learner: false }.encode_to_vec(), "MemberAdd: a URL without a scheme"),
-            (MemberUpdate, pb::MemberUpdateRequest { id: 1, peer_ur_ls: vec!["http://127.0.0.1".into()] }.encode_to_vec(), "MemberUpdate of an unknown id to a URL without a port"),
-            (MoveLeader, pb::MoveLeaderRequest { target_id: u64::MAX }.encode_to_vec(), "MoveLeader to u64::MAX"),
-            (Alarm, pb::AlarmRequest { action: 1, member_id: u64::MAX, alarm: i32::MAX }.encode_to_vec(), "Alarm: raise an alarm of type i32::MAX"),
-            (AuthEnable, pb::AuthEnableRequest {}.encode_to_vec(), "AuthEnable without a root user"),
+            (
+                Proclaim,
+                el::ProclaimRequest {
+                    leader: Some(el::LeaderKey {
+                        name: b"fuzz/election/p".to_vec(),
+                        key: vec![],
+                        rev: 0,
+                        lease: 0,
+                    }),
+                    value: b"v".to_vec(),
+                }
+                .encode_to_vec(),
+                "Proclaim with an empty leader key at rev 0",
+            ),
+            (
+                Resign,
+                el::ResignRequest {
+                    leader: Some(el::LeaderKey {
+                        name: vec![],
+                        key: vec![],
+                        rev: 0,
+                        lease: 0,
+                    }),
+                }
+                .encode_to_vec(),
+                "Resign with an empty leader key at rev 0",
+            ),
+            (
+                Txn,
+                pb::TxnRequest {
+                    compare: compares(MAX_TXN_OPS),
+                    success: put_keys(MAX_TXN_OPS, "s"),
+                    failure: put_keys(MAX_TXN_OPS, "f"),
+                }
+                .encode_to_vec(),
+                "Txn with max-txn-ops compares and ops in both branches",
+            ),
+            (
+                Txn,
+                pb::TxnRequest {
+                    compare: compares(MAX_TXN_OPS + 1),
+                    ..Default::default()
+                }
+                .encode_to_vec(),
+                "Txn with max-txn-ops + 1 compares",
+            ),
+            (
+                Range,
+                pb::RangeRequest {
+                    key: vec![0],
+                    range_end: vec![0],
+                    limit: i64::MIN,
+                    revision: 0,
+                    min_mod_revision: i64::MAX,
+                    max_create_revision: i64::MIN,
+                    ..Default::default()
+                }
+                .encode_to_vec(),
+                "Range of everything with limit i64::MIN",
+            ),
+            (
+                Range,
+                pb::RangeRequest {
+                    key: vec![0],
+                    range_end: vec![0],
+                    revision: i64::MAX,
+                    ..Default::default()
+                }
+                .encode_to_vec(),
+                "Range at revision i64::MAX",
+            ),
+            (
+                Range,
+                pb::RangeRequest {
+                    key: vec![0],
+                    range_end: vec![0],
+                    revision: i64::MIN,
+                    ..Default::default()
+                }
+                .encode_to_vec(),
+                "Range at revision i64::MIN",
+            ),
+            (
+                Range,
+                pb::RangeRequest {
+                    key: big_key.clone(),
+                    range_end: vec![0],
+                    ..Default::default()
+                }
+                .encode_to_vec(),
+                "Range from a 1.5 MiB key",
+            ),
+            (
+                Put,
+                pb::PutRequest {
+                    key: big_key.clone(),
+                    value: vec![],
+                    ..Default::default()
+                }
+                .encode_to_vec(),
+                "Put of a key just under the request limit",
+            ),
+            (
+                DeleteRange,
+                pb::DeleteRangeRequest {
+                    key: big_key,
+                    range_end: vec![0],
+                    prev_kv: true,
+                }
+                .encode_to_vec(),
+                "DeleteRange from a 1.5 MiB key to the end",
+            ),
+            (
+                Compact,
+                pb::CompactionRequest {
+                    revision: i64::MAX,
+                    physical: true,
+                }
+                .encode_to_vec(),
+                "Compact to i64::MAX",
+            ),
+            (
+                Compact,
+                pb::CompactionRequest {
+                    revision: i64::MIN,
+                    physical: false,
+                }
+                .encode_to_vec(),
+                "Compact to i64::MIN",
+            ),
+            (
+                HashKv,
+                pb::HashKvRequest { revision: i64::MAX }.encode_to_vec(),
+                "HashKV at i64::MAX",
+            ),
+            (
+                HashKv,
+                pb::HashKvRequest { revision: i64::MIN }.encode_to_vec(),
+                "HashKV at i64::MIN",
+            ),
+            (
+                LeaseGrant,
+                pb::LeaseGrantRequest {
+                    ttl: 9_000_000_000,
+                    id: i64::MAX,
+                }
+                .encode_to_vec(),
+                "LeaseGrant TTL 9e9, id i64::MAX",
+            ),
+            (
+                LeaseKeepAlive,
+                pb::LeaseKeepAliveRequest { id: i64::MAX }.encode_to_vec(),
+                "LeaseKeepAlive of id i64::MAX",
+            ),
+            (
+                LeaseTimeToLive,
+                pb::LeaseTimeToLiveRequest {
+                    id: i64::MAX,
+                    keys: true,
+                }
+                .encode_to_vec(),
+                "LeaseTimeToLive of id i64::MAX",
+            ),
+            (
+                LeaseGrant,
+                pb::LeaseGrantRequest { ttl: i64::MIN, id: -1 }.encode_to_vec(),
+                "LeaseGrant TTL i64::MIN, id -1",
+            ),
+            (
+                LeaseRevoke,
+                pb::LeaseRevokeRequest { id: i64::MIN }.encode_to_vec(),
+                "LeaseRevoke of id i64::MIN",
+            ),
+            (
+                Watch,
+                pb::WatchRequest {
+                    request_union: Some(RequestUnion::CreateRequest(pb::WatchCreateRequest {
+                        key: vec![0],
+                        range_end: vec![0],
+                        start_revision: i64::MAX,
+                        progress_notify: true,
+                        ..Default::default()
+                    })),
+                }
+                .encode_to_vec(),
+                "Watch from revision i64::MAX",
+            ),
+            (
+                Watch,
+                pb::WatchRequest {
+                    request_union: Some(RequestUnion::CreateRequest(pb::WatchCreateRequest {
+                        key: vec![0],
+                        range_end: vec![0],
+                        start_revision: 1,
+                        prev_kv: true,
+                        fragment: true,
+                        watch_id: i64::MAX,
+                        ..Default::default()
+                    })),
+                }
+                .encode_to_vec(),
+                "Watch everything from revision 1, id i64::MAX, fragments",
+            ),
+            (
+                MemberAdd,
+                pb::MemberAddRequest {
+                    peer_ur_ls: vec!["http://127.0.0.1".into(), sh.peer_urls[0].clone()],
+                    is_learner: false,
+                }
+                .encode_to_vec(),
+                "MemberAdd: a URL without a port beside an existing one",
+            ),
+            (
+                MemberAdd,
+                pb::MemberAddRequest {
+                    peer_ur_ls: vec!["127.0.0.1:2380".into()],
+                    is_learner: false,
+                }
+                .encode_to_vec(),
+                "MemberAdd: a URL without a scheme",
+            ),
+            (
+                MemberUpdate,
+                pb::MemberUpdateRequest {
+                    id: 1,
+                    peer_ur_ls: vec!["http://127.0.0.1".into()],
+                }
+                .encode_to_vec(),
+                "MemberUpdate of an unknown id to a URL without a port",
+            ),
+            (
+                MoveLeader,
+                pb::MoveLeaderRequest { target_id: u64::MAX }.encode_to_vec(),
+                "MoveLeader to u64::MAX",
+            ),
+            (
+                Alarm,
+                pb::AlarmRequest {
+                    action: 1,
+                    member_id: u64::MAX,
+                    alarm: i32::MAX,
+                }
+                .encode_to_vec(),
+                "Alarm: raise an alarm of type i32::MAX",
+            ),
+            (
+                AuthEnable,
+                pb::AuthEnableRequest {}.encode_to_vec(),
+                "AuthEnable without a root user",
+            ),
         ];
         let mut conn = None;
         for (i, (m, message, desc)) in probes.into_iter().enumerate() {
@@ -2685,12 +3544,25 @@ async fn members_survive_protocol_fuzzing() {
                 conn = Conn::open(&client_addrs[member]).await.ok().map(|c| (member, c));
             }
             let Some((_, c)) = conn.as_mut() else { continue };
-            let shape = if answers_stream(m) { Shape::Stream(Duration::from_millis(500)) } else { Shape::Unary };
-            let answer = call(c, Call::grpc(path_of(m), vec![frame(&message)], shape, Duration::from_secs(20))).await;
+            let shape = if answers_stream(m) {
+                Shape::Stream(Duration::from_millis(500))
+            } else {
+                Shape::Unary
+            };
+            let answer = call(
+                c,
+                Call::grpc(path_of(m), vec![frame(&message)], shape, Duration::from_secs(20)),
+            )
+            .await;
             if answer.broken {
                 conn = None;
             }
-            println!("probe {}: {desc}: {} {}", label(path_of(m)), answer.outcome, answer.message);
+            println!(
+                "probe {}: {desc}: {} {}",
+                label(path_of(m)),
+                answer.outcome,
+                answer.message
+            );
             sh.record(&label(path_of(m)), &outcome_with_reason(&answer));
         }
     }
@@ -2729,11 +3601,17 @@ async fn members_survive_protocol_fuzzing() {
 
     // ------------------------------------------------------------------- the checks
     let mut failures: Vec<String> = Vec::new();
-    let (gaps, changes): (Vec<&String>, Vec<&String>) = outside_changes.iter().partition(|c| c.starts_with("(not a change"));
+    let (gaps, changes): (Vec<&String>, Vec<&String>) =
+        outside_changes.iter().partition(|c| c.starts_with("(not a change"));
     if !changes.is_empty() {
         failures.push(format!(
             "writes outside the fuzz prefix (seen by the sentinel watch): {}",
-            changes.iter().take(20).map(|c| c.as_str()).collect::<Vec<_>>().join("; ")
+            changes
+                .iter()
+                .take(20)
+                .map(|c| c.as_str())
+                .collect::<Vec<_>>()
+                .join("; ")
         ));
     }
     for gap in gaps {
@@ -2754,7 +3632,9 @@ async fn members_survive_protocol_fuzzing() {
         for what in tidy(&sh).await {
             println!("cleanup: {what}");
         }
-        if let Ok(status) = unary::<_, pb::AuthStatusResponse>(&client_addrs[0], AuthStatus, &pb::AuthStatusRequest {}).await {
+        if let Ok(status) =
+            unary::<_, pb::AuthStatusResponse>(&client_addrs[0], AuthStatus, &pb::AuthStatusRequest {}).await
+        {
             if status.enabled {
                 failures.push("auth ended up enabled".into());
             }
@@ -2785,16 +3665,33 @@ async fn members_survive_protocol_fuzzing() {
                         .iter()
                         .filter(|k| !known.contains(k))
                         .map(|k| format!("{} (mod {})", show(&k.0), k.3))
-                        .chain(known.iter().filter(|k| !now.contains(k)).map(|k| format!("{} gone or changed", show(&k.0))))
+                        .chain(
+                            known
+                                .iter()
+                                .filter(|k| !now.contains(k))
+                                .map(|k| format!("{} gone or changed", show(&k.0))),
+                        )
                         .take(20)
                         .collect();
-                    failures.push(format!("m{i}: keys outside the fuzz prefix changed: {}", changed.join(", ")));
+                    failures.push(format!(
+                        "m{i}: keys outside the fuzz prefix changed: {}",
+                        changed.join(", ")
+                    ));
                 }
                 Err(e) => failures.push(format!("m{i}: linearizable Range failed: {e}")),
             }
         }
         // The members' HashKV at one revision.
-        let revision = match unary::<_, pb::RangeResponse>(&client_addrs[0], Range, &pb::RangeRequest { key: b"a".to_vec(), ..Default::default() }).await {
+        let revision = match unary::<_, pb::RangeResponse>(
+            &client_addrs[0],
+            Range,
+            &pb::RangeRequest {
+                key: b"a".to_vec(),
+                ..Default::default()
+            },
+        )
+        .await
+        {
             Ok(resp) => resp.header.map_or(0, |h| h.revision),
             Err(e) => {
                 failures.push(format!("no revision for HashKV: {e}"));
@@ -2827,16 +3724,27 @@ async fn members_survive_protocol_fuzzing() {
         let text = std::fs::read_to_string(log).unwrap_or_default();
         let lines = alarming_lines(&text);
         if !lines.is_empty() {
-            failures.push(format!("m{i}'s log mentions a panic or fatal error:\n  {}", lines.iter().take(10).cloned().collect::<Vec<_>>().join("\n  ")));
+            failures.push(format!(
+                "m{i}'s log mentions a panic or fatal error:\n  {}",
+                lines.iter().take(10).cloned().collect::<Vec<_>>().join("\n  ")
+            ));
         }
     }
-    let rss: Vec<String> = sh.pids.iter().map(|p| format!("{} MiB", peak_rss_kib(*p).unwrap_or(0) / 1024)).collect();
+    let rss: Vec<String> = sh
+        .pids
+        .iter()
+        .map(|p| format!("{} MiB", peak_rss_kib(*p).unwrap_or(0) / 1024))
+        .collect();
 
     print_table(&sh);
     println!(
         "requests started by the workers: {requests}; they ran {:.1} s{}",
         fuzzed_for.as_secs_f64(),
-        if crashed_early { " (stopped early: a member exited)" } else { "" }
+        if crashed_early {
+            " (stopped early: a member exited)"
+        } else {
+            ""
+        }
     );
     println!("peak RSS per member: {}", rss.join(", "));
     println!("probe: {body_probe}");
@@ -2848,5 +3756,11 @@ async fn members_survive_protocol_fuzzing() {
     if !failures.is_empty() {
         println!("FAILED (FUZZ_SEED={}):\n- {}", sh.cfg.seed, failures.join("\n- "));
     }
-    assert!(failures.is_empty(), "protocol fuzzing (FUZZ_SEED={}) found {} problem(s):\n- {}", sh.cfg.seed, failures.len(), failures.join("\n- "));
+    assert!(
+        failures.is_empty(),
+        "protocol fuzzing (FUZZ_SEED={}) found {} problem(s):\n- {}",
+        sh.cfg.seed,
+        failures.len(),
+        failures.join("\n- ")
+    );
 }

@@ -57,7 +57,9 @@ impl Drop for Etcd {
 /// The `etcd` binary, if installed.
 fn etcd_binary() -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path).map(|dir| dir.join("etcd")).find(|p| p.is_file())
+    std::env::split_paths(&path)
+        .map(|dir| dir.join("etcd"))
+        .find(|p| p.is_file())
 }
 
 /// An HTTP response: status, and the body (de-chunked).
@@ -106,8 +108,14 @@ impl Reader {
         while status == 100 {
             // `100 Continue` (an answer to `Expect`) comes before the real head: skip it.
             let mut status_line = String::new();
-            input.read_line(&mut status_line).unwrap_or_else(|e| panic!("{what}: no answer: {e}"));
-            status = status_line.split_whitespace().nth(1).and_then(|s| s.parse().ok()).expect("status");
+            input
+                .read_line(&mut status_line)
+                .unwrap_or_else(|e| panic!("{what}: no answer: {e}"));
+            status = status_line
+                .split_whitespace()
+                .nth(1)
+                .and_then(|s| s.parse().ok())
+                .expect("status");
             if status == 100 {
                 let mut blank = String::new();
                 input.read_line(&mut blank).expect("end of the 100 answer");
@@ -129,7 +137,14 @@ impl Reader {
                 length = n.trim().parse().ok();
             }
         }
-        Reader { status, input, chunked, length, buffered: Vec::new(), done: false }
+        Reader {
+            status,
+            input,
+            chunked,
+            length,
+            buffered: Vec::new(),
+            done: false,
+        }
     }
 
     /// Sends `POST path` with a chunked body that stays open: `first` is its first chunk, and
@@ -206,7 +221,10 @@ impl Reader {
     /// The whole (rest of the) body.
     fn rest(mut self) -> Answer {
         while self.fill() {}
-        Answer { status: self.status, body: String::from_utf8_lossy(&self.buffered).into_owned() }
+        Answer {
+            status: self.status,
+            body: String::from_utf8_lossy(&self.buffered).into_owned(),
+        }
     }
 }
 
@@ -274,19 +292,28 @@ fn b64(text: &str) -> String {
 #[tokio::test]
 async fn gateway_answers_as_etcd_does() {
     let Some(binary) = etcd_binary() else {
-        eprintln!("SKIPPED gateway_answers_as_etcd_does: no `etcd` binary on PATH (scripts/setup.sh installs etcd-server)");
+        eprintln!(
+            "SKIPPED gateway_answers_as_etcd_does: no `etcd` binary on PATH (scripts/setup.sh installs etcd-server)"
+        );
         return;
     };
     let etcd = Etcd::start(&binary);
     let cluster = Cluster::start(1).await;
-    let pair = Pair { etcd: etcd.url.clone(), concord: cluster.members[0].client_url.clone() };
+    let pair = Pair {
+        etcd: etcd.url.clone(),
+        concord: cluster.members[0].client_url.clone(),
+    };
     eprintln!("etcd at {}, concord at {}", pair.etcd, pair.concord);
     for base in [&pair.etcd, &pair.concord] {
         eventually("the gateway answers", || {
             let base = base.clone();
             async move {
                 let a = request(&base, "POST", "/v3/kv/range", r#"{"key":"eA=="}"#, None);
-                if a.status == 200 { Ok(()) } else { Err(a) }
+                if a.status == 200 {
+                    Ok(())
+                } else {
+                    Err(a)
+                }
             }
         })
         .await;
@@ -304,14 +331,26 @@ async fn gateway_answers_as_etcd_does() {
 /// Put, Range (with options), DeleteRange, Txn, Compact, on both prefixes.
 fn kv(pair: &Pair) {
     pair.same("/v3/kv/put", json!({"key": b64("foo"), "value": b64("bar")}));
-    let put = pair.same("/v3/kv/put", json!({"key": b64("foo"), "value": b64("baz"), "prev_kv": true}));
+    let put = pair.same(
+        "/v3/kv/put",
+        json!({"key": b64("foo"), "value": b64("baz"), "prev_kv": true}),
+    );
     assert_eq!(put["prev_kv"]["value"], b64("bar"));
     pair.same("/v3/kv/put", json!({"key": b64("fop"), "value": b64("1")}));
     let range = pair.same("/v3/kv/range", json!({"key": b64("foo")}));
     assert_eq!(range["kvs"][0]["version"], "2", "64-bit integers are strings");
-    pair.same("/v3beta/kv/range", json!({"key": b64("fo"), "range_end": b64("fp"), "sort_order": "DESCEND", "keys_only": true}));
-    pair.same("/v3/kv/range", json!({"key": b64("fo"), "range_end": b64("fp"), "count_only": true}));
-    pair.same("/v3/kv/range", json!({"key": b64("fo"), "range_end": b64("fp"), "limit": "1", "unknown_field": 1}));
+    pair.same(
+        "/v3beta/kv/range",
+        json!({"key": b64("fo"), "range_end": b64("fp"), "sort_order": "DESCEND", "keys_only": true}),
+    );
+    pair.same(
+        "/v3/kv/range",
+        json!({"key": b64("fo"), "range_end": b64("fp"), "count_only": true}),
+    );
+    pair.same(
+        "/v3/kv/range",
+        json!({"key": b64("fo"), "range_end": b64("fp"), "limit": "1", "unknown_field": 1}),
+    );
     pair.same("/v3/kv/range", json!({"key": b64("nothing")}));
     pair.same("/v3/kv/deleterange", json!({"key": b64("fop"), "prev_kv": true}));
     let txn = json!({
@@ -321,10 +360,13 @@ fn kv(pair: &Pair) {
     });
     let answer = pair.same("/v3/kv/txn", txn.clone());
     assert_eq!(answer["succeeded"], true);
-    let answer = pair.same("/v3/kv/txn", json!({
-        "compare": [{"key": b64("foo"), "target": "VERSION", "result": "GREATER", "version": "5"}],
-        "failure": [{"request_delete_range": {"key": b64("t")}}],
-    }));
+    let answer = pair.same(
+        "/v3/kv/txn",
+        json!({
+            "compare": [{"key": b64("foo"), "target": "VERSION", "result": "GREATER", "version": "5"}],
+            "failure": [{"request_delete_range": {"key": b64("t")}}],
+        }),
+    );
     assert!(answer.get("succeeded").is_none(), "false is left out: {answer}");
     pair.same("/v3/kv/compaction", json!({"revision": "3"}));
     // A revision before the compaction: etcd's error.
@@ -337,16 +379,28 @@ fn errors(pair: &Pair) {
     let big = "x".repeat(1_600_000);
     pair.same("/v3/kv/put", json!({"key": b64("big"), "value": b64(&big)}));
     let empty = pair.same("/v3/kv/range", json!({"key": ""}));
-    assert_eq!(empty, json!({"error": "etcdserver: key is not provided", "message": "etcdserver: key is not provided", "code": 3}));
+    assert_eq!(
+        empty,
+        json!({"error": "etcdserver: key is not provided", "message": "etcdserver: key is not provided", "code": 3})
+    );
     // Malformed JSON: the same status and code (the message is each parser's own).
     for body in ["not json", r#"{"key": 5}"#] {
         let e = request(&pair.etcd, "POST", "/v3/kv/range", body, None);
         let c = request(&pair.concord, "POST", "/v3/kv/range", body, None);
-        assert_eq!((e.status, e.json()["code"].clone()), (c.status, c.json()["code"].clone()), "{body}: {e:?} {c:?}");
+        assert_eq!(
+            (e.status, e.json()["code"].clone()),
+            (c.status, c.json()["code"].clone()),
+            "{body}: {e:?} {c:?}"
+        );
         assert!(c.json()["error"].as_str().is_some_and(|m| !m.is_empty()), "{c:?}");
     }
     // Unknown paths and methods.
-    for (method, path) in [("POST", "/v3/nope"), ("POST", "/nope"), ("GET", "/v3/kv/range"), ("POST", "/v3alpha/kv/range")] {
+    for (method, path) in [
+        ("POST", "/v3/nope"),
+        ("POST", "/nope"),
+        ("GET", "/v3/kv/range"),
+        ("POST", "/v3alpha/kv/range"),
+    ] {
         let e = request(&pair.etcd, method, path, "{}", None);
         let c = request(&pair.concord, method, path, "{}", None);
         assert_eq!((e.status, e.body.trim()), (c.status, c.body.trim()), "{method} {path}");
@@ -357,8 +411,16 @@ fn errors(pair: &Pair) {
 fn leases(pair: &Pair) {
     pair.same("/v3/lease/grant", json!({"TTL": "60", "ID": "4660"}));
     pair.same("/v3/lease/grant", json!({"TTL": 60, "ID": "4661"}));
-    pair.same("/v3/kv/put", json!({"key": b64("leased"), "value": b64("v"), "lease": "4660"}));
-    let ttl = pair.same_with("/v3/lease/timetolive", r#"{"ID":"4660","keys":true}"#, (None, None), &["TTL"]);
+    pair.same(
+        "/v3/kv/put",
+        json!({"key": b64("leased"), "value": b64("v"), "lease": "4660"}),
+    );
+    let ttl = pair.same_with(
+        "/v3/lease/timetolive",
+        r#"{"ID":"4660","keys":true}"#,
+        (None, None),
+        &["TTL"],
+    );
     assert_eq!(ttl["keys"][0], b64("leased"));
     pair.same_with("/v3/kv/lease/timetolive", r#"{"ID":"4661"}"#, (None, None), &["TTL"]);
     let mut listed = Vec::new();
@@ -377,7 +439,13 @@ fn leases(pair: &Pair) {
     // KeepAlive: one answer per request in the body, then the stream ends.
     let mut streams = Vec::new();
     for base in [&pair.etcd, &pair.concord] {
-        let mut reader = Reader::open(base, "POST", "/v3/lease/keepalive", r#"{"ID":"4660"} {"ID":"4661"}"#, None);
+        let mut reader = Reader::open(
+            base,
+            "POST",
+            "/v3/lease/keepalive",
+            r#"{"ID":"4660"} {"ID":"4661"}"#,
+            None,
+        );
         assert_eq!(reader.status, 200);
         let lines = [reader.json_line(), reader.json_line()];
         assert_eq!(reader.line(), None, "the stream ends with the requests");
@@ -401,7 +469,10 @@ fn watches(pair: &Pair) {
         let body = json!({"create_request": {"key": b64("w"), "start_revision": start, "prev_kv": true}}).to_string();
         let mut reader = Reader::open(base, "POST", "/v3/watch", &body, None);
         assert_eq!(reader.status, 200);
-        seen.push(vec![normalise(reader.json_line(), &[]), normalise(reader.json_line(), &[])]);
+        seen.push(vec![
+            normalise(reader.json_line(), &[]),
+            normalise(reader.json_line(), &[]),
+        ]);
         readers.push(reader);
     }
     pair.same("/v3/kv/put", json!({"key": b64("w"), "value": b64("2")}));
@@ -436,7 +507,10 @@ fn watches(pair: &Pair) {
     // A malformed stream: etcd's error answer.
     let e = request(&pair.etcd, "POST", "/v3/watch", "xx", None);
     let c = request(&pair.concord, "POST", "/v3/watch", "xx", None);
-    assert_eq!((e.status, e.json()["code"].clone()), (c.status, c.json()["code"].clone()));
+    assert_eq!(
+        (e.status, e.json()["code"].clone()),
+        (c.status, c.json()["code"].clone())
+    );
 }
 
 /// MemberList and Status: the same fields (their values name different clusters).
@@ -474,13 +548,22 @@ fn lock_and_election(pair: &Pair) {
     let locked = pair.same("/v3/lock/lock", json!({"name": b64("lk"), "lease": "4662"}));
     assert_eq!(locked["key"], b64("lk/1236"));
     pair.same("/v3/lock/unlock", json!({"key": locked["key"]}));
-    let campaign = pair.same("/v3/election/campaign", json!({"name": b64("el"), "lease": "4662", "value": b64("v1")}));
+    let campaign = pair.same(
+        "/v3/election/campaign",
+        json!({"name": b64("el"), "lease": "4662", "value": b64("v1")}),
+    );
     let leader = campaign["leader"].clone();
     assert_eq!(leader["key"], b64("el/1236"));
     // Observe streams the leader: its first answer is the current one.
     let mut observed = Vec::new();
     for base in [&pair.etcd, &pair.concord] {
-        let mut reader = Reader::open(base, "POST", "/v3/election/observe", &json!({"name": b64("el")}).to_string(), None);
+        let mut reader = Reader::open(
+            base,
+            "POST",
+            "/v3/election/observe",
+            &json!({"name": b64("el")}).to_string(),
+            None,
+        );
         assert_eq!(reader.status, 200);
         observed.push(normalise(reader.json_line(), &[]));
     }
@@ -502,8 +585,18 @@ fn auth(pair: &Pair) {
     pair.same("/v3/kv/range", json!({"key": b64("foo")}));
     pair.same("/v3/auth/authenticate", json!({"name": "root", "password": "wrong"}));
     let token_of = |base: &str| -> String {
-        let answer = request(base, "POST", "/v3/auth/authenticate", r#"{"name":"root","password":"pw"}"#, None).json();
-        answer["token"].as_str().unwrap_or_else(|| panic!("no token: {answer}")).to_string()
+        let answer = request(
+            base,
+            "POST",
+            "/v3/auth/authenticate",
+            r#"{"name":"root","password":"pw"}"#,
+            None,
+        )
+        .json();
+        answer["token"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no token: {answer}"))
+            .to_string()
     };
     let (et, ct) = (token_of(&pair.etcd), token_of(&pair.concord));
     let body = json!({"key": b64("foo")}).to_string();

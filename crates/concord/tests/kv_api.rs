@@ -5,8 +5,7 @@ mod common;
 
 use common::{grpc_status, Cluster};
 use etcd_client::{
-    Compare, CompareOp, DeleteOptions, GetOptions, PutOptions, SortOrder, SortTarget, Txn, TxnOp,
-    TxnOpResponse,
+    Compare, CompareOp, DeleteOptions, GetOptions, PutOptions, SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse,
 };
 use tonic::Code;
 
@@ -24,7 +23,10 @@ async fn put_get_range_txn_compact_round_trip() {
     assert!(h.raft_term() >= 1);
     assert!(put.prev_key().is_none());
 
-    let put = c.put("foo", "baz", Some(PutOptions::new().with_prev_key())).await.unwrap();
+    let put = c
+        .put("foo", "baz", Some(PutOptions::new().with_prev_key()))
+        .await
+        .unwrap();
     let prev = put.prev_key().expect("prev_kv requested");
     assert_eq!(prev.value(), b"bar");
     assert_eq!(prev.mod_revision(), 2);
@@ -44,23 +46,42 @@ async fn put_get_range_txn_compact_round_trip() {
         c.put(k, format!("v-{k}"), None).await.unwrap();
     }
     let prefix = c.get("a", Some(GetOptions::new().with_prefix())).await.unwrap();
-    assert_eq!(prefix.kvs().iter().map(|kv| kv.key()).collect::<Vec<_>>(), vec![&b"a1"[..], b"a2", b"a3"]);
-    let limited = c.get("a", Some(GetOptions::new().with_prefix().with_limit(2))).await.unwrap();
+    assert_eq!(
+        prefix.kvs().iter().map(|kv| kv.key()).collect::<Vec<_>>(),
+        vec![&b"a1"[..], b"a2", b"a3"]
+    );
+    let limited = c
+        .get("a", Some(GetOptions::new().with_prefix().with_limit(2)))
+        .await
+        .unwrap();
     assert_eq!(limited.kvs().len(), 2);
     assert!(limited.more());
     assert_eq!(limited.count(), 3);
     let from = c.get("b", Some(GetOptions::new().with_from_key())).await.unwrap();
-    assert_eq!(from.kvs().iter().map(|kv| kv.key()).collect::<Vec<_>>(), vec![&b"b1"[..], b"foo"]);
+    assert_eq!(
+        from.kvs().iter().map(|kv| kv.key()).collect::<Vec<_>>(),
+        vec![&b"b1"[..], b"foo"]
+    );
     let all = c.get("", Some(GetOptions::new().with_all_keys())).await.unwrap();
     assert_eq!(all.count(), 5);
     let desc = c
-        .get("a", Some(GetOptions::new().with_prefix().with_sort(SortTarget::Key, SortOrder::Descend)))
+        .get(
+            "a",
+            Some(
+                GetOptions::new()
+                    .with_prefix()
+                    .with_sort(SortTarget::Key, SortOrder::Descend),
+            ),
+        )
         .await
         .unwrap();
     assert_eq!(desc.kvs()[0].key(), b"a3");
     let keys_only = c.get("a1", Some(GetOptions::new().with_keys_only())).await.unwrap();
     assert!(keys_only.kvs()[0].value().is_empty());
-    let count_only = c.get("a", Some(GetOptions::new().with_prefix().with_count_only())).await.unwrap();
+    let count_only = c
+        .get("a", Some(GetOptions::new().with_prefix().with_count_only()))
+        .await
+        .unwrap();
     assert!(count_only.kvs().is_empty());
     assert_eq!(count_only.count(), 3);
 
@@ -93,19 +114,33 @@ async fn put_get_range_txn_compact_round_trip() {
     assert_eq!(resp.header().unwrap().revision(), rev_after_txn);
 
     // Delete with prev_kv.
-    let del = c.delete("a", Some(DeleteOptions::new().with_prefix().with_prev_key())).await.unwrap();
+    let del = c
+        .delete("a", Some(DeleteOptions::new().with_prefix().with_prev_key()))
+        .await
+        .unwrap();
     assert_eq!(del.deleted(), 3);
     assert_eq!(del.prev_kvs().len(), 3);
 
     // Compaction: reads below it fail with etcd's error.
     let current = c.get("foo", None).await.unwrap().header().unwrap().revision();
     c.compact(current - 1, None).await.unwrap();
-    let err = grpc_status(c.get("foo", Some(GetOptions::new().with_revision(2))).await.unwrap_err());
+    let err = grpc_status(
+        c.get("foo", Some(GetOptions::new().with_revision(2)))
+            .await
+            .unwrap_err(),
+    );
     assert_eq!(err.code(), Code::OutOfRange);
     assert_eq!(err.message(), "etcdserver: mvcc: required revision has been compacted");
-    let err = grpc_status(c.get("foo", Some(GetOptions::new().with_revision(current + 100))).await.unwrap_err());
+    let err = grpc_status(
+        c.get("foo", Some(GetOptions::new().with_revision(current + 100)))
+            .await
+            .unwrap_err(),
+    );
     assert_eq!(err.code(), Code::OutOfRange);
-    assert_eq!(err.message(), "etcdserver: mvcc: required revision is a future revision");
+    assert_eq!(
+        err.message(),
+        "etcdserver: mvcc: required revision is a future revision"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -114,15 +149,24 @@ async fn bad_requests_get_etcds_errors() {
     let mut c = cluster.client(1).await;
 
     let err = grpc_status(c.put("", "v", None).await.unwrap_err());
-    assert_eq!((err.code(), err.message()), (Code::InvalidArgument, "etcdserver: key is not provided"));
+    assert_eq!(
+        (err.code(), err.message()),
+        (Code::InvalidArgument, "etcdserver: key is not provided")
+    );
 
     let err = grpc_status(c.get("", None).await.unwrap_err());
-    assert_eq!((err.code(), err.message()), (Code::InvalidArgument, "etcdserver: key is not provided"));
+    assert_eq!(
+        (err.code(), err.message()),
+        (Code::InvalidArgument, "etcdserver: key is not provided")
+    );
 
     // A value just over --max-request-bytes (1.5 MiB) is refused by the server's check.
     let big = vec![b'x'; 1536 * 1024 + 1];
     let err = grpc_status(c.put("big", big, None).await.unwrap_err());
-    assert_eq!((err.code(), err.message()), (Code::InvalidArgument, "etcdserver: request is too large"));
+    assert_eq!(
+        (err.code(), err.message()),
+        (Code::InvalidArgument, "etcdserver: request is too large")
+    );
 
     // Far past the limit (plus etcd's 512 KiB of gRPC overhead), the message is
     // refused before it is decoded. grpc-go says ResourceExhausted; tonic says OutOfRange.
@@ -145,11 +189,25 @@ async fn bad_requests_get_etcds_errors() {
         (Code::InvalidArgument, "etcdserver: duplicate key given in txn request")
     );
 
-    let err = grpc_status(c.put("leased", "v", Some(PutOptions::new().with_lease(12345))).await.unwrap_err());
-    assert_eq!((err.code(), err.message()), (Code::NotFound, "etcdserver: requested lease not found"));
+    let err = grpc_status(
+        c.put("leased", "v", Some(PutOptions::new().with_lease(12345)))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(
+        (err.code(), err.message()),
+        (Code::NotFound, "etcdserver: requested lease not found")
+    );
 
-    let err = grpc_status(c.put("missing", "", Some(PutOptions::new().with_ignore_value())).await.unwrap_err());
-    assert_eq!((err.code(), err.message()), (Code::InvalidArgument, "etcdserver: key not found"));
+    let err = grpc_status(
+        c.put("missing", "", Some(PutOptions::new().with_ignore_value()))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(
+        (err.code(), err.message()),
+        (Code::InvalidArgument, "etcdserver: key not found")
+    );
 
     // Nothing above changed the store.
     let all = c.get("", Some(GetOptions::new().with_all_keys())).await.unwrap();
@@ -166,7 +224,10 @@ async fn bad_requests_get_etcds_errors() {
         .await
         .unwrap();
     let mut maintenance = concord_proto::etcdserverpb::maintenance_client::MaintenanceClient::new(channel);
-    let err = maintenance.downgrade(concord_proto::etcdserverpb::DowngradeRequest::default()).await.unwrap_err();
+    let err = maintenance
+        .downgrade(concord_proto::etcdserverpb::DowngradeRequest::default())
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::Unimplemented);
     assert!(err.message().contains("Downgrade"), "{}", err.message());
 }

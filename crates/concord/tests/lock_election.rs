@@ -12,9 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{eventually, grpc_status, Cluster, WAIT};
-use etcd_client::{
-    Client, ConnectOptions, GetOptions, LeaderKey, LockOptions, ProclaimOptions, ResignOptions,
-};
+use etcd_client::{Client, ConnectOptions, GetOptions, LeaderKey, LockOptions, ProclaimOptions, ResignOptions};
 use tonic::Code;
 
 /// The key etcd keeps for a participant with `lease` in lock/election `name`.
@@ -82,10 +80,11 @@ async fn keys_under(c: &mut Client, prefix: &str) -> Vec<String> {
     let resp = c
         .get(
             prefix,
-            Some(GetOptions::new().with_prefix().with_sort(
-                etcd_client::SortTarget::Create,
-                etcd_client::SortOrder::Ascend,
-            )),
+            Some(
+                GetOptions::new()
+                    .with_prefix()
+                    .with_sort(etcd_client::SortTarget::Create, etcd_client::SortOrder::Ascend),
+            ),
         )
         .await
         .expect("get prefix");
@@ -113,10 +112,13 @@ fn spawn_etcdctl(cluster: &Cluster, args: &[&str]) -> Child {
 
 /// Waits for a child to exit within [`WAIT`], and returns its output.
 async fn wait_child(child: Child) -> std::process::Output {
-    within("etcdctl exits", tokio::task::spawn_blocking(move || child.wait_with_output()))
-        .await
-        .expect("join")
-        .expect("etcdctl output")
+    within(
+        "etcdctl exits",
+        tokio::task::spawn_blocking(move || child.wait_with_output()),
+    )
+    .await
+    .expect("join")
+    .expect("etcdctl output")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -127,14 +129,21 @@ async fn lock_is_exclusive_and_passes_to_the_next_waiter() {
     let la = a.lease_grant(30, None).await.unwrap().id();
     let lb = b.lease_grant(30, None).await.unwrap().id();
 
-    let held = within("A locks", a.lock("mylock", Some(LockOptions::new().with_lease(la)))).await.unwrap();
+    let held = within("A locks", a.lock("mylock", Some(LockOptions::new().with_lease(la))))
+        .await
+        .unwrap();
     let key_a = lock_key(&held);
     assert_eq!(key_a, participant_key("mylock", la));
     let kv = a.get(key_a.as_str(), None).await.unwrap();
     assert_eq!(kv.kvs()[0].lease(), la, "the lock key lives on the lease");
 
     // Locking again with the same lease is the same acquisition.
-    let again = within("A locks again", a.lock("mylock", Some(LockOptions::new().with_lease(la)))).await.unwrap();
+    let again = within(
+        "A locks again",
+        a.lock("mylock", Some(LockOptions::new().with_lease(la))),
+    )
+    .await
+    .unwrap();
     assert_eq!(again.key(), key_a.as_bytes());
 
     let mut b2 = b.clone();
@@ -157,7 +166,10 @@ async fn lock_is_exclusive_and_passes_to_the_next_waiter() {
     );
     // A's key is gone at the revision B got the lock at.
     let at = a
-        .get(key_a.as_str(), Some(GetOptions::new().with_revision(got.header().unwrap().revision())))
+        .get(
+            key_a.as_str(),
+            Some(GetOptions::new().with_revision(got.header().unwrap().revision())),
+        )
         .await
         .unwrap();
     assert!(at.kvs().is_empty());
@@ -176,13 +188,20 @@ async fn many_lockers_never_overlap() {
         tasks.push(tokio::spawn(async move {
             let lease = c.lease_grant(30, None).await.unwrap().id();
             for _ in 0..3 {
-                let held = c.lock("counter", Some(LockOptions::new().with_lease(lease))).await.unwrap();
+                let held = c
+                    .lock("counter", Some(LockOptions::new().with_lease(lease)))
+                    .await
+                    .unwrap();
                 let inside = holders.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 assert_eq!(inside, 0, "two lockers hold the lock at once");
                 // A read-modify-write that only the holder may do.
-                let n = c.get("counter-value", None).await.unwrap().kvs().first().map_or(0, |kv| {
-                    kv.value_str().unwrap().parse::<u64>().unwrap()
-                });
+                let n = c
+                    .get("counter-value", None)
+                    .await
+                    .unwrap()
+                    .kvs()
+                    .first()
+                    .map_or(0, |kv| kv.value_str().unwrap().parse::<u64>().unwrap());
                 tokio::time::sleep(Duration::from_millis(20)).await;
                 c.put("counter-value", (n + 1).to_string(), None).await.unwrap();
                 holders.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
@@ -195,7 +214,11 @@ async fn many_lockers_never_overlap() {
     }
     let mut c = cluster.client(0).await;
     let n = c.get("counter-value", None).await.unwrap();
-    assert_eq!(n.kvs()[0].value_str().unwrap(), "12", "an increment was lost: the lock let two in");
+    assert_eq!(
+        n.kvs()[0].value_str().unwrap(),
+        "12",
+        "an increment was lost: the lock let two in"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -218,7 +241,10 @@ async fn lock_without_a_lease_runs_on_a_one_minute_session_lease() {
 async fn lock_with_an_unknown_lease_fails_like_etcd() {
     let cluster = Cluster::start(3).await;
     let mut c = cluster.client(0).await;
-    let err = c.lock("l", Some(LockOptions::new().with_lease(0x1234))).await.unwrap_err();
+    let err = c
+        .lock("l", Some(LockOptions::new().with_lease(0x1234)))
+        .await
+        .unwrap_err();
     let status = grpc_status(err);
     assert_eq!(status.message(), "etcdserver: requested lease not found");
     assert!(keys_under(&mut c, "l/").await.is_empty());
@@ -255,7 +281,11 @@ async fn an_abandoned_lock_call_leaves_the_queue() {
         let expected = vec![lock_key(&held)];
         async move {
             let keys = keys_under(&mut a, "queue/").await;
-            if keys == expected { Ok(()) } else { Err(keys) }
+            if keys == expected {
+                Ok(())
+            } else {
+                Err(keys)
+            }
         }
     })
     .await;
@@ -297,8 +327,14 @@ async fn etcdctl_lock_and_the_lock_service_exclude_each_other() {
     let lease = c.lease_grant(30, None).await.unwrap().id();
 
     // The service holds "shared"; etcdctl queues behind it.
-    let held = c.lock("shared", Some(LockOptions::new().with_lease(lease))).await.unwrap();
-    let mut ctl = spawn_etcdctl(&cluster, &["lock", "shared", "--", "sh", "-c", "echo ran with $ETCD_LOCK_KEY"]);
+    let held = c
+        .lock("shared", Some(LockOptions::new().with_lease(lease)))
+        .await
+        .unwrap();
+    let mut ctl = spawn_etcdctl(
+        &cluster,
+        &["lock", "shared", "--", "sh", "-c", "echo ran with $ETCD_LOCK_KEY"],
+    );
     let deadline = std::time::Instant::now() + WAIT;
     while keys_under(&mut c, "shared/").await.len() < 2 {
         if let Some(status) = ctl.try_wait().unwrap() {
@@ -315,11 +351,21 @@ async fn etcdctl_lock_and_the_lock_service_exclude_each_other() {
     let keys = keys_under(&mut c, "shared/").await;
     let ctl_key = keys[1].clone();
     assert_eq!(keys[0], lock_key(&held));
-    assert!(ctl.try_wait().unwrap().is_none(), "etcdctl ran its command while the lock was held");
+    assert!(
+        ctl.try_wait().unwrap().is_none(),
+        "etcdctl ran its command while the lock was held"
+    );
     c.unlock(held.key()).await.unwrap();
     let out = wait_child(ctl).await;
-    assert!(out.status.success(), "etcdctl lock failed: {}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("ran with {ctl_key}"));
+    assert!(
+        out.status.success(),
+        "etcdctl lock failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("ran with {ctl_key}")
+    );
     wait_for_no_key(&mut c, &ctl_key).await;
 
     // etcdctl holds "shared" while its command runs; the service waits for it.
@@ -331,18 +377,36 @@ async fn etcdctl_lock_and_the_lock_service_exclude_each_other() {
                 .get("shared/", Some(GetOptions::new().with_prefix()))
                 .await
                 .map_err(|e| e.to_string())?;
-            resp.kvs().first().map(|kv| kv.create_revision()).ok_or_else(|| "no key yet".to_string())
+            resp.kvs()
+                .first()
+                .map(|kv| kv.create_revision())
+                .ok_or_else(|| "no key yet".to_string())
         }
     })
     .await;
     let ctl_key = keys_under(&mut c, "shared/").await[0].clone();
-    let got = within("the service locks", c.lock("shared", Some(LockOptions::new().with_lease(lease)))).await.unwrap();
+    let got = within(
+        "the service locks",
+        c.lock("shared", Some(LockOptions::new().with_lease(lease))),
+    )
+    .await
+    .unwrap();
     let rev = got.header().unwrap().revision();
     assert!(rev > ctl_rev);
-    let at = c.get(ctl_key.as_str(), Some(GetOptions::new().with_revision(rev))).await.unwrap();
-    assert!(at.kvs().is_empty(), "the service got the lock while etcdctl still held it");
+    let at = c
+        .get(ctl_key.as_str(), Some(GetOptions::new().with_revision(rev)))
+        .await
+        .unwrap();
+    assert!(
+        at.kvs().is_empty(),
+        "the service got the lock while etcdctl still held it"
+    );
     let out = wait_child(ctl).await;
-    assert!(out.status.success(), "etcdctl lock failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "etcdctl lock failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     c.unlock(got.key()).await.unwrap();
 }
 
@@ -383,14 +447,18 @@ async fn election_hands_over_on_resign_and_observe_follows() {
     assert!(!campaign_b.is_finished(), "B leads while A does");
 
     // A proclaims a new value: Leader and Observe see it.
-    a.proclaim("a2", Some(ProclaimOptions::new().with_leader(leader_a.clone()))).await.unwrap();
+    a.proclaim("a2", Some(ProclaimOptions::new().with_leader(leader_a.clone())))
+        .await
+        .unwrap();
     let seen = within("observe a2", observe.message()).await.unwrap().unwrap();
     assert_eq!(seen.kv().unwrap().value(), b"a2");
     assert_eq!(o.leader("svc").await.unwrap().kv().unwrap().value(), b"a2");
     assert!(!campaign_b.is_finished());
 
     // A resigns: B leads.
-    a.resign(Some(ResignOptions::new().with_leader(leader_a.clone()))).await.unwrap();
+    a.resign(Some(ResignOptions::new().with_leader(leader_a.clone())))
+        .await
+        .unwrap();
     let won_b = within("B campaigns", campaign_b).await.unwrap().expect("B's campaign");
     let leader_b = won_b.leader().unwrap().clone();
     assert_eq!(leader_b.key_str().unwrap(), participant_key("svc", lb));
@@ -408,7 +476,9 @@ async fn election_hands_over_on_resign_and_observe_follows() {
     assert_eq!(status.message(), "election: not leader");
     assert_eq!(status.code(), Code::Unknown);
     // Resigning twice is no error (etcd's compare simply fails).
-    a.resign(Some(ResignOptions::new().with_leader(leader_a))).await.unwrap();
+    a.resign(Some(ResignOptions::new().with_leader(leader_a)))
+        .await
+        .unwrap();
     // A LeaderKey is required.
     let status = grpc_status(a.resign(None).await.unwrap_err());
     assert_eq!(status.message(), "\"leader\" field must be provided");
@@ -450,7 +520,9 @@ async fn a_leader_whose_lease_goes_hands_over() {
     let mut observe = o.observe("exp").await.unwrap();
     let seen = within("observe A", observe.message()).await.unwrap().unwrap();
     assert_eq!(seen.kv().unwrap().value(), b"a");
-    let won = within("B leads once A's lease expires", b.campaign("exp", "b", lb)).await.unwrap();
+    let won = within("B leads once A's lease expires", b.campaign("exp", "b", lb))
+        .await
+        .unwrap();
     assert_eq!(won.leader().unwrap().key_str().unwrap(), participant_key("exp", lb));
     assert!(a.get(participant_key("exp", la), None).await.unwrap().kvs().is_empty());
     let seen = within("observe B", observe.message()).await.unwrap().unwrap();
@@ -482,13 +554,20 @@ async fn etcdctl_elect_and_campaign_share_one_election() {
     let stdout = ctl.stdout.take().unwrap();
     let elected = tokio::task::spawn_blocking(move || {
         use std::io::BufRead;
-        std::io::BufReader::new(stdout).lines().take(2).map(|l| l.unwrap()).collect::<Vec<_>>()
+        std::io::BufReader::new(stdout)
+            .lines()
+            .take(2)
+            .map(|l| l.unwrap())
+            .collect::<Vec<_>>()
     });
     let printed = within("etcdctl is elected", elected).await.unwrap();
     assert_eq!(printed.len(), 2, "etcdctl elect exited early");
     assert!(printed[0].starts_with("shared-e/"), "{printed:?}");
     assert_eq!(printed[1], "from-etcdctl");
-    assert_eq!(c.leader("shared-e").await.unwrap().kv().unwrap().key_str().unwrap(), printed[0]);
+    assert_eq!(
+        c.leader("shared-e").await.unwrap().kv().unwrap().key_str().unwrap(),
+        printed[0]
+    );
 
     // The service's candidate waits behind it.
     let lease = c.lease_grant(30, None).await.unwrap().id();
@@ -501,8 +580,15 @@ async fn etcdctl_elect_and_campaign_share_one_election() {
     // etcdctl resigns on SIGINT; the service's candidate leads.
     let _ = Command::new("kill").args(["-INT", &ctl.id().to_string()]).status();
     let out = wait_child(ctl).await;
-    assert!(out.status.success(), "etcdctl elect failed: {}", String::from_utf8_lossy(&out.stderr));
-    let won = within("the service's candidate leads", campaign).await.unwrap().expect("campaign");
+    assert!(
+        out.status.success(),
+        "etcdctl elect failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let won = within("the service's candidate leads", campaign)
+        .await
+        .unwrap()
+        .expect("campaign");
     assert_eq!(won.leader().unwrap().lease(), lease);
     assert_eq!(c.leader("shared-e").await.unwrap().kv().unwrap().value(), b"from-rust");
 
@@ -511,7 +597,11 @@ async fn etcdctl_elect_and_campaign_share_one_election() {
     let stdout = listen.stdout.take().unwrap();
     let first = tokio::task::spawn_blocking(move || {
         use std::io::BufRead;
-        std::io::BufReader::new(stdout).lines().take(2).map(|l| l.unwrap()).collect::<Vec<_>>()
+        std::io::BufReader::new(stdout)
+            .lines()
+            .take(2)
+            .map(|l| l.unwrap())
+            .collect::<Vec<_>>()
     });
     let lines = within("etcdctl observes", first).await.unwrap();
     let _ = listen.kill();

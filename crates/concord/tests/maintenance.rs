@@ -10,9 +10,10 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{concord, eventually, free_port, grpc_status, text, Cluster};
-use etcd_client::{Client, CompactionOptions, ConnectOptions, DeleteOptions, GetOptions, LeaseTimeToLiveOptions, PutOptions};
+use etcd_client::{
+    Client, CompactionOptions, ConnectOptions, DeleteOptions, GetOptions, LeaseTimeToLiveOptions, PutOptions,
+};
 use tonic::Code;
-
 
 /// Asserts that a command succeeded, showing what it said otherwise.
 fn assert_ok(what: &str, out: &Output) {
@@ -27,7 +28,11 @@ fn assert_ok(what: &str, out: &Output) {
 
 /// Asserts that a command failed and that its stderr mentions `expected`.
 fn assert_fails_with(what: &str, out: &Output, expected: &str) {
-    assert!(!out.status.success(), "{what} should fail; stdout: {}", text(&out.stdout));
+    assert!(
+        !out.status.success(),
+        "{what} should fail; stdout: {}",
+        text(&out.stdout)
+    );
     assert!(
         text(&out.stderr).contains(expected),
         "{what}: expected {expected:?} in stderr: {}",
@@ -95,7 +100,12 @@ impl Restored {
             .collect::<Vec<_>>()
             .join(",");
         let token = format!("{prefix}-token");
-        let mut restored = Restored { names: names.clone(), client_urls: client_urls.clone(), logs: Vec::new(), children: Vec::new() };
+        let mut restored = Restored {
+            names: names.clone(),
+            client_urls: client_urls.clone(),
+            logs: Vec::new(),
+            children: Vec::new(),
+        };
         for i in 0..n {
             let data_dir = dir.join(format!("{}.etcd", names[i]));
             let out = concord(&[
@@ -122,7 +132,10 @@ impl Restored {
             let child = Command::new(env!("CARGO_BIN_EXE_concord"))
                 .arg("serve")
                 .args(["--name", &names[i]])
-                .arg(format!("--data-dir={}", dir.join(format!("{}.etcd", names[i])).display()))
+                .arg(format!(
+                    "--data-dir={}",
+                    dir.join(format!("{}.etcd", names[i])).display()
+                ))
                 .args(["--listen-client-urls", &client_urls[i]])
                 .args(["--advertise-client-urls", &client_urls[i]])
                 .args(["--listen-peer-urls", &peers[i]])
@@ -148,25 +161,28 @@ impl Restored {
     /// followers need the leader's to forward lease calls.
     async fn wait_ready(&self) {
         let urls = self.client_urls.clone();
-        eventually("the restored members agree on a leader and know each other's client URLs", || {
-            let urls = urls.clone();
-            async move {
-                let mut leaders = Vec::new();
-                for url in &urls {
-                    let mut c = connect(url).await?;
-                    leaders.push(c.status().await.map_err(|e| e.to_string())?.leader());
-                    let members = c.member_list().await.map_err(|e| e.to_string())?;
-                    if members.members().iter().any(|m| m.client_urls().is_empty()) {
-                        return Err(format!("{url} does not know every client URL yet"));
+        eventually(
+            "the restored members agree on a leader and know each other's client URLs",
+            || {
+                let urls = urls.clone();
+                async move {
+                    let mut leaders = Vec::new();
+                    for url in &urls {
+                        let mut c = connect(url).await?;
+                        leaders.push(c.status().await.map_err(|e| e.to_string())?.leader());
+                        let members = c.member_list().await.map_err(|e| e.to_string())?;
+                        if members.members().iter().any(|m| m.client_urls().is_empty()) {
+                            return Err(format!("{url} does not know every client URL yet"));
+                        }
+                    }
+                    if leaders[0] != 0 && leaders.iter().all(|&l| l == leaders[0]) {
+                        Ok(())
+                    } else {
+                        Err(format!("leaders {leaders:?}"))
                     }
                 }
-                if leaders[0] != 0 && leaders.iter().all(|&l| l == leaders[0]) {
-                    Ok(())
-                } else {
-                    Err(format!("leaders {leaders:?}"))
-                }
-            }
-        })
+            },
+        )
         .await;
     }
 
@@ -182,7 +198,10 @@ impl Drop for Restored {
             for (name, log) in self.names.iter().zip(&self.logs) {
                 let log = std::fs::read_to_string(log).unwrap_or_default();
                 let tail: Vec<&str> = log.lines().rev().take(40).collect();
-                eprintln!("--- restored {name} ---\n{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+                eprintln!(
+                    "--- restored {name} ---\n{}",
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                );
             }
         }
         for child in &mut self.children {
@@ -206,12 +225,20 @@ async fn snapshots_restore_into_identical_new_clusters() {
     for i in 0..20 {
         c.put(format!("key/{i:03}"), format!("second-{i}"), None).await.unwrap();
     }
-    c.delete("key/09", Some(DeleteOptions::new().with_prefix())).await.unwrap();
+    c.delete("key/09", Some(DeleteOptions::new().with_prefix()))
+        .await
+        .unwrap();
     let lease = c.lease_grant(600, None).await.unwrap().id();
-    c.put("leased/a", "a", Some(PutOptions::new().with_lease(lease))).await.unwrap();
-    c.put("leased/b", "b", Some(PutOptions::new().with_lease(lease))).await.unwrap();
+    c.put("leased/a", "a", Some(PutOptions::new().with_lease(lease)))
+        .await
+        .unwrap();
+    c.put("leased/b", "b", Some(PutOptions::new().with_lease(lease)))
+        .await
+        .unwrap();
     let compact_at = c.get("key/000", None).await.unwrap().header().unwrap().revision();
-    c.compact(compact_at, Some(CompactionOptions::new().with_physical())).await.unwrap();
+    c.compact(compact_at, Some(CompactionOptions::new().with_physical()))
+        .await
+        .unwrap();
     for i in 0..10 {
         c.put(format!("after/{i}"), "x".repeat(100 * i), None).await.unwrap();
     }
@@ -224,7 +251,12 @@ async fn snapshots_restore_into_identical_new_clusters() {
         async move {
             let mut hashes = Vec::new();
             for i in 0..3 {
-                let h = cluster.client(i).await.hash_kv(revision).await.map_err(|e| e.to_string())?;
+                let h = cluster
+                    .client(i)
+                    .await
+                    .hash_kv(revision)
+                    .await
+                    .map_err(|e| e.to_string())?;
                 hashes.push((h.hash(), h.compact_version()));
             }
             if hashes.iter().all(|h| *h == hashes[0]) {
@@ -236,28 +268,52 @@ async fn snapshots_restore_into_identical_new_clusters() {
     })
     .await;
     assert_eq!(original_hash.1, compact_at);
-    let original_members: Vec<u64> = c.member_list().await.unwrap().members().iter().map(|m| m.id()).collect();
+    let original_members: Vec<u64> = c
+        .member_list()
+        .await
+        .unwrap()
+        .members()
+        .iter()
+        .map(|m| m.id())
+        .collect();
     let original_cluster_id = c.status().await.unwrap().header().unwrap().cluster_id();
 
     let dir = tempfile::tempdir().unwrap();
     let ep0 = cluster.endpoints()[0].clone();
     let etcdctl_file = dir.path().join("etcdctl.db");
-    let out = cluster.etcdctl(std::slice::from_ref(&ep0), &["snapshot", "save", etcdctl_file.to_str().unwrap()]);
+    let out = cluster.etcdctl(
+        std::slice::from_ref(&ep0),
+        &["snapshot", "save", etcdctl_file.to_str().unwrap()],
+    );
     assert_ok("etcdctl snapshot save", &out);
 
     let concord_file = dir.path().join("concord.db");
     let started = Instant::now();
     // The first endpoint is down: save goes on to the next one.
     let dead = format!("127.0.0.1:{}", free_port());
-    let out = concord(&["snapshot", "save", concord_file.to_str().unwrap(), "--endpoints", &format!("{dead},{}", host_port(&ep0))]);
+    let out = concord(&[
+        "snapshot",
+        "save",
+        concord_file.to_str().unwrap(),
+        "--endpoints",
+        &format!("{dead},{}", host_port(&ep0)),
+    ]);
     let save_time = started.elapsed();
     assert_ok("concord snapshot save", &out);
     assert!(text(&out.stdout).contains("Snapshot saved at"), "{}", text(&out.stdout));
-    assert!(text(&out.stderr).contains("snapshot: received"), "progress summary: {}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("snapshot: received"),
+        "progress summary: {}",
+        text(&out.stderr)
+    );
     assert!(!dir.path().join("concord.db.part").exists());
     let etcdctl_bytes = std::fs::read(&etcdctl_file).unwrap();
     let concord_bytes = std::fs::read(&concord_file).unwrap();
-    assert_eq!(etcdctl_bytes.len(), concord_bytes.len(), "both tools save the same stream");
+    assert_eq!(
+        etcdctl_bytes.len(),
+        concord_bytes.len(),
+        "both tools save the same stream"
+    );
     eprintln!(
         "snapshot: {} bytes for {} keys, saved by concord in {save_time:?}; byte-identical to etcdctl's: {}",
         concord_bytes.len(),
@@ -266,7 +322,13 @@ async fn snapshots_restore_into_identical_new_clusters() {
     );
 
     // Nothing to save from: a clear error, and no file left behind.
-    let out = concord(&["snapshot", "save", dir.path().join("none.db").to_str().unwrap(), "--endpoints", &dead]);
+    let out = concord(&[
+        "snapshot",
+        "save",
+        dir.path().join("none.db").to_str().unwrap(),
+        "--endpoints",
+        &dead,
+    ]);
     assert_fails_with("save from a dead endpoint", &out, "cannot reach any endpoint");
     assert!(!dir.path().join("none.db").exists() && !dir.path().join("none.db.part").exists());
 
@@ -280,8 +342,17 @@ async fn snapshots_restore_into_identical_new_clusters() {
     for bad in [&damaged_file, &truncated_file] {
         let target = dir.path().join("bad.etcd");
         let out = concord(&[
-            "snapshot", "restore", bad.to_str().unwrap(), "--name", "x", "--data-dir", target.to_str().unwrap(),
-            "--initial-cluster", "x=http://127.0.0.1:1", "--initial-advertise-peer-urls", "http://127.0.0.1:1",
+            "snapshot",
+            "restore",
+            bad.to_str().unwrap(),
+            "--name",
+            "x",
+            "--data-dir",
+            target.to_str().unwrap(),
+            "--initial-cluster",
+            "x=http://127.0.0.1:1",
+            "--initial-advertise-peer-urls",
+            "http://127.0.0.1:1",
         ]);
         assert_fails_with("restore of a damaged snapshot", &out, "SHA-256 trailer does not match");
         assert!(!target.exists(), "a refused restore leaves nothing behind");
@@ -290,8 +361,17 @@ async fn snapshots_restore_into_identical_new_clusters() {
     let busy = dir.path().join("busy.etcd");
     std::fs::create_dir_all(busy.join("member")).unwrap();
     let out = concord(&[
-        "snapshot", "restore", etcdctl_file.to_str().unwrap(), "--name", "x", "--data-dir", busy.to_str().unwrap(),
-        "--initial-cluster", "x=http://127.0.0.1:1", "--initial-advertise-peer-urls", "http://127.0.0.1:1",
+        "snapshot",
+        "restore",
+        etcdctl_file.to_str().unwrap(),
+        "--name",
+        "x",
+        "--data-dir",
+        busy.to_str().unwrap(),
+        "--initial-cluster",
+        "x=http://127.0.0.1:1",
+        "--initial-advertise-peer-urls",
+        "http://127.0.0.1:1",
     ]);
     assert_fails_with("restore into a used data dir", &out, "not empty");
 
@@ -304,20 +384,37 @@ async fn snapshots_restore_into_identical_new_clusters() {
         assert_eq!(rev, revision, "restored member {i} is at the original revision");
         assert_eq!(rows, original, "restored member {i} holds the original data");
         let h = rc.hash_kv(revision).await.unwrap();
-        assert_eq!((h.hash(), h.compact_version()), original_hash, "restored member {i}'s HashKV");
+        assert_eq!(
+            (h.hash(), h.compact_version()),
+            original_hash,
+            "restored member {i}'s HashKV"
+        );
         let status = rc.status().await.unwrap();
-        assert_ne!(status.header().unwrap().cluster_id(), original_cluster_id, "a restored cluster has a new id");
+        assert_ne!(
+            status.header().unwrap().cluster_id(),
+            original_cluster_id,
+            "a restored cluster has a new id"
+        );
         new_ids.push(status.header().unwrap().member_id());
     }
     let mut rc = restored.client(1).await;
     let members = rc.member_list().await.unwrap();
     let names: Vec<&str> = members.members().iter().map(|m| m.name()).collect();
     assert_eq!(names, ["r0", "r1", "r2"]);
-    assert!(new_ids.iter().all(|id| !original_members.contains(id)), "new member ids from the new flags");
+    assert!(
+        new_ids.iter().all(|id| !original_members.contains(id)),
+        "new member ids from the new flags"
+    );
     // The compaction and the lease came along.
-    let err = rc.get("key/000", Some(GetOptions::new().with_revision(compact_at - 1))).await.unwrap_err();
+    let err = rc
+        .get("key/000", Some(GetOptions::new().with_revision(compact_at - 1)))
+        .await
+        .unwrap_err();
     assert!(grpc_status(err).message().contains("compacted"));
-    let ttl = rc.lease_time_to_live(lease, Some(LeaseTimeToLiveOptions::new().with_keys())).await.unwrap();
+    let ttl = rc
+        .lease_time_to_live(lease, Some(LeaseTimeToLiveOptions::new().with_keys()))
+        .await
+        .unwrap();
     assert!(ttl.ttl() > 0, "the lease lives on: {ttl:?}");
     let mut keys: Vec<&[u8]> = ttl.keys().iter().map(|k| k.as_slice()).collect();
     keys.sort();
@@ -347,7 +444,11 @@ async fn the_nospace_alarm_trips_and_is_cleared() {
     let cluster = Cluster::start_with(3, &["--quota-backend-bytes", &QUOTA.to_string()]).await;
     for i in 0..3 {
         let status = cluster.status(i).await.expect("status");
-        assert!(status.db_size() < QUOTA / 4, "member {i} starts at {} bytes, too close to the quota", status.db_size());
+        assert!(
+            status.db_size() < QUOTA / 4,
+            "member {i} starts at {} bytes, too close to the quota",
+            status.db_size()
+        );
     }
     let endpoints = cluster.endpoints();
     let cl = &cluster;
@@ -378,26 +479,42 @@ async fn the_nospace_alarm_trips_and_is_cleared() {
         })
         .await;
         let err = cluster.client(i).await.put("small", "x", None).await.unwrap_err();
-        assert_eq!(grpc_status(err).code(), Code::ResourceExhausted, "member {i} refuses writes");
+        assert_eq!(
+            grpc_status(err).code(),
+            Code::ResourceExhausted,
+            "member {i} refuses writes"
+        );
     }
 
     // Deletes still work; then compact, defragment every member, and disarm.
-    let deleted = c.delete("big/", Some(DeleteOptions::new().with_prefix())).await.unwrap();
+    let deleted = c
+        .delete("big/", Some(DeleteOptions::new().with_prefix()))
+        .await
+        .unwrap();
     assert_eq!(deleted.deleted(), written);
     let revision = deleted.header().unwrap().revision();
-    c.compact(revision, Some(CompactionOptions::new().with_physical())).await.unwrap();
+    c.compact(revision, Some(CompactionOptions::new().with_physical()))
+        .await
+        .unwrap();
     for i in 0..3 {
         let before = cluster.status(i).await.expect("status").db_size();
         cluster.client(i).await.defragment().await.unwrap();
         let after = cluster.status(i).await.expect("status").db_size();
-        assert!(after < QUOTA / 4, "member {i}: defragment left {after} bytes (before: {before})");
+        assert!(
+            after < QUOTA / 4,
+            "member {i}: defragment left {after} bytes (before: {before})"
+        );
     }
     // Still armed: writes wait for the operator.
     let err = c.put("small", "x", None).await.unwrap_err();
     assert_eq!(grpc_status(err).code(), Code::ResourceExhausted);
     let out = cluster.etcdctl(&endpoints, &["alarm", "disarm"]);
     assert_ok("etcdctl alarm disarm", &out);
-    assert!(text(&out.stdout).contains("alarm:NOSPACE"), "disarm lists what it cleared: {}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).contains("alarm:NOSPACE"),
+        "disarm lists what it cleared: {}",
+        text(&out.stdout)
+    );
     for (i, endpoint) in endpoints.iter().enumerate() {
         eventually(&format!("member {i} lists no alarm"), || async move {
             let out = cl.etcdctl(std::slice::from_ref(endpoint), &["alarm", "list"]);
@@ -410,7 +527,12 @@ async fn the_nospace_alarm_trips_and_is_cleared() {
         .await;
     }
     for i in 0..3 {
-        cluster.client(i).await.put(format!("again/{i}"), value.clone(), None).await.unwrap();
+        cluster
+            .client(i)
+            .await
+            .put(format!("again/{i}"), value.clone(), None)
+            .await
+            .unwrap();
     }
 }
 
@@ -452,33 +574,67 @@ async fn member_commands_work_like_etcdctl() {
     for (line, m) in listed.lines().zip(&cluster.members) {
         let fields: Vec<&str> = line.split(", ").collect();
         assert_eq!(fields.len(), 6, "{line}");
-        assert_eq!(&fields[1..], ["started", m.name.as_str(), m.peer_url.as_str(), m.client_url.as_str(), "false"]);
+        assert_eq!(
+            &fields[1..],
+            [
+                "started",
+                m.name.as_str(),
+                m.peer_url.as_str(),
+                m.client_url.as_str(),
+                "false"
+            ]
+        );
     }
     let json = concord(&["member", "list", "-w", "json", "--endpoints", &ep]);
     assert_ok("concord member list -w json", &json);
     let json = text(&json.stdout);
-    assert!(json.starts_with("{\"header\":{\"cluster_id\":") && json.matches("\"ID\":").count() == 3, "{json}");
+    assert!(
+        json.starts_with("{\"header\":{\"cluster_id\":") && json.matches("\"ID\":").count() == 3,
+        "{json}"
+    );
 
     // Add a learner that never starts, move its peer URL, fail to promote it, remove it.
     let peer = cluster.new_peer_url();
-    let out = concord(&["member", "add", "learner", "--peer-urls", &peer, "--learner", "--endpoints", &ep]);
+    let out = concord(&[
+        "member",
+        "add",
+        "learner",
+        "--peer-urls",
+        &peer,
+        "--learner",
+        "--endpoints",
+        &ep,
+    ]);
     assert_ok("concord member add", &out);
     let added = text(&out.stdout);
     let first = added.lines().next().unwrap();
-    assert!(first.starts_with("Member ") && first.contains(" added as learner to cluster "), "{added}");
+    assert!(
+        first.starts_with("Member ") && first.contains(" added as learner to cluster "),
+        "{added}"
+    );
     let id = first.split_whitespace().nth(1).unwrap().to_string();
     assert!(added.contains("\nETCD_NAME=\"learner\"\n"), "{added}");
     assert!(added.contains(&format!(",learner={peer}\"\n")), "{added}");
-    assert!(added.contains(&format!("ETCD_INITIAL_ADVERTISE_PEER_URLS=\"{peer}\"\n")), "{added}");
+    assert!(
+        added.contains(&format!("ETCD_INITIAL_ADVERTISE_PEER_URLS=\"{peer}\"\n")),
+        "{added}"
+    );
     assert!(added.ends_with("ETCD_INITIAL_CLUSTER_STATE=\"existing\"\n"), "{added}");
     let listed = list(&ep);
     assert_eq!(listed.lines().count(), 4, "{listed}");
-    assert!(listed.contains(&format!("{id}, unstarted, , {peer}, , true\n")), "{listed}");
+    assert!(
+        listed.contains(&format!("{id}, unstarted, , {peer}, , true\n")),
+        "{listed}"
+    );
 
     let moved = cluster.new_peer_url();
     let out = concord(&["member", "update", &id, "--peer-urls", &moved, "--endpoints", &ep]);
     assert_ok("concord member update", &out);
-    assert!(text(&out.stdout).contains(&format!("Member {id:>16} updated in cluster")), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).contains(&format!("Member {id:>16} updated in cluster")),
+        "{}",
+        text(&out.stdout)
+    );
     let (moved_url, id_ref, ep_ref) = (&moved, &id, &ep);
     eventually("the update is listed", || async move {
         let listed = list(ep_ref);
@@ -495,7 +651,11 @@ async fn member_commands_work_like_etcdctl() {
 
     let out = concord(&["member", "remove", &id, "--endpoints", &ep]);
     assert_ok("concord member remove", &out);
-    assert!(text(&out.stdout).starts_with(&format!("Member {id:>16} removed from cluster ")), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).starts_with(&format!("Member {id:>16} removed from cluster ")),
+        "{}",
+        text(&out.stdout)
+    );
     let listed = list(&ep);
     assert_eq!(listed.lines().count(), 3, "{listed}");
     assert!(!listed.contains(&id));

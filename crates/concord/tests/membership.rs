@@ -40,7 +40,13 @@ async fn wait_converged(cluster: &Cluster, members: &[usize]) -> BTreeMap<String
         for &i in members {
             let other = local_data(cluster, i).await?;
             if other != first {
-                return Err(format!("member {i} differs: rev {} vs {}, {} vs {} keys", other.0, first.0, other.1.len(), first.1.len()));
+                return Err(format!(
+                    "member {i} differs: rev {} vs {}, {} vs {} keys",
+                    other.0,
+                    first.0,
+                    other.1.len(),
+                    first.1.len()
+                ));
             }
             let mut c = cluster.client(i).await;
             let hash = c.hash_kv(first.0).await.map_err(|e| e.to_string())?;
@@ -55,9 +61,15 @@ async fn wait_converged(cluster: &Cluster, members: &[usize]) -> BTreeMap<String
 }
 
 /// Writes `load/NNNNNN` keys until stopped, recording what was acknowledged.
-fn start_writer(endpoints: Vec<String>, acked: Arc<Mutex<BTreeMap<String, String>>>, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<()> {
+fn start_writer(
+    endpoints: Vec<String>,
+    acked: Arc<Mutex<BTreeMap<String, String>>>,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let opts = ConnectOptions::new().with_connect_timeout(Duration::from_millis(500)).with_timeout(Duration::from_secs(3));
+        let opts = ConnectOptions::new()
+            .with_connect_timeout(Duration::from_millis(500))
+            .with_timeout(Duration::from_secs(3));
         let mut target = 0;
         let mut client: Option<Client> = None;
         for seq in 0..100_000u64 {
@@ -106,7 +118,11 @@ async fn grow_to_five_and_shrink_back_to_three_under_load() {
             let cluster = &cluster;
             async move {
                 let (rev, _) = local_data(cluster, i).await?;
-                if rev > 1 { Ok(()) } else { Err("still empty".to_string()) }
+                if rev > 1 {
+                    Ok(())
+                } else {
+                    Err("still empty".to_string())
+                }
             }
         })
         .await;
@@ -118,7 +134,13 @@ async fn grow_to_five_and_shrink_back_to_three_under_load() {
         async move {
             eventually("writes are acknowledged", || {
                 let n = acked.lock().unwrap().len();
-                async move { if n >= at_least { Ok(()) } else { Err(n) } }
+                async move {
+                    if n >= at_least {
+                        Ok(())
+                    } else {
+                        Err(n)
+                    }
+                }
             })
             .await
         }
@@ -126,7 +148,10 @@ async fn grow_to_five_and_shrink_back_to_three_under_load() {
     writes_flow(50).await;
     let list = c.member_list().await.unwrap();
     assert_eq!(list.members().len(), 5);
-    assert!(list.members().iter().all(|m| !m.client_urls().is_empty() || m.name().is_empty()));
+    assert!(list
+        .members()
+        .iter()
+        .all(|m| !m.client_urls().is_empty() || m.name().is_empty()));
 
     // Shrink: remove the first two original members, whoever leads.
     for victim in 0..2 {
@@ -138,7 +163,11 @@ async fn grow_to_five_and_shrink_back_to_three_under_load() {
             async move { s.member_remove(id).await }
         })
         .await;
-        assert!(cluster.wait_exit(victim), "a removed member must stop by itself\n{}", cluster.logs());
+        assert!(
+            cluster.wait_exit(victim),
+            "a removed member must stop by itself\n{}",
+            cluster.logs()
+        );
         let _ = &mut s;
     }
     let after_shrink = acked.lock().unwrap().len();
@@ -155,35 +184,67 @@ async fn grow_to_five_and_shrink_back_to_three_under_load() {
     let data = wait_converged(&cluster, &remaining).await;
     let acked = acked.lock().unwrap().clone();
     assert!(acked.len() > 50, "too few writes acknowledged: {}", acked.len());
-    let lost: Vec<_> = acked.iter().filter(|(k, v)| data.get(*k).map(|d| &d.0) != Some(*v)).collect();
-    assert!(lost.is_empty(), "{} acknowledged writes lost, e.g. {:?}", lost.len(), &lost[..lost.len().min(3)]);
+    let lost: Vec<_> = acked
+        .iter()
+        .filter(|(k, v)| data.get(*k).map(|d| &d.0) != Some(*v))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged writes lost, e.g. {:?}",
+        lost.len(),
+        &lost[..lost.len().min(3)]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_learner_catches_up_through_a_snapshot_then_is_promoted() {
-    let mut cluster = Cluster::start_with(3, &["--snapshot-count", "500", "--experimental-snapshot-catchup-entries", "50"]).await;
+    let mut cluster = Cluster::start_with(
+        3,
+        &[
+            "--snapshot-count",
+            "500",
+            "--experimental-snapshot-catchup-entries",
+            "50",
+        ],
+    )
+    .await;
     let mut c = cluster.client(0).await;
     for i in 0..1500 {
         c.put(format!("k{i:05}"), "v", None).await.unwrap();
     }
     let peer_url = cluster.new_peer_url();
-    let added = c.member_add([peer_url.as_str()], Some(MemberAddOptions::new().with_is_learner())).await.unwrap();
+    let added = c
+        .member_add([peer_url.as_str()], Some(MemberAddOptions::new().with_is_learner()))
+        .await
+        .unwrap();
     let learner_id = added.member().unwrap().id();
     assert!(added.member().unwrap().is_learner());
 
     // At most one learner, as in etcd.
     let err = grpc_status(
-        c.member_add([cluster.new_peer_url().as_str()], Some(MemberAddOptions::new().with_is_learner())).await.unwrap_err(),
+        c.member_add(
+            [cluster.new_peer_url().as_str()],
+            Some(MemberAddOptions::new().with_is_learner()),
+        )
+        .await
+        .unwrap_err(),
     );
     assert_eq!(err.message(), "etcdserver: too many learner members in cluster");
 
     // Not started yet, so not caught up: promotion is refused.
     let err = grpc_status(c.member_promote(learner_id).await.unwrap_err());
-    assert_eq!(err.message(), "etcdserver: can only promote a learner member which is in sync with leader");
+    assert_eq!(
+        err.message(),
+        "etcdserver: can only promote a learner member which is in sync with leader"
+    );
 
     let learner = cluster.spawn_joining(&peer_url);
     wait_converged(&cluster, &[0, learner]).await;
-    assert!(cluster.log_contains(learner, "installing snapshot"), "the learner should have caught up from a snapshot\n{}", cluster.logs());
+    assert!(
+        cluster.log_contains(learner, "installing snapshot"),
+        "the learner should have caught up from a snapshot\n{}",
+        cluster.logs()
+    );
 
     eventually("promote the caught-up learner", || {
         let mut c = c.clone();
@@ -213,23 +274,41 @@ async fn changes_that_would_lose_quorum_are_refused() {
         Err(e) => grpc_status(e),
         Ok(_) => panic!("a voter was added without a healthy quorum"),
     };
-    assert_eq!((err.code(), err.message()), (Code::Unavailable, "etcdserver: unhealthy cluster"));
+    assert_eq!(
+        (err.code(), err.message()),
+        (Code::Unavailable, "etcdserver: unhealthy cluster")
+    );
     // Removing a live member would leave one active voter of two: refused.
     let err = grpc_status(c.member_remove(other_id).await.unwrap_err());
     assert_eq!(err.message(), "etcdserver: unhealthy cluster");
     let err = grpc_status(c.member_remove(0xdead).await.unwrap_err());
-    assert_eq!((err.code(), err.message()), (Code::NotFound, "etcdserver: member not found"));
+    assert_eq!(
+        (err.code(), err.message()),
+        (Code::NotFound, "etcdserver: member not found")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_down_for_many_writes_comes_back_through_a_snapshot() {
     // Concurrent puts share log entries (one entry per driver flush), so 100,000 puts
     // from 32 writers may make as few as ~3,000 entries: the thresholds sit well below that.
-    let mut cluster = Cluster::start_with(3, &["--snapshot-count", "1000", "--experimental-snapshot-catchup-entries", "100"]).await;
+    let mut cluster = Cluster::start_with(
+        3,
+        &[
+            "--snapshot-count",
+            "1000",
+            "--experimental-snapshot-catchup-entries",
+            "100",
+        ],
+    )
+    .await;
     let leader = cluster.wait_for_leader().await;
     let down = (leader + 1) % 3;
     cluster.kill(down);
-    let total: usize = std::env::var("CONCORD_SNAPSHOT_TEST_WRITES").ok().and_then(|v| v.parse().ok()).unwrap_or(100_000);
+    let total: usize = std::env::var("CONCORD_SNAPSHOT_TEST_WRITES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
     let writers = 32;
     let mut tasks = Vec::new();
     for w in 0..writers {

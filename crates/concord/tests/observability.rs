@@ -14,7 +14,9 @@ fn scrape(client_url: &str) -> HashMap<String, f64> {
     assert_eq!(response.status, 200, "{}", response.body);
     let mut samples = HashMap::new();
     for line in response.body.lines().filter(|l| !l.is_empty() && !l.starts_with('#')) {
-        let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("bad metrics line {line:?}"));
+        let (series, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("bad metrics line {line:?}"));
         let value: f64 = match value {
             "+Inf" => f64::INFINITY,
             "-Inf" => f64::NEG_INFINITY,
@@ -50,7 +52,10 @@ async fn metrics_use_etcds_names_and_count_what_happened() {
     for i in 0..20 {
         client.put(format!("metrics/{i}"), "v", None).await.expect("put");
     }
-    client.get("metrics/", Some(etcd_client::GetOptions::new().with_prefix())).await.expect("get");
+    client
+        .get("metrics/", Some(etcd_client::GetOptions::new().with_prefix()))
+        .await
+        .expect("get");
     let missing = client.lease_revoke(0x1234).await.expect_err("unknown lease");
     assert_eq!(common::grpc_status(missing).code(), tonic::Code::NotFound);
 
@@ -79,21 +84,45 @@ async fn metrics_use_etcds_names_and_count_what_happened() {
         assert!(has(&samples, name), "/metrics lacks {name}");
     }
     assert_eq!(sum(&samples, "etcd_server_has_leader", &[]), 1.0);
-    assert_eq!(sum(&samples, "etcd_server_is_leader", &[]), 0.0, "a follower says it leads");
+    assert_eq!(
+        sum(&samples, "etcd_server_is_leader", &[]),
+        0.0,
+        "a follower says it leads"
+    );
     assert!(sum(&samples, "etcd_server_leader_changes_seen_total", &[]) >= 1.0);
     assert!(sum(&samples, "etcd_disk_wal_fsync_duration_seconds_count", &[]) > 0.0);
     assert!(sum(&samples, "etcd_mvcc_db_total_size_in_bytes", &[]) > 0.0);
-    assert!(sum(&samples, "etcd_mvcc_put_total", &[]) >= 20.0, "every member applies every put");
-    let put_ok = ["grpc_method=\"Put\"", "grpc_service=\"etcdserverpb.KV\"", "grpc_type=\"unary\"", "grpc_code=\"OK\""];
+    assert!(
+        sum(&samples, "etcd_mvcc_put_total", &[]) >= 20.0,
+        "every member applies every put"
+    );
+    let put_ok = [
+        "grpc_method=\"Put\"",
+        "grpc_service=\"etcdserverpb.KV\"",
+        "grpc_type=\"unary\"",
+        "grpc_code=\"OK\"",
+    ];
     assert_eq!(sum(&samples, "grpc_server_handled_total", &put_ok), 20.0);
-    assert_eq!(sum(&samples, "grpc_server_started_total", &["grpc_method=\"Put\""]), 20.0);
+    assert_eq!(
+        sum(&samples, "grpc_server_started_total", &["grpc_method=\"Put\""]),
+        20.0
+    );
     let revoke_missing = ["grpc_method=\"LeaseRevoke\"", "grpc_code=\"NotFound\""];
     assert_eq!(sum(&samples, "grpc_server_handled_total", &revoke_missing), 1.0);
-    assert_eq!(sum(&samples, "grpc_server_handling_seconds_count", &["grpc_method=\"Put\""]), 20.0);
+    assert_eq!(
+        sum(&samples, "grpc_server_handling_seconds_count", &["grpc_method=\"Put\""]),
+        20.0
+    );
     assert!(sum(&samples, "concord_raft_group_state", &["group=\"1\"", "field=\"term\""]) >= 1.0);
-    assert!(sum(&samples, "etcd_network_client_grpc_received_bytes_total", &[]) >= 200.0, "20 puts of 10 bytes or more");
+    assert!(
+        sum(&samples, "etcd_network_client_grpc_received_bytes_total", &[]) >= 200.0,
+        "20 puts of 10 bytes or more"
+    );
     assert!(sum(&samples, "etcd_network_client_grpc_sent_bytes_total", &[]) > 0.0);
-    assert!(sum(&samples, "etcd_network_peer_received_bytes_total", &[]) > 0.0, "a follower hears from its leader");
+    assert!(
+        sum(&samples, "etcd_network_peer_received_bytes_total", &[]) > 0.0,
+        "a follower hears from its leader"
+    );
 
     // Every member counts exactly one leader among them.
     let mut leaders = 0.0;
@@ -104,7 +133,10 @@ async fn metrics_use_etcds_names_and_count_what_happened() {
 
     // The leader reports each follower's replication, and every member times its peers.
     let on_leader = scrape(&cluster.members[leader].client_url);
-    assert!(has(&on_leader, "concord_raft_group_follower"), "the leader reports its followers");
+    assert!(
+        has(&on_leader, "concord_raft_group_follower"),
+        "the leader reports its followers"
+    );
     let url = cluster.members[follower].client_url.clone();
     eventually("peer round trips are measured", || {
         let url = url.clone();
@@ -135,7 +167,10 @@ async fn health_follows_the_quorum() {
     assert_eq!(http::get(&format!("{url}/livez")).expect("GET /livez").body, "ok");
     let version: serde_json::Value =
         serde_json::from_str(&http::get(&format!("{url}/version")).expect("GET /version").body).expect("JSON version");
-    assert!(version["etcdserver"].as_str().is_some_and(|v| v.starts_with("3.")), "{version}");
+    assert!(
+        version["etcdserver"].as_str().is_some_and(|v| v.starts_with("3.")),
+        "{version}"
+    );
 
     // Without a quorum the survivor loses its leader: /health and /readyz say so; it still lives.
     for i in (0..3).filter(|&i| i != survivor) {
@@ -145,14 +180,21 @@ async fn health_follows_the_quorum() {
         let url = url.clone();
         async move {
             let health = http::get(&format!("{url}/health")).map_err(|e| e.to_string())?;
-            if health.status == 503 { Ok(health.body) } else { Err(health.body) }
+            if health.status == 503 {
+                Ok(health.body)
+            } else {
+                Err(health.body)
+            }
         }
     })
     .await;
     let json: serde_json::Value = serde_json::from_str(&unhealthy).expect("JSON health");
     assert_eq!(json["health"], "false");
     let reason = json["reason"].as_str().unwrap_or_default();
-    assert!(reason == "RAFT NO LEADER" || reason.starts_with("RANGE ERROR"), "reason: {reason}");
+    assert!(
+        reason == "RAFT NO LEADER" || reason.starts_with("RANGE ERROR"),
+        "reason: {reason}"
+    );
     let ready = http::get(&format!("{url}/readyz?verbose")).expect("GET /readyz");
     assert_eq!(ready.status, 503, "{}", ready.body);
     assert!(ready.body.contains("[-]linearizable_read failed"), "{}", ready.body);
@@ -181,8 +223,18 @@ async fn metrics_listener_and_json_logs() {
 
     let samples = scrape(&metrics_url);
     assert_eq!(sum(&samples, "etcd_server_is_leader", &[]), 1.0);
-    assert_eq!(sum(&samples, "grpc_server_handled_total", &["grpc_method=\"Put\"", "grpc_code=\"OK\""]), 1.0);
-    assert_eq!(http::get(&format!("{metrics_url}/health")).expect("GET /health").status, 200);
+    assert_eq!(
+        sum(
+            &samples,
+            "grpc_server_handled_total",
+            &["grpc_method=\"Put\"", "grpc_code=\"OK\""]
+        ),
+        1.0
+    );
+    assert_eq!(
+        http::get(&format!("{metrics_url}/health")).expect("GET /health").status,
+        200
+    );
     // The metrics listener is not a client port: no dashboard there.
     assert_eq!(http::get(&format!("{metrics_url}/ui/")).expect("GET /ui/").status, 404);
 

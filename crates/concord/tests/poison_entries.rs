@@ -86,7 +86,10 @@ async fn txns_nested_at_any_depth_get_an_answer_and_every_member_stays_up() {
             // undecodable, as gRPC servers do; below that, by the depth check, with its message.
             if depth <= 50 {
                 assert_eq!(status.code(), Code::InvalidArgument, "depth {depth}: {status:?}");
-                assert!(status.message().contains("nested too deeply"), "depth {depth}: {status:?}");
+                assert!(
+                    status.message().contains("nested too deeply"),
+                    "depth {depth}: {status:?}"
+                );
             } else {
                 assert!(
                     matches!(status.code(), Code::InvalidArgument | Code::Internal),
@@ -114,7 +117,10 @@ async fn an_entry_no_member_can_decode_is_applied_as_an_error_and_the_log_goes_o
     let before = client.get("known/0", None).await.unwrap().header().unwrap().revision();
     let status = grpc_status(client.txn(nested_txn(50)).await.unwrap_err());
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
-    assert_eq!(status.message(), "etcdserver: request cannot be applied: its log entry does not decode");
+    assert_eq!(
+        status.message(),
+        "etcdserver: request cannot be applied: its log entry does not decode"
+    );
 
     // The log goes on: later writes apply, and the entry took no revision.
     let after = client.put("known/after", "1", None).await.unwrap();

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::pki::{TestCa, write_atomically};
+use common::pki::{write_atomically, TestCa};
 use common::{eventually, Cluster};
 use etcd_client::{Client, ConnectOptions, TlsOptions};
 
@@ -61,16 +61,34 @@ async fn a_cluster_with_tls_on_every_link_serves_clients_and_etcdctl() {
         format!("--key={}", client_cert.key_file.display()),
     ];
     let with_tls = |extra: &[&str]| -> Vec<String> {
-        tls_args.iter().cloned().chain(extra.iter().map(|s| s.to_string())).collect()
+        tls_args
+            .iter()
+            .cloned()
+            .chain(extra.iter().map(|s| s.to_string()))
+            .collect()
     };
     let put = cluster.etcdctl(&cluster.endpoints(), &refs(&with_tls(&["put", "tls/etcdctl", "hello"])));
-    assert!(put.status.success(), "etcdctl put: {}", String::from_utf8_lossy(&put.stderr));
-    let get = cluster.etcdctl(&cluster.endpoints()[follower..=follower], &refs(&with_tls(&["get", "tls/etcdctl", "--print-value-only"])));
-    assert!(get.status.success(), "etcdctl get: {}", String::from_utf8_lossy(&get.stderr));
+    assert!(
+        put.status.success(),
+        "etcdctl put: {}",
+        String::from_utf8_lossy(&put.stderr)
+    );
+    let get = cluster.etcdctl(
+        &cluster.endpoints()[follower..=follower],
+        &refs(&with_tls(&["get", "tls/etcdctl", "--print-value-only"])),
+    );
+    assert!(
+        get.status.success(),
+        "etcdctl get: {}",
+        String::from_utf8_lossy(&get.stderr)
+    );
     assert_eq!(String::from_utf8_lossy(&get.stdout).trim(), "hello");
 
     // The concord CLI takes etcdctl's TLS flags; host:port endpoints become https.
-    let endpoint = cluster.members[follower].client_url.trim_start_matches("https://").to_string();
+    let endpoint = cluster.members[follower]
+        .client_url
+        .trim_start_matches("https://")
+        .to_string();
     let concord_kv = |args: &[&str]| {
         std::process::Command::new(env!("CARGO_BIN_EXE_concord"))
             .args(["kv", "--endpoints", &endpoint])
@@ -80,9 +98,16 @@ async fn a_cluster_with_tls_on_every_link_serves_clients_and_etcdctl() {
             .expect("run concord kv")
     };
     let put = concord_kv(&["put", "tls/cli", "from the cli"]);
-    assert!(put.status.success(), "concord kv put: {}", String::from_utf8_lossy(&put.stderr));
+    assert!(
+        put.status.success(),
+        "concord kv put: {}",
+        String::from_utf8_lossy(&put.stderr)
+    );
     let got = concord_kv(&["get", "tls/cli"]);
-    assert!(String::from_utf8_lossy(&got.stdout).contains("from the cli"), "concord kv get: {got:?}");
+    assert!(
+        String::from_utf8_lossy(&got.stdout).contains("from the cli"),
+        "concord kv get: {got:?}"
+    );
 
     // A killed member comes back and catches up over peer TLS.
     cluster.kill(follower);
@@ -103,7 +128,11 @@ async fn wait_until_local(client: &Client, key: &str, what: &str) {
                 .get(key, Some(etcd_client::GetOptions::new().with_serializable()))
                 .await
                 .map_err(|e| e.to_string())?;
-            if got.kvs().is_empty() { Err("not yet".to_string()) } else { Ok(()) }
+            if got.kvs().is_empty() {
+                Err("not yet".to_string())
+            } else {
+                Ok(())
+            }
         }
     })
     .await;
@@ -124,8 +153,12 @@ async fn clients_that_do_not_belong_are_refused() {
     let plain_url = url.replace("https://", "http://");
 
     // The right client gets in.
-    let right = TlsOptions::new().ca_certificate(ca.certificate()).identity(client_cert.identity());
-    try_get(&url, quick().with_tls(right)).await.expect("a client with the cluster's certificates is served");
+    let right = TlsOptions::new()
+        .ca_certificate(ca.certificate())
+        .identity(client_cert.identity());
+    try_get(&url, quick().with_tls(right))
+        .await
+        .expect("a client with the cluster's certificates is served");
 
     // Plaintext against the TLS port.
     let plaintext = try_get(&plain_url, quick()).await;
@@ -134,15 +167,28 @@ async fn clients_that_do_not_belong_are_refused() {
     // A client that trusts another CA refuses the member's certificate.
     let other = TestCa::new(dir.path(), "other");
     let stranger = other.issue("stranger", "stranger");
-    let wrong_trust = TlsOptions::new().ca_certificate(other.certificate()).identity(client_cert.identity());
-    assert!(try_get(&url, quick().with_tls(wrong_trust)).await.is_err(), "a client accepted an untrusted server");
+    let wrong_trust = TlsOptions::new()
+        .ca_certificate(other.certificate())
+        .identity(client_cert.identity());
+    assert!(
+        try_get(&url, quick().with_tls(wrong_trust)).await.is_err(),
+        "a client accepted an untrusted server"
+    );
 
     // A client whose certificate another CA signed is refused by the member...
-    let untrusted_client = TlsOptions::new().ca_certificate(ca.certificate()).identity(stranger.identity());
-    assert!(try_get(&url, quick().with_tls(untrusted_client)).await.is_err(), "an untrusted client certificate was accepted");
+    let untrusted_client = TlsOptions::new()
+        .ca_certificate(ca.certificate())
+        .identity(stranger.identity());
+    assert!(
+        try_get(&url, quick().with_tls(untrusted_client)).await.is_err(),
+        "an untrusted client certificate was accepted"
+    );
     // ...and so is a client with no certificate at all, under --client-cert-auth.
     let anonymous = TlsOptions::new().ca_certificate(ca.certificate());
-    assert!(try_get(&url, quick().with_tls(anonymous)).await.is_err(), "a client without a certificate was accepted");
+    assert!(
+        try_get(&url, quick().with_tls(anonymous)).await.is_err(),
+        "a client without a certificate was accepted"
+    );
 
     assert!(
         cluster.log_contains(0, "rejected a TLS connection"),
@@ -160,12 +206,20 @@ async fn a_member_without_certificates_for_an_https_url_says_so() {
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_concord"))
         .args(["serve", "--name", "lonely"])
         .arg(format!("--data-dir={}", dir.path().join("d").display()))
-        .args(["--listen-client-urls", "https://127.0.0.1:0", "--advertise-client-urls", "https://127.0.0.1:0"])
+        .args([
+            "--listen-client-urls",
+            "https://127.0.0.1:0",
+            "--advertise-client-urls",
+            "https://127.0.0.1:0",
+        ])
         .output()
         .expect("run concord serve");
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("--cert-file"), "the error names the missing flag: {stderr}");
+    assert!(
+        stderr.contains("--cert-file"),
+        "the error names the missing flag: {stderr}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -186,20 +240,34 @@ async fn certificates_rotate_without_a_restart() {
     write_atomically(&member.cert_file, &std::fs::read_to_string(&renewed.cert_file).unwrap());
     write_atomically(&member.key_file, &std::fs::read_to_string(&renewed.key_file).unwrap());
     write_atomically(&old_ca.ca_file(), &std::fs::read_to_string(new_ca.ca_file()).unwrap());
-    let hup = std::process::Command::new("kill").args(["-HUP", &pid.to_string()]).status().unwrap();
+    let hup = std::process::Command::new("kill")
+        .args(["-HUP", &pid.to_string()])
+        .status()
+        .unwrap();
     assert!(hup.success());
 
-    let new_options = TlsOptions::new().ca_certificate(new_ca.certificate()).identity(new_client.identity());
+    let new_options = TlsOptions::new()
+        .ca_certificate(new_ca.certificate())
+        .identity(new_client.identity());
     eventually("the member presents and trusts the new CA", || {
         let opts = quick().with_tls(new_options.clone());
         let url = url.clone();
         async move { try_get(&url, opts).await }
     })
     .await;
-    let old_options = TlsOptions::new().ca_certificate(old_ca.certificate()).identity(client_cert.identity());
-    assert!(try_get(&url, quick().with_tls(old_options)).await.is_err(), "the old certificates are still accepted");
+    let old_options = TlsOptions::new()
+        .ca_certificate(old_ca.certificate())
+        .identity(client_cert.identity());
+    assert!(
+        try_get(&url, quick().with_tls(old_options)).await.is_err(),
+        "the old certificates are still accepted"
+    );
     assert_eq!(cluster.pid(0), Some(pid), "the member was not restarted");
-    assert!(cluster.log_contains(0, "reloaded TLS certificates"), "{}", cluster.logs());
+    assert!(
+        cluster.log_contains(0, "reloaded TLS certificates"),
+        "{}",
+        cluster.logs()
+    );
     cluster.kill(0);
 }
 
@@ -237,19 +305,31 @@ async fn with_auth_on_a_client_certificate_names_the_user() {
     root.user_add("root", "root-password", None).await.unwrap();
     root.user_grant_role("root", "root").await.unwrap();
     root.role_add("alice-role").await.unwrap();
-    root.role_grant_permission("alice-role", etcd_client::Permission::read_write("alice/").with_prefix())
-        .await
-        .unwrap();
+    root.role_grant_permission(
+        "alice-role",
+        etcd_client::Permission::read_write("alice/").with_prefix(),
+    )
+    .await
+    .unwrap();
     root.user_add("alice", "alice-password", None).await.unwrap();
     root.user_grant_role("alice", "alice-role").await.unwrap();
     root.auth_enable().await.unwrap();
 
     // No token anywhere from here on: the certificates say who is asking.
-    root.put("anywhere", "root may", None).await.expect("the root certificate acts as root");
+    root.put("anywhere", "root may", None)
+        .await
+        .expect("the root certificate acts as root");
     let url = cluster.members[0].client_url.clone();
-    let alice_tls = TlsOptions::new().ca_certificate(ca.certificate()).identity(alice_cert.identity());
-    let mut alice = Client::connect([url.as_str()], Some(quick().with_tls(alice_tls))).await.unwrap();
-    alice.put("alice/x", "mine", None).await.expect("alice writes under her prefix");
+    let alice_tls = TlsOptions::new()
+        .ca_certificate(ca.certificate())
+        .identity(alice_cert.identity());
+    let mut alice = Client::connect([url.as_str()], Some(quick().with_tls(alice_tls)))
+        .await
+        .unwrap();
+    alice
+        .put("alice/x", "mine", None)
+        .await
+        .expect("alice writes under her prefix");
     let denied = alice.put("bob/x", "not mine", None).await.unwrap_err();
     let status = common::grpc_status(denied);
     assert_eq!(status.code(), tonic::Code::PermissionDenied);
@@ -267,9 +347,16 @@ async fn with_auth_on_a_client_certificate_names_the_user() {
         cluster.etcdctl(&cluster.endpoints(), &refs(&all))
     };
     let got = etcdctl("alice:alice-password", &["get", "alice/x", "--print-value-only"]);
-    assert!(got.status.success(), "etcdctl --user alice: {}", String::from_utf8_lossy(&got.stderr));
+    assert!(
+        got.status.success(),
+        "etcdctl --user alice: {}",
+        String::from_utf8_lossy(&got.stderr)
+    );
     assert_eq!(String::from_utf8_lossy(&got.stdout).trim(), "mine");
     let refused = etcdctl("alice:alice-password", &["put", "bob/y", "no"]);
     assert!(!refused.status.success());
-    assert!(String::from_utf8_lossy(&refused.stderr).contains("permission denied"), "{refused:?}");
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("permission denied"),
+        "{refused:?}"
+    );
 }

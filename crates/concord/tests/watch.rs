@@ -40,7 +40,11 @@ async fn etcdctl_watch_sees_puts_from_another_client() {
     let stdout = watcher.stdout.take().unwrap();
     let lines = std::thread::spawn(move || {
         // etcdctl prints: PUT, key, value for each event.
-        BufReader::new(stdout).lines().take(6).map(|l| l.unwrap()).collect::<Vec<_>>()
+        BufReader::new(stdout)
+            .lines()
+            .take(6)
+            .map(|l| l.unwrap())
+            .collect::<Vec<_>>()
     });
     let mut c = cluster.client(0).await;
     // The watch starts when etcdctl has connected; write until both events arrive.
@@ -48,7 +52,9 @@ async fn etcdctl_watch_sees_puts_from_another_client() {
     let mut n = 0;
     while !lines.is_finished() {
         assert!(std::time::Instant::now() < deadline, "etcdctl saw no events");
-        c.put(format!("svc/{}", n % 2), format!("addr-{n}"), None).await.unwrap();
+        c.put(format!("svc/{}", n % 2), format!("addr-{n}"), None)
+            .await
+            .unwrap();
         n += 1;
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -73,7 +79,10 @@ async fn watch_from_a_past_revision_replays_history_then_follows() {
 
     let mut w = cluster.client(2).await;
     let mut stream = w
-        .watch("h/", Some(WatchOptions::new().with_prefix().with_start_revision(2).with_prev_key()))
+        .watch(
+            "h/",
+            Some(WatchOptions::new().with_prefix().with_start_revision(2).with_prev_key()),
+        )
         .await
         .unwrap();
     let mut seen = Vec::new();
@@ -81,7 +90,12 @@ async fn watch_from_a_past_revision_replays_history_then_follows() {
         let resp = next_events(&mut stream).await;
         for e in resp.events() {
             let kv = e.kv().unwrap();
-            seen.push((e.event_type(), kv.key_str().unwrap().to_string(), kv.mod_revision(), e.prev_kv().map(|p| p.value().to_vec())));
+            seen.push((
+                e.event_type(),
+                kv.key_str().unwrap().to_string(),
+                kv.mod_revision(),
+                e.prev_kv().map(|p| p.value().to_vec()),
+            ));
         }
     }
     assert_eq!(
@@ -108,14 +122,23 @@ async fn watching_a_compacted_revision_is_canceled_with_etcds_response() {
         c.put("k", format!("{i}"), None).await.unwrap();
     }
     c.compact(5, None).await.unwrap();
-    let mut stream = c.watch("k", Some(WatchOptions::new().with_start_revision(2))).await.unwrap();
+    let mut stream = c
+        .watch("k", Some(WatchOptions::new().with_start_revision(2)))
+        .await
+        .unwrap();
     let resp = next_events(&mut stream).await;
     assert!(resp.canceled());
     assert_eq!(resp.compact_revision(), 5);
-    assert_eq!(resp.cancel_reason(), "etcdserver: mvcc: required revision has been compacted");
+    assert_eq!(
+        resp.cancel_reason(),
+        "etcdserver: mvcc: required revision has been compacted"
+    );
 
     // At the compaction revision itself, history is still there.
-    let mut stream = c.watch("k", Some(WatchOptions::new().with_start_revision(5))).await.unwrap();
+    let mut stream = c
+        .watch("k", Some(WatchOptions::new().with_start_revision(5)))
+        .await
+        .unwrap();
     let resp = next_events(&mut stream).await;
     assert!(!resp.canceled());
     assert_eq!(resp.events()[0].kv().unwrap().mod_revision(), 5);
@@ -150,11 +173,18 @@ async fn filters_and_cancel_work_on_one_stream() {
     }
     assert!(got.contains(&(first_id, EventType::Delete)), "{got:?}");
     assert!(got.contains(&(second_id, EventType::Put)), "{got:?}");
-    assert!(!got.contains(&(first_id, EventType::Put)), "NOPUT filter let a put through: {got:?}");
+    assert!(
+        !got.contains(&(first_id, EventType::Put)),
+        "NOPUT filter let a put through: {got:?}"
+    );
 
     stream.cancel(second_id).await.unwrap();
     loop {
-        let resp = tokio::time::timeout(WAIT, stream.message()).await.unwrap().unwrap().unwrap();
+        let resp = tokio::time::timeout(WAIT, stream.message())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
         if resp.canceled() {
             assert_eq!(resp.watch_id(), second_id);
             break;
@@ -170,7 +200,11 @@ async fn wait_for_count(cluster: &Cluster, i: usize, n: usize) {
             .get("load/", Some(GetOptions::new().with_prefix().with_count_only()))
             .await
             .map_err(|e| e.to_string())?;
-        if got.count() as usize >= n { Ok(()) } else { Err(got.count().to_string()) }
+        if got.count() as usize >= n {
+            Ok(())
+        } else {
+            Err(got.count().to_string())
+        }
     })
     .await
 }
@@ -187,7 +221,10 @@ async fn no_event_is_lost_or_duplicated_when_the_leader_dies_under_load() {
     assert!(stream.message().await.unwrap().unwrap().created());
 
     let stop = Arc::new(AtomicBool::new(false));
-    let endpoints = [cluster.members[write_member].client_url.clone(), cluster.members[watch_member].client_url.clone()];
+    let endpoints = [
+        cluster.members[write_member].client_url.clone(),
+        cluster.members[watch_member].client_url.clone(),
+    ];
     let writer = {
         let stop = stop.clone();
         tokio::spawn(async move {
@@ -213,7 +250,10 @@ async fn no_event_is_lost_or_duplicated_when_the_leader_dies_under_load() {
         let c = cluster.client(write_member).await;
         eventually("count after kill", || {
             let mut c = c.clone();
-            async move { c.get("load/", Some(GetOptions::new().with_prefix().with_count_only())).await }
+            async move {
+                c.get("load/", Some(GetOptions::new().with_prefix().with_count_only()))
+                    .await
+            }
         })
         .await
         .count() as usize
@@ -242,7 +282,10 @@ async fn no_event_is_lost_or_duplicated_when_the_leader_dies_under_load() {
             seen.push((kv.key_str().unwrap().to_string(), kv.mod_revision()));
         }
     }
-    assert!(seen.windows(2).all(|p| p[0].1 < p[1].1), "events out of order or duplicated");
+    assert!(
+        seen.windows(2).all(|p| p[0].1 < p[1].1),
+        "events out of order or duplicated"
+    );
     assert_eq!(seen, expected);
 }
 
@@ -251,8 +294,18 @@ async fn a_slow_watcher_blocks_neither_writes_nor_other_watchers() {
     let cluster = Cluster::start(3).await;
     let mut c = cluster.client(0).await;
     // A watcher whose client does not read: its responses pile up.
-    let mut slow = cluster.client(0).await.watch("big/", Some(WatchOptions::new().with_prefix())).await.unwrap();
-    let mut fast = cluster.client(0).await.watch("big/", Some(WatchOptions::new().with_prefix())).await.unwrap();
+    let mut slow = cluster
+        .client(0)
+        .await
+        .watch("big/", Some(WatchOptions::new().with_prefix()))
+        .await
+        .unwrap();
+    let mut fast = cluster
+        .client(0)
+        .await
+        .watch("big/", Some(WatchOptions::new().with_prefix()))
+        .await
+        .unwrap();
     assert!(fast.message().await.unwrap().unwrap().created());
 
     // Far more than the stream's queue and HTTP/2 window hold: 1000 x 16 KiB.
@@ -302,7 +355,11 @@ async fn ten_thousand_watchers_over_one_hundred_streams_stay_correct() {
         }
         let mut created = 1;
         while created < KEYS {
-            let resp = tokio::time::timeout(WAIT, stream.message()).await.unwrap().unwrap().unwrap();
+            let resp = tokio::time::timeout(WAIT, stream.message())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
             assert!(resp.created());
             created += 1;
         }
@@ -340,7 +397,12 @@ async fn a_client_resumes_without_gaps_after_its_member_restarts() {
     let mut cluster = Cluster::start(3).await;
     let holder = 0;
     let mut writer = cluster.client(1).await;
-    let mut stream = cluster.client(holder).await.watch("r/", Some(WatchOptions::new().with_prefix())).await.unwrap();
+    let mut stream = cluster
+        .client(holder)
+        .await
+        .watch("r/", Some(WatchOptions::new().with_prefix()))
+        .await
+        .unwrap();
     assert!(stream.message().await.unwrap().unwrap().created());
 
     let mut seen: Vec<i64> = Vec::new();
@@ -365,7 +427,10 @@ async fn a_client_resumes_without_gaps_after_its_member_restarts() {
     let resume_from = seen.last().unwrap() + 1;
     let mut other = cluster.client(2).await;
     let mut stream = other
-        .watch("r/", Some(WatchOptions::new().with_prefix().with_start_revision(resume_from)))
+        .watch(
+            "r/",
+            Some(WatchOptions::new().with_prefix().with_start_revision(resume_from)),
+        )
         .await
         .unwrap();
     while seen.len() < 100 {
@@ -373,14 +438,20 @@ async fn a_client_resumes_without_gaps_after_its_member_restarts() {
         seen.extend(resp.events().iter().map(|e| e.kv().unwrap().mod_revision()));
     }
     let expected: Vec<i64> = (2..102).collect();
-    assert_eq!(seen, expected, "events lost, duplicated or out of order across the restart");
+    assert_eq!(
+        seen, expected,
+        "events lost, duplicated or out of order across the restart"
+    );
 
     // And the restarted member serves the same history to a new watcher.
     cluster.restart(holder);
     let mut back = cluster.client(holder).await;
     let mut stream = eventually("watch on the restarted member", || {
         let mut back = back.clone();
-        async move { back.watch("r/", Some(WatchOptions::new().with_prefix().with_start_revision(2))).await }
+        async move {
+            back.watch("r/", Some(WatchOptions::new().with_prefix().with_start_revision(2)))
+                .await
+        }
     })
     .await;
     let mut replay = Vec::new();

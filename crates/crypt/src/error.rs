@@ -7,10 +7,7 @@ use crate::keyfile::KeyId;
 pub enum CryptError {
     /// The key file could not be read.
     #[error("{path}: {source}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
+    Io { path: String, source: std::io::Error },
     /// A line of the key file is not a valid key.
     #[error("{origin}:{line}: {reason}")]
     KeyFile {

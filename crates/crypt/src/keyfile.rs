@@ -101,8 +101,7 @@ impl Keyring {
                     "key name {name:?} may only use letters, digits, '.', '_' and '-'"
                 )));
             }
-            let material =
-                parse_key_hex(hex).map_err(|reason| bad(format!("key {name:?}: {reason}")))?;
+            let material = parse_key_hex(hex).map_err(|reason| bad(format!("key {name:?}: {reason}")))?;
             if material == [0u8; 32] {
                 return Err(bad(format!("key {name:?} is all zeros, not a random key")));
             }
@@ -116,8 +115,7 @@ impl Keyring {
                     other.name
                 )));
             }
-            let unbound = UnboundKey::new(&AES_256_GCM, &material)
-                .expect("a 32-byte key is valid for AES-256-GCM");
+            let unbound = UnboundKey::new(&AES_256_GCM, &material).expect("a 32-byte key is valid for AES-256-GCM");
             keys.push(Key {
                 name: name.to_string(),
                 id,
@@ -239,11 +237,7 @@ mod tests {
 
     #[test]
     fn parses_names_order_comments_and_ids() {
-        let ring = Keyring::parse(
-            &format!("# newest first\n\nnew:{K2}\n  old : {K1}  \n"),
-            "keys",
-        )
-        .unwrap();
+        let ring = Keyring::parse(&format!("# newest first\n\nnew:{K2}\n  old : {K1}  \n"), "keys").unwrap();
         assert_eq!(ring.active_name(), "new");
         assert_eq!(ring.ids().len(), 2);
         let old = ring.ids()[1];
@@ -288,9 +282,7 @@ mod tests {
             assert_eq!(permission_warning(&path), None);
         }
         assert_eq!(Keyring::load(&path).unwrap().active_name(), "k1");
-        let missing = Keyring::load(&dir.path().join("nope"))
-            .unwrap_err()
-            .to_string();
+        let missing = Keyring::load(&dir.path().join("nope")).unwrap_err().to_string();
         assert!(missing.contains("nope"), "{missing}");
     }
 }

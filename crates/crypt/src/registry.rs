@@ -53,9 +53,7 @@ mod tests {
         );
         let sealer = Sealer::new(ring.clone()).unwrap();
         let sealed = sealer.seal(b"hello", b"aad");
-        assert!(
-            matches!(open_registered(&sealed, b"aad"), Err(CryptError::UnknownKey(id)) if id == ring.active_id())
-        );
+        assert!(matches!(open_registered(&sealed, b"aad"), Err(CryptError::UnknownKey(id)) if id == ring.active_id()));
         register(&ring);
         register(&ring);
         assert!(is_registered(ring.active_id()));

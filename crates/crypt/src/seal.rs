@@ -23,9 +23,7 @@ pub const OVERHEAD: usize = BODY_START + TAG_LEN;
 /// The key id a sealed item names, without opening it.
 pub fn sealed_key_id(sealed: &[u8]) -> Result<KeyId, CryptError> {
     if sealed.len() < OVERHEAD {
-        return Err(CryptError::Malformed(
-            "shorter than the sealed format's overhead",
-        ));
+        return Err(CryptError::Malformed("shorter than the sealed format's overhead"));
     }
     if sealed[0] != FORMAT_V1 {
         return Err(CryptError::Malformed("unknown format version"));
@@ -56,11 +54,7 @@ pub(crate) fn open_with(key: &Key, sealed: &[u8], aad: &[u8]) -> Result<Vec<u8>,
     let mut body = sealed[BODY_START..].to_vec();
     let len = with_prefix(&sealed[..PREFIX_LEN], aad, |aad| {
         key.aead
-            .open_in_place(
-                Nonce::assume_unique_for_key(nonce),
-                Aad::from(aad),
-                &mut body,
-            )
+            .open_in_place(Nonce::assume_unique_for_key(nonce), Aad::from(aad), &mut body)
             .map(|plain| plain.len())
     })
     .map_err(|_| CryptError::Tampered(key.id))?;
@@ -150,11 +144,8 @@ impl Sealer {
         out.extend_from_slice(plaintext);
         let (head, body) = out[start..].split_at_mut(BODY_START);
         let tag = with_prefix(&head[..PREFIX_LEN], aad, |aad| {
-            key.aead.seal_in_place_separate_tag(
-                Nonce::assume_unique_for_key(nonce),
-                Aad::from(aad),
-                body,
-            )
+            key.aead
+                .seal_in_place_separate_tag(Nonce::assume_unique_for_key(nonce), Aad::from(aad), body)
         })
         .expect("AES-GCM seals any message shorter than 64 GiB");
         out.extend_from_slice(tag.as_ref());
@@ -189,20 +180,13 @@ mod tests {
     #[test]
     fn round_trip_and_format() {
         let sealer = Sealer::new(ring(&format!("k1:{K1}"))).unwrap();
-        for plain in [
-            &b""[..],
-            b"x",
-            b"a value that is longer than one AES block, by a bit",
-        ] {
+        for plain in [&b""[..], b"x", b"a value that is longer than one AES block, by a bit"] {
             let sealed = sealer.seal(plain, b"header");
             assert_eq!(sealed.len(), plain.len() + OVERHEAD);
             assert_eq!(sealed[0], FORMAT_V1);
             assert_eq!(sealed_key_id(&sealed).unwrap(), sealer.active_id());
             if plain.len() > 4 {
-                assert!(
-                    !sealed.windows(plain.len()).any(|w| w == plain),
-                    "plaintext shows"
-                );
+                assert!(!sealed.windows(plain.len()).any(|w| w == plain), "plaintext shows");
             }
             assert_eq!(sealer.open(&sealed, b"header").unwrap(), plain);
         }
@@ -242,10 +226,7 @@ mod tests {
         assert_ne!(after.active_id(), before.active_id());
         assert_eq!(after.open(&old_value, b"").unwrap(), b"old");
         assert_eq!(after.open(&new_value, b"").unwrap(), b"new");
-        assert!(matches!(
-            before.open(&new_value, b""),
-            Err(CryptError::UnknownKey(_))
-        ));
+        assert!(matches!(before.open(&new_value, b""), Err(CryptError::UnknownKey(_))));
     }
 
     #[test]
@@ -256,16 +237,10 @@ mod tests {
         for byte in 1..sealed.len() {
             let mut bad = sealed.clone();
             bad[byte] ^= 0x10;
-            assert!(
-                sealer.open(&bad, b"aad").is_err(),
-                "flip in byte {byte} went unnoticed"
-            );
+            assert!(sealer.open(&bad, b"aad").is_err(), "flip in byte {byte} went unnoticed");
         }
         // Other associated data (the value moved elsewhere) fails.
-        assert!(matches!(
-            sealer.open(&sealed, b"aae"),
-            Err(CryptError::Tampered(_))
-        ));
+        assert!(matches!(sealer.open(&sealed, b"aae"), Err(CryptError::Tampered(_))));
         // Truncated, empty, or of another version.
         assert!(sealer.open(&sealed[..sealed.len() - 1], b"aad").is_err());
         assert!(matches!(
@@ -274,19 +249,13 @@ mod tests {
         ));
         let mut other = sealed.clone();
         other[0] = 2;
-        assert!(matches!(
-            sealer.open(&other, b"aad"),
-            Err(CryptError::Malformed(_))
-        ));
+        assert!(matches!(sealer.open(&other, b"aad"), Err(CryptError::Malformed(_))));
         // A different key under the same id (a forged id) fails authentication.
         let imposter_ring = ring(&format!("k2:{K2}"));
         let imposter = Sealer::new(imposter_ring).unwrap();
         let mut forged = imposter.seal(b"some secret value", b"aad");
         forged[1..5].copy_from_slice(&sealer.active_id().0.to_be_bytes());
-        assert!(matches!(
-            sealer.open(&forged, b"aad"),
-            Err(CryptError::Tampered(_))
-        ));
+        assert!(matches!(sealer.open(&forged, b"aad"), Err(CryptError::Tampered(_))));
     }
 
     #[test]

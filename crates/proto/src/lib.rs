@@ -138,14 +138,32 @@ mod redacted {
             };
             let printed = format!("{req:?}");
             assert!(printed.contains("alice"), "{printed}");
-            assert!(!printed.contains("hunter2") && !printed.contains("JDJhJDEw"), "{printed}");
-            let auth = AuthenticateRequest { name: "bob".into(), password: "pw".into() };
+            assert!(
+                !printed.contains("hunter2") && !printed.contains("JDJhJDEw"),
+                "{printed}"
+            );
+            let auth = AuthenticateRequest {
+                name: "bob".into(),
+                password: "pw".into(),
+            };
             assert!(!format!("{auth:?}").contains("\"pw\""));
-            let resp = AuthenticateResponse { header: None, token: "tok.123".into() };
+            let resp = AuthenticateResponse {
+                header: None,
+                token: "tok.123".into(),
+            };
             assert!(!format!("{resp:#?}").contains("tok.123"));
-            let change = AuthUserChangePasswordRequest { name: "c".into(), password: "s3cret".into(), hashed_password: String::new() };
+            let change = AuthUserChangePasswordRequest {
+                name: "c".into(),
+                password: "s3cret".into(),
+                hashed_password: String::new(),
+            };
             assert!(!format!("{change:?}").contains("s3cret"));
-            let user = User { name: b"u".to_vec(), password: b"$2b$10$hash".to_vec(), roles: vec![], options: None };
+            let user = User {
+                name: b"u".to_vec(),
+                password: b"$2b$10$hash".to_vec(),
+                roles: vec![],
+                options: None,
+            };
             assert!(!format!("{user:?}").contains("hash"));
         }
     }

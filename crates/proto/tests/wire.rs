@@ -66,8 +66,5 @@ fn grpc_service_names() {
     );
     assert_eq!(etcdserverpb::auth_server::SERVICE_NAME, "etcdserverpb.Auth");
     assert_eq!(v3lockpb::lock_server::SERVICE_NAME, "v3lockpb.Lock");
-    assert_eq!(
-        v3electionpb::election_server::SERVICE_NAME,
-        "v3electionpb.Election"
-    );
+    assert_eq!(v3electionpb::election_server::SERVICE_NAME, "v3electionpb.Election");
 }

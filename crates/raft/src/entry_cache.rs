@@ -36,9 +36,7 @@ impl EntryCache {
             return;
         };
         match self.entries.front().map(|e| e.index) {
-            Some(first) if first < first_new && first_new <= self.next_index() => {
-                self.truncate_from(first_new)
-            }
+            Some(first) if first < first_new && first_new <= self.next_index() => self.truncate_from(first_new),
             _ => self.clear(),
         }
         for entry in new {

@@ -27,10 +27,10 @@
 
 use std::sync::Arc;
 
+use concord_crypt::{KeyId, Sealer, FORMAT_V1};
 use protobuf::Message as _;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState, Storage, StorageError};
-use concord_crypt::{KeyId, Sealer, FORMAT_V1};
 use raft_engine::{Command, Engine, LogBatch, MessageExt};
 
 use crate::entry_cache::EntryCache;
@@ -153,13 +153,15 @@ impl LogStore {
             return;
         }
         let engine = self.engine.clone();
-        let spawned = std::thread::Builder::new().name("raft-log-purge".into()).spawn(move || {
-            match engine.purge_expired_files() {
-                Ok(_) => tracing::debug!("raft log files purged"),
-                Err(e) => tracing::warn!("cannot purge raft log files: {e}"),
-            }
-            PURGING.store(false, Ordering::Release);
-        });
+        let spawned = std::thread::Builder::new()
+            .name("raft-log-purge".into())
+            .spawn(move || {
+                match engine.purge_expired_files() {
+                    Ok(_) => tracing::debug!("raft log files purged"),
+                    Err(e) => tracing::warn!("cannot purge raft log files: {e}"),
+                }
+                PURGING.store(false, Ordering::Release);
+            });
         if spawned.is_err() {
             PURGING.store(false, Ordering::Release);
         }
@@ -239,7 +241,10 @@ impl LogStore {
         }
         if let Some(id) = active {
             if !ranges.iter().any(|r| r.key == id && r.last == OPEN_RANGE) {
-                ranges.push(SealedRange { key: id, last: OPEN_RANGE });
+                ranges.push(SealedRange {
+                    key: id,
+                    last: OPEN_RANGE,
+                });
             }
         }
         if ranges != self.sealed {
@@ -594,7 +599,12 @@ mod tests {
             store.stage_entries(&mut batch, &entries);
             store.write(&mut batch, false).unwrap();
         }
-        let log_files = || std::fs::read_dir(dir.path()).unwrap().filter(|f| f.as_ref().unwrap().path().extension().is_some_and(|e| e == "raftlog")).count();
+        let log_files = || {
+            std::fs::read_dir(dir.path())
+                .unwrap()
+                .filter(|f| f.as_ref().unwrap().path().extension().is_some_and(|e| e == "raftlog"))
+                .count()
+        };
         let before = log_files();
         let mut batch = LogBatch::default();
         assert!(store.stage_compact(&mut batch, 990));
@@ -602,7 +612,11 @@ mod tests {
         store.purge_in_background();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         while log_files() * 2 > before {
-            assert!(std::time::Instant::now() < deadline, "{} of {before} log files left", log_files());
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} of {before} log files left",
+                log_files()
+            );
             std::thread::sleep(std::time::Duration::from_millis(20));
             store.purge_in_background();
         }
@@ -633,9 +647,7 @@ mod tests {
         assert_eq!(store.first_index().unwrap(), 1);
         assert_eq!(store.last_index().unwrap(), 3);
         assert_eq!(store.term(3).unwrap(), 2);
-        let got = store
-            .entries(1, 4, None, GetEntriesContext::empty(false))
-            .unwrap();
+        let got = store.entries(1, 4, None, GetEntriesContext::empty(false)).unwrap();
         assert_eq!(got.iter().map(|e| e.index).collect::<Vec<_>>(), vec![1, 2, 3]);
     }
 
@@ -792,9 +804,15 @@ mod tests {
             write_secrets(&mut store, 1..=10, 1);
         }
         let no_key = open_with(dir.path(), None).err().unwrap().to_string();
-        assert!(no_key.contains(&k1.to_string()) && no_key.contains("--encryption-key-file"), "{no_key}");
+        assert!(
+            no_key.contains(&k1.to_string()) && no_key.contains("--encryption-key-file"),
+            "{no_key}"
+        );
         let wrong_key = open_with(dir.path(), sealer(K2)).err().unwrap().to_string();
-        assert!(wrong_key.contains(&k1.to_string()) && wrong_key.contains("does not list"), "{wrong_key}");
+        assert!(
+            wrong_key.contains(&k1.to_string()) && wrong_key.contains("does not list"),
+            "{wrong_key}"
+        );
         assert!(wrong_key.contains("index 10"), "{wrong_key}");
 
         // Rotation: the new key on top, the old one below.
@@ -852,5 +870,4 @@ mod tests {
         let store = open_with(dir.path(), None).unwrap();
         assert_eq!(store.first_index().unwrap(), 51);
     }
-
 }

@@ -24,8 +24,11 @@ pub static WAL_FSYNC_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
 
 /// etcd's `etcd_disk_wal_write_bytes_total`: bytes handed to the Raft log.
 pub static WAL_WRITE_BYTES: LazyLock<IntCounter> = LazyLock::new(|| {
-    register_int_counter!("etcd_disk_wal_write_bytes_total", "Total number of bytes written in WAL.")
-        .expect("metric registered once")
+    register_int_counter!(
+        "etcd_disk_wal_write_bytes_total",
+        "Total number of bytes written in WAL."
+    )
+    .expect("metric registered once")
 });
 
 /// etcd's `etcd_server_snapshot_apply_in_progress_total` has no counterpart here; this counts
@@ -41,8 +44,12 @@ pub static SNAPSHOTS_INSTALLED: LazyLock<IntCounter> = LazyLock::new(|| {
 /// etcd's `etcd_network_peer_sent_bytes_total`, labelled `To` with the peer's id in hex: Raft
 /// message bytes streamed to each peer.
 pub static PEER_SENT_BYTES: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register_int_counter_vec!("etcd_network_peer_sent_bytes_total", "The total number of bytes sent to peers.", &["To"])
-        .expect("metric registered once")
+    register_int_counter_vec!(
+        "etcd_network_peer_sent_bytes_total",
+        "The total number of bytes sent to peers.",
+        &["To"]
+    )
+    .expect("metric registered once")
 });
 
 /// etcd's `etcd_network_peer_received_bytes_total`, labelled `From` with the peer's id in hex.

@@ -225,9 +225,9 @@ impl<O: Send + 'static> RaftHandle<O> {
             return Err(RaftError::NoLeader);
         }
         let deadline = tokio::time::Instant::now() + self.request_timeout;
-        let queue = self.reads.get_or_init(|| {
-            read_loop::start(self.mailbox.clone(), self.applied.clone(), self.request_timeout)
-        });
+        let queue = self
+            .reads
+            .get_or_init(|| read_loop::start(self.mailbox.clone(), self.applied.clone(), self.request_timeout));
         let (waiter, answer) = oneshot::channel();
         queue.send(waiter).map_err(|_| RaftError::Stopped)?;
         match tokio::time::timeout_at(deadline, answer).await {
@@ -449,7 +449,11 @@ impl<S: StateMachine> Driver<S> {
             GroupMsg::ProposeConfChange { change, reply } => self.propose_conf_change(change, reply),
             GroupMsg::ReadIndex { reply } => self.queued_reads.push(reply),
             GroupMsg::SnapshotSent { to, ok } => {
-                let status = if ok { SnapshotStatus::Finish } else { SnapshotStatus::Failure };
+                let status = if ok {
+                    SnapshotStatus::Finish
+                } else {
+                    SnapshotStatus::Failure
+                };
                 self.raw.report_snapshot(to, status);
             }
             GroupMsg::Step(m) => {
@@ -508,7 +512,8 @@ impl<S: StateMachine> Driver<S> {
         match self.raw.propose(proposer.encode(), data) {
             Ok(()) => {
                 for (i, (_, reply)) in batch.into_iter().enumerate() {
-                    self.pending_proposals.insert(first_request.wrapping_add(i as u64), reply);
+                    self.pending_proposals
+                        .insert(first_request.wrapping_add(i as u64), reply);
                 }
             }
             Err(raft::Error::ProposalDropped) => refuse(batch, RaftError::ProposalDropped),
@@ -571,7 +576,11 @@ impl<S: StateMachine> Driver<S> {
         }
         for ctx in expired {
             if let Some(batch) = self.inflight_reads.remove(&ctx) {
-                let err = if leaderless { RaftError::NoLeader } else { RaftError::Timeout };
+                let err = if leaderless {
+                    RaftError::NoLeader
+                } else {
+                    RaftError::Timeout
+                };
                 for w in batch.waiters {
                     let _ = w.send(Err(err.clone()));
                 }
@@ -590,7 +599,11 @@ impl<S: StateMachine> Driver<S> {
         // longer than a tick (raft-rs may have dropped it; `on_tick` asks again) does not hold
         // the next one back.
         let now = Instant::now();
-        if self.inflight_reads.values().any(|b| now.duration_since(b.started) < self.cfg.tick_interval) {
+        if self
+            .inflight_reads
+            .values()
+            .any(|b| now.duration_since(b.started) < self.cfg.tick_interval)
+        {
             return false;
         }
         let waiters = std::mem::take(&mut self.queued_reads);
@@ -690,7 +703,11 @@ impl<S: StateMachine> Driver<S> {
                         let Some(proposals) = proposal_batch::decode(&entry.data, batch.count) else {
                             // Every member reads the same bytes: each applies the entry as
                             // nothing, and the proposer's callers get an error.
-                            tracing::warn!(group = self.cfg.group_id, index = entry.index, "malformed batch of proposals; applied as nothing");
+                            tracing::warn!(
+                                group = self.cfg.group_id,
+                                index = entry.index,
+                                "malformed batch of proposals; applied as nothing"
+                            );
                             if let Some(p) = mine {
                                 self.refuse_malformed_batch(p);
                             }
@@ -744,7 +761,12 @@ impl<S: StateMachine> Driver<S> {
         let took = started.elapsed();
         if took >= SLOW_APPLY {
             // etcd's "apply request took too long": every request behind this batch waited.
-            tracing::warn!(group = self.cfg.group_id, entries = commands.len(), ?took, "apply took too long");
+            tracing::warn!(
+                group = self.cfg.group_id,
+                entries = commands.len(),
+                ?took,
+                "apply took too long"
+            );
         }
         for (position, output) in outputs {
             if let Some(request) = waiting.remove(&position) {
@@ -826,7 +848,12 @@ impl<S: StateMachine> Driver<S> {
         let meta = snap.get_metadata();
         let descriptor = SnapshotDescriptor::decode(snap.get_data())
             .map_err(|e| Fault(format!("undecodable snapshot descriptor: {e}")))?;
-        tracing::info!(group = self.cfg.group_id, index = meta.index, term = meta.term, "installing snapshot");
+        tracing::info!(
+            group = self.cfg.group_id,
+            index = meta.index,
+            term = meta.term,
+            "installing snapshot"
+        );
         crate::metrics::SNAPSHOTS_INSTALLED.inc();
         self.sm
             .install_snapshot(std::path::Path::new(&descriptor.path), &descriptor.app_data)
@@ -856,7 +883,10 @@ impl<S: StateMachine> Driver<S> {
         if self.building.is_none() && self.snapshots.is_wanted() {
             let job = self.sm.snapshot_job();
             let nanos = initial_request_id();
-            let path = self.cfg.snapshot_dir.join(format!("{:016x}-{nanos:x}.snap", self.cfg.group_id));
+            let path = self
+                .cfg
+                .snapshot_dir
+                .join(format!("{:016x}-{nanos:x}.snap", self.cfg.group_id));
             let spawned = std::thread::Builder::new()
                 .name(format!("snapshot-{}", self.cfg.group_id))
                 .spawn(move || job(&path));
@@ -889,7 +919,12 @@ impl<S: StateMachine> Driver<S> {
         meta.index = built.applied_index;
         meta.term = term.unwrap_or(0);
         meta.set_conf_state(store.conf_state().clone());
-        tracing::info!(group = self.cfg.group_id, index = built.applied_index, size, "snapshot ready");
+        tracing::info!(
+            group = self.cfg.group_id,
+            index = built.applied_index,
+            size,
+            "snapshot ready"
+        );
         if let Some(old) = self.snapshots.set_ready(snap) {
             remove_snapshot_file(&old);
         }

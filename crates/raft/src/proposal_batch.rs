@@ -96,11 +96,19 @@ mod tests {
 
     #[test]
     fn contexts_round_trip() {
-        let one = Proposer { member: 7, first_request: 42, count: 1 };
+        let one = Proposer {
+            member: 7,
+            first_request: 42,
+            count: 1,
+        };
         assert_eq!(one.encode().len(), 16);
         assert_eq!(Proposer::decode(&one.encode()), Some(one));
         assert!(!one.is_batch());
-        let many = Proposer { member: 7, first_request: 42, count: 3 };
+        let many = Proposer {
+            member: 7,
+            first_request: 42,
+            count: 3,
+        };
         assert_eq!(many.encode().len(), 20);
         assert_eq!(Proposer::decode(&many.encode()), Some(many));
         assert!(many.is_batch());

@@ -70,5 +70,4 @@ pub struct BuiltSnapshot {
 }
 
 /// A snapshot build to run off the driver thread, writing to the given path.
-pub type SnapshotJob =
-    Box<dyn FnOnce(&Path) -> Result<BuiltSnapshot, Box<dyn std::error::Error + Send + Sync>> + Send>;
+pub type SnapshotJob = Box<dyn FnOnce(&Path) -> Result<BuiltSnapshot, Box<dyn std::error::Error + Send + Sync>> + Send>;

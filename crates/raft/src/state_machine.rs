@@ -65,9 +65,5 @@ pub trait StateMachine: Send + 'static {
     fn snapshot_job(&self) -> SnapshotJob;
 
     /// Replaces the whole state with a snapshot received from the leader.
-    fn install_snapshot(
-        &mut self,
-        path: &Path,
-        app_data: &[u8],
-    ) -> Result<(), BoxError>;
+    fn install_snapshot(&mut self, path: &Path, app_data: &[u8]) -> Result<(), BoxError>;
 }

@@ -14,9 +14,9 @@ use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 
 use concord_proto::concordpb::raft_peer_client::RaftPeerClient;
-use concord_tls::Dialer;
 use concord_proto::concordpb::raft_peer_server::{RaftPeer, RaftPeerServer};
 use concord_proto::concordpb::{RaftMessageBatch, RaftStreamDone, SnapshotChunk, SnapshotDescriptor};
+use concord_tls::Dialer;
 use prost::Message as _;
 use raft::eraftpb::{Message, MessageType};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -92,12 +92,7 @@ impl PeerTransport {
     /// Creates a transport whose link tasks run on `runtime`, which stores
     /// received snapshots in `snapshot_dir`, and whose outgoing connections
     /// are made by `dialer` (peer TLS, and the source address from [`source_address`]).
-    pub fn new(
-        member_id: u64,
-        runtime: tokio::runtime::Handle,
-        snapshot_dir: PathBuf,
-        dialer: Dialer,
-    ) -> Arc<Self> {
+    pub fn new(member_id: u64, runtime: tokio::runtime::Handle, snapshot_dir: PathBuf, dialer: Dialer) -> Arc<Self> {
         Arc::new(PeerTransport {
             member_id,
             runtime,
@@ -158,17 +153,27 @@ impl PeerTransport {
     /// Whether the last contact with `peer` worked, either way round. Raft's
     /// own activity flag lags by up to an election timeout; this does not.
     pub fn is_reachable(&self, peer: u64) -> bool {
-        !self.unreachable.read().expect("reachability lock poisoned").contains(&peer)
+        !self
+            .unreachable
+            .read()
+            .expect("reachability lock poisoned")
+            .contains(&peer)
     }
 
     fn mark_reachable(&self, peer: u64) {
         if !self.is_reachable(peer) {
-            self.unreachable.write().expect("reachability lock poisoned").remove(&peer);
+            self.unreachable
+                .write()
+                .expect("reachability lock poisoned")
+                .remove(&peer);
         }
     }
 
     fn report_unreachable(&self, groups: impl IntoIterator<Item = u64>, peer: u64) {
-        self.unreachable.write().expect("reachability lock poisoned").insert(peer);
+        self.unreachable
+            .write()
+            .expect("reachability lock poisoned")
+            .insert(peer);
         for group_id in groups {
             if let Some(inbox) = self.group(group_id) {
                 inbox.report_unreachable(peer);
@@ -190,7 +195,12 @@ impl MessageSink for PeerTransport {
                 match peers.get(&to) {
                     Some(peer) => {
                         let (url, me, dialer) = (peer.url.clone(), self.member_id, self.dialer.clone());
-                        let groups = self.groups.read().expect("groups lock poisoned").get(&group_id).cloned();
+                        let groups = self
+                            .groups
+                            .read()
+                            .expect("groups lock poisoned")
+                            .get(&group_id)
+                            .cloned();
                         self.runtime.spawn(async move {
                             let result = send_snapshot(me, group_id, &url, &dialer, msg).await;
                             if let Err(e) = &result {
@@ -221,12 +231,7 @@ impl MessageSink for PeerTransport {
 }
 
 /// Keeps one stream open to a peer and feeds it batches from the queue.
-async fn run_link(
-    transport: Weak<PeerTransport>,
-    peer: u64,
-    url: String,
-    mut queue: mpsc::Receiver<(u64, Message)>,
-) {
+async fn run_link(transport: Weak<PeerTransport>, peer: u64, url: String, mut queue: mpsc::Receiver<(u64, Message)>) {
     let Some((me, dialer)) = transport.upgrade().map(|t| (t.member_id, t.dialer.clone())) else {
         return;
     };
@@ -346,13 +351,7 @@ fn drain_and_report(
 
 /// Streams the snapshot a `MsgSnapshot` announces: the message first, then
 /// the file in chunks.
-async fn send_snapshot(
-    from: u64,
-    group_id: u64,
-    url: &str,
-    dialer: &Dialer,
-    msg: Message,
-) -> Result<(), String> {
+async fn send_snapshot(from: u64, group_id: u64, url: &str, dialer: &Dialer, msg: Message) -> Result<(), String> {
     let to = msg.to;
     let descriptor = SnapshotDescriptor::decode(msg.get_snapshot().get_data()).map_err(|e| e.to_string())?;
     let mut file = tokio::fs::File::open(&descriptor.path)
@@ -377,7 +376,11 @@ async fn send_snapshot(
         }
         buf.truncate(n);
         sent = tx
-            .send(SnapshotChunk { group_id, data: buf, ..Default::default() })
+            .send(SnapshotChunk {
+                group_id,
+                data: buf,
+                ..Default::default()
+            })
             .await
             .is_ok();
     }
@@ -413,10 +416,7 @@ pub struct PeerService {
 
 #[tonic::async_trait]
 impl RaftPeer for PeerService {
-    async fn stream(
-        &self,
-        request: Request<Streaming<RaftMessageBatch>>,
-    ) -> Result<Response<RaftStreamDone>, Status> {
+    async fn stream(&self, request: Request<Streaming<RaftMessageBatch>>) -> Result<Response<RaftStreamDone>, Status> {
         let mut stream = request.into_inner();
         let mut received_bytes: Option<(u64, prometheus::IntCounter)> = None;
         while let Some(batch) = stream.next().await {
@@ -450,10 +450,7 @@ impl RaftPeer for PeerService {
         Ok(Response::new(RaftStreamDone {}))
     }
 
-    async fn snapshot(
-        &self,
-        request: Request<Streaming<SnapshotChunk>>,
-    ) -> Result<Response<RaftStreamDone>, Status> {
+    async fn snapshot(&self, request: Request<Streaming<SnapshotChunk>>) -> Result<Response<RaftStreamDone>, Status> {
         let mut stream = request.into_inner();
         let head = stream
             .next()
@@ -508,11 +505,17 @@ mod tests {
         let ip = |s: &str| Some(s.parse().unwrap());
         assert_eq!(source_address(&urls(&["http://127.0.0.10:2380"])), ip("127.0.0.10"));
         assert_eq!(source_address(&urls(&["http://[::1]:2380/"])), ip("::1"));
-        assert_eq!(source_address(&urls(&["http://10.0.0.1:2380", "http://10.0.0.1:2381"])), ip("10.0.0.1"));
+        assert_eq!(
+            source_address(&urls(&["http://10.0.0.1:2380", "http://10.0.0.1:2381"])),
+            ip("10.0.0.1")
+        );
         assert_eq!(source_address(&urls(&["http://0.0.0.0:2380"])), None);
         assert_eq!(source_address(&urls(&["http://[::]:2380"])), None);
         assert_eq!(source_address(&urls(&["http://localhost:2380"])), None);
-        assert_eq!(source_address(&urls(&["http://10.0.0.1:2380", "http://10.0.0.2:2380"])), None);
+        assert_eq!(
+            source_address(&urls(&["http://10.0.0.1:2380", "http://10.0.0.2:2380"])),
+            None
+        );
         assert_eq!(source_address(&[]), None);
     }
 }

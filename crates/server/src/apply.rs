@@ -9,8 +9,7 @@ use std::sync::Arc;
 use concord_proto::concordpb::{raft_command::Op, ClusterState, RaftCommand};
 use concord_proto::etcdserverpb::Member;
 use concord_raft::{
-    BuiltSnapshot, Committed, ConfChangeApplied, MemberChangeKind, PeerTransport, SnapshotJob,
-    StateMachine,
+    BuiltSnapshot, Committed, ConfChangeApplied, MemberChangeKind, PeerTransport, SnapshotJob, StateMachine,
 };
 use concord_storage::{ApplyEntry, KvError, MvccStore, WriteResult};
 use prost::Message as _;
@@ -67,7 +66,10 @@ impl KvStateMachine {
                     let mut member = match (&announced, self.effects.membership.member(*id)) {
                         (Some(m), _) if m.id == *id => m.clone(),
                         (_, Some(existing)) => existing,
-                        _ => Member { id: *id, ..Default::default() },
+                        _ => Member {
+                            id: *id,
+                            ..Default::default()
+                        },
                     };
                     member.is_learner = is_learner;
                     if let Some(url) = member.peer_ur_ls.first() {
@@ -179,8 +181,11 @@ impl StateMachine for KvStateMachine {
         if results.len() != answered.len() {
             return Err(format!("the store answered {} of {} commands", results.len(), answered.len()).into());
         }
-        let results: Vec<(usize, Result<WriteResult, KvError>)> =
-            answered.into_iter().zip(results).map(|(position, (_, result))| (position, result)).collect();
+        let results: Vec<(usize, Result<WriteResult, KvError>)> = answered
+            .into_iter()
+            .zip(results)
+            .map(|(position, (_, result))| (position, result))
+            .collect();
         crate::metrics::BACKEND_COMMIT_SECONDS.observe(started.elapsed().as_secs_f64());
         // Auth changes take effect in memory before the Raft driver reports these entries
         // applied, so a read that passed a ReadIndex barrier sees them.
@@ -210,8 +215,16 @@ impl StateMachine for KvStateMachine {
             .into_iter()
             .map(|(position, result)| (position, Applied::Kv(result)))
             .collect();
-        outputs.extend(membership_changes.into_iter().map(|position| (position, Applied::Membership)));
-        outputs.extend(undecodable.into_iter().map(|(position, refused)| (position, Applied::Kv(Err(refused)))));
+        outputs.extend(
+            membership_changes
+                .into_iter()
+                .map(|position| (position, Applied::Membership)),
+        );
+        outputs.extend(
+            undecodable
+                .into_iter()
+                .map(|(position, refused)| (position, Applied::Kv(Err(refused)))),
+        );
         Ok(outputs)
     }
 
@@ -261,7 +274,10 @@ impl StateMachine for KvStateMachine {
 /// on, and a log that holds such an entry heals on upgrade instead of stopping every member.
 fn decode_command(entry: &Committed<'_>) -> Result<RaftCommand, KvError> {
     RaftCommand::decode(entry.data).map_err(|e| {
-        tracing::warn!(index = entry.index, "a committed entry cannot be decoded; it is applied as an error: {e}");
+        tracing::warn!(
+            index = entry.index,
+            "a committed entry cannot be decoded; it is applied as an error: {e}"
+        );
         KvError::Undecodable
     })
 }

@@ -12,9 +12,8 @@ use concord_proto::concordpb::raft_command::Op;
 use concord_proto::etcdserverpb::cluster_client::ClusterClient;
 use concord_proto::etcdserverpb::cluster_server::Cluster;
 use concord_proto::etcdserverpb::{
-    Member, MemberAddRequest, MemberAddResponse, MemberListRequest, MemberListResponse,
-    MemberPromoteRequest, MemberPromoteResponse, MemberRemoveRequest, MemberRemoveResponse,
-    MemberUpdateRequest, MemberUpdateResponse,
+    Member, MemberAddRequest, MemberAddResponse, MemberListRequest, MemberListResponse, MemberPromoteRequest,
+    MemberPromoteResponse, MemberRemoveRequest, MemberRemoveResponse, MemberUpdateRequest, MemberUpdateResponse,
 };
 use concord_raft::{GroupStatus, Role};
 use prost::Message as _;
@@ -148,12 +147,17 @@ impl Cluster for ClusterService {
         };
         let req = request.into_inner();
         let members = self.ctx.membership.members();
-        if members.iter().any(|m| m.peer_ur_ls.iter().any(|u| req.peer_ur_ls.contains(u))) {
+        if members
+            .iter()
+            .any(|m| m.peer_ur_ls.iter().any(|u| req.peer_ur_ls.contains(u)))
+        {
             return Err(peer_urls_exist());
         }
         if req.is_learner {
             if members.iter().filter(|m| m.is_learner).count() >= MAX_LEARNERS {
-                return Err(Status::failed_precondition("etcdserver: too many learner members in cluster"));
+                return Err(Status::failed_precondition(
+                    "etcdserver: too many learner members in cluster",
+                ));
             }
         } else {
             // After the change, the active voters must still be a quorum. As in etcd, a
@@ -175,7 +179,11 @@ impl Cluster for ClusterService {
             client_ur_ls: Vec::new(),
             is_learner: req.is_learner,
         };
-        let kind = if req.is_learner { ConfChangeType::AddLearnerNode } else { ConfChangeType::AddNode };
+        let kind = if req.is_learner {
+            ConfChangeType::AddLearnerNode
+        } else {
+            ConfChangeType::AddNode
+        };
         self.change(vec![(kind, id)], member.encode_to_vec()).await?;
         Ok(Response::new(MemberAddResponse {
             header: self.header(),
@@ -184,7 +192,10 @@ impl Cluster for ClusterService {
         }))
     }
 
-    async fn member_remove(&self, request: Request<MemberRemoveRequest>) -> Result<Response<MemberRemoveResponse>, Status> {
+    async fn member_remove(
+        &self,
+        request: Request<MemberRemoveRequest>,
+    ) -> Result<Response<MemberRemoveResponse>, Status> {
         let status = match self.leader_or_forward(&request).await? {
             Ok(status) => status,
             Err(mut leader) => {
@@ -235,12 +246,18 @@ impl Cluster for ClusterService {
         }))
     }
 
-    async fn member_update(&self, request: Request<MemberUpdateRequest>) -> Result<Response<MemberUpdateResponse>, Status> {
+    async fn member_update(
+        &self,
+        request: Request<MemberUpdateRequest>,
+    ) -> Result<Response<MemberUpdateResponse>, Status> {
         // etcd checks no URL here, and its members panic applying a bad one; Concord checks
         // them as MemberAdd's, before anything else.
         let peer_urls = peer_urls::validate(&request.get_ref().peer_ur_ls)?;
         let creds = Credentials::of(&request);
-        self.ctx.auth.require_admin(&creds, self.ctx.router.default_group()).await?;
+        self.ctx
+            .auth
+            .require_admin(&creds, self.ctx.router.default_group())
+            .await?;
         let req = MemberUpdateRequest {
             peer_ur_ls: peer_urls,
             ..request.into_inner()
@@ -279,7 +296,10 @@ impl Cluster for ClusterService {
         }))
     }
 
-    async fn member_promote(&self, request: Request<MemberPromoteRequest>) -> Result<Response<MemberPromoteResponse>, Status> {
+    async fn member_promote(
+        &self,
+        request: Request<MemberPromoteRequest>,
+    ) -> Result<Response<MemberPromoteResponse>, Status> {
         let status = match self.leader_or_forward(&request).await? {
             Ok(status) => status,
             Err(mut leader) => {
@@ -293,10 +313,20 @@ impl Cluster for ClusterService {
             return Err(errors::member_not_found());
         };
         if !member.is_learner {
-            return Err(Status::failed_precondition("etcdserver: can only promote a learner member"));
+            return Err(Status::failed_precondition(
+                "etcdserver: can only promote a learner member",
+            ));
         }
-        let leader_match = status.progress.iter().find(|p| p.member_id == status.member_id).map_or(0, |p| p.matched);
-        let learner_match = status.progress.iter().find(|p| p.member_id == id).map_or(0, |p| p.matched);
+        let leader_match = status
+            .progress
+            .iter()
+            .find(|p| p.member_id == status.member_id)
+            .map_or(0, |p| p.matched);
+        let learner_match = status
+            .progress
+            .iter()
+            .find(|p| p.member_id == id)
+            .map_or(0, |p| p.matched);
         if (learner_match as f64) < leader_match as f64 * LEARNER_READY_SHARE {
             return Err(Status::failed_precondition(
                 "etcdserver: can only promote a learner member which is in sync with leader",
@@ -308,7 +338,8 @@ impl Cluster for ClusterService {
         }
         let mut promoted = member.clone();
         promoted.is_learner = false;
-        self.change(vec![(ConfChangeType::AddNode, id)], promoted.encode_to_vec()).await?;
+        self.change(vec![(ConfChangeType::AddNode, id)], promoted.encode_to_vec())
+            .await?;
         Ok(Response::new(MemberPromoteResponse {
             header: self.header(),
             members: self.ctx.membership.members(),

@@ -29,8 +29,8 @@ use concord_proto::etcdserverpb::request_op::Request as TxnOp;
 use concord_proto::etcdserverpb::response_op::Response as TxnResult;
 use concord_proto::etcdserverpb::watch_create_request::FilterType;
 use concord_proto::etcdserverpb::{
-    range_request, Compare, DeleteRangeRequest, LeaseGrantRequest, PutRequest, RangeRequest,
-    RangeResponse, RequestOp, TxnRequest, TxnResponse,
+    range_request, Compare, DeleteRangeRequest, LeaseGrantRequest, PutRequest, RangeRequest, RangeResponse, RequestOp,
+    TxnRequest, TxnResponse,
 };
 use concord_proto::mvccpb::event::EventType;
 use concord_proto::mvccpb::KeyValue;
@@ -41,11 +41,11 @@ use tonic::Status;
 use crate::auth::check::as_plain_error;
 use crate::auth::{Credentials, Sender};
 use crate::context::MemberContext;
-use concord_storage::auth::perms::{Access, Need};
 use crate::errors;
 use crate::watch::wait::next_events;
 use crate::watch::watcher::Watcher;
 use crate::watch::WatchHub;
+use concord_storage::auth::perms::{Access, Need};
 
 /// etcd's `concurrency` default session TTL, in seconds: what a Lock or
 /// Campaign without a lease gets (etcd's server grants such a lease and never
@@ -193,7 +193,10 @@ fn unexpected(result: &WriteResult) -> Status {
 /// Replicates a txn on behalf of `sender` and answers with etcd's header filled in.
 pub async fn txn(ctx: &MemberContext, sender: &Sender, req: TxnRequest) -> Result<TxnResponse, Status> {
     let group = ctx.router.group_for_txn(&req);
-    let result = ctx.propose_write(group, sender, Op::Txn(req)).await.map_err(as_plain_error)?;
+    let result = ctx
+        .propose_write(group, sender, Op::Txn(req))
+        .await
+        .map_err(as_plain_error)?;
     let revision = result.revision();
     match result {
         WriteResult::Txn(mut resp) => {
@@ -211,7 +214,10 @@ pub async fn delete(ctx: &MemberContext, sender: &Sender, key: &[u8]) -> Result<
         ..Default::default()
     };
     let group = ctx.router.group_for_key(key);
-    let result = ctx.propose_write(group, sender, Op::DeleteRange(req)).await.map_err(as_plain_error)?;
+    let result = ctx
+        .propose_write(group, sender, Op::DeleteRange(req))
+        .await
+        .map_err(as_plain_error)?;
     match result {
         WriteResult::DeleteRange(_) => Ok(result.revision()),
         other => Err(unexpected(&other)),
@@ -221,13 +227,21 @@ pub async fn delete(ctx: &MemberContext, sender: &Sender, key: &[u8]) -> Result<
 /// The sender of a Lock or Election step: the caller, identified afresh from its credentials
 /// (as etcd's in-process client sends the caller's token with every call).
 pub async fn sender(ctx: &MemberContext, creds: &Credentials) -> Result<Sender, Status> {
-    ctx.auth.sender(creds, ctx.router.default_group()).await.map_err(as_plain_error)
+    ctx.auth
+        .sender(creds, ctx.router.default_group())
+        .await
+        .map_err(as_plain_error)
 }
 
 /// The check a Lock or Election call passes before anything else (with auth enabled): after a
 /// ReadIndex barrier, the caller must be able to read everything under `prefix`, and to write
 /// there too when `write` (where its key will go). Refusals are etcd's, as plain errors.
-pub async fn authorize_prefix(ctx: &MemberContext, creds: &Credentials, prefix: &[u8], write: bool) -> Result<(), Status> {
+pub async fn authorize_prefix(
+    ctx: &MemberContext,
+    creds: &Credentials,
+    prefix: &[u8],
+    write: bool,
+) -> Result<(), Status> {
     if !ctx.auth.enabled() {
         return Ok(());
     }
@@ -238,16 +252,16 @@ pub async fn authorize_prefix(ctx: &MemberContext, creds: &Credentials, prefix: 
     if write {
         needs.push(Need::new(Access::Write, prefix, &end));
     }
-    ctx.auth.authorize_read(creds, group, &needs).await.map_err(as_plain_error)?;
+    ctx.auth
+        .authorize_read(creds, group, &needs)
+        .await
+        .map_err(as_plain_error)?;
     Ok(())
 }
 
 /// A linearizable range (ReadIndex barrier, then the local store), with the
 /// revision it was served at.
-pub async fn linearizable_range(
-    ctx: &MemberContext,
-    req: &RangeRequest,
-) -> Result<(RangeResponse, i64), Status> {
+pub async fn linearizable_range(ctx: &MemberContext, req: &RangeRequest) -> Result<(RangeResponse, i64), Status> {
     let group = ctx.router.group_for_range(&req.key, &req.range_end);
     group.read_barrier().await.map_err(errors::from_raft)?;
     ctx.store.range(req).map_err(errors::from_kv)
@@ -300,7 +314,11 @@ pub async fn session_lease(ctx: &MemberContext, sender: &Sender, lease: i64) -> 
             ttl: SESSION_TTL,
             id: next_lease_id(ctx.membership.local_id()),
         };
-        match ctx.propose_write(group, sender, Op::LeaseGrant(req)).await.map_err(as_plain_error) {
+        match ctx
+            .propose_write(group, sender, Op::LeaseGrant(req))
+            .await
+            .map_err(as_plain_error)
+        {
             Ok(WriteResult::LeaseGrant(resp)) => return Ok(resp.id),
             Ok(other) => return Err(unexpected(&other)),
             Err(status) if status.message() == KvError::LeaseExists.to_string() => {
@@ -369,9 +387,7 @@ pub async fn wait_deletes(
                 Ok(events) => {
                     let relevant = events.iter().any(|e| {
                         e.r#type == EventType::Delete as i32
-                            && e.kv
-                                .as_ref()
-                                .is_some_and(|kv| kv.key == last_key || kv.key == my_key)
+                            && e.kv.as_ref().is_some_and(|kv| kv.key == last_key || kv.key == my_key)
                     });
                     if relevant {
                         break;
@@ -424,13 +440,20 @@ mod tests {
             let store = Arc::new(MvccStore::open(&dir.path().join("kv.redb")).unwrap());
             let hub = WatchHub::new(store);
             tokio::spawn(hub.clone().run());
-            Fixture { hub, index: 0, _dir: dir }
+            Fixture {
+                hub,
+                index: 0,
+                _dir: dir,
+            }
         }
 
         fn apply(&mut self, op: Op) -> i64 {
             self.index += 1;
             let command = RaftCommand { op: Some(op) };
-            let entry = ApplyEntry { index: self.index, command: Some(&command) };
+            let entry = ApplyEntry {
+                index: self.index,
+                command: Some(&command),
+            };
             let results = self.hub.store().apply(&[entry]).unwrap();
             let revision = results[0].1.as_ref().expect("write applies").revision();
             self.hub.notify_applied(self.hub.store().current_revision());
@@ -438,11 +461,17 @@ mod tests {
         }
 
         fn put(&mut self, key: &[u8]) -> i64 {
-            self.apply(Op::Put(PutRequest { key: key.to_vec(), ..Default::default() }))
+            self.apply(Op::Put(PutRequest {
+                key: key.to_vec(),
+                ..Default::default()
+            }))
         }
 
         fn delete(&mut self, key: &[u8]) -> i64 {
-            self.apply(Op::DeleteRange(DeleteRangeRequest { key: key.to_vec(), ..Default::default() }))
+            self.apply(Op::DeleteRange(DeleteRangeRequest {
+                key: key.to_vec(),
+                ..Default::default()
+            }))
         }
 
         fn wait(&self, my_key: &[u8], my_rev: i64) -> tokio::task::JoinHandle<Result<Waited, Status>> {
@@ -521,7 +550,10 @@ mod tests {
     #[test]
     fn keys_follow_etcds_layout() {
         assert_eq!(prefix(b"mylock"), b"mylock/");
-        assert_eq!(participant_key(b"mylock/", 0x694d77aa9e1f3c05), b"mylock/694d77aa9e1f3c05");
+        assert_eq!(
+            participant_key(b"mylock/", 0x694d77aa9e1f3c05),
+            b"mylock/694d77aa9e1f3c05"
+        );
         assert_eq!(participant_key(b"e/", 255), b"e/ff");
         assert_eq!(go_hex(0), "0");
         assert_eq!(go_hex(-1), "-1");

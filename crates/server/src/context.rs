@@ -118,7 +118,10 @@ impl MemberContext {
     /// Proposes a KV write through `group` on behalf of `sender` (apply checks that the sender
     /// may make it) and waits for this member to apply it.
     pub async fn propose_write(&self, group: &GroupHandle, sender: &Sender, op: Op) -> Result<WriteResult, Status> {
-        let data = RaftCommand { op: Some(sender.envelope(op)) }.encode_to_vec();
+        let data = RaftCommand {
+            op: Some(sender.envelope(op)),
+        }
+        .encode_to_vec();
         if data.len() > self.limits.max_request_bytes {
             return Err(errors::request_too_large());
         }

@@ -17,8 +17,8 @@ use concord_proto::mvccpb::event::EventType;
 use concord_proto::mvccpb::KeyValue;
 use concord_proto::v3electionpb::election_server::Election;
 use concord_proto::v3electionpb::{
-    CampaignRequest, CampaignResponse, LeaderKey, LeaderRequest, LeaderResponse, ProclaimRequest,
-    ProclaimResponse, ResignRequest, ResignResponse,
+    CampaignRequest, CampaignResponse, LeaderKey, LeaderRequest, LeaderResponse, ProclaimRequest, ProclaimResponse,
+    ResignRequest, ResignResponse,
 };
 use concord_storage::KvError;
 use futures::Stream;
@@ -26,8 +26,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use crate::concurrency::{self, Waited};
 use crate::auth::{Credentials, Sender};
+use crate::concurrency::{self, Waited};
 use crate::context::MemberContext;
 use crate::errors;
 use crate::watch::wait::next_events;
@@ -100,7 +100,11 @@ async fn resign(ctx: &MemberContext, sender: &Sender, key: &[u8], rev: i64) -> R
 async fn withdraw(ctx: &MemberContext, key: &[u8], rev: i64) {
     // The member withdraws the candidacy this very call made, whoever the caller is now.
     if let Err(status) = resign(ctx, &Sender::Member, key, rev).await {
-        tracing::debug!("election: cannot withdraw {:?}: {}", String::from_utf8_lossy(key), status.message());
+        tracing::debug!(
+            "election: cannot withdraw {:?}: {}",
+            String::from_utf8_lossy(key),
+            status.message()
+        );
     }
 }
 
@@ -139,7 +143,13 @@ enum Campaigned {
 }
 
 /// One Campaign call, on its own task (see [`concurrency::detach`]).
-async fn campaign_task(ctx: Arc<MemberContext>, hub: Arc<WatchHub>, creds: Credentials, req: CampaignRequest, mut answer: Answer) {
+async fn campaign_task(
+    ctx: Arc<MemberContext>,
+    hub: Arc<WatchHub>,
+    creds: Credentials,
+    req: CampaignRequest,
+    mut answer: Answer,
+) {
     match campaign(&ctx, &hub, &creds, req, &mut answer).await {
         Campaigned::Answer(result) => {
             let _ = answer.send(result);
@@ -246,7 +256,13 @@ async fn current_leader(ctx: &MemberContext, prefix: &[u8]) -> Result<(Option<Ke
 /// of an election that had none. Among puts in one batch, the one created
 /// first wins (as in etcd's Observe).
 async fn next_leader(hub: &Arc<WatchHub>, prefix: &[u8], revision: i64) -> Result<KeyValue, KvError> {
-    let mut watcher = Watcher::new(prefix.to_vec(), concurrency::prefix_end(prefix), &[], false, revision + 1);
+    let mut watcher = Watcher::new(
+        prefix.to_vec(),
+        concurrency::prefix_end(prefix),
+        &[],
+        false,
+        revision + 1,
+    );
     loop {
         let events = next_events(hub, &mut watcher).await?;
         let leader = events

@@ -68,8 +68,12 @@ pub fn from_raft(err: RaftError) -> Status {
         RaftError::Timeout => Status::unavailable("etcdserver: request timed out"),
         RaftError::ProposalDropped => Status::unavailable("etcdserver: request timed out"),
         RaftError::Stopped => Status::unavailable("etcdserver: server stopped"),
-        RaftError::Malformed => Status::internal("etcdserver: request cannot be applied: its log entry does not decode"),
-        RaftError::Raft(msg) | RaftError::Io(msg) | RaftError::Encryption(msg) => Status::internal(format!("etcdserver: {msg}")),
+        RaftError::Malformed => {
+            Status::internal("etcdserver: request cannot be applied: its log entry does not decode")
+        }
+        RaftError::Raft(msg) | RaftError::Io(msg) | RaftError::Encryption(msg) => {
+            Status::internal(format!("etcdserver: {msg}"))
+        }
     }
 }
 

@@ -13,7 +13,10 @@ pub async fn unimplemented_method(uri: Uri, headers: HeaderMap) -> Response {
     }
     (
         StatusCode::NOT_FOUND,
-        [(header::CONTENT_TYPE, "text/plain; charset=utf-8"), (header::X_CONTENT_TYPE_OPTIONS, "nosniff")],
+        [
+            (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
         "404 page not found\n",
     )
         .into_response()

@@ -31,7 +31,9 @@ impl LeaderChannels {
             return Ok(c.clone());
         }
         let channel = dialer
-            .connect_lazy(url, |e: Endpoint| e.connect_timeout(std::time::Duration::from_secs(1)).tcp_nodelay(true))
+            .connect_lazy(url, |e: Endpoint| {
+                e.connect_timeout(std::time::Duration::from_secs(1)).tcp_nodelay(true)
+            })
             .map_err(|e| Status::internal(format!("bad leader URL {url}: {e}")))?;
         channels.insert(url.to_string(), channel.clone());
         Ok(channel)
@@ -57,7 +59,10 @@ pub async fn wait_for_leader(ctx: &MemberContext) -> Result<u64, Status> {
     loop {
         let leader_id = group.leader_id();
         let reachable = leader_id == ctx.membership.local_id()
-            || ctx.membership.member(leader_id).is_some_and(|m| !m.client_ur_ls.is_empty());
+            || ctx
+                .membership
+                .member(leader_id)
+                .is_some_and(|m| !m.client_ur_ls.is_empty());
         if leader_id != 0 && reachable {
             return Ok(leader_id);
         }

@@ -10,8 +10,8 @@ use concord_proto::concordpb::raft_command::Op;
 use concord_proto::etcdserverpb::kv_server::Kv;
 use concord_proto::etcdserverpb::request_op::Request as TxnOp;
 use concord_proto::etcdserverpb::{
-    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
-    PutResponse, RangeRequest, RangeResponse, TxnRequest, TxnResponse,
+    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse,
+    RangeRequest, RangeResponse, TxnRequest, TxnResponse,
 };
 use concord_storage::auth::perms;
 use concord_storage::WriteResult;
@@ -54,7 +54,11 @@ impl Kv for KvService {
         }
         // As etcd: the caller's permissions as of the barrier, then the read, then a check that
         // no auth change slipped in between.
-        let id = self.ctx.auth.authorize_read(&creds, group, &perms::range_needs(&req)).await?;
+        let id = self
+            .ctx
+            .auth
+            .authorize_read(&creds, group, &perms::range_needs(&req))
+            .await?;
         let (mut resp, revision) = self.ctx.store.range(&req).map_err(errors::from_kv)?;
         crate::metrics::MVCC_RANGES.inc();
         self.ctx.auth.check_unchanged(id.as_ref())?;
@@ -105,7 +109,11 @@ impl Kv for KvService {
             if self.ctx.needs_read_barrier(all_reads_serializable(&req)) {
                 group.read_barrier().await.map_err(errors::from_raft)?;
             }
-            let id = self.ctx.auth.authorize_read(&creds, group, &perms::txn_needs(&req)).await?;
+            let id = self
+                .ctx
+                .auth
+                .authorize_read(&creds, group, &perms::txn_needs(&req))
+                .await?;
             let (mut resp, revision) = self.ctx.store.txn_read(&req).map_err(errors::from_kv)?;
             self.ctx.auth.check_unchanged(id.as_ref())?;
             resp.header = Some(self.ctx.header(revision));
@@ -121,10 +129,7 @@ impl Kv for KvService {
             .await
     }
 
-    async fn compact(
-        &self,
-        request: Request<CompactionRequest>,
-    ) -> Result<Response<CompactionResponse>, Status> {
+    async fn compact(&self, request: Request<CompactionRequest>) -> Result<Response<CompactionResponse>, Status> {
         let creds = Credentials::of(&request);
         let req = request.into_inner();
         let group = self.ctx.router.default_group();

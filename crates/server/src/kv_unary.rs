@@ -58,9 +58,17 @@ where
         "DeleteRange" => Method::DeleteRange,
         "Txn" => Method::Txn,
         "Compact" => Method::Compact,
-        other => return failed(Status::unimplemented(format!("unknown method {other} in service etcdserverpb.KV"))),
+        other => {
+            return failed(Status::unimplemented(format!(
+                "unknown method {other} in service etcdserverpb.KV"
+            )))
+        }
     };
-    if let Some(encoding) = head.headers.get("grpc-encoding").filter(|e| e.as_bytes() != b"identity") {
+    if let Some(encoding) = head
+        .headers
+        .get("grpc-encoding")
+        .filter(|e| e.as_bytes() != b"identity")
+    {
         let encoding = String::from_utf8_lossy(encoding.as_bytes());
         return failed(Status::unimplemented(format!(
             "Content is compressed with `{encoding}` which isn't supported"
@@ -97,7 +105,8 @@ where
     A: prost::Message,
     F: std::future::Future<Output = Result<tonic::Response<A>, Status>>,
 {
-    let decoded = Q::decode(message).map_err(|e| Status::internal(format!("failed to decode Protobuf message: {e}")))?;
+    let decoded =
+        Q::decode(message).map_err(|e| Status::internal(format!("failed to decode Protobuf message: {e}")))?;
     let request = tonic::Request::from_parts(metadata, extensions, decoded);
     let (metadata, answer, _) = handler(request).await?.into_parts();
     let mut data = BytesMut::with_capacity(FRAME_HEADER_BYTES + answer.encoded_len());
@@ -111,7 +120,9 @@ where
         trailers: Some(ok_trailers()),
     });
     *response.headers_mut() = metadata.into_headers();
-    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
     Ok(response)
 }
 
@@ -313,8 +324,17 @@ mod tests {
     #[test]
     fn short_bodies_are_refused() {
         assert_eq!(gather(&[], 100).unwrap_err().message(), "Missing request message.");
-        assert_eq!(gather(&[&[0, 0]], 100).unwrap_err().message(), "Unexpected EOF decoding stream.");
-        assert_eq!(gather(&[&[0, 0, 0, 0, 3, 1]], 100).unwrap_err().message(), "Unexpected EOF decoding stream.");
-        assert_eq!(gather(&[&[1, 0, 0, 0, 0]], 100).unwrap_err().code(), tonic::Code::Internal);
+        assert_eq!(
+            gather(&[&[0, 0]], 100).unwrap_err().message(),
+            "Unexpected EOF decoding stream."
+        );
+        assert_eq!(
+            gather(&[&[0, 0, 0, 0, 3, 1]], 100).unwrap_err().message(),
+            "Unexpected EOF decoding stream."
+        );
+        assert_eq!(
+            gather(&[&[1, 0, 0, 0, 0]], 100).unwrap_err().code(),
+            tonic::Code::Internal
+        );
     }
 }

@@ -16,8 +16,8 @@ use concord_proto::v3lockpb::{LockRequest, LockResponse, UnlockRequest, UnlockRe
 use tokio::sync::oneshot;
 use tonic::{Request, Response, Status};
 
-use crate::concurrency::{self, Waited};
 use crate::auth::{Credentials, Sender};
+use crate::concurrency::{self, Waited};
 use crate::context::MemberContext;
 use crate::election::key_not_provided;
 use crate::watch::WatchHub;
@@ -50,12 +50,22 @@ type Answer = oneshot::Sender<Result<LockResponse, Status>>;
 async fn withdraw(ctx: &MemberContext, key: &[u8]) {
     // The member removes the key this very call queued, whoever the caller is now.
     if let Err(status) = concurrency::delete(ctx, &Sender::Member, key).await {
-        tracing::debug!("lock: cannot withdraw {:?}: {}", String::from_utf8_lossy(key), status.message());
+        tracing::debug!(
+            "lock: cannot withdraw {:?}: {}",
+            String::from_utf8_lossy(key),
+            status.message()
+        );
     }
 }
 
 /// One Lock call, on its own task (see [`concurrency::detach`]).
-async fn lock_task(ctx: Arc<MemberContext>, hub: Arc<WatchHub>, creds: Credentials, req: LockRequest, mut answer: Answer) {
+async fn lock_task(
+    ctx: Arc<MemberContext>,
+    hub: Arc<WatchHub>,
+    creds: Credentials,
+    req: LockRequest,
+    mut answer: Answer,
+) {
     let result = acquire(&ctx, &hub, &creds, req, &mut answer).await;
     match result {
         Acquired::Answer(result) => {
@@ -134,7 +144,11 @@ async fn acquire(
         let resp = LockResponse { header, key: my_key };
         // A key this call did not create was queued by an earlier call with
         // the same lease, which holds the lock: leave it alone.
-        return if created { Acquired::Locked(resp) } else { Acquired::Answer(Ok(resp)) };
+        return if created {
+            Acquired::Locked(resp)
+        } else {
+            Acquired::Answer(Ok(resp))
+        };
     }
 
     // Wait for every earlier waiter to go; give up (and leave the queue) if
@@ -164,7 +178,11 @@ async fn acquire(
                 header: Some(ctx.header(revision)),
                 key: my_key,
             };
-            if created { Acquired::Locked(resp) } else { Acquired::Answer(Ok(resp)) }
+            if created {
+                Acquired::Locked(resp)
+            } else {
+                Acquired::Answer(Ok(resp))
+            }
         }
         Err(status) => {
             withdraw(ctx, &my_key).await;

@@ -8,10 +8,9 @@ use std::time::Duration;
 use concord_proto::concordpb::raft_command::Op;
 use concord_proto::etcdserverpb::maintenance_server::Maintenance;
 use concord_proto::etcdserverpb::{
-    alarm_request::AlarmAction, AlarmRequest, AlarmResponse, DefragmentRequest,
-    DefragmentResponse, DowngradeRequest, DowngradeResponse, HashKvRequest, HashKvResponse,
-    HashRequest, HashResponse, MoveLeaderRequest, MoveLeaderResponse, SnapshotRequest,
-    SnapshotResponse, StatusRequest, StatusResponse,
+    alarm_request::AlarmAction, AlarmRequest, AlarmResponse, DefragmentRequest, DefragmentResponse, DowngradeRequest,
+    DowngradeResponse, HashKvRequest, HashKvResponse, HashRequest, HashResponse, MoveLeaderRequest, MoveLeaderResponse,
+    SnapshotRequest, SnapshotResponse, StatusRequest, StatusResponse,
 };
 use concord_raft::Role;
 use concord_storage::WriteResult;
@@ -71,7 +70,10 @@ impl MaintenanceService {
     /// move the leader (which etcd 3.5 leaves open).
     async fn require_admin<T>(&self, request: &Request<T>) -> Result<(), Status> {
         let creds = Credentials::of(request);
-        self.ctx.auth.require_admin(&creds, self.ctx.router.default_group()).await?;
+        self.ctx
+            .auth
+            .require_admin(&creds, self.ctx.router.default_group())
+            .await?;
         Ok(())
     }
 }
@@ -86,7 +88,10 @@ impl Maintenance for MaintenanceService {
             if req.alarm != 0 {
                 alarms.retain(|a| a.alarm == req.alarm);
             }
-            return Ok(Response::new(AlarmResponse { header: self.header(), alarms }));
+            return Ok(Response::new(AlarmResponse {
+                header: self.header(),
+                alarms,
+            }));
         }
         let group = self.ctx.router.default_group();
         // Raising or clearing an alarm needs root (checked at apply).
@@ -102,7 +107,12 @@ impl Maintenance for MaintenanceService {
     async fn status(&self, _request: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
         let group = self.ctx.router.default_group().status();
         let me = self.ctx.membership.local_id();
-        let errors = self.ctx.store.alarms().map(|alarms| alarm_errors(&alarms)).unwrap_or_default();
+        let errors = self
+            .ctx
+            .store
+            .alarms()
+            .map(|alarms| alarm_errors(&alarms))
+            .unwrap_or_default();
         let store = self.ctx.store.clone();
         // Measuring the space in use walks every page: keep it off the async workers.
         let in_use = tokio::task::spawn_blocking(move || store.db_size_in_use())
@@ -142,7 +152,10 @@ impl Maintenance for MaintenanceService {
             .await
             .map_err(|e| Status::internal(e.to_string()))?
             .map_err(errors::from_kv)?;
-        Ok(Response::new(HashResponse { header: self.header(), hash }))
+        Ok(Response::new(HashResponse {
+            header: self.header(),
+            hash,
+        }))
     }
 
     async fn hash_kv(&self, request: Request<HashKvRequest>) -> Result<Response<HashKvResponse>, Status> {
@@ -172,7 +185,12 @@ impl Maintenance for MaintenanceService {
         let file = SnapshotFile(self.ctx.snapshot_dir.join(format!("client-{:x}.snap", rand_suffix())));
         let store = self.ctx.store.clone();
         let members = self.ctx.membership.members();
-        let turn = self.copies.clone().acquire_owned().await.map_err(|e| Status::internal(e.to_string()))?;
+        let turn = self
+            .copies
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
         // The file and the turn travel with the copying: if the client leaves meanwhile, the turn
         // passes and the file goes when the copy is done.
         let file = tokio::task::spawn_blocking(move || {
@@ -226,13 +244,18 @@ impl Maintenance for MaintenanceService {
     }
 
     async fn downgrade(&self, _request: Request<DowngradeRequest>) -> Result<Response<DowngradeResponse>, Status> {
-        Err(Status::unimplemented("concord: Maintenance.Downgrade is not supported: there is no older Concord to downgrade to"))
+        Err(Status::unimplemented(
+            "concord: Maintenance.Downgrade is not supported: there is no older Concord to downgrade to",
+        ))
     }
 }
 
 /// Raised alarms as etcd's Status lists them in `errors`.
 pub(crate) fn alarm_errors(alarms: &[concord_proto::etcdserverpb::AlarmMember]) -> Vec<String> {
-    alarms.iter().map(|a| format!("memberID:{} alarm:{} ", a.member_id, alarm_name(a.alarm))).collect()
+    alarms
+        .iter()
+        .map(|a| format!("memberID:{} alarm:{} ", a.member_id, alarm_name(a.alarm)))
+        .collect()
 }
 
 pub(crate) fn alarm_name(alarm: i32) -> &'static str {

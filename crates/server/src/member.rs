@@ -21,19 +21,19 @@ use crate::apply::{Effects, KvStateMachine};
 use crate::cluster::ClusterService;
 use crate::config::{InitialClusterState, ServerConfig};
 use crate::context::MemberContext;
-use crate::http::HttpState;
-use crate::metrics::rates::RateHistory;
-use crate::kv::KvService;
-use crate::maintenance::MaintenanceService;
-use crate::membership::Membership;
-use crate::router::KeyRouter;
-use crate::tls::MemberTls;
 use crate::election::ElectionService;
+use crate::http::HttpState;
+use crate::kv::KvService;
 use crate::lease::lessor::{run_lessor, Lessor};
 use crate::lease::LeaseService;
 use crate::lock::LockService;
-use concord_proto::etcdserverpb::lease_server::LeaseServer;
+use crate::maintenance::MaintenanceService;
+use crate::membership::Membership;
+use crate::metrics::rates::RateHistory;
+use crate::router::KeyRouter;
+use crate::tls::MemberTls;
 use crate::watch::{WatchHub, WatchService};
+use concord_proto::etcdserverpb::lease_server::LeaseServer;
 use concord_proto::v3electionpb::election_server::ElectionServer;
 use concord_proto::v3lockpb::lock_server::LockServer;
 
@@ -72,7 +72,11 @@ async fn resolve(urls: &[String]) -> Result<Vec<(SocketAddr, bool)>, ServeError>
         let (rest, tls) = match (url.strip_prefix("http://"), url.strip_prefix("https://")) {
             (Some(rest), _) => (rest, false),
             (_, Some(rest)) => (rest, true),
-            _ => return Err(ServeError::Config(format!("{url}: URLs must start with http:// or https://"))),
+            _ => {
+                return Err(ServeError::Config(format!(
+                    "{url}: URLs must start with http:// or https://"
+                )))
+            }
         };
         let host_port = rest.trim_end_matches('/');
         let resolved = tokio::net::lookup_host(host_port)
@@ -81,7 +85,12 @@ async fn resolve(urls: &[String]) -> Result<Vec<(SocketAddr, bool)>, ServeError>
         // Bind one address per URL, preferring IPv4 for "localhost".
         let mut resolved: Vec<SocketAddr> = resolved.collect();
         resolved.sort_by_key(|a| !a.is_ipv4());
-        addrs.push((*resolved.first().ok_or_else(|| ServeError::Config(format!("{url}: no address")))?, tls));
+        addrs.push((
+            *resolved
+                .first()
+                .ok_or_else(|| ServeError::Config(format!("{url}: no address")))?,
+            tls,
+        ));
     }
     Ok(addrs)
 }
@@ -91,8 +100,7 @@ async fn resolve(urls: &[String]) -> Result<Vec<(SocketAddr, bool)>, ServeError>
 pub async fn serve(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
     let sealer = load_sealer(&cfg)?;
     let member_dir = cfg.data_dir.join("member");
-    std::fs::create_dir_all(&member_dir)
-        .map_err(|e| ServeError::Storage(format!("{}: {e}", member_dir.display())))?;
+    std::fs::create_dir_all(&member_dir).map_err(|e| ServeError::Storage(format!("{}: {e}", member_dir.display())))?;
     let peer_source = concord_raft::transport::source_address(&cfg.listen_peer_urls);
     let tls = MemberTls::load(&cfg, peer_source)?;
     tls.spawn_reloader();
@@ -171,7 +179,12 @@ pub async fn serve(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> Res
     }
     // A joining member starts with no voters: the leader's snapshot brings them.
     let initial_voters = if cfg.initial_cluster_state == InitialClusterState::New {
-        membership.members().iter().filter(|m| !m.is_learner).map(|m| m.id).collect()
+        membership
+            .members()
+            .iter()
+            .filter(|m| !m.is_learner)
+            .map(|m| m.id)
+            .collect()
     } else {
         Vec::new()
     };
@@ -230,13 +243,32 @@ pub async fn serve(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> Res
         hub: hub.clone(),
         watch_progress_notify_interval: cfg.watch_progress_notify_interval,
     };
-    tokio::spawn(crate::metrics::rates::sample(ctx.clone(), http_state.rates.clone(), stop_rx.clone()));
-    tokio::spawn(crate::metrics::probe::count_leader_changes(ctx.clone(), stop_rx.clone()));
-    tokio::spawn(crate::metrics::probe::probe_peers(ctx.clone(), tls.peer_dialer.clone(), stop_rx.clone()));
+    tokio::spawn(crate::metrics::rates::sample(
+        ctx.clone(),
+        http_state.rates.clone(),
+        stop_rx.clone(),
+    ));
+    tokio::spawn(crate::metrics::probe::count_leader_changes(
+        ctx.clone(),
+        stop_rx.clone(),
+    ));
+    tokio::spawn(crate::metrics::probe::probe_peers(
+        ctx.clone(),
+        tls.peer_dialer.clone(),
+        stop_rx.clone(),
+    ));
     tokio::spawn(crate::compactor::run(cfg.auto_compaction, ctx.clone(), stop_rx.clone()));
     let extra_listeners = [
-        ("metrics", &cfg.listen_metrics_urls, crate::http::operator_routes(http_state.clone())),
-        ("dashboard", &cfg.listen_dashboard_urls, crate::http::dashboard_routes(http_state.clone())),
+        (
+            "metrics",
+            &cfg.listen_metrics_urls,
+            crate::http::operator_routes(http_state.clone()),
+        ),
+        (
+            "dashboard",
+            &cfg.listen_dashboard_urls,
+            crate::http::dashboard_routes(http_state.clone()),
+        ),
     ];
     for (what, urls, routes) in extra_listeners {
         for (addr, https) in resolve(urls).await? {
@@ -355,7 +387,11 @@ async fn run_listener(
 ) -> Result<(), String> {
     let stop = wait_for_stop(stop);
     match tls {
-        Some(tls) => router.serve_with_incoming_shutdown(concord_tls::accept(listener, tls), stop).await,
+        Some(tls) => {
+            router
+                .serve_with_incoming_shutdown(concord_tls::accept(listener, tls), stop)
+                .await
+        }
         None => router.serve_with_incoming_shutdown(incoming(listener), stop).await,
     }
     .map_err(|e| format!("{what} listener {addr}: {e}"))
@@ -389,7 +425,9 @@ fn load_sealer(cfg: &ServerConfig) -> Result<Option<Arc<concord_crypt::Sealer>>,
         keys = %keyring.describe(),
         "encryption at rest is on"
     );
-    Ok(Some(Arc::new(concord_crypt::Sealer::new(Arc::new(keyring)).map_err(bad)?)))
+    Ok(Some(Arc::new(
+        concord_crypt::Sealer::new(Arc::new(keyring)).map_err(bad)?,
+    )))
 }
 
 async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, ServeError> {

@@ -60,9 +60,9 @@ pub fn compute_cluster_id(member_ids: &[u64]) -> u64 {
 pub fn parse_initial_cluster(spec: &str) -> Result<Vec<(String, Vec<String>)>, MembershipError> {
     let mut members: Vec<(String, Vec<String>)> = Vec::new();
     for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let (name, url) = part.split_once('=').ok_or_else(|| {
-            MembershipError::Config(format!("--initial-cluster: {part:?} is not name=url"))
-        })?;
+        let (name, url) = part
+            .split_once('=')
+            .ok_or_else(|| MembershipError::Config(format!("--initial-cluster: {part:?} is not name=url")))?;
         match members.iter_mut().find(|(n, _)| n == name) {
             Some((_, urls)) => urls.push(url.to_string()),
             None => members.push((name.to_string(), vec![url.to_string()])),
@@ -90,8 +90,7 @@ impl Membership {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(source) => return Err(MembershipError::Io { path, source }),
         };
-        let state = ClusterState::decode(bytes.as_slice())
-            .map_err(|_| MembershipError::Corrupt(path.clone()))?;
+        let state = ClusterState::decode(bytes.as_slice()).map_err(|_| MembershipError::Corrupt(path.clone()))?;
         Ok(Some(Membership {
             path,
             state: RwLock::new(state),
@@ -116,7 +115,11 @@ impl Membership {
             .into_iter()
             .map(|(member_name, peer_urls)| Member {
                 id: compute_member_id(&peer_urls, token),
-                client_ur_ls: if member_name == name { client_urls.to_vec() } else { vec![] },
+                client_ur_ls: if member_name == name {
+                    client_urls.to_vec()
+                } else {
+                    vec![]
+                },
                 name: member_name,
                 peer_ur_ls: peer_urls,
                 is_learner: false,
@@ -306,7 +309,10 @@ mod tests {
         let a = compute_member_id(&["http://b:2380".into(), "http://a:2380".into()], "tok");
         let b = compute_member_id(&["http://a:2380".into(), "http://b:2380".into()], "tok");
         assert_eq!(a, b);
-        assert_ne!(a, compute_member_id(&["http://a:2380".into(), "http://b:2380".into()], "other"));
+        assert_ne!(
+            a,
+            compute_member_id(&["http://a:2380".into(), "http://b:2380".into()], "other")
+        );
         assert_eq!(compute_cluster_id(&[3, 1, 2]), compute_cluster_id(&[1, 2, 3]));
     }
 

@@ -38,7 +38,10 @@ impl ClusterPeer for ClusterPeerService {
 pub async fn fetch_membership(peer_urls: &[String], dialer: &Dialer) -> Result<ClusterState, String> {
     let mut last_error = "no peer URLs to ask".to_string();
     for url in peer_urls {
-        let configure = |e: tonic::transport::Endpoint| e.connect_timeout(Duration::from_secs(2)).timeout(Duration::from_secs(5));
+        let configure = |e: tonic::transport::Endpoint| {
+            e.connect_timeout(Duration::from_secs(2))
+                .timeout(Duration::from_secs(5))
+        };
         match dialer.connect(url, configure).await {
             Ok(channel) => match ClusterPeerClient::new(channel).membership(MembershipRequest {}).await {
                 Ok(resp) => return Ok(resp.into_inner()),

@@ -157,9 +157,7 @@ fn split_scheme(url: &str) -> Result<(&str, &str), Refusal> {
 /// must be there (else Go sees no host, and `net.SplitHostPort("")` fails), and must not be
 /// followed by a path.
 fn authority(after_scheme: &str) -> Result<&str, Refusal> {
-    let after_slashes = after_scheme
-        .strip_prefix("//")
-        .ok_or(Refusal::NotHostPort)?;
+    let after_slashes = after_scheme.strip_prefix("//").ok_or(Refusal::NotHostPort)?;
     match after_slashes.split_once('/') {
         Some(_) => Err(Refusal::Path),
         None => Ok(after_slashes),
@@ -175,15 +173,11 @@ fn userinfo_is_valid(userinfo: &str) -> bool {
 /// Whether every `%` starts an escape of two hex digits, as Go's `unescape` requires.
 fn escapes_are_valid(s: &str) -> bool {
     let bytes = s.as_bytes();
-    bytes
-        .iter()
-        .enumerate()
-        .filter(|(_, c)| **c == b'%')
-        .all(|(i, _)| {
-            bytes
-                .get(i + 1..i + 3)
-                .is_some_and(|hex| hex.iter().all(u8::is_ascii_hexdigit))
-        })
+    bytes.iter().enumerate().filter(|(_, c)| **c == b'%').all(|(i, _)| {
+        bytes
+            .get(i + 1..i + 3)
+            .is_some_and(|hex| hex.iter().all(u8::is_ascii_hexdigit))
+    })
 }
 
 /// Go's `parseHost`: what follows the host (after the closing bracket of an IPv6 literal, else
@@ -269,15 +263,9 @@ mod tests {
             ("https://10.0.0.1:2380", "https://10.0.0.1:2380"),
             ("http://[::1]:2380", "http://[::1]:2380"),
             ("http://example.com:2380", "http://example.com:2380"),
-            (
-                "http://my_host-1.example:02380",
-                "http://my_host-1.example:02380",
-            ),
+            ("http://my_host-1.example:02380", "http://my_host-1.example:02380"),
             ("  http://127.0.0.1:2380\t\n", "http://127.0.0.1:2380"),
-            (
-                "\u{a0}http://127.0.0.1:2380\u{3000}",
-                "http://127.0.0.1:2380",
-            ),
+            ("\u{a0}http://127.0.0.1:2380\u{3000}", "http://127.0.0.1:2380"),
             ("HTTP://127.0.0.1:2380", "http://127.0.0.1:2380"),
             ("HttpS://127.0.0.1:2380", "https://127.0.0.1:2380"),
             ("http://127.0.0.1:2380?x=1", "http://127.0.0.1:2380?x=1"),
@@ -333,10 +321,7 @@ mod tests {
             assert_eq!(verdict(given), Err(why), "{given:?}");
         }
         assert_eq!(check(&[]), Err(Refusal::Empty));
-        let one_bad = [
-            "http://127.0.0.1:2380".to_string(),
-            "http://127.0.0.1".to_string(),
-        ];
+        let one_bad = ["http://127.0.0.1:2380".to_string(), "http://127.0.0.1".to_string()];
         assert_eq!(check(&one_bad), Err(Refusal::NotHostPort));
     }
 
@@ -361,14 +346,8 @@ mod tests {
         for (given, why) in refused {
             assert_eq!(verdict(given), Err(why), "{given:?}");
         }
-        assert_eq!(
-            verdict("http://127.0.0.1:65535"),
-            Ok("http://127.0.0.1:65535".into())
-        );
-        assert_eq!(
-            verdict("http://127.0.0.1:1"),
-            Ok("http://127.0.0.1:1".into())
-        );
+        assert_eq!(verdict("http://127.0.0.1:65535"), Ok("http://127.0.0.1:65535".into()));
+        assert_eq!(verdict("http://127.0.0.1:1"), Ok("http://127.0.0.1:1".into()));
     }
 
     #[test]
@@ -377,10 +356,7 @@ mod tests {
         let longest = format!("http://{host}:2380");
         assert_eq!(longest.len(), MAX_PEER_URL_BYTES);
         assert_eq!(verdict(&longest), Ok(longest.clone()));
-        assert_eq!(
-            verdict(&format!("http://a{host}:2380")),
-            Err(Refusal::TooLong)
-        );
+        assert_eq!(verdict(&format!("http://a{host}:2380")), Err(Refusal::TooLong));
         assert_eq!(
             verdict(&format!("http://{}:2380", "a".repeat(1 << 20))),
             Err(Refusal::TooLong)
@@ -448,10 +424,7 @@ mod tests {
     fn refusals_are_etcds_error() {
         let status = validate(&["http://127.0.0.1".to_string()]).unwrap_err();
         assert_eq!(status.code(), tonic::Code::InvalidArgument);
-        assert_eq!(
-            status.message(),
-            "etcdserver: given member URLs are invalid"
-        );
+        assert_eq!(status.message(), "etcdserver: given member URLs are invalid");
         assert_eq!(
             validate(&[" http://a:1".to_string()]).unwrap(),
             vec!["http://a:1".to_string()]

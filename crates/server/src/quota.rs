@@ -32,7 +32,10 @@ pub async fn check(ctx: &MemberContext, cost: usize) -> Result<(), Status> {
     };
     let group = ctx.router.default_group();
     // The member raises the alarm itself, whoever's write ran out of space.
-    if let Err(status) = ctx.propose_write(group, &crate::auth::Sender::Member, Op::Alarm(raise)).await {
+    if let Err(status) = ctx
+        .propose_write(group, &crate::auth::Sender::Member, Op::Alarm(raise))
+        .await
+    {
         tracing::warn!("raising the NOSPACE alarm failed: {}", status.message());
     }
     Err(no_space())

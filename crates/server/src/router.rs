@@ -19,9 +19,7 @@ pub struct KeyRouter {
 impl KeyRouter {
     /// A router for a cluster with one group owning every key.
     pub fn single(group: GroupHandle) -> Self {
-        KeyRouter {
-            whole_keyspace: group,
-        }
+        KeyRouter { whole_keyspace: group }
     }
 
     /// The group owning `key`.

@@ -32,7 +32,8 @@ impl MemberTls {
         let mut side = |what: &str, files: &Option<TlsFiles>| -> Result<_, ServeError> {
             let Some(files) = files else { return Ok((None, None)) };
             let error = |e: concord_tls::TlsError| ServeError::Config(format!("{what}: {e}"));
-            let listener = Reloadable::new(format!("{what} (listener)"), files.clone(), server_config).map_err(error)?;
+            let listener =
+                Reloadable::new(format!("{what} (listener)"), files.clone(), server_config).map_err(error)?;
             let dialer = Reloadable::new(format!("{what} (outgoing)"), files.clone(), client_config).map_err(error)?;
             reloadable.push(listener.clone());
             reloadable.push(dialer.clone());
@@ -40,8 +41,18 @@ impl MemberTls {
         };
         let (client_listener, client_out) = side("client TLS", &cfg.client_tls)?;
         let (peer_listener, peer_out) = side("peer TLS", &cfg.peer_tls)?;
-        require_certificates(&cfg.listen_client_urls, client_listener.is_some(), "--listen-client-urls", "--cert-file, --key-file")?;
-        require_certificates(&cfg.listen_peer_urls, peer_listener.is_some(), "--listen-peer-urls", "--peer-cert-file, --peer-key-file")?;
+        require_certificates(
+            &cfg.listen_client_urls,
+            client_listener.is_some(),
+            "--listen-client-urls",
+            "--cert-file, --key-file",
+        )?;
+        require_certificates(
+            &cfg.listen_peer_urls,
+            peer_listener.is_some(),
+            "--listen-peer-urls",
+            "--peer-cert-file, --peer-key-file",
+        )?;
         Ok(MemberTls {
             client_listener,
             peer_listener,

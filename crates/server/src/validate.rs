@@ -4,9 +4,7 @@
 use std::collections::{BTreeMap, HashSet};
 
 use concord_proto::etcdserverpb::request_op::Request;
-use concord_proto::etcdserverpb::{
-    range_request, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest,
-};
+use concord_proto::etcdserverpb::{range_request, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest};
 use tonic::Status;
 
 use crate::errors;
@@ -125,7 +123,11 @@ impl DeletedKeys {
             }
         }
         let touched: Vec<Vec<u8>> = match &end {
-            Some(e) => self.by_start.range(start.clone()..=e.clone()).map(|(s, _)| s.clone()).collect(),
+            Some(e) => self
+                .by_start
+                .range(start.clone()..=e.clone())
+                .map(|(s, _)| s.clone())
+                .collect(),
             None => self.by_start.range(start.clone()..).map(|(s, _)| s.clone()).collect(),
         };
         for s in touched {
@@ -237,7 +239,10 @@ mod tests {
     #[test]
     fn duplicate_puts_in_one_branch_are_refused() {
         let t = txn(vec![put("a"), put("a")], vec![]);
-        assert_eq!(check_txn(&t, 128, MAX_TXN_DEPTH).unwrap_err().message(), "etcdserver: duplicate key given in txn request");
+        assert_eq!(
+            check_txn(&t, 128, MAX_TXN_DEPTH).unwrap_err().message(),
+            "etcdserver: duplicate key given in txn request"
+        );
         assert!(check_txn(&txn(vec![put("a")], vec![put("a")]), 128, MAX_TXN_DEPTH).is_ok());
     }
 
@@ -260,9 +265,17 @@ mod tests {
     /// A txn of `depth` levels, the innermost holding a put and a compare.
     fn nested(depth: usize) -> TxnRequest {
         let mut inner = txn(vec![put("deep")], vec![]);
-        inner.compare.push(concord_proto::etcdserverpb::Compare { key: b"deep".to_vec(), ..Default::default() });
+        inner.compare.push(concord_proto::etcdserverpb::Compare {
+            key: b"deep".to_vec(),
+            ..Default::default()
+        });
         for _ in 1..depth {
-            inner = txn(vec![RequestOp { request: Some(Request::RequestTxn(inner)) }], vec![]);
+            inner = txn(
+                vec![RequestOp {
+                    request: Some(Request::RequestTxn(inner)),
+                }],
+                vec![],
+            );
         }
         inner
     }
@@ -284,7 +297,9 @@ mod tests {
         use concord_proto::concordpb::{raft_command::Op, Authorized, RaftCommand, Requester};
         use prost::Message as _;
         let wrap = |depth: usize, extra_envelopes: usize| {
-            let mut command = RaftCommand { op: Some(Op::Txn(nested(depth))) };
+            let mut command = RaftCommand {
+                op: Some(Op::Txn(nested(depth))),
+            };
             for _ in 0..=extra_envelopes {
                 command = RaftCommand {
                     op: Some(Op::Authorized(Box::new(Authorized {
@@ -322,9 +337,13 @@ mod tests {
     /// checked in about as many steps, not in their product.
     #[test]
     fn many_deletes_and_puts_are_checked_quickly() {
-        let deletes: Vec<RequestOp> = (0..128).map(|i| del(&format!("d{i:03}"), &format!("d{i:03}~"))).collect();
+        let deletes: Vec<RequestOp> = (0..128)
+            .map(|i| del(&format!("d{i:03}"), &format!("d{i:03}~")))
+            .collect();
         let puts: Vec<RequestOp> = (0..128).map(|i| put(&format!("p{i:03}"))).collect();
-        let nest = |ops: Vec<RequestOp>| RequestOp { request: Some(Request::RequestTxn(txn(ops, vec![]))) };
+        let nest = |ops: Vec<RequestOp>| RequestOp {
+            request: Some(Request::RequestTxn(txn(ops, vec![]))),
+        };
         let mut ops: Vec<RequestOp> = (0..64).map(|_| nest(deletes.clone())).collect();
         ops.extend((0..64).map(|i| {
             let renamed = puts.iter().map(|p| match &p.request {
@@ -335,15 +354,31 @@ mod tests {
         }));
         assert!(check_txn(&txn(ops.clone(), vec![]), 128, MAX_TXN_DEPTH).is_ok());
         ops.push(nest(vec![put("d050x")]));
-        assert!(check_txn(&txn(ops, vec![]), 129, MAX_TXN_DEPTH).is_err(), "d050x is deleted");
+        assert!(
+            check_txn(&txn(ops, vec![]), 129, MAX_TXN_DEPTH).is_err(),
+            "d050x is deleted"
+        );
     }
 
     #[test]
     fn too_many_ops_and_empty_keys() {
         let many: Vec<RequestOp> = (0..129).map(|i| put(&format!("k{i}"))).collect();
-        assert_eq!(check_txn(&txn(many, vec![]), 128, MAX_TXN_DEPTH).unwrap_err().message(), "etcdserver: too many operations in txn request");
-        assert_eq!(check_put(&PutRequest::default()).unwrap_err().message(), "etcdserver: key is not provided");
-        let bad_sort = RangeRequest { key: b"a".to_vec(), sort_order: 9, ..Default::default() };
-        assert_eq!(check_range(&bad_sort).unwrap_err().message(), "etcdserver: invalid sort option");
+        assert_eq!(
+            check_txn(&txn(many, vec![]), 128, MAX_TXN_DEPTH).unwrap_err().message(),
+            "etcdserver: too many operations in txn request"
+        );
+        assert_eq!(
+            check_put(&PutRequest::default()).unwrap_err().message(),
+            "etcdserver: key is not provided"
+        );
+        let bad_sort = RangeRequest {
+            key: b"a".to_vec(),
+            sort_order: 9,
+            ..Default::default()
+        };
+        assert_eq!(
+            check_range(&bad_sort).unwrap_err().message(),
+            "etcdserver: invalid sort option"
+        );
     }
 }

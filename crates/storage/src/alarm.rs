@@ -20,9 +20,7 @@
 use concord_proto::concordpb::raft_command::Op;
 use concord_proto::etcdserverpb::alarm_request::AlarmAction;
 use concord_proto::etcdserverpb::request_op::Request;
-use concord_proto::etcdserverpb::{
-    AlarmMember, AlarmRequest, AlarmResponse, AlarmType, TxnRequest,
-};
+use concord_proto::etcdserverpb::{AlarmMember, AlarmRequest, AlarmResponse, AlarmType, TxnRequest};
 use redb::{ReadableTable, Table};
 
 use crate::error::{OpError, StorageError};
@@ -65,10 +63,7 @@ fn member(member_id: u64, alarm: i32) -> AlarmMember {
 }
 
 /// The raised alarms, ascending by (member id, type); only those of type `kind` when given.
-pub(crate) fn raised_alarms<T>(
-    alarms: &T,
-    kind: Option<i32>,
-) -> Result<Vec<AlarmMember>, StorageError>
+pub(crate) fn raised_alarms<T>(alarms: &T, kind: Option<i32>) -> Result<Vec<AlarmMember>, StorageError>
 where
     T: ReadableTable<(u64, i32), ()>,
 {

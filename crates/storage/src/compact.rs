@@ -38,9 +38,7 @@ impl Writer<'_, '_> {
             return Err(KvError::FutureRevision.into());
         }
         let from = self.compact_revision.max(0);
-        let Writer {
-            revisions, index, ..
-        } = self;
+        let Writer { revisions, index, .. } = self;
         let mut sweep = Sweep {
             index,
             c,

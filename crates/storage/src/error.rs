@@ -82,9 +82,7 @@ impl KvError {
     pub fn code(&self) -> ErrorCode {
         match self {
             KvError::Compacted | KvError::FutureRevision => ErrorCode::OutOfRange,
-            KvError::KeyNotFound | KvError::EmptyCommand | KvError::Undecodable => {
-                ErrorCode::InvalidArgument
-            }
+            KvError::KeyNotFound | KvError::EmptyCommand | KvError::Undecodable => ErrorCode::InvalidArgument,
             KvError::LeaseNotFound => ErrorCode::NotFound,
             KvError::LeaseExists => ErrorCode::FailedPrecondition,
             KvError::Internal(_) => ErrorCode::Internal,
@@ -205,10 +203,7 @@ mod tests {
             KvError::FutureRevision.to_string(),
             "etcdserver: mvcc: required revision is a future revision"
         );
-        assert_eq!(
-            KvError::KeyNotFound.to_string(),
-            "etcdserver: key not found"
-        );
+        assert_eq!(KvError::KeyNotFound.to_string(), "etcdserver: key not found");
         assert_eq!(
             KvError::LeaseNotFound.to_string(),
             "etcdserver: requested lease not found"
@@ -217,10 +212,7 @@ mod tests {
         assert_eq!(KvError::FutureRevision.code(), ErrorCode::OutOfRange);
         assert_eq!(KvError::KeyNotFound.code(), ErrorCode::InvalidArgument);
         assert_eq!(KvError::LeaseNotFound.code(), ErrorCode::NotFound);
-        assert_eq!(
-            KvError::LeaseExists.to_string(),
-            "etcdserver: lease already exists"
-        );
+        assert_eq!(KvError::LeaseExists.to_string(), "etcdserver: lease already exists");
         assert_eq!(KvError::LeaseExists.code(), ErrorCode::FailedPrecondition);
         assert_eq!(
             KvError::NoSpace.to_string(),

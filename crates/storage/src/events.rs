@@ -49,8 +49,7 @@ pub(crate) fn read_events<T: RowTable>(
             kv: Some(kv),
             prev_kv: None,
         });
-        let sub = u32::try_from(sub)
-            .map_err(|_| StorageError::Corrupt(format!("sub revision {sub} too large")))?;
+        let sub = u32::try_from(sub).map_err(|_| StorageError::Corrupt(format!("sub revision {sub} too large")))?;
         ids.push((main as i64, sub));
     }
     Ok((events, ids))

@@ -23,9 +23,7 @@
 //! with different compaction points generally disagree even when both are healthy: compare only
 //! answers whose compact revisions are equal, as etcd's corruption check does.
 
-use redb::{
-    Key, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, TableHandle, Value,
-};
+use redb::{Key, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, TableHandle, Value};
 
 use crate::error::{KvError, StorageError};
 use crate::index::IndexRead;
@@ -133,13 +131,7 @@ impl MvccStore {
 
 /// Feeds one version: key, main and sub revision, and the record (empty for a tombstone) in its
 /// plain form, so members agree whether or not, and with which keys, they seal values.
-fn hash_row(
-    crc: &mut Crc32c,
-    key: &[u8],
-    main: u64,
-    sub: u64,
-    record: &[u8],
-) -> Result<(), StorageError> {
+fn hash_row(crc: &mut Crc32c, key: &[u8], main: u64, sub: u64, record: &[u8]) -> Result<(), StorageError> {
     crc.field(key);
     crc.update(&main.to_le_bytes());
     crc.update(&sub.to_le_bytes());

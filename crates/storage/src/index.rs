@@ -123,10 +123,7 @@ impl KeyHistory {
 
     /// Every version, ascending.
     fn versions(&self) -> impl Iterator<Item = Rev> + '_ {
-        self.older
-            .iter()
-            .copied()
-            .chain(std::iter::once(self.newest))
+        self.older.iter().copied().chain(std::iter::once(self.newest))
     }
 
     /// Applies the compaction rule at `c`; `false` when nothing of the key is left.
@@ -193,10 +190,7 @@ type KeyBounds<'a> = (Bound<&'a [u8]>, Bound<&'a [u8]>);
 /// The map bounds of a range span; `None` for the other kinds.
 fn map_bounds(span: KeySpan<'_>) -> Option<KeyBounds<'_>> {
     match span {
-        KeySpan::Range { start, end } => Some((
-            Bound::Included(start),
-            end.map_or(Bound::Unbounded, Bound::Excluded),
-        )),
+        KeySpan::Range { start, end } => Some((Bound::Included(start), end.map_or(Bound::Unbounded, Bound::Excluded))),
         KeySpan::Single(_) | KeySpan::Empty => None,
     }
 }
@@ -231,11 +225,7 @@ impl KeyIndex {
     /// The ordered set is built from the keys sorted: that is faster than inserting them one by
     /// one, and a set built in one go has full nodes (inserting keys one by one in order leaves
     /// them half empty), which is most of its memory.
-    pub fn load<T: RowTable>(
-        revisions: &T,
-        revision: i64,
-        compact_revision: i64,
-    ) -> Result<KeyIndex, StorageError> {
+    pub fn load<T: RowTable>(revisions: &T, revision: i64, compact_revision: i64) -> Result<KeyIndex, StorageError> {
         let mut gathered: HashMap<IndexKey, KeyHistory> = HashMap::new();
         for row in revisions.iter()? {
             let (id, value) = row?;
@@ -243,8 +233,7 @@ impl KeyIndex {
             let row = Row::decode(value.value())?;
             let version = Rev {
                 main: main as i64,
-                sub: u32::try_from(sub)
-                    .map_err(|_| StorageError::Corrupt(format!("sub revision {sub} too large")))?,
+                sub: u32::try_from(sub).map_err(|_| StorageError::Corrupt(format!("sub revision {sub} too large")))?,
                 tombstone: row.record.is_none(),
             };
             let head = row.record.map_or(Head::default(), |r| Head::of(&r.header));
@@ -473,12 +462,7 @@ impl<'i> PendingIndex<'i> {
 
     /// Every stored version of `key`, ascending: the committed ones, then the batch's.
     pub fn versions<'a>(&'a self, key: &[u8]) -> impl Iterator<Item = Rev> + 'a {
-        let committed = self
-            .base
-            .histories
-            .get(key)
-            .into_iter()
-            .flat_map(|h| h.versions());
+        let committed = self.base.histories.get(key).into_iter().flat_map(|h| h.versions());
         let added = self.added.get(key).map_or(&[][..], |p| &p.revs[..]);
         committed.chain(added.iter().copied())
     }
@@ -579,21 +563,12 @@ mod tests {
     use super::*;
 
     fn rev(main: i64, sub: u32, tombstone: bool) -> Rev {
-        Rev {
-            main,
-            sub,
-            tombstone,
-        }
+        Rev { main, sub, tombstone }
     }
 
     #[test]
     fn lookups_by_revision() {
-        let revs = [
-            rev(2, 0, false),
-            rev(5, 1, false),
-            rev(5, 2, true),
-            rev(9, 0, false),
-        ];
+        let revs = [rev(2, 0, false), rev(5, 1, false), rev(5, 2, true), rev(9, 0, false)];
         assert_eq!(newest_at(&revs, 1), None);
         assert_eq!(newest_at(&revs, 4), Some(revs[0]));
         assert_eq!(newest_at(&revs, 5), Some(revs[2]));
@@ -605,12 +580,7 @@ mod tests {
 
     #[test]
     fn compaction_rule() {
-        let revs = [
-            rev(2, 0, false),
-            rev(4, 0, false),
-            rev(6, 0, true),
-            rev(6, 1, false),
-        ];
+        let revs = [rev(2, 0, false), rev(4, 0, false), rev(6, 0, true), rev(6, 1, false)];
         let kept = |c: i64| -> Vec<Rev> {
             let newest = newest_at(&revs, c);
             revs.iter()

@@ -28,7 +28,10 @@ impl From<&[u8]> for IndexKey {
         if key.len() <= INLINE_MAX {
             let mut bytes = [0u8; INLINE_MAX];
             bytes[..key.len()].copy_from_slice(key);
-            IndexKey::Inline { len: key.len() as u8, bytes }
+            IndexKey::Inline {
+                len: key.len() as u8,
+                bytes,
+            }
         } else {
             IndexKey::Heap(key.into())
         }

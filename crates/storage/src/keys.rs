@@ -88,12 +88,7 @@ pub(crate) struct RecordHeader {
 const SEALED_FLAG: i64 = i64::MIN;
 
 /// Encodes a record into `buf` (cleared first), as [`push_record`] does.
-pub(crate) fn encode_record(
-    buf: &mut Vec<u8>,
-    header: &RecordHeader,
-    value: &[u8],
-    sealer: Option<&Sealer>,
-) {
+pub(crate) fn encode_record(buf: &mut Vec<u8>, header: &RecordHeader, value: &[u8], sealer: Option<&Sealer>) {
     buf.clear();
     push_record(buf, header, value, sealer);
 }
@@ -102,11 +97,7 @@ pub(crate) fn encode_record(
 /// value bytes, sealed when `sealer` is given (bound to the 32 header bytes as stored). This is
 /// the tail of a put's `revisions` row; its plain form is what `hash_kv` feeds.
 fn push_record(buf: &mut Vec<u8>, header: &RecordHeader, value: &[u8], sealer: Option<&Sealer>) {
-    let sealed_len = if sealer.is_some() {
-        concord_crypt::OVERHEAD
-    } else {
-        0
-    };
+    let sealed_len = if sealer.is_some() { concord_crypt::OVERHEAD } else { 0 };
     buf.reserve(HEADER_LEN + value.len() + sealed_len);
     let version = match sealer {
         Some(_) => header.version | SEALED_FLAG,
@@ -160,11 +151,7 @@ pub(crate) fn plain_row(bytes: &[u8]) -> Result<Cow<'_, [u8]>, StorageError> {
 /// Re-encodes a stored record into `buf` with its value sealed under `sealer`'s first key, or
 /// plain without a sealer. Tombstones stay empty. A defragment's copy uses [`reseal_row`].
 #[cfg(test)]
-pub(crate) fn reseal_record(
-    bytes: &[u8],
-    sealer: Option<&Sealer>,
-    buf: &mut Vec<u8>,
-) -> Result<(), StorageError> {
+pub(crate) fn reseal_record(bytes: &[u8], sealer: Option<&Sealer>, buf: &mut Vec<u8>) -> Result<(), StorageError> {
     if bytes.is_empty() {
         buf.clear();
         return Ok(());
@@ -263,11 +250,7 @@ pub(crate) fn encode_row(
 
 /// Encodes a `revisions` row into `buf` (cleared first) from a record as stored (sealed or
 /// not), copied verbatim; empty for a deletion. For moving rows between layouts.
-pub(crate) fn encode_row_stored(
-    buf: &mut Vec<u8>,
-    key: &[u8],
-    record_bytes: &[u8],
-) -> Result<(), StorageError> {
+pub(crate) fn encode_row_stored(buf: &mut Vec<u8>, key: &[u8], record_bytes: &[u8]) -> Result<(), StorageError> {
     push_key(buf, key, record_bytes.len())?;
     buf.extend_from_slice(record_bytes);
     Ok(())
@@ -276,11 +259,7 @@ pub(crate) fn encode_row_stored(
 /// Re-encodes a stored `revisions` row into `buf` (cleared first) with its value sealed under
 /// `sealer`'s first key, or plain without a sealer (a defragment's copy). Deletions stay as
 /// they are.
-pub(crate) fn reseal_row(
-    bytes: &[u8],
-    sealer: Option<&Sealer>,
-    buf: &mut Vec<u8>,
-) -> Result<(), StorageError> {
+pub(crate) fn reseal_row(bytes: &[u8], sealer: Option<&Sealer>, buf: &mut Vec<u8>) -> Result<(), StorageError> {
     let row = Row::decode(bytes)?;
     match row.record {
         None => encode_row(buf, row.key, None, None),
@@ -337,10 +316,7 @@ pub(crate) enum KeySpan<'a> {
     /// Exactly one key (`range_end` empty).
     Single(&'a [u8]),
     /// Keys in `[start, end)`; `end: None` means no upper bound (`range_end` = `[0]`).
-    Range {
-        start: &'a [u8],
-        end: Option<&'a [u8]>,
-    },
+    Range { start: &'a [u8], end: Option<&'a [u8]> },
     /// No key at all (`range_end` at or before `key`).
     Empty,
 }
@@ -351,10 +327,7 @@ impl<'a> KeySpan<'a> {
         if range_end.is_empty() {
             KeySpan::Single(key)
         } else if range_end == [0] {
-            KeySpan::Range {
-                start: key,
-                end: None,
-            }
+            KeySpan::Range { start: key, end: None }
         } else if range_end <= key {
             KeySpan::Empty
         } else {
@@ -416,10 +389,7 @@ mod tests {
         assert_eq!(rec.header, header);
         assert!(rec.to_key_value(b"k", false).is_ok());
         let before = rec.value().unwrap_err().to_string();
-        assert!(
-            before.contains("not in the encryption key file"),
-            "{before}"
-        );
+        assert!(before.contains("not in the encryption key file"), "{before}");
         concord_crypt::register(&keyring);
         assert_eq!(&rec.value().unwrap()[..], b"secret value");
         assert_eq!(rec.to_key_value(b"k", true).unwrap().value, b"secret value");
@@ -437,13 +407,7 @@ mod tests {
         // The same inside a `revisions` row: sealed, the row decodes to the real version and
         // re-sealing a row without a sealer gives the plain row.
         let mut row = Vec::new();
-        encode_row(
-            &mut row,
-            b"k",
-            Some((&header, b"secret value")),
-            Some(&sealer),
-        )
-        .unwrap();
+        encode_row(&mut row, b"k", Some((&header, b"secret value")), Some(&sealer)).unwrap();
         let decoded = Row::decode(&row).unwrap();
         assert_eq!(decoded.record.unwrap().header, header);
         assert_eq!(plain_record(decoded.record_bytes).unwrap(), &plain[..]);
@@ -472,10 +436,7 @@ mod tests {
         let row = Row::decode(&buf).unwrap();
         assert_eq!(row.key, b"key");
         let rec = row.record.unwrap();
-        assert_eq!(
-            (rec.header, &rec.value().unwrap()[..]),
-            (header, &b"value"[..])
-        );
+        assert_eq!((rec.header, &rec.value().unwrap()[..]), (header, &b"value"[..]));
 
         // A deletion, and a put of an empty value to an empty key.
         encode_row(&mut buf, b"gone", None, None).unwrap();
@@ -498,13 +459,7 @@ mod tests {
     #[test]
     fn spans() {
         assert_eq!(KeySpan::new(b"a", b""), KeySpan::Single(b"a"));
-        assert_eq!(
-            KeySpan::new(b"a", b"\0"),
-            KeySpan::Range {
-                start: b"a",
-                end: None
-            }
-        );
+        assert_eq!(KeySpan::new(b"a", b"\0"), KeySpan::Range { start: b"a", end: None });
         assert_eq!(
             KeySpan::new(b"a", b"b"),
             KeySpan::Range {

@@ -13,8 +13,7 @@
 //! [`MvccStore::leases`]: crate::MvccStore::leases
 
 use concord_proto::etcdserverpb::{
-    DeleteRangeRequest, LeaseGrantRequest, LeaseGrantResponse, LeaseRevokeRequest,
-    LeaseRevokeResponse,
+    DeleteRangeRequest, LeaseGrantRequest, LeaseGrantResponse, LeaseRevokeRequest, LeaseRevokeResponse,
 };
 use redb::{ReadableTable, Table};
 
@@ -53,10 +52,7 @@ impl Writer<'_, '_> {
     /// all in one revision (as one DeleteRange per key would inside a txn), then forgets the
     /// lease. A lease without keys leaves the revision alone. Fails with `LeaseNotFound`, before
     /// changing anything, when the lease does not exist.
-    pub fn lease_revoke(
-        &mut self,
-        req: &LeaseRevokeRequest,
-    ) -> Result<LeaseRevokeResponse, OpError> {
+    pub fn lease_revoke(&mut self, req: &LeaseRevokeRequest) -> Result<LeaseRevokeResponse, OpError> {
         if !self.lease_exists(req.id)? {
             return Err(KvError::LeaseNotFound.into());
         }
@@ -86,12 +82,7 @@ impl Writer<'_, '_> {
 
 /// Records that `key`, whose newest record named lease `old`, now names lease `new` (either may
 /// be [`NO_LEASE`]).
-pub(crate) fn reattach(
-    lease_keys: &mut LeaseKeysMut<'_>,
-    key: &[u8],
-    old: i64,
-    new: i64,
-) -> Result<(), StorageError> {
+pub(crate) fn reattach(lease_keys: &mut LeaseKeysMut<'_>, key: &[u8], old: i64, new: i64) -> Result<(), StorageError> {
     if old == new {
         return Ok(());
     }
@@ -104,11 +95,7 @@ pub(crate) fn reattach(
 
 /// Records that `key`, whose newest record named lease `lease`, is attached to it no more (it was
 /// deleted or moved to another lease).
-pub(crate) fn detach(
-    lease_keys: &mut LeaseKeysMut<'_>,
-    key: &[u8],
-    lease: i64,
-) -> Result<(), StorageError> {
+pub(crate) fn detach(lease_keys: &mut LeaseKeysMut<'_>, key: &[u8], lease: i64) -> Result<(), StorageError> {
     if lease != NO_LEASE {
         lease_keys.remove((lease, key))?;
     }

@@ -26,11 +26,7 @@ use crate::view::{for_each_row, live_record, RowTable, View};
 /// `compact_rev`, with etcd's checks: 0 (or negative) means the view's revision; above it is a
 /// future revision; below the compaction point is gone (exactly at the compaction point is still
 /// readable).
-pub(crate) fn resolve_revision(
-    view_rev: i64,
-    compact_rev: i64,
-    requested: i64,
-) -> Result<i64, KvError> {
+pub(crate) fn resolve_revision(view_rev: i64, compact_rev: i64, requested: i64) -> Result<i64, KvError> {
     if requested > view_rev {
         return Err(KvError::FutureRevision);
     }
@@ -44,10 +40,7 @@ pub(crate) fn resolve_revision(
 /// The revision check etcd makes on a range inside a txn before executing it: 0 is always fine,
 /// anything else must be neither above the current revision nor below the compaction point.
 /// (Unlike [`resolve_revision`], a negative revision is not read as "current" here, as in etcd.)
-pub(crate) fn check_txn_range_revision<I, T>(
-    view: &View<'_, I, T>,
-    requested: i64,
-) -> Result<(), KvError> {
+pub(crate) fn check_txn_range_revision<I, T>(view: &View<'_, I, T>, requested: i64) -> Result<(), KvError> {
     if requested == 0 {
         Ok(())
     } else if requested > view.rev {
@@ -117,9 +110,7 @@ pub(crate) fn finish_range<T: RowTable>(
     let requested_order = SortOrder::try_from(req.sort_order).unwrap_or(SortOrder::None);
     let target = SortTarget::try_from(req.sort_target).unwrap_or(SortTarget::Key);
     let order = match (requested_order, target) {
-        (SortOrder::None, SortTarget::Key) | (SortOrder::Ascend, SortTarget::Key) => {
-            SortOrder::None
-        }
+        (SortOrder::None, SortTarget::Key) | (SortOrder::Ascend, SortTarget::Key) => SortOrder::None,
         (SortOrder::None, _) => SortOrder::Ascend,
         (order, _) => order,
     };

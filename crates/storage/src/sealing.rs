@@ -27,38 +27,27 @@ fn row(id: KeyId) -> String {
 }
 
 /// The key ids recorded in `meta` as having sealed values of the file.
-pub(crate) fn sealed_ids<T: ReadableTable<&'static str, u64>>(
-    meta: &T,
-) -> Result<Vec<KeyId>, StorageError> {
+pub(crate) fn sealed_ids<T: ReadableTable<&'static str, u64>>(meta: &T) -> Result<Vec<KeyId>, StorageError> {
     let mut ids = Vec::new();
     for entry in meta.range::<&str>(SEALED_KEY_PREFIX..SEALED_KEY_END)? {
         let (name, _) = entry?;
         let name = name.value();
         let hex = &name[SEALED_KEY_PREFIX.len()..];
-        let id = u32::from_str_radix(hex, 16)
-            .map_err(|_| StorageError::Corrupt(format!("malformed meta row {name:?}")))?;
+        let id =
+            u32::from_str_radix(hex, 16).map_err(|_| StorageError::Corrupt(format!("malformed meta row {name:?}")))?;
         ids.push(KeyId(id));
     }
     Ok(ids)
 }
 
 /// Records in `txn` that key `id` seals values from `revision` on.
-pub(crate) fn record_key(
-    txn: &WriteTransaction,
-    id: KeyId,
-    revision: i64,
-) -> Result<(), StorageError> {
-    txn.open_table(keys::META)?
-        .insert(row(id).as_str(), revision as u64)?;
+pub(crate) fn record_key(txn: &WriteTransaction, id: KeyId, revision: i64) -> Result<(), StorageError> {
+    txn.open_table(keys::META)?.insert(row(id).as_str(), revision as u64)?;
     Ok(())
 }
 
 /// Fails unless `sealer` can open every key in `ids`; `what` names the file in the message.
-pub(crate) fn check_keys(
-    ids: &[KeyId],
-    sealer: Option<&Sealer>,
-    what: &str,
-) -> Result<(), StorageError> {
+pub(crate) fn check_keys(ids: &[KeyId], sealer: Option<&Sealer>, what: &str) -> Result<(), StorageError> {
     let missing: Vec<String> = ids
         .iter()
         .filter(|id| !sealer.is_some_and(|s| s.keyring().contains(**id)))
@@ -119,11 +108,7 @@ pub(crate) fn copy_resealed(
 }
 
 /// After a re-sealing copy: `out`'s `meta` names only `sealer`'s first key.
-pub(crate) fn reset_keys(
-    out: &Database,
-    sealer: &Sealer,
-    revision: i64,
-) -> Result<(), StorageError> {
+pub(crate) fn reset_keys(out: &Database, sealer: &Sealer, revision: i64) -> Result<(), StorageError> {
     let txn = out.begin_write()?;
     {
         let mut meta = txn.open_table(keys::META)?;

@@ -16,10 +16,7 @@ use std::fs::{self, File};
 use std::io;
 use std::path::{Path, PathBuf};
 
-use redb::{
-    Database, Durability, Key, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition,
-    Value,
-};
+use redb::{Database, Durability, Key, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, Value};
 
 use concord_crypt::{KeyId, Sealer};
 
@@ -89,11 +86,7 @@ impl MvccStore {
         let (incoming, sealed_with) = verify_snapshot(src)?;
         // Values sealed with keys this member lacks could never be read: refuse before anything
         // changes.
-        crate::sealing::check_keys(
-            &sealed_with,
-            self.sealer(),
-            &format!("snapshot {}", src.display()),
-        )?;
+        crate::sealing::check_keys(&sealed_with, self.sealer(), &format!("snapshot {}", src.display()))?;
         let mut state = self.lock_writer();
         let previous = self.applied_index();
         if incoming.applied_index < previous {
@@ -123,8 +116,7 @@ impl MvccStore {
     pub fn reset_applied_index(path: &Path, index: u64) -> Result<(), StorageError> {
         let (db, _) = prepare_database(crate::store::database_builder().open(path)?)?;
         let txn = db.begin_write()?;
-        txn.open_table(keys::META)?
-            .insert(META_APPLIED_INDEX, index)?;
+        txn.open_table(keys::META)?.insert(META_APPLIED_INDEX, index)?;
         txn.commit()?;
         db.close()?;
         Ok(())
@@ -154,11 +146,7 @@ impl MvccStore {
 
 /// Copies every table of `db`, as of one read transaction, into a new file at `dest`; with
 /// `reseal`, every value is re-sealed under its first key.
-fn copy_database(
-    db: &Database,
-    dest: &Path,
-    reseal: Option<&Sealer>,
-) -> Result<SnapshotInfo, StorageError> {
+fn copy_database(db: &Database, dest: &Path, reseal: Option<&Sealer>) -> Result<SnapshotInfo, StorageError> {
     let snapshot = db.begin_read()?;
     let meta = read_meta(&snapshot.open_table(keys::META)?)?;
     match fs::remove_file(dest) {
@@ -230,9 +218,7 @@ fn copy_table<K: Key + 'static, V: Value + 'static>(
 /// durable: nothing of the running store changes before this succeeds. Returns its counters and
 /// the keys that sealed its values.
 fn verify_snapshot(src: &Path) -> Result<(Meta, Vec<KeyId>), StorageError> {
-    let db = Database::builder()
-        .set_check_integrity_on_open(true)
-        .open(src)?;
+    let db = Database::builder().set_check_integrity_on_open(true).open(src)?;
     let (db, meta) = prepare_database(db)?;
     let sealed_with = sealed_ids(&db.begin_read()?.open_table(keys::META)?)?;
     db.close()?;

@@ -41,13 +41,13 @@ use concord_crypt::{KeyId, Sealer};
 use concord_proto::concordpb::raft_command::Op;
 use concord_proto::concordpb::RaftCommand;
 use concord_proto::etcdserverpb::{
-    AlarmMember, AlarmResponse, CompactionResponse, DeleteRangeResponse, LeaseGrantResponse,
-    LeaseRevokeResponse, PutResponse, RangeRequest, RangeResponse, TxnRequest, TxnResponse,
+    AlarmMember, AlarmResponse, CompactionResponse, DeleteRangeResponse, LeaseGrantResponse, LeaseRevokeResponse,
+    PutResponse, RangeRequest, RangeResponse, TxnRequest, TxnResponse,
 };
 use concord_proto::mvccpb::Event;
 use redb::{
-    Database, Durability, ReadOnlyTable, ReadTransaction, ReadableDatabase, ReadableTable,
-    ReadableTableMetadata, WriteTransaction,
+    Database, Durability, ReadOnlyTable, ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata,
+    WriteTransaction,
 };
 
 use crate::alarm::{needs_space, raised_alarms};
@@ -170,12 +170,8 @@ pub(crate) struct Meta {
 }
 
 /// Reads the counters from `meta`, with the defaults of an empty store for missing rows.
-pub(crate) fn read_meta<T: ReadableTable<&'static str, u64>>(
-    meta: &T,
-) -> Result<Meta, StorageError> {
-    let get = |name: &str| -> Result<Option<u64>, StorageError> {
-        Ok(meta.get(name)?.map(|guard| guard.value()))
-    };
+pub(crate) fn read_meta<T: ReadableTable<&'static str, u64>>(meta: &T) -> Result<Meta, StorageError> {
+    let get = |name: &str| -> Result<Option<u64>, StorageError> { Ok(meta.get(name)?.map(|guard| guard.value())) };
     Ok(Meta {
         applied_index: get(META_APPLIED_INDEX)?.unwrap_or(0),
         revision: get(META_REVISION)?.map_or(1, |r| r as i64),
@@ -257,11 +253,7 @@ fn load_index(db: &Database) -> Result<KeyIndex, StorageError> {
     let started = Instant::now();
     let txn = db.begin_read()?;
     let meta = read_meta(&txn.open_table(keys::META)?)?;
-    let index = KeyIndex::load(
-        &txn.open_table(keys::REVISIONS)?,
-        meta.revision,
-        meta.compact_revision,
-    )?;
+    let index = KeyIndex::load(&txn.open_table(keys::REVISIONS)?, meta.revision, meta.compact_revision)?;
     tracing::info!(
         keys = index.len(),
         elapsed_ms = started.elapsed().as_millis() as u64,
@@ -397,9 +389,7 @@ impl MvccStore {
 
     /// The key index, read-locked, and a redb read snapshot that holds every row it names (see
     /// the module docs). Reads stand at the index's revision, which the snapshot records.
-    pub(crate) fn read_state(
-        &self,
-    ) -> Result<(RwLockReadGuard<'_, Shared>, Snapshot), StorageError> {
+    pub(crate) fn read_state(&self) -> Result<(RwLockReadGuard<'_, Shared>, Snapshot), StorageError> {
         for _ in 0..PAIRING_ATTEMPTS {
             let shared = self.shared();
             let db = shared.db.clone();
@@ -465,19 +455,13 @@ impl MvccStore {
     /// `start_rev` below the compaction point fails with `Compacted`; at the compaction point
     /// itself every change is still available. With `prev_kv`, put and delete events carry the
     /// version the change replaced, when history still holds it.
-    pub fn events(
-        &self,
-        start_rev: i64,
-        max_events: usize,
-        prev_kv: bool,
-    ) -> Result<(Vec<Event>, i64), KvError> {
+    pub fn events(&self, start_rev: i64, max_events: usize, prev_kv: bool) -> Result<(Vec<Event>, i64), KvError> {
         loop {
             let snap = self.read_state()?.1;
             if start_rev < snap.compact_revision {
                 return Err(KvError::Compacted);
             }
-            let (mut events, ids) =
-                read_events(&snap.revisions, start_rev.max(1), snap.revision, max_events)?;
+            let (mut events, ids) = read_events(&snap.revisions, start_rev.max(1), snap.revision, max_events)?;
             if prev_kv && !events.is_empty() {
                 let prevs: Vec<Option<Rev>> = {
                     let shared = self.shared();
@@ -590,17 +574,14 @@ impl MvccStore {
     /// (nothing of it becomes visible); redb then refuses further writes until the store is
     /// reopened.
     #[allow(clippy::type_complexity)] // the signature the Raft layer is written against
-    pub fn apply(
-        &self,
-        entries: &[ApplyEntry<'_>],
-    ) -> Result<Vec<(u64, Result<WriteResult, KvError>)>, StorageError> {
+    pub fn apply(&self, entries: &[ApplyEntry<'_>]) -> Result<Vec<(u64, Result<WriteResult, KvError>)>, StorageError> {
         let mut state = self.lock_writer();
         let mut last_index = self.applied_index();
         if entries.iter().all(|e| e.index <= last_index) {
             return Ok(Vec::new());
         }
-        let durable = state.batches_since_durable + 1 >= DURABLE_EVERY_BATCHES
-            || state.last_durable.elapsed() >= DURABLE_EVERY;
+        let durable =
+            state.batches_since_durable + 1 >= DURABLE_EVERY_BATCHES || state.last_durable.elapsed() >= DURABLE_EVERY;
         // Only this thread (holding the writer lock) ever write-locks `shared`, so holding the
         // read side for the batch blocks nobody.
         let shared = self.shared();
@@ -639,9 +620,7 @@ impl MvccStore {
         };
         write_meta(&txn, last_index, revision, compact_revision)?;
         let record_key = match &self.sealer {
-            Some(sealer) if !self.sealing_recorded.load(Ordering::Acquire) => {
-                Some(sealer.active_id())
-            }
+            Some(sealer) if !self.sealing_recorded.load(Ordering::Acquire) => Some(sealer.active_id()),
             _ => None,
         };
         if let Some(id) = record_key {
@@ -659,18 +638,14 @@ impl MvccStore {
             self.sealing_recorded.store(true, Ordering::Release);
         }
         if !changes.is_empty() || compact_revision != self.compact_revision() {
-            self.shared_mut()
-                .index
-                .apply(changes, revision, compact_revision);
+            self.shared_mut().index.apply(changes, revision, compact_revision);
         }
 
         self.applied_index.store(last_index, Ordering::Release);
         self.revision.store(revision, Ordering::Release);
-        self.compact_revision
-            .store(compact_revision, Ordering::Release);
+        self.compact_revision.store(compact_revision, Ordering::Release);
         if durable {
-            self.durable_applied_index
-                .store(last_index, Ordering::Release);
+            self.durable_applied_index.store(last_index, Ordering::Release);
             state.batches_since_durable = 0;
             state.last_durable = Instant::now();
         } else {
@@ -708,13 +683,10 @@ impl MvccStore {
                 index,
             },
         );
-        self.applied_index
-            .store(meta.applied_index, Ordering::Release);
-        self.durable_applied_index
-            .store(meta.applied_index, Ordering::Release);
+        self.applied_index.store(meta.applied_index, Ordering::Release);
+        self.durable_applied_index.store(meta.applied_index, Ordering::Release);
         self.revision.store(meta.revision, Ordering::Release);
-        self.compact_revision
-            .store(meta.compact_revision, Ordering::Release);
+        self.compact_revision.store(meta.compact_revision, Ordering::Release);
         state.batches_since_durable = 0;
         state.last_durable = Instant::now();
         if let Some(sealer) = &self.sealer {
@@ -838,9 +810,6 @@ impl MvccStore {
     pub(crate) fn assert_index_matches_file(&self) {
         let shared = self.shared();
         let rebuilt = load_index(&shared.db).unwrap();
-        assert_eq!(
-            shared.index, rebuilt,
-            "key index differs from the file's rows"
-        );
+        assert_eq!(shared.index, rebuilt, "key index differs from the file's rows");
     }
 }

@@ -7,9 +7,9 @@ use concord_proto::etcdserverpb::range_request::{SortOrder, SortTarget};
 use concord_proto::etcdserverpb::request_op::Request;
 use concord_proto::etcdserverpb::response_op::Response;
 use concord_proto::etcdserverpb::{
-    CompactionRequest, Compare, DeleteRangeRequest, DeleteRangeResponse, LeaseGrantRequest,
-    LeaseGrantResponse, LeaseRevokeRequest, LeaseRevokeResponse, PutRequest, PutResponse,
-    RangeRequest, RangeResponse, RequestOp, TxnRequest, TxnResponse,
+    CompactionRequest, Compare, DeleteRangeRequest, DeleteRangeResponse, LeaseGrantRequest, LeaseGrantResponse,
+    LeaseRevokeRequest, LeaseRevokeResponse, PutRequest, PutResponse, RangeRequest, RangeResponse, RequestOp,
+    TxnRequest, TxnResponse,
 };
 use concord_proto::mvccpb::event::EventType;
 use concord_proto::mvccpb::KeyValue;
@@ -55,18 +55,10 @@ impl Harness {
     }
 
     fn reopen(self) -> Harness {
-        let Harness {
-            dir,
-            store,
-            next_index,
-        } = self;
+        let Harness { dir, store, next_index } = self;
         drop(store);
         let store = open_store(&dir.path().join("data").join("kv.redb"));
-        Harness {
-            dir,
-            store,
-            next_index,
-        }
+        Harness { dir, store, next_index }
     }
 
     fn apply(&mut self, op: Op) -> Result<WriteResult, KvError> {
@@ -288,10 +280,7 @@ fn put_prev_kv_and_lease() {
         })
         .unwrap();
     let prev = resp.prev_kv.unwrap();
-    assert_eq!(
-        (prev.value.as_slice(), prev.version, prev.lease),
-        (&b"v1"[..], 1, 7)
-    );
+    assert_eq!((prev.value.as_slice(), prev.version, prev.lease), (&b"v1"[..], 1, 7));
     assert_eq!(resp.header.unwrap().revision, 3);
     assert_eq!(h.get("k").unwrap().lease, 0);
 }
@@ -315,11 +304,7 @@ fn put_ignore_value_and_ignore_lease() {
         })
         .unwrap_err();
     assert_eq!(err, KvError::KeyNotFound);
-    assert_eq!(
-        h.store.current_revision(),
-        1,
-        "a failed put must not bump the revision"
-    );
+    assert_eq!(h.store.current_revision(), 1, "a failed put must not bump the revision");
     assert!(h.store.kv_rows().is_empty());
 
     h.grant(42, 60).unwrap();
@@ -336,20 +321,14 @@ fn put_ignore_value_and_ignore_lease() {
     })
     .unwrap();
     let kv = h.get("k").unwrap();
-    assert_eq!(
-        (kv.value.as_slice(), kv.lease, kv.version),
-        (&b"orig"[..], 43, 2)
-    );
+    assert_eq!((kv.value.as_slice(), kv.lease, kv.version), (&b"orig"[..], 43, 2));
     h.put_req(PutRequest {
         ignore_lease: true,
         ..put_req("k", "new")
     })
     .unwrap();
     let kv = h.get("k").unwrap();
-    assert_eq!(
-        (kv.value.as_slice(), kv.lease, kv.version),
-        (&b"new"[..], 43, 3)
-    );
+    assert_eq!((kv.value.as_slice(), kv.lease, kv.version), (&b"new"[..], 43, 3));
 }
 
 #[test]
@@ -384,10 +363,7 @@ fn delete_range_uses_one_revision_with_sub_revisions() {
     let resp = h.delete("b", b"d");
     assert_eq!(resp.deleted, 2);
     assert_eq!(
-        resp.prev_kvs
-            .iter()
-            .map(|kv| kv.key.clone())
-            .collect::<Vec<_>>(),
+        resp.prev_kvs.iter().map(|kv| kv.key.clone()).collect::<Vec<_>>(),
         vec![b"b".to_vec(), b"c".to_vec()]
     );
     assert_eq!(h.store.current_revision(), 6);
@@ -398,10 +374,7 @@ fn delete_range_uses_one_revision_with_sub_revisions() {
         .filter(|r| r.3)
         .map(|r| (r.0, r.1, r.2))
         .collect();
-    assert_eq!(
-        tombstones,
-        vec![(b"b".to_vec(), 6, 0), (b"c".to_vec(), 6, 1)]
-    );
+    assert_eq!(tombstones, vec![(b"b".to_vec(), 6, 0), (b"c".to_vec(), 6, 1)]);
     assert_eq!(h.store.latest_keys(), vec![b"a".to_vec(), b"d".to_vec()]);
 
     // From-key delete.
@@ -428,10 +401,7 @@ fn range_forms() {
         vec!["a", "a\0", "ab", "abc"]
     );
     // Prefix "ab": [ab, ac).
-    assert_eq!(
-        keys(&h.range(range_req("ab", "ac")).unwrap()),
-        vec!["ab", "abc"]
-    );
+    assert_eq!(keys(&h.range(range_req("ab", "ac")).unwrap()), vec!["ab", "abc"]);
     // From key.
     assert_eq!(
         keys(&h.range(range_bytes(b"ab", b"\0")).unwrap()),
@@ -488,10 +458,7 @@ fn limit_more_count_and_flags() {
         })
         .unwrap();
     assert_eq!(resp.kvs.len(), 5);
-    assert!(resp
-        .kvs
-        .iter()
-        .all(|kv| kv.value.is_empty() && kv.version == 1));
+    assert!(resp.kvs.iter().all(|kv| kv.value.is_empty() && kv.version == 1));
 
     // Count of a single key that does not exist.
     let resp = h.range(range_req("nope", "")).unwrap();
@@ -516,47 +483,17 @@ fn sorting() {
         };
         keys(&h.range(req).unwrap())
     };
-    assert_eq!(
-        sorted(SortOrder::Descend, SortTarget::Key),
-        vec!["c", "b", "a"]
-    );
-    assert_eq!(
-        sorted(SortOrder::Ascend, SortTarget::Key),
-        vec!["a", "b", "c"]
-    );
-    assert_eq!(
-        sorted(SortOrder::Ascend, SortTarget::Version),
-        vec!["a", "c", "b"]
-    );
-    assert_eq!(
-        sorted(SortOrder::Descend, SortTarget::Version),
-        vec!["b", "c", "a"]
-    );
+    assert_eq!(sorted(SortOrder::Descend, SortTarget::Key), vec!["c", "b", "a"]);
+    assert_eq!(sorted(SortOrder::Ascend, SortTarget::Key), vec!["a", "b", "c"]);
+    assert_eq!(sorted(SortOrder::Ascend, SortTarget::Version), vec!["a", "c", "b"]);
+    assert_eq!(sorted(SortOrder::Descend, SortTarget::Version), vec!["b", "c", "a"]);
     // Order NONE with a non-KEY target sorts ascending.
-    assert_eq!(
-        sorted(SortOrder::None, SortTarget::Version),
-        vec!["a", "c", "b"]
-    );
-    assert_eq!(
-        sorted(SortOrder::Descend, SortTarget::Create),
-        vec!["c", "b", "a"]
-    );
-    assert_eq!(
-        sorted(SortOrder::Ascend, SortTarget::Mod),
-        vec!["a", "c", "b"]
-    );
-    assert_eq!(
-        sorted(SortOrder::Descend, SortTarget::Mod),
-        vec!["b", "c", "a"]
-    );
-    assert_eq!(
-        sorted(SortOrder::Ascend, SortTarget::Value),
-        vec!["b", "c", "a"]
-    );
-    assert_eq!(
-        sorted(SortOrder::Descend, SortTarget::Value),
-        vec!["a", "c", "b"]
-    );
+    assert_eq!(sorted(SortOrder::None, SortTarget::Version), vec!["a", "c", "b"]);
+    assert_eq!(sorted(SortOrder::Descend, SortTarget::Create), vec!["c", "b", "a"]);
+    assert_eq!(sorted(SortOrder::Ascend, SortTarget::Mod), vec!["a", "c", "b"]);
+    assert_eq!(sorted(SortOrder::Descend, SortTarget::Mod), vec!["b", "c", "a"]);
+    assert_eq!(sorted(SortOrder::Ascend, SortTarget::Value), vec!["b", "c", "a"]);
+    assert_eq!(sorted(SortOrder::Descend, SortTarget::Value), vec!["a", "c", "b"]);
 
     // With a sort order, limit applies after sorting the whole range.
     let req = RangeRequest {
@@ -785,11 +722,7 @@ fn compaction_removes_history_and_guards_reads() {
         other => panic!("unexpected {other:?}"),
     }
     assert_eq!(h.store.compact_revision(), 6);
-    assert_eq!(
-        h.store.current_revision(),
-        9,
-        "compaction does not bump the revision"
-    );
+    assert_eq!(h.store.current_revision(), 9, "compaction does not bump the revision");
 
     // Reads below the compaction point fail; at it they still work.
     let err = h.get_at("a", 5).unwrap_err();
@@ -829,10 +762,7 @@ fn compaction_removes_history_and_guards_reads() {
     );
     // The rows are the change log too: below the compaction point only the surviving versions
     // are left; every change at it and above is there.
-    assert_eq!(
-        h.store.change_ids(),
-        vec![(3, 0), (6, 0), (7, 0), (8, 0), (9, 0)]
-    );
+    assert_eq!(h.store.change_ids(), vec![(3, 0), (6, 0), (7, 0), (8, 0), (9, 0)]);
 
     // Compacting again at or below the point fails; beyond the current revision too.
     assert_eq!(h.compact(6).unwrap_err(), KvError::Compacted);
@@ -850,16 +780,9 @@ fn compaction_removes_history_and_guards_reads() {
         .collect();
     assert_eq!(
         rows,
-        vec![
-            ("a".into(), 7, false),
-            ("c".into(), 6, false),
-            ("d".into(), 9, true)
-        ]
+        vec![("a".into(), 7, false), ("c".into(), 6, false), ("d".into(), 9, true)]
     );
-    assert_eq!(
-        keys(&h.range(range_bytes(b"\0", b"\0")).unwrap()),
-        vec!["a", "c"]
-    );
+    assert_eq!(keys(&h.range(range_bytes(b"\0", b"\0")).unwrap()), vec!["a", "c"]);
     assert_eq!(h.store.change_ids(), vec![(6, 0), (7, 0), (9, 0)]);
     h.put("e", "1"); // 10
     h.compact(10).unwrap();
@@ -874,10 +797,7 @@ fn compaction_at_current_revision_keeps_current_state() {
     }
     h.compact(h.store.current_revision()).unwrap();
     let kv = h.get("k").unwrap();
-    assert_eq!(
-        (kv.value.as_slice(), kv.version, kv.create_revision),
-        (&b"4"[..], 5, 2)
-    );
+    assert_eq!((kv.value.as_slice(), kv.version, kv.create_revision), (&b"4"[..], 5, 2));
     assert_eq!(h.store.kv_rows().len(), 1);
     // Writes after compaction continue normally.
     assert_eq!(h.put("k", "5"), 7);
@@ -955,31 +875,16 @@ fn txn_compare_targets_and_results() {
     for (target, eq, smaller, larger) in cases {
         let c = |result, union: &TargetUnion| cmp("k", target, result, union.clone());
         assert!(compare_holds(&mut h, c(Equal, &eq)), "{target:?} equal");
-        assert!(
-            !compare_holds(&mut h, c(Equal, &smaller)),
-            "{target:?} equal (smaller)"
-        );
-        assert!(
-            !compare_holds(&mut h, c(NotEqual, &eq)),
-            "{target:?} not equal"
-        );
+        assert!(!compare_holds(&mut h, c(Equal, &smaller)), "{target:?} equal (smaller)");
+        assert!(!compare_holds(&mut h, c(NotEqual, &eq)), "{target:?} not equal");
         assert!(
             compare_holds(&mut h, c(NotEqual, &larger)),
             "{target:?} not equal (larger)"
         );
-        assert!(
-            compare_holds(&mut h, c(Greater, &smaller)),
-            "{target:?} greater"
-        );
-        assert!(
-            !compare_holds(&mut h, c(Greater, &eq)),
-            "{target:?} greater (equal)"
-        );
+        assert!(compare_holds(&mut h, c(Greater, &smaller)), "{target:?} greater");
+        assert!(!compare_holds(&mut h, c(Greater, &eq)), "{target:?} greater (equal)");
         assert!(compare_holds(&mut h, c(Less, &larger)), "{target:?} less");
-        assert!(
-            !compare_holds(&mut h, c(Less, &eq)),
-            "{target:?} less (equal)"
-        );
+        assert!(!compare_holds(&mut h, c(Less, &eq)), "{target:?} less (equal)");
     }
 }
 
@@ -1011,12 +916,7 @@ fn txn_compare_on_missing_keys_and_ranges() {
     h.put("r3", "3");
     let ranged = |result, value: &str| Compare {
         range_end: b"r9".to_vec(),
-        ..cmp(
-            "r",
-            Value,
-            result,
-            TargetUnion::Value(value.as_bytes().to_vec()),
-        )
+        ..cmp("r", Value, result, TargetUnion::Value(value.as_bytes().to_vec()))
     };
     // Every key in the range must satisfy the compare.
     assert!(compare_holds(&mut h, ranged(Greater, "0")));
@@ -1024,10 +924,7 @@ fn txn_compare_on_missing_keys_and_ranges() {
     assert!(compare_holds(&mut h, ranged(Less, "4")));
     // Multiple compares are a conjunction.
     let both = TxnRequest {
-        compare: vec![
-            ranged(Greater, "0"),
-            cmp("r1", Version, Equal, TargetUnion::Version(2)),
-        ],
+        compare: vec![ranged(Greater, "0"), cmp("r1", Version, Equal, TargetUnion::Version(2))],
         ..Default::default()
     };
     assert!(!h.txn(both).unwrap().succeeded);
@@ -1209,10 +1106,7 @@ fn nested_txn_compares_see_pre_txn_state() {
         .filter(|r| r.1 == 3)
         .map(|r| (String::from_utf8(r.0).unwrap(), r.2))
         .collect();
-    assert_eq!(
-        rows,
-        vec![("after".into(), 2), ("flag".into(), 0), ("inner".into(), 1)]
-    );
+    assert_eq!(rows, vec![("after".into(), 2), ("flag".into(), 0), ("inner".into(), 1)]);
 }
 
 #[test]
@@ -1350,10 +1244,7 @@ fn reopen_keeps_data_revision_and_applied_index() {
     assert_eq!(h.store.durable_applied_index(), applied);
     assert_eq!(h.store.current_revision(), 5);
     assert_eq!(h.store.compact_revision(), 3);
-    assert_eq!(
-        keys(&h.range(range_bytes(b"\0", b"\0")).unwrap()),
-        vec!["b", "c"]
-    );
+    assert_eq!(keys(&h.range(range_bytes(b"\0", b"\0")).unwrap()), vec!["b", "c"]);
     assert_eq!(h.get_at("b", 3).unwrap().unwrap().value, b"2");
     assert_eq!(h.get_at("a", 2).unwrap_err(), KvError::Compacted);
 }
@@ -1428,10 +1319,7 @@ fn crash_rolls_back_to_last_durable_commit() {
     let applied = store.applied_index();
     // A non-durable commit never reaches the on-disk header, so the store comes back exactly at
     // the last durable commit (10 only if the child was slow enough to hit the 1 s rule).
-    assert_eq!(
-        applied, durable,
-        "store reopened at the last durable commit"
-    );
+    assert_eq!(applied, durable, "store reopened at the last durable commit");
     eprintln!("crash test: recovered at applied index {applied} of 10");
     assert_eq!(store.current_revision(), applied as i64 + 1);
     let (all, _) = store.range(&range_bytes(b"\0", b"\0")).unwrap();
@@ -1502,14 +1390,7 @@ fn events_follow_revision_order() {
     assert!(events.is_empty());
 
     h.compact(4).unwrap();
-    assert_eq!(
-        h.store.events(3, 10, false).unwrap_err(),
-        KvError::Compacted
-    );
+    assert_eq!(h.store.events(3, 10, false).unwrap_err(), KvError::Compacted);
     let (events, _) = h.store.events(4, 10, false).unwrap();
-    assert_eq!(
-        events.len(),
-        3,
-        "changes at the compaction revision stay readable"
-    );
+    assert_eq!(events.len(), 3, "changes at the compaction revision stay readable");
 }

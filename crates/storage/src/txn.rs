@@ -17,8 +17,8 @@ use concord_proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetU
 use concord_proto::etcdserverpb::request_op::Request;
 use concord_proto::etcdserverpb::response_op::Response;
 use concord_proto::etcdserverpb::{
-    Compare, DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, RequestOp,
-    ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
+    Compare, DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, RequestOp, ResponseHeader, ResponseOp,
+    TxnRequest, TxnResponse,
 };
 
 use crate::error::{KvError, OpError, StorageError};
@@ -102,10 +102,7 @@ pub fn is_txn_read_only(txn: &TxnRequest) -> bool {
 
 /// Runs `req` against `target`. The top-level response header is left `None` (the caller knows
 /// the revision after the txn); nested responses carry etcd's headers (see [`execute`]).
-pub(crate) fn run_txn<T: TxnTarget>(
-    target: &mut T,
-    req: &TxnRequest,
-) -> Result<TxnResponse, OpError> {
+pub(crate) fn run_txn<T: TxnTarget>(target: &mut T, req: &TxnRequest) -> Result<TxnResponse, OpError> {
     let mut path = Vec::new();
     {
         let view = target.view();
@@ -212,9 +209,7 @@ fn execute<T: TxnTarget>(
             Some(Request::RequestDeleteRange(del)) => Some(Response::ResponseDeleteRange(
                 target.delete_range(del).map_err(after_checks)?,
             )),
-            Some(Request::RequestTxn(inner)) => {
-                Some(Response::ResponseTxn(execute(target, inner, path, cursor)?))
-            }
+            Some(Request::RequestTxn(inner)) => Some(Response::ResponseTxn(execute(target, inner, path, cursor)?)),
             None => None,
         };
         responses.push(ResponseOp { response });
@@ -239,21 +234,14 @@ fn after_checks(err: OpError) -> OpError {
 
 /// Evaluates one compare at the view's revision. Over a range, every live key must satisfy it;
 /// an empty range compares a zero key-value, except that a VALUE compare on no key is false.
-fn compare_holds<I: IndexRead, T: RowTable>(
-    view: &View<'_, I, T>,
-    cmp: &Compare,
-) -> Result<bool, StorageError> {
+fn compare_holds<I: IndexRead, T: RowTable>(view: &View<'_, I, T>, cmp: &Compare) -> Result<bool, StorageError> {
     let mut seen = false;
     let mut holds = true;
-    view.scan(
-        KeySpan::new(&cmp.key, &cmp.range_end),
-        view.rev,
-        |_, rec| {
-            seen = true;
-            holds = compare_record(cmp, Some(&rec))?;
-            Ok(holds)
-        },
-    )?;
+    view.scan(KeySpan::new(&cmp.key, &cmp.range_end), view.rev, |_, rec| {
+        seen = true;
+        holds = compare_record(cmp, Some(&rec))?;
+        Ok(holds)
+    })?;
     if !seen {
         if CompareTarget::try_from(cmp.target) == Ok(CompareTarget::Value) {
             return Ok(false);
@@ -267,9 +255,7 @@ fn compare_holds<I: IndexRead, T: RowTable>(
 /// equal and unknown results hold, as in etcd.
 fn compare_record(cmp: &Compare, rec: Option<&Record<'_>>) -> Result<bool, StorageError> {
     let field = |get: fn(&Record<'_>) -> i64| rec.map_or(0, get);
-    let int_target = |want: fn(&TargetUnion) -> Option<i64>| {
-        cmp.target_union.as_ref().and_then(want).unwrap_or(0)
-    };
+    let int_target = |want: fn(&TargetUnion) -> Option<i64>| cmp.target_union.as_ref().and_then(want).unwrap_or(0);
     let ordering = match CompareTarget::try_from(cmp.target) {
         Ok(CompareTarget::Value) => {
             let want: &[u8] = match &cmp.target_union {
@@ -303,13 +289,17 @@ fn compare_record(cmp: &Compare, rec: Option<&Record<'_>>) -> Result<bool, Stora
                 None
             }
         })),
-        Ok(CompareTarget::Lease) => field(|r| r.header.lease).cmp(&int_target(|t| {
-            if let TargetUnion::Lease(v) = t {
-                Some(*v)
-            } else {
-                None
-            }
-        })),
+        Ok(CompareTarget::Lease) => {
+            field(|r| r.header.lease).cmp(&int_target(
+                |t| {
+                    if let TargetUnion::Lease(v) = t {
+                        Some(*v)
+                    } else {
+                        None
+                    }
+                },
+            ))
+        }
         Err(_) => Ordering::Equal,
     };
     Ok(match CompareResult::try_from(cmp.result) {

@@ -15,10 +15,7 @@ impl<T: ReadableTable<RowId, &'static [u8]>> RowTable for T {}
 
 /// The stored row of `version`, which the index says exists. Its absence means the index and
 /// the table disagree, which the read protocol (see `store.rs`) rules out.
-pub(crate) fn fetch_row<T: RowTable>(
-    rows: &T,
-    version: Rev,
-) -> Result<AccessGuard<'_, &'static [u8]>, StorageError> {
+pub(crate) fn fetch_row<T: RowTable>(rows: &T, version: Rev) -> Result<AccessGuard<'_, &'static [u8]>, StorageError> {
     rows.get(version.id())?.ok_or_else(|| {
         StorageError::Corrupt(format!(
             "the key index names revision {}/{} but no row holds it",
@@ -77,9 +74,9 @@ where
             }
         }
         let Some(guard) = found else {
-            return Err(fetch_row(rows, want).err().unwrap_or_else(|| {
-                StorageError::Corrupt("a row vanished while reading it".into())
-            }));
+            return Err(fetch_row(rows, want)
+                .err()
+                .unwrap_or_else(|| StorageError::Corrupt("a row vanished while reading it".into())));
         };
         if let Some((_, last)) = cursor.as_mut() {
             *last = want;
@@ -127,8 +124,6 @@ impl<I: IndexRead, T: RowTable> View<'_, I, T> {
 
     /// Whether `key` is live at the view's revision.
     pub fn exists(&self, key: &[u8]) -> bool {
-        self.index
-            .version_at(key, self.rev)
-            .is_some_and(|v| v.is_live())
+        self.index.version_at(key, self.rev).is_some_and(|v| v.is_live())
     }
 }

@@ -11,9 +11,7 @@
 use std::sync::Arc;
 
 use concord_crypt::Sealer;
-use concord_proto::etcdserverpb::{
-    DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, ResponseHeader,
-};
+use concord_proto::etcdserverpb::{DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, ResponseHeader};
 use redb::{Table, WriteTransaction};
 
 use crate::alarm::{no_space_raised, AlarmsMut};
@@ -120,8 +118,7 @@ impl<'t, 'i> Writer<'t, 'i> {
             .sub
             .checked_add(1)
             .ok_or_else(|| StorageError::Corrupt("too many changes in one command".into()))?;
-        self.revisions
-            .insert(version.id(), self.row_buf.as_slice())?;
+        self.revisions.insert(version.id(), self.row_buf.as_slice())?;
         self.index.record(key, version, head);
         Ok(())
     }
@@ -164,12 +161,7 @@ impl<'t, 'i> Writer<'t, 'i> {
             Some(prev) if req.ignore_value => prev.value.as_slice(),
             _ => req.value.as_slice(),
         };
-        encode_row(
-            &mut self.row_buf,
-            key,
-            Some((&header, value)),
-            self.sealer.as_deref(),
-        )?;
+        encode_row(&mut self.row_buf, key, Some((&header, value)), self.sealer.as_deref())?;
         self.append(key, false, Head::of(&header))?;
         lease::reattach(
             &mut self.lease_keys,
@@ -186,19 +178,15 @@ impl<'t, 'i> Writer<'t, 'i> {
 
     /// etcd's DeleteRange. Never fails with a `KvError`. Deleted keys are detached from their
     /// leases.
-    pub fn delete_range(
-        &mut self,
-        req: &DeleteRangeRequest,
-    ) -> Result<DeleteRangeResponse, OpError> {
+    pub fn delete_range(&mut self, req: &DeleteRangeRequest) -> Result<DeleteRangeResponse, OpError> {
         let rev = self.write_revision();
         let span = KeySpan::new(&req.key, &req.range_end);
         // The live keys of the span, ascending, with the version each one's deletion replaces.
         let mut doomed: Vec<(Vec<u8>, Rev)> = Vec::new();
-        self.index
-            .scan_live(span, self.view_revision(), |key, version| {
-                doomed.push((key.to_vec(), version));
-                Ok::<_, StorageError>(true)
-            })?;
+        self.index.scan_live(span, self.view_revision(), |key, version| {
+            doomed.push((key.to_vec(), version));
+            Ok::<_, StorageError>(true)
+        })?;
         let mut prev_kvs = Vec::new();
         for (key, version) in &doomed {
             if req.prev_kv {
@@ -206,10 +194,7 @@ impl<'t, 'i> Writer<'t, 'i> {
                 let (_, record) = live_record(guard.value())?;
                 prev_kvs.push(record.to_key_value(key, true)?);
             }
-            let lease = self
-                .index
-                .newest(key)
-                .map_or(NO_LEASE, |(_, head)| head.lease);
+            let lease = self.index.newest(key).map_or(NO_LEASE, |(_, head)| head.lease);
             encode_row(&mut self.row_buf, key, None, None)?;
             self.append(key, true, Head::default())?;
             lease::detach(&mut self.lease_keys, key, lease)?;

@@ -51,7 +51,9 @@ pub fn accept(
                         let _ = tx.send(Ok(CoalescedWrites::new(stream))).await;
                     }
                     Ok(Err(e)) => tracing::info!(%remote, "rejected a TLS connection: {e}"),
-                    Err(_) => tracing::info!(%remote, "rejected a TLS connection: no handshake within {HANDSHAKE_TIMEOUT:?}"),
+                    Err(_) => {
+                        tracing::info!(%remote, "rejected a TLS connection: no handshake within {HANDSHAKE_TIMEOUT:?}")
+                    }
                 }
             });
         }

@@ -105,7 +105,10 @@ mod tests {
     async fn the_first_write_after_each_flush_waits_one_turn_then_everything_passes_through() {
         let (near, mut far) = tokio::io::duplex(1024);
         let mut io = CoalescedWrites::new(near);
-        assert!(!io.is_write_vectored(), "h2 must see no vectored writes, or it keeps its 256-byte threshold");
+        assert!(
+            !io.is_write_vectored(),
+            "h2 must see no vectored writes, or it keeps its 256-byte threshold"
+        );
         let wakes = Arc::new(CountingWaker(AtomicUsize::new(0)));
         let waker = std::task::Waker::from(wakes.clone());
         let mut cx = Context::from_waker(&waker);
@@ -115,8 +118,14 @@ mod tests {
             assert!(Pin::new(&mut io).poll_write(&mut cx, b"abc").is_pending());
             assert_eq!(wakes.0.load(Ordering::SeqCst), round);
             // The retry, and every write until the flush, goes straight through.
-            assert!(matches!(Pin::new(&mut io).poll_write(&mut cx, b"abc"), Poll::Ready(Ok(3))));
-            assert!(matches!(Pin::new(&mut io).poll_write(&mut cx, b"de"), Poll::Ready(Ok(2))));
+            assert!(matches!(
+                Pin::new(&mut io).poll_write(&mut cx, b"abc"),
+                Poll::Ready(Ok(3))
+            ));
+            assert!(matches!(
+                Pin::new(&mut io).poll_write(&mut cx, b"de"),
+                Poll::Ready(Ok(2))
+            ));
             assert!(matches!(Pin::new(&mut io).poll_flush(&mut cx), Poll::Ready(Ok(()))));
             let mut got = [0u8; 5];
             far.read_exact(&mut got).await.unwrap();

@@ -51,9 +51,10 @@ pub fn server_config(files: &TlsFiles) -> Result<ServerConfig, TlsError> {
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsError::Rustls(e.to_string()))?;
     let builder = if files.client_cert_auth {
-        let ca = files.trusted_ca_file.as_deref().ok_or_else(|| {
-            TlsError::Rustls("client certificate authentication needs a trusted CA file".into())
-        })?;
+        let ca = files
+            .trusted_ca_file
+            .as_deref()
+            .ok_or_else(|| TlsError::Rustls("client certificate authentication needs a trusted CA file".into()))?;
         let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots(ca)?), provider())
             .build()
             .map_err(|e| TlsError::Rustls(format!("{}: {e}", ca.display())))?;
@@ -88,7 +89,8 @@ pub fn client_config(files: &TlsFiles) -> Result<ClientConfig, TlsError> {
 
 fn identity(files: &TlsFiles) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsError> {
     let certs = certificates(&files.cert_file)?;
-    let key = PrivateKeyDer::from_pem_file(&files.key_file).map_err(|e| pem_error(&files.key_file, "no private key", e))?;
+    let key =
+        PrivateKeyDer::from_pem_file(&files.key_file).map_err(|e| pem_error(&files.key_file, "no private key", e))?;
     Ok((certs, key))
 }
 
@@ -98,7 +100,10 @@ fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| pem_error(path, "no certificate", e))?;
     if certs.is_empty() {
-        return Err(TlsError::Pem { path: path.to_owned(), what: "no certificate in the file".into() });
+        return Err(TlsError::Pem {
+            path: path.to_owned(),
+            what: "no certificate in the file".into(),
+        });
     }
     Ok(certs)
 }
@@ -106,16 +111,23 @@ fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
 fn roots(path: &Path) -> Result<RootCertStore, TlsError> {
     let mut store = RootCertStore::empty();
     for cert in certificates(path)? {
-        store
-            .add(cert)
-            .map_err(|e| TlsError::Pem { path: path.to_owned(), what: format!("not a usable CA certificate: {e}") })?;
+        store.add(cert).map_err(|e| TlsError::Pem {
+            path: path.to_owned(),
+            what: format!("not a usable CA certificate: {e}"),
+        })?;
     }
     Ok(store)
 }
 
 fn pem_error(path: &Path, what: &str, error: rustls_pki_types::pem::Error) -> TlsError {
     match error {
-        rustls_pki_types::pem::Error::Io(source) => TlsError::Read { path: path.to_owned(), source },
-        other => TlsError::Pem { path: path.to_owned(), what: format!("{what}: {other:?}") },
+        rustls_pki_types::pem::Error::Io(source) => TlsError::Read {
+            path: path.to_owned(),
+            source,
+        },
+        other => TlsError::Pem {
+            path: path.to_owned(),
+            what: format!("{what}: {other:?}"),
+        },
     }
 }

@@ -45,9 +45,12 @@ impl TlsConnector {
             let tls = connector.connect(name, stream).await?;
             Ok(TokioIo::new(CoalescedWrites::new(tls)))
         };
-        tokio::time::timeout(self.timeout, work)
-            .await
-            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, format!("{uri}: no TLS connection within {:?}", self.timeout)))?
+        tokio::time::timeout(self.timeout, work).await.map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("{uri}: no TLS connection within {:?}", self.timeout),
+            )
+        })?
     }
 }
 
@@ -70,9 +73,12 @@ impl TcpConnector {
     async fn connect(self, uri: Uri) -> std::io::Result<TokioIo<CoalescedWrites<TcpStream>>> {
         let host = host_of(&uri)?;
         let work = tcp_to(&host, uri.port_u16().unwrap_or(80), self.source);
-        let stream = tokio::time::timeout(self.timeout, work)
-            .await
-            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, format!("{uri}: no connection within {:?}", self.timeout)))??;
+        let stream = tokio::time::timeout(self.timeout, work).await.map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("{uri}: no connection within {:?}", self.timeout),
+            )
+        })??;
         Ok(TokioIo::new(CoalescedWrites::new(stream)))
     }
 }
@@ -110,7 +116,11 @@ async fn tcp_to(host: &str, port: u16, source: Option<IpAddr>) -> std::io::Resul
 }
 
 async fn tcp(addr: SocketAddr, source: Option<IpAddr>) -> std::io::Result<TcpStream> {
-    let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
     if let Some(ip) = source.filter(|ip| ip.is_ipv4() == addr.is_ipv4()) {
         socket.bind(SocketAddr::new(ip, 0))?;
     }

@@ -32,7 +32,11 @@ impl Dialer {
     /// A dialer that uses `tls` for `https://` URLs (none: such URLs are refused) and binds
     /// outgoing connections to `source` when given.
     pub fn new(tls: Option<Arc<Reloadable<ClientConfig>>>, source: Option<IpAddr>) -> Dialer {
-        Dialer { tls, source, connect_timeout: DEFAULT_CONNECT_TIMEOUT }
+        Dialer {
+            tls,
+            source,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+        }
     }
 
     /// Bounds TLS connections (TCP and handshake together); plaintext ones follow the endpoint's
@@ -78,9 +82,14 @@ impl Dialer {
         let (target, tls) = match url.strip_prefix("https://") {
             Some(rest) => {
                 let tls = self.tls.clone().ok_or_else(|| {
-                    format!("{url}: an https URL, but this member has no certificate for it (--cert-file/--peer-cert-file)")
+                    format!(
+                        "{url}: an https URL, but this member has no certificate for it (--cert-file/--peer-cert-file)"
+                    )
                 })?;
-                (format!("http://{rest}"), Some(TlsConnector::new(tls, self.source, self.connect_timeout)))
+                (
+                    format!("http://{rest}"),
+                    Some(TlsConnector::new(tls, self.source, self.connect_timeout)),
+                )
             }
             None => (url.to_string(), None),
         };

@@ -86,7 +86,11 @@ fn stamps(files: &TlsFiles) -> Vec<Option<(SystemTime, u64)>> {
     files
         .paths()
         .into_iter()
-        .map(|p| std::fs::metadata(p).ok().and_then(|m| Some((m.modified().ok()?, m.len()))))
+        .map(|p| {
+            std::fs::metadata(p)
+                .ok()
+                .and_then(|m| Some((m.modified().ok()?, m.len())))
+        })
         .collect()
 }
 

@@ -98,7 +98,9 @@ mod tests {
     fn certificate_for(cn: Option<&str>) -> Vec<u8> {
         let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
         params.distinguished_name = rcgen::DistinguishedName::new();
-        params.distinguished_name.push(rcgen::DnType::OrganizationName, "Concord tests");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::OrganizationName, "Concord tests");
         if let Some(cn) = cn {
             params.distinguished_name.push(rcgen::DnType::CommonName, cn);
         }

@@ -60,7 +60,10 @@ impl H2Channel {
     /// Opens a connection to `url` (`http://host:port`).
     pub async fn connect(url: &str, connect_timeout: Duration, timeout: Duration) -> Result<H2Channel, String> {
         let uri: Uri = url.parse().map_err(|e| format!("bad endpoint {url:?}: {e}"))?;
-        let authority = uri.authority().cloned().ok_or_else(|| format!("bad endpoint {url:?}: no host"))?;
+        let authority = uri
+            .authority()
+            .cloned()
+            .ok_or_else(|| format!("bad endpoint {url:?}: no host"))?;
         let connecting = async {
             // The member's own connector: Nagle off, h2's writes batched.
             let tcp = concord_tls::TcpConnector::new(None, connect_timeout).call(uri).await?;
@@ -80,7 +83,11 @@ impl H2Channel {
             // the calls on it report themselves.
             let _ = connection.await;
         });
-        Ok(H2Channel { send, authority, timeout })
+        Ok(H2Channel {
+            send,
+            authority,
+            timeout,
+        })
     }
 
     /// One unary call of `path` (see the module documentation).
@@ -92,7 +99,9 @@ impl H2Channel {
         let mut message = BytesMut::with_capacity(GRPC_HEADER_BYTES + request.encoded_len());
         message.put_u8(0); // not compressed
         message.put_u32(request.encoded_len() as u32);
-        request.encode(&mut message).map_err(|e| tonic::Status::internal(e.to_string()))?;
+        request
+            .encode(&mut message)
+            .map_err(|e| tonic::Status::internal(e.to_string()))?;
         let uri = Uri::builder()
             .scheme(Scheme::HTTP)
             .authority(self.authority.clone())
@@ -102,10 +111,13 @@ impl H2Channel {
         let mut head = Request::new(());
         *head.method_mut() = Method::POST;
         *head.uri_mut() = uri;
-        head.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        head.headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
         head.headers_mut().insert(TE, HeaderValue::from_static("trailers"));
         let call = async {
-            std::future::poll_fn(|cx| self.send.poll_ready(cx)).await.map_err(h2_status)?;
+            std::future::poll_fn(|cx| self.send.poll_ready(cx))
+                .await
+                .map_err(h2_status)?;
             let (answer, mut stream) = self.send.send_request(head, false).map_err(h2_status)?;
             // As in `start`: the answer says how the call went even if this fails.
             let _ = stream.send_data(message.freeze(), true);
@@ -118,7 +130,11 @@ impl H2Channel {
             while let Some(chunk) = recv.data().await {
                 let chunk = chunk.map_err(h2_status)?;
                 let _ = recv.flow_control().release_capacity(chunk.len());
-                data = if data.is_empty() { chunk } else { [data, chunk].concat().into() };
+                data = if data.is_empty() {
+                    chunk
+                } else {
+                    [data, chunk].concat().into()
+                };
             }
             let trailers = recv.trailers().await.map_err(h2_status)?.unwrap_or_default();
             if let Some(status) = grpc_status(&trailers) {
@@ -130,9 +146,11 @@ impl H2Channel {
             decode_message(data)
         };
         let timeout = self.timeout;
-        tokio::time::timeout(timeout, call)
-            .await
-            .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded(format!("no answer within {timeout:?}"))))
+        tokio::time::timeout(timeout, call).await.unwrap_or_else(|_| {
+            Err(tonic::Status::deadline_exceeded(format!(
+                "no answer within {timeout:?}"
+            )))
+        })
     }
 
     /// Starts one call: opens its stream here (after `poll_ready`), sends its message, and
@@ -146,12 +164,12 @@ impl H2Channel {
         let mut uri = std::mem::take(&mut head.uri).into_parts();
         uri.scheme = Some(Scheme::HTTP);
         uri.authority = Some(self.authority.clone());
-        let opened = Uri::from_parts(uri)
-            .map_err(BoxError::from)
-            .and_then(|uri| {
-                head.uri = uri;
-                self.send.send_request(Request::from_parts(head, ()), false).map_err(BoxError::from)
-            });
+        let opened = Uri::from_parts(uri).map_err(BoxError::from).and_then(|uri| {
+            head.uri = uri;
+            self.send
+                .send_request(Request::from_parts(head, ()), false)
+                .map_err(BoxError::from)
+        });
         let timeout = self.timeout;
         async move {
             let (answer, stream) = opened?;
@@ -163,7 +181,10 @@ impl H2Channel {
                 .await
                 .map_err(|_| BoxError::from(format!("no answer within {timeout:?}")))??;
             let (head, recv) = answer.into_parts();
-            Ok(Response::from_parts(head, tonic::body::Body::new(H2Body { recv, data_done: false })))
+            Ok(Response::from_parts(
+                head,
+                tonic::body::Body::new(H2Body { recv, data_done: false }),
+            ))
         }
     }
 }
@@ -180,20 +201,30 @@ fn grpc_status(headers: &http::HeaderMap) -> Option<tonic::Status> {
     if code.as_bytes() == b"0" {
         return None;
     }
-    let code = std::str::from_utf8(code.as_bytes()).ok().and_then(|c| c.parse::<i32>().ok()).unwrap_or(2);
-    let message = headers.get(GRPC_MESSAGE).and_then(|m| m.to_str().ok()).unwrap_or_default();
+    let code = std::str::from_utf8(code.as_bytes())
+        .ok()
+        .and_then(|c| c.parse::<i32>().ok())
+        .unwrap_or(2);
+    let message = headers
+        .get(GRPC_MESSAGE)
+        .and_then(|m| m.to_str().ok())
+        .unwrap_or_default();
     Some(tonic::Status::new(tonic::Code::from(code), message.to_string()))
 }
 
 /// The one message of a unary answer's body.
 fn decode_message<A: prost::Message + Default>(mut body: Bytes) -> Result<A, tonic::Status> {
     if body.len() < GRPC_HEADER_BYTES || body[0] != 0 {
-        return Err(tonic::Status::internal("an answer that is not one uncompressed gRPC message"));
+        return Err(tonic::Status::internal(
+            "an answer that is not one uncompressed gRPC message",
+        ));
     }
     body.advance(1);
     let len = body.get_u32() as usize;
     if body.len() != len {
-        return Err(tonic::Status::internal("an answer whose length does not match its frame"));
+        return Err(tonic::Status::internal(
+            "an answer whose length does not match its frame",
+        ));
     }
     A::decode(body).map_err(|e| tonic::Status::internal(format!("undecodable answer: {e}")))
 }
@@ -306,10 +337,14 @@ impl BenchChannel {
             BenchChannel::H2(h2) => h2.unary(path, &request).await,
             BenchChannel::Tonic(_) => {
                 let mut grpc = tonic::client::Grpc::new(self.clone()).max_decoding_message_size(usize::MAX);
-                grpc.ready().await.map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+                grpc.ready()
+                    .await
+                    .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
                 let codec = concord_proto::codec::CompactCodec::<Q, A>::default();
                 let path = PathAndQuery::from_static(path);
-                grpc.unary(tonic::Request::new(request), path, codec).await.map(tonic::Response::into_inner)
+                grpc.unary(tonic::Request::new(request), path, codec)
+                    .await
+                    .map(tonic::Response::into_inner)
             }
         }
     }

@@ -46,7 +46,11 @@ pub struct KeyChooser {
 impl KeyChooser {
     /// A chooser over `key_space` keys (at least 1); `seed` drives the random choice.
     pub fn new(key_space: u64, sequential: bool, seed: u64) -> Self {
-        KeyChooser { key_space: key_space.max(1), sequential, rng: SplitMix64::new(seed) }
+        KeyChooser {
+            key_space: key_space.max(1),
+            sequential,
+            rng: SplitMix64::new(seed),
+        }
     }
 
     /// The key index for the `request`-th request of the run (counted from 0).

@@ -44,8 +44,8 @@ use keys::min_key_size;
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use clap::{Args, Subcommand, ValueEnum};
 use channel::{BenchChannel, H2Channel};
+use clap::{Args, Subcommand, ValueEnum};
 
 use pace::Goal;
 use report::Summary;
@@ -176,8 +176,12 @@ impl Workload {
     fn name(self) -> &'static str {
         match self {
             Workload::Put => "put",
-            Workload::Range { consistency: Consistency::L } => "range-l",
-            Workload::Range { consistency: Consistency::S } => "range-s",
+            Workload::Range {
+                consistency: Consistency::L,
+            } => "range-l",
+            Workload::Range {
+                consistency: Consistency::S,
+            } => "range-s",
             Workload::TxnPut { .. } => "txn-put",
             Workload::TxnMixed { .. } => "txn-mixed",
             Workload::Watch { .. } => "watch",
@@ -230,7 +234,11 @@ async fn connect(args: &BenchArgs) -> Result<Vec<BenchChannel>, String> {
                 .connect_timeout(CONNECT_TIMEOUT)
                 .timeout(args.request_timeout())
                 .tcp_nodelay(true);
-            BenchChannel::Tonic(crate::client::open(&target, CONNECT_TIMEOUT).await.map_err(|e| format!("cannot connect to {endpoint}: {}", error_chain(&e)))?)
+            BenchChannel::Tonic(
+                crate::client::open(&target, CONNECT_TIMEOUT)
+                    .await
+                    .map_err(|e| format!("cannot connect to {endpoint}: {}", error_chain(&e)))?,
+            )
         } else {
             BenchChannel::H2(
                 H2Channel::connect(&url, CONNECT_TIMEOUT, args.request_timeout())
@@ -280,9 +288,14 @@ fn check(args: &BenchArgs) -> Result<(), String> {
         Workload::TxnMixed { rw_ratio, .. } if !(rw_ratio >= 0.0 && rw_ratio.is_finite()) => {
             return Err("--rw-ratio must be a number, 0 or more".into());
         }
-        Workload::Watch { streams, watchers_per_stream } | Workload::WatchFanout { streams, watchers_per_stream }
-            if streams == 0 || watchers_per_stream == 0 =>
-        {
+        Workload::Watch {
+            streams,
+            watchers_per_stream,
+        }
+        | Workload::WatchFanout {
+            streams,
+            watchers_per_stream,
+        } if streams == 0 || watchers_per_stream == 0 => {
             return Err("--streams and --watchers-per-stream must be at least 1".into());
         }
         _ => {}
@@ -303,12 +316,14 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
     check(&args)?;
     let channels = connect(&args).await?;
     let summary: Summary = match args.workload {
-        Workload::Watch { streams, watchers_per_stream } => {
-            watch::run_watch(&args, &channels, streams, watchers_per_stream).await?
-        }
-        Workload::WatchFanout { streams, watchers_per_stream } => {
-            watch::run_fanout(&args, &channels, streams, watchers_per_stream).await?
-        }
+        Workload::Watch {
+            streams,
+            watchers_per_stream,
+        } => watch::run_watch(&args, &channels, streams, watchers_per_stream).await?,
+        Workload::WatchFanout {
+            streams,
+            watchers_per_stream,
+        } => watch::run_fanout(&args, &channels, streams, watchers_per_stream).await?,
         _ => workloads::run(&args, &channels).await?,
     };
     if args.json {
@@ -355,12 +370,25 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(cli.bench.endpoints, vec!["a:1", "http://b:2"]);
-        assert_eq!((cli.bench.clients, cli.bench.conns, cli.bench.total, cli.bench.key_space), (64, 1, 5, 9));
-        assert!(matches!(cli.bench.workload, Workload::Range { consistency: Consistency::S }));
+        assert_eq!(
+            (cli.bench.clients, cli.bench.conns, cli.bench.total, cli.bench.key_space),
+            (64, 1, 5, 9)
+        );
+        assert!(matches!(
+            cli.bench.workload,
+            Workload::Range {
+                consistency: Consistency::S
+            }
+        ));
         assert_eq!(cli.bench.goal(), Goal::Total(5));
         let cli = Cli::try_parse_from(["bench", "put"]).unwrap();
         assert_eq!(
-            (cli.bench.total, cli.bench.key_size, cli.bench.val_size, cli.bench.key_space),
+            (
+                cli.bench.total,
+                cli.bench.key_size,
+                cli.bench.val_size,
+                cli.bench.key_space
+            ),
             (10000, 8, 8, 1)
         );
         assert_eq!((cli.bench.duration, cli.bench.rate), (None, 0.0));
@@ -370,8 +398,18 @@ mod tests {
     #[test]
     fn new_workloads_and_flags_parse() {
         let cli = Cli::try_parse_from([
-            "bench", "--total", "7", "--duration", "1m30s", "--rate", "250", "txn-mixed", "--rw-ratio", "4",
-            "--consistency", "s",
+            "bench",
+            "--total",
+            "7",
+            "--duration",
+            "1m30s",
+            "--rate",
+            "250",
+            "txn-mixed",
+            "--rw-ratio",
+            "4",
+            "--consistency",
+            "s",
         ])
         .unwrap();
         // --duration wins over --total.
@@ -382,9 +420,21 @@ mod tests {
             Workload::TxnMixed { rw_ratio, consistency: Consistency::S } if rw_ratio == 4.0
         ));
         let cli = Cli::try_parse_from(["bench", "watch", "--streams", "3", "--watch-per-stream", "4"]).unwrap();
-        assert!(matches!(cli.bench.workload, Workload::Watch { streams: 3, watchers_per_stream: 4 }));
+        assert!(matches!(
+            cli.bench.workload,
+            Workload::Watch {
+                streams: 3,
+                watchers_per_stream: 4
+            }
+        ));
         let cli = Cli::try_parse_from(["bench", "watch-fanout"]).unwrap();
-        assert!(matches!(cli.bench.workload, Workload::WatchFanout { streams: 10, watchers_per_stream: 10 }));
+        assert!(matches!(
+            cli.bench.workload,
+            Workload::WatchFanout {
+                streams: 10,
+                watchers_per_stream: 10
+            }
+        ));
         let cli = Cli::try_parse_from(["bench", "txn-put"]).unwrap();
         assert!(matches!(cli.bench.workload, Workload::TxnPut { txn_ops: 1 }));
         let cli = Cli::try_parse_from(["bench", "lease-keepalive", "--clients", "2"]).unwrap();

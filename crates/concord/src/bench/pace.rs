@@ -77,7 +77,9 @@ impl Schedule {
             let mut current = self.next_slot_ns.load(Ordering::Relaxed);
             let slot_ns = loop {
                 let (slot, next) = reserve(current, now_ns, self.interval_ns, MAX_LAG.as_nanos() as u64);
-                match self.next_slot_ns.compare_exchange_weak(current, next, Ordering::Relaxed, Ordering::Relaxed)
+                match self
+                    .next_slot_ns
+                    .compare_exchange_weak(current, next, Ordering::Relaxed, Ordering::Relaxed)
                 {
                     Ok(_) => break slot,
                     Err(actual) => current = actual,
@@ -142,12 +144,16 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let mut total_ns = 0.0f64;
     let mut rest = text;
     while !rest.is_empty() {
-        let number_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
+        let number_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
         let number: f64 = rest[..number_len]
             .parse()
             .map_err(|_| format!("bad duration {text:?}: expected a number at {rest:?}"))?;
         rest = &rest[number_len..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
         let scale = match &rest[..unit_len] {
             "ns" => 1.0,
             "us" | "µs" => 1e3,
@@ -155,7 +161,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             "s" => 1e9,
             "m" => 60e9,
             "h" => 3600e9,
-            unit => return Err(format!("bad duration {text:?}: unknown unit {unit:?} (use ns, us, ms, s, m, h)")),
+            unit => {
+                return Err(format!(
+                    "bad duration {text:?}: unknown unit {unit:?} (use ns, us, ms, s, m, h)"
+                ))
+            }
         };
         rest = &rest[unit_len..];
         total_ns += number * scale;

@@ -45,7 +45,11 @@ impl ProgressBar {
                 }
                 let (done, now) = (schedule.completed(), Instant::now());
                 let window = now.duration_since(last_at).as_secs_f64();
-                let rate = if window > 0.0 { done.saturating_sub(last_done) as f64 / window } else { 0.0 };
+                let rate = if window > 0.0 {
+                    done.saturating_sub(last_done) as f64 / window
+                } else {
+                    0.0
+                };
                 (last_done, last_at) = (done, now);
                 let elapsed = schedule.start().elapsed();
                 // The position first: what the template shows of it is then drawn with it.
@@ -100,7 +104,11 @@ fn progress(done: u64, goal: Goal, elapsed: Duration) -> u64 {
 pub fn message(done: u64, goal: Goal, elapsed: Duration, rate: f64, unit: &str) -> String {
     match goal {
         Goal::Total(_) => format!("{rate:.0} {unit}/s"),
-        Goal::Duration(d) => format!("{:.1}s/{:.1}s {done}  {rate:.0} {unit}/s", elapsed.as_secs_f64(), d.as_secs_f64()),
+        Goal::Duration(d) => format!(
+            "{:.1}s/{:.1}s {done}  {rate:.0} {unit}/s",
+            elapsed.as_secs_f64(),
+            d.as_secs_f64()
+        ),
     }
 }
 
@@ -110,9 +118,18 @@ mod tests {
 
     #[test]
     fn describes_counts_and_times() {
-        assert_eq!(message(2500, Goal::Total(10_000), Duration::from_secs(1), 2500.4, "req"), "2500 req/s");
         assert_eq!(
-            message(900, Goal::Duration(Duration::from_secs(10)), Duration::from_secs(3), 300.0, "puts"),
+            message(2500, Goal::Total(10_000), Duration::from_secs(1), 2500.4, "req"),
+            "2500 req/s"
+        );
+        assert_eq!(
+            message(
+                900,
+                Goal::Duration(Duration::from_secs(10)),
+                Duration::from_secs(3),
+                300.0,
+                "puts"
+            ),
             "3.0s/10.0s 900  300 puts/s"
         );
     }

@@ -120,12 +120,15 @@ impl Latencies {
         }
         let (min, max) = (self.min(), self.max());
         let step = (max - min) / n as u32;
-        let mut buckets: Vec<Bucket> =
-            (0..n).map(|i| Bucket { upper: min + step * i as u32, count: 0 }).collect();
+        let mut buckets: Vec<Bucket> = (0..n)
+            .map(|i| Bucket {
+                upper: min + step * i as u32,
+                count: 0,
+            })
+            .collect();
         buckets.push(Bucket { upper: max, count: 0 });
         for value in self.hist.iter_recorded() {
-            let latency = Duration::from_micros(self.hist.lowest_equivalent(value.value_iterated_to()))
-                .clamp(min, max);
+            let latency = Duration::from_micros(self.hist.lowest_equivalent(value.value_iterated_to())).clamp(min, max);
             let i = buckets.iter().position(|b| latency <= b.upper).unwrap_or(n);
             buckets[i].count += value.count_at_value();
         }
@@ -237,7 +240,11 @@ impl Summary {
         let mut s = String::new();
         let _ = writeln!(s, "Summary ({}):", self.workload);
         let unit = self.unit;
-        let _ = writeln!(s, "  Total:        {} {unit} ({} ok, {} errors)", self.total, self.ok, self.errors);
+        let _ = writeln!(
+            s,
+            "  Total:        {} {unit} ({} ok, {} errors)",
+            self.total, self.ok, self.errors
+        );
         let _ = writeln!(s, "  Duration:     {:.4} s", self.duration.as_secs_f64());
         let rate_label = format!("{}/sec:", capitalise(unit));
         let _ = writeln!(s, "  {rate_label:<13} {:.1}", self.requests_per_sec);
@@ -454,7 +461,10 @@ mod tests {
         for p in [50.0, 90.0, 99.0, 99.9] {
             assert_eq!(a.percentile(p), all.percentile(p));
         }
-        assert_eq!((a.min(), a.max()), (Duration::from_micros(1), Duration::from_micros(2000)));
+        assert_eq!(
+            (a.min(), a.max()),
+            (Duration::from_micros(1), Duration::from_micros(2000))
+        );
         close(a.mean(), Duration::from_micros(1000) + Duration::from_nanos(500));
     }
 
@@ -467,7 +477,13 @@ mod tests {
         assert_eq!(buckets[10].upper, Duration::from_micros(1000));
         // 10..1000 us in 99 us steps: 10 | 11..109 | 110..208 | ...
         assert_eq!(buckets[0].count, 1);
-        assert_eq!(buckets[1], Bucket { upper: Duration::from_micros(109), count: 9 });
+        assert_eq!(
+            buckets[1],
+            Bucket {
+                upper: Duration::from_micros(109),
+                count: 9
+            }
+        );
         assert_eq!(buckets.iter().map(|b| b.count).sum::<u64>(), 100);
         assert!(Latencies::default().buckets(10).is_empty());
         // All the same latency: everything lands in the first bucket.
@@ -500,7 +516,10 @@ mod tests {
     #[test]
     fn summary_of_nothing_is_zeroes() {
         let s = Summary::new("put", &Latencies::default(), BTreeMap::new(), Duration::ZERO);
-        assert_eq!((s.total, s.requests_per_sec, s.max, s.min), (0, 0.0, Duration::ZERO, Duration::ZERO));
+        assert_eq!(
+            (s.total, s.requests_per_sec, s.max, s.min),
+            (0, 0.0, Duration::ZERO, Duration::ZERO)
+        );
         assert!(s.buckets.is_empty());
         assert!(s.to_json().contains("\"histogram\":[]"));
     }
@@ -545,21 +564,36 @@ mod tests {
         assert_eq!((all.latencies.count(), all.not_found, all.errors.len()), (2, 1, 1));
         let mut s = all.summary("txn-mixed", Duration::from_secs(1));
         s.counters.push(("watchers", 3));
-        s.parts = vec![read.summary("read", Duration::from_secs(1)), write.summary("write", Duration::from_secs(1))];
+        s.parts = vec![
+            read.summary("read", Duration::from_secs(1)),
+            write.summary("write", Duration::from_secs(1)),
+        ];
         let json = s.to_json();
-        assert!(json.starts_with("{\"workload\":\"txn-mixed\",\"total\":3,\"ok\":2,\"errors\":1,"), "{json}");
+        assert!(
+            json.starts_with("{\"workload\":\"txn-mixed\",\"total\":3,\"ok\":2,\"errors\":1,"),
+            "{json}"
+        );
         // Top-level p99 comes before any part's, so "first match" readers get the run's.
         let first_p99 = json.find("\"p99_ms\":").unwrap();
         assert!(first_p99 < json.find("\"parts\"").unwrap());
         assert!(json.contains(",\"watchers\":3,"), "{json}");
         assert!(json.contains("\"parts\":{\"read\":{\"workload\":\"read\","), "{json}");
-        assert!(json.contains("\"write\":{\"workload\":\"write\",\"total\":2,\"ok\":1,\"errors\":1,"), "{json}");
+        assert!(
+            json.contains("\"write\":{\"workload\":\"write\",\"total\":2,\"ok\":1,\"errors\":1,"),
+            "{json}"
+        );
         assert!(json.ends_with("\"error_kinds\":{\"Unavailable: x\":1}}"), "{json}");
         assert_eq!(json.matches('{').count(), json.matches('}').count());
         let text = s.to_text();
-        assert!(text.contains("Summary (read):") && text.contains("Summary (write):"), "{text}");
+        assert!(
+            text.contains("Summary (read):") && text.contains("Summary (write):"),
+            "{text}"
+        );
         assert!(text.contains("watchers: 3"), "{text}");
         let events = s.with_unit("events").to_text();
-        assert!(events.contains("3 events (2 ok, 1 errors)") && events.contains("Events/sec:"), "{events}");
+        assert!(
+            events.contains("3 events (2 ok, 1 errors)") && events.contains("Events/sec:"),
+            "{events}"
+        );
     }
 }

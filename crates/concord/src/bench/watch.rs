@@ -14,13 +14,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::channel::BenchChannel;
 use concord_proto::etcdserverpb::kv_client::KvClient;
 use concord_proto::etcdserverpb::watch_client::WatchClient;
 use concord_proto::etcdserverpb::watch_request::RequestUnion;
 use concord_proto::etcdserverpb::{PutRequest, WatchCreateRequest, WatchRequest, WatchResponse};
 use tokio::sync::{mpsc, watch as signal};
 use tokio_stream::wrappers::ReceiverStream;
-use super::channel::BenchChannel;
 use tonic::Streaming;
 
 use super::keys::{encode_key, KeyChooser, SplitMix64};
@@ -51,7 +51,8 @@ pub fn read_stamp(value: &[u8]) -> Option<u64> {
 /// When a put stamped `sent_ns` was sent, if that is a time no later than
 /// `now` (anything else is not one of this run's values).
 fn sent_at(base: Instant, sent_ns: u64, now: Instant) -> Option<Instant> {
-    base.checked_add(Duration::from_nanos(sent_ns)).filter(|sent| *sent <= now)
+    base.checked_add(Duration::from_nanos(sent_ns))
+        .filter(|sent| *sent <= now)
 }
 
 /// How many of `watchers` watchers watch key `key`, when watcher `w` watches
@@ -80,10 +81,15 @@ async fn open_stream(channel: BenchChannel, keys: Vec<Vec<u8>>, timeout: Duratio
     // a server may send the call's response headers only with its first answer.
     let (tx, rx) = mpsc::channel(watchers + 1);
     for key in keys {
-        let create = WatchCreateRequest { key, ..Default::default() };
-        tx.send(WatchRequest { request_union: Some(RequestUnion::CreateRequest(create)) })
-            .await
-            .map_err(|_| "watch request queue closed".to_string())?;
+        let create = WatchCreateRequest {
+            key,
+            ..Default::default()
+        };
+        tx.send(WatchRequest {
+            request_union: Some(RequestUnion::CreateRequest(create)),
+        })
+        .await
+        .map_err(|_| "watch request queue closed".to_string())?;
     }
     let mut client = WatchClient::new(channel).max_decoding_message_size(usize::MAX);
     let mut responses = match tokio::time::timeout(timeout, client.watch(ReceiverStream::new(rx))).await {
@@ -101,7 +107,10 @@ async fn open_stream(channel: BenchChannel, keys: Vec<Vec<u8>>, timeout: Duratio
             Err(_) => return Err(format!("only {created} of {watchers} watchers created in time")),
         }
     }
-    Ok(WatchStream { _requests: tx, responses })
+    Ok(WatchStream {
+        _requests: tx,
+        responses,
+    })
 }
 
 /// Opens `streams` watch streams, stream `s` on connection `s % conns` with
@@ -181,7 +190,11 @@ async fn read_events(
 
 /// Random filler for the values (the send time goes over its first bytes).
 fn filler(args: &BenchArgs, rng: &mut SplitMix64) -> Arc<Vec<u8>> {
-    Arc::new((0..args.val_size.max(STAMP_LEN)).map(|_| rng.next_u64() as u8).collect())
+    Arc::new(
+        (0..args.val_size.max(STAMP_LEN))
+            .map(|_| rng.next_u64() as u8)
+            .collect(),
+    )
 }
 
 /// One putter of the `watch` workload.
@@ -204,7 +217,15 @@ async fn put_loop(mut p: Putter) -> (Tally, u64) {
         let index = p.keys.index(request);
         let sent = Instant::now();
         let value = stamped_value(&p.filler, sent.duration_since(p.base).as_nanos() as u64);
-        match p.kv.put(PutRequest { key: encode_key(index, p.key_size), value, ..Default::default() }).await {
+        match p
+            .kv
+            .put(PutRequest {
+                key: encode_key(index, p.key_size),
+                value,
+                ..Default::default()
+            })
+            .await
+        {
             Ok(_) => {
                 puts.latencies.record(sent.elapsed());
                 expected += watchers_on(index, p.watchers, p.keys.key_space());
@@ -228,7 +249,9 @@ pub async fn run_watch(
     let key_space = args.key_space;
     let base = Instant::now();
     let opened = open_streams(args, channels, streams, |s| {
-        (0..per_stream).map(|j| encode_key(((s * per_stream + j) as u64) % key_space, args.key_size)).collect()
+        (0..per_stream)
+            .map(|j| encode_key(((s * per_stream + j) as u64) % key_space, args.key_size))
+            .collect()
     })
     .await?;
 
@@ -306,8 +329,11 @@ pub async fn run_watch(
     let end = last_event.map_or(puts_done, |t| t.max(puts_done));
 
     let mut summary = events.summary("watch", end - schedule.start()).with_unit("events");
-    summary.counters =
-        vec![("watchers", watchers), ("events_expected", expected), ("foreign_events", foreign)];
+    summary.counters = vec![
+        ("watchers", watchers),
+        ("events_expected", expected),
+        ("foreign_events", foreign),
+    ];
     summary.parts = vec![puts.summary("put", puts_done - schedule.start())];
     if key_space > watchers {
         summary.counters.push(("unwatched_keys", key_space - watchers));
@@ -360,7 +386,13 @@ pub async fn run_fanout(
         let stamp = base.elapsed().as_nanos() as u64;
         let sent = base + Duration::from_nanos(stamp);
         let value = stamped_value(&filler, stamp);
-        let put = kv.put(PutRequest { key: key.clone(), value, ..Default::default() }).await;
+        let put = kv
+            .put(PutRequest {
+                key: key.clone(),
+                value,
+                ..Default::default()
+            })
+            .await;
         if let Err(s) = put {
             puts.error(status_kind(&s));
             delivered.error(format!("put failed: {}", status_kind(&s)));
@@ -389,7 +421,10 @@ pub async fn run_fanout(
         if got == watchers {
             delivered.latencies.record(last.saturating_duration_since(sent));
         } else {
-            delivered.error(format!("not every watcher got the event within {} s", timeout.as_secs()));
+            delivered.error(format!(
+                "not every watcher got the event within {} s",
+                timeout.as_secs()
+            ));
             per_watcher.errors(missed_kind.clone(), watchers - got);
         }
         schedule.complete();
@@ -405,7 +440,11 @@ pub async fn run_fanout(
     }
 
     let mut summary = delivered.summary("watch-fanout", duration).with_unit("puts");
-    summary.counters = vec![("watchers", watchers), ("late_events", late), ("foreign_events", foreign)];
+    summary.counters = vec![
+        ("watchers", watchers),
+        ("late_events", late),
+        ("foreign_events", foreign),
+    ];
     summary.parts = vec![
         per_watcher.summary("per-watcher", duration).with_unit("events"),
         puts.summary("put", duration),
@@ -451,7 +490,10 @@ mod tests {
                 let by_hand = (0..watchers).filter(|w| w % space == key).count() as u64;
                 assert_eq!(watchers_on(key, watchers, space), by_hand, "{watchers} {space} {key}");
             }
-            assert_eq!((0..space).map(|k| watchers_on(k, watchers, space)).sum::<u64>(), watchers);
+            assert_eq!(
+                (0..space).map(|k| watchers_on(k, watchers, space)).sum::<u64>(),
+                watchers
+            );
         }
         assert_eq!(watchers_on(9, 10, 4), 0);
     }

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::channel::BenchChannel;
 use concord_proto::etcdserverpb::lease_client::LeaseClient;
 use concord_proto::etcdserverpb::{
     request_op, response_op, LeaseGrantRequest, LeaseKeepAliveRequest, LeaseKeepAliveResponse, LeaseRevokeRequest,
@@ -12,7 +13,6 @@ use concord_proto::etcdserverpb::{
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use super::channel::BenchChannel;
 use tonic::Streaming;
 
 use super::keys::{encode_key, KeyChooser, SplitMix64};
@@ -39,10 +39,17 @@ const TXN: &str = "/etcdserverpb.KV/Txn";
 #[derive(Debug, Clone, Copy)]
 enum KvOp {
     Put,
-    Range { serializable: bool },
-    TxnPut { ops: u64 },
+    Range {
+        serializable: bool,
+    },
+    TxnPut {
+        ops: u64,
+    },
     /// A Txn with one Range (with probability `read_fraction`) or one Put.
-    TxnMixed { read_fraction: f64, serializable: bool },
+    TxnMixed {
+        read_fraction: f64,
+        serializable: bool,
+    },
 }
 
 /// txn-mixed's parts, in the order of the summary's parts.
@@ -75,11 +82,19 @@ struct KvRequester {
 
 impl KvRequester {
     fn put(&self, index: u64) -> PutRequest {
-        PutRequest { key: encode_key(index, self.key_size), value: self.value.as_ref().clone(), ..Default::default() }
+        PutRequest {
+            key: encode_key(index, self.key_size),
+            value: self.value.as_ref().clone(),
+            ..Default::default()
+        }
     }
 
     fn range(&self, index: u64, serializable: bool) -> RangeRequest {
-        RangeRequest { key: encode_key(index, self.key_size), serializable, ..Default::default() }
+        RangeRequest {
+            key: encode_key(index, self.key_size),
+            serializable,
+            ..Default::default()
+        }
     }
 
     /// Sends the `request`-th request of the run and waits for its answer.
@@ -106,11 +121,18 @@ impl KvRequester {
                     .map(|j| request_op::Request::RequestPut(self.put((first + j) % space)))
                     .map(|op| RequestOp { request: Some(op) })
                     .collect();
-                let txn = TxnRequest { compare: Vec::new(), success, failure: Vec::new() };
+                let txn = TxnRequest {
+                    compare: Vec::new(),
+                    success,
+                    failure: Vec::new(),
+                };
                 let result = self.kv.unary::<_, TxnResponse>(TXN, txn).await;
                 Outcome::whole(result.map(|_| true).map_err(|s| status_kind(&s)))
             }
-            KvOp::TxnMixed { read_fraction, serializable } => {
+            KvOp::TxnMixed {
+                read_fraction,
+                serializable,
+            } => {
                 let read = self.rng.unit_f64() < read_fraction;
                 let index = self.keys.index(request);
                 let op = if read {
@@ -119,8 +141,16 @@ impl KvRequester {
                     request_op::Request::RequestPut(self.put(index))
                 };
                 let success = vec![RequestOp { request: Some(op) }];
-                let txn = TxnRequest { compare: Vec::new(), success, failure: Vec::new() };
-                let result = self.kv.unary::<_, TxnResponse>(TXN, txn).await.map_err(|s| status_kind(&s));
+                let txn = TxnRequest {
+                    compare: Vec::new(),
+                    success,
+                    failure: Vec::new(),
+                };
+                let result = self
+                    .kv
+                    .unary::<_, TxnResponse>(TXN, txn)
+                    .await
+                    .map_err(|s| status_kind(&s));
                 Outcome {
                     part: Some(if read { READ } else { WRITE }),
                     result: result.map(|r| !read || txn_found_key(&r)),
@@ -162,14 +192,22 @@ impl KeepAliver {
     async fn new(channel: BenchChannel, timeout: Duration) -> Result<(Self, u64), String> {
         let mut lease = LeaseClient::new(channel);
         let granted = lease
-            .lease_grant(LeaseGrantRequest { ttl: LEASE_TTL_SECS, id: 0 })
+            .lease_grant(LeaseGrantRequest {
+                ttl: LEASE_TTL_SECS,
+                id: 0,
+            })
             .await
             .map_err(|s| format!("cannot grant a lease: {}", status_kind(&s)))?
             .into_inner();
         if !granted.error.is_empty() {
             return Err(format!("cannot grant a lease: {}", granted.error));
         }
-        let mut keep_aliver = KeepAliver { lease, id: granted.id, stream: None, timeout };
+        let mut keep_aliver = KeepAliver {
+            lease,
+            id: granted.id,
+            stream: None,
+            timeout,
+        };
         let give_up = Instant::now() + timeout;
         let mut retries = 0;
         loop {
@@ -202,12 +240,18 @@ impl KeepAliver {
     async fn round_trip(&mut self) -> Result<bool, String> {
         let request = LeaseKeepAliveRequest { id: self.id };
         match &self.stream {
-            Some(stream) => stream.tx.send(request).await.map_err(|_| "keep-alive stream closed".to_string())?,
+            Some(stream) => stream
+                .tx
+                .send(request)
+                .await
+                .map_err(|_| "keep-alive stream closed".to_string())?,
             None => {
                 // The request goes in before the call: a server may send the
                 // call's response headers only with its first answer.
                 let (tx, rx) = mpsc::channel(1);
-                tx.send(request).await.map_err(|_| "keep-alive stream closed".to_string())?;
+                tx.send(request)
+                    .await
+                    .map_err(|_| "keep-alive stream closed".to_string())?;
                 let call = self.lease.lease_keep_alive(ReceiverStream::new(rx)).await;
                 let responses = call.map_err(|s| status_kind(&s))?.into_inner();
                 self.stream = Some(KeepAliveStream { tx, responses });
@@ -225,7 +269,11 @@ impl KeepAliver {
     /// Revokes the lease (best effort), so a run leaves nothing behind.
     async fn revoke(mut self) {
         self.stream = None;
-        let _ = tokio::time::timeout(self.timeout, self.lease.lease_revoke(LeaseRevokeRequest { id: self.id })).await;
+        let _ = tokio::time::timeout(
+            self.timeout,
+            self.lease.lease_revoke(LeaseRevokeRequest { id: self.id }),
+        )
+        .await;
     }
 }
 
@@ -275,13 +323,22 @@ async fn client_loop(mut requester: Requester, schedule: Arc<Schedule>, parts: u
         }
         schedule.complete();
     }
-    ClientResult { all, parts: part_tallies, requester }
+    ClientResult {
+        all,
+        parts: part_tallies,
+        requester,
+    }
 }
 
 /// The Kv operation of a workload, and the names of its parts.
 fn kv_op(workload: Workload) -> (KvOp, &'static [&'static str]) {
     match workload {
-        Workload::Range { consistency } => (KvOp::Range { serializable: consistency == Consistency::S }, &[]),
+        Workload::Range { consistency } => (
+            KvOp::Range {
+                serializable: consistency == Consistency::S,
+            },
+            &[],
+        ),
         Workload::TxnPut { txn_ops } => (KvOp::TxnPut { ops: txn_ops }, &[]),
         Workload::TxnMixed { rw_ratio, consistency } => (
             KvOp::TxnMixed {
@@ -371,7 +428,9 @@ pub async fn run(args: &BenchArgs, channels: &[BenchChannel]) -> Result<Summary,
         Workload::LeaseKeepalive => {
             summary = summary.with_unit("keepalives");
             // Non-zero: a member did not yet know a lease that had just been granted.
-            summary.counters.push(("first_keepalive_retries", first_keepalive_retries));
+            summary
+                .counters
+                .push(("first_keepalive_retries", first_keepalive_retries));
         }
         _ => {}
     }
@@ -412,12 +471,18 @@ mod tests {
 
     #[test]
     fn txn_mixed_has_read_and_write_parts() {
-        let (op, parts) = kv_op(Workload::TxnMixed { rw_ratio: 3.0, consistency: Consistency::S });
+        let (op, parts) = kv_op(Workload::TxnMixed {
+            rw_ratio: 3.0,
+            consistency: Consistency::S,
+        });
         assert!(matches!(op, KvOp::TxnMixed { read_fraction, serializable: true } if read_fraction == 0.75));
         assert_eq!(parts, ["read", "write"]);
         assert_eq!((parts[READ], parts[WRITE]), ("read", "write"));
         assert!(kv_op(Workload::Put).1.is_empty());
-        assert!(matches!(kv_op(Workload::TxnPut { txn_ops: 4 }).0, KvOp::TxnPut { ops: 4 }));
+        assert!(matches!(
+            kv_op(Workload::TxnPut { txn_ops: 4 }).0,
+            KvOp::TxnPut { ops: 4 }
+        ));
     }
 
     #[test]
@@ -425,13 +490,22 @@ mod tests {
         use concord_proto::etcdserverpb::{PutResponse, RangeResponse, ResponseOp};
         use concord_proto::mvccpb::KeyValue;
         let answer = |response| TxnResponse {
-            responses: vec![ResponseOp { response: Some(response) }],
+            responses: vec![ResponseOp {
+                response: Some(response),
+            }],
             ..Default::default()
         };
-        let hit = RangeResponse { kvs: vec![KeyValue::default()], ..Default::default() };
+        let hit = RangeResponse {
+            kvs: vec![KeyValue::default()],
+            ..Default::default()
+        };
         assert!(txn_found_key(&answer(response_op::Response::ResponseRange(hit))));
-        assert!(!txn_found_key(&answer(response_op::Response::ResponseRange(RangeResponse::default()))));
-        assert!(!txn_found_key(&answer(response_op::Response::ResponsePut(PutResponse::default()))));
+        assert!(!txn_found_key(&answer(response_op::Response::ResponseRange(
+            RangeResponse::default()
+        ))));
+        assert!(!txn_found_key(&answer(response_op::Response::ResponsePut(
+            PutResponse::default()
+        ))));
         assert!(!txn_found_key(&TxnResponse::default()));
     }
 }

@@ -10,8 +10,8 @@ use concord_proto::etcdserverpb::cluster_client::ClusterClient;
 use concord_proto::etcdserverpb::kv_client::KvClient;
 use concord_proto::etcdserverpb::maintenance_client::MaintenanceClient;
 use concord_proto::etcdserverpb::{
-    HashKvRequest, MemberAddRequest, MemberRemoveRequest, MoveLeaderRequest, RangeRequest,
-    StatusRequest, StatusResponse,
+    HashKvRequest, MemberAddRequest, MemberRemoveRequest, MoveLeaderRequest, RangeRequest, StatusRequest,
+    StatusResponse,
 };
 use tonic::transport::{Channel, Endpoint};
 
@@ -150,7 +150,12 @@ impl ChaosCluster {
             .args(["--initial-cluster-token", "concord-chaos"])
             .args(["--heartbeat-interval", "100", "--election-timeout", "1000"])
             // Small enough that restarted and rejoining members catch up through snapshots.
-            .args(["--snapshot-count", "2000", "--experimental-snapshot-catchup-entries", "500"]);
+            .args([
+                "--snapshot-count",
+                "2000",
+                "--experimental-snapshot-catchup-entries",
+                "500",
+            ]);
         if let Some(sabotage) = &self.options.sabotage {
             command.args(["--unsafe-sabotage", sabotage]);
         }
@@ -265,9 +270,7 @@ impl ChaosCluster {
         loop {
             match self.check_healthy().await {
                 Ok(leader) => return Ok(leader),
-                Err(e) if Instant::now() > deadline => {
-                    return Err(format!("not healthy after {timeout:?}: {e}"))
-                }
+                Err(e) if Instant::now() > deadline => return Err(format!("not healthy after {timeout:?}: {e}")),
                 Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
             }
         }

@@ -147,7 +147,11 @@ pub async fn run(args: ChaosArgs) -> Result<(), String> {
 }
 
 async fn run_on(cluster: &mut ChaosCluster, args: &ChaosArgs, seed: u64) -> Result<Totals, String> {
-    let kinds = if args.faults.is_empty() { FaultKind::all() } else { args.faults.clone() };
+    let kinds = if args.faults.is_empty() {
+        FaultKind::all()
+    } else {
+        args.faults.clone()
+    };
     let steps = nemesis::schedule(seed, args.time, &kinds);
     print!("chaos: schedule:\n{}", nemesis::describe(&steps));
 
@@ -201,9 +205,7 @@ async fn run_on(cluster: &mut ChaosCluster, args: &ChaosArgs, seed: u64) -> Resu
 
     let _ = stop_tx.send(true);
     progress.abort();
-    let drain = async {
-        while clients.join_next().await.is_some() {}
-    };
+    let drain = async { while clients.join_next().await.is_some() {} };
     if tokio::time::timeout(Duration::from_secs(30), drain).await.is_err() {
         return Err("clients did not finish their last op within 30s".into());
     }
@@ -224,13 +226,19 @@ async fn run_on(cluster: &mut ChaosCluster, args: &ChaosArgs, seed: u64) -> Resu
             task.abort();
             let s = stream.lock().unwrap();
             let last = s.events.last().map_or(0, |e| e.revision);
-            stalled.push(format!("watcher {} stalled at revision {last}, wanted {last_write}", s.watcher));
+            stalled.push(format!(
+                "watcher {} stalled at revision {last}, wanted {last_write}",
+                s.watcher
+            ));
         }
         streams.push(stream.lock().unwrap().clone());
     }
     let hash = cluster.hash_kv_agreement(Duration::from_secs(30)).await;
 
-    let history = shared.recorder.snapshot().map_err(|e| format!("malformed history: {e}"))?;
+    let history = shared
+        .recorder
+        .snapshot()
+        .map_err(|e| format!("malformed history: {e}"))?;
     let report = check_all(&history, Some(&final_state), &streams, &Options::default());
     let violations = shared.locks.violations.lock().unwrap().clone();
     println!(
@@ -312,9 +320,7 @@ async fn read_final_state(cluster: &ChaosCluster, shared: &Shared) -> Result<Fin
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        let answer = answer.ok_or_else(|| {
-            format!("cannot read {} after healing", String::from_utf8_lossy(&key))
-        })?;
+        let answer = answer.ok_or_else(|| format!("cannot read {} after healing", String::from_utf8_lossy(&key)))?;
         if let Some(kv) = answer.kvs.into_iter().next() {
             state.insert(
                 key,
@@ -333,7 +339,10 @@ async fn report_progress(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     let start = Instant::now();
     let counts = |s: &Shared| [0, 1, 2].map(|i| s.counts[i].load(Ordering::Relaxed));
     let mut last = counts(&shared);
-    while tokio::time::timeout(Duration::from_secs(10), stop.wait_for(|s| *s)).await.is_err() {
+    while tokio::time::timeout(Duration::from_secs(10), stop.wait_for(|s| *s))
+        .await
+        .is_err()
+    {
         let now = counts(&shared);
         println!(
             "chaos: {:>6.1}s  last 10s: {} ok, {} unknown, {} failed",

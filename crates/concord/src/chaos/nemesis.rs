@@ -189,11 +189,7 @@ fn names(cluster: &ChaosCluster, members: &[usize]) -> String {
     format!("{{{}}}", names.join(","))
 }
 
-async fn inject(
-    cluster: &mut ChaosCluster,
-    kind: FaultKind,
-    rng: &mut SplitMix64,
-) -> Result<(Active, String), String> {
+async fn inject(cluster: &mut ChaosCluster, kind: FaultKind, rng: &mut SplitMix64) -> Result<(Active, String), String> {
     let n = cluster.len();
     match kind {
         FaultKind::Kill => {
@@ -259,7 +255,10 @@ async fn inject(
             let followers: Vec<usize> = (0..n).filter(|i| *i != leader && cluster.is_serving(*i)).collect();
             let i = pick(rng, &followers).ok_or("no serving follower")?;
             cluster.wipe(i).await?;
-            Ok((Active::Wiped(i), format!("kill -9, remove and wipe {}", cluster.name(i))))
+            Ok((
+                Active::Wiped(i),
+                format!("kill -9, remove and wipe {}", cluster.name(i)),
+            ))
         }
     }
 }
@@ -276,7 +275,11 @@ async fn flap(
         let a = rng.below(n as u64) as usize;
         let b = (a + 1 + rng.below(n as u64 - 1) as usize) % n;
         let cut = cluster.net().cut_pairs().contains(&(a.min(b), a.max(b)));
-        let _ = if cut { cluster.net().mend(a, b) } else { cluster.net().cut(&[(a, b)]) };
+        let _ = if cut {
+            cluster.net().mend(a, b)
+        } else {
+            cluster.net().cut(&[(a, b)])
+        };
         tokio::time::sleep(Duration::from_millis(100 + rng.below(300))).await;
     }
 }
@@ -297,7 +300,10 @@ async fn heal(cluster: &mut ChaosCluster, active: Active) -> Result<Option<Strin
         }
         Active::Wiped(i) => {
             cluster.rejoin(i).await?;
-            Ok(Some(format!("add {} back as a new member and start it empty", cluster.name(i))))
+            Ok(Some(format!(
+                "add {} back as a new member and start it empty",
+                cluster.name(i)
+            )))
         }
         Active::Nothing => Ok(None),
     }
@@ -331,7 +337,9 @@ mod tests {
     #[test]
     fn only_the_chosen_kinds_are_drawn() {
         let steps = schedule(5, Duration::from_secs(120), &[FaultKind::Kill, FaultKind::Pause]);
-        assert!(steps.iter().all(|s| matches!(s.kind, FaultKind::Kill | FaultKind::Pause)));
+        assert!(steps
+            .iter()
+            .all(|s| matches!(s.kind, FaultKind::Kill | FaultKind::Pause)));
         assert!(schedule(5, Duration::from_secs(120), &[]).is_empty());
     }
 }

@@ -142,7 +142,11 @@ impl Network {
                 ns.tag,
                 ns.subnet[1],
                 ns.subnet[2],
-                if netem_available() { "available" } else { "unavailable (lossy links flap instead)" }
+                if netem_available() {
+                    "available"
+                } else {
+                    "unavailable (lossy links flap instead)"
+                }
             ),
             Network::Loopback(lo) => format!(
                 "members on loopback behind a fault-injecting peer proxy ({}-{})",
@@ -244,8 +248,21 @@ impl Network {
         sh(
             "ip",
             &[
-                "netns", "exec", &ns.netns(i), "tc", "qdisc", "add", "dev", "eth0", "root", "netem",
-                "delay", "50ms", "30ms", "loss", "5%",
+                "netns",
+                "exec",
+                &ns.netns(i),
+                "tc",
+                "qdisc",
+                "add",
+                "dev",
+                "eth0",
+                "root",
+                "netem",
+                "delay",
+                "50ms",
+                "30ms",
+                "loss",
+                "5%",
             ],
         )?;
         ns.degraded.insert(i);
@@ -265,7 +282,20 @@ impl Network {
             ns.mend(a, b)?;
         }
         for i in std::mem::take(&mut ns.degraded) {
-            sh("ip", &["netns", "exec", &ns.netns(i), "tc", "qdisc", "del", "dev", "eth0", "root"])?;
+            sh(
+                "ip",
+                &[
+                    "netns",
+                    "exec",
+                    &ns.netns(i),
+                    "tc",
+                    "qdisc",
+                    "del",
+                    "dev",
+                    "eth0",
+                    "root",
+                ],
+            )?;
         }
         Ok(())
     }
@@ -281,7 +311,9 @@ fn netem_available() -> bool {
         }
         let ok = sh(
             "ip",
-            &["netns", "exec", &name, "tc", "qdisc", "add", "dev", "lo", "root", "netem", "delay", "1ms"],
+            &[
+                "netns", "exec", &name, "tc", "qdisc", "add", "dev", "lo", "root", "netem", "delay", "1ms",
+            ],
         )
         .is_ok();
         let _ = sh("ip", &["netns", "del", &name]);
@@ -336,7 +368,12 @@ impl Namespaces {
         let _ = sh("ip", &["netns", "del", &netns]);
         sh("ip", &["netns", "add", &netns])?;
         self.members += 1;
-        sh("ip", &["link", "add", &host_end, "type", "veth", "peer", "name", "eth0", "netns", &netns])?;
+        sh(
+            "ip",
+            &[
+                "link", "add", &host_end, "type", "veth", "peer", "name", "eth0", "netns", &netns,
+            ],
+        )?;
         sh("ip", &["link", "set", &host_end, "master", &self.bridge(), "up"])?;
         let address = format!("{}/24", self.address(i));
         sh("ip", &["-n", &netns, "addr", "add", &address, "dev", "eth0"])?;

@@ -56,7 +56,8 @@ struct Link {
 
 impl Link {
     fn is_cut(self, faults: &Faults) -> bool {
-        self.from.is_some_and(|i| faults.cut.contains(&(i.min(self.to), i.max(self.to))))
+        self.from
+            .is_some_and(|i| faults.cut.contains(&(i.min(self.to), i.max(self.to))))
     }
 
     fn is_degraded(self, faults: &Faults) -> bool {

@@ -13,8 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use concord_chaos::{
-    history::append_to_list, Call, ClientId, EventKind, KeyRange, Outcome, Recorder, Ret,
-    WatchEvent, WatchStream,
+    history::append_to_list, Call, ClientId, EventKind, KeyRange, Outcome, Recorder, Ret, WatchEvent, WatchStream,
 };
 use concord_proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
 use concord_proto::etcdserverpb::kv_client::KvClient;
@@ -24,8 +23,8 @@ use concord_proto::etcdserverpb::response_op::Response as TxnResult;
 use concord_proto::etcdserverpb::watch_client::WatchClient;
 use concord_proto::etcdserverpb::watch_request::RequestUnion;
 use concord_proto::etcdserverpb::{
-    Compare, LeaseGrantRequest, LeaseRevokeRequest, PutRequest, RangeRequest, RequestOp,
-    TxnRequest, WatchCreateRequest, WatchRequest,
+    Compare, LeaseGrantRequest, LeaseRevokeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest,
+    WatchCreateRequest, WatchRequest,
 };
 use concord_proto::v3lockpb::lock_client::LockClient;
 use concord_proto::v3lockpb::{LockRequest, UnlockRequest};
@@ -151,7 +150,9 @@ impl Conn {
 }
 
 /// Awaits a gRPC call for at most the op timeout; a timeout becomes `DeadlineExceeded`.
-async fn timed<T>(f: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>) -> Result<T, tonic::Status> {
+async fn timed<T>(
+    f: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+) -> Result<T, tonic::Status> {
     match tokio::time::timeout(OP_TIMEOUT, f).await {
         Ok(Ok(r)) => Ok(r.into_inner()),
         Ok(Err(e)) => Err(e),
@@ -513,9 +514,7 @@ pub async fn lock_client(shared: Arc<Shared>, client: ClientId, lock_name: Vec<u
                 match timed(kv.txn(read)).await {
                     Ok(r) if r.succeeded => {
                         let value = r.responses.into_iter().find_map(|op| match op.response {
-                            Some(TxnResult::ResponseRange(range)) => {
-                                range.kvs.into_iter().next().map(|kv| kv.value)
-                            }
+                            Some(TxnResult::ResponseRange(range)) => range.kvs.into_iter().next().map(|kv| kv.value),
                             _ => None,
                         });
                         if value.as_deref() == Some(mine.as_slice()) {

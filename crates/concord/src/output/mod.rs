@@ -159,13 +159,28 @@ mod tests {
 
     #[test]
     fn json_follows_etcds_shapes() {
-        let kv = KeyValue { key: b"foo".to_vec(), value: b"bar".to_vec(), create_revision: 2, mod_revision: 3, version: 2, lease: 0 };
+        let kv = KeyValue {
+            key: b"foo".to_vec(),
+            value: b"bar".to_vec(),
+            create_revision: 2,
+            mod_revision: 3,
+            version: 2,
+            lease: 0,
+        };
         assert_eq!(
             to_json(&KeyValueJson::of(&kv)).unwrap(),
             r#"{"key":"Zm9v","create_revision":2,"mod_revision":3,"version":2,"value":"YmFy"}"#
         );
-        let header = Some(ResponseHeader { cluster_id: 1, member_id: 2, revision: 0, raft_term: 4 });
-        assert_eq!(to_json(&HeaderJson::of(&header)).unwrap(), r#"{"cluster_id":1,"member_id":2,"raft_term":4}"#);
+        let header = Some(ResponseHeader {
+            cluster_id: 1,
+            member_id: 2,
+            revision: 0,
+            raft_term: 4,
+        });
+        assert_eq!(
+            to_json(&HeaderJson::of(&header)).unwrap(),
+            r#"{"cluster_id":1,"member_id":2,"raft_term":4}"#
+        );
         assert_eq!(to_json(&HeaderJson::of(&None)).unwrap(), "{}");
     }
 

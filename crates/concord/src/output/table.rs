@@ -26,13 +26,21 @@ pub struct Table {
 impl Table {
     /// A table with these column names (shown upper-cased, as etcdctl does).
     pub fn new<S: AsRef<str>>(header: &[S], align: Align) -> Table {
-        Table { header: header.iter().map(|h| h.as_ref().to_uppercase()).collect(), rows: Vec::new(), align }
+        Table {
+            header: header.iter().map(|h| h.as_ref().to_uppercase()).collect(),
+            rows: Vec::new(),
+            align,
+        }
     }
 
     /// Adds a row; missing cells are blank and extra cells are dropped, so a
     /// row never breaks the table's shape.
     pub fn row<S: Into<String>>(&mut self, cells: impl IntoIterator<Item = S>) -> &mut Table {
-        let mut row: Vec<String> = cells.into_iter().map(|c| cell_text(&c.into())).take(self.header.len()).collect();
+        let mut row: Vec<String> = cells
+            .into_iter()
+            .map(|c| cell_text(&c.into()))
+            .take(self.header.len())
+            .collect();
         row.resize(self.header.len(), String::new());
         self.rows.push(row);
         self
@@ -55,7 +63,11 @@ impl Table {
             widths.iter().map(|w| "-".repeat(w + 2)).collect::<Vec<_>>().join("+")
         );
         let line = |cells: &[String], place: &dyn Fn(&str, usize) -> String| {
-            let cells: Vec<String> = cells.iter().zip(&widths).map(|(c, &w)| format!(" {} ", place(c, w))).collect();
+            let cells: Vec<String> = cells
+                .iter()
+                .zip(&widths)
+                .map(|(c, &w)| format!(" {} ", place(c, w)))
+                .collect();
             format!("|{}|\n", cells.join("|"))
         };
         let mut out = border.clone();
@@ -75,7 +87,10 @@ impl Table {
 
 /// The cells of a table row must stay on one line: line breaks and tabs are shown escaped.
 fn cell_text(text: &str) -> String {
-    text.replace('\\', "\\\\").replace('\n', "\\n").replace('\r', "\\r").replace('\t', "\\t")
+    text.replace('\\', "\\\\")
+        .replace('\n', "\\n")
+        .replace('\r', "\\r")
+        .replace('\t', "\\t")
 }
 
 fn width(text: &str) -> usize {

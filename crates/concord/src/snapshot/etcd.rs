@@ -34,7 +34,10 @@ pub fn is_etcd_snapshot(file: &mut File) -> Result<bool, String> {
 pub fn store_bytes(file: &mut File, layout: &SnapshotLayout) -> Result<Vec<u8>, String> {
     file.seek(SeekFrom::Start(0)).map_err(|e| e.to_string())?;
     let mut bytes = Vec::with_capacity(layout.store_len as usize);
-    Read::by_ref(file).take(layout.store_len).read_to_end(&mut bytes).map_err(|e| e.to_string())?;
+    Read::by_ref(file)
+        .take(layout.store_len)
+        .read_to_end(&mut bytes)
+        .map_err(|e| e.to_string())?;
     if bytes.len() as u64 != layout.store_len {
         return Err("the file shrank while being read".into());
     }
@@ -63,7 +66,8 @@ pub fn convert_to_etcd(path: &Path, store_len: u64, members: &[Member]) -> Resul
     let bytes = std::fs::read(&bolt).map_err(|e| format!("{}: {e}", bolt.display()))?;
     let mut out = create_private(path).map_err(|e| format!("{}: {e}", path.display()))?;
     out.write_all(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
-    out.write_all(&Sha256::digest(&bytes)).map_err(|e| format!("{}: {e}", path.display()))?;
+    out.write_all(&Sha256::digest(&bytes))
+        .map_err(|e| format!("{}: {e}", path.display()))?;
     out.sync_all().map_err(|e| format!("{}: {e}", path.display()))
 }
 
@@ -87,8 +91,19 @@ mod tests {
     fn a_redb_snapshot_converts_to_etcds_format() {
         let dir = tempfile::tempdir().unwrap();
         let store = MvccStore::open(&dir.path().join("kv.redb")).unwrap();
-        let put = RaftCommand { op: Some(Op::Put(PutRequest { key: b"k".to_vec(), value: b"v".to_vec(), ..Default::default() })) };
-        store.apply(&[ApplyEntry { index: 1, command: Some(&put) }]).unwrap();
+        let put = RaftCommand {
+            op: Some(Op::Put(PutRequest {
+                key: b"k".to_vec(),
+                value: b"v".to_vec(),
+                ..Default::default()
+            })),
+        };
+        store
+            .apply(&[ApplyEntry {
+                index: 1,
+                command: Some(&put),
+            }])
+            .unwrap();
         // A redb snapshot with its trailer, as a member of an earlier version streams it.
         let redb = dir.path().join("snap.redb");
         store.write_snapshot(&redb).unwrap();

@@ -280,7 +280,8 @@ async fn save(args: SaveArgs) -> Result<(), String> {
             return Err(e);
         }
     };
-    std::fs::rename(&part, &args.file).map_err(|e| format!("renaming {} to {}: {e}", part.display(), args.file.display()))?;
+    std::fs::rename(&part, &args.file)
+        .map_err(|e| format!("renaming {} to {}: {e}", part.display(), args.file.display()))?;
     sync_parent(&args.file).map_err(|e| format!("{}: {e}", args.file.display()))?;
     progress.finish(received, &endpoint);
     println!("Snapshot saved at {}", args.file.display());
@@ -361,15 +362,25 @@ pub fn inspect(file: &mut File, skip_hash_check: bool) -> Result<SnapshotLayout,
         }
     }
     if verified {
-        return Ok(SnapshotLayout { store_len: len - TRAILER_LEN as u64, verified: true });
+        return Ok(SnapshotLayout {
+            store_len: len - TRAILER_LEN as u64,
+            verified: true,
+        });
     }
     if !skip_hash_check {
         return Err(format!(
             "{complaint}: the snapshot is damaged or not a snapshot (use --skip-hash-check to restore it anyway)"
         ));
     }
-    let store_len = if len % 4096 == TRAILER_LEN as u64 { len - TRAILER_LEN as u64 } else { len };
-    Ok(SnapshotLayout { store_len, verified: false })
+    let store_len = if len % 4096 == TRAILER_LEN as u64 {
+        len - TRAILER_LEN as u64
+    } else {
+        len
+    };
+    Ok(SnapshotLayout {
+        store_len,
+        verified: false,
+    })
 }
 
 /// What a restore made.
@@ -383,7 +394,10 @@ struct Restored {
 }
 
 fn restore(args: RestoreArgs) -> Result<(), String> {
-    let data_dir = args.data_dir.clone().unwrap_or_else(|| PathBuf::from(format!("{}.etcd", args.name)));
+    let data_dir = args
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("{}.etcd", args.name)));
     let initial_cluster = args.initial_cluster.clone().unwrap_or_else(|| {
         args.initial_advertise_peer_urls
             .iter()
@@ -394,7 +408,10 @@ fn restore(args: RestoreArgs) -> Result<(), String> {
     // Check the flags before touching the disk, as `concord serve` will check them.
     let spec = parse_initial_cluster(&initial_cluster).map_err(|e| e.to_string())?;
     let Some((_, urls)) = spec.iter().find(|(n, _)| *n == args.name) else {
-        return Err(format!("couldn't find local name {:?} in the initial cluster configuration", args.name));
+        return Err(format!(
+            "couldn't find local name {:?} in the initial cluster configuration",
+            args.name
+        ));
     };
     let (mut mine, mut advertised) = (urls.clone(), args.initial_advertise_peer_urls.clone());
     mine.sort();
@@ -406,7 +423,10 @@ fn restore(args: RestoreArgs) -> Result<(), String> {
         ));
     }
     if !is_missing_or_empty(&data_dir)? {
-        return Err(format!("data-dir {:?} exists and is not empty; restore into a new directory", data_dir.display().to_string()));
+        return Err(format!(
+            "data-dir {:?} exists and is not empty; restore into a new directory",
+            data_dir.display().to_string()
+        ));
     }
     let mut file = File::open(&args.file).map_err(|e| format!("{}: {e}", args.file.display()))?;
     let layout = inspect(&mut file, args.skip_hash_check).map_err(|e| format!("{}: {e}", args.file.display()))?;
@@ -418,7 +438,11 @@ fn restore(args: RestoreArgs) -> Result<(), String> {
         Ok(r) => r,
         Err(e) => {
             // Leave nothing half-made: a later serve would take it for a member.
-            let _ = if created_dir { std::fs::remove_dir_all(&data_dir) } else { std::fs::remove_dir_all(&member_dir) };
+            let _ = if created_dir {
+                std::fs::remove_dir_all(&data_dir)
+            } else {
+                std::fs::remove_dir_all(&member_dir)
+            };
             return Err(e);
         }
     };
@@ -453,7 +477,8 @@ fn write_member(
     if etcd::is_etcd_snapshot(file).map_err(|e| format!("{}: {e}", args.file.display()))? {
         etcd::import(file, layout, &store_path).map_err(|e| format!("{}: {e}", args.file.display()))?;
     } else {
-        file.seek(SeekFrom::Start(0)).map_err(|e| format!("{}: {e}", args.file.display()))?;
+        file.seek(SeekFrom::Start(0))
+            .map_err(|e| format!("{}: {e}", args.file.display()))?;
         let mut out = create_private(&store_path).map_err(io)?;
         let copied = std::io::copy(&mut Read::by_ref(file).take(layout.store_len), &mut out).map_err(io)?;
         if copied != layout.store_len {
@@ -468,8 +493,14 @@ fn write_member(
         store.sync().map_err(|e| format!("{}: {e}", store_path.display()))?;
         (store.current_revision(), store.compact_revision())
     };
-    let membership = Membership::bootstrap(member_dir, &args.name, initial_cluster, &args.initial_cluster_token, &[])
-        .map_err(|e| e.to_string())?;
+    let membership = Membership::bootstrap(
+        member_dir,
+        &args.name,
+        initial_cluster,
+        &args.initial_cluster_token,
+        &[],
+    )
+    .map_err(|e| e.to_string())?;
     sync_parent(&store_path).map_err(io)?;
     if let Some(data_dir) = member_dir.parent() {
         sync_parent(data_dir).map_err(|e| format!("{}: {e}", data_dir.display()))?;
@@ -541,17 +572,35 @@ mod tests {
         };
         let content = vec![7u8; 8192];
         let mut good = write("good", &with_trailer(&content));
-        assert_eq!(inspect(&mut good, false).unwrap(), SnapshotLayout { store_len: 8192, verified: true });
+        assert_eq!(
+            inspect(&mut good, false).unwrap(),
+            SnapshotLayout {
+                store_len: 8192,
+                verified: true
+            }
+        );
 
         let mut bare = write("bare", &content);
         assert!(inspect(&mut bare, false).unwrap_err().contains("--skip-hash-check"));
-        assert_eq!(inspect(&mut bare, true).unwrap(), SnapshotLayout { store_len: 8192, verified: false });
+        assert_eq!(
+            inspect(&mut bare, true).unwrap(),
+            SnapshotLayout {
+                store_len: 8192,
+                verified: false
+            }
+        );
 
         let mut damaged_bytes = with_trailer(&content);
         damaged_bytes[100] ^= 0xff;
         let mut damaged = write("damaged", &damaged_bytes);
         assert!(inspect(&mut damaged, false).unwrap_err().contains("does not match"));
-        assert_eq!(inspect(&mut damaged, true).unwrap(), SnapshotLayout { store_len: 8192, verified: false });
+        assert_eq!(
+            inspect(&mut damaged, true).unwrap(),
+            SnapshotLayout {
+                store_len: 8192,
+                verified: false
+            }
+        );
 
         let mut tiny = write("tiny", b"x");
         assert!(inspect(&mut tiny, false).unwrap_err().contains("too short"));

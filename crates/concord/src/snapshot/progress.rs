@@ -14,7 +14,8 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use super::human_bytes;
 
 /// The bar's layout while bytes arrive (short enough for an 80-column terminal).
-const BYTES_TEMPLATE: &str = "snapshot [{bar:20}] {binary_bytes}/{binary_total_bytes} {percent}% {binary_bytes_per_sec}";
+const BYTES_TEMPLATE: &str =
+    "snapshot [{bar:20}] {binary_bytes}/{binary_total_bytes} {percent}% {binary_bytes_per_sec}";
 /// The spinner's layout while the member writes its snapshot.
 const WAITING_TEMPLATE: &str = "snapshot {spinner} {msg} {elapsed}";
 
@@ -39,7 +40,11 @@ impl SaveProgress {
             bar.enable_steady_tick(Duration::from_millis(100));
             bar
         });
-        SaveProgress { bar, started: Instant::now(), streaming: None }
+        SaveProgress {
+            bar,
+            started: Instant::now(),
+            streaming: None,
+        }
     }
 
     /// `received` of `total` bytes have arrived.
@@ -67,8 +72,15 @@ impl SaveProgress {
         }
         let now = Instant::now();
         let streaming = self.streaming.unwrap_or(now);
-        let (prepare, transfer) = ((streaming - self.started).as_secs_f64(), (now - streaming).as_secs_f64());
-        let rate = if transfer > 0.0 { received as f64 / transfer } else { 0.0 };
+        let (prepare, transfer) = (
+            (streaming - self.started).as_secs_f64(),
+            (now - streaming).as_secs_f64(),
+        );
+        let rate = if transfer > 0.0 {
+            received as f64 / transfer
+        } else {
+            0.0
+        };
         eprintln!(
             "snapshot: received {} ({received} bytes) from {endpoint} in {:.2}s ({prepare:.2}s for the member to write it, {transfer:.2}s to transfer it at {}/s)",
             human_bytes(received),
@@ -102,7 +114,11 @@ mod tests {
     #[test]
     fn no_bar_off_a_terminal_and_the_summary_still_works() {
         // Tests run with stderr captured or redirected: no bar is drawn.
-        let mut p = SaveProgress { bar: None, started: Instant::now(), streaming: None };
+        let mut p = SaveProgress {
+            bar: None,
+            started: Instant::now(),
+            streaming: None,
+        };
         p.update(10, 20);
         p.update(20, 20);
         assert!(p.streaming.is_some());

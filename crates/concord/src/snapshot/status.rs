@@ -76,7 +76,8 @@ pub fn read_status(path: &std::path::Path, skip_hash_check: bool) -> Result<Snap
     let layout = inspect(&mut file, skip_hash_check)?;
     if super::etcd::is_etcd_snapshot(&mut file)? {
         let bytes = super::etcd::store_bytes(&mut file, &layout)?;
-        let status = concord_storage::etcd_snapshot_status(bytes).map_err(|e| format!("not a usable etcd snapshot: {e}"))?;
+        let status =
+            concord_storage::etcd_snapshot_status(bytes).map_err(|e| format!("not a usable etcd snapshot: {e}"))?;
         return Ok(SnapshotStatus {
             hash: status.hash,
             revision: status.revision,
@@ -94,8 +95,15 @@ pub fn read_status(path: &std::path::Path, skip_hash_check: bool) -> Result<Snap
     }
     let store = MvccStore::open(&copy).map_err(|e| format!("not a usable Concord store: {e}"))?;
     let hash = store.hash().map_err(|e| format!("cannot hash the store: {e}"))?;
-    let every_key = RangeRequest { key: vec![0], range_end: vec![0], count_only: true, ..Default::default() };
-    let (counted, _) = store.range(&every_key).map_err(|e| format!("cannot count the keys: {e}"))?;
+    let every_key = RangeRequest {
+        key: vec![0],
+        range_end: vec![0],
+        count_only: true,
+        ..Default::default()
+    };
+    let (counted, _) = store
+        .range(&every_key)
+        .map_err(|e| format!("cannot count the keys: {e}"))?;
     Ok(SnapshotStatus {
         hash,
         revision: store.current_revision(),
@@ -110,7 +118,12 @@ mod tests {
 
     #[test]
     fn json_uses_etcdutls_names() {
-        let s = SnapshotStatus { hash: 7, revision: 10, total_keys: 3, total_size: 4096 };
+        let s = SnapshotStatus {
+            hash: 7,
+            revision: 10,
+            total_keys: 3,
+            total_size: 4096,
+        };
         assert_eq!(
             crate::output::to_json(&s).unwrap(),
             r#"{"hash":7,"revision":10,"totalKey":3,"totalSize":4096}"#

@@ -53,9 +53,11 @@ impl JwtKeys {
             // etcd warns and goes on.
             tracing::warn!(keys = ?unknown, "unknown JWT options");
         }
-        let method = options.get("sign-method").ok_or("--auth-token: jwt needs sign-method")?;
-        let algorithm = Algorithm::from_str(method)
-            .map_err(|_| format!("--auth-token: unknown JWT sign-method {method:?}"))?;
+        let method = options
+            .get("sign-method")
+            .ok_or("--auth-token: jwt needs sign-method")?;
+        let algorithm =
+            Algorithm::from_str(method).map_err(|_| format!("--auth-token: unknown JWT sign-method {method:?}"))?;
         let ttl = match options.get("ttl") {
             Some(text) => parse_go_duration(text).ok_or_else(|| format!("--auth-token: bad JWT ttl {text:?}"))?,
             None => DEFAULT_JWT_TTL,
@@ -67,11 +69,15 @@ impl JwtKeys {
                 .transpose()
         };
         let (public, private) = (read("pub-key")?, read("priv-key")?);
-        let bad = |what: &str, e: jsonwebtoken::errors::Error| format!("--auth-token: {what} is not a {method} key: {e}");
+        let bad =
+            |what: &str, e: jsonwebtoken::errors::Error| format!("--auth-token: {what} is not a {method} key: {e}");
         let (signing, verifying) = match algorithm {
             Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => {
                 let secret = private.ok_or("--auth-token: HMAC signing needs priv-key (the shared secret)")?;
-                (Some(EncodingKey::from_secret(&secret)), DecodingKey::from_secret(&secret))
+                (
+                    Some(EncodingKey::from_secret(&secret)),
+                    DecodingKey::from_secret(&secret),
+                )
             }
             _ => {
                 let pair = private
@@ -96,10 +102,17 @@ impl JwtKeys {
                 (signing, verifying)
             }
         };
-        let keys = JwtKeys { algorithm, signing, verifying, ttl };
+        let keys = JwtKeys {
+            algorithm,
+            signing,
+            verifying,
+            ttl,
+        };
         // A key pair that does not match would issue tokens no member accepts: refuse it now.
         if keys.signing.is_some() {
-            let probe = keys.sign("probe", 1).map_err(|e| format!("--auth-token: cannot sign: {e}"))?;
+            let probe = keys
+                .sign("probe", 1)
+                .map_err(|e| format!("--auth-token: cannot sign: {e}"))?;
             if keys.verify(&probe).is_none() {
                 return Err("--auth-token: pub-key and priv-key do not match".into());
             }

@@ -195,7 +195,11 @@ impl AuthState {
         let mut bcrypt_cost = config.bcrypt_cost;
         if !(4..=31).contains(&bcrypt_cost) {
             // As etcd: an invalid cost falls back to the default, with a warning.
-            tracing::warn!(given = bcrypt_cost, default = DEFAULT_BCRYPT_COST, "--bcrypt-cost must be between 4 and 31; using the default");
+            tracing::warn!(
+                given = bcrypt_cost,
+                default = DEFAULT_BCRYPT_COST,
+                "--bcrypt-cost must be between 4 and 31; using the default"
+            );
             bcrypt_cost = DEFAULT_BCRYPT_COST;
         }
         let kind = TokenKind::parse(&config.token)?;

@@ -192,7 +192,10 @@ mod tests {
         let t1 = t0 + Duration::from_secs(1);
         assert!(limiter.check("eve", t1).is_ok(), "the lock ends");
         let locks: Vec<_> = (0..5).map(|_| limiter.failed("eve", t1).unwrap()).collect();
-        assert_eq!(locks.iter().map(|d| d.as_secs()).collect::<Vec<_>>(), vec![2, 4, 8, 8, 8]);
+        assert_eq!(
+            locks.iter().map(|d| d.as_secs()).collect::<Vec<_>>(),
+            vec![2, 4, 8, 8, 8]
+        );
         // Other names are not affected.
         assert!(limiter.check("alice", t1).is_ok());
     }

@@ -83,7 +83,10 @@ impl AuthService {
     /// A caller that may not change the auth store is refused before its password is hashed
     /// (bcrypt is costly); apply checks again.
     async fn admin_first(&self, creds: &Credentials) -> Result<(), Status> {
-        self.ctx.auth.require_admin(creds, self.ctx.router.default_group()).await?;
+        self.ctx
+            .auth
+            .require_admin(creds, self.ctx.router.default_group())
+            .await?;
         Ok(())
     }
 
@@ -96,7 +99,11 @@ impl AuthService {
 
     /// bcrypt of `password` at the member's cost, base64-encoded as etcd's `hashedPassword`.
     async fn hash(&self, password: Zeroizing<String>) -> Result<String, Status> {
-        let _slot = self.bcrypt_slots.acquire().await.map_err(|_| Status::unavailable("etcdserver: server stopped"))?;
+        let _slot = self
+            .bcrypt_slots
+            .acquire()
+            .await
+            .map_err(|_| Status::unavailable("etcdserver: server stopped"))?;
         let cost = self.ctx.auth.bcrypt_cost;
         let hashed = tokio::task::spawn_blocking(move || bcrypt::non_truncating_hash(password.as_bytes(), cost))
             .await
@@ -111,7 +118,11 @@ impl AuthService {
 
     /// Whether `password` matches the stored bcrypt `hash`.
     async fn verify(&self, password: Zeroizing<String>, hash: Vec<u8>) -> Result<bool, Status> {
-        let _slot = self.bcrypt_slots.acquire().await.map_err(|_| Status::unavailable("etcdserver: server stopped"))?;
+        let _slot = self
+            .bcrypt_slots
+            .acquire()
+            .await
+            .map_err(|_| Status::unavailable("etcdserver: server stopped"))?;
         tokio::task::spawn_blocking(move || {
             let hash = String::from_utf8(hash).unwrap_or_default();
             bcrypt::verify(password.as_bytes(), &hash).unwrap_or(false)
@@ -141,7 +152,11 @@ impl AuthService {
             Err(err) => {
                 tracing::warn!(user = loggable(name), "invalid authentication was requested: {err}");
                 if let Some(lock) = limiter.failed(name, now) {
-                    tracing::warn!(user = loggable(name), ?lock, "too many failed authentications: refusing this user for a while");
+                    tracing::warn!(
+                        user = loggable(name),
+                        ?lock,
+                        "too many failed authentications: refusing this user for a while"
+                    );
                 }
             }
         }
@@ -163,7 +178,10 @@ impl Auth for AuthService {
         Ok(Response::new(AuthEnableResponse { header }))
     }
 
-    async fn auth_disable(&self, request: Request<AuthDisableRequest>) -> Result<Response<AuthDisableResponse>, Status> {
+    async fn auth_disable(
+        &self,
+        request: Request<AuthDisableRequest>,
+    ) -> Result<Response<AuthDisableResponse>, Status> {
         let creds = Credentials::of(&request);
         let (header, _) = self.change(&creds, AuthOp::Disable(request.into_inner())).await?;
         tracing::info!("authentication disabled");
@@ -182,7 +200,10 @@ impl Auth for AuthService {
         }))
     }
 
-    async fn authenticate(&self, request: Request<AuthenticateRequest>) -> Result<Response<AuthenticateResponse>, Status> {
+    async fn authenticate(
+        &self,
+        request: Request<AuthenticateRequest>,
+    ) -> Result<Response<AuthenticateResponse>, Status> {
         let mut req = request.into_inner();
         let password = take_password(&mut req.password);
         let group = self.ctx.router.default_group();
@@ -194,10 +215,15 @@ impl Auth for AuthService {
             if !status.enabled {
                 return Err(errors::from_auth(AuthError::AuthNotEnabled));
             }
-            self.check_password(&req.name, password.clone()).await.map_err(errors::from_auth)?;
+            self.check_password(&req.name, password.clone())
+                .await
+                .map_err(errors::from_auth)?;
             if let Some(jwt) = auth.tokens.jwt() {
                 let token = jwt.sign(&req.name, status.revision).map_err(Status::unknown)?;
-                return Ok(Response::new(AuthenticateResponse { header: self.current_header(), token }));
+                return Ok(Response::new(AuthenticateResponse {
+                    header: self.current_header(),
+                    token,
+                }));
             }
             let token = tokens::new_simple_token().map_err(Status::internal)?;
             let op = AuthOp::Authenticate(AuthenticateCommand {
@@ -241,7 +267,10 @@ impl Auth for AuthService {
         }
         let user = self.ctx.store.auth_user(&req.name).map_err(errors::from_kv)?;
         let user = user.ok_or_else(|| errors::from_auth(AuthError::UserNotFound))?;
-        Ok(Response::new(AuthUserGetResponse { header: self.current_header(), roles: user.roles }))
+        Ok(Response::new(AuthUserGetResponse {
+            header: self.current_header(),
+            roles: user.roles,
+        }))
     }
 
     async fn user_list(&self, request: Request<AuthUserListRequest>) -> Result<Response<AuthUserListResponse>, Status> {
@@ -249,10 +278,16 @@ impl Auth for AuthService {
         let id = self.reader(&creds).await?;
         self.ctx.auth.check_admin(id.as_ref())?;
         let users = self.ctx.store.auth_users().map_err(errors::from_kv)?;
-        Ok(Response::new(AuthUserListResponse { header: self.current_header(), users }))
+        Ok(Response::new(AuthUserListResponse {
+            header: self.current_header(),
+            users,
+        }))
     }
 
-    async fn user_delete(&self, request: Request<AuthUserDeleteRequest>) -> Result<Response<AuthUserDeleteResponse>, Status> {
+    async fn user_delete(
+        &self,
+        request: Request<AuthUserDeleteRequest>,
+    ) -> Result<Response<AuthUserDeleteResponse>, Status> {
         let creds = Credentials::of(&request);
         let (header, _) = self.change(&creds, AuthOp::UserDelete(request.into_inner())).await?;
         Ok(Response::new(AuthUserDeleteResponse { header }))
@@ -285,7 +320,9 @@ impl Auth for AuthService {
         request: Request<AuthUserRevokeRoleRequest>,
     ) -> Result<Response<AuthUserRevokeRoleResponse>, Status> {
         let creds = Credentials::of(&request);
-        let (header, _) = self.change(&creds, AuthOp::UserRevokeRole(request.into_inner())).await?;
+        let (header, _) = self
+            .change(&creds, AuthOp::UserRevokeRole(request.into_inner()))
+            .await?;
         Ok(Response::new(AuthUserRevokeRoleResponse { header }))
     }
 
@@ -316,7 +353,10 @@ impl Auth for AuthService {
         } else {
             role.key_permission
         };
-        Ok(Response::new(AuthRoleGetResponse { header: self.current_header(), perm }))
+        Ok(Response::new(AuthRoleGetResponse {
+            header: self.current_header(),
+            perm,
+        }))
     }
 
     async fn role_list(&self, request: Request<AuthRoleListRequest>) -> Result<Response<AuthRoleListResponse>, Status> {
@@ -324,10 +364,16 @@ impl Auth for AuthService {
         let id = self.reader(&creds).await?;
         self.ctx.auth.check_admin(id.as_ref())?;
         let roles = self.ctx.store.auth_roles().map_err(errors::from_kv)?;
-        Ok(Response::new(AuthRoleListResponse { header: self.current_header(), roles }))
+        Ok(Response::new(AuthRoleListResponse {
+            header: self.current_header(),
+            roles,
+        }))
     }
 
-    async fn role_delete(&self, request: Request<AuthRoleDeleteRequest>) -> Result<Response<AuthRoleDeleteResponse>, Status> {
+    async fn role_delete(
+        &self,
+        request: Request<AuthRoleDeleteRequest>,
+    ) -> Result<Response<AuthRoleDeleteResponse>, Status> {
         let creds = Credentials::of(&request);
         let (header, _) = self.change(&creds, AuthOp::RoleDelete(request.into_inner())).await?;
         Ok(Response::new(AuthRoleDeleteResponse { header }))
@@ -338,7 +384,9 @@ impl Auth for AuthService {
         request: Request<AuthRoleGrantPermissionRequest>,
     ) -> Result<Response<AuthRoleGrantPermissionResponse>, Status> {
         let creds = Credentials::of(&request);
-        let (header, _) = self.change(&creds, AuthOp::RoleGrantPermission(request.into_inner())).await?;
+        let (header, _) = self
+            .change(&creds, AuthOp::RoleGrantPermission(request.into_inner()))
+            .await?;
         Ok(Response::new(AuthRoleGrantPermissionResponse { header }))
     }
 
@@ -347,7 +395,9 @@ impl Auth for AuthService {
         request: Request<AuthRoleRevokePermissionRequest>,
     ) -> Result<Response<AuthRoleRevokePermissionResponse>, Status> {
         let creds = Credentials::of(&request);
-        let (header, _) = self.change(&creds, AuthOp::RoleRevokePermission(request.into_inner())).await?;
+        let (header, _) = self
+            .change(&creds, AuthOp::RoleRevokePermission(request.into_inner()))
+            .await?;
         Ok(Response::new(AuthRoleRevokePermissionResponse { header }))
     }
 }

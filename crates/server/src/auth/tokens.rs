@@ -47,12 +47,17 @@ impl TokenKind {
             "simple" => {
                 if !options.is_empty() {
                     // etcd ignores them too; a copied command line must still start.
-                    tracing::warn!("--auth-token: simple tokens take no options; ignoring {:?}", options.keys());
+                    tracing::warn!(
+                        "--auth-token: simple tokens take no options; ignoring {:?}",
+                        options.keys()
+                    );
                 }
                 Ok(TokenKind::Simple)
             }
             "jwt" => Ok(TokenKind::Jwt(JwtKeys::from_options(&options)?)),
-            other => Err(format!("--auth-token: unknown token type {other:?} (want simple or jwt)")),
+            other => Err(format!(
+                "--auth-token: unknown token type {other:?} (want simple or jwt)"
+            )),
         }
     }
 }
@@ -92,7 +97,13 @@ impl SimpleTokens {
             state.tokens.retain(|_, k| now.duration_since(k.last_used) < ttl);
             state.last_sweep = now;
         }
-        state.tokens.insert(digest, Known { user: user.to_string(), last_used: now });
+        state.tokens.insert(
+            digest,
+            Known {
+                user: user.to_string(),
+                last_used: now,
+            },
+        );
     }
 
     /// The user of a live token, whose clock starts again (etcd's `resetSimpleToken`).
@@ -142,7 +153,10 @@ impl Tokens {
                 }),
                 jwt: None,
             },
-            TokenKind::Jwt(keys) => Tokens { simple: None, jwt: Some(keys) },
+            TokenKind::Jwt(keys) => Tokens {
+                simple: None,
+                jwt: Some(keys),
+            },
         }
     }
 
@@ -217,7 +231,13 @@ mod tests {
         assert!(tokens.resolve(&a, 3).is_none());
         tokens.remember(&digest(&a), "alice");
         tokens.remember(&digest(&b), "bob");
-        assert_eq!(tokens.resolve(&a, 3), Some(Identity { username: "alice".into(), revision: 3 }));
+        assert_eq!(
+            tokens.resolve(&a, 3),
+            Some(Identity {
+                username: "alice".into(),
+                revision: 3
+            })
+        );
         tokens.forget_user("alice");
         assert!(tokens.resolve(&a, 3).is_none());
         assert!(tokens.resolve(&b, 3).is_some());
@@ -240,7 +260,10 @@ mod tests {
     #[test]
     fn token_specs_parse_like_etcd() {
         assert!(matches!(TokenKind::parse("simple"), Ok(TokenKind::Simple)));
-        assert!(matches!(TokenKind::parse("simple,ttl=5m"), Ok(TokenKind::Simple)), "ignored, as etcd");
+        assert!(
+            matches!(TokenKind::parse("simple,ttl=5m"), Ok(TokenKind::Simple)),
+            "ignored, as etcd"
+        );
         assert!(TokenKind::parse("bogus").is_err());
         assert!(TokenKind::parse("jwt,sign-method").is_err());
         assert!(TokenKind::parse("jwt,sign-method=RS256,sign-method=RS256").is_err());

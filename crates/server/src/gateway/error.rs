@@ -34,9 +34,18 @@ pub fn response(status: &Status) -> Response {
         message: &'a str,
         code: i32,
     }
-    let body = Body { error: status.message(), message: status.message(), code: status.code() as i32 };
+    let body = Body {
+        error: status.message(),
+        message: status.message(),
+        code: status.code() as i32,
+    };
     let text = serde_json::to_string(&body).unwrap_or_default();
-    (http_status(status.code()), [(header::CONTENT_TYPE, "application/json")], text).into_response()
+    (
+        http_status(status.code()),
+        [(header::CONTENT_TYPE, "application/json")],
+        text,
+    )
+        .into_response()
 }
 
 /// The line a response stream ends with when the call fails mid-stream, as grpc-gateway v1
@@ -60,7 +69,10 @@ pub fn stream_line(status: &Status) -> Vec<u8> {
 pub fn plain(status: StatusCode, text: &'static str) -> Response {
     (
         status,
-        [(header::CONTENT_TYPE, "text/plain; charset=utf-8"), (header::X_CONTENT_TYPE_OPTIONS, "nosniff")],
+        [
+            (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
         text,
     )
         .into_response()

@@ -42,23 +42,41 @@ mod tests {
     #[test]
     fn requests_read_etcd_json() {
         let put: PutRequest = decode_one(br#"{"key":"Zm9v","value":"YmFy","lease":"7","prev_kv":true}"#).unwrap();
-        assert_eq!((put.key.as_slice(), put.value.as_slice(), put.lease, put.prev_kv), (&b"foo"[..], &b"bar"[..], 7, true));
+        assert_eq!(
+            (put.key.as_slice(), put.value.as_slice(), put.lease, put.prev_kv),
+            (&b"foo"[..], &b"bar"[..], 7, true)
+        );
         let range: RangeRequest = decode_one(br#"{"key":"YQ==","sort_order":"DESCEND","limit":2,"bogus":1}"#).unwrap();
         assert_eq!((range.sort_order, range.limit), (2, 2));
         let empty: RangeRequest = decode_one(b"").unwrap();
         assert!(empty.key.is_empty());
-        assert_eq!(decode_one::<RangeRequest>(b"not json").unwrap_err().code(), tonic::Code::InvalidArgument);
-        assert_eq!(decode_one::<RangeRequest>(br#"{"key":5}"#).unwrap_err().code(), tonic::Code::InvalidArgument);
+        assert_eq!(
+            decode_one::<RangeRequest>(b"not json").unwrap_err().code(),
+            tonic::Code::InvalidArgument
+        );
+        assert_eq!(
+            decode_one::<RangeRequest>(br#"{"key":5}"#).unwrap_err().code(),
+            tonic::Code::InvalidArgument
+        );
     }
 
     #[test]
     fn responses_write_etcd_json() {
         let resp = RangeResponse {
-            kvs: vec![KeyValue { key: b"foo".to_vec(), create_revision: 2, mod_revision: 3, version: 1, ..Default::default() }],
+            kvs: vec![KeyValue {
+                key: b"foo".to_vec(),
+                create_revision: 2,
+                mod_revision: 3,
+                version: 1,
+                ..Default::default()
+            }],
             count: 1,
             ..Default::default()
         };
         let text = String::from_utf8(encode(&resp).unwrap()).unwrap();
-        assert_eq!(text, r#"{"kvs":[{"key":"Zm9v","create_revision":"2","mod_revision":"3","version":"1"}],"count":"1"}"#);
+        assert_eq!(
+            text,
+            r#"{"kvs":[{"key":"Zm9v","create_revision":"2","mod_revision":"3","version":"1"}],"count":"1"}"#
+        );
     }
 }

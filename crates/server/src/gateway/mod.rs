@@ -83,7 +83,10 @@ fn rpcs() -> Vec<(&'static str, MethodRouter<Arc<Services>>)> {
         ("/lease/grant", unary!(lease.lease_grant)),
         ("/lease/revoke", unary!(lease.lease_revoke)),
         ("/kv/lease/revoke", unary!(lease.lease_revoke)),
-        ("/lease/keepalive", bidi_stream!(lease.lease_keep_alive, AfterRequests::Close)),
+        (
+            "/lease/keepalive",
+            bidi_stream!(lease.lease_keep_alive, AfterRequests::Close),
+        ),
         ("/lease/timetolive", unary!(lease.lease_time_to_live)),
         ("/kv/lease/timetolive", unary!(lease.lease_time_to_live)),
         ("/lease/leases", unary!(lease.lease_leases)),

@@ -64,7 +64,12 @@ where
 /// A bidirectional stream (Watch, LeaseKeepAlive): the body's JSON values as the client's
 /// messages, read as they arrive; streamed answers. A malformed first value fails the call with
 /// etcd's error answer; a malformed later one ends the client's side of the stream.
-pub async fn bidi<Req, Resp, S, F, Fut>(services: Arc<Services>, http: Request, after: AfterRequests, rpc: F) -> Response
+pub async fn bidi<Req, Resp, S, F, Fut>(
+    services: Arc<Services>,
+    http: Request,
+    after: AfterRequests,
+    rpc: F,
+) -> Response
 where
     Req: DeserializeOwned + prost::Message + Default + Send + 'static,
     Resp: Serialize + Send + 'static,
@@ -101,7 +106,12 @@ where
         }
     });
     let decoder = CompactCodec::<(), Req>::default().decoder();
-    let inbound = Streaming::new_request(decoder, Body::from_stream(ReceiverStream::new(inbound)), None, Some(max));
+    let inbound = Streaming::new_request(
+        decoder,
+        Body::from_stream(ReceiverStream::new(inbound)),
+        None,
+        Some(max),
+    );
     match rpc(services, request::grpc_request(&parts, inbound)).await {
         Ok(response) => lines(response.into_inner()),
         Err(status) => error::response(&status),

@@ -19,7 +19,12 @@ pub struct JsonValues {
 impl JsonValues {
     /// Values of `body`; a value longer than `max_bytes` fails the stream.
     pub fn new(body: Body, max_bytes: usize) -> JsonValues {
-        JsonValues { body: body.into_data_stream(), buffered: Vec::new(), ended: false, max_bytes }
+        JsonValues {
+            body: body.into_data_stream(),
+            buffered: Vec::new(),
+            ended: false,
+            max_bytes,
+        }
     }
 
     /// The next value; `None` once the body ends (or fails) between values. Malformed JSON, or

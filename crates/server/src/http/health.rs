@@ -19,7 +19,10 @@ use super::HttpState;
 use crate::maintenance::alarm_name;
 
 pub async fn health(State(state): State<HttpState>, Query(params): Query<HashMap<String, String>>) -> Response {
-    let excluded: Vec<&str> = params.get("exclude").map(|e| e.split(',').collect()).unwrap_or_default();
+    let excluded: Vec<&str> = params
+        .get("exclude")
+        .map(|e| e.split(',').collect())
+        .unwrap_or_default();
     let serializable = params.get("serializable").is_some_and(|v| v == "true");
     let reason = match check_health(&state, &excluded, serializable).await {
         Ok(()) => return health_json(StatusCode::OK, "true", ""),
@@ -43,7 +46,10 @@ async fn check_health(state: &HttpState, excluded: &[&str], serializable: bool) 
         return Err("RAFT NO LEADER".into());
     }
     if !serializable {
-        group.read_barrier().await.map_err(|e| format!("RANGE ERROR:{}", crate::errors::from_raft(e).message()))?;
+        group
+            .read_barrier()
+            .await
+            .map_err(|e| format!("RANGE ERROR:{}", crate::errors::from_raft(e).message()))?;
     }
     read_locally(state).map_err(|e| format!("RANGE ERROR:{e}"))
 }
@@ -55,7 +61,13 @@ fn health_json(status: StatusCode, health: &str, reason: &str) -> Response {
 
 /// A one-key read of the local store, which is what etcd's health check issues.
 fn read_locally(state: &HttpState) -> Result<(), String> {
-    let probe = RangeRequest { key: b"health".to_vec(), limit: 1, keys_only: true, serializable: true, ..Default::default() };
+    let probe = RangeRequest {
+        key: b"health".to_vec(),
+        limit: 1,
+        keys_only: true,
+        serializable: true,
+        ..Default::default()
+    };
     state.ctx.store.range(&probe).map(|_| ()).map_err(|e| e.to_string())
 }
 
@@ -69,7 +81,9 @@ pub async fn livez(State(state): State<HttpState>, Query(params): Query<HashMap<
 
 pub async fn readyz(State(state): State<HttpState>, Query(params): Query<HashMap<String, String>>) -> Response {
     let corrupt = match state.ctx.store.alarms() {
-        Ok(alarms) if alarms.iter().any(|a| alarm_name(a.alarm) == "CORRUPT") => Err("alarm CORRUPT is raised".to_string()),
+        Ok(alarms) if alarms.iter().any(|a| alarm_name(a.alarm) == "CORRUPT") => {
+            Err("alarm CORRUPT is raised".to_string())
+        }
         Ok(_) => Ok(()),
         Err(e) => Err(e.to_string()),
     };
@@ -90,7 +104,10 @@ pub async fn readyz(State(state): State<HttpState>, Query(params): Query<HashMap
 }
 
 fn report(endpoint: &str, checks: Vec<Check>, params: &HashMap<String, String>) -> Response {
-    let excluded: Vec<&str> = params.get("exclude").map(|e| e.split(',').collect()).unwrap_or_default();
+    let excluded: Vec<&str> = params
+        .get("exclude")
+        .map(|e| e.split(',').collect())
+        .unwrap_or_default();
     let verbose = params.contains_key("verbose");
     let mut lines = String::new();
     let mut failed = false;
@@ -110,7 +127,10 @@ fn report(endpoint: &str, checks: Vec<Check>, params: &HashMap<String, String>) 
     let (status, body) = match (failed, verbose) {
         (false, false) => (StatusCode::OK, "ok".to_string()),
         (false, true) => (StatusCode::OK, format!("{lines}{endpoint} check passed\n")),
-        (true, _) => (StatusCode::SERVICE_UNAVAILABLE, format!("{lines}{endpoint} check failed\n")),
+        (true, _) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("{lines}{endpoint} check failed\n"),
+        ),
     };
     (status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response()
 }

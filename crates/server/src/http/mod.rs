@@ -68,7 +68,9 @@ pub fn all_routes(state: HttpState) -> Router {
 async fn metrics(axum::extract::State(state): axum::extract::State<HttpState>) -> impl IntoResponse {
     let ctx = state.ctx.clone();
     // Reading the store's size and the groups' state is quick, but keep it off the async workers.
-    let body = tokio::task::spawn_blocking(move || crate::metrics::render(&ctx)).await.unwrap_or_default();
+    let body = tokio::task::spawn_blocking(move || crate::metrics::render(&ctx))
+        .await
+        .unwrap_or_default();
     ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], body)
 }
 

@@ -14,9 +14,9 @@ use std::time::Duration;
 use concord_proto::concordpb::raft_command::Op;
 use concord_proto::etcdserverpb::lease_server::Lease;
 use concord_proto::etcdserverpb::{
-    LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveRequest, LeaseKeepAliveResponse,
-    LeaseLeasesRequest, LeaseLeasesResponse, LeaseRevokeRequest, LeaseRevokeResponse, LeaseStatus,
-    LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
+    LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveRequest, LeaseKeepAliveResponse, LeaseLeasesRequest,
+    LeaseLeasesResponse, LeaseRevokeRequest, LeaseRevokeResponse, LeaseStatus, LeaseTimeToLiveRequest,
+    LeaseTimeToLiveResponse,
 };
 use concord_raft::RaftError;
 use concord_storage::WriteResult;
@@ -28,10 +28,10 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::auth::Credentials;
 use crate::context::MemberContext;
-use concord_storage::auth::perms::{Access, Need};
 use crate::errors;
 use crate::forward::{mark_forwarded, wait_for_leader, was_forwarded, LeaderChannels};
 use concord_proto::etcdserverpb::lease_client::LeaseClient;
+use concord_storage::auth::perms::{Access, Need};
 use lessor::{Lessor, Renewal};
 
 /// etcd's largest lease TTL, in seconds.
@@ -115,7 +115,12 @@ async fn keep_alive_once(
     }
 }
 
-async fn forward_keep_alive(ctx: &MemberContext, leader: &LeaderChannels, leader_id: u64, id: i64) -> Result<i64, Status> {
+async fn forward_keep_alive(
+    ctx: &MemberContext,
+    leader: &LeaderChannels,
+    leader_id: u64,
+    id: i64,
+) -> Result<i64, Status> {
     let mut client = leader_client(ctx, leader, leader_id)?;
     let mut request = Request::new(tokio_stream::once(LeaseKeepAliveRequest { id }));
     mark_forwarded(&mut request);
@@ -127,7 +132,11 @@ async fn forward_keep_alive(ctx: &MemberContext, leader: &LeaderChannels, leader
     }
 }
 
-fn leader_client(ctx: &MemberContext, leader: &LeaderChannels, leader_id: u64) -> Result<LeaseClient<tonic::transport::Channel>, Status> {
+fn leader_client(
+    ctx: &MemberContext,
+    leader: &LeaderChannels,
+    leader_id: u64,
+) -> Result<LeaseClient<tonic::transport::Channel>, Status> {
     Ok(LeaseClient::new(leader.to_leader(ctx, leader_id)?))
 }
 
@@ -154,7 +163,10 @@ impl Lease for LeaseService {
             .await
     }
 
-    async fn lease_revoke(&self, request: Request<LeaseRevokeRequest>) -> Result<Response<LeaseRevokeResponse>, Status> {
+    async fn lease_revoke(
+        &self,
+        request: Request<LeaseRevokeRequest>,
+    ) -> Result<Response<LeaseRevokeResponse>, Status> {
         let creds = Credentials::of(&request);
         let req = request.into_inner();
         let group = self.ctx.router.default_group();
@@ -232,17 +244,31 @@ impl Lease for LeaseService {
         let header = Some(self.ctx.header(self.ctx.store.current_revision()));
         let Some((ttl, granted_ttl)) = self.lessor.time_to_live(req.id) else {
             // etcd answers an unknown lease with TTL -1, not an error.
-            return Ok(Response::new(LeaseTimeToLiveResponse { header, id: req.id, ttl: -1, ..Default::default() }));
+            return Ok(Response::new(LeaseTimeToLiveResponse {
+                header,
+                id: req.id,
+                ttl: -1,
+                ..Default::default()
+            }));
         };
         let keys = if req.keys {
             self.ctx.store.lease_keys(req.id).map_err(errors::from_kv)?
         } else {
             Vec::new()
         };
-        Ok(Response::new(LeaseTimeToLiveResponse { header, id: req.id, ttl, granted_ttl, keys }))
+        Ok(Response::new(LeaseTimeToLiveResponse {
+            header,
+            id: req.id,
+            ttl,
+            granted_ttl,
+            keys,
+        }))
     }
 
-    async fn lease_leases(&self, _request: Request<LeaseLeasesRequest>) -> Result<Response<LeaseLeasesResponse>, Status> {
+    async fn lease_leases(
+        &self,
+        _request: Request<LeaseLeasesRequest>,
+    ) -> Result<Response<LeaseLeasesResponse>, Status> {
         let group = self.ctx.router.default_group();
         group.read_barrier().await.map_err(errors::from_raft)?;
         let leases = self.ctx.store.leases().map_err(errors::from_kv)?;

@@ -21,14 +21,20 @@ use prometheus::{
 
 /// etcd's `etcd_network_client_grpc_received_bytes_total`: bytes of gRPC requests from clients.
 pub static RECEIVED_BYTES: LazyLock<IntCounter> = LazyLock::new(|| {
-    register_int_counter!("etcd_network_client_grpc_received_bytes_total", "The total number of bytes received from grpc clients.")
-        .expect("metric registered once")
+    register_int_counter!(
+        "etcd_network_client_grpc_received_bytes_total",
+        "The total number of bytes received from grpc clients."
+    )
+    .expect("metric registered once")
 });
 
 /// etcd's `etcd_network_client_grpc_sent_bytes_total`: bytes of gRPC responses to clients.
 pub static SENT_BYTES: LazyLock<IntCounter> = LazyLock::new(|| {
-    register_int_counter!("etcd_network_client_grpc_sent_bytes_total", "The total number of bytes sent to grpc clients.")
-        .expect("metric registered once")
+    register_int_counter!(
+        "etcd_network_client_grpc_sent_bytes_total",
+        "The total number of bytes sent to grpc clients."
+    )
+    .expect("metric registered once")
 });
 
 /// Calls started, by service, method and type.
@@ -95,7 +101,12 @@ impl MethodSeries {
             SERVED
                 .iter()
                 .flat_map(|(service, methods)| methods.iter().map(move |method| (*service, *method)))
-                .map(|(service, method)| (format!("/{service}/{method}"), Arc::new(MethodSeries::new(service, method))))
+                .map(|(service, method)| {
+                    (
+                        format!("/{service}/{method}"),
+                        Arc::new(MethodSeries::new(service, method)),
+                    )
+                })
                 .collect()
         });
         BY_PATH.get(path).cloned()
@@ -106,11 +117,38 @@ impl MethodSeries {
 const SERVED: &[(&str, &[&str])] = &[
     ("etcdserverpb.KV", &["Range", "Put", "DeleteRange", "Txn", "Compact"]),
     ("etcdserverpb.Watch", &["Watch"]),
-    ("etcdserverpb.Lease", &["LeaseGrant", "LeaseRevoke", "LeaseKeepAlive", "LeaseTimeToLive", "LeaseLeases"]),
-    ("etcdserverpb.Cluster", &["MemberAdd", "MemberRemove", "MemberUpdate", "MemberList", "MemberPromote"]),
+    (
+        "etcdserverpb.Lease",
+        &[
+            "LeaseGrant",
+            "LeaseRevoke",
+            "LeaseKeepAlive",
+            "LeaseTimeToLive",
+            "LeaseLeases",
+        ],
+    ),
+    (
+        "etcdserverpb.Cluster",
+        &[
+            "MemberAdd",
+            "MemberRemove",
+            "MemberUpdate",
+            "MemberList",
+            "MemberPromote",
+        ],
+    ),
     (
         "etcdserverpb.Maintenance",
-        &["Alarm", "Status", "Defragment", "Hash", "HashKV", "Snapshot", "MoveLeader", "Downgrade"],
+        &[
+            "Alarm",
+            "Status",
+            "Defragment",
+            "Hash",
+            "HashKV",
+            "Snapshot",
+            "MoveLeader",
+            "Downgrade",
+        ],
     ),
     (
         "etcdserverpb.Auth",
@@ -135,7 +173,10 @@ const SERVED: &[(&str, &[&str])] = &[
         ],
     ),
     ("v3lockpb.Lock", &["Lock", "Unlock"]),
-    ("v3electionpb.Election", &["Campaign", "Proclaim", "Leader", "Observe", "Resign"]),
+    (
+        "v3electionpb.Election",
+        &["Campaign", "Proclaim", "Leader", "Observe", "Resign"],
+    ),
 ];
 
 /// One gRPC call in progress, from [`start`] until its status is known.
@@ -150,7 +191,9 @@ impl Call {
         if code == "OK" {
             series.handled_ok.inc();
         } else {
-            HANDLED.with_label_values(&[series.kind, &series.service, &series.method, code]).inc();
+            HANDLED
+                .with_label_values(&[series.kind, &series.service, &series.method, code])
+                .inc();
         }
         series.seconds.observe(self.started.elapsed().as_secs_f64());
     }
@@ -201,7 +244,10 @@ pub fn start<B>(request: &http::Request<B>) -> Option<Call> {
     }
     let series = MethodSeries::of(request.uri().path())?;
     series.started.inc();
-    Some(Call { series, started: Instant::now() })
+    Some(Call {
+        series,
+        started: Instant::now(),
+    })
 }
 
 /// Hands `call` to the response: a call that failed before answering carries its status in the
@@ -235,7 +281,10 @@ where
     type Data = bytes::Bytes;
     type Error = B::Error;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
@@ -243,7 +292,10 @@ where
                     SENT_BYTES.inc_by(data.len() as u64);
                 }
                 if let Some(trailers) = frame.trailers_ref() {
-                    let code = trailers.get("grpc-status").map(|c| code_name(c.as_bytes())).unwrap_or("Unknown");
+                    let code = trailers
+                        .get("grpc-status")
+                        .map(|c| code_name(c.as_bytes()))
+                        .unwrap_or("Unknown");
                     if let Some(call) = self.call.take() {
                         call.finish(code);
                     }
@@ -301,7 +353,10 @@ where
     type Data = bytes::Bytes;
     type Error = B::Error;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         if let Poll::Ready(Some(Ok(frame))) = &polled {
             if let Some(data) = frame.data_ref().filter(|_| self.counted) {
@@ -327,8 +382,14 @@ mod tests {
     #[test]
     fn only_served_methods_have_series() {
         let put = MethodSeries::of("/etcdserverpb.KV/Put").expect("a served method");
-        assert_eq!((put.kind, put.service.as_str(), put.method.as_str()), ("unary", "etcdserverpb.KV", "Put"));
-        assert_eq!(MethodSeries::of("/etcdserverpb.Watch/Watch").map(|s| s.kind), Some("bidi_stream"));
+        assert_eq!(
+            (put.kind, put.service.as_str(), put.method.as_str()),
+            ("unary", "etcdserverpb.KV", "Put")
+        );
+        assert_eq!(
+            MethodSeries::of("/etcdserverpb.Watch/Watch").map(|s| s.kind),
+            Some("bidi_stream")
+        );
         for invented in ["/etcdserverpb.KV/Bogus", "/x/y", "/", "", "/etcdserverpb.KV/Put/extra"] {
             assert!(MethodSeries::of(invented).is_none(), "{invented}");
         }

@@ -21,9 +21,9 @@ pub mod rates;
 use std::sync::LazyLock;
 
 use prometheus::{
-    exponential_buckets, register_histogram, register_histogram_vec, register_int_counter,
-    register_int_counter_vec, register_int_gauge, register_int_gauge_vec, Encoder, Histogram,
-    HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, TextEncoder,
+    exponential_buckets, register_histogram, register_histogram_vec, register_int_counter, register_int_counter_vec,
+    register_int_gauge, register_int_gauge_vec, Encoder, Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, TextEncoder,
 };
 
 use crate::context::MemberContext;
@@ -44,34 +44,106 @@ macro_rules! counter {
     };
 }
 
-gauge!(HAS_LEADER, "etcd_server_has_leader", "Whether or not a leader exists. 1 is existence, 0 is not.");
-gauge!(IS_LEADER, "etcd_server_is_leader", "Whether or not this member is a leader. 1 if is, 0 otherwise.");
-gauge!(IS_LEARNER, "etcd_server_is_learner", "Whether or not this member is a learner. 1 if is, 0 otherwise.");
-counter!(LEADER_CHANGES, "etcd_server_leader_changes_seen_total", "The number of leader changes seen.");
-gauge!(PROPOSALS_COMMITTED, "etcd_server_proposals_committed_total", "The total number of consensus proposals committed.");
-gauge!(PROPOSALS_APPLIED, "etcd_server_proposals_applied_total", "The total number of consensus proposals applied.");
-gauge!(PROPOSALS_PENDING, "etcd_server_proposals_pending", "The current number of pending proposals to commit.");
-counter!(PROPOSALS_FAILED, "etcd_server_proposals_failed_total", "The total number of failed proposals seen.");
-gauge!(DB_TOTAL_SIZE, "etcd_mvcc_db_total_size_in_bytes", "Total size of the underlying database physically allocated in bytes.");
+gauge!(
+    HAS_LEADER,
+    "etcd_server_has_leader",
+    "Whether or not a leader exists. 1 is existence, 0 is not."
+);
+gauge!(
+    IS_LEADER,
+    "etcd_server_is_leader",
+    "Whether or not this member is a leader. 1 if is, 0 otherwise."
+);
+gauge!(
+    IS_LEARNER,
+    "etcd_server_is_learner",
+    "Whether or not this member is a learner. 1 if is, 0 otherwise."
+);
+counter!(
+    LEADER_CHANGES,
+    "etcd_server_leader_changes_seen_total",
+    "The number of leader changes seen."
+);
+gauge!(
+    PROPOSALS_COMMITTED,
+    "etcd_server_proposals_committed_total",
+    "The total number of consensus proposals committed."
+);
+gauge!(
+    PROPOSALS_APPLIED,
+    "etcd_server_proposals_applied_total",
+    "The total number of consensus proposals applied."
+);
+gauge!(
+    PROPOSALS_PENDING,
+    "etcd_server_proposals_pending",
+    "The current number of pending proposals to commit."
+);
+counter!(
+    PROPOSALS_FAILED,
+    "etcd_server_proposals_failed_total",
+    "The total number of failed proposals seen."
+);
+gauge!(
+    DB_TOTAL_SIZE,
+    "etcd_mvcc_db_total_size_in_bytes",
+    "Total size of the underlying database physically allocated in bytes."
+);
 gauge!(DB_TOTAL_SIZE_DEBUGGING, "etcd_debugging_mvcc_db_total_size_in_bytes", "Total size of the underlying database physically allocated in bytes (etcd 3.4's name, which older dashboards use).");
-gauge!(QUOTA_BACKEND_BYTES, "etcd_server_quota_backend_bytes", "Current backend storage quota size in bytes.");
-gauge!(CURRENT_REVISION, "etcd_debugging_mvcc_current_revision", "The current revision of store.");
-gauge!(COMPACT_REVISION, "etcd_debugging_mvcc_compact_revision", "The revision of the last compaction in store.");
-counter!(MVCC_PUTS, "etcd_mvcc_put_total", "Total number of puts seen by this member.");
-counter!(MVCC_DELETES, "etcd_mvcc_delete_total", "Total number of deletes seen by this member.");
-counter!(MVCC_TXNS, "etcd_mvcc_txn_total", "Total number of txns seen by this member.");
-counter!(MVCC_RANGES, "etcd_mvcc_range_total", "Total number of ranges seen by this member.");
+gauge!(
+    QUOTA_BACKEND_BYTES,
+    "etcd_server_quota_backend_bytes",
+    "Current backend storage quota size in bytes."
+);
+gauge!(
+    CURRENT_REVISION,
+    "etcd_debugging_mvcc_current_revision",
+    "The current revision of store."
+);
+gauge!(
+    COMPACT_REVISION,
+    "etcd_debugging_mvcc_compact_revision",
+    "The revision of the last compaction in store."
+);
+counter!(
+    MVCC_PUTS,
+    "etcd_mvcc_put_total",
+    "Total number of puts seen by this member."
+);
+counter!(
+    MVCC_DELETES,
+    "etcd_mvcc_delete_total",
+    "Total number of deletes seen by this member."
+);
+counter!(
+    MVCC_TXNS,
+    "etcd_mvcc_txn_total",
+    "Total number of txns seen by this member."
+);
+counter!(
+    MVCC_RANGES,
+    "etcd_mvcc_range_total",
+    "Total number of ranges seen by this member."
+);
 
 /// etcd's `etcd_server_id`: a constant 1 labelled with this member's id in hex.
 pub static SERVER_ID: LazyLock<IntGaugeVec> = LazyLock::new(|| {
-    register_int_gauge_vec!("etcd_server_id", "Server or member ID in hexadecimal format. 1 for 'server_id' label with current ID.", &["server_id"])
-        .expect("metric registered once")
+    register_int_gauge_vec!(
+        "etcd_server_id",
+        "Server or member ID in hexadecimal format. 1 for 'server_id' label with current ID.",
+        &["server_id"]
+    )
+    .expect("metric registered once")
 });
 
 /// etcd's `etcd_server_version`: a constant 1 labelled with the etcd API version served.
 pub static SERVER_VERSION: LazyLock<IntGaugeVec> = LazyLock::new(|| {
-    register_int_gauge_vec!("etcd_server_version", "Which version is running. 1 for 'server_version' label with current version.", &["server_version"])
-        .expect("metric registered once")
+    register_int_gauge_vec!(
+        "etcd_server_version",
+        "Which version is running. 1 for 'server_version' label with current version.",
+        &["server_version"]
+    )
+    .expect("metric registered once")
 });
 
 /// etcd's `etcd_disk_backend_commit_duration_seconds`: one sample per batch of entries
@@ -98,8 +170,12 @@ pub static PEER_ROUND_TRIP_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
 
 /// etcd's `etcd_network_peer_sent_failures_total`, labelled `To`: probes that got no answer.
 pub static PEER_PROBE_FAILURES: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register_int_counter_vec!("etcd_network_peer_sent_failures_total", "The total number of send failures from peers.", &["To"])
-        .expect("metric registered once")
+    register_int_counter_vec!(
+        "etcd_network_peer_sent_failures_total",
+        "The total number of send failures from peers.",
+        &["To"]
+    )
+    .expect("metric registered once")
 });
 
 /// Concord's per-group Raft state, labelled by group: term, log positions, role. With many
@@ -142,7 +218,9 @@ fn refresh(ctx: &MemberContext) {
     let me = ctx.membership.local_id();
     SERVER_ID.reset();
     SERVER_ID.with_label_values(&[&format!("{me:x}")]).set(1);
-    SERVER_VERSION.with_label_values(&[crate::maintenance::ETCD_API_VERSION]).set(1);
+    SERVER_VERSION
+        .with_label_values(&[crate::maintenance::ETCD_API_VERSION])
+        .set(1);
     let main = ctx.router.default_group().status();
     HAS_LEADER.set((main.leader_id != 0) as i64);
     IS_LEADER.set((main.leader_id == me) as i64);
@@ -176,8 +254,14 @@ fn refresh(ctx: &MemberContext) {
         for p in &s.progress {
             let member = format!("{:x}", p.member_id);
             let lag = s.last_index.saturating_sub(p.matched);
-            for (field, value) in [("match_index", p.matched), ("lag", lag), ("active", p.recent_active as u64)] {
-                GROUP_FOLLOWER.with_label_values(&[&id, &member, field]).set(value as i64);
+            for (field, value) in [
+                ("match_index", p.matched),
+                ("lag", lag),
+                ("active", p.recent_active as u64),
+            ] {
+                GROUP_FOLLOWER
+                    .with_label_values(&[&id, &member, field])
+                    .set(value as i64);
             }
         }
     }

@@ -6,16 +6,22 @@ use std::sync::LazyLock;
 use prometheus::{register_counter, register_int_gauge, Counter, IntGauge};
 
 static RESIDENT_BYTES: LazyLock<IntGauge> = LazyLock::new(|| {
-    register_int_gauge!("process_resident_memory_bytes", "Resident memory size in bytes.").expect("metric registered once")
+    register_int_gauge!("process_resident_memory_bytes", "Resident memory size in bytes.")
+        .expect("metric registered once")
 });
 static VIRTUAL_BYTES: LazyLock<IntGauge> = LazyLock::new(|| {
-    register_int_gauge!("process_virtual_memory_bytes", "Virtual memory size in bytes.").expect("metric registered once")
+    register_int_gauge!("process_virtual_memory_bytes", "Virtual memory size in bytes.")
+        .expect("metric registered once")
 });
 static OPEN_FDS: LazyLock<IntGauge> = LazyLock::new(|| {
     register_int_gauge!("process_open_fds", "Number of open file descriptors.").expect("metric registered once")
 });
 static CPU_SECONDS: LazyLock<Counter> = LazyLock::new(|| {
-    register_counter!("process_cpu_seconds_total", "Total user and system CPU time spent in seconds.").expect("metric registered once")
+    register_counter!(
+        "process_cpu_seconds_total",
+        "Total user and system CPU time spent in seconds."
+    )
+    .expect("metric registered once")
 });
 
 /// Linux's USER_HZ: the unit of the CPU times in `/proc/self/stat`, 100 on every platform Rust
@@ -26,7 +32,14 @@ const TICKS_PER_SECOND: f64 = 100.0;
 pub fn refresh() {
     if let Ok(status) = std::fs::read_to_string("/proc/self/status") {
         for line in status.lines() {
-            let kib = |rest: &str| rest.trim().trim_end_matches("kB").trim().parse::<i64>().ok().map(|k| k * 1024);
+            let kib = |rest: &str| {
+                rest.trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse::<i64>()
+                    .ok()
+                    .map(|k| k * 1024)
+            };
             if let Some(v) = line.strip_prefix("VmRSS:").and_then(kib) {
                 RESIDENT_BYTES.set(v);
             } else if let Some(v) = line.strip_prefix("VmSize:").and_then(kib) {

@@ -59,7 +59,11 @@ impl Buckets {
         let mut sum = Buckets::default();
         for family in HANDLING_SECONDS.collect() {
             for metric in family.get_metric() {
-                let labels: Vec<(&str, &str)> = metric.get_label().iter().map(|l| (l.get_name(), l.get_value())).collect();
+                let labels: Vec<(&str, &str)> = metric
+                    .get_label()
+                    .iter()
+                    .map(|l| (l.get_name(), l.get_value()))
+                    .collect();
                 let label = |name: &str| labels.iter().find(|(n, _)| *n == name).map(|(_, v)| *v).unwrap_or("");
                 if !methods.contains(&(label("grpc_service"), label("grpc_method"))) {
                     continue;
@@ -82,9 +86,17 @@ impl Buckets {
         let bounds = self
             .bounds
             .iter()
-            .map(|&(le, n)| (le, n - earlier.bounds.iter().find(|(b, _)| *b == le).map_or(0, |(_, m)| *m)))
+            .map(|&(le, n)| {
+                (
+                    le,
+                    n - earlier.bounds.iter().find(|(b, _)| *b == le).map_or(0, |(_, m)| *m),
+                )
+            })
             .collect();
-        Buckets { bounds, total: self.total - earlier.total }
+        Buckets {
+            bounds,
+            total: self.total - earlier.total,
+        }
     }
 
     /// The upper bound of the bucket holding the `q` quantile, in milliseconds.
@@ -93,13 +105,24 @@ impl Buckets {
             return None;
         }
         let rank = (q * self.total as f64).ceil() as u64;
-        let le = self.bounds.iter().find(|(_, n)| *n >= rank).map_or(f64::INFINITY, |(le, _)| *le);
-        Some(if le.is_finite() { le * 1000.0 } else { self.bounds.last().map_or(0.0, |(le, _)| le * 1000.0) })
+        let le = self
+            .bounds
+            .iter()
+            .find(|(_, n)| *n >= rank)
+            .map_or(f64::INFINITY, |(le, _)| *le);
+        Some(if le.is_finite() {
+            le * 1000.0
+        } else {
+            self.bounds.last().map_or(0.0, |(le, _)| le * 1000.0)
+        })
     }
 }
 
-const WRITE_METHODS: [(&str, &str); 3] =
-    [("etcdserverpb.KV", "Put"), ("etcdserverpb.KV", "DeleteRange"), ("etcdserverpb.KV", "Txn")];
+const WRITE_METHODS: [(&str, &str); 3] = [
+    ("etcdserverpb.KV", "Put"),
+    ("etcdserverpb.KV", "DeleteRange"),
+    ("etcdserverpb.KV", "Txn"),
+];
 const RANGE_METHODS: [(&str, &str); 1] = [("etcdserverpb.KV", "Range")];
 
 /// The last few minutes of samples, newest last.
@@ -111,7 +134,12 @@ pub struct RateHistory {
 impl RateHistory {
     /// Every kept sample, oldest first.
     pub fn samples(&self) -> Vec<Sample> {
-        self.samples.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect()
+        self.samples
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .cloned()
+            .collect()
     }
 
     /// The newest sample, if one was taken.
@@ -138,13 +166,18 @@ pub async fn sample(ctx: Arc<MemberContext>, history: Arc<RateHistory>, mut stop
             _ = stop.wait_for(|s| *s) => return,
         }
         let now = std::time::Instant::now();
-        let reading = Reading { writes: Buckets::read(&WRITE_METHODS), ranges: Buckets::read(&RANGE_METHODS) };
+        let reading = Reading {
+            writes: Buckets::read(&WRITE_METHODS),
+            ranges: Buckets::read(&RANGE_METHODS),
+        };
         let revision = ctx.store.current_revision();
         if let Some((previous, previous_revision, then)) = readings.back() {
             let seconds = now.duration_since(*then).as_secs_f64().max(1e-3);
             let (oldest, _, _) = readings.front().expect("not empty");
             history.push(Sample {
-                unix_ms: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
+                unix_ms: SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64),
                 revision,
                 writes_per_sec: (revision - previous_revision).max(0) as f64 / seconds,
                 puts_per_sec: (reading.writes.total - previous.writes.total) as f64 / seconds,
@@ -167,11 +200,17 @@ mod tests {
 
     #[test]
     fn quantile_is_the_bucket_holding_the_rank() {
-        let b = Buckets { bounds: vec![(0.001, 90), (0.002, 99), (0.004, 100)], total: 100 };
+        let b = Buckets {
+            bounds: vec![(0.001, 90), (0.002, 99), (0.004, 100)],
+            total: 100,
+        };
         assert_eq!(b.quantile_ms(0.99), Some(2.0));
         assert_eq!(b.quantile_ms(1.0), Some(4.0));
         assert_eq!(b.quantile_ms(0.5), Some(1.0));
-        let earlier = Buckets { bounds: vec![(0.001, 90), (0.002, 90), (0.004, 90)], total: 90 };
+        let earlier = Buckets {
+            bounds: vec![(0.001, 90), (0.002, 90), (0.004, 90)],
+            total: 90,
+        };
         assert_eq!(b.since(&earlier).quantile_ms(0.5), Some(2.0));
         assert_eq!(Buckets::default().quantile_ms(0.99), None);
     }

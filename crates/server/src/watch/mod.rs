@@ -34,7 +34,11 @@ impl WatchService {
     /// A Watch service reading from `hub`; watchers that ask for progress
     /// notifications get one every `progress_interval` while idle.
     pub fn new(ctx: Arc<MemberContext>, hub: Arc<WatchHub>, progress_interval: Duration) -> Self {
-        WatchService { ctx, hub, progress_interval }
+        WatchService {
+            ctx,
+            hub,
+            progress_interval,
+        }
     }
 }
 
@@ -42,10 +46,7 @@ impl WatchService {
 impl Watch for WatchService {
     type WatchStream = outbound::Outbound;
 
-    async fn watch(
-        &self,
-        request: Request<Streaming<WatchRequest>>,
-    ) -> Result<Response<Self::WatchStream>, Status> {
+    async fn watch(&self, request: Request<Streaming<WatchRequest>>) -> Result<Response<Self::WatchStream>, Status> {
         let (out, rx) = outbound::channel(outbound::OUTBOUND_BYTES, self.hub.outbound_budget());
         let creds = crate::auth::Credentials::of(&request);
         let task = stream::WatchStreamTask::new(self.ctx.clone(), self.hub.clone(), out, self.progress_interval)

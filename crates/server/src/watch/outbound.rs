@@ -111,7 +111,11 @@ impl OutboundSender {
         member_room: OwnedSemaphorePermit,
     ) -> Result<(), TrySendError> {
         self.tx
-            .send(Queued { response, _room: room, _member_room: member_room })
+            .send(Queued {
+                response,
+                _room: room,
+                _member_room: member_room,
+            })
             .map_err(|_| TrySendError::Closed)
     }
 

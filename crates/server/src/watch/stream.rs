@@ -58,12 +58,7 @@ pub struct WatchStreamTask {
 
 impl WatchStreamTask {
     /// A task that answers on `out`.
-    pub fn new(
-        ctx: Arc<MemberContext>,
-        hub: Arc<WatchHub>,
-        out: OutboundSender,
-        progress_interval: Duration,
-    ) -> Self {
+    pub fn new(ctx: Arc<MemberContext>, hub: Arc<WatchHub>, out: OutboundSender, progress_interval: Duration) -> Self {
         WatchStreamTask {
             ctx,
             hub,
@@ -108,7 +103,11 @@ impl WatchStreamTask {
                     tonic::Code::Unauthenticated | tonic::Code::InvalidArgument | tonic::Code::Unavailable => status,
                     _ => errors::from_auth(concord_storage::AuthError::PermissionDenied),
                 };
-                Err(format!("rpc error: code = {:?} desc = {}", status.code(), status.message()))
+                Err(format!(
+                    "rpc error: code = {:?} desc = {}",
+                    status.code(),
+                    status.message()
+                ))
             }
         }
     }
@@ -227,7 +226,11 @@ impl WatchStreamTask {
         if create.watch_id == 0 {
             self.next_auto_id += 1;
         }
-        let next_rev = if create.start_revision > 0 { create.start_revision } else { current + 1 };
+        let next_rev = if create.start_revision > 0 {
+            create.start_revision
+        } else {
+            current + 1
+        };
         let watcher = Watcher::new(create.key, create.range_end, &create.filters, create.prev_kv, next_rev);
         self.watchers.insert(
             id,
@@ -292,7 +295,9 @@ impl WatchStreamTask {
     async fn catch_up(&mut self, id: i64) -> bool {
         loop {
             let store = self.hub.store().clone();
-            let Some(w) = self.watchers.get_mut(&id) else { return true };
+            let Some(w) = self.watchers.get_mut(&id) else {
+                return true;
+            };
             match w.watcher.catch_up_step(&store) {
                 Ok((events, revision, done)) => {
                     if !events.is_empty() && !self.send_events(id, events, revision).await {
@@ -328,7 +333,9 @@ impl WatchStreamTask {
         let mut part = Vec::new();
         let mut size = 0;
         for (i, event) in events.into_iter().enumerate() {
-            let starts_revision = part.last().is_none_or(|last: &Event| event_revision(last) != event_revision(&event));
+            let starts_revision = part
+                .last()
+                .is_none_or(|last: &Event| event_revision(last) != event_revision(&event));
             if !part.is_empty() && size + event.encoded_len() > limit && (fragment || starts_revision) {
                 let mut resp = template.clone();
                 resp.events = std::mem::take(&mut part);

@@ -149,16 +149,26 @@ mod tests {
     fn put(key: &str, rev: i64) -> Event {
         Event {
             r#type: EventType::Put as i32,
-            kv: Some(KeyValue { key: key.into(), mod_revision: rev, ..Default::default() }),
+            kv: Some(KeyValue {
+                key: key.into(),
+                mod_revision: rev,
+                ..Default::default()
+            }),
             prev_kv: Some(KeyValue::default()),
         }
     }
 
     #[test]
     fn batches_are_filtered_by_range_revision_and_type() {
-        let batch = EventBatch { from_rev: 5, to_rev: 7, events: vec![put("a", 5), put("b", 6), put("c", 7)] };
+        let batch = EventBatch {
+            from_rev: 5,
+            to_rev: 7,
+            events: vec![put("a", 5), put("b", 6), put("c", 7)],
+        };
         let mut w = Watcher::new(b"a".to_vec(), b"c".to_vec(), &[], false, 6);
-        let Delivery::Events(got) = w.deliver(&batch) else { panic!("expected events") };
+        let Delivery::Events(got) = w.deliver(&batch) else {
+            panic!("expected events")
+        };
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].kv.as_ref().unwrap().key, b"b");
         assert!(got[0].prev_kv.is_none());
@@ -169,7 +179,9 @@ mod tests {
         assert!(matches!(behind.deliver(&batch), Delivery::CatchUp));
 
         let mut no_puts = Watcher::new(b"a".to_vec(), vec![0], &[FilterType::Noput as i32], false, 5);
-        let Delivery::Events(got) = no_puts.deliver(&batch) else { panic!("expected events") };
+        let Delivery::Events(got) = no_puts.deliver(&batch) else {
+            panic!("expected events")
+        };
         assert!(got.is_empty());
     }
 
@@ -184,7 +196,11 @@ mod tests {
     #[test]
     fn a_batch_past_the_byte_bound_is_left_to_a_catch_up() {
         let events = (5..10).map(|rev| big_put("a", rev)).collect();
-        let batch = EventBatch { from_rev: 5, to_rev: 9, events };
+        let batch = EventBatch {
+            from_rev: 5,
+            to_rev: 9,
+            events,
+        };
         let mut w = Watcher::new(b"a".to_vec(), vec![], &[], false, 5);
         assert!(matches!(w.deliver(&batch), Delivery::CatchUp));
         assert_eq!(w.next_rev, 5);
@@ -193,7 +209,13 @@ mod tests {
     #[test]
     fn a_catch_up_step_stops_between_revisions_past_the_byte_bound() {
         // Revision 6 holds two events: it is taken whole or not at all.
-        let events = vec![big_put("a", 5), big_put("b", 6), big_put("c", 6), big_put("d", 7), put("e", 8)];
+        let events = vec![
+            big_put("a", 5),
+            big_put("b", 6),
+            big_put("c", 6),
+            big_put("d", 7),
+            put("e", 8),
+        ];
         let w = Watcher::new(b"a".to_vec(), vec![0], &[], false, 5);
         let (selected, reached) = w.select_up_to(&events, 9);
         assert_eq!(selected.len(), 3);

@@ -28,8 +28,8 @@ use redb::{ReadableTable, Table, WriteTransaction};
 
 use super::perms::{self, Access, Need, UserPerms, ROOT};
 use super::{
-    check_admin, check_needs, load_perms, read_role, read_status, read_user, AuthApplied,
-    AuthEffect, AuthError, AuthStatus, META, META_ENABLED, META_REVISION, ROLES, USERS,
+    check_admin, check_needs, load_perms, read_role, read_status, read_user, AuthApplied, AuthEffect, AuthError,
+    AuthStatus, META, META_ENABLED, META_REVISION, ROLES, USERS,
 };
 use crate::error::{KvError, OpError, StorageError};
 use crate::lease::attached_keys;
@@ -94,20 +94,15 @@ impl<'t> AuthTables<'t> {
         };
         let perms = self.perms(&sender.username)?;
         let admin = || check_admin(self.status, sender, perms.as_ref()).map_err(LeaseCheck::Refused);
-        let needs = |needs: &[Need<'_>]| {
-            check_needs(self.status, sender, perms.as_ref(), needs).map_err(LeaseCheck::Refused)
-        };
+        let needs =
+            |needs: &[Need<'_>]| check_needs(self.status, sender, perms.as_ref(), needs).map_err(LeaseCheck::Refused);
         let verdict = match op {
-            Op::Put(put) => needs(&perms::put_needs(put)).and_then(|()| {
-                self.lease_keys_writable(writer, sender, perms.as_ref(), &[put.lease])
-            }),
+            Op::Put(put) => needs(&perms::put_needs(put))
+                .and_then(|()| self.lease_keys_writable(writer, sender, perms.as_ref(), &[put.lease])),
             Op::DeleteRange(delete) => needs(&perms::delete_needs(delete)),
-            Op::Txn(txn) => needs(&perms::txn_needs(txn)).and_then(|()| {
-                self.lease_keys_writable(writer, sender, perms.as_ref(), &perms::txn_leases(txn))
-            }),
-            Op::LeaseRevoke(revoke) => {
-                self.lease_keys_writable(writer, sender, perms.as_ref(), &[revoke.id])
-            }
+            Op::Txn(txn) => needs(&perms::txn_needs(txn))
+                .and_then(|()| self.lease_keys_writable(writer, sender, perms.as_ref(), &perms::txn_leases(txn))),
+            Op::LeaseRevoke(revoke) => self.lease_keys_writable(writer, sender, perms.as_ref(), &[revoke.id]),
             Op::Compaction(_) => admin(),
             Op::Alarm(alarm) => match AlarmAction::try_from(alarm.action) {
                 Ok(AlarmAction::Get) => Ok(()),
@@ -117,9 +112,7 @@ impl<'t> AuthTables<'t> {
                 Some(AuthOp::Authenticate(_)) => Ok(()),
                 _ => admin(),
             },
-            Op::LeaseGrant(_) | Op::PublishMember(_) | Op::UpdateMember(_) | Op::Authorized(_) => {
-                Ok(())
-            }
+            Op::LeaseGrant(_) | Op::PublishMember(_) | Op::UpdateMember(_) | Op::Authorized(_) => Ok(()),
         };
         // A lease whose keys cannot be read back is an internal failure, not a refusal.
         Ok(match verdict {
@@ -144,8 +137,7 @@ impl<'t> AuthTables<'t> {
         }
         for lease in leases {
             let keys = attached_keys(&writer.lease_keys, lease).map_err(LeaseCheck::Storage)?;
-            let needs: Vec<Need<'_>> =
-                keys.iter().map(|k| Need::new(Access::Write, k, &[])).collect();
+            let needs: Vec<Need<'_>> = keys.iter().map(|k| Need::new(Access::Write, k, &[])).collect();
             check_needs(self.status, sender, perms, &needs)?;
         }
         Ok(())
@@ -159,13 +151,9 @@ impl<'t> AuthTables<'t> {
             None => return Err(KvError::EmptyCommand.into()),
             Some(AuthOp::Enable(_)) => self.enable()?,
             Some(AuthOp::Disable(_)) => self.disable()?,
-            Some(AuthOp::UserAdd(r)) => {
-                self.user_add(&r.name, &r.hashed_password, r.options.unwrap_or_default())?
-            }
+            Some(AuthOp::UserAdd(r)) => self.user_add(&r.name, &r.hashed_password, r.options.unwrap_or_default())?,
             Some(AuthOp::UserDelete(r)) => self.user_delete(&r.name)?,
-            Some(AuthOp::UserChangePassword(r)) => {
-                self.user_change_password(&r.name, &r.hashed_password)?
-            }
+            Some(AuthOp::UserChangePassword(r)) => self.user_change_password(&r.name, &r.hashed_password)?,
             Some(AuthOp::UserGrantRole(r)) => self.user_grant_role(&r.user, &r.role)?,
             Some(AuthOp::UserRevokeRole(r)) => self.user_revoke_role(&r.name, &r.role)?,
             Some(AuthOp::RoleAdd(r)) => self.role_add(&r.name)?,
@@ -174,9 +162,7 @@ impl<'t> AuthTables<'t> {
                 let perm = r.perm.clone().ok_or(refuse(AuthError::PermissionNotGiven))?;
                 self.role_grant_permission(&r.name, perm)?
             }
-            Some(AuthOp::RoleRevokePermission(r)) => {
-                self.role_revoke_permission(&r.role, &r.key, &r.range_end)?
-            }
+            Some(AuthOp::RoleRevokePermission(r)) => self.role_revoke_permission(&r.role, &r.key, &r.range_end)?,
             Some(AuthOp::Authenticate(r)) => self.authenticate(&r.name, &r.token_digest, r.checked_revision)?,
         };
         Ok(AuthApplied {
@@ -233,12 +219,7 @@ impl<'t> AuthTables<'t> {
         Ok(AuthEffect::Disabled)
     }
 
-    fn user_add(
-        &mut self,
-        name: &str,
-        hashed_password: &str,
-        options: UserAddOptions,
-    ) -> Result<AuthEffect, OpError> {
+    fn user_add(&mut self, name: &str, hashed_password: &str, options: UserAddOptions) -> Result<AuthEffect, OpError> {
         if name.is_empty() {
             return Err(refuse(AuthError::UserEmpty));
         }

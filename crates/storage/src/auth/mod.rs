@@ -118,11 +118,11 @@ impl AuthError {
     pub fn code(&self) -> ErrorCode {
         use AuthError::*;
         match self {
-            RootUserNotExist | RootRoleNotExist | UserAlreadyExist | UserNotFound
-            | RoleAlreadyExist | RoleNotFound | RoleNotGranted | PermissionNotGranted
-            | AuthNotEnabled => ErrorCode::FailedPrecondition,
-            UserEmpty | RoleEmpty | AuthFailed | PermissionNotGiven | InvalidAuthMgmt
-            | AuthOldRevision => ErrorCode::InvalidArgument,
+            RootUserNotExist | RootRoleNotExist | UserAlreadyExist | UserNotFound | RoleAlreadyExist | RoleNotFound
+            | RoleNotGranted | PermissionNotGranted | AuthNotEnabled => ErrorCode::FailedPrecondition,
+            UserEmpty | RoleEmpty | AuthFailed | PermissionNotGiven | InvalidAuthMgmt | AuthOldRevision => {
+                ErrorCode::InvalidArgument
+            }
             PermissionDenied => ErrorCode::PermissionDenied,
             InvalidAuthToken => ErrorCode::Unauthenticated,
             NoPasswordUser => ErrorCode::Unknown,
@@ -214,11 +214,7 @@ pub fn check_needs(
 /// etcd's `IsAdminPermitted`: with auth enabled, the sender must be a user (else `UserEmpty`) that
 /// exists (else `UserNotFound`) and holds the `root` role (else `PermissionDenied`). `perms` as in
 /// [`check_needs`]. The auth revision plays no part, as in etcd.
-pub fn check_admin(
-    status: AuthStatus,
-    sender: &Requester,
-    perms: Option<&UserPerms>,
-) -> Result<(), AuthError> {
+pub fn check_admin(status: AuthStatus, sender: &Requester, perms: Option<&UserPerms>) -> Result<(), AuthError> {
     if !status.enabled || sender.member {
         return Ok(());
     }

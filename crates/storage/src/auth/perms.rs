@@ -67,7 +67,10 @@ impl Span {
             [0] => None,
             end => Some(end.to_vec()),
         };
-        Span { start: key.to_vec(), end }
+        Span {
+            start: key.to_vec(),
+            end,
+        }
     }
 
     /// Whether the span holds no key at all (an end at or before its start).

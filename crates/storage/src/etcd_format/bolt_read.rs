@@ -5,8 +5,7 @@
 //! high-water mark, and trees only so deep). Any page size bbolt writes is accepted.
 
 use super::bolt_write::{
-    fnv64a, BUCKET_HEADER, ELEMENT, ELEMENT_BUCKET, FLAG_BRANCH, FLAG_LEAF, MAGIC, PAGE_HEADER,
-    VERSION,
+    fnv64a, BUCKET_HEADER, ELEMENT, ELEMENT_BUCKET, FLAG_BRANCH, FLAG_LEAF, MAGIC, PAGE_HEADER, VERSION,
 };
 use crate::error::StorageError;
 
@@ -80,7 +79,13 @@ impl BoltFile {
         }
         let second = meta_at(page_size);
         let (_, page_size, root, high_water) = match (first.ok(), second) {
-            (Some(a), Some(b)) => if b.0 > a.0 { b } else { a },
+            (Some(a), Some(b)) => {
+                if b.0 > a.0 {
+                    b
+                } else {
+                    a
+                }
+            }
             (Some(a), None) => a,
             (None, Some(b)) => b,
             (None, None) => return Err(corrupt("no valid meta page")),
@@ -91,7 +96,12 @@ impl BoltFile {
                 bytes.len()
             )));
         }
-        Ok(BoltFile { bytes, page_size, high_water, root })
+        Ok(BoltFile {
+            bytes,
+            page_size,
+            high_water,
+            root,
+        })
     }
 
     /// The root bucket (which holds the top-level buckets).
@@ -104,7 +114,10 @@ impl BoltFile {
         let entries = self.entries(self.root())?;
         match entries.into_iter().find(|e| e.key == name) {
             Some(e) if e.is_bucket => Ok(Some(self.open_bucket(e.value)?)),
-            Some(_) => Err(corrupt(format!("{} is a value, not a bucket", String::from_utf8_lossy(name)))),
+            Some(_) => Err(corrupt(format!(
+                "{} is a value, not a bucket",
+                String::from_utf8_lossy(name)
+            ))),
             None => Ok(None),
         }
     }
@@ -113,7 +126,10 @@ impl BoltFile {
     pub fn open_bucket<'a>(&self, value: &'a [u8]) -> Result<BucketRoot<'a>, StorageError> {
         let root = u64_at(value, 0).ok_or_else(|| corrupt("bucket value too short"))?;
         if root == 0 {
-            value.get(BUCKET_HEADER..).map(BucketRoot::Inline).ok_or_else(|| corrupt("inline bucket too short"))
+            value
+                .get(BUCKET_HEADER..)
+                .map(BucketRoot::Inline)
+                .ok_or_else(|| corrupt("inline bucket too short"))
         } else {
             Ok(BucketRoot::Page(root))
         }
@@ -136,24 +152,40 @@ impl BoltFile {
     /// The bytes of page `id` with its overflow pages.
     fn page(&self, id: u64) -> Result<&[u8], StorageError> {
         if id < 2 || id >= self.high_water {
-            return Err(corrupt(format!("page {id} is out of range (high-water mark {})", self.high_water)));
+            return Err(corrupt(format!(
+                "page {id} is out of range (high-water mark {})",
+                self.high_water
+            )));
         }
         let start = id as usize * self.page_size;
-        let head = self.bytes.get(start..start + PAGE_HEADER).ok_or_else(|| corrupt(format!("page {id} is past the end")))?;
+        let head = self
+            .bytes
+            .get(start..start + PAGE_HEADER)
+            .ok_or_else(|| corrupt(format!("page {id} is past the end")))?;
         let overflow = u32_at(head, 12).unwrap_or(0) as u64;
         if id + overflow >= self.high_water {
             return Err(corrupt(format!("page {id} overflows past the high-water mark")));
         }
         let end = start + (overflow as usize + 1) * self.page_size;
-        self.bytes.get(start..end).ok_or_else(|| corrupt(format!("page {id} is past the end")))
+        self.bytes
+            .get(start..end)
+            .ok_or_else(|| corrupt(format!("page {id} is past the end")))
     }
 
-    fn walk<'a>(&'a self, id: u64, depth: usize, budget: &mut u64, out: &mut Vec<Entry<'a>>) -> Result<(), StorageError> {
+    fn walk<'a>(
+        &'a self,
+        id: u64,
+        depth: usize,
+        budget: &mut u64,
+        out: &mut Vec<Entry<'a>>,
+    ) -> Result<(), StorageError> {
         if depth > MAX_DEPTH {
             return Err(corrupt("tree too deep (a cycle?)"));
         }
         if *budget == 0 {
-            return Err(corrupt("a tree visits more pages than the file has (pages shared by damage)"));
+            return Err(corrupt(
+                "a tree visits more pages than the file has (pages shared by damage)",
+            ));
         }
         *budget -= 1;
         let page = self.page(id)?;
@@ -162,7 +194,9 @@ impl BoltFile {
             return leaf_entries(page, out);
         }
         if flags & FLAG_BRANCH == 0 {
-            return Err(corrupt(format!("page {id} is neither a branch nor a leaf (flags {flags:#x})")));
+            return Err(corrupt(format!(
+                "page {id} is neither a branch nor a leaf (flags {flags:#x})"
+            )));
         }
         let count = u16_at(page, 10).unwrap_or(0) as usize;
         for i in 0..count {

@@ -64,7 +64,10 @@ impl Bucket {
 
     /// The nested bucket `name`, created empty when missing (or replacing anything else).
     pub fn bucket(&mut self, name: &[u8]) -> &mut Bucket {
-        let item = self.entries.entry(name.to_vec()).or_insert_with(|| Item::Bucket(Bucket::default()));
+        let item = self
+            .entries
+            .entry(name.to_vec())
+            .or_insert_with(|| Item::Bucket(Bucket::default()));
         if !matches!(item, Item::Bucket(_)) {
             *item = Item::Bucket(Bucket::default());
         }
@@ -115,8 +118,11 @@ impl<W: Write + Seek> BoltWriter<W> {
             for run in runs(&children, |(k, _)| k.len()) {
                 let chunk = &children[run];
                 let ids: Vec<[u8; 8]> = chunk.iter().map(|(_, id)| id.to_le_bytes()).collect();
-                let refs: Vec<(u32, &[u8], &[u8])> =
-                    chunk.iter().zip(&ids).map(|((k, _), id)| (0, &k[..], &id[..])).collect();
+                let refs: Vec<(u32, &[u8], &[u8])> = chunk
+                    .iter()
+                    .zip(&ids)
+                    .map(|((k, _), id)| (0, &k[..], &id[..]))
+                    .collect();
                 level.push((chunk[0].0.clone(), self.push_node(encode_node(FLAG_BRANCH, &refs))?));
             }
         }
@@ -159,7 +165,10 @@ impl<W: Write + Seek> BoltWriter<W> {
     /// Writes a bucket of plain values given in strictly increasing key order (never held in
     /// memory whole) and returns the value that stands for it in its parent ([`Item::Written`]).
     /// It is inlined, as bbolt would, when it turns out to fit in a quarter page.
-    pub fn stream_bucket<E>(&mut self, entries: impl IntoIterator<Item = Result<(Vec<u8>, Vec<u8>), E>>) -> Result<Vec<u8>, E>
+    pub fn stream_bucket<E>(
+        &mut self,
+        entries: impl IntoIterator<Item = Result<(Vec<u8>, Vec<u8>), E>>,
+    ) -> Result<Vec<u8>, E>
     where
         E: From<io::Error>,
     {
@@ -244,7 +253,10 @@ impl<W: Write + Seek> BoltWriter<W> {
 /// Encodes a node: `flags` is leaf or branch; each element is (element flags, key, value) for
 /// leaves and (0, key, child pgid as 8 bytes) for branches.
 fn encode_node(flags: u16, elements: &[(u32, &[u8], &[u8])]) -> Vec<u8> {
-    let data: usize = elements.iter().map(|(_, k, v)| k.len() + if flags == FLAG_LEAF { v.len() } else { 0 }).sum();
+    let data: usize = elements
+        .iter()
+        .map(|(_, k, v)| k.len() + if flags == FLAG_LEAF { v.len() } else { 0 })
+        .sum();
     let mut out = vec![0u8; PAGE_HEADER + ELEMENT * elements.len()];
     out.reserve(data);
     out[8..10].copy_from_slice(&flags.to_le_bytes());

@@ -95,7 +95,10 @@ fn json_string(s: &str) -> String {
 }
 
 fn json_strings(list: &[String]) -> String {
-    format!("[{}]", list.iter().map(|s| json_string(s)).collect::<Vec<_>>().join(","))
+    format!(
+        "[{}]",
+        list.iter().map(|s| json_string(s)).collect::<Vec<_>>().join(",")
+    )
 }
 
 /// A member as etcd's membership store writes it: `json.Marshal(Member)` (the id as a number,

@@ -40,28 +40,37 @@ impl MvccStore {
         // `key` streams from the table to the file, a page at a time.
         let mut key_count = 0u64;
         let revisions = txn.open_table(keys::REVISIONS)?;
-        let rows = revisions.iter()?.map(|row| -> Result<(Vec<u8>, Vec<u8>), StorageError> {
-            let (id, bytes) = row?;
-            let (main, sub) = split_row_id(id.value());
-            let (main, sub) = (main as i64, sub as i64);
-            let row = Row::decode(bytes.value())?;
-            key_count += 1;
-            Ok(match row.record {
-                Some(rec) => (
-                    revision_key(main, sub, false),
-                    KeyValue {
-                        key: row.key.to_vec(),
-                        create_revision: rec.header.create_revision,
-                        mod_revision: rec.header.mod_revision,
-                        version: rec.header.version,
-                        value: rec.value()?.into_owned(),
-                        lease: rec.header.lease,
-                    }
-                    .encode_to_vec(),
-                ),
-                None => (revision_key(main, sub, true), KeyValue { key: row.key.to_vec(), ..Default::default() }.encode_to_vec()),
-            })
-        });
+        let rows = revisions
+            .iter()?
+            .map(|row| -> Result<(Vec<u8>, Vec<u8>), StorageError> {
+                let (id, bytes) = row?;
+                let (main, sub) = split_row_id(id.value());
+                let (main, sub) = (main as i64, sub as i64);
+                let row = Row::decode(bytes.value())?;
+                key_count += 1;
+                Ok(match row.record {
+                    Some(rec) => (
+                        revision_key(main, sub, false),
+                        KeyValue {
+                            key: row.key.to_vec(),
+                            create_revision: rec.header.create_revision,
+                            mod_revision: rec.header.mod_revision,
+                            version: rec.header.version,
+                            value: rec.value()?.into_owned(),
+                            lease: rec.header.lease,
+                        }
+                        .encode_to_vec(),
+                    ),
+                    None => (
+                        revision_key(main, sub, true),
+                        KeyValue {
+                            key: row.key.to_vec(),
+                            ..Default::default()
+                        }
+                        .encode_to_vec(),
+                    ),
+                })
+            });
         let key_bucket = writer.stream_bucket(rows)?;
         let mut root = Bucket::default();
         root.entries.insert(KEY.to_vec(), Item::Written(key_bucket));
@@ -77,7 +86,11 @@ impl MvccStore {
         let lease_bucket = root.bucket(LEASE);
         for row in txn.open_table(keys::LEASES)?.iter()? {
             let (id, ttl) = row?;
-            let lease = LeaseRecord { id: id.value(), ttl: ttl.value(), remaining_ttl: 0 };
+            let lease = LeaseRecord {
+                id: id.value(),
+                ttl: ttl.value(),
+                remaining_ttl: 0,
+            };
             lease_bucket.put(id.value().to_be_bytes(), lease.encode_to_vec());
         }
 

@@ -20,7 +20,9 @@ fn corrupt(what: impl std::fmt::Display) -> StorageError {
 }
 
 fn be_u64(v: &[u8], what: &str) -> Result<u64, StorageError> {
-    let bytes: [u8; 8] = v.try_into().map_err(|_| corrupt(format!("{what} is {} bytes, not 8", v.len())))?;
+    let bytes: [u8; 8] = v
+        .try_into()
+        .map_err(|_| corrupt(format!("{what} is {} bytes, not 8", v.len())))?;
     Ok(u64::from_be_bytes(bytes))
 }
 
@@ -30,7 +32,12 @@ type Pair<'a> = (&'a [u8], &'a [u8]);
 /// The plain (non-bucket) entries of an optional top-level bucket.
 fn values<'a>(file: &'a BoltFile, bucket: Option<BucketRoot<'a>>) -> Result<Vec<Pair<'a>>, StorageError> {
     let Some(bucket) = bucket else { return Ok(Vec::new()) };
-    Ok(file.entries(bucket)?.into_iter().filter(|e| !e.is_bucket).map(|e| (e.key, e.value)).collect())
+    Ok(file
+        .entries(bucket)?
+        .into_iter()
+        .filter(|e| !e.is_bucket)
+        .map(|e| (e.key, e.value))
+        .collect())
 }
 
 impl MvccStore {
@@ -45,9 +52,16 @@ impl MvccStore {
         let file = BoltFile::parse(bolt)?;
         let meta = values(&file, file.bucket(META)?)?;
         let meta_value = |name: &[u8]| meta.iter().find(|(k, _)| *k == name).map(|(_, v)| *v);
-        let consistent_index = meta_value(CONSISTENT_INDEX).map(|v| be_u64(v, "consistent_index")).transpose()?.unwrap_or(0);
+        let consistent_index = meta_value(CONSISTENT_INDEX)
+            .map(|v| be_u64(v, "consistent_index"))
+            .transpose()?
+            .unwrap_or(0);
         let compact_revision = match meta_value(FINISHED_COMPACT) {
-            Some(v) => parse_revision_key(v).ok_or_else(|| corrupt("finishedCompactRev is not a revision"))?.0,
+            Some(v) => {
+                parse_revision_key(v)
+                    .ok_or_else(|| corrupt("finishedCompactRev is not a revision"))?
+                    .0
+            }
             None => -1,
         };
 
@@ -68,8 +82,8 @@ impl MvccStore {
             let mut rows = txn.open_table(keys::REVISIONS)?;
             let mut buf = Vec::new();
             for (k, v) in values(&file, file.bucket(KEY)?)? {
-                let (main, sub, tombstone) =
-                    parse_revision_key(k).ok_or_else(|| corrupt(format!("key bucket holds a non-revision key of {} bytes", k.len())))?;
+                let (main, sub, tombstone) = parse_revision_key(k)
+                    .ok_or_else(|| corrupt(format!("key bucket holds a non-revision key of {} bytes", k.len())))?;
                 if main < 1 || sub < 0 {
                     return Err(corrupt(format!("revision {main}_{sub} is out of range")));
                 }
@@ -118,9 +132,10 @@ impl MvccStore {
             if let Some(v) = auth_value(AUTH_REVISION) {
                 auth_meta.insert("revision", be_u64(v, "authRevision")?)?;
             }
-            for (table, name, what) in
-                [(crate::auth::USERS, AUTH_USERS, "user"), (crate::auth::ROLES, AUTH_ROLES, "role")]
-            {
+            for (table, name, what) in [
+                (crate::auth::USERS, AUTH_USERS, "user"),
+                (crate::auth::ROLES, AUTH_ROLES, "role"),
+            ] {
                 let mut out = txn.open_table(table)?;
                 for (k, v) in values(&file, file.bucket(name)?)? {
                     let name = std::str::from_utf8(k).map_err(|_| corrupt(format!("a {what} name is not UTF-8")))?;

@@ -78,7 +78,12 @@ pub fn etcd_snapshot_status(bolt: Vec<u8>) -> Result<EtcdSnapshotStatus, Storage
             total_key += 1;
         }
     }
-    Ok(EtcdSnapshotStatus { hash: crc.finish(), revision, total_key, total_size })
+    Ok(EtcdSnapshotStatus {
+        hash: crc.finish(),
+        revision,
+        total_key,
+        total_size,
+    })
 }
 
 /// CRC-32 with the Castagnoli polynomial (Go's `crc32.MakeTable(crc32.Castagnoli)`).
@@ -93,7 +98,11 @@ impl Crc32c {
         for b in bytes {
             self.0 ^= u32::from(*b);
             for _ in 0..8 {
-                self.0 = if self.0 & 1 != 0 { (self.0 >> 1) ^ 0x82F6_3B78 } else { self.0 >> 1 };
+                self.0 = if self.0 & 1 != 0 {
+                    (self.0 >> 1) ^ 0x82F6_3B78
+                } else {
+                    self.0 >> 1
+                };
             }
         }
     }

@@ -2,7 +2,9 @@
 
 use concord_proto::concordpb::raft_command::Op;
 use concord_proto::concordpb::RaftCommand;
-use concord_proto::etcdserverpb::{CompactionRequest, DeleteRangeRequest, LeaseGrantRequest, Member, PutRequest, RangeRequest};
+use concord_proto::etcdserverpb::{
+    CompactionRequest, DeleteRangeRequest, LeaseGrantRequest, Member, PutRequest, RangeRequest,
+};
 
 use super::bolt_read::{BoltFile, BucketRoot};
 use super::bolt_write::{encode_file, BoltWriter, Bucket, Item, PAGE_SIZE};
@@ -29,7 +31,10 @@ fn bolt_files_read_back_whole() {
     // Many keys: several leaves and a branch level.
     let big = root.bucket(b"many");
     for i in 0..20_000u32 {
-        big.put(format!("key-{i:08}").into_bytes(), vec![(i % 251) as u8; (i % 97) as usize]);
+        big.put(
+            format!("key-{i:08}").into_bytes(),
+            vec![(i % 251) as u8; (i % 97) as usize],
+        );
     }
     // Values bigger than a page: overflow pages.
     let huge = root.bucket(b"huge");
@@ -43,13 +48,19 @@ fn bolt_files_read_back_whole() {
     assert_eq!(bytes.len() % PAGE_SIZE, 0);
     let file = BoltFile::parse(bytes).unwrap();
     assert_eq!(read_back(&file, file.root()), root);
-    let small = file.entries(file.root()).unwrap().into_iter().find(|e| e.key == b"small").unwrap();
+    let small = file
+        .entries(file.root())
+        .unwrap()
+        .into_iter()
+        .find(|e| e.key == b"small")
+        .unwrap();
     assert!(matches!(file.open_bucket(small.value).unwrap(), BucketRoot::Inline(_)));
 }
 
 #[test]
 fn streamed_buckets_read_back_and_small_ones_inline() {
-    let rows = |n: u32| (0..n).map(|i| Ok::<_, std::io::Error>((i.to_be_bytes().to_vec(), vec![i as u8; (i % 300) as usize])));
+    let rows =
+        |n: u32| (0..n).map(|i| Ok::<_, std::io::Error>((i.to_be_bytes().to_vec(), vec![i as u8; (i % 300) as usize])));
     let mut writer = BoltWriter::new(std::io::Cursor::new(Vec::new())).unwrap();
     let big = writer.stream_bucket(rows(5000)).unwrap();
     let small = writer.stream_bucket(rows(3)).unwrap();
@@ -63,7 +74,12 @@ fn streamed_buckets_read_back_and_small_ones_inline() {
     for (name, n) in [(&b"big"[..], 5000u32), (b"small", 3)] {
         let bucket = file.bucket(name).unwrap().unwrap();
         assert_eq!(matches!(bucket, BucketRoot::Inline(_)), n == 3);
-        let got: Vec<(Vec<u8>, Vec<u8>)> = file.entries(bucket).unwrap().iter().map(|e| (e.key.to_vec(), e.value.to_vec())).collect();
+        let got: Vec<(Vec<u8>, Vec<u8>)> = file
+            .entries(bucket)
+            .unwrap()
+            .iter()
+            .map(|e| (e.key.to_vec(), e.value.to_vec()))
+            .collect();
         let want: Vec<(Vec<u8>, Vec<u8>)> = rows(n).map(Result::unwrap).collect();
         assert_eq!(got, want);
     }
@@ -108,14 +124,24 @@ fn crc32c_is_castagnoli() {
 
 fn apply(store: &MvccStore, index: u64, op: Op) {
     let cmd = RaftCommand { op: Some(op) };
-    let results = store.apply(&[ApplyEntry { index, command: Some(&cmd) }]).unwrap();
+    let results = store
+        .apply(&[ApplyEntry {
+            index,
+            command: Some(&cmd),
+        }])
+        .unwrap();
     for (_, r) in results {
         r.unwrap();
     }
 }
 
 fn put(key: &str, value: &str, lease: i64) -> Op {
-    Op::Put(PutRequest { key: key.into(), value: value.into(), lease, ..Default::default() })
+    Op::Put(PutRequest {
+        key: key.into(),
+        value: value.into(),
+        lease,
+        ..Default::default()
+    })
 }
 
 #[test]
@@ -128,16 +154,27 @@ fn a_store_survives_export_and_import() {
         put("b", "x", 0),
         Op::LeaseGrant(LeaseGrantRequest { ttl: 600, id: 0x1234 }),
         put("leased", "v", 0x1234),
-        Op::DeleteRange(DeleteRangeRequest { key: "b".into(), ..Default::default() }),
+        Op::DeleteRange(DeleteRangeRequest {
+            key: "b".into(),
+            ..Default::default()
+        }),
         put("a", "3", 0),
-        Op::Compaction(CompactionRequest { revision: 3, physical: true }),
+        Op::Compaction(CompactionRequest {
+            revision: 3,
+            physical: true,
+        }),
         put("c", "after", 0),
     ];
     for (i, op) in ops.into_iter().enumerate() {
         apply(&store, i as u64 + 1, op);
     }
     let snap = dir.path().join("etcd.db");
-    let member = Member { id: 1, name: "m".into(), peer_ur_ls: vec!["http://a:2380".into()], ..Default::default() };
+    let member = Member {
+        id: 1,
+        name: "m".into(),
+        peer_ur_ls: vec!["http://a:2380".into()],
+        ..Default::default()
+    };
     let written = store.write_etcd_snapshot(&snap, &[member]).unwrap();
     assert_eq!(written.revision, store.current_revision());
     assert_eq!(written.compact_revision, 3);
@@ -156,7 +193,11 @@ fn a_store_survives_export_and_import() {
     assert_eq!(copy.current_revision(), store.current_revision());
     assert_eq!(copy.compact_revision(), store.compact_revision());
     assert_eq!(copy.hash_kv(0).unwrap(), store.hash_kv(0).unwrap());
-    let all = RangeRequest { key: vec![0], range_end: vec![0], ..Default::default() };
+    let all = RangeRequest {
+        key: vec![0],
+        range_end: vec![0],
+        ..Default::default()
+    };
     assert_eq!(copy.range(&all).unwrap().0.kvs, store.range(&all).unwrap().0.kvs);
     let at4 = RangeRequest { revision: 4, ..all };
     assert_eq!(copy.range(&at4).unwrap().0.kvs, store.range(&at4).unwrap().0.kvs);

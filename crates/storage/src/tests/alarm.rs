@@ -46,9 +46,7 @@ fn activate_get_deactivate_follow_etcd() {
     alarm(&mut h, AlarmAction::Activate, 3, CORRUPT);
     alarm(&mut h, AlarmAction::Activate, 3, NOSPACE);
     // Activating NONE raises nothing.
-    assert!(alarm(&mut h, AlarmAction::Activate, 9, NONE)
-        .alarms
-        .is_empty());
+    assert!(alarm(&mut h, AlarmAction::Activate, 9, NONE).alarms.is_empty());
     assert_eq!(h.store.current_revision(), 2);
 
     let all = members(&[(3, NOSPACE), (3, CORRUPT), (7, NOSPACE)]);
@@ -65,19 +63,13 @@ fn activate_get_deactivate_follow_etcd() {
     );
 
     // DEACTIVATE lowers exactly one (member, type); NONE and member 0 are not wildcards.
-    assert!(alarm(&mut h, AlarmAction::Deactivate, 3, NONE)
-        .alarms
-        .is_empty());
-    assert!(alarm(&mut h, AlarmAction::Deactivate, 0, NOSPACE)
-        .alarms
-        .is_empty());
+    assert!(alarm(&mut h, AlarmAction::Deactivate, 3, NONE).alarms.is_empty());
+    assert!(alarm(&mut h, AlarmAction::Deactivate, 0, NOSPACE).alarms.is_empty());
     assert_eq!(h.store.alarms().unwrap(), all);
     let resp = alarm(&mut h, AlarmAction::Deactivate, 3, NOSPACE);
     assert_eq!(resp.alarms, members(&[(3, NOSPACE)]));
     assert_eq!(resp.header.unwrap().revision, 2);
-    assert!(alarm(&mut h, AlarmAction::Deactivate, 3, NOSPACE)
-        .alarms
-        .is_empty());
+    assert!(alarm(&mut h, AlarmAction::Deactivate, 3, NOSPACE).alarms.is_empty());
 
     // An unknown action changes nothing.
     let req = AlarmRequest {
@@ -92,10 +84,7 @@ fn activate_get_deactivate_follow_etcd() {
 
     // Alarms are durable.
     let h = h.reopen();
-    assert_eq!(
-        h.store.alarms().unwrap(),
-        members(&[(3, CORRUPT), (7, NOSPACE)])
-    );
+    assert_eq!(h.store.alarms().unwrap(), members(&[(3, CORRUPT), (7, NOSPACE)]));
     assert_eq!(h.store.current_revision(), 2);
 }
 
@@ -136,11 +125,7 @@ fn nospace_refuses_growth_but_not_deletes_compaction_or_revokes() {
         ..Default::default()
     };
     assert_eq!(h.txn(nested_put).unwrap_err(), KvError::NoSpace);
-    assert_eq!(
-        h.store.current_revision(),
-        5,
-        "refused commands change nothing"
-    );
+    assert_eq!(h.store.current_revision(), 5, "refused commands change nothing");
     assert_eq!(h.get("a").unwrap().value, b"1");
     assert_eq!(h.store.lease_ttl(11).unwrap(), None);
 
@@ -216,12 +201,7 @@ fn alarm_takes_effect_within_its_batch() {
     let results = h.store.apply(&entries).unwrap();
     let revisions: Vec<_> = results
         .iter()
-        .map(|(index, r)| {
-            (
-                *index,
-                r.as_ref().map(WriteResult::revision).map_err(Clone::clone),
-            )
-        })
+        .map(|(index, r)| (*index, r.as_ref().map(WriteResult::revision).map_err(Clone::clone)))
         .collect();
     assert_eq!(
         revisions,

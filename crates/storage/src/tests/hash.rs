@@ -46,11 +46,7 @@ fn hash_kv_answers_and_checks_revisions() {
     h.compact(5).unwrap();
     assert_eq!(h.store.hash_kv(4), Err(KvError::Compacted));
     let (_, compacted, rev) = hash_kv(&h, 5);
-    assert_eq!(
-        (compacted, rev),
-        (5, 5),
-        "the compaction point itself can be hashed"
-    );
+    assert_eq!((compacted, rev), (5, 5), "the compaction point itself can be hashed");
     assert_eq!(hash_kv(&h, 0).1, 5);
 }
 
@@ -115,11 +111,7 @@ fn hash_kv_is_comparable_only_at_equal_compaction_points() {
     // Once the other store applies the same compaction, they agree again.
     full.compact(5).unwrap();
     for rev in 5..=12 {
-        assert_eq!(
-            hash_kv(&full, rev),
-            hash_kv(&compacted, rev),
-            "revision {rev}"
-        );
+        assert_eq!(hash_kv(&full, rev), hash_kv(&compacted, rev), "revision {rev}");
     }
 }
 

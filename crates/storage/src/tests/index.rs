@@ -38,9 +38,7 @@ fn fingerprint(store: &MvccStore) -> Fingerprint {
         compact_revision: store.compact_revision(),
         by_revision,
         events: store.events(first, usize::MAX, true).unwrap().0,
-        hash_kv: (first..=current)
-            .map(|rev| store.hash_kv(rev).unwrap())
-            .collect(),
+        hash_kv: (first..=current).map(|rev| store.hash_kv(rev).unwrap()).collect(),
         hash: store.hash().unwrap(),
     }
 }
@@ -58,11 +56,7 @@ fn churn(h: &mut Harness) {
     }
     h.delete("k/1", b"k/2");
     h.txn(TxnRequest {
-        success: vec![
-            op_put("k/10", "txn"),
-            op_put("k/99", "new"),
-            op_delete("k/05"),
-        ],
+        success: vec![op_put("k/10", "txn"), op_put("k/99", "new"), op_delete("k/05")],
         ..Default::default()
     })
     .unwrap();
@@ -149,14 +143,8 @@ fn reads_at_old_revisions_after_many_overwrites() {
         assert_eq!(resp.count as usize, want.len());
         // Versions count up from the key's creation.
         for kv in &resp.kvs {
-            let i: usize = String::from_utf8(kv.key[4..].to_vec())
-                .unwrap()
-                .parse()
-                .unwrap();
-            let n = expected[i]
-                .iter()
-                .filter(|(r, _)| *r <= kv.mod_revision)
-                .count();
+            let i: usize = String::from_utf8(kv.key[4..].to_vec()).unwrap().parse().unwrap();
+            let n = expected[i].iter().filter(|(r, _)| *r <= kv.mod_revision).count();
             assert_eq!(kv.version, n as i64);
             assert_eq!(kv.create_revision, expected[i][0].0);
         }
@@ -339,8 +327,7 @@ fn concurrent_readers_see_consistent_states() {
                         .kvs
                         .iter()
                         .map(|kv| {
-                            let key: u64 =
-                                std::str::from_utf8(&kv.key[2..]).unwrap().parse().unwrap();
+                            let key: u64 = std::str::from_utf8(&kv.key[2..]).unwrap().parse().unwrap();
                             let value = std::str::from_utf8(&kv.value).unwrap().parse().unwrap();
                             (key, value)
                         })

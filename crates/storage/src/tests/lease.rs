@@ -58,11 +58,7 @@ fn duplicate_grant_and_grant_of_id_zero_fail() {
     assert_eq!(err, KvError::LeaseExists);
     assert_eq!(err.to_string(), "etcdserver: lease already exists");
     assert_eq!(err.code(), ErrorCode::FailedPrecondition);
-    assert_eq!(
-        h.store.lease_ttl(5).unwrap(),
-        Some(60),
-        "the first grant stands"
-    );
+    assert_eq!(h.store.lease_ttl(5).unwrap(), Some(60), "the first grant stands");
 
     assert_eq!(h.grant(0, 60).unwrap_err(), KvError::LeaseNotFound);
     assert_eq!(h.store.leases().unwrap(), vec![(5, 60)]);
@@ -82,15 +78,9 @@ fn put_with_unknown_lease_fails_and_writes_nothing() {
     assert!(h.store.lease_keys(9).unwrap().is_empty());
 
     h.put("k", "orig"); // 2
-    assert_eq!(
-        put_lease(&mut h, "k", 9).unwrap_err(),
-        KvError::LeaseNotFound
-    );
+    assert_eq!(put_lease(&mut h, "k", 9).unwrap_err(), KvError::LeaseNotFound);
     let kv = h.get("k").unwrap();
-    assert_eq!(
-        (kv.value.as_slice(), kv.version, kv.lease),
-        (&b"orig"[..], 1, 0)
-    );
+    assert_eq!((kv.value.as_slice(), kv.version, kv.lease), (&b"orig"[..], 1, 0));
     assert_eq!(h.store.current_revision(), 2);
 
     // As in etcd, a plain put checks its lease before `ignore_value` looks for the key.
@@ -349,10 +339,7 @@ fn replaying_grants_and_revokes_is_idempotent() {
         })
         .collect();
     let summary = |results: Vec<(u64, Result<WriteResult, KvError>)>| -> Vec<_> {
-        results
-            .into_iter()
-            .map(|(i, r)| (i, r.map(|w| w.revision())))
-            .collect()
+        results.into_iter().map(|(i, r)| (i, r.map(|w| w.revision()))).collect()
     };
     assert_eq!(
         summary(h.store.apply(&entries).unwrap()),
@@ -388,10 +375,7 @@ fn replaying_grants_and_revokes_is_idempotent() {
         index: 6,
         command: Some(&regrant),
     });
-    assert_eq!(
-        summary(h.store.apply(&overlapping).unwrap()),
-        vec![(6, Ok(4))]
-    );
+    assert_eq!(summary(h.store.apply(&overlapping).unwrap()), vec![(6, Ok(4))]);
     assert_eq!(h.store.leases().unwrap(), vec![(1, 5), (2, 30)]);
     assert!(h.store.lease_keys(1).unwrap().is_empty());
 }

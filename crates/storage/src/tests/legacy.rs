@@ -36,17 +36,13 @@ fn old_files_are_folded_into_revisions() {
         let txn = db.begin_write().unwrap();
         {
             let mut kv = txn.open_table(KV).unwrap();
-            kv.insert((&b"a"[..], 3, 0), &record(2, 3, 2, "2")[..])
-                .unwrap();
-            kv.insert((&b"c"[..], 6, 0), &record(6, 6, 1, "1")[..])
-                .unwrap();
+            kv.insert((&b"a"[..], 3, 0), &record(2, 3, 2, "2")[..]).unwrap();
+            kv.insert((&b"c"[..], 6, 0), &record(6, 6, 1, "1")[..]).unwrap();
             let mut latest = txn.open_table(LATEST).unwrap();
             latest.insert(&b"a"[..], &record(2, 3, 2, "2")[..]).unwrap();
             latest.insert(&b"c"[..], &record(6, 6, 1, "1")[..]).unwrap();
             let mut changes = txn.open_table(CHANGES).unwrap();
-            changes
-                .insert((5, 0), &change(CHANGE_DELETE, "b")[..])
-                .unwrap();
+            changes.insert((5, 0), &change(CHANGE_DELETE, "b")[..]).unwrap();
             changes.insert((6, 0), &change(0, "c")[..]).unwrap();
             let mut meta = txn.open_table(META).unwrap();
             meta.insert(META_APPLIED_INDEX, 6).unwrap();
@@ -67,17 +63,10 @@ fn old_files_are_folded_into_revisions() {
         .collect();
     assert_eq!(
         got,
-        vec![
-            (b"a".to_vec(), b"2".to_vec(), 2),
-            (b"c".to_vec(), b"1".to_vec(), 1)
-        ]
+        vec![(b"a".to_vec(), b"2".to_vec(), 2), (b"c".to_vec(), b"1".to_vec(), 1)]
     );
     let (events, _) = store.events(5, 10, true).unwrap();
-    assert_eq!(
-        events.len(),
-        2,
-        "the deletion at the compaction point is still there"
-    );
+    assert_eq!(events.len(), 2, "the deletion at the compaction point is still there");
 
     // The same log applied natively gives the same content.
     let mut native = Harness::new();
@@ -96,14 +85,8 @@ fn old_files_are_folded_into_revisions() {
     {
         let db = Database::open(&path).unwrap();
         let txn = db.begin_read().unwrap();
-        let names: Vec<String> = txn
-            .list_tables()
-            .unwrap()
-            .map(|t| t.name().to_string())
-            .collect();
-        assert!(!names
-            .iter()
-            .any(|n| n == "kv" || n == "latest" || n == "changes"));
+        let names: Vec<String> = txn.list_tables().unwrap().map(|t| t.name().to_string()).collect();
+        assert!(!names.iter().any(|n| n == "kv" || n == "latest" || n == "changes"));
     }
     let store = MvccStore::open(&path).unwrap();
     assert_eq!(store.hash().unwrap(), native.store.hash().unwrap());

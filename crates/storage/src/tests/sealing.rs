@@ -21,9 +21,7 @@ fn sealer(key_file: &str) -> Arc<Sealer> {
 pub(super) fn suite_sealer() -> Arc<Sealer> {
     static SEALER: OnceLock<Arc<Sealer>> = OnceLock::new();
     SEALER
-        .get_or_init(|| {
-            sealer("suite:7373737373737373737373737373737373737373737373737373737373737373")
-        })
+        .get_or_init(|| sealer("suite:7373737373737373737373737373737373737373737373737373737373737373"))
         .clone()
 }
 
@@ -41,10 +39,7 @@ fn file_contains(path: &Path, needle: &str) -> bool {
 }
 
 /// A harness on a store opened with `sealer`.
-fn sealed_harness(
-    dir: tempfile::TempDir,
-    sealer: Option<Arc<Sealer>>,
-) -> Result<Harness, StorageError> {
+fn sealed_harness(dir: tempfile::TempDir, sealer: Option<Arc<Sealer>>) -> Result<Harness, StorageError> {
     let store = MvccStore::open_with(&dir.path().join("data").join("kv.redb"), sealer)?;
     Ok(Harness {
         dir,
@@ -58,22 +53,11 @@ fn plain_harness() -> Harness {
     sealed_harness(tempfile::tempdir().unwrap(), None).unwrap()
 }
 
-fn reopen_with(
-    h: Harness,
-    sealer: Option<Arc<Sealer>>,
-) -> Result<Harness, (tempfile::TempDir, StorageError)> {
-    let Harness {
-        dir,
-        store,
-        next_index,
-    } = h;
+fn reopen_with(h: Harness, sealer: Option<Arc<Sealer>>) -> Result<Harness, (tempfile::TempDir, StorageError)> {
+    let Harness { dir, store, next_index } = h;
     drop(store);
     match MvccStore::open_with(&dir.path().join("data").join("kv.redb"), sealer) {
-        Ok(store) => Ok(Harness {
-            dir,
-            store,
-            next_index,
-        }),
+        Ok(store) => Ok(Harness { dir, store, next_index }),
         Err(e) => Err((dir, e)),
     }
 }
@@ -124,23 +108,11 @@ fn check_workload(h: &Harness) {
     assert_eq!(h.get("k/07").unwrap().value, secret(7).as_bytes());
     assert_eq!(h.get("k/19").unwrap().value, secret(19).as_bytes());
     // History (older rows of `revisions`) and watch events.
-    assert_eq!(
-        h.get_at("k/03", 5).unwrap().unwrap().value,
-        secret(3).as_bytes()
-    );
+    assert_eq!(h.get_at("k/03", 5).unwrap().unwrap().value, secret(3).as_bytes());
     let (events, _) = h.store.events(1, 1000, true).unwrap();
-    let last_put_of_3 = events
-        .iter()
-        .rfind(|e| e.kv.as_ref().unwrap().key == b"k/03")
-        .unwrap();
-    assert_eq!(
-        last_put_of_3.kv.as_ref().unwrap().value,
-        secret(103).as_bytes()
-    );
-    assert_eq!(
-        last_put_of_3.prev_kv.as_ref().unwrap().value,
-        secret(3).as_bytes()
-    );
+    let last_put_of_3 = events.iter().rfind(|e| e.kv.as_ref().unwrap().key == b"k/03").unwrap();
+    assert_eq!(last_put_of_3.kv.as_ref().unwrap().value, secret(103).as_bytes());
+    assert_eq!(last_put_of_3.prev_kv.as_ref().unwrap().value, secret(3).as_bytes());
 }
 
 #[test]
@@ -171,10 +143,7 @@ fn sealed_values_never_reach_the_file_and_read_back_with_equal_hashes() {
 
     let h = reopen_with(h, Some(sealer(K1))).unwrap();
     check_workload(&h);
-    assert_eq!(
-        h.store.sealed_key_ids().unwrap(),
-        vec![sealer(K1).active_id()]
-    );
+    assert_eq!(h.store.sealed_key_ids().unwrap(), vec![sealer(K1).active_id()]);
 }
 
 #[test]
@@ -260,11 +229,7 @@ fn a_snapshot_sealed_with_a_key_the_member_lacks_is_refused_before_anything_chan
     assert!(other_key.store.install_snapshot(&snap).is_err());
     other_key.put("still", "works");
 
-    let target = sealed_harness(
-        tempfile::tempdir().unwrap(),
-        Some(sealer(&format!("{K2}\n{K1}"))),
-    )
-    .unwrap();
+    let target = sealed_harness(tempfile::tempdir().unwrap(), Some(sealer(&format!("{K2}\n{K1}")))).unwrap();
     target.store.install_snapshot(&snap).unwrap();
     check_workload(&target);
 }

@@ -150,13 +150,8 @@ fn install_does_not_disturb_reads_in_flight() {
     drop(shared);
     h.store.install_snapshot(&path).unwrap();
     // The reader that started before the install still sees the old file, whole.
-    let old =
-        crate::range::finish_range(&held.revisions, plan, &range_bytes(b"\0", b"\0")).unwrap();
-    let seen: Vec<_> = old
-        .kvs
-        .iter()
-        .map(|kv| (kv.key.clone(), kv.value.clone()))
-        .collect();
+    let old = crate::range::finish_range(&held.revisions, plan, &range_bytes(b"\0", b"\0")).unwrap();
+    let seen: Vec<_> = old.kvs.iter().map(|kv| (kv.key.clone(), kv.value.clone())).collect();
     assert_eq!(seen, vec![(b"k".to_vec(), b"old".to_vec())]);
     drop(held);
     assert_eq!(h.get("k").unwrap().value, b"new");
@@ -213,10 +208,7 @@ fn a_bad_snapshot_is_refused_and_the_store_kept() {
     let path = snapshot_path(&h, "garbage.redb");
     std::fs::write(&path, vec![0xAB; 64 << 10]).unwrap();
     assert!(h.store.install_snapshot(&path).is_err());
-    assert!(h
-        .store
-        .install_snapshot(&snapshot_path(&h, "missing.redb"))
-        .is_err());
+    assert!(h.store.install_snapshot(&snapshot_path(&h, "missing.redb")).is_err());
     assert!(h.store.install_snapshot(h.store.path()).is_err());
     assert!(h.store.write_snapshot(h.store.path()).is_err());
     assert_eq!(observe(&h), before);
@@ -277,10 +269,7 @@ fn defragment_reclaims_space_and_keeps_content() {
         "defragment: {size_before} -> {size_after} bytes (in use before: {in_use_before}, after: {})",
         h.store.db_size_in_use()
     );
-    assert!(
-        size_after < size_before / 4,
-        "{size_after} vs {size_before}"
-    );
+    assert!(size_after < size_before / 4, "{size_after} vs {size_before}");
     assert!(h.store.db_size_in_use() <= size_after);
     assert_eq!(observe(&h), before);
     assert_eq!(h.store.applied_index(), applied);

@@ -167,9 +167,15 @@ impl Dashboard {
             .zip(reports)
             .map(|(m, report)| member_view(m, report, me, leader_id, leader_commit))
             .collect();
-        let alarms = ctx.store.alarms().map(|a| alarm_views(&a, &members)).unwrap_or_default();
+        let alarms = ctx
+            .store
+            .alarms()
+            .map(|a| alarm_views(&a, &members))
+            .unwrap_or_default();
         ClusterView {
-            unix_ms: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
+            unix_ms: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
             cluster_id: hex_id(ctx.membership.cluster_id()),
             served_by: hex_id(me),
             leader: (leader_id != 0).then(|| hex_id(leader_id)),
@@ -203,7 +209,10 @@ impl Dashboard {
     async fn remote_status(&self, member: &Member) -> Result<StatusResponse, String> {
         let ctx = &self.http.ctx;
         let url = member.client_ur_ls.first().ok_or("no client URL known yet")?;
-        let channel = self.peers.channel(url, &ctx.client_dialer).map_err(|e| e.message().to_string())?;
+        let channel = self
+            .peers
+            .channel(url, &ctx.client_dialer)
+            .map_err(|e| e.message().to_string())?;
         let mut client = MaintenanceClient::new(channel);
         let call = client.status(StatusRequest {});
         match tokio::time::timeout(PEER_TIMEOUT, call).await {
@@ -265,7 +274,11 @@ fn alarm_views(alarms: &[concord_proto::etcdserverpb::AlarmMember], members: &[M
         .iter()
         .map(|a| AlarmView {
             member_id: hex_id(a.member_id),
-            member_name: members.iter().find(|m| m.id == a.member_id).map(|m| m.name.clone()).unwrap_or_default(),
+            member_name: members
+                .iter()
+                .find(|m| m.id == a.member_id)
+                .map(|m| m.name.clone())
+                .unwrap_or_default(),
             alarm: alarm_name(a.alarm),
         })
         .collect()

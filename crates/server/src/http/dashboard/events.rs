@@ -57,12 +57,22 @@ pub async fn events(State(dashboard): State<Arc<Dashboard>>) -> Sse<impl Stream<
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut leader = dashboard.http.ctx.router.default_group().watch_leader();
     leader.mark_unchanged();
-    let feed = Feed { dashboard, leader, ticker };
+    let feed = Feed {
+        dashboard,
+        leader,
+        ticker,
+    };
     // The interval's first tick is immediate, so the page gets a view as soon as it connects.
     let stream = futures::stream::unfold(feed, |mut feed| async move {
         let fresh = feed.next().await;
-        let view = feed.dashboard.cluster(if fresh { Duration::ZERO } else { FRESH_ENOUGH }).await;
-        let update = Update { cluster: &view, rate: feed.dashboard.http.rates.latest() };
+        let view = feed
+            .dashboard
+            .cluster(if fresh { Duration::ZERO } else { FRESH_ENOUGH })
+            .await;
+        let update = Update {
+            cluster: &view,
+            rate: feed.dashboard.http.rates.latest(),
+        };
         let event = Event::default()
             .event("update")
             .retry(RETRY)

@@ -111,8 +111,22 @@ pub async fn list(
 ) -> Result<Json<KeyList>, ApiError> {
     let limit = query.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT);
     let prefix = query.prefix.into_bytes();
-    let (key, range_end) = if prefix.is_empty() { (vec![0], vec![0]) } else { (prefix.clone(), crate::concurrency::prefix_end(&prefix)) };
-    let resp = range(&dashboard, &headers, RangeRequest { key, range_end, limit, ..Default::default() }).await?;
+    let (key, range_end) = if prefix.is_empty() {
+        (vec![0], vec![0])
+    } else {
+        (prefix.clone(), crate::concurrency::prefix_end(&prefix))
+    };
+    let resp = range(
+        &dashboard,
+        &headers,
+        RangeRequest {
+            key,
+            range_end,
+            limit,
+            ..Default::default()
+        },
+    )
+    .await?;
     Ok(Json(KeyList {
         revision: resp.header.as_ref().map_or(0, |h| h.revision),
         count: resp.count,
@@ -132,9 +146,19 @@ pub async fn detail(
             .decode(b64.as_bytes())
             .map_err(|e| ApiError::new(axum::http::StatusCode::BAD_REQUEST, format!("key_b64: {e}")))?,
         (Some(text), None) => text.into_bytes(),
-        (None, None) => return Err(ApiError::new(axum::http::StatusCode::BAD_REQUEST, "name a key: ?key= or ?key_b64=")),
+        (None, None) => {
+            return Err(ApiError::new(
+                axum::http::StatusCode::BAD_REQUEST,
+                "name a key: ?key= or ?key_b64=",
+            ))
+        }
     };
-    let one = |revision: i64| RangeRequest { key: key.clone(), revision, serializable: revision != 0, ..Default::default() };
+    let one = |revision: i64| RangeRequest {
+        key: key.clone(),
+        revision,
+        serializable: revision != 0,
+        ..Default::default()
+    };
     let resp = range(&dashboard, &headers, one(0)).await?;
     let revision = resp.header.as_ref().map_or(0, |h| h.revision);
     let Some(kv) = resp.kvs.first() else {
@@ -147,14 +171,25 @@ pub async fn detail(
     let mut history = Vec::new();
     let mut before = kv.mod_revision - 1;
     while history.len() < HISTORY && before > 0 {
-        let Ok(older) = range(&dashboard, &headers, one(before)).await else { break };
+        let Ok(older) = range(&dashboard, &headers, one(before)).await else {
+            break;
+        };
         let Some(old) = older.kvs.first() else { break };
         history.push(entry(old, PREVIEW_BYTES));
         before = old.mod_revision - 1;
     }
 
-    let lease_ttl = if kv.lease != 0 { lease_ttl(&dashboard, &headers, kv.lease).await } else { None };
-    Ok(Json(KeyDetail { revision, entry: entry(kv, usize::MAX), history, lease_ttl }))
+    let lease_ttl = if kv.lease != 0 {
+        lease_ttl(&dashboard, &headers, kv.lease).await
+    } else {
+        None
+    };
+    Ok(Json(KeyDetail {
+        revision,
+        entry: entry(kv, usize::MAX),
+        history,
+        lease_ttl,
+    }))
 }
 
 /// A Range through the KV service, with the page's token.
@@ -170,7 +205,11 @@ async fn range(dashboard: &Dashboard, headers: &HeaderMap, req: RangeRequest) ->
 async fn lease_ttl(dashboard: &Dashboard, headers: &HeaderMap, id: i64) -> Option<(i64, i64)> {
     let req = concord_proto::etcdserverpb::LeaseTimeToLiveRequest { id, keys: false };
     let call = dashboard.http.leases.lease_time_to_live(session::request(headers, req));
-    let resp = tokio::time::timeout(std::time::Duration::from_secs(2), call).await.ok()?.ok()?.into_inner();
+    let resp = tokio::time::timeout(std::time::Duration::from_secs(2), call)
+        .await
+        .ok()?
+        .ok()?
+        .into_inner();
     Some((resp.ttl, resp.granted_ttl))
 }
 
@@ -198,10 +237,14 @@ pub fn encode(bytes: &[u8], cut: bool) -> Encoded {
         Err(_) => None,
     };
     match text {
-        Some(text) if text.chars().all(|c| !c.is_control() || matches!(c, '\n' | '\r' | '\t')) => {
-            Encoded { text: text.to_string(), encoding: "utf8" }
-        }
-        _ => Encoded { text: base64::engine::general_purpose::STANDARD.encode(bytes), encoding: "base64" },
+        Some(text) if text.chars().all(|c| !c.is_control() || matches!(c, '\n' | '\r' | '\t')) => Encoded {
+            text: text.to_string(),
+            encoding: "utf8",
+        },
+        _ => Encoded {
+            text: base64::engine::general_purpose::STANDARD.encode(bytes),
+            encoding: "base64",
+        },
     }
 }
 

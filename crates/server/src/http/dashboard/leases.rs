@@ -48,7 +48,11 @@ pub struct LeaseView {
 pub async fn list(State(dashboard): State<Arc<Dashboard>>, headers: HeaderMap) -> Result<Json<LeaseList>, ApiError> {
     session::require_user(&dashboard, &headers).await?;
     let ctx = &dashboard.http.ctx;
-    ctx.router.default_group().read_barrier().await.map_err(crate::errors::from_raft)?;
+    ctx.router
+        .default_group()
+        .read_barrier()
+        .await
+        .map_err(crate::errors::from_raft)?;
     let granted = ctx.store.leases().map_err(crate::errors::from_kv)?;
     let total = granted.len();
     let leases = futures::future::join_all(granted.into_iter().take(MAX_LISTED).map(|(id, granted_ttl)| {
@@ -63,7 +67,12 @@ pub async fn list(State(dashboard): State<Arc<Dashboard>>, headers: HeaderMap) -
                 _ => None,
             };
             let keys = dashboard.http.ctx.store.lease_keys(id).map_or(0, |k| k.len());
-            LeaseView { id: hex_id(id as u64), granted_ttl, ttl, keys }
+            LeaseView {
+                id: hex_id(id as u64),
+                granted_ttl,
+                ttl,
+                keys,
+            }
         }
     }))
     .await;

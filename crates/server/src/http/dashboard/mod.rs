@@ -96,11 +96,17 @@ pub struct ApiError {
 
 impl ApiError {
     fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
-        ApiError { status, message: message.into() }
+        ApiError {
+            status,
+            message: message.into(),
+        }
     }
 
     fn unauthorized() -> ApiError {
-        ApiError::new(StatusCode::UNAUTHORIZED, "authentication is enabled: log in to read keys and leases")
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "authentication is enabled: log in to read keys and leases",
+        )
     }
 }
 
@@ -112,7 +118,9 @@ impl From<tonic::Status> for ApiError {
         let message = status.message().to_string();
         let http = match status.code() {
             Code::Unauthenticated => StatusCode::UNAUTHORIZED,
-            Code::InvalidArgument if message.contains("user name is empty") || message.contains("invalid user ID or password") => {
+            Code::InvalidArgument
+                if message.contains("user name is empty") || message.contains("invalid user ID or password") =>
+            {
                 StatusCode::UNAUTHORIZED
             }
             Code::PermissionDenied => StatusCode::FORBIDDEN,

@@ -32,11 +32,17 @@ pub struct Session {
 }
 
 /// `POST /ui/api/login`: a token for a user name and password.
-pub async fn login(State(dashboard): State<Arc<Dashboard>>, Json(login): Json<Login>) -> Result<Json<Session>, ApiError> {
+pub async fn login(
+    State(dashboard): State<Arc<Dashboard>>,
+    Json(login): Json<Login>,
+) -> Result<Json<Session>, ApiError> {
     if !dashboard.http.ctx.auth.enabled() {
         return Err(ApiError::new(StatusCode::BAD_REQUEST, "authentication is not enabled"));
     }
-    let request = tonic::Request::new(AuthenticateRequest { name: login.name, password: login.password });
+    let request = tonic::Request::new(AuthenticateRequest {
+        name: login.name,
+        password: login.password,
+    });
     let token = dashboard.auth.authenticate(request).await?.into_inner().token;
     Ok(Json(Session { token }))
 }
