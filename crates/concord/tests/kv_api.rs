@@ -269,3 +269,81 @@ async fn etcdctl_works_against_concord() {
     let out = cluster.etcdctl(&eps, &["del", "greeting"]);
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1");
 }
+
+/// etcdctl 3.4 with `http://` endpoints, and its `--cluster` commands (which dial every member's
+/// advertised `http://` URL): it sends the URL as the HTTP/2 `:authority`, which the member accepts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcdctl_per_endpoint_commands_take_urls_and_cluster() {
+    let cluster = Cluster::start(3).await;
+    let mut c = cluster.client(0).await;
+    c.put("k", "v", None).await.unwrap();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={}", cluster.endpoints()[0]))
+            .arg("--command-timeout=10s")
+            .args(args)
+            .output()
+            .expect("etcdctl is installed");
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(
+            out.status.success(),
+            "etcdctl {args:?}: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text
+    };
+    let status: serde_json::Value =
+        serde_json::from_str(&run(&["endpoint", "status", "--cluster", "-w", "json"])).expect("status JSON");
+    let endpoints: Vec<&str> = status
+        .as_array()
+        .expect("one per member")
+        .iter()
+        .map(|s| s["Endpoint"].as_str().unwrap())
+        .collect();
+    assert_eq!(endpoints.len(), 3, "{status}");
+    for m in &cluster.members {
+        assert!(
+            endpoints.contains(&m.client_url.as_str()),
+            "{endpoints:?} lacks {}",
+            m.client_url
+        );
+    }
+    // All members applied the put before they agree on one hash at its revision.
+    let revision = c.get("k", None).await.unwrap().header().unwrap().revision().to_string();
+    common::eventually("the members' HashKV agree", || {
+        let hashes: serde_json::Value = serde_json::from_str(&run(&[
+            "endpoint",
+            "hashkv",
+            "--cluster",
+            "--rev",
+            &revision,
+            "-w",
+            "json",
+        ]))
+        .expect("hashkv JSON");
+        async move {
+            let mut seen: Vec<u64> = hashes
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|h| h["HashKV"]["hash"].as_u64().unwrap_or(0))
+                .collect();
+            seen.dedup();
+            if seen.len() == 1 && hashes.as_array().unwrap().len() == 3 {
+                Ok(())
+            } else {
+                Err(hashes)
+            }
+        }
+    })
+    .await;
+    let defrag = run(&["defrag", "--cluster"]);
+    assert_eq!(
+        defrag.matches("Finished defragmenting etcd member").count(),
+        3,
+        "{defrag}"
+    );
+    let table = run(&["endpoint", "status", "-w", "table"]);
+    assert!(table.contains(&cluster.endpoints()[0]), "{table}");
+}

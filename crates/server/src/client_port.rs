@@ -39,6 +39,7 @@ use tower_service::Service as _;
 use crate::kv::KvService;
 use crate::kv_unary::{self, UnaryBody};
 use crate::metrics::grpc::{self as grpc_metrics, Call, CountedBody, MeteredBody};
+use crate::scheme_authority::SchemeAuthority;
 
 /// How often an idle connection is pinged to find a dead client.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
@@ -205,7 +206,8 @@ async fn serve_connection<IO, C>(
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     C: Clone + Send + Sync + 'static,
 {
-    let connection = builder.serve_connection(TokioIo::new(io), calls);
+    // etcdctl 3.4 sends `http://host:port` as `:authority`, which h2 refuses: mended on the way in.
+    let connection = builder.serve_connection(TokioIo::new(SchemeAuthority::new(io)), calls);
     let mut connection = std::pin::pin!(connection);
     let mut asked_to_close = false;
     loop {

@@ -39,6 +39,7 @@ pub mod peer;
 pub mod peer_urls;
 pub mod quota;
 pub mod router;
+mod scheme_authority;
 pub mod tls;
 pub mod validate;
 pub mod watch;
