@@ -299,6 +299,9 @@ fn tls_files(
 pub async fn run(args: ServeArgs) -> Result<(), String> {
     check_etcd_flags(&args)?;
     let cfg = args.into_config()?;
+    if let Some(migrated) = crate::snapshot::migrate::etcd_data_dir(&cfg)? {
+        tracing::info!("{migrated}");
+    }
     match concord_server::serve(cfg, crate::stop_signal()).await {
         Ok(()) => Ok(()),
         Err(concord_server::ServeError::Fault(reason)) => {

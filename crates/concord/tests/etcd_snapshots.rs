@@ -104,6 +104,22 @@ impl Server {
         Server { child, url, log }
     }
 
+    /// Stops the process as systemd does (SIGTERM), and waits for it to exit.
+    fn stop(&mut self) {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill").args(["-TERM", &pid]).status().expect("run kill");
+        assert!(sent.success(), "kill -TERM {pid}");
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while self.child.try_wait().expect("wait").is_none() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} did not stop on SIGTERM",
+                self.url
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// A client (logged in as `user`, if given) once the member serves.
     async fn client(&self, user: Option<(&str, &str)>) -> Client {
         connect(
@@ -425,4 +441,55 @@ async fn etcd_snapshot_restores_into_concord() {
     check_restored(&member, &mut c, compact_at).await;
     let put = c.put("after", "restore", None).await.unwrap();
     assert_eq!(put.header().unwrap().revision(), original.revision + 1);
+}
+
+/// `concord serve` started on an etcd member's data directory, with the flags etcd ran with,
+/// imports it: the same keys, revisions, compaction, lease, users and roles, the same member and
+/// cluster ids, etcd's files kept aside unchanged, and no second import at the next start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_data_dir_migrates_in_place() {
+    if !etcd_tools_present("etcd_data_dir_migrates_in_place") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("m0.etcd");
+    let peer = format!("http://127.0.0.1:{}", free_port());
+    let mut etcd = Server::start("etcd", "m0", &data_dir, &peer, dir.path().join("etcd.log"));
+    let mut e = etcd.client(None).await;
+    let (compact_at, lease) = populate(&mut e).await;
+    let mut e = etcd.client(Some(("root", ROOT_PW))).await;
+    let original = observe(&mut e, compact_at, lease).await;
+    let ids = |status: etcd_client::StatusResponse| {
+        let header = status.header().expect("header");
+        (header.member_id(), header.cluster_id())
+    };
+    let etcd_ids = ids(e.status().await.unwrap());
+    drop(e);
+    etcd.stop();
+
+    let mut member = Server::start("concord", "m0", &data_dir, &peer, dir.path().join("concord.log"));
+    let mut c = member.client(Some(("root", ROOT_PW))).await;
+    assert_eq!(observe(&mut c, compact_at, lease).await, original);
+    check_restored(&member, &mut c, compact_at).await;
+    assert_eq!(
+        ids(c.status().await.unwrap()),
+        etcd_ids,
+        "etcd's member and cluster ids"
+    );
+    let kept = data_dir.join("member.etcd-original");
+    assert!(
+        kept.join("snap").join("db").is_file() && kept.join("wal").is_dir(),
+        "etcd's files are kept"
+    );
+    let put = c.put("after", "migration", None).await.unwrap();
+    assert_eq!(put.header().unwrap().revision(), original.revision + 1);
+    drop(c);
+
+    // The next start serves the Concord store, with what was written since.
+    member.stop();
+    let member = Server::start("concord", "m0", &data_dir, &peer, dir.path().join("concord-2.log"));
+    let mut c = member.client(Some(("root", ROOT_PW))).await;
+    let got = c.get("after", None).await.unwrap();
+    assert_eq!(got.kvs()[0].value(), b"migration");
+    assert_eq!(got.header().unwrap().revision(), original.revision + 1);
 }

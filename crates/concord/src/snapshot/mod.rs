@@ -24,6 +24,7 @@
 //! `save` shows its progress with a bar on a terminal ([`progress`]).
 
 mod etcd;
+pub mod migrate;
 mod progress;
 mod status;
 
@@ -471,45 +472,82 @@ fn write_member(
     layout: &SnapshotLayout,
     member_dir: &Path,
 ) -> Result<Restored, String> {
+    let source = args.file.display().to_string();
+    let fill = |store_path: &Path| -> Result<(), String> {
+        let io = |e: std::io::Error| format!("{}: {e}", store_path.display());
+        if etcd::is_etcd_snapshot(file).map_err(|e| format!("{source}: {e}"))? {
+            return etcd::import(file, layout, store_path).map_err(|e| format!("{source}: {e}"));
+        }
+        file.seek(SeekFrom::Start(0)).map_err(|e| format!("{source}: {e}"))?;
+        let mut out = create_private(store_path).map_err(io)?;
+        let copied = std::io::copy(&mut Read::by_ref(file).take(layout.store_len), &mut out).map_err(io)?;
+        if copied != layout.store_len {
+            return Err(format!("{source}: the file shrank while being read"));
+        }
+        out.sync_all().map_err(io)
+    };
+    let new = NewMember {
+        name: &args.name,
+        initial_cluster,
+        token: &args.initial_cluster_token,
+        client_urls: &[],
+    };
+    let made = make_member(member_dir, &new, &source, fill)?;
+    Ok(Restored {
+        revision: made.revision,
+        compact_revision: made.compact_revision,
+        store_len: layout.store_len,
+        verified: layout.verified,
+        member_id: made.member_id,
+        cluster_id: made.cluster_id,
+    })
+}
+
+/// Who the member of a new data directory is: `concord serve`'s `--name`, `--initial-cluster`,
+/// `--initial-cluster-token` and `--advertise-client-urls`.
+struct NewMember<'a> {
+    name: &'a str,
+    initial_cluster: &'a str,
+    token: &'a str,
+    client_urls: &'a [String],
+}
+
+/// What a new member directory holds.
+struct MadeMember {
+    revision: i64,
+    compact_revision: i64,
+    member_id: u64,
+    cluster_id: u64,
+}
+
+/// Makes `member_dir` the directory of a member of a new cluster, as `concord serve
+/// --initial-cluster-state new` then starts it: the store `fill` writes at `kv.redb` (from
+/// `source`), with its applied index set back to 0 for the new Raft log, and a fresh membership.
+fn make_member(
+    member_dir: &Path,
+    new: &NewMember<'_>,
+    source: &str,
+    fill: impl FnOnce(&Path) -> Result<(), String>,
+) -> Result<MadeMember, String> {
     std::fs::create_dir_all(member_dir).map_err(|e| format!("{}: {e}", member_dir.display()))?;
     let store_path = member_dir.join("kv.redb");
     let io = |e: std::io::Error| format!("{}: {e}", store_path.display());
-    if etcd::is_etcd_snapshot(file).map_err(|e| format!("{}: {e}", args.file.display()))? {
-        etcd::import(file, layout, &store_path).map_err(|e| format!("{}: {e}", args.file.display()))?;
-    } else {
-        file.seek(SeekFrom::Start(0))
-            .map_err(|e| format!("{}: {e}", args.file.display()))?;
-        let mut out = create_private(&store_path).map_err(io)?;
-        let copied = std::io::copy(&mut Read::by_ref(file).take(layout.store_len), &mut out).map_err(io)?;
-        if copied != layout.store_len {
-            return Err(format!("{}: the file shrank while being read", args.file.display()));
-        }
-        out.sync_all().map_err(io)?;
-    }
-    MvccStore::reset_applied_index(&store_path, 0)
-        .map_err(|e| format!("{}: not a usable Concord store: {e}", args.file.display()))?;
+    fill(&store_path)?;
+    MvccStore::reset_applied_index(&store_path, 0).map_err(|e| format!("{source}: not a usable Concord store: {e}"))?;
     let (revision, compact_revision) = {
         let store = MvccStore::open(&store_path).map_err(|e| format!("{}: {e}", store_path.display()))?;
         store.sync().map_err(|e| format!("{}: {e}", store_path.display()))?;
         (store.current_revision(), store.compact_revision())
     };
-    let membership = Membership::bootstrap(
-        member_dir,
-        &args.name,
-        initial_cluster,
-        &args.initial_cluster_token,
-        &[],
-    )
-    .map_err(|e| e.to_string())?;
+    let membership = Membership::bootstrap(member_dir, new.name, new.initial_cluster, new.token, new.client_urls)
+        .map_err(|e| e.to_string())?;
     sync_parent(&store_path).map_err(io)?;
     if let Some(data_dir) = member_dir.parent() {
         sync_parent(data_dir).map_err(|e| format!("{}: {e}", data_dir.display()))?;
     }
-    Ok(Restored {
+    Ok(MadeMember {
         revision,
         compact_revision,
-        store_len: layout.store_len,
-        verified: layout.verified,
         member_id: membership.local_id(),
         cluster_id: membership.cluster_id(),
     })
