@@ -49,6 +49,8 @@ pub async fn run(args: DevArgs) -> Result<(), String> {
             listen_peer_urls: vec![peer_url.clone()],
             initial_advertise_peer_urls: vec![peer_url],
             initial_cluster: initial_cluster.clone(),
+            wal_dir: None,
+            client_connections: Default::default(),
             initial_cluster_state: InitialClusterState::New,
             initial_cluster_token: "concord-dev".into(),
             heartbeat_interval: Duration::from_millis(100),

@@ -132,7 +132,7 @@ const V2: &str = "Concord serves only the v3 API";
 const V2_PROXY: &str = "Concord has no v2 proxy";
 const LOGS: &str = "Concord logs to stderr through tracing (see --log-level and --log-format)";
 const TRACING: &str = "Concord has no OpenTelemetry tracing";
-const KEEPALIVE: &str = "Concord's gRPC server keeps hyper's HTTP/2 defaults";
+const KEEPALIVE: &str = "Concord's HTTP/2 server answers every ping; it does not police how often clients send them";
 const CORRUPT: &str = "use `etcdctl endpoint hashkv --cluster` to compare members";
 const NO_DISCOVERY: &str = "Concord does not implement discovery";
 
@@ -152,16 +152,12 @@ pub static FLAGS: &[EtcdFlag] = &[
     flag("host-whitelist", Text, Refuse("Concord does not check the Host header of plain-HTTP requests yet"), &["", "*"]),
     flag("proxy", Choice(&["off", "readonly", "on"]), Refuse("Concord cannot run as etcd's v2 proxy"), &["off"]),
     // Not implemented yet: accepted with a warning.
-    flag("wal-dir", Text, NotYet("the Raft log stays in <data-dir>/member/raft"), &[""]),
     flag("force-new-cluster", Bool, NotYet("to recover from a lost quorum, restore a snapshot with `concord snapshot restore` into a new cluster"), &["false"]),
     flag("experimental-initial-corrupt-check", Bool, NotYet(CORRUPT), &["false"]),
     flag("experimental-corrupt-check-time", Duration, NotYet(CORRUPT), &["0"]),
     flag("experimental-compact-hash-check-enabled", Bool, NotYet(CORRUPT), &["false"]),
     flag("experimental-compact-hash-check-time", Duration, NotYet(CORRUPT), &[]),
     flag("grpc-keepalive-min-time", Duration, NotYet(KEEPALIVE), &[]),
-    flag("grpc-keepalive-interval", Duration, NotYet(KEEPALIVE), &[]),
-    flag("grpc-keepalive-timeout", Duration, NotYet(KEEPALIVE), &[]),
-    flag("max-concurrent-streams", Uint, NotYet(KEEPALIVE), &[]),
     flag("listen-client-http-urls", Text, NotYet("the JSON gateway and the HTTP endpoints are served on --listen-client-urls, and /metrics and health also on --listen-metrics-urls"), &[""]),
     flag("enable-grpc-gateway", Bool, Ignored("Concord always serves etcd's JSON gateway (/v3/...) on --listen-client-urls"), &["true"]),
     flag("client-cert-file", Text, NotYet("the member presents --cert-file when it calls another member's client URL"), &[""]),
@@ -456,11 +452,11 @@ mod tests {
             "invalid value \"x\" for flag -max-wals: parse error"
         );
         assert_eq!(
-            run(&["--wal-dir"], &[]).unwrap_err(),
-            "flag needs an argument: -wal-dir"
+            run(&["--discovery-srv"], &[]).unwrap_err(),
+            "flag needs an argument: -discovery-srv"
         );
-        assert!(run(&["--grpc-keepalive-interval=2h30m"], &[]).is_ok());
-        assert!(run(&["--grpc-keepalive-interval=2"], &[]).is_err());
+        assert!(run(&["--grpc-keepalive-min-time=2h30m"], &[]).is_ok());
+        assert!(run(&["--grpc-keepalive-min-time=2"], &[]).is_err());
         assert!(run(&["--enable-v2=yes"], &[]).is_err());
         assert!(run(&["--proxy=sideways"], &[]).is_err());
         assert_eq!(

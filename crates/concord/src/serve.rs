@@ -30,6 +30,20 @@ pub struct ServeArgs {
     /// Path to the data directory (default: <name>.etcd).
     #[arg(long, env = "ETCD_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
+    /// Path to a dedicated directory for the Raft log (kept in <wal-dir>/raft; default:
+    /// <data-dir>/member/raft).
+    #[arg(long, env = "ETCD_WAL_DIR")]
+    pub wal_dir: Option<PathBuf>,
+    /// Frequency of server-to-client pings that find dead connections (0 disables; etcd's
+    /// default is 2h, Concord's 10s).
+    #[arg(long, value_parser = parse_duration_or_zero, env = "ETCD_GRPC_KEEPALIVE_INTERVAL")]
+    pub grpc_keepalive_interval: Option<Duration>,
+    /// How long a keep-alive ping may go unanswered before the connection is closed.
+    #[arg(long, default_value = "20s", value_parser = parse_duration, env = "ETCD_GRPC_KEEPALIVE_TIMEOUT")]
+    pub grpc_keepalive_timeout: Duration,
+    /// Maximum concurrent streams each client connection may open (default: no limit).
+    #[arg(long, env = "ETCD_MAX_CONCURRENT_STREAMS")]
+    pub max_concurrent_streams: Option<u32>,
     /// URLs to listen on for client traffic.
     #[arg(
         long,
@@ -172,6 +186,11 @@ pub enum SabotageArg {
     UncheckedTxnDepth,
 }
 
+/// Parses a duration in Go's syntax where 0 means "off".
+pub fn parse_duration_or_zero(text: &str) -> Result<Duration, String> {
+    concord_server::go_duration::parse(text)
+}
+
 /// Parses a positive duration in Go's syntax, as etcd and etcdctl take them: `500ms`, `5s`,
 /// `1m30s`, `2.5s`, `1h`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -229,6 +248,17 @@ impl ServeArgs {
             listen_peer_urls: self.listen_peer_urls,
             initial_advertise_peer_urls: self.initial_advertise_peer_urls,
             initial_cluster,
+            wal_dir: self.wal_dir,
+            client_connections: concord_server::client_port::ConnectionSettings {
+                keepalive_interval: match self.grpc_keepalive_interval {
+                    Some(d) if d.is_zero() => None,
+                    Some(d) => Some(d),
+                    None => concord_server::client_port::ConnectionSettings::default().keepalive_interval,
+                },
+                keepalive_timeout: self.grpc_keepalive_timeout,
+                // etcd's default, math.MaxUint32, is no limit.
+                max_concurrent_streams: self.max_concurrent_streams.filter(|&n| n != u32::MAX),
+            },
             initial_cluster_state: match self.initial_cluster_state {
                 ClusterState::New => InitialClusterState::New,
                 ClusterState::Existing => InitialClusterState::Existing,

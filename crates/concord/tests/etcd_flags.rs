@@ -241,6 +241,64 @@ async fn systemd_notify_ready_and_stopping() {
     assert!(member.wait_exit().success());
 }
 
+/// `--wal-dir` puts the Raft log in `<wal-dir>/raft` (replayed from there after a restart), and
+/// `ETCD_MAX_CONCURRENT_STREAMS` is what the client port's HTTP/2 settings announce.
+#[tokio::test]
+async fn wal_dir_and_connection_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal_dir = dir.path().join("wal");
+    let (mut args, client_url) = one_member(dir.path());
+    args.push(format!("-wal-dir={}", wal_dir.display()));
+    args.extend([
+        "--grpc-keepalive-interval=1s".to_string(),
+        "--grpc-keepalive-timeout".to_string(),
+        "5s".to_string(),
+    ]);
+    let env = [("ETCD_MAX_CONCURRENT_STREAMS", "3")];
+    let mut member = Member::start(dir.path(), &args, &env, &client_url);
+    let client = member.client().await;
+    eventually("first put", || {
+        let mut c = client.clone();
+        async move { c.put("logged", "in the wal dir", None).await }
+    })
+    .await;
+    let raft = wal_dir.join("raft");
+    assert!(
+        std::fs::read_dir(&raft).map(|d| d.count() > 0).unwrap_or(false),
+        "{} holds the log",
+        raft.display()
+    );
+    assert!(
+        !dir.path().join("solo.etcd/member/raft").exists(),
+        "no log in the data dir"
+    );
+
+    // What the server announces in its SETTINGS frame, as an HTTP/2 client sees it.
+    let tcp = tokio::net::TcpStream::connect(client_url.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    let (mut send, connection) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(connection);
+    let request = http::Request::get(format!("{client_url}/health")).body(()).unwrap();
+    send = send.ready().await.unwrap();
+    let (response, _) = send.send_request(request, true).unwrap();
+    assert_eq!(response.await.unwrap().status(), 200);
+    assert_eq!(send.current_max_send_streams(), 3);
+
+    // The log in the wal dir is what a restarted member replays.
+    drop(client);
+    let _ = Command::new("kill").args(["-KILL", &member.pid().to_string()]).status();
+    member.wait_exit();
+    let member = Member::start(dir.path(), &args, &env, &client_url);
+    let client = member.client().await;
+    let got = eventually("read after restart", || {
+        let mut c = client.clone();
+        async move { c.get("logged", None).await }
+    })
+    .await;
+    assert_eq!(got.kvs()[0].value(), b"in the wal dir");
+}
+
 /// Revision mode: every interval the leader compacts to the current revision minus the
 /// retention; a read at an older revision is then refused as etcd refuses it.
 #[tokio::test]

@@ -41,8 +41,30 @@ use crate::kv_unary::{self, UnaryBody};
 use crate::metrics::grpc::{self as grpc_metrics, Call, CountedBody, MeteredBody};
 use crate::scheme_authority::SchemeAuthority;
 
-/// How often an idle connection is pinged to find a dead client.
-const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// How the client port treats connections: etcd's `--grpc-keepalive-interval`,
+/// `--grpc-keepalive-timeout` and `--max-concurrent-streams`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnectionSettings {
+    /// How often an idle connection is pinged to find a dead client; `None` never pings.
+    /// Concord's default is 10 s (etcd's is 2 h): a dead client's watches and keep-alives go
+    /// within seconds rather than hours.
+    pub keepalive_interval: Option<Duration>,
+    /// How long a ping may go unanswered before the connection is closed (etcd: 20 s).
+    pub keepalive_timeout: Duration,
+    /// The most streams one connection may have open at once; `None` sets no limit (etcd's
+    /// default, math.MaxUint32).
+    pub max_concurrent_streams: Option<u32>,
+}
+
+impl Default for ConnectionSettings {
+    fn default() -> Self {
+        ConnectionSettings {
+            keepalive_interval: Some(Duration::from_secs(10)),
+            keepalive_timeout: Duration::from_secs(20),
+            max_concurrent_streams: None,
+        }
+    }
+}
 /// Response bytes HTTP/2 holds per stream beyond what the socket takes (hyper's default is
 /// 400 KiB). A stream whose client stops reading keeps this much, plus the one chunk it was
 /// handed last, for as long as the client keeps it open; the socket's own buffer keeps a fast
@@ -151,8 +173,13 @@ impl Future for ClientCall {
 
 /// Serves `calls` on every connection `incoming` yields until `stop` turns true; then stops
 /// accepting, asks each open connection to finish its calls and close, and returns once all have.
-pub async fn serve<I, IO>(incoming: I, calls: ClientCalls<()>, tls: bool, mut stop: watch::Receiver<bool>)
-where
+pub async fn serve<I, IO>(
+    incoming: I,
+    calls: ClientCalls<()>,
+    tls: bool,
+    settings: ConnectionSettings,
+    mut stop: watch::Receiver<bool>,
+) where
     I: Stream<Item = std::io::Result<IO>>,
     IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
     IO::ConnectInfo: Clone + Send + Sync + 'static,
@@ -161,8 +188,9 @@ where
     builder
         .http2()
         .timer(TokioTimer::new())
-        .keep_alive_interval(KEEPALIVE_INTERVAL)
-        .max_concurrent_streams(None)
+        .keep_alive_interval(settings.keepalive_interval)
+        .keep_alive_timeout(settings.keepalive_timeout)
+        .max_concurrent_streams(settings.max_concurrent_streams)
         .max_send_buf_size(MAX_SEND_BUFFER_BYTES)
         .initial_stream_window_size(STREAM_WINDOW_BYTES)
         .initial_connection_window_size(CONNECTION_WINDOW_BYTES)

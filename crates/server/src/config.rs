@@ -51,6 +51,11 @@ pub struct ServerConfig {
     pub initial_advertise_peer_urls: Vec<String>,
     /// `--initial-cluster`
     pub initial_cluster: String,
+    /// `--wal-dir`: the Raft log goes to `<wal-dir>/raft` instead of `<data-dir>/member/raft`
+    /// (a dedicated disk for the log, as with etcd's WAL).
+    pub wal_dir: Option<PathBuf>,
+    /// `--grpc-keepalive-interval`, `--grpc-keepalive-timeout`, `--max-concurrent-streams`.
+    pub client_connections: crate::client_port::ConnectionSettings,
     /// `--initial-cluster-state`
     pub initial_cluster_state: InitialClusterState,
     /// `--initial-cluster-token`

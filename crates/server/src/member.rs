@@ -160,8 +160,13 @@ pub async fn serve(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> Res
         MvccStore::open_with(&store_path, sealer.clone())
             .map_err(|e| ServeError::Storage(format!("{}: {e}", store_path.display())))?,
     );
-    let engine = concord_raft::log_store::open_engine(&member_dir.join("raft"))
-        .map_err(|e| ServeError::Storage(format!("raft log: {e}")))?;
+    let raft_dir = cfg
+        .wal_dir
+        .as_ref()
+        .map_or_else(|| member_dir.join("raft"), |dir| dir.join("raft"));
+    std::fs::create_dir_all(&raft_dir).map_err(|e| ServeError::Storage(format!("{}: {e}", raft_dir.display())))?;
+    let engine =
+        concord_raft::log_store::open_engine(&raft_dir).map_err(|e| ServeError::Storage(format!("raft log: {e}")))?;
 
     let auth = crate::auth::AuthState::new(store.clone(), &cfg.auth).map_err(ServeError::Config)?;
     let hub = WatchHub::new(store.clone());
@@ -319,7 +324,14 @@ pub async fn serve(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> Res
             .fallback(crate::fallback::unimplemented_method);
         let calls = crate::client_port::ClientCalls::new(KvService::new(ctx.clone()), max_message, router);
         let tls = if https { tls.client_listener.clone() } else { None };
-        servers.spawn(run_client_listener(addr, listener, calls, tls, stop_rx.clone()));
+        servers.spawn(run_client_listener(
+            addr,
+            listener,
+            calls,
+            tls,
+            cfg.client_connections,
+            stop_rx.clone(),
+        ));
         tracing::info!(%addr, tls = https, "serving clients");
     }
 
@@ -403,11 +415,12 @@ async fn run_client_listener(
     listener: tokio::net::TcpListener,
     calls: crate::client_port::ClientCalls<()>,
     tls: Option<Arc<concord_tls::Reloadable<concord_tls::rustls::ServerConfig>>>,
+    settings: crate::client_port::ConnectionSettings,
     stop: watch::Receiver<bool>,
 ) -> Result<(), String> {
     match tls {
-        Some(tls) => crate::client_port::serve(concord_tls::accept(listener, tls), calls, true, stop).await,
-        None => crate::client_port::serve(incoming(listener), calls, false, stop).await,
+        Some(tls) => crate::client_port::serve(concord_tls::accept(listener, tls), calls, true, settings, stop).await,
+        None => crate::client_port::serve(incoming(listener), calls, false, settings, stop).await,
     }
     tracing::debug!(%addr, "client listener stopped");
     Ok(())
