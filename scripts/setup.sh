@@ -2,8 +2,10 @@
 # Installs what building and testing Concord needs on Debian: protoc for the
 # .proto files, etcdctl (etcd-client) for the tests, etcd itself (etcd-server)
 # for side-by-side benchmarks, iproute2 (`ip`, `tc`) for the chaos rig's
-# network namespaces, and chromium with chromium-driver (headless, through
-# WebDriver) for the dashboard's end-to-end test. Needs root or sudo.
+# network namespaces, chromium with chromium-driver (headless, through
+# WebDriver) for the dashboard's end-to-end test, and patroni with postgresql
+# (its server binaries live under /usr/lib/postgresql/*/bin, off the PATH) for
+# the test of Patroni on Concord. Needs root or sudo.
 set -euo pipefail
 
 missing=()
@@ -13,6 +15,8 @@ command -v etcd >/dev/null || missing+=(etcd-server)
 command -v ip >/dev/null || missing+=(iproute2)
 command -v chromium >/dev/null || missing+=(chromium)
 command -v chromedriver >/dev/null || missing+=(chromium-driver)
+command -v patroni >/dev/null || missing+=(patroni)
+compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null || missing+=(postgresql)
 command -v cargo >/dev/null || { echo "setup: cargo not found; install Rust (rustup) first" >&2; exit 1; }
 
 if ((${#missing[@]})); then
