@@ -139,7 +139,8 @@ const NO_DISCOVERY: &str = "Concord does not implement discovery";
 /// Every etcd flag `concord serve` takes outside clap, with what it does here.
 pub static FLAGS: &[EtcdFlag] = &[
     // Refused: Concord would run without what the operator relied on.
-    flag("config-file", Text, Refuse("Concord does not read etcd's configuration file yet, and would start with none of its settings (TLS among them); pass them as flags or ETCD_* variables"), &[""]),
+    // Read in main.rs (config_file.rs) before anything else: it stands for the whole command line.
+    flag("config-file", Text, Same, &[]),
     flag("client-crl-file", Text, Refuse("Concord does not check certificate revocation lists yet"), &[""]),
     flag("peer-crl-file", Text, Refuse("Concord does not check certificate revocation lists yet"), &[""]),
     flag("cipher-suites", Text, Refuse("Concord offers rustls' default cipher suites and cannot restrict them yet"), &[""]),
@@ -473,7 +474,6 @@ mod tests {
             &["--tls-min-version=TLS1.3"],
             &["--auto-tls"],
             &["--peer-auto-tls=true"],
-            &["--config-file=/etc/etcd/etcd.conf.yml"],
             &["--proxy=on"],
         ] {
             let err = run(bad, &[]).unwrap_err();

@@ -11,6 +11,7 @@ mod bench;
 mod chaos;
 mod client;
 mod client_tls;
+mod config_file;
 mod dev;
 mod endpoint;
 mod etcd_flags;
@@ -92,10 +93,29 @@ fn init_logging(level: &str, format: LogFormat) {
 }
 
 fn main() -> std::process::ExitCode {
+    let env = |k: &str| std::env::var(k).ok();
+    // etcd's `--config-file`: the file stands for the whole command line and environment.
+    let from_file = match config_file::expand(&std::env::args_os().collect::<Vec<_>>(), &env) {
+        Ok(from_file) => from_file,
+        Err(e) => {
+            eprintln!("Error: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let command_line = match &from_file {
+        Some(file) => {
+            // As etcd ignores them then. No other thread runs yet.
+            for (key, _) in std::env::vars_os() {
+                if key.to_string_lossy().starts_with("ETCD_") {
+                    std::env::remove_var(key);
+                }
+            }
+            file.args.clone()
+        }
+        None => std::env::args_os().collect(),
+    };
     // `serve` takes etcd's command lines in Go's flag syntax: rewritten for clap first.
-    let cli = Cli::parse_from(goflags::rewrite(std::env::args_os().collect(), &|k| {
-        std::env::var(k).ok()
-    }));
+    let cli = Cli::parse_from(goflags::rewrite(command_line.clone(), &env));
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -106,7 +126,16 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Serve(args) => {
             init_logging(&cli.log_level, cli.log_format);
-            runtime.block_on(serve::run(*args))
+            if let Some(file) = &from_file {
+                tracing::info!(
+                    path = %file.path,
+                    "loaded server configuration, other configuration command line flags and environment variables will be ignored if provided"
+                );
+                for key in &file.unknown {
+                    tracing::warn!(path = %file.path, "unknown setting {key:?} in the config file is ignored");
+                }
+            }
+            runtime.block_on(serve::run(*args, &command_line))
         }
         Command::Dev(args) => {
             init_logging(&cli.log_level, cli.log_format);

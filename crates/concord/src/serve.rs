@@ -326,8 +326,8 @@ fn tls_files(
 
 /// Runs one member until SIGINT or SIGTERM. A fault of the member's own storage ends the
 /// process with exit code 2, as etcd's fatal errors do, so a supervisor tells it from bad flags.
-pub async fn run(args: ServeArgs) -> Result<(), String> {
-    check_etcd_flags(&args)?;
+pub async fn run(args: ServeArgs, command_line: &[std::ffi::OsString]) -> Result<(), String> {
+    check_etcd_flags(&args, command_line)?;
     let cfg = args.into_config()?;
     if let Some(migrated) = crate::snapshot::migrate::etcd_data_dir(&cfg)? {
         tracing::info!("{migrated}");
@@ -345,8 +345,8 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
 /// etcd's checks of the process's command line and `ETCD_*` variables (see
 /// [`crate::etcd_flags::review`]): logs a warning line for each flag Concord ignores, and refuses
 /// what it cannot run safely without, before anything is opened.
-fn check_etcd_flags(args: &ServeArgs) -> Result<(), String> {
-    let line = crate::goflags::scan(&std::env::args_os().collect::<Vec<_>>());
+fn check_etcd_flags(args: &ServeArgs, command_line: &[std::ffi::OsString]) -> Result<(), String> {
+    let line = crate::goflags::scan(command_line);
     let env: Vec<(String, String)> = std::env::vars_os()
         .map(|(k, v)| (k.to_string_lossy().into_owned(), v.to_string_lossy().into_owned()))
         .collect();

@@ -108,6 +108,18 @@ fn one_member(dir: &Path) -> (Vec<String>, String) {
     (args.to_vec(), client)
 }
 
+/// A client of `url` presenting `cert`, trusting `ca`.
+async fn mtls_client(ca: &TestCa, cert: &common::pki::Issued, url: &str) -> Client {
+    let tls = TlsOptions::new()
+        .ca_certificate(ca.certificate())
+        .identity(cert.identity());
+    let opts = ConnectOptions::new()
+        .with_connect_timeout(Duration::from_secs(2))
+        .with_timeout(Duration::from_secs(10))
+        .with_tls(tls);
+    Client::connect([url], Some(opts)).await.expect("connect over mTLS")
+}
+
 /// kubeadm's etcd static pod command line (flags in its order and forms), with mTLS on both
 /// ports: the member serves a put and a get over mTLS, and the probes kubeadm configures on its
 /// plain-HTTP metrics URL.
@@ -168,16 +180,7 @@ async fn kubeadm_command_line_serves_over_mtls() {
         }
     }
 
-    let tls = TlsOptions::new()
-        .ca_certificate(ca.certificate())
-        .identity(client_cert.identity());
-    let opts = ConnectOptions::new()
-        .with_connect_timeout(Duration::from_secs(2))
-        .with_timeout(Duration::from_secs(10))
-        .with_tls(tls);
-    let mut client = Client::connect([client_url.as_str()], Some(opts))
-        .await
-        .expect("connect over mTLS");
+    let mut client = mtls_client(&ca, &client_cert, &client_url).await;
     eventually("put over mTLS", || {
         let mut client = client.clone();
         async move { client.put("/registry/pods/default/p", "spec", None).await }
@@ -297,6 +300,72 @@ async fn wal_dir_and_connection_flags() {
     })
     .await;
     assert_eq!(got.kvs()[0].value(), b"in the wal dir");
+}
+
+/// `--config-file`: etcd's YAML (flag names as keys, TLS in nested maps, lists, integer
+/// nanoseconds, empty values) stands for the whole command line; other flags and `ETCD_*`
+/// variables are ignored, as etcd ignores them.
+#[tokio::test]
+async fn config_file_stands_for_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(dir.path(), "etcd");
+    let server = ca.issue("server", "m1");
+    let client_cert = ca.issue("client", "root");
+    let client_url = format!("https://127.0.0.1:{}", free_port());
+    let peer_url = format!("http://127.0.0.1:{}", free_port());
+    let path = |p: &Path| p.display().to_string();
+    let config = format!(
+        "# written as etcd's own etcd.conf.yml
+name: 'from-file'
+data-dir: {data}
+listen-client-urls: {client_url}
+advertise-client-urls: {client_url}
+listen-peer-urls: {peer_url}
+initial-advertise-peer-urls: {peer_url}
+initial-cluster: from-file={peer_url}
+initial-cluster-token: 'etcd-cluster'
+initial-cluster-state: 'new'
+heartbeat-interval: 100
+election-timeout: 1000
+enable-v2: false
+cors:
+client-transport-security:
+  cert-file: {cert}
+  key-file: {key}
+  client-cert-auth: true
+  trusted-ca-file: {ca}
+  auto-tls: false
+log-outputs: [stderr]
+experimental-watch-progress-notify-interval: 5000000000
+auto-compaction-mode: periodic
+auto-compaction-retention: \"1\"
+not-an-etcd-setting: true
+",
+        data = path(&dir.path().join("from-file.etcd")),
+        cert = path(&server.cert_file),
+        key = path(&server.key_file),
+        ca = path(&ca.ca_file()),
+    );
+    let file = dir.path().join("etcd.conf.yml");
+    std::fs::write(&file, config).unwrap();
+    let args = [format!("--config-file={}", path(&file)), "--name=from-flag".to_string()];
+    let member = Member::start(dir.path(), &args, &[("ETCD_NAME", "from-env")], &client_url);
+
+    let client = mtls_client(&ca, &client_cert, &client_url).await;
+    let members = eventually("the member serves over mTLS", || {
+        let mut client = client.clone();
+        async move { client.member_list().await }
+    })
+    .await;
+    let names: Vec<&str> = members.members().iter().map(|m| m.name()).collect();
+    assert_eq!(
+        names,
+        ["from-file"],
+        "the file's name, not the flag's or the variable's"
+    );
+    let log = member.log();
+    assert!(log.contains("loaded server configuration"), "{log}");
+    assert!(log.contains("not-an-etcd-setting"), "an unknown key is named: {log}");
 }
 
 /// Revision mode: every interval the leader compacts to the current revision minus the
