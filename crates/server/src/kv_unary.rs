@@ -93,6 +93,10 @@ where
     }
 }
 
+/// The largest answer sent, as etcd sets grpc-go's `MaxSendMsgSize` (`math.MaxInt32`); a gRPC
+/// frame's length field could not say more than 4 GiB anyway.
+const MAX_SEND_BYTES: usize = i32::MAX as usize;
+
 /// Decodes the request, runs `handler` on it and encodes its answer.
 async fn answer<Q, A, F>(
     message: Bytes,
@@ -109,9 +113,15 @@ where
         Q::decode(message).map_err(|e| Status::internal(format!("failed to decode Protobuf message: {e}")))?;
     let request = tonic::Request::from_parts(metadata, extensions, decoded);
     let (metadata, answer, _) = handler(request).await?.into_parts();
-    let mut data = BytesMut::with_capacity(FRAME_HEADER_BYTES + answer.encoded_len());
+    let len = answer.encoded_len();
+    if len > MAX_SEND_BYTES {
+        return Err(Status::resource_exhausted(format!(
+            "grpc: trying to send message larger than max ({len} vs. {MAX_SEND_BYTES})"
+        )));
+    }
+    let mut data = BytesMut::with_capacity(FRAME_HEADER_BYTES + len);
     data.put_u8(0);
-    data.put_u32(answer.encoded_len() as u32);
+    data.put_u32(len as u32);
     answer
         .encode(&mut data)
         .map_err(|e| Status::internal(format!("failed to encode the answer: {e}")))?;
