@@ -9,11 +9,11 @@
 //!   profiler): accepted, with one warning line at start naming it;
 //! - not implemented yet: accepted, with a warning saying so;
 //! - not implemented yet, and running without it would be less safe than the operator asked
-//!   (certificate revocation, cipher suites, a configuration file whose TLS settings would be
-//!   ignored...): refused, so the member does not start weaker than configured;
+//!   (generated certificates, hostname checks of certificates...): refused, so the member does
+//!   not start weaker than configured;
 //! - what Concord always does: accepted silently.
 //!
-//! A value that asks for nothing (`--auto-tls=false`, `--cipher-suites=`, etcd's defaults where
+//! A value that asks for nothing (`--auto-tls=false`, `--proxy=off`, etcd's defaults where
 //! Concord behaves the same) is accepted silently whatever the flag. Values are checked as etcd's
 //! Go flag types check them. The list is etcd's `etcdmain/config.go` of v3.4.45 and v3.5.33
 //! (including the legacy names etcd ignores).
@@ -141,10 +141,6 @@ pub static FLAGS: &[EtcdFlag] = &[
     // Refused: Concord would run without what the operator relied on.
     // Read in main.rs (config_file.rs) before anything else: it stands for the whole command line.
     flag("config-file", Text, Same, &[]),
-    flag("client-crl-file", Text, Refuse("Concord does not check certificate revocation lists yet"), &[""]),
-    flag("peer-crl-file", Text, Refuse("Concord does not check certificate revocation lists yet"), &[""]),
-    flag("cipher-suites", Text, Refuse("Concord offers rustls' default cipher suites and cannot restrict them yet"), &[""]),
-    flag("tls-min-version", Choice(&["TLS1.2", "TLS1.3"]), Refuse("Concord accepts TLS 1.2 and 1.3 and cannot require 1.3 yet"), &["TLS1.2"]),
     flag("auto-tls", Bool, Refuse("Concord does not generate certificates yet; give --cert-file and --key-file"), &["false"]),
     flag("peer-auto-tls", Bool, Refuse("Concord does not generate certificates yet; give --peer-cert-file and --peer-key-file"), &["false"]),
     flag("client-cert-allowed-hostname", Text, Refuse("Concord does not check client certificates' hostnames yet"), &[""]),
@@ -165,7 +161,6 @@ pub static FLAGS: &[EtcdFlag] = &[
     flag("client-key-file", Text, NotYet("the member presents --cert-file when it calls another member's client URL"), &[""]),
     flag("peer-client-cert-file", Text, NotYet("the member presents --peer-cert-file to its peers"), &[""]),
     flag("peer-client-key-file", Text, NotYet("the member presents --peer-cert-file to its peers"), &[""]),
-    flag("tls-max-version", Choice(&["", "TLS1.2", "TLS1.3"]), NotYet("Concord offers TLS 1.3 too"), &["", "TLS1.3"]),
     flag("experimental-enable-lease-checkpoint", Bool, NotYet("a new leader restarts every lease's TTL in full"), &["false"]),
     flag("experimental-enable-lease-checkpoint-persist", Bool, NotYet("a new leader restarts every lease's TTL in full"), &["false"]),
     flag("experimental-warning-apply-duration", Duration, NotYet("slow applies show in etcd_disk_backend_commit_duration_seconds"), &[]),
@@ -469,10 +464,7 @@ mod tests {
     #[test]
     fn weakening_flags_refuse_unless_they_ask_for_nothing() {
         for bad in [
-            &["--client-crl-file=/crl.pem"][..],
-            &["--cipher-suites", "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256"],
-            &["--tls-min-version=TLS1.3"],
-            &["--auto-tls"],
+            &["--auto-tls"][..],
             &["--peer-auto-tls=true"],
             &["--proxy=on"],
         ] {
@@ -490,9 +482,9 @@ mod tests {
         )
         .unwrap();
         assert_eq!(quiet, Review::default());
-        assert!(run(&[], &[("ETCD_CLIENT_CRL_FILE", "/crl.pem")])
+        assert!(run(&[], &[("ETCD_AUTO_TLS", "true")])
             .unwrap_err()
-            .starts_with("ETCD_CLIENT_CRL_FILE (--client-crl-file)"));
+            .starts_with("ETCD_AUTO_TLS (--auto-tls)"));
     }
 
     #[test]

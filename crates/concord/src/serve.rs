@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use clap::{ArgAction, Args, ValueEnum};
 use concord_server::{AuthConfig, AutoCompaction, InitialClusterState, Limits, Sabotage, ServerConfig};
-use concord_tls::TlsFiles;
+use concord_tls::{TlsFiles, TlsPolicy, TlsVersion};
 
 /// etcd's `--initial-cluster-state` values.
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -141,6 +141,22 @@ pub struct ServeArgs {
     #[arg(long, env = "ETCD_PEER_CLIENT_CERT_AUTH", action = ArgAction::Set, num_args = 0..=1, require_equals = true,
           default_value = "false", default_missing_value = "true", value_parser = crate::goflags::parse_bool)]
     pub peer_client_cert_auth: bool,
+    /// Path to the client certificate revocation list file (PEM).
+    #[arg(long, env = "ETCD_CLIENT_CRL_FILE")]
+    pub client_crl_file: Option<PathBuf>,
+    /// Path to the peer certificate revocation list file (PEM).
+    #[arg(long, env = "ETCD_PEER_CRL_FILE")]
+    pub peer_crl_file: Option<PathBuf>,
+    /// Comma-separated list of supported TLS 1.2 cipher suites between client/server and peers
+    /// (Go's names; empty will be auto-populated).
+    #[arg(long, env = "ETCD_CIPHER_SUITES", value_delimiter = ',', default_value = "")]
+    pub cipher_suites: Vec<String>,
+    /// Minimum TLS version supported by etcd: TLS1.2 or TLS1.3 (empty: TLS1.2).
+    #[arg(long, env = "ETCD_TLS_MIN_VERSION", default_value = "")]
+    pub tls_min_version: String,
+    /// Maximum TLS version supported by etcd: TLS1.2 or TLS1.3 (empty: TLS1.3).
+    #[arg(long, env = "ETCD_TLS_MAX_VERSION", default_value = "")]
+    pub tls_max_version: String,
     /// Encrypt values and the Raft log at rest with the keys in this file: lines
     /// `name:64-hex-digits`; the first key seals new data, the others only open older data.
     #[arg(long, env = "CONCORD_ENCRYPTION_KEY_FILE")]
@@ -210,17 +226,28 @@ impl ServeArgs {
                 self.election_timeout, self.heartbeat_interval
             ));
         }
+        let policy = TlsPolicy {
+            min_version: TlsVersion::parse(&self.tls_min_version)?,
+            max_version: TlsVersion::parse(&self.tls_max_version)?,
+            cipher_suites: self.cipher_suites.into_iter().filter(|s| !s.is_empty()).collect(),
+        };
+        // Checked whether TLS is on or not, as etcd checks the flags.
+        policy.check().map_err(|e| e.to_string())?;
         let client_tls = tls_files(
             ("--cert-file", self.cert_file),
             ("--key-file", self.key_file),
             ("--trusted-ca-file", self.trusted_ca_file),
             ("--client-cert-auth", self.client_cert_auth),
+            self.client_crl_file,
+            &policy,
         )?;
         let peer_tls = tls_files(
             ("--peer-cert-file", self.peer_cert_file),
             ("--peer-key-file", self.peer_key_file),
             ("--peer-trusted-ca-file", self.peer_trusted_ca_file),
             ("--peer-client-cert-auth", self.peer_client_cert_auth),
+            self.peer_crl_file,
+            &policy,
         )?;
         let auto_compaction =
             AutoCompaction::parse(&self.auto_compaction_mode, &self.auto_compaction_retention)?.map(|policy| {
@@ -305,6 +332,8 @@ fn tls_files(
     key: (&str, Option<PathBuf>),
     ca: (&str, Option<PathBuf>),
     cert_auth: (&str, bool),
+    crl_file: Option<PathBuf>,
+    policy: &TlsPolicy,
 ) -> Result<Option<TlsFiles>, String> {
     let files = match (cert.1, key.1) {
         (None, None) => None,
@@ -313,6 +342,8 @@ fn tls_files(
             key_file,
             trusted_ca_file: ca.1,
             client_cert_auth: cert_auth.1,
+            crl_file,
+            policy: policy.clone(),
         }),
         (Some(_), None) => return Err(format!("{} needs {}", cert.0, key.0)),
         (None, Some(_)) => return Err(format!("{} needs {}", key.0, cert.0)),

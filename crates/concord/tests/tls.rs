@@ -360,3 +360,91 @@ async fn with_auth_on_a_client_certificate_names_the_user() {
         "{refused:?}"
     );
 }
+
+/// One TLS handshake with `openssl s_client` (presenting `client`, trusting the CA): the
+/// negotiated protocol and cipher suite, or `None` if the handshake failed.
+fn handshake(host: &str, ca: &TestCa, client: &common::pki::Issued, options: &[&str]) -> Option<String> {
+    let out = std::process::Command::new("openssl")
+        .args(["s_client", "-connect", host, "-brief", "-verify_return_error"])
+        .arg("-CAfile")
+        .arg(ca.ca_file())
+        .arg("-cert")
+        .arg(&client.cert_file)
+        .arg("-key")
+        .arg(&client.key_file)
+        .args(options)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("openssl is installed");
+    let text = String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_string()))
+    };
+    match (field("Protocol version:"), field("Ciphersuite:")) {
+        (Some(protocol), Some(suite)) if out.status.success() => Some(format!("{protocol} {suite}")),
+        _ => None,
+    }
+}
+
+/// etcd's TLS policy flags: `--client-crl-file` refuses the client certificates its list names
+/// (others pass), `--cipher-suites` limits TLS 1.2 to the suites named, and
+/// `--tls-min-version=TLS1.3` refuses TLS 1.2 handshakes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocation_lists_cipher_suites_and_versions() {
+    let dir = tempdir();
+    let ca = TestCa::new(dir.path(), "cluster");
+    let member = ca.issue("member", "member");
+    let good = ca.issue("good", "good");
+    let revoked = ca.issue("revoked", "revoked");
+    let crl = dir.path().join("clients.crl.pem");
+    ca.revoke(&[&revoked], &crl);
+    let mut secure = ca.secure(&member, &good);
+    secure.member_args.extend([
+        format!("--client-crl-file={}", crl.display()),
+        "--cipher-suites=TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384".to_string(),
+    ]);
+    let cluster = Cluster::start_secure(1, secure).await;
+    let url = cluster.members[0].client_url.clone();
+    let with = |cert: &common::pki::Issued| {
+        quick().with_tls(
+            TlsOptions::new()
+                .ca_certificate(ca.certificate())
+                .identity(cert.identity()),
+        )
+    };
+    try_get(&url, with(&good))
+        .await
+        .expect("a certificate the list does not name is served");
+    assert!(
+        try_get(&url, with(&revoked)).await.is_err(),
+        "a revoked certificate was served"
+    );
+
+    let host = url.trim_start_matches("https://");
+    let tls12 = |cipher: &str| handshake(host, &ca, &good, &["-tls1_2", "-cipher", cipher]);
+    assert_eq!(
+        tls12("ECDHE-ECDSA-AES256-GCM-SHA384").as_deref(),
+        Some("TLSv1.2 ECDHE-ECDSA-AES256-GCM-SHA384")
+    );
+    assert_eq!(
+        tls12("ECDHE-ECDSA-AES128-GCM-SHA256"),
+        None,
+        "a suite not named was agreed"
+    );
+    let tls13 = handshake(host, &ca, &good, &["-tls1_3"]);
+    assert!(
+        tls13.as_deref().is_some_and(|t| t.starts_with("TLSv1.3")),
+        "TLS 1.3 stays: {tls13:?}"
+    );
+    drop(cluster);
+
+    let mut secure = ca.secure(&member, &good);
+    secure.member_args.push("--tls-min-version=TLS1.3".to_string());
+    let cluster = Cluster::start_secure(1, secure).await;
+    let url = cluster.members[0].client_url.clone();
+    let host = url.trim_start_matches("https://");
+    assert_eq!(handshake(host, &ca, &good, &["-tls1_2"]), None, "TLS 1.2 was agreed");
+    assert!(handshake(host, &ca, &good, &["-tls1_3"]).is_some_and(|t| t.starts_with("TLSv1.3")));
+    try_get(&url, with(&good)).await.expect("clients speak TLS 1.3");
+}

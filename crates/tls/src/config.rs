@@ -6,9 +6,10 @@ use std::sync::Arc;
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 
 use crate::error::TlsError;
+use crate::policy::TlsPolicy;
 
 /// One side's TLS files and policy, as etcd's flags give them: `--cert-file`, `--key-file`,
 /// `--trusted-ca-file`, `--client-cert-auth` (or their `--peer-` forms).
@@ -24,6 +25,11 @@ pub struct TlsFiles {
     pub trusted_ca_file: Option<PathBuf>,
     /// Whether connecting clients must present a certificate signed by `trusted_ca_file`.
     pub client_cert_auth: bool,
+    /// Certificate revocation lists (PEM, etcd's `--client-crl-file` / `--peer-crl-file`): a
+    /// client certificate, or one of its chain, whose serial a list names is refused.
+    pub crl_file: Option<PathBuf>,
+    /// Versions and cipher suites (`--tls-min-version`, `--tls-max-version`, `--cipher-suites`).
+    pub policy: TlsPolicy,
 }
 
 impl TlsFiles {
@@ -31,6 +37,7 @@ impl TlsFiles {
     pub fn paths(&self) -> Vec<&Path> {
         let mut paths = vec![self.cert_file.as_path(), self.key_file.as_path()];
         paths.extend(self.trusted_ca_file.as_deref());
+        paths.extend(self.crl_file.as_deref());
         paths
     }
 }
@@ -39,23 +46,28 @@ impl TlsFiles {
 /// a server that does not).
 const ALPN_H2: &[u8] = b"h2";
 
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
 /// The configuration for a TLS listener: present `cert_file`; with `client_cert_auth`, require a
-/// client certificate signed by `trusted_ca_file`.
+/// client certificate signed by `trusted_ca_file` and not revoked by `crl_file`.
 pub fn server_config(files: &TlsFiles) -> Result<ServerConfig, TlsError> {
     let (certs, key) = identity(files)?;
-    let builder = ServerConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
+    let provider = files.policy.provider()?;
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&files.policy.versions()?)
         .map_err(|e| TlsError::Rustls(e.to_string()))?;
     let builder = if files.client_cert_auth {
         let ca = files
             .trusted_ca_file
             .as_deref()
             .ok_or_else(|| TlsError::Rustls("client certificate authentication needs a trusted CA file".into()))?;
-        let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots(ca)?), provider())
+        let mut verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots(ca)?), provider);
+        if let Some(crl_file) = files.crl_file.as_deref() {
+            // As etcd's check: a certificate is refused when a list names its serial; one the
+            // lists say nothing about (another issuer's) passes.
+            verifier = verifier
+                .with_crls(revocation_lists(crl_file)?)
+                .allow_unknown_revocation_status();
+        }
+        let verifier = verifier
             .build()
             .map_err(|e| TlsError::Rustls(format!("{}: {e}", ca.display())))?;
         builder.with_client_cert_verifier(verifier)
@@ -77,8 +89,8 @@ pub fn client_config(files: &TlsFiles) -> Result<ClientConfig, TlsError> {
         Some(ca) => roots(ca)?,
         None => RootCertStore::empty(),
     };
-    let mut config = ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
+    let mut config = ClientConfig::builder_with_provider(files.policy.provider()?)
+        .with_protocol_versions(&files.policy.versions()?)
         .map_err(|e| TlsError::Rustls(e.to_string()))?
         .with_root_certificates(roots)
         .with_client_auth_cert(certs, key)
@@ -106,6 +118,20 @@ fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
         });
     }
     Ok(certs)
+}
+
+fn revocation_lists(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
+    let lists = CertificateRevocationListDer::pem_file_iter(path)
+        .map_err(|e| pem_error(path, "no certificate revocation list", e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| pem_error(path, "no certificate revocation list", e))?;
+    if lists.is_empty() {
+        return Err(TlsError::Pem {
+            path: path.to_owned(),
+            what: "no certificate revocation list in the file".into(),
+        });
+    }
+    Ok(lists)
 }
 
 fn roots(path: &Path) -> Result<RootCertStore, TlsError> {

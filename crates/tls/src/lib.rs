@@ -30,6 +30,7 @@ mod config;
 mod connect;
 mod dial;
 mod error;
+mod policy;
 mod reload;
 mod subject;
 
@@ -39,6 +40,7 @@ pub use config::{client_config, server_config, TlsFiles};
 pub use connect::{TcpConnector, TlsConnector};
 pub use dial::Dialer;
 pub use error::TlsError;
+pub use policy::{TlsPolicy, TlsVersion};
 pub use reload::{spawn_reloader, Reload, Reloadable};
 /// The TLS library the configurations are made with, for callers that hold them.
 pub use rustls;

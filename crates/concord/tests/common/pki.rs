@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 
 use etcd_client::{Certificate, Identity, TlsOptions};
 use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, SanType,
+    date_time_ymd, BasicConstraints, CertificateParams, CertificateRevocationListParams, DnType,
+    ExtendedKeyUsagePurpose, IsCa, KeyIdMethod, KeyPair, KeyUsagePurpose, RevokedCertParams, SanType, SerialNumber,
 };
 
 use super::Secure;
@@ -22,6 +23,8 @@ pub struct TestCa {
 pub struct Issued {
     pub cert_file: PathBuf,
     pub key_file: PathBuf,
+    /// The certificate's serial number, which a revocation list names.
+    pub serial: u64,
 }
 
 impl Issued {
@@ -80,14 +83,43 @@ impl TestCa {
             .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
         params.distinguished_name.push(DnType::CommonName, common_name);
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        // Distinct per stem, so a revocation list can name one certificate.
+        let serial = stem
+            .bytes()
+            .fold(1u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)))
+            >> 2;
+        params.serial_number = Some(SerialNumber::from(serial));
         let cert = params.signed_by(&key, &self.cert, &self.key).expect("sign");
         let issued = Issued {
             cert_file: self.dir.join(format!("{stem}.pem")),
             key_file: self.dir.join(format!("{stem}-key.pem")),
+            serial,
         };
         write_atomically(&issued.cert_file, &cert.pem());
         write_atomically(&issued.key_file, &key.serialize_pem());
         issued
+    }
+
+    /// Writes a certificate revocation list signed by the CA, naming `revoked`, to `file` (PEM).
+    pub fn revoke(&self, revoked: &[&Issued], file: &Path) {
+        let params = CertificateRevocationListParams {
+            this_update: date_time_ymd(2024, 1, 1),
+            next_update: date_time_ymd(2099, 1, 1),
+            crl_number: SerialNumber::from(1u64),
+            issuing_distribution_point: None,
+            revoked_certs: revoked
+                .iter()
+                .map(|issued| RevokedCertParams {
+                    serial_number: SerialNumber::from(issued.serial),
+                    revocation_time: date_time_ymd(2024, 1, 1),
+                    reason_code: None,
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: KeyIdMethod::Sha256,
+        };
+        let crl = params.signed_by(&self.cert, &self.key).expect("sign the CRL");
+        write_atomically(file, &crl.pem().expect("CRL PEM"));
     }
 
     /// Member flags for TLS with client certificate authentication on both client and peer
