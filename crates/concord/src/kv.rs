@@ -260,7 +260,10 @@ async fn watch(session: &Session, key: String, prefix: bool, rev: i64, format: F
             return Err(format!("{}: the watch stream ended", session.endpoint));
         };
         if resp.canceled {
-            let reason = if resp.cancel_reason.is_empty() {
+            // As etcdctl: a watch canceled by compaction carries only compact_revision.
+            let reason = if resp.compact_revision != 0 {
+                "etcdserver: mvcc: required revision has been compacted"
+            } else if resp.cancel_reason.is_empty() {
                 "canceled by the server"
             } else {
                 resp.cancel_reason.as_str()

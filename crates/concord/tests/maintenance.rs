@@ -665,3 +665,19 @@ async fn member_commands_work_like_etcdctl() {
     let out = concord(&["member", "remove", "not-hex", "--endpoints", &ep]);
     assert_fails_with("a bad id", &out, "expecting ID in hex");
 }
+
+/// MoveLeader to a member that is not a voter of the cluster fails as etcd's does: its
+/// ErrGRPCBadLeaderTransferee is FailedPrecondition, the code etcd also gives "not leader".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn move_leader_to_an_unknown_member_is_a_failed_precondition() {
+    let cluster = Cluster::start(1).await;
+    cluster.wait_for_leader().await;
+    let mut c = cluster.client(0).await;
+    let status = grpc_status(
+        c.move_leader(0x777)
+            .await
+            .expect_err("moved the leadership to no member"),
+    );
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    assert_eq!(status.message(), "etcdserver: bad leader transferee");
+}

@@ -228,7 +228,8 @@ impl Maintenance for MaintenanceService {
             return Err(Status::failed_precondition("etcdserver: not leader"));
         }
         if !status.voters.contains(&target) {
-            return Err(Status::not_found("etcdserver: bad leader transferee"));
+            // etcd's ErrGRPCBadLeaderTransferee is FailedPrecondition, as its "not leader" above.
+            return Err(Status::failed_precondition("etcdserver: bad leader transferee"));
         }
         if target != status.member_id {
             group.transfer_leader(target).map_err(errors::from_raft)?;

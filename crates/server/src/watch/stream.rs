@@ -199,13 +199,24 @@ impl WatchStreamTask {
         }
     }
 
+    /// Answers a create request that makes no watcher as etcd does: created and canceled at
+    /// once, with no watch id (-1) and the reason.
+    async fn refuse_create(&mut self, reason: String) -> bool {
+        let mut resp = self.response(NO_WATCH_ID, self.hub.store().current_revision());
+        resp.created = true;
+        resp.canceled = true;
+        resp.cancel_reason = reason;
+        self.send(resp).await
+    }
+
     async fn create(&mut self, create: WatchCreateRequest) -> bool {
         if let Err(reason) = self.permitted(&create.key, &create.range_end).await {
-            let mut resp = self.response(NO_WATCH_ID, self.hub.store().current_revision());
-            resp.created = true;
-            resp.canceled = true;
-            resp.cancel_reason = reason;
-            return self.send(resp).await;
+            return self.refuse_create(reason).await;
+        }
+        // A range that holds no key (`key` at or past `range_end`; "\0" means every key from
+        // `key` on) is refused by etcd's mvcc when the watch is made, not watched forever.
+        if !create.range_end.is_empty() && create.range_end != [0] && create.key >= create.range_end {
+            return self.refuse_create("mvcc: watcher range is empty".into()).await;
         }
         let current = self.hub.store().current_revision();
         let id = if create.watch_id != 0 {
@@ -217,11 +228,9 @@ impl WatchStreamTask {
             self.next_auto_id
         };
         if self.watchers.contains_key(&id) || id < 0 {
-            let mut resp = self.response(id, current);
-            resp.created = true;
-            resp.canceled = true;
-            resp.cancel_reason = "mvcc: duplicate watch ID provided on the WatchStream".into();
-            return self.send(resp).await;
+            return self
+                .refuse_create("mvcc: duplicate watch ID provided on the WatchStream".into())
+                .await;
         }
         if create.watch_id == 0 {
             self.next_auto_id += 1;
@@ -312,9 +321,12 @@ impl WatchStreamTask {
                     let mut resp = self.response(id, store.current_revision());
                     resp.canceled = true;
                     if err == KvError::Compacted {
+                        // etcd says only compact_revision here, with no cancel_reason: clients
+                        // (clientv3, etcdctl) derive "required revision has been compacted".
                         resp.compact_revision = store.compact_revision();
+                    } else {
+                        resp.cancel_reason = err.to_string();
                     }
-                    resp.cancel_reason = err.to_string();
                     return self.send(resp).await;
                 }
             }
