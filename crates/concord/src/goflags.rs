@@ -332,7 +332,7 @@ mod tests {
             "serve",
             "--max-wals",
             "5",
-            "-experimental-initial-corrupt-check=true",
+            "-experimental-compact-hash-check-enabled=true",
             "--enable-pprof",
             "--name",
             "x",
@@ -348,7 +348,7 @@ mod tests {
                     value: Some("5".into())
                 },
                 Given {
-                    name: "experimental-initial-corrupt-check".into(),
+                    name: "experimental-compact-hash-check-enabled".into(),
                     value: Some("true".into())
                 },
                 Given {

@@ -8,6 +8,7 @@
 //! - [`membership`]: member and cluster ids, names and URLs.
 //! - [`validate`], [`errors`]: etcd's request checks and error strings.
 //! - [`metrics`], [`http`]: Prometheus metrics, health endpoints and the web dashboard.
+//! - [`corrupt_check`]: etcd's data corruption checks (at start, and periodically on the leader).
 //! - [`gateway`]: etcd's JSON gRPC gateway (`/v3/...` over HTTP with JSON bodies).
 
 pub mod apply;
@@ -18,6 +19,7 @@ pub mod compactor;
 pub mod concurrency;
 pub mod config;
 pub mod context;
+pub mod corrupt_check;
 pub mod election;
 pub mod errors;
 mod fallback;
@@ -48,4 +50,5 @@ pub use auth::AuthConfig;
 pub use compactor::AutoCompaction;
 pub use config::{InitialClusterState, Sabotage, ServerConfig};
 pub use context::Limits;
+pub use corrupt_check::CorruptCheck;
 pub use member::{serve, ServeError};
