@@ -65,6 +65,7 @@ pub async fn run(args: DevArgs) -> Result<(), String> {
             auth: Default::default(),
             encryption_key_file: None,
             auto_compaction: None,
+            corrupt_check: Default::default(),
         };
         let mut stop = stop_rx.clone();
         members.spawn(async move {

@@ -13,7 +13,7 @@
 //!   not start weaker than configured;
 //! - what Concord always does: accepted silently.
 //!
-//! A value that asks for nothing (`--auto-tls=false`, `--proxy=off`, etcd's defaults where
+//! A value that asks for nothing (`--proxy=off`, `--host-whitelist=*`, etcd's defaults where
 //! Concord behaves the same) is accepted silently whatever the flag. Values are checked as etcd's
 //! Go flag types check them. The list is etcd's `etcdmain/config.go` of v3.4.45 and v3.5.33
 //! (including the legacy names etcd ignores).
@@ -133,7 +133,8 @@ const V2_PROXY: &str = "Concord has no v2 proxy";
 const LOGS: &str = "Concord logs to stderr through tracing (see --log-level and --log-format)";
 const TRACING: &str = "Concord has no OpenTelemetry tracing";
 const KEEPALIVE: &str = "Concord's HTTP/2 server answers every ping; it does not police how often clients send them";
-const CORRUPT: &str = "use `etcdctl endpoint hashkv --cluster` to compare members";
+const CORRUPT: &str =
+    "--experimental-corrupt-check-time runs the leader's periodic comparison of the members' HashKV instead";
 const NO_DISCOVERY: &str = "Concord does not implement discovery";
 
 /// Every etcd flag `concord serve` takes outside clap, with what it does here.
@@ -141,8 +142,6 @@ pub static FLAGS: &[EtcdFlag] = &[
     // Refused: Concord would run without what the operator relied on.
     // Read in main.rs (config_file.rs) before anything else: it stands for the whole command line.
     flag("config-file", Text, Same, &[]),
-    flag("auto-tls", Bool, Refuse("Concord does not generate certificates yet; give --cert-file and --key-file"), &["false"]),
-    flag("peer-auto-tls", Bool, Refuse("Concord does not generate certificates yet; give --peer-cert-file and --peer-key-file"), &["false"]),
     flag("client-cert-allowed-hostname", Text, Refuse("Concord does not check client certificates' hostnames yet"), &[""]),
     flag("peer-cert-allowed-cn", Text, Refuse("Concord does not check peer certificates' common names yet"), &[""]),
     flag("peer-cert-allowed-hostname", Text, Refuse("Concord does not check peer certificates' hostnames yet"), &[""]),
@@ -150,8 +149,6 @@ pub static FLAGS: &[EtcdFlag] = &[
     flag("proxy", Choice(&["off", "readonly", "on"]), Refuse("Concord cannot run as etcd's v2 proxy"), &["off"]),
     // Not implemented yet: accepted with a warning.
     flag("force-new-cluster", Bool, NotYet("to recover from a lost quorum, restore a snapshot with `concord snapshot restore` into a new cluster"), &["false"]),
-    flag("experimental-initial-corrupt-check", Bool, NotYet(CORRUPT), &["false"]),
-    flag("experimental-corrupt-check-time", Duration, NotYet(CORRUPT), &["0"]),
     flag("experimental-compact-hash-check-enabled", Bool, NotYet(CORRUPT), &["false"]),
     flag("experimental-compact-hash-check-time", Duration, NotYet(CORRUPT), &[]),
     flag("grpc-keepalive-min-time", Duration, NotYet(KEEPALIVE), &[]),
@@ -192,7 +189,6 @@ pub static FLAGS: &[EtcdFlag] = &[
     flag("strict-reconfig-check", Bool, Ignored("Concord always refuses membership changes that would lose quorum"), &["true"]),
     flag("pre-vote", Bool, Ignored("Concord always runs Raft's pre-vote phase"), &["true"]),
     flag("experimental-peer-skip-client-san-verification", Bool, Ignored("Concord never checks the SAN of a peer's client certificate against its address"), &["true"]),
-    flag("self-signed-cert-validity", Uint, Ignored("only --auto-tls uses it"), &[]),
     flag("cors", Text, Ignored("Concord's HTTP endpoints send no CORS headers"), &[]),
     flag("enable-v2", Bool, Ignored(V2), &["false"]),
     flag("experimental-enable-v2v3", Text, Ignored(V2), &[""]),
@@ -434,11 +430,18 @@ mod tests {
                     .to_string(),
             ]
         );
-        let review = run(&["--experimental-initial-corrupt-check=true", "--pre-vote=false"], &[]).unwrap();
+        let review = run(
+            &["--experimental-compact-hash-check-enabled=true", "--pre-vote=false"],
+            &[],
+        )
+        .unwrap();
         assert!(review.warnings[0].starts_with(
-            "flag --experimental-initial-corrupt-check is not implemented in Concord yet, so it is ignored"
+            "flag --experimental-compact-hash-check-enabled is not implemented in Concord yet, so it is ignored"
         ));
         assert!(review.warnings[1].contains("always runs Raft's pre-vote"));
+        // Implemented now: clap takes it, so it is not warned about.
+        let review = run(&["--experimental-initial-corrupt-check=true"], &[]).unwrap();
+        assert_eq!(review.warnings, Vec::<String>::new());
     }
 
     #[test]
@@ -463,14 +466,8 @@ mod tests {
 
     #[test]
     fn weakening_flags_refuse_unless_they_ask_for_nothing() {
-        for bad in [
-            &["--auto-tls"][..],
-            &["--peer-auto-tls=true"],
-            &["--proxy=on"],
-        ] {
-            let err = run(bad, &[]).unwrap_err();
-            assert!(err.contains("refusing to start"), "{bad:?}: {err}");
-        }
+        let err = run(&["--proxy=on"], &[]).unwrap_err();
+        assert!(err.contains("refusing to start"), "{err}");
         let quiet = run(
             &[
                 "--auto-tls=false",
@@ -482,9 +479,9 @@ mod tests {
         )
         .unwrap();
         assert_eq!(quiet, Review::default());
-        assert!(run(&[], &[("ETCD_AUTO_TLS", "true")])
+        assert!(run(&[], &[("ETCD_PROXY", "on")])
             .unwrap_err()
-            .starts_with("ETCD_AUTO_TLS (--auto-tls)"));
+            .starts_with("ETCD_PROXY (--proxy)"));
     }
 
     #[test]

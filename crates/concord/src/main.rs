@@ -7,6 +7,7 @@
 //! ([`client`]) and etcdctl's `-w simple|table|json` output ([`output`]).
 //! Errors print as `Error: <message>` with exit code 1, as etcdctl's do.
 
+mod auto_tls;
 mod bench;
 mod chaos;
 mod client;

@@ -141,6 +141,19 @@ pub struct ServeArgs {
     #[arg(long, env = "ETCD_PEER_CLIENT_CERT_AUTH", action = ArgAction::Set, num_args = 0..=1, require_equals = true,
           default_value = "false", default_missing_value = "true", value_parser = crate::goflags::parse_bool)]
     pub peer_client_cert_auth: bool,
+    /// Client TLS using generated certificates (when --cert-file and --key-file are not given).
+    #[arg(long, env = "ETCD_AUTO_TLS", action = ArgAction::Set, num_args = 0..=1, require_equals = true,
+          default_value = "false", default_missing_value = "true", value_parser = crate::goflags::parse_bool)]
+    pub auto_tls: bool,
+    /// Peer TLS using generated certificates (when --peer-cert-file and --peer-key-file are not
+    /// given); peers' certificates are then not verified.
+    #[arg(long, env = "ETCD_PEER_AUTO_TLS", action = ArgAction::Set, num_args = 0..=1, require_equals = true,
+          default_value = "false", default_missing_value = "true", value_parser = crate::goflags::parse_bool)]
+    pub peer_auto_tls: bool,
+    /// The validity period of the client and peer certificates that are automatically
+    /// generated, in years.
+    #[arg(long, default_value_t = 1, env = "ETCD_SELF_SIGNED_CERT_VALIDITY")]
+    pub self_signed_cert_validity: u32,
     /// Path to the client certificate revocation list file (PEM).
     #[arg(long, env = "ETCD_CLIENT_CRL_FILE")]
     pub client_crl_file: Option<PathBuf>,
@@ -191,6 +204,16 @@ pub struct ServeArgs {
     /// cannot wait that long.
     #[arg(long, value_parser = parse_duration, hide = true)]
     pub experimental_revision_compaction_interval: Option<Duration>,
+    /// Check the member's data against its peers' (HashKV at its revision) before it serves;
+    /// a difference at the same compaction point stops it.
+    #[arg(long, env = "ETCD_EXPERIMENTAL_INITIAL_CORRUPT_CHECK", action = ArgAction::Set, num_args = 0..=1,
+          require_equals = true, default_value = "false", default_missing_value = "true",
+          value_parser = crate::goflags::parse_bool)]
+    pub experimental_initial_corrupt_check: bool,
+    /// How often the leader compares every member's HashKV and raises the CORRUPT alarm for one
+    /// that differs (0 disables).
+    #[arg(long, default_value = "0s", value_parser = parse_duration_or_zero, env = "ETCD_EXPERIMENTAL_CORRUPT_CHECK_TIME")]
+    pub experimental_corrupt_check_time: Duration,
 }
 
 /// The faults `--unsafe-sabotage` can inject (see [`Sabotage`]).
@@ -233,22 +256,43 @@ impl ServeArgs {
         };
         // Checked whether TLS is on or not, as etcd checks the flags.
         policy.check().map_err(|e| e.to_string())?;
-        let client_tls = tls_files(
-            ("--cert-file", self.cert_file),
-            ("--key-file", self.key_file),
+        let data_dir = data_dir(&self.name, self.data_dir.as_deref());
+        let validity = self.self_signed_cert_validity;
+        let (cert_file, key_file, client_self_signed) = auto_tls_files(
+            "client",
+            (self.auto_tls, self.cert_file, self.key_file),
+            &data_dir.join("fixtures").join("client"),
+            &self.listen_client_urls,
+            validity,
+        )?;
+        let (peer_cert_file, peer_key_file, peer_self_signed) = auto_tls_files(
+            "peer",
+            (self.peer_auto_tls, self.peer_cert_file, self.peer_key_file),
+            &data_dir.join("fixtures").join("peer"),
+            &self.listen_peer_urls,
+            validity,
+        )?;
+        let mut client_tls = tls_files(
+            ("--cert-file", cert_file),
+            ("--key-file", key_file),
             ("--trusted-ca-file", self.trusted_ca_file),
             ("--client-cert-auth", self.client_cert_auth),
             self.client_crl_file,
             &policy,
         )?;
-        let peer_tls = tls_files(
-            ("--peer-cert-file", self.peer_cert_file),
-            ("--peer-key-file", self.peer_key_file),
+        let mut peer_tls = tls_files(
+            ("--peer-cert-file", peer_cert_file),
+            ("--peer-key-file", peer_key_file),
             ("--peer-trusted-ca-file", self.peer_trusted_ca_file),
             ("--peer-client-cert-auth", self.peer_client_cert_auth),
             self.peer_crl_file,
             &policy,
         )?;
+        for (files, self_signed) in [(&mut client_tls, client_self_signed), (&mut peer_tls, peer_self_signed)] {
+            if let Some(files) = files.as_mut() {
+                files.skip_server_verification = self_signed;
+            }
+        }
         let auto_compaction =
             AutoCompaction::parse(&self.auto_compaction_mode, &self.auto_compaction_retention)?.map(|policy| {
                 AutoCompaction {
@@ -266,7 +310,7 @@ impl ServeArgs {
                 .join(",")
         });
         Ok(ServerConfig {
-            data_dir: data_dir(&self.name, self.data_dir.as_deref()),
+            data_dir,
             name: self.name,
             listen_client_urls: self.listen_client_urls,
             listen_metrics_urls: self.listen_metrics_urls,
@@ -321,6 +365,10 @@ impl ServeArgs {
             },
             encryption_key_file: self.encryption_key_file,
             auto_compaction,
+            corrupt_check: concord_server::CorruptCheck {
+                initial: self.experimental_initial_corrupt_check,
+                periodic: Some(self.experimental_corrupt_check_time).filter(|d| !d.is_zero()),
+            },
         })
     }
 }
@@ -344,6 +392,7 @@ fn tls_files(
             client_cert_auth: cert_auth.1,
             crl_file,
             policy: policy.clone(),
+            skip_server_verification: false,
         }),
         (Some(_), None) => return Err(format!("{} needs {}", cert.0, key.0)),
         (None, Some(_)) => return Err(format!("{} needs {}", key.0, cert.0)),
@@ -353,6 +402,26 @@ fn tls_files(
         Some(f) if f.client_cert_auth && f.trusted_ca_file.is_none() => Err(format!("{} needs {}", cert_auth.0, ca.0)),
         _ => Ok(files),
     }
+}
+
+/// One side's certificate and key: as given, or generated under `dir` (see [`crate::auto_tls`])
+/// when `auto` is set and none are given, as etcd does; the flag says whether they were generated.
+fn auto_tls_files(
+    side: &str,
+    (auto, cert_file, key_file): (bool, Option<PathBuf>, Option<PathBuf>),
+    dir: &std::path::Path,
+    urls: &[String],
+    validity_years: u32,
+) -> Result<(Option<PathBuf>, Option<PathBuf>, bool), String> {
+    if !auto {
+        return Ok((cert_file, key_file, false));
+    }
+    if cert_file.is_some() || key_file.is_some() {
+        tracing::warn!("ignoring {side} auto TLS since certs given");
+        return Ok((cert_file, key_file, false));
+    }
+    let made = crate::auto_tls::self_cert(dir, urls, validity_years)?;
+    Ok((Some(made.cert_file), Some(made.key_file), true))
 }
 
 /// Runs one member until SIGINT or SIGTERM. A fault of the member's own storage ends the

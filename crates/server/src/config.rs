@@ -91,6 +91,9 @@ pub struct ServerConfig {
     /// `--auto-compaction-mode` and `--auto-compaction-retention`: `None` keeps all history
     /// (etcd's default, retention 0).
     pub auto_compaction: Option<crate::compactor::AutoCompaction>,
+    /// `--experimental-initial-corrupt-check` and `--experimental-corrupt-check-time`: etcd's
+    /// comparisons of the members' HashKV (off by default, as in etcd).
+    pub corrupt_check: crate::corrupt_check::CorruptCheck,
 }
 
 impl ServerConfig {

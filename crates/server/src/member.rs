@@ -104,7 +104,11 @@ pub async fn serve(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> Res
     let peer_source = concord_raft::transport::source_address(&cfg.listen_peer_urls);
     let tls = MemberTls::load(&cfg, peer_source)?;
     tls.spawn_reloader();
-    let membership = match Membership::load(&member_dir).map_err(|e| ServeError::Config(e.to_string()))? {
+    let loaded = Membership::load(&member_dir).map_err(|e| ServeError::Config(e.to_string()))?;
+    // Only a member that already belonged to its cluster has data to compare (etcd checks only
+    // an initialized member).
+    let initialized = loaded.is_some();
+    let membership = match loaded {
         Some(m) => m,
         None if cfg.initial_cluster_state == InitialClusterState::Existing => {
             // Joining a running cluster: ask its members who is in it.
@@ -160,6 +164,16 @@ pub async fn serve(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> Res
         MvccStore::open_with(&store_path, sealer.clone())
             .map_err(|e| ServeError::Storage(format!("{}: {e}", store_path.display())))?,
     );
+    if cfg.corrupt_check.initial && initialized {
+        // Before the Raft group starts and anything is served, as etcd does: a member whose data
+        // differ from its peers' must not serve them, nor vote.
+        crate::corrupt_check::initial_check(&store, &membership, &tls.peer_dialer, cfg.request_timeout())
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "checkInitialHashKV failed");
+                ServeError::Config(e)
+            })?;
+    }
     let raft_dir = cfg
         .wal_dir
         .as_ref()
@@ -263,6 +277,12 @@ pub async fn serve(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> Res
         stop_rx.clone(),
     ));
     tokio::spawn(crate::compactor::run(cfg.auto_compaction, ctx.clone(), stop_rx.clone()));
+    tokio::spawn(crate::corrupt_check::run_periodic(
+        cfg.corrupt_check.periodic,
+        ctx.clone(),
+        tls.peer_dialer.clone(),
+        stop_rx.clone(),
+    ));
     let extra_listeners = [
         (
             "metrics",
@@ -292,7 +312,8 @@ pub async fn serve(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> Res
         let router = tonic::transport::Server::builder()
             .tcp_nodelay(true)
             .add_service(transport.service())
-            .add_service(crate::peer::ClusterPeerService::server(membership.clone()));
+            .add_service(crate::peer::ClusterPeerService::server(membership.clone()))
+            .add_service(crate::corrupt_check::PeerHashService::server(ctx.clone()));
         let tls = if https { tls.peer_listener.clone() } else { None };
         servers.spawn(run_listener("peer", addr, listener, router, tls, stop_rx.clone()));
         tracing::info!(%addr, tls = https, "serving peers");

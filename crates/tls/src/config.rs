@@ -30,6 +30,10 @@ pub struct TlsFiles {
     pub crl_file: Option<PathBuf>,
     /// Versions and cipher suites (`--tls-min-version`, `--tls-max-version`, `--cipher-suites`).
     pub policy: TlsPolicy,
+    /// Whether the member's outgoing connections accept any certificate the other side presents:
+    /// etcd's `--peer-auto-tls`, where every member has its own self-signed certificate that no
+    /// other can verify. The link is encrypted, not authenticated.
+    pub skip_server_verification: bool,
 }
 
 impl TlsFiles {
@@ -89,10 +93,18 @@ pub fn client_config(files: &TlsFiles) -> Result<ClientConfig, TlsError> {
         Some(ca) => roots(ca)?,
         None => RootCertStore::empty(),
     };
-    let mut config = ClientConfig::builder_with_provider(files.policy.provider()?)
+    let provider = files.policy.provider()?;
+    let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&files.policy.versions()?)
-        .map_err(|e| TlsError::Rustls(e.to_string()))?
-        .with_root_certificates(roots)
+        .map_err(|e| TlsError::Rustls(e.to_string()))?;
+    let builder = if files.skip_server_verification {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(crate::unverified::AnyServer::new(provider)))
+    } else {
+        builder.with_root_certificates(roots)
+    };
+    let mut config = builder
         .with_client_auth_cert(certs, key)
         .map_err(|e| TlsError::Rustls(format!("{}: {e}", files.key_file.display())))?;
     config.alpn_protocols = vec![ALPN_H2.to_vec()];

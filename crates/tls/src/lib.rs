@@ -33,6 +33,7 @@ mod error;
 mod policy;
 mod reload;
 mod subject;
+mod unverified;
 
 pub use accept::accept;
 pub use coalesce::CoalescedWrites;
