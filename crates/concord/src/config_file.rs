@@ -61,6 +61,7 @@ const PEER_TLS: &[(&str, &str)] = &[
 /// Flags of `concord serve` (clap's) that take a Go duration, for integer nanoseconds in a file.
 const CLAP_DURATIONS: &[&str] = &[
     "experimental-corrupt-check-time",
+    "experimental-warning-apply-duration",
     "experimental-watch-progress-notify-interval",
     "grpc-keepalive-interval",
     "grpc-keepalive-timeout",

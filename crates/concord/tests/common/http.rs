@@ -14,6 +14,16 @@ pub struct Response {
 
 /// GETs `url` (`http://host:port/path`) with a bounded timeout.
 pub fn get(url: &str) -> std::io::Result<Response> {
+    request("GET", url, "")
+}
+
+/// POSTs the JSON `body` to `url` (`http://host:port/path`), as etcd's JSON gateway takes it,
+/// with a bounded timeout.
+pub fn post_json(url: &str, body: &str) -> std::io::Result<Response> {
+    request("POST", url, body)
+}
+
+fn request(method: &str, url: &str, body: &str) -> std::io::Result<Response> {
     let rest = url.strip_prefix("http://").expect("plain http URL");
     let (host, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
@@ -23,7 +33,9 @@ pub fn get(url: &str) -> std::io::Result<Response> {
     stream.set_read_timeout(Some(Duration::from_secs(15)))?;
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
     )?;
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw)?;

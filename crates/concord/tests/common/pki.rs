@@ -76,13 +76,23 @@ impl TestCa {
     /// Signs a certificate with common name `common_name`, usable by a server (on 127.0.0.1 and
     /// localhost) and by a client, and writes it to `<dir>/<stem>.pem` and `<stem>-key.pem`.
     pub fn issue(&self, stem: &str, common_name: &str) -> Issued {
+        self.issue_for(
+            stem,
+            common_name,
+            &[ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth],
+        )
+    }
+
+    /// As [`TestCa::issue`], but usable only as `usages` say (one of them alone, for a server-only
+    /// or client-only certificate).
+    pub fn issue_for(&self, stem: &str, common_name: &str, usages: &[ExtendedKeyUsagePurpose]) -> Issued {
         let key = KeyPair::generate().expect("key");
         let mut params = CertificateParams::new(vec!["localhost".to_string()]).expect("params");
         params
             .subject_alt_names
             .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
         params.distinguished_name.push(DnType::CommonName, common_name);
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        params.extended_key_usages = usages.to_vec();
         // Distinct per stem, so a revocation list can name one certificate.
         let serial = stem
             .bytes()
