@@ -53,6 +53,7 @@ pub async fn run(args: DevArgs) -> Result<(), String> {
             client_connections: Default::default(),
             initial_cluster_state: InitialClusterState::New,
             initial_cluster_token: "concord-dev".into(),
+            force_new_cluster: false,
             heartbeat_interval: Duration::from_millis(100),
             election_timeout: Duration::from_millis(1000),
             limits: Limits::default(),
@@ -66,6 +67,10 @@ pub async fn run(args: DevArgs) -> Result<(), String> {
             encryption_key_file: None,
             auto_compaction: None,
             corrupt_check: Default::default(),
+            listen_client_http_urls: vec![],
+            socket_options: Default::default(),
+            // etcd's default --experimental-warning-apply-duration.
+            warning_apply_duration: Duration::from_millis(100),
         };
         let mut stop = stop_rx.clone();
         members.spawn(async move {

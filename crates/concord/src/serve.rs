@@ -91,6 +91,11 @@ pub struct ServeArgs {
     /// Initial cluster token, which makes member and cluster ids unique.
     #[arg(long, default_value = "etcd-cluster", env = "ETCD_INITIAL_CLUSTER_TOKEN")]
     pub initial_cluster_token: String,
+    /// Force to create a new one-member cluster: a member with data commits its whole log and
+    /// removes every other member. For one start, after a quorum is lost for good.
+    #[arg(long, env = "ETCD_FORCE_NEW_CLUSTER", action = ArgAction::Set, num_args = 0..=1, require_equals = true,
+          default_value = "false", default_missing_value = "true", value_parser = crate::goflags::parse_bool)]
+    pub force_new_cluster: bool,
     /// Time (in milliseconds) of a heartbeat interval.
     #[arg(long, default_value_t = 100, env = "ETCD_HEARTBEAT_INTERVAL")]
     pub heartbeat_interval: u64,
@@ -214,6 +219,36 @@ pub struct ServeArgs {
     /// that differs (0 disables).
     #[arg(long, default_value = "0s", value_parser = parse_duration_or_zero, env = "ETCD_EXPERIMENTAL_CORRUPT_CHECK_TIME")]
     pub experimental_corrupt_check_time: Duration,
+    /// URLs to listen on for HTTP-only client traffic (the JSON gateway, /metrics, health,
+    /// /version); when given, --listen-client-urls serves gRPC only.
+    #[arg(long, env = "ETCD_LISTEN_CLIENT_HTTP_URLS", value_delimiter = ',')]
+    pub listen_client_http_urls: Vec<String>,
+    /// Path to the certificate the member presents when it calls other members' client URLs
+    /// (default: --cert-file), for a --cert-file issued for server authentication only.
+    #[arg(long, env = "ETCD_CLIENT_CERT_FILE")]
+    pub client_cert_file: Option<PathBuf>,
+    /// Path to the key of --client-cert-file.
+    #[arg(long, env = "ETCD_CLIENT_KEY_FILE")]
+    pub client_key_file: Option<PathBuf>,
+    /// Path to the certificate the member presents to its peers when it connects to them
+    /// (default: --peer-cert-file), for a --peer-cert-file issued for server authentication only.
+    #[arg(long, env = "ETCD_PEER_CLIENT_CERT_FILE")]
+    pub peer_client_cert_file: Option<PathBuf>,
+    /// Path to the key of --peer-client-cert-file.
+    #[arg(long, env = "ETCD_PEER_CLIENT_KEY_FILE")]
+    pub peer_client_key_file: Option<PathBuf>,
+    /// Set SO_REUSEPORT on every listener, so another socket that sets it can bind the same port.
+    #[arg(long, env = "ETCD_SOCKET_REUSE_PORT", action = ArgAction::Set, num_args = 0..=1, require_equals = true,
+          default_value = "false", default_missing_value = "true", value_parser = crate::goflags::parse_bool)]
+    pub socket_reuse_port: bool,
+    /// Set SO_REUSEADDR on every listener, so an address binds while old connections are in
+    /// TIME_WAIT (Concord's listeners, as Go's, set it on Unix anyway).
+    #[arg(long, env = "ETCD_SOCKET_REUSE_ADDRESS", action = ArgAction::Set, num_args = 0..=1, require_equals = true,
+          default_value = "false", default_missing_value = "true", value_parser = crate::goflags::parse_bool)]
+    pub socket_reuse_address: bool,
+    /// Time after which a warning is logged if applying committed entries takes longer.
+    #[arg(long, default_value = "100ms", value_parser = parse_duration, env = "ETCD_EXPERIMENTAL_WARNING_APPLY_DURATION")]
+    pub experimental_warning_apply_duration: Duration,
 }
 
 /// The faults `--unsafe-sabotage` can inject (see [`Sabotage`]).
@@ -293,6 +328,18 @@ impl ServeArgs {
                 files.skip_server_verification = self_signed;
             }
         }
+        outgoing_identity(
+            &mut client_tls,
+            ("--client-cert-file", self.client_cert_file),
+            ("--client-key-file", self.client_key_file),
+            "--cert-file",
+        )?;
+        outgoing_identity(
+            &mut peer_tls,
+            ("--peer-client-cert-file", self.peer_client_cert_file),
+            ("--peer-client-key-file", self.peer_client_key_file),
+            "--peer-cert-file",
+        )?;
         let auto_compaction =
             AutoCompaction::parse(&self.auto_compaction_mode, &self.auto_compaction_retention)?.map(|policy| {
                 AutoCompaction {
@@ -335,6 +382,7 @@ impl ServeArgs {
                 ClusterState::Existing => InitialClusterState::Existing,
             },
             initial_cluster_token: self.initial_cluster_token,
+            force_new_cluster: self.force_new_cluster,
             heartbeat_interval: Duration::from_millis(self.heartbeat_interval),
             election_timeout: Duration::from_millis(self.election_timeout),
             limits: Limits {
@@ -369,6 +417,16 @@ impl ServeArgs {
                 initial: self.experimental_initial_corrupt_check,
                 periodic: Some(self.experimental_corrupt_check_time).filter(|d| !d.is_zero()),
             },
+            listen_client_http_urls: self
+                .listen_client_http_urls
+                .into_iter()
+                .filter(|u| !u.is_empty())
+                .collect(),
+            socket_options: concord_server::SocketOptions {
+                reuse_port: self.socket_reuse_port,
+                reuse_address: self.socket_reuse_address,
+            },
+            warning_apply_duration: self.experimental_warning_apply_duration,
         })
     }
 }
@@ -393,6 +451,8 @@ fn tls_files(
             crl_file,
             policy: policy.clone(),
             skip_server_verification: false,
+            client_cert_file: None,
+            client_key_file: None,
         }),
         (Some(_), None) => return Err(format!("{} needs {}", cert.0, key.0)),
         (None, Some(_)) => return Err(format!("{} needs {}", key.0, cert.0)),
@@ -402,6 +462,34 @@ fn tls_files(
         Some(f) if f.client_cert_auth && f.trusted_ca_file.is_none() => Err(format!("{} needs {}", cert_auth.0, ca.0)),
         _ => Ok(files),
     }
+}
+
+/// Sets the certificate a side's outgoing connections present (etcd's `--client-cert-file` and
+/// `--peer-client-cert-file` with their keys): both or neither must be given, as etcd requires.
+/// Without the side's own certificate they have nothing to stand in for in etcd, and are ignored
+/// with a warning.
+fn outgoing_identity(
+    files: &mut Option<TlsFiles>,
+    cert: (&str, Option<PathBuf>),
+    key: (&str, Option<PathBuf>),
+    server_cert_flag: &str,
+) -> Result<(), String> {
+    // etcd's empty default means "not given".
+    let given = |path: Option<PathBuf>| path.filter(|p| !p.as_os_str().is_empty());
+    let pair = match (given(cert.1), given(key.1)) {
+        (None, None) => return Ok(()),
+        (Some(cert_file), Some(key_file)) => (cert_file, key_file),
+        (Some(_), None) => return Err(format!("{} needs {}", cert.0, key.0)),
+        (None, Some(_)) => return Err(format!("{} needs {}", key.0, cert.0)),
+    };
+    match files.as_mut() {
+        Some(files) => {
+            files.client_cert_file = Some(pair.0);
+            files.client_key_file = Some(pair.1);
+        }
+        None => tracing::warn!("{} is ignored without {server_cert_flag}", cert.0),
+    }
+    Ok(())
 }
 
 /// One side's certificate and key: as given, or generated under `dir` (see [`crate::auto_tls`])
@@ -490,5 +578,62 @@ mod tests {
         assert!(parse_duration("0s").is_err());
         assert!(parse_duration("s").is_err());
         assert!(parse_duration("1d").is_err());
+    }
+
+    /// `concord serve` with `args`, as far as its [`concord_server::ServerConfig`].
+    fn config(args: &[&str]) -> Result<concord_server::ServerConfig, String> {
+        #[derive(clap::Parser)]
+        struct Serve {
+            #[command(flatten)]
+            args: super::ServeArgs,
+        }
+        let serve = <Serve as clap::Parser>::try_parse_from(std::iter::once("serve").chain(args.iter().copied()))
+            .map_err(|e| e.to_string())?;
+        serve.args.into_config()
+    }
+
+    #[test]
+    fn etcd_35_listener_and_apply_flags_reach_the_config() {
+        let defaults = config(&[]).unwrap();
+        assert_eq!(defaults.warning_apply_duration, Duration::from_millis(100));
+        assert_eq!(defaults.socket_options, concord_server::SocketOptions::default());
+        assert!(defaults.listen_client_http_urls.is_empty());
+
+        let set = config(&[
+            "--experimental-warning-apply-duration=250ms",
+            "--socket-reuse-port",
+            "--socket-reuse-address=true",
+            "--listen-client-http-urls=http://127.0.0.1:1,http://127.0.0.1:2",
+        ])
+        .unwrap();
+        assert_eq!(set.warning_apply_duration, Duration::from_millis(250));
+        assert!(set.socket_options.reuse_port && set.socket_options.reuse_address);
+        assert_eq!(
+            set.listen_client_http_urls,
+            ["http://127.0.0.1:1", "http://127.0.0.1:2"]
+        );
+        assert!(config(&["--experimental-warning-apply-duration=0s"]).is_err());
+    }
+
+    #[test]
+    fn outgoing_certificates_come_in_pairs() {
+        let tls = [
+            "--cert-file=c.pem",
+            "--key-file=k.pem",
+            "--peer-cert-file=c.pem",
+            "--peer-key-file=k.pem",
+        ];
+        let with = |extra: &[&str]| config(&[&tls[..], extra].concat());
+        let set = with(&["--client-cert-file=cc.pem", "--client-key-file=ck.pem"]).unwrap();
+        let client = set.client_tls.unwrap();
+        assert_eq!(client.client_cert_file.as_deref(), Some(std::path::Path::new("cc.pem")));
+        assert_eq!(client.client_key_file.as_deref(), Some(std::path::Path::new("ck.pem")));
+        // The peer side keeps presenting its own certificate.
+        assert_eq!(set.peer_tls.unwrap().client_cert_file, None);
+        let half = with(&["--peer-client-cert-file=pc.pem"]).unwrap_err();
+        assert!(
+            half.contains("--peer-client-cert-file needs --peer-client-key-file"),
+            "{half}"
+        );
     }
 }

@@ -108,6 +108,36 @@ fn one_member(dir: &Path) -> (Vec<String>, String) {
     (args.to_vec(), client)
 }
 
+/// Starts a cluster of two members on `https://` client and peer URLs, named `<prefix>0` and
+/// `<prefix>1`, each with its folder in `dir` (data in `data`), and `tls_args` for their
+/// certificates. Returns them with their (client, peer) ports.
+fn start_https_pair(dir: &Path, prefix: &str, tls_args: &[String]) -> (Vec<Member>, Vec<(u16, u16)>) {
+    let ports: Vec<(u16, u16)> = (0..2).map(|_| (free_port(), free_port())).collect();
+    let cluster: Vec<String> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, (_, peer))| format!("{prefix}{i}=https://127.0.0.1:{peer}"))
+        .collect();
+    let mut members = Vec::new();
+    for (i, (client, peer)) in ports.iter().enumerate() {
+        let member_dir = dir.join(format!("{prefix}{i}"));
+        std::fs::create_dir_all(&member_dir).unwrap();
+        let client_url = format!("https://127.0.0.1:{client}");
+        let mut args = vec![
+            format!("--name={prefix}{i}"),
+            format!("--data-dir={}", member_dir.join("data").display()),
+            format!("--listen-client-urls={client_url}"),
+            format!("--advertise-client-urls={client_url}"),
+            format!("--listen-peer-urls=https://127.0.0.1:{peer}"),
+            format!("--initial-advertise-peer-urls=https://127.0.0.1:{peer}"),
+            format!("--initial-cluster={}", cluster.join(",")),
+        ];
+        args.extend_from_slice(tls_args);
+        members.push(Member::start(&member_dir, &args, &[], &client_url));
+    }
+    (members, ports)
+}
+
 /// A client of `url` presenting `cert`, trusting `ca`.
 async fn mtls_client(ca: &TestCa, cert: &common::pki::Issued, url: &str) -> Client {
     let tls = TlsOptions::new()
@@ -381,30 +411,11 @@ not-an-etcd-setting: true
 #[tokio::test]
 async fn auto_tls_on_both_links() {
     let dir = tempfile::tempdir().unwrap();
-    let ports: Vec<(u16, u16)> = (0..2).map(|_| (free_port(), free_port())).collect();
-    let cluster: Vec<String> = ports
-        .iter()
-        .enumerate()
-        .map(|(i, (_, peer))| format!("a{i}=https://127.0.0.1:{peer}"))
-        .collect();
-    let mut members = Vec::new();
-    for (i, (client, peer)) in ports.iter().enumerate() {
-        let member_dir = dir.path().join(format!("a{i}"));
-        std::fs::create_dir_all(&member_dir).unwrap();
-        let client_url = format!("https://127.0.0.1:{client}");
-        let args = [
-            format!("--name=a{i}"),
-            format!("--data-dir={}", member_dir.join("data").display()),
-            format!("--listen-client-urls={client_url}"),
-            format!("--advertise-client-urls={client_url}"),
-            format!("--listen-peer-urls=https://127.0.0.1:{peer}"),
-            format!("--initial-advertise-peer-urls=https://127.0.0.1:{peer}"),
-            format!("--initial-cluster={}", cluster.join(",")),
-            "--auto-tls".to_string(),
-            "--peer-auto-tls=true".to_string(),
-        ];
-        members.push(Member::start(&member_dir, &args, &[], &client_url));
-    }
+    let (members, ports) = start_https_pair(
+        dir.path(),
+        "a",
+        &["--auto-tls".to_string(), "--peer-auto-tls=true".to_string()],
+    );
     let etcdctl = |member: usize, args: &[&str]| {
         Command::new("etcdctl")
             .env("ETCDCTL_API", "3")
@@ -732,4 +743,132 @@ fn refused_command_lines_exit_with_the_reason() {
     assert!(run(&["--tls-min-version=TLS1.1"], &[]).contains("unexpected TLS version"));
     assert!(run(&["--auto-compaction-retention=1.5"], &[]).contains("error parsing CompactionRetention"));
     assert!(!dir.path().join("solo.etcd").exists(), "nothing was written");
+}
+
+/// etcd 3.5's `--listen-client-http-urls`: the JSON gateway and `/metrics` answer there, gRPC
+/// keeps working on the client URL, and the client URL no longer serves the HTTP routes.
+#[tokio::test]
+async fn client_http_urls_take_the_http_routes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut args, client_url) = one_member(dir.path());
+    let http_url = format!("http://127.0.0.1:{}", free_port());
+    args.push(format!("--listen-client-http-urls={http_url}"));
+    let member = Member::start(dir.path(), &args, &[], &client_url);
+    let client = member.client().await;
+    eventually("a gRPC put on the client URL", || {
+        let mut c = client.clone();
+        async move { c.put("greeting", "hello", None).await }
+    })
+    .await;
+
+    // {"key": base64("greeting")}; the answer carries base64("hello").
+    let range = common::http::post_json(&format!("{http_url}/v3/kv/range"), r#"{"key":"Z3JlZXRpbmc="}"#)
+        .expect("the gateway answers on the HTTP URL");
+    assert_eq!(range.status, 200, "{range:?}");
+    assert!(range.body.contains("aGVsbG8="), "{}", range.body);
+    let metrics = common::http::get(&format!("{http_url}/metrics")).expect("metrics on the HTTP URL");
+    assert_eq!(metrics.status, 200);
+    assert!(metrics.body.contains("etcd_server_has_leader"), "{}", metrics.body);
+
+    let on_client = common::http::get(&format!("{client_url}/metrics")).expect("the client URL answers HTTP/1.1");
+    assert_eq!(on_client.status, 404, "{on_client:?}");
+    assert!(!on_client.body.contains("etcd_server_has_leader"));
+    assert!(
+        !member.log().contains("flag --listen-client-http-urls"),
+        "the flag is implemented, not warned about:\n{}",
+        member.log()
+    );
+}
+
+/// `--client-cert-file` and `--peer-client-cert-file`: members whose `--cert-file` and
+/// `--peer-cert-file` may only serve (server authentication alone) present a client certificate
+/// when they connect out, so a cluster with certificate authentication on both links forms,
+/// replicates, and forwards lease calls to its leader's client URL.
+#[tokio::test]
+async fn client_certificates_for_outgoing_links() {
+    use rcgen::ExtendedKeyUsagePurpose::{ClientAuth, ServerAuth};
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(dir.path(), "etcd");
+    let server_only = ca.issue_for("server-only", "member", &[ServerAuth]);
+    let client_only = ca.issue_for("client-only", "member-client", &[ClientAuth]);
+    let user = ca.issue_for("user", "root", &[ClientAuth]);
+    let path = |p: &Path| p.display().to_string();
+    let tls = [
+        format!("--cert-file={}", path(&server_only.cert_file)),
+        format!("--key-file={}", path(&server_only.key_file)),
+        format!("--client-cert-file={}", path(&client_only.cert_file)),
+        format!("--client-key-file={}", path(&client_only.key_file)),
+        format!("--trusted-ca-file={}", path(&ca.ca_file())),
+        "--client-cert-auth".to_string(),
+        format!("--peer-cert-file={}", path(&server_only.cert_file)),
+        format!("--peer-key-file={}", path(&server_only.key_file)),
+        format!("--peer-client-cert-file={}", path(&client_only.cert_file)),
+        format!("--peer-client-key-file={}", path(&client_only.key_file)),
+        format!("--peer-trusted-ca-file={}", path(&ca.ca_file())),
+        "--peer-client-cert-auth".to_string(),
+    ];
+    let (members, _) = start_https_pair(dir.path(), "c", &tls);
+    let mut clients = Vec::new();
+    for member in &members {
+        clients.push(mtls_client(&ca, &user, &member.client_url).await);
+    }
+    eventually("a put over mTLS", || {
+        let mut c = clients[0].clone();
+        async move { c.put("k", "v", None).await }
+    })
+    .await;
+    // The peer link (each member presenting its client-only certificate) carried it.
+    eventually("the put reached the other member", || {
+        let mut c = clients[1].clone();
+        async move {
+            let got = c.get("k", Some(GetOptions::new().with_serializable())).await?;
+            match got.kvs().first() {
+                Some(kv) if kv.value() == b"v" => Ok(()),
+                _ => Err(etcd_client::Error::InvalidArgs("not replicated yet".into())),
+            }
+        }
+    })
+    .await;
+    // One of the two is a follower, which forwards TimeToLive to the leader's client URL, where
+    // --client-cert-auth wants the follower's client certificate.
+    let lease = clients[0].lease_grant(60, None).await.expect("lease grant").id();
+    for (i, client) in clients.iter_mut().enumerate() {
+        let ttl = client
+            .lease_time_to_live(lease, None)
+            .await
+            .unwrap_or_else(|e| panic!("TimeToLive on member {i}: {e}"));
+        assert!(ttl.ttl() > 0, "member {i}: {ttl:?}");
+    }
+}
+
+/// `--socket-reuse-port`: while the member listens, another socket that sets SO_REUSEPORT binds
+/// its client port; without the flag that bind is refused.
+#[tokio::test]
+async fn socket_reuse_port_shares_the_listeners() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut started = Vec::new();
+    for reuse in [true, false] {
+        let member_dir = dir.path().join(format!("reuse-{reuse}"));
+        std::fs::create_dir_all(&member_dir).unwrap();
+        let (mut args, client_url) = one_member(&member_dir);
+        args.push(format!("--socket-reuse-port={reuse}"));
+        started.push((reuse, Member::start(&member_dir, &args, &[], &client_url)));
+    }
+    for (reuse, member) in &started {
+        let client = member.client().await;
+        eventually("the member serves", || {
+            let mut c = client.clone();
+            async move { c.put("up", "yes", None).await }
+        })
+        .await;
+        let addr: std::net::SocketAddr = member.client_url.trim_start_matches("http://").parse().unwrap();
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_reuseport(true).unwrap();
+        let bound = socket.bind(addr);
+        assert_eq!(
+            bound.is_ok(),
+            *reuse,
+            "--socket-reuse-port={reuse}: a second SO_REUSEPORT bind of {addr}: {bound:?}"
+        );
+    }
 }

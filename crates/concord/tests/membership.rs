@@ -9,26 +9,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{eventually, grpc_status, Cluster};
-use etcd_client::{Client, ConnectOptions, GetOptions, MemberAddOptions};
+use etcd_client::{Client, ConnectOptions, MemberAddOptions};
 use tonic::Code;
 
 /// Everything member `i` holds, read locally: key → (value, mod revision).
 async fn local_data(cluster: &Cluster, i: usize) -> Result<(i64, BTreeMap<String, (String, i64)>), String> {
-    let mut c = cluster.client(i).await;
-    let resp = c
-        .get("", Some(GetOptions::new().with_all_keys().with_serializable()))
-        .await
-        .map_err(|e| e.to_string())?;
-    let revision = resp.header().map_or(0, |h| h.revision());
-    let data = resp
-        .kvs()
-        .iter()
-        .map(|kv| {
-            let k = kv.key_str().unwrap().to_string();
-            (k, (kv.value_str().unwrap().to_string(), kv.mod_revision()))
-        })
-        .collect();
-    Ok((revision, data))
+    common::all_keys(cluster, i, true).await
 }
 
 /// Waits until every listed member holds exactly the same data at the same

@@ -26,6 +26,7 @@ const MAX_MESSAGE: usize = 1536 * 1024 + 512 * 1024;
 const INTERNAL: &str = "13";
 const OUT_OF_RANGE: &str = "11";
 const DEADLINE_EXCEEDED: &str = "4";
+const RESOURCE_EXHAUSTED: &str = "8";
 
 /// One HTTP/2 connection to a member, closed when dropped.
 struct Connection {
@@ -415,6 +416,15 @@ struct StalledDownload {
 /// Starts a snapshot download and waits for the member to answer it (once its copy of the store
 /// is written), without reading any of it.
 async fn stalled_download(url: &str) -> StalledDownload {
+    match try_download(url).await {
+        Ok(download) => download,
+        Err(refusal) => panic!("the download was refused: {refusal}"),
+    }
+}
+
+/// Starts a snapshot download as [`stalled_download`] does; the member's refusal (its
+/// grpc-status and message) if it refuses at once.
+async fn try_download(url: &str) -> Result<StalledDownload, String> {
     let conn = connect(url).await;
     let (response, mut request) = start_grpc(&conn, url, "/etcdserverpb.Maintenance/Snapshot").await;
     request
@@ -424,11 +434,21 @@ async fn stalled_download(url: &str) -> StalledDownload {
         .await
         .expect("snapshot answered in time")
         .expect("snapshot answered");
-    assert_eq!(response.headers().get("grpc-status"), None, "the download started");
-    StalledDownload {
+    if let Some(status) = response.headers().get("grpc-status") {
+        let message = response
+            .headers()
+            .get("grpc-message")
+            .map(|m| m.to_str().unwrap_or("?").to_string());
+        return Err(format!(
+            "{} {}",
+            status.to_str().unwrap_or("?"),
+            percent_decoded(&message.unwrap_or_default())
+        ));
+    }
+    Ok(StalledDownload {
         conn,
         responses: response.into_body(),
-    }
+    })
 }
 
 /// Writes about 4 MiB, so that a snapshot is far larger than what HTTP/2 windows and buffers
@@ -445,15 +465,28 @@ async fn stalled_snapshot_downloads_are_cancelled_and_their_files_removed() {
     let baseline = rss_mib(&cluster, 0);
     let mut downloads = Vec::new();
     let mut highest = baseline;
-    for _ in 0..5 {
+    // Two downloads at a time (each holds a copy of the store on disk); a third is refused.
+    for _ in 0..2 {
         downloads.push(stalled_download(&url).await);
         highest = highest.max(rss_mib(&cluster, 0));
     }
+    let refusal = try_download(&url).await.err().expect("a third download is refused");
+    assert!(
+        refusal.starts_with(&format!("{RESOURCE_EXHAUSTED} etcdserver: too many requests")),
+        "{refusal}"
+    );
+    assert_eq!(download_files(&cluster).len(), 2, "one copy per download in progress");
     wait_for_no_download_files(&cluster, "the files of stalled downloads").await;
     let after = rss_mib(&cluster, 0);
-    eprintln!("5 stalled snapshot downloads: RSS {baseline} MiB -> highest {highest} MiB, {after} MiB once cancelled");
+    eprintln!("2 stalled snapshot downloads (a third refused): RSS {baseline} MiB -> highest {highest} MiB, {after} MiB once cancelled");
     let growth = after.saturating_sub(baseline);
-    assert!(growth < 32, "5 stalled downloads grew the member by {growth} MiB");
+    assert!(growth < 32, "stalled downloads grew the member by {growth} MiB");
+    // Their places are free again once they are cancelled.
+    drop(
+        try_download(&url)
+            .await
+            .expect("a download once the stalled ones are cancelled"),
+    );
 
     // A client that reads again gets what was already on its way, then an error: never an OK
     // that would pass the partial copy off as whole.

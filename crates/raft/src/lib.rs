@@ -8,6 +8,7 @@
 //! - [`state_machine`]: the contract for what committed entries are applied to.
 //! - [`snapshot`]: snapshots built off the driver thread and shipped as files.
 //! - [`transport`]: batched, streaming peer-to-peer delivery of Raft messages.
+//! - [`force_new_cluster`]: etcd's `--force-new-cluster`, a log rewritten to one voter.
 //!
 //! Invariants: a proposal is answered only after its entry is committed (durable
 //! on a quorum) and applied on the answering member; a linearizable read is
@@ -16,6 +17,7 @@
 
 mod entry_cache;
 pub mod error;
+pub mod force_new_cluster;
 pub mod log_store;
 mod logging;
 pub mod metrics;
@@ -28,7 +30,7 @@ pub mod status;
 pub mod transport;
 
 pub use error::RaftError;
-pub use node::{start_group, GroupConfig, RaftHandle};
+pub use node::{start_group, GroupConfig, RaftHandle, DEFAULT_WARNING_APPLY_DURATION};
 pub use snapshot::{BuiltSnapshot, SnapshotJob};
 pub use state_machine::{Committed, ConfChangeApplied, MemberChangeKind, StateMachine};
 pub use status::{GroupStatus, PeerProgress, Role};

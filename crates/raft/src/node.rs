@@ -56,6 +56,9 @@ pub struct GroupConfig {
     pub catch_up_entries: u64,
     /// Seals the data of log entries (encryption at rest); `None` writes them plain.
     pub sealer: Option<Arc<concord_crypt::Sealer>>,
+    /// An apply batch that takes this long or longer is logged (etcd's
+    /// `--experimental-warning-apply-duration`; [`DEFAULT_WARNING_APPLY_DURATION`] by default).
+    pub warning_apply_duration: Duration,
 }
 
 /// Where the answer to one proposal goes.
@@ -87,10 +90,16 @@ pub(crate) enum GroupMsg<O> {
     Stop,
 }
 
-/// An apply batch slower than this is logged (etcd warns at 100 ms).
-const SLOW_APPLY: Duration = Duration::from_millis(100);
+/// etcd's default `--experimental-warning-apply-duration`: apply batches this slow are logged.
+pub const DEFAULT_WARNING_APPLY_DURATION: Duration = Duration::from_millis(100);
 /// A Raft log write slower than this is logged (etcd warns at 1 s).
 const SLOW_LOG_WRITE: Duration = Duration::from_secs(1);
+/// Bytes of entries the log may gather before its front is dropped, whatever `snapshot_count`
+/// says: 100,000 entries of 1.5 MiB (etcd's defaults) would be 150 GiB, and a client allowed
+/// to write, compact and defragment could fill the disk with them. Past this, the log is
+/// truncated at the applied (and durable) index without catch-up entries: a lagging follower
+/// then catches up from a snapshot.
+const MAX_LOG_BYTES: u64 = 1 << 30;
 
 /// What the driver publishes for callers after every loop. The leader and
 /// term sit in atomics because every request reads them.
@@ -333,6 +342,7 @@ pub fn start_group<S: StateMachine>(
         snapshots,
         building: None,
         last_conf_change: 0,
+        log_bytes: 0,
         next_request_id: initial_request_id(),
         next_read_ctx: 1,
         pending_proposals: HashMap::new(),
@@ -377,6 +387,8 @@ struct Driver<S: StateMachine> {
     building: Option<JoinHandle<BuildResult>>,
     /// The index of the last configuration change applied.
     last_conf_change: u64,
+    /// Bytes of entry data appended since the log was last truncated (see [`MAX_LOG_BYTES`]).
+    log_bytes: u64,
     cfg: GroupConfig,
     raw: RawNode<LogStore>,
     sm: S,
@@ -642,6 +654,7 @@ impl<S: StateMachine> Driver<S> {
         self.apply(rd.take_committed_entries())?;
 
         let mut batch = LogBatch::default();
+        self.log_bytes += rd.entries().iter().map(|e| e.data.len() as u64).sum::<u64>();
         let store = self.raw.mut_store();
         store.stage_entries(&mut batch, rd.entries());
         if let Some(hs) = rd.hs() {
@@ -759,7 +772,7 @@ impl<S: StateMachine> Driver<S> {
             .apply(&commands)
             .map_err(|e| Fault(format!("cannot apply committed entries: {e}")))?;
         let took = started.elapsed();
-        if took >= SLOW_APPLY {
+        if took >= self.cfg.warning_apply_duration {
             // etcd's "apply request took too long": every request behind this batch waited.
             tracing::warn!(
                 group = self.cfg.group_id,
@@ -933,20 +946,21 @@ impl<S: StateMachine> Driver<S> {
     fn compact_log(&mut self) -> Result<(), Fault> {
         let applied = self.raw.raft.raft_log.applied;
         let truncated = self.raw.store().truncated_index();
-        if applied.saturating_sub(truncated) <= self.cfg.snapshot_count {
+        let too_big = self.log_bytes > MAX_LOG_BYTES;
+        if applied.saturating_sub(truncated) <= self.cfg.snapshot_count && !too_big {
             return Ok(());
         }
-        let keep_from = applied
-            .min(self.sm.durable_index())
-            .saturating_sub(self.cfg.catch_up_entries);
+        let catch_up = if too_big { 0 } else { self.cfg.catch_up_entries };
+        let keep_from = applied.min(self.sm.durable_index()).saturating_sub(catch_up);
         let mut batch = LogBatch::default();
         if self.raw.mut_store().stage_compact(&mut batch, keep_from) {
             self.raw
                 .store()
                 .write(&mut batch, false)
                 .map_err(|e| Fault(format!("cannot truncate the raft log: {e}")))?;
-            tracing::debug!(group = self.cfg.group_id, keep_from, "raft log truncated");
+            tracing::debug!(group = self.cfg.group_id, keep_from, too_big, "raft log truncated");
             self.raw.store().purge_in_background();
+            self.log_bytes = 0;
         }
         Ok(())
     }

@@ -60,6 +60,10 @@ pub struct ServerConfig {
     pub initial_cluster_state: InitialClusterState,
     /// `--initial-cluster-token`
     pub initial_cluster_token: String,
+    /// `--force-new-cluster`: a member with data restarts as the only voter of its cluster
+    /// (same cluster and member ids, every entry of its log committed); see
+    /// `concord_raft::force_new_cluster`. Meant for one start after a quorum is lost for good.
+    pub force_new_cluster: bool,
     /// `--heartbeat-interval`: one Raft tick.
     pub heartbeat_interval: Duration,
     /// `--election-timeout`
@@ -94,6 +98,15 @@ pub struct ServerConfig {
     /// `--experimental-initial-corrupt-check` and `--experimental-corrupt-check-time`: etcd's
     /// comparisons of the members' HashKV (off by default, as in etcd).
     pub corrupt_check: crate::corrupt_check::CorruptCheck,
+    /// `--listen-client-http-urls`: listeners for the HTTP routes (the JSON gateway, `/metrics`,
+    /// health, `/version`, the dashboard). When any is given, the client URLs serve gRPC only,
+    /// as etcd 3.5's do.
+    pub listen_client_http_urls: Vec<String>,
+    /// `--socket-reuse-port` and `--socket-reuse-address`, for every listener.
+    pub socket_options: crate::listen::SocketOptions,
+    /// `--experimental-warning-apply-duration`: an apply batch slower than this is logged
+    /// (etcd: 100 ms).
+    pub warning_apply_duration: Duration,
 }
 
 impl ServerConfig {

@@ -64,6 +64,8 @@ pub struct MemberContext {
     pub client_dialer: concord_tls::Dialer,
     /// Authentication and authorization: tokens, identities, permission checks.
     pub auth: Arc<crate::auth::AuthState>,
+    /// The bound on snapshot downloads in progress and their copies.
+    pub snapshot_downloads: crate::snapshot_downloads::SnapshotDownloads,
 }
 
 impl MemberContext {

@@ -43,6 +43,7 @@ pub mod peer_urls;
 pub mod quota;
 pub mod router;
 mod scheme_authority;
+pub mod snapshot_downloads;
 pub mod tls;
 pub mod validate;
 pub mod watch;

@@ -17,7 +17,7 @@ use concord_storage::WriteResult;
 use futures::Stream;
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncReadExt;
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt as _;
 use tonic::{Request, Response, Status};
@@ -35,9 +35,6 @@ const LEADER_TRANSFER_TIMEOUT: Duration = Duration::from_secs(5);
 const SNAPSHOT_CHUNK: usize = 32 * 1024;
 /// Snapshot messages read ahead of the client, besides what HTTP/2 buffers for it.
 const SNAPSHOT_READ_AHEAD: usize = 4;
-/// Copies of the store made for clients at once. A copy's memory and disk traffic grow with the
-/// store, so concurrent downloads take their copies in turn rather than multiply them.
-const CONCURRENT_SNAPSHOT_COPIES: usize = 1;
 /// How long a snapshot download may go without the client taking a message before it is
 /// cancelled and its file removed. A client that reads at all takes a 32 KiB message in well
 /// under a second, even on a slow link; a minute covers a paused process, a long GC or a
@@ -49,17 +46,12 @@ pub const SNAPSHOT_STALL_TIMEOUT: Duration = Duration::from_secs(60);
 /// The Maintenance service of one member.
 pub struct MaintenanceService {
     ctx: Arc<MemberContext>,
-    /// Turns at copying the store for a download (see [`CONCURRENT_SNAPSHOT_COPIES`]).
-    copies: Arc<Semaphore>,
 }
 
 impl MaintenanceService {
     /// A Maintenance service over the member's shared context.
     pub fn new(ctx: Arc<MemberContext>) -> Self {
-        MaintenanceService {
-            ctx,
-            copies: Arc::new(Semaphore::new(CONCURRENT_SNAPSHOT_COPIES)),
-        }
+        MaintenanceService { ctx }
     }
 
     fn header(&self) -> Option<concord_proto::etcdserverpb::ResponseHeader> {
@@ -137,6 +129,8 @@ impl Maintenance for MaintenanceService {
     async fn defragment(&self, request: Request<DefragmentRequest>) -> Result<Response<DefragmentResponse>, Status> {
         self.require_admin(&request).await?;
         let store = self.ctx.store.clone();
+        // Defragmenting writes a compacted copy of the store beside it.
+        crate::snapshot_downloads::ensure_free(&self.ctx.snapshot_dir, store.db_size_in_use(), "defragmenting")?;
         tokio::task::spawn_blocking(move || store.defragment())
             .await
             .map_err(|e| Status::internal(e.to_string()))?
@@ -185,16 +179,13 @@ impl Maintenance for MaintenanceService {
         let file = SnapshotFile(self.ctx.snapshot_dir.join(format!("client-{:x}.snap", rand_suffix())));
         let store = self.ctx.store.clone();
         let members = self.ctx.membership.members();
-        let turn = self
-            .copies
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?;
-        // The file and the turn travel with the copying: if the client leaves meanwhile, the turn
-        // passes and the file goes when the copy is done.
-        let file = tokio::task::spawn_blocking(move || {
-            let copied = store.write_etcd_snapshot(&file.0, &members).map(|_| file);
+        let downloads = &self.ctx.snapshot_downloads;
+        let slot = downloads.start()?;
+        let turn = downloads.copy_turn(&self.ctx.snapshot_dir, store.db_size()).await?;
+        // The file, the download's slot and the copying turn travel with the copying: if the
+        // client leaves meanwhile, the turn passes and the file and slot go when the copy is done.
+        let (file, slot) = tokio::task::spawn_blocking(move || {
+            let copied = store.write_etcd_snapshot(&file.0, &members).map(|_| (file, slot));
             drop(turn);
             copied
         })
@@ -207,6 +198,7 @@ impl Maintenance for MaintenanceService {
         tokio::spawn(async move {
             let result = stream_file(&file.0, header, &tx, stall_timeout).await;
             drop(file);
+            drop(slot);
             if let Err(status) = result {
                 tracing::info!("snapshot download ended early: {}", status.message());
                 let _ = failed_tx.send(status);

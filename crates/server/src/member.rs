@@ -164,7 +164,8 @@ pub async fn serve(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> Res
         MvccStore::open_with(&store_path, sealer.clone())
             .map_err(|e| ServeError::Storage(format!("{}: {e}", store_path.display())))?,
     );
-    if cfg.corrupt_check.initial && initialized {
+    // A forced member's peers are gone for good: there is nobody to compare with.
+    if cfg.corrupt_check.initial && initialized && !cfg.force_new_cluster {
         // Before the Raft group starts and anything is served, as etcd does: a member whose data
         // differ from its peers' must not serve them, nor vote.
         crate::corrupt_check::initial_check(&store, &membership, &tls.peer_dialer, cfg.request_timeout())
@@ -181,6 +182,9 @@ pub async fn serve(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> Res
     std::fs::create_dir_all(&raft_dir).map_err(|e| ServeError::Storage(format!("{}: {e}", raft_dir.display())))?;
     let engine =
         concord_raft::log_store::open_engine(&raft_dir).map_err(|e| ServeError::Storage(format!("raft log: {e}")))?;
+    if cfg.force_new_cluster {
+        force_new_cluster(&cfg, &engine, &membership, initialized, sealer.clone())?;
+    }
 
     let auth = crate::auth::AuthState::new(store.clone(), &cfg.auth).map_err(ServeError::Config)?;
     let hub = WatchHub::new(store.clone());
@@ -218,6 +222,7 @@ pub async fn serve(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> Res
         election_ticks: cfg.election_ticks(),
         request_timeout: cfg.request_timeout(),
         sealer,
+        warning_apply_duration: cfg.warning_apply_duration,
     };
     let (removed_tx, mut removed_rx) = watch::channel(false);
     let effects = Effects {
@@ -248,6 +253,7 @@ pub async fn serve(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> Res
         sabotage: cfg.sabotage,
         client_dialer: tls.client_dialer.clone(),
         auth,
+        snapshot_downloads: Default::default(),
     });
 
     let lessor_task = tokio::spawn(run_lessor(lessor.clone(), ctx.clone()));
@@ -294,10 +300,16 @@ pub async fn serve(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> Res
             &cfg.listen_dashboard_urls,
             crate::http::dashboard_routes(http_state.clone()),
         ),
+        // etcd 3.5's --listen-client-http-urls: every HTTP route, and the client URLs keep gRPC.
+        (
+            "client HTTP",
+            &cfg.listen_client_http_urls,
+            crate::http::all_routes(http_state.clone()),
+        ),
     ];
     for (what, urls, routes) in extra_listeners {
         for (addr, https) in resolve(urls).await? {
-            let listener = bind(addr).await?;
+            let listener = crate::listen::bind(addr, cfg.socket_options)?;
             let router = tonic::transport::Server::builder()
                 .accept_http1(true)
                 .add_routes(tonic::service::Routes::from(routes.clone()));
@@ -308,7 +320,7 @@ pub async fn serve(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> Res
     }
 
     for (addr, https) in resolve(&cfg.listen_peer_urls).await? {
-        let listener = bind(addr).await?;
+        let listener = crate::listen::bind(addr, cfg.socket_options)?;
         let router = tonic::transport::Server::builder()
             .tcp_nodelay(true)
             .add_service(transport.service())
@@ -321,7 +333,7 @@ pub async fn serve(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> Res
 
     let max_message = cfg.limits.max_request_bytes + GRPC_OVERHEAD_BYTES;
     for (addr, https) in resolve(&cfg.listen_client_urls).await? {
-        let listener = bind(addr).await?;
+        let listener = crate::listen::bind(addr, cfg.socket_options)?;
         // Every service refuses a message announced past the limit before reading it (tonic's
         // own default is 4 MiB), as the KV calls do.
         let maintenance = MaintenanceService::new(ctx.clone());
@@ -339,10 +351,11 @@ pub async fn serve(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> Res
             ElectionServer::new(ElectionService::new(ctx.clone(), hub.clone())).max_decoding_message_size(max_message),
         )
         .add_service(AuthServer::new(auth).max_decoding_message_size(max_message));
-        let router = routes
-            .into_axum_router()
-            .merge(crate::http::all_routes(http_state.clone()))
-            .fallback(crate::fallback::unimplemented_method);
+        let mut router = routes.into_axum_router();
+        if cfg.listen_client_http_urls.is_empty() {
+            router = router.merge(crate::http::all_routes(http_state.clone()));
+        }
+        let router = router.fallback(crate::fallback::unimplemented_method);
         let calls = crate::client_port::ClientCalls::new(KvService::new(ctx.clone()), max_message, router);
         let tls = if https { tls.client_listener.clone() } else { None };
         servers.spawn(run_client_listener(
@@ -447,6 +460,47 @@ async fn run_client_listener(
     Ok(())
 }
 
+/// etcd's `--force-new-cluster` on this member's log (see `concord_raft::force_new_cluster`): the
+/// group restarts with this member as its only voter, the others' removal applied (and recorded
+/// in the membership) as the log is applied. A member without data starts as it would without
+/// the flag, as etcd's does.
+fn force_new_cluster(
+    cfg: &ServerConfig,
+    engine: &Arc<concord_raft::force_new_cluster::Engine>,
+    membership: &Membership,
+    initialized: bool,
+    sealer: Option<Arc<concord_crypt::Sealer>>,
+) -> Result<(), ServeError> {
+    let local = membership.local_id();
+    let forced = if initialized {
+        concord_raft::force_new_cluster::force_new_cluster(engine, FIRST_GROUP_ID, local, sealer)
+            .map_err(|e| ServeError::Storage(format!("--force-new-cluster: {e}")))?
+    } else {
+        None
+    };
+    let Some(forced) = forced else {
+        tracing::warn!("--force-new-cluster has no effect on a member without data; it starts as without it");
+        return Ok(());
+    };
+    let removed: Vec<String> = forced.removed.iter().map(|id| format!("{id:x}")).collect();
+    tracing::info!(
+        cluster_id = %format!("{:x}", membership.cluster_id()),
+        local_member_id = %format!("{local:x}"),
+        commit_index = forced.commit,
+        removed_members = %removed.join(","),
+        newly_committed_entries = forced.newly_committed,
+        "forcing restart member"
+    );
+    // etcd's advice: the flag is for one start; the removals are now in the log, so a later
+    // start with it changes nothing, but it hides that the member was forced.
+    tracing::warn!(
+        name = %cfg.name,
+        "--force-new-cluster is set: this member now forms a one-member cluster; restart it without the flag \
+         (and without ETCD_FORCE_NEW_CLUSTER), then add members with `member add`"
+    );
+    Ok(())
+}
+
 /// Reads `--encryption-key-file`, before anything is written: a bad file stops the member.
 fn load_sealer(cfg: &ServerConfig) -> Result<Option<Arc<concord_crypt::Sealer>>, ServeError> {
     let Some(path) = &cfg.encryption_key_file else {
@@ -462,12 +516,6 @@ fn load_sealer(cfg: &ServerConfig) -> Result<Option<Arc<concord_crypt::Sealer>>,
     Ok(Some(Arc::new(
         concord_crypt::Sealer::new(Arc::new(keyring)).map_err(bad)?,
     )))
-}
-
-async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, ServeError> {
-    tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|e| ServeError::Network(format!("cannot listen on {addr}: {e}")))
 }
 
 /// Accepted connections with Nagle's algorithm off: small gRPC frames must

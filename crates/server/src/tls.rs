@@ -17,9 +17,11 @@ pub struct MemberTls {
     pub client_listener: Option<Arc<Reloadable<rustls::ServerConfig>>>,
     /// What `https://` peer listeners present; `None` without `--peer-cert-file`.
     pub peer_listener: Option<Arc<Reloadable<rustls::ServerConfig>>>,
-    /// How the member calls other members' client URLs (forwarding to the leader).
+    /// How the member calls other members' client URLs (forwarding to the leader), presenting
+    /// `--client-cert-file` if given, else `--cert-file`.
     pub client_dialer: Dialer,
-    /// How the member connects to other members' peer URLs (Raft traffic, joining).
+    /// How the member connects to other members' peer URLs (Raft traffic, joining), presenting
+    /// `--peer-client-cert-file` if given, else `--peer-cert-file`.
     pub peer_dialer: Dialer,
     reloadable: Vec<Arc<dyn Reload>>,
 }
@@ -45,6 +47,12 @@ impl MemberTls {
             &cfg.listen_client_urls,
             client_listener.is_some(),
             "--listen-client-urls",
+            "--cert-file, --key-file",
+        )?;
+        require_certificates(
+            &cfg.listen_client_http_urls,
+            client_listener.is_some(),
+            "--listen-client-http-urls",
             "--cert-file, --key-file",
         )?;
         require_certificates(

@@ -16,7 +16,7 @@ use crate::policy::TlsPolicy;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TlsFiles {
     /// The member's certificate chain (PEM), presented to whoever connects, and presented by the
-    /// member when it connects out.
+    /// member when it connects out unless `client_cert_file` is set.
     pub cert_file: PathBuf,
     /// The private key of `cert_file` (PEM: PKCS#8, PKCS#1 or SEC1).
     pub key_file: PathBuf,
@@ -30,6 +30,12 @@ pub struct TlsFiles {
     pub crl_file: Option<PathBuf>,
     /// Versions and cipher suites (`--tls-min-version`, `--tls-max-version`, `--cipher-suites`).
     pub policy: TlsPolicy,
+    /// The certificate chain (PEM) the member presents when it connects out, instead of
+    /// `cert_file`: etcd's `--client-cert-file` / `--peer-client-cert-file`, for deployments whose
+    /// listener certificate is issued for server authentication only.
+    pub client_cert_file: Option<PathBuf>,
+    /// The private key of `client_cert_file` (etcd's `--client-key-file` / `--peer-client-key-file`).
+    pub client_key_file: Option<PathBuf>,
     /// Whether the member's outgoing connections accept any certificate the other side presents:
     /// etcd's `--peer-auto-tls`, where every member has its own self-signed certificate that no
     /// other can verify. The link is encrypted, not authenticated.
@@ -40,6 +46,8 @@ impl TlsFiles {
     /// The files a change to which calls for a rebuild.
     pub fn paths(&self) -> Vec<&Path> {
         let mut paths = vec![self.cert_file.as_path(), self.key_file.as_path()];
+        paths.extend(self.client_cert_file.as_deref());
+        paths.extend(self.client_key_file.as_deref());
         paths.extend(self.trusted_ca_file.as_deref());
         paths.extend(self.crl_file.as_deref());
         paths
@@ -86,9 +94,21 @@ pub fn server_config(files: &TlsFiles) -> Result<ServerConfig, TlsError> {
 }
 
 /// The configuration for the member's own outgoing connections: trust `trusted_ca_file` (and
-/// nothing else) and present `cert_file` in case the other side asks for a certificate.
+/// nothing else) and present `client_cert_file` (else `cert_file`) in case the other side asks
+/// for a certificate.
 pub fn client_config(files: &TlsFiles) -> Result<ClientConfig, TlsError> {
-    let (certs, key) = identity(files)?;
+    let (certs, key) = match (&files.client_cert_file, &files.client_key_file) {
+        (Some(cert_file), Some(key_file)) => pair(cert_file, key_file)?,
+        (None, None) => identity(files)?,
+        // Refused rather than falling back to `cert_file`: the operator named a client
+        // certificate, and presenting another one would fail at the other end, less clearly.
+        _ => {
+            return Err(TlsError::Rustls(
+                "the client certificate and its key must both be given, or neither".into(),
+            ))
+        }
+    };
+    let key_file = files.client_key_file.as_ref().unwrap_or(&files.key_file);
     let roots = match files.trusted_ca_file.as_deref() {
         Some(ca) => roots(ca)?,
         None => RootCertStore::empty(),
@@ -106,15 +126,18 @@ pub fn client_config(files: &TlsFiles) -> Result<ClientConfig, TlsError> {
     };
     let mut config = builder
         .with_client_auth_cert(certs, key)
-        .map_err(|e| TlsError::Rustls(format!("{}: {e}", files.key_file.display())))?;
+        .map_err(|e| TlsError::Rustls(format!("{}: {e}", key_file.display())))?;
     config.alpn_protocols = vec![ALPN_H2.to_vec()];
     Ok(config)
 }
 
 fn identity(files: &TlsFiles) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsError> {
-    let certs = certificates(&files.cert_file)?;
-    let key =
-        PrivateKeyDer::from_pem_file(&files.key_file).map_err(|e| pem_error(&files.key_file, "no private key", e))?;
+    pair(&files.cert_file, &files.key_file)
+}
+
+fn pair(cert_file: &Path, key_file: &Path) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsError> {
+    let certs = certificates(cert_file)?;
+    let key = PrivateKeyDer::from_pem_file(key_file).map_err(|e| pem_error(key_file, "no private key", e))?;
     Ok((certs, key))
 }
 

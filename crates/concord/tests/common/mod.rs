@@ -458,3 +458,27 @@ pub fn grpc_status(err: etcd_client::Error) -> tonic::Status {
         other => panic!("expected a gRPC status, got {other:?}"),
     }
 }
+
+/// Every key member `i` holds, as key → (value, mod revision), with the revision it was read at;
+/// `serializable` reads the member's own state without a ReadIndex barrier.
+pub async fn all_keys(
+    cluster: &Cluster,
+    i: usize,
+    serializable: bool,
+) -> Result<(i64, std::collections::BTreeMap<String, (String, i64)>), String> {
+    let mut c = cluster.client(i).await;
+    let mut options = etcd_client::GetOptions::new().with_all_keys();
+    if serializable {
+        options = options.with_serializable();
+    }
+    let resp = c.get("", Some(options)).await.map_err(|e| e.to_string())?;
+    let data = resp
+        .kvs()
+        .iter()
+        .map(|kv| {
+            let k = String::from_utf8_lossy(kv.key()).into_owned();
+            (k, (String::from_utf8_lossy(kv.value()).into_owned(), kv.mod_revision()))
+        })
+        .collect();
+    Ok((resp.header().map_or(0, |h| h.revision()), data))
+}

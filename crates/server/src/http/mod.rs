@@ -2,9 +2,10 @@
 //! `/metrics` (Prometheus), `/health`, `/livez`, `/readyz` and `/version` (etcd's), and the
 //! web dashboard under `/ui`; on client URLs also etcd's JSON gateway ([`crate::gateway`]).
 //!
-//! They are mounted on every client URL (gRPC and HTTP/1.1 share the port, as with etcd), and
-//! on the dedicated listeners of `--listen-metrics-urls` (metrics and health) and
-//! `--listen-dashboard-urls` (the dashboard).
+//! They are mounted on every client URL (gRPC and HTTP/1.1 share the port, as with etcd) unless
+//! `--listen-client-http-urls` is given, in which case those listeners serve them all and the
+//! client URLs serve gRPC only (etcd 3.5); and on the dedicated listeners of
+//! `--listen-metrics-urls` (metrics and health) and `--listen-dashboard-urls` (the dashboard).
 
 pub mod dashboard;
 mod health;
