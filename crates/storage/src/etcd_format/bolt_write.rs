@@ -282,14 +282,16 @@ fn encode_node(flags: u16, elements: &[(u32, &[u8], &[u8])]) -> Vec<u8> {
     out
 }
 
-/// Splits elements into runs that fill a page each (a run holds at least one element, so an
-/// element bigger than a page gets a node of its own that overflows).
+/// Splits a level's children into branch nodes that fill a page each. A node holds at least two
+/// children (bbolt's `minKeysPerPage`), overflowing its page if their keys are big: with one
+/// child per node a level of keys bigger than half a page would never shrink, and the tree
+/// would grow a level at a time for good.
 fn runs<T>(elements: &[T], size: impl Fn(&T) -> usize) -> Vec<std::ops::Range<usize>> {
     let mut out = Vec::new();
     let (mut start, mut used) = (0, PAGE_HEADER);
     for (i, e) in elements.iter().enumerate() {
         let s = ELEMENT + size(e);
-        if i > start && (used + s > PAGE_SIZE || i - start == MAX_ELEMENTS) {
+        if i > start + 1 && (used + s > PAGE_SIZE || i - start == MAX_ELEMENTS) {
             out.push(start..i);
             start = i;
             used = PAGE_HEADER;

@@ -58,6 +58,20 @@ fn bolt_files_read_back_whole() {
 }
 
 #[test]
+fn keys_bigger_than_half_a_page_still_make_a_tree() {
+    // Users or roles with long names: every branch element is bigger than half a page.
+    let mut root = Bucket::default();
+    let users = root.bucket(b"authUsers");
+    for i in 0..50u8 {
+        users.put(vec![i; 3 * PAGE_SIZE], vec![i; 10]);
+    }
+    let bytes = encode_file(&root);
+    assert!(bytes.len() < 4 * 50 * 3 * PAGE_SIZE, "{} bytes for 600 KiB of keys", bytes.len());
+    let file = BoltFile::parse(bytes).unwrap();
+    assert_eq!(read_back(&file, file.root()), root);
+}
+
+#[test]
 fn streamed_buckets_read_back_and_small_ones_inline() {
     let rows =
         |n: u32| (0..n).map(|i| Ok::<_, std::io::Error>((i.to_be_bytes().to_vec(), vec![i as u8; (i % 300) as usize])));
