@@ -66,7 +66,11 @@ fn keys_bigger_than_half_a_page_still_make_a_tree() {
         users.put(vec![i; 3 * PAGE_SIZE], vec![i; 10]);
     }
     let bytes = encode_file(&root);
-    assert!(bytes.len() < 4 * 50 * 3 * PAGE_SIZE, "{} bytes for 600 KiB of keys", bytes.len());
+    assert!(
+        bytes.len() < 4 * 50 * 3 * PAGE_SIZE,
+        "{} bytes for 600 KiB of keys",
+        bytes.len()
+    );
     let file = BoltFile::parse(bytes).unwrap();
     assert_eq!(read_back(&file, file.root()), root);
 }
