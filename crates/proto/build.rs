@@ -12,7 +12,12 @@ const PROTOS: &[&str] = &[
     "proto/etcd/etcdserverpb/rpc.proto",
     "proto/etcd/v3lockpb/v3lock.proto",
     "proto/etcd/v3electionpb/v3election.proto",
+    // What etcd keeps in its WAL, read when `concord serve` migrates an etcd member.
+    "proto/etcd/etcdserverpb/raft_internal.proto",
+    "proto/etcd/raftpb/raft.proto",
+    "proto/etcd/walpb/record.proto",
     "proto/concord/raft_cmd.proto",
+    "proto/concord/shard.proto",
 ];
 
 /// Messages whose derived `Debug` would print a secret.
@@ -22,10 +27,19 @@ const SECRET_MESSAGES: &[&str] = &[
     ".etcdserverpb.AuthUserAddRequest",
     ".etcdserverpb.AuthUserChangePasswordRequest",
     ".authpb.User",
+    ".etcdserverpb.InternalAuthenticateRequest",
 ];
 
 /// The etcd packages that get serde impls (protobuf's JSON mapping) for the JSON gateway.
-const JSON_PACKAGES: &[&str] = &[".mvccpb", ".authpb", ".etcdserverpb", ".v3lockpb", ".v3electionpb"];
+/// (`.membershippb` only because etcdserverpb's `InternalRaftRequest` refers to it.)
+const JSON_PACKAGES: &[&str] = &[
+    ".mvccpb",
+    ".authpb",
+    ".etcdserverpb",
+    ".membershippb",
+    ".v3lockpb",
+    ".v3electionpb",
+];
 
 fn main() -> Result<()> {
     println!("cargo:rerun-if-changed={PROTO_ROOT}");

@@ -71,6 +71,9 @@ pub async fn run(args: DevArgs) -> Result<(), String> {
             socket_options: Default::default(),
             // etcd's default --experimental-warning-apply-duration.
             warning_apply_duration: Duration::from_millis(100),
+            stop_grpc_service_on_defrag: false,
+            lease_checkpoint_interval: None,
+            http_access: Default::default(),
         };
         let mut stop = stop_rx.clone();
         members.spawn(async move {

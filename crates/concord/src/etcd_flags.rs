@@ -7,13 +7,12 @@
 //!
 //! - nothing, because what it tunes does not exist in Concord (bbolt, WAL files, the v2 API, Go's
 //!   profiler): accepted, with one warning line at start naming it;
-//! - not implemented yet: accepted, with a warning saying so;
 //! - not implemented yet, and running without it would be less safe than the operator asked
-//!   (generated certificates, hostname checks of certificates...): refused, so the member does
+//!   (etcd's v2 proxy): refused, so the member does
 //!   not start weaker than configured;
 //! - what Concord always does: accepted silently.
 //!
-//! A value that asks for nothing (`--proxy=off`, `--host-whitelist=*`, etcd's defaults where
+//! A value that asks for nothing (`--proxy=off`, `--enable-v2=false`, etcd's defaults where
 //! Concord behaves the same) is accepted silently whatever the flag. Values are checked as etcd's
 //! Go flag types check them. The list is etcd's `etcdmain/config.go` of v3.4.45 and v3.5.33
 //! (including the legacy names etcd ignores).
@@ -88,14 +87,9 @@ impl Kind {
 pub enum Effect {
     /// It tunes something Concord does not have; the reason says what Concord does instead.
     Ignored(&'static str),
-    /// Concord does not implement it yet; accepted with a warning.
-    NotYet(&'static str),
     /// Concord does not implement it yet, and running without it would be less safe than
     /// asked: the member refuses to start.
     Refuse(&'static str),
-    /// DNS or URL discovery: refused for a member that has no cluster yet (Concord would found a
-    /// cluster of one instead), ignored with a warning by one that has, as etcd ignores it then.
-    Discovery,
     /// Concord always does what any value asks (or maps the flag elsewhere): silent.
     Same,
 }
@@ -122,7 +116,7 @@ const fn flag(name: &'static str, kind: Kind, effect: Effect, quiet: &'static [&
     }
 }
 
-use Effect::{Discovery, Ignored, NotYet, Refuse, Same};
+use Effect::{Ignored, Refuse, Same};
 use Kind::{Bool, Choice, Duration, Int, Text, Uint};
 
 const BBOLT: &str = "Concord's store is redb, not bbolt";
@@ -132,35 +126,15 @@ const V2: &str = "Concord serves only the v3 API";
 const V2_PROXY: &str = "Concord has no v2 proxy";
 const LOGS: &str = "Concord logs to stderr through tracing (see --log-level and --log-format)";
 const TRACING: &str = "Concord has no OpenTelemetry tracing";
-const KEEPALIVE: &str = "Concord's HTTP/2 server answers every ping; it does not police how often clients send them";
-const CORRUPT: &str =
-    "--experimental-corrupt-check-time runs the leader's periodic comparison of the members' HashKV instead";
-const NO_DISCOVERY: &str = "Concord does not implement discovery";
 
 /// Every etcd flag `concord serve` takes outside clap, with what it does here.
 pub static FLAGS: &[EtcdFlag] = &[
     // Refused: Concord would run without what the operator relied on.
     // Read in main.rs (config_file.rs) before anything else: it stands for the whole command line.
     flag("config-file", Text, Same, &[]),
-    flag("client-cert-allowed-hostname", Text, Refuse("Concord does not check client certificates' hostnames yet"), &[""]),
-    flag("peer-cert-allowed-cn", Text, Refuse("Concord does not check peer certificates' common names yet"), &[""]),
-    flag("peer-cert-allowed-hostname", Text, Refuse("Concord does not check peer certificates' hostnames yet"), &[""]),
-    flag("host-whitelist", Text, Refuse("Concord does not check the Host header of plain-HTTP requests yet"), &["", "*"]),
     flag("proxy", Choice(&["off", "readonly", "on"]), Refuse("Concord cannot run as etcd's v2 proxy"), &["off"]),
     // Not implemented yet: accepted with a warning.
-    flag("experimental-compact-hash-check-enabled", Bool, NotYet(CORRUPT), &["false"]),
-    flag("experimental-compact-hash-check-time", Duration, NotYet(CORRUPT), &[]),
-    flag("grpc-keepalive-min-time", Duration, NotYet(KEEPALIVE), &[]),
     flag("enable-grpc-gateway", Bool, Ignored("Concord always serves etcd's JSON gateway (/v3/...) on --listen-client-urls, or on --listen-client-http-urls when given"), &["true"]),
-    flag("experimental-enable-lease-checkpoint", Bool, NotYet("a new leader restarts every lease's TTL in full"), &["false"]),
-    flag("experimental-enable-lease-checkpoint-persist", Bool, NotYet("a new leader restarts every lease's TTL in full"), &["false"]),
-    flag("experimental-stop-grpc-service-on-defrag", Bool, NotYet("a member keeps serving while it defragments"), &["false"]),
-    // Discovery: a new member cannot find its cluster without it.
-    flag("discovery", Text, Discovery, &[""]),
-    flag("discovery-srv", Text, Discovery, &[""]),
-    flag("discovery-srv-name", Text, Ignored(NO_DISCOVERY), &[""]),
-    flag("discovery-proxy", Text, Ignored(NO_DISCOVERY), &[""]),
-    flag("discovery-fallback", Choice(&["exit", "proxy"]), Ignored(NO_DISCOVERY), &[]),
     // No effect: what they tune does not exist in Concord.
     flag("max-snapshots", Uint, Ignored(RAFT_LOG), &[]),
     flag("max-wals", Uint, Ignored(RAFT_LOG), &[]),
@@ -180,7 +154,6 @@ pub static FLAGS: &[EtcdFlag] = &[
     flag("strict-reconfig-check", Bool, Ignored("Concord always refuses membership changes that would lose quorum"), &["true"]),
     flag("pre-vote", Bool, Ignored("Concord always runs Raft's pre-vote phase"), &["true"]),
     flag("experimental-peer-skip-client-san-verification", Bool, Ignored("Concord never checks the SAN of a peer's client certificate against its address"), &["true"]),
-    flag("cors", Text, Ignored("Concord's HTTP endpoints send no CORS headers"), &[]),
     flag("enable-v2", Bool, Ignored(V2), &["false"]),
     flag("experimental-enable-v2v3", Text, Ignored(V2), &[""]),
     flag("v2-deprecation", Choice(&["not-yet", "write-only", "write-only-drop-data", "gone"]), Ignored(V2), &["gone"]),
@@ -233,9 +206,6 @@ pub fn lookup(name: &str) -> Option<&'static EtcdFlag> {
 pub struct Review {
     /// One line per flag Concord ignores, and per variable etcd would warn about.
     pub warnings: Vec<String>,
-    /// The discovery flag given (`--discovery` or `--discovery-srv`, as written), if any: the
-    /// member refuses to start unless it already belongs to a cluster.
-    pub discovery: Option<String>,
 }
 
 /// Where a value came from, for messages.
@@ -322,15 +292,11 @@ pub fn review(
             Ignored(reason) => review
                 .warnings
                 .push(format!("{label} has no effect in Concord: {reason}")),
-            NotYet(reason) => review.warnings.push(format!(
-                "{label} is not implemented in Concord yet, so it is ignored: {reason}"
-            )),
             Refuse(reason) => {
                 return Err(format!(
                     "{label} is not implemented in Concord yet: {reason}; refusing to start rather than run without it"
                 ))
             }
-            Discovery => review.discovery = Some(label),
             Same => {}
         }
     }
@@ -421,17 +387,17 @@ mod tests {
                     .to_string(),
             ]
         );
-        let review = run(
-            &["--experimental-compact-hash-check-enabled=true", "--pre-vote=false"],
-            &[],
-        )
-        .unwrap();
-        assert!(review.warnings[0].starts_with(
-            "flag --experimental-compact-hash-check-enabled is not implemented in Concord yet, so it is ignored"
-        ));
-        assert!(review.warnings[1].contains("always runs Raft's pre-vote"));
-        // Implemented now: clap takes it, so it is not warned about.
-        let review = run(&["--experimental-initial-corrupt-check=true"], &[]).unwrap();
+        let review = run(&["--pre-vote=false"], &[]).unwrap();
+        assert!(review.warnings[0].contains("always runs Raft's pre-vote"));
+        // Implemented: clap takes them, so they are not warned about.
+        let implemented = [
+            "--experimental-initial-corrupt-check=true",
+            "--experimental-compact-hash-check-enabled=true",
+            "--experimental-enable-lease-checkpoint=true",
+            "--experimental-stop-grpc-service-on-defrag=true",
+            "--grpc-keepalive-min-time=10s",
+        ];
+        let review = run(&implemented, &[]).unwrap();
         assert_eq!(review.warnings, Vec::<String>::new());
     }
 
@@ -441,12 +407,9 @@ mod tests {
             run(&["--max-wals=x"], &[]).unwrap_err(),
             "invalid value \"x\" for flag -max-wals: parse error"
         );
-        assert_eq!(
-            run(&["--discovery-srv"], &[]).unwrap_err(),
-            "flag needs an argument: -discovery-srv"
-        );
-        assert!(run(&["--grpc-keepalive-min-time=2h30m"], &[]).is_ok());
-        assert!(run(&["--grpc-keepalive-min-time=2"], &[]).is_err());
+        assert_eq!(run(&["--logger"], &[]).unwrap_err(), "flag needs an argument: -logger");
+        assert!(run(&["--backend-batch-interval=2h30m"], &[]).is_ok());
+        assert!(run(&["--backend-batch-interval=2"], &[]).is_err());
         assert!(run(&["--enable-v2=yes"], &[]).is_err());
         assert!(run(&["--proxy=sideways"], &[]).is_err());
         assert_eq!(
@@ -496,16 +459,13 @@ mod tests {
         )
         .unwrap();
         assert_eq!(review.warnings, ["unrecognized environment variable ETCD_BOGUS=1"]);
+        // Discovery's variables are serve's own (clap's) now: no warning.
         let review = run(&[], &[("ETCD_MAX_WALS", "5"), ("ETCD_DISCOVERY_SRV", "example.com")]).unwrap();
         assert_eq!(
             review.warnings,
             [format!(
                 "ETCD_MAX_WALS (--max-wals) has no effect in Concord: {RAFT_LOG}"
             )]
-        );
-        assert_eq!(
-            review.discovery.as_deref(),
-            Some("ETCD_DISCOVERY_SRV (--discovery-srv)")
         );
         assert_eq!(
             run(&[], &[("ETCD_MAX_WALS", "")]).unwrap(),

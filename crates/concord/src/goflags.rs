@@ -332,7 +332,7 @@ mod tests {
             "serve",
             "--max-wals",
             "5",
-            "-experimental-compact-hash-check-enabled=true",
+            "-experimental-memory-mlock=true",
             "--enable-pprof",
             "--name",
             "x",
@@ -348,7 +348,7 @@ mod tests {
                     value: Some("5".into())
                 },
                 Given {
-                    name: "experimental-compact-hash-check-enabled".into(),
+                    name: "experimental-memory-mlock".into(),
                     value: Some("true".into())
                 },
                 Given {

@@ -14,6 +14,7 @@ mod client;
 mod client_tls;
 mod config_file;
 mod dev;
+mod discovery;
 mod endpoint;
 mod etcd_flags;
 mod goflags;
@@ -22,6 +23,7 @@ mod lease;
 mod member;
 mod output;
 mod serve;
+mod shard;
 mod snapshot;
 mod text;
 
@@ -67,6 +69,8 @@ enum Command {
     Member(member::MemberArgs),
     /// Each endpoint's status, or whether it is healthy (like `etcdctl endpoint`).
     Endpoint(endpoint::EndpointArgs),
+    /// List the shards the keyspace is split into; split them, move them, transfer their leadership.
+    Shard(shard::ShardArgs),
     /// Run a cluster under a seeded schedule of faults while clients record a history, then check
     /// it: linearizability, lost writes, watch gaps, lock exclusion, members' hashes.
     Chaos(chaos::ChaosArgs),
@@ -148,6 +152,7 @@ fn main() -> std::process::ExitCode {
         Command::Bench(args) => runtime.block_on(bench::run(args)),
         Command::Snapshot(args) => runtime.block_on(snapshot::run(args)),
         Command::Member(args) => runtime.block_on(member::run(args)),
+        Command::Shard(args) => runtime.block_on(shard::run(args)),
         Command::Chaos(args) => runtime.block_on(chaos::run(args)),
     };
     match result {

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use clap::{ArgAction, Args, ValueEnum};
 use concord_server::{AuthConfig, AutoCompaction, InitialClusterState, Limits, Sabotage, ServerConfig};
-use concord_tls::{TlsFiles, TlsPolicy, TlsVersion};
+use concord_tls::{AllowedNames, TlsFiles, TlsPolicy, TlsVersion};
 
 /// etcd's `--initial-cluster-state` values.
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -41,6 +41,10 @@ pub struct ServeArgs {
     /// How long a keep-alive ping may go unanswered before the connection is closed.
     #[arg(long, default_value = "20s", value_parser = parse_duration, env = "ETCD_GRPC_KEEPALIVE_TIMEOUT")]
     pub grpc_keepalive_timeout: Duration,
+    /// How often a client may ping the member while it has calls in progress; a client that
+    /// pings more often is sent away with GOAWAY (too_many_pings), as by etcd.
+    #[arg(long, default_value = "5s", value_parser = parse_duration_or_zero, env = "ETCD_GRPC_KEEPALIVE_MIN_TIME")]
+    pub grpc_keepalive_min_time: Duration,
     /// Maximum concurrent streams each client connection may open (default: no limit).
     #[arg(long, env = "ETCD_MAX_CONCURRENT_STREAMS")]
     pub max_concurrent_streams: Option<u32>,
@@ -165,6 +169,26 @@ pub struct ServeArgs {
     /// Path to the peer certificate revocation list file (PEM).
     #[arg(long, env = "ETCD_PEER_CRL_FILE")]
     pub peer_crl_file: Option<PathBuf>,
+    /// Comma-separated list of SAN hostnames (or IP addresses) for client cert authentication:
+    /// a client certificate must be valid for one of them.
+    #[arg(long, env = "ETCD_CLIENT_CERT_ALLOWED_HOSTNAME", value_delimiter = ',')]
+    pub client_cert_allowed_hostname: Vec<String>,
+    /// Comma-separated list of allowed CNs for inter-peer TLS authentication: a peer's
+    /// certificate must have one of them as its subject's common name.
+    #[arg(long, env = "ETCD_PEER_CERT_ALLOWED_CN", value_delimiter = ',')]
+    pub peer_cert_allowed_cn: Vec<String>,
+    /// Comma-separated list of allowed SAN hostnames (or IP addresses) for inter-peer TLS
+    /// authentication: a peer's certificate must be valid for one of them.
+    #[arg(long, env = "ETCD_PEER_CERT_ALLOWED_HOSTNAME", value_delimiter = ',')]
+    pub peer_cert_allowed_hostname: Vec<String>,
+    /// Comma-separated white list of origins for CORS, or cross-origin resource sharing, each
+    /// scheme://host:port (empty or * means allow all).
+    #[arg(long, env = "ETCD_CORS", default_value = "")]
+    pub cors: String,
+    /// Comma-separated acceptable hostnames from HTTP client requests, if server is not secure
+    /// (empty or * means allow all).
+    #[arg(long, env = "ETCD_HOST_WHITELIST", default_value = "*")]
+    pub host_whitelist: String,
     /// Comma-separated list of supported TLS 1.2 cipher suites between client/server and peers
     /// (Go's names; empty will be auto-populated).
     #[arg(long, env = "ETCD_CIPHER_SUITES", value_delimiter = ',', default_value = "")]
@@ -219,6 +243,15 @@ pub struct ServeArgs {
     /// that differs (0 disables).
     #[arg(long, default_value = "0s", value_parser = parse_duration_or_zero, env = "ETCD_EXPERIMENTAL_CORRUPT_CHECK_TIME")]
     pub experimental_corrupt_check_time: Duration,
+    /// After each compaction, the leader compares every member's HashKV at the compaction
+    /// revision and raises the CORRUPT alarm for one that differs.
+    #[arg(long, env = "ETCD_EXPERIMENTAL_COMPACT_HASH_CHECK_ENABLED", action = ArgAction::Set, num_args = 0..=1,
+          require_equals = true, default_value = "false", default_missing_value = "true",
+          value_parser = crate::goflags::parse_bool)]
+    pub experimental_compact_hash_check_enabled: bool,
+    /// How often the leader runs the compaction hash check.
+    #[arg(long, default_value = "1m", value_parser = parse_duration, env = "ETCD_EXPERIMENTAL_COMPACT_HASH_CHECK_TIME")]
+    pub experimental_compact_hash_check_time: Duration,
     /// URLs to listen on for HTTP-only client traffic (the JSON gateway, /metrics, health,
     /// /version); when given, --listen-client-urls serves gRPC only.
     #[arg(long, env = "ETCD_LISTEN_CLIENT_HTTP_URLS", value_delimiter = ',')]
@@ -249,6 +282,31 @@ pub struct ServeArgs {
     /// Time after which a warning is logged if applying committed entries takes longer.
     #[arg(long, default_value = "100ms", value_parser = parse_duration, env = "ETCD_EXPERIMENTAL_WARNING_APPLY_DURATION")]
     pub experimental_warning_apply_duration: Duration,
+    /// etcd's discovery flags: --discovery, --discovery-srv and their options.
+    #[command(flatten)]
+    pub discovery: crate::discovery::DiscoveryArgs,
+    /// The gRPC health service answers NOT_SERVING while the member defragments, so clients
+    /// that watch it use other members meanwhile.
+    #[arg(long, env = "ETCD_EXPERIMENTAL_STOP_GRPC_SERVICE_ON_DEFRAG", action = ArgAction::Set, num_args = 0..=1,
+          require_equals = true, default_value = "false", default_missing_value = "true",
+          value_parser = crate::goflags::parse_bool)]
+    pub experimental_stop_grpc_service_on_defrag: bool,
+    /// The leader records each long lease's remaining time through Raft, so a new leader does
+    /// not restart it at its full TTL.
+    #[arg(long, env = "ETCD_EXPERIMENTAL_ENABLE_LEASE_CHECKPOINT", action = ArgAction::Set, num_args = 0..=1,
+          require_equals = true, default_value = "false", default_missing_value = "true",
+          value_parser = crate::goflags::parse_bool)]
+    pub experimental_enable_lease_checkpoint: bool,
+    /// etcd 3.5 keeps checkpointed remainders across restarts only with this; Concord always
+    /// keeps them in its store.
+    #[arg(long, env = "ETCD_EXPERIMENTAL_ENABLE_LEASE_CHECKPOINT_PERSIST", action = ArgAction::Set, num_args = 0..=1,
+          require_equals = true, default_value = "false", default_missing_value = "true",
+          value_parser = crate::goflags::parse_bool)]
+    pub experimental_enable_lease_checkpoint_persist: bool,
+    /// How often lease checkpoints are taken (etcd's embed option, fixed at 5m on its command
+    /// line). Hidden: for tests that cannot wait that long.
+    #[arg(long, default_value = "5m", value_parser = parse_duration, hide = true)]
+    pub experimental_lease_checkpoint_interval: Duration,
 }
 
 /// The faults `--unsafe-sabotage` can inject (see [`Sabotage`]).
@@ -328,6 +386,22 @@ impl ServeArgs {
                 files.skip_server_verification = self_signed;
             }
         }
+        allowed_names(
+            "--client-cert-allowed-hostname",
+            &mut client_tls,
+            (client_self_signed, false),
+            (&[], &self.client_cert_allowed_hostname),
+        )?;
+        allowed_names(
+            "--peer-cert-allowed-cn/--peer-cert-allowed-hostname",
+            &mut peer_tls,
+            (peer_self_signed, true),
+            (&self.peer_cert_allowed_cn, &self.peer_cert_allowed_hostname),
+        )?;
+        let http_access = concord_server::http::access::AccessControl {
+            host_whitelist: concord_server::http::access::AccessControl::parse_host_whitelist(&self.host_whitelist),
+            cors: concord_server::http::access::AccessControl::parse_cors(&self.cors)?,
+        };
         outgoing_identity(
             &mut client_tls,
             ("--client-cert-file", self.client_cert_file),
@@ -376,6 +450,7 @@ impl ServeArgs {
                 keepalive_timeout: self.grpc_keepalive_timeout,
                 // etcd's default, math.MaxUint32, is no limit.
                 max_concurrent_streams: self.max_concurrent_streams.filter(|&n| n != u32::MAX),
+                keepalive_min_time: self.grpc_keepalive_min_time,
             },
             initial_cluster_state: match self.initial_cluster_state {
                 ClusterState::New => InitialClusterState::New,
@@ -416,6 +491,8 @@ impl ServeArgs {
             corrupt_check: concord_server::CorruptCheck {
                 initial: self.experimental_initial_corrupt_check,
                 periodic: Some(self.experimental_corrupt_check_time).filter(|d| !d.is_zero()),
+                after_compaction: Some(self.experimental_compact_hash_check_time)
+                    .filter(|_| self.experimental_compact_hash_check_enabled),
             },
             listen_client_http_urls: self
                 .listen_client_http_urls
@@ -427,6 +504,10 @@ impl ServeArgs {
                 reuse_address: self.socket_reuse_address,
             },
             warning_apply_duration: self.experimental_warning_apply_duration,
+            stop_grpc_service_on_defrag: self.experimental_stop_grpc_service_on_defrag,
+            lease_checkpoint_interval: Some(self.experimental_lease_checkpoint_interval)
+                .filter(|_| self.experimental_enable_lease_checkpoint),
+            http_access,
         })
     }
 }
@@ -451,6 +532,7 @@ fn tls_files(
             crl_file,
             policy: policy.clone(),
             skip_server_verification: false,
+            allowed: AllowedNames::Any,
             client_cert_file: None,
             client_key_file: None,
         }),
@@ -462,6 +544,33 @@ fn tls_files(
         Some(f) if f.client_cert_auth && f.trusted_ca_file.is_none() => Err(format!("{} needs {}", cert_auth.0, ca.0)),
         _ => Ok(files),
     }
+}
+
+/// Sets which certificates a side accepts from the other by name (etcd's `--*-cert-allowed-*`
+/// flags: `(common names, hostnames)`). As in etcd they need that side's certificates, both kinds
+/// together are refused, and generated certificates (`--auto-tls`, `--peer-auto-tls`) drop them.
+/// `checks_servers`: the names bind the servers the member connects to as well (peer links).
+fn allowed_names(
+    flags: &str,
+    files: &mut Option<TlsFiles>,
+    (self_signed, checks_servers): (bool, bool),
+    (common_names, hostnames): (&[String], &[String]),
+) -> Result<(), String> {
+    let given = |names: &[String]| names.iter().any(|n| !n.is_empty());
+    if !given(common_names) && !given(hostnames) {
+        return Ok(());
+    }
+    match files.as_mut() {
+        None => tracing::warn!("{flags} is ignored without the side's certificate and key files"),
+        Some(_) if self_signed => tracing::warn!("{flags} is ignored with generated certificates, as etcd ignores it"),
+        Some(files) => {
+            if !files.client_cert_auth && !checks_servers {
+                tracing::warn!("{flags} has no effect without client certificate authentication");
+            }
+            files.allowed = AllowedNames::from_flags(common_names, hostnames)?;
+        }
+    }
+    Ok(())
 }
 
 /// Sets the certificate a side's outgoing connections present (etcd's `--client-cert-file` and
@@ -515,11 +624,16 @@ fn auto_tls_files(
 /// Runs one member until SIGINT or SIGTERM. A fault of the member's own storage ends the
 /// process with exit code 2, as etcd's fatal errors do, so a supervisor tells it from bad flags.
 pub async fn run(args: ServeArgs, command_line: &[std::ffi::OsString]) -> Result<(), String> {
-    check_etcd_flags(&args, command_line)?;
-    let cfg = args.into_config()?;
+    check_etcd_flags(command_line)?;
+    let discovery = args.discovery.clone();
+    // Go's flags leave an empty value unset (etcd's sample config file has `initial-cluster:`).
+    let initial_cluster_given = args.initial_cluster.as_deref().is_some_and(|c| !c.is_empty());
+    discovery.check(initial_cluster_given)?;
+    let mut cfg = args.into_config()?;
     if let Some(migrated) = crate::snapshot::migrate::etcd_data_dir(&cfg)? {
         tracing::info!("{migrated}");
     }
+    discovery.bootstrap(&mut cfg, initial_cluster_given).await?;
     match concord_server::serve(cfg, crate::stop_signal()).await {
         Ok(()) => Ok(()),
         Err(concord_server::ServeError::Fault(reason)) => {
@@ -533,7 +647,7 @@ pub async fn run(args: ServeArgs, command_line: &[std::ffi::OsString]) -> Result
 /// etcd's checks of the process's command line and `ETCD_*` variables (see
 /// [`crate::etcd_flags::review`]): logs a warning line for each flag Concord ignores, and refuses
 /// what it cannot run safely without, before anything is opened.
-fn check_etcd_flags(args: &ServeArgs, command_line: &[std::ffi::OsString]) -> Result<(), String> {
+fn check_etcd_flags(command_line: &[std::ffi::OsString]) -> Result<(), String> {
     let line = crate::goflags::scan(command_line);
     let env: Vec<(String, String)> = std::env::vars_os()
         .map(|(k, v)| (k.to_string_lossy().into_owned(), v.to_string_lossy().into_owned()))
@@ -541,18 +655,6 @@ fn check_etcd_flags(args: &ServeArgs, command_line: &[std::ffi::OsString]) -> Re
     let review = crate::etcd_flags::review(&line, &env, &crate::goflags::clap_flags())?;
     for warning in &review.warnings {
         tracing::warn!("{warning}");
-    }
-    if let Some(discovery) = review.discovery {
-        // etcd ignores discovery once the member has its cluster; a new member would need it.
-        let member_dir = data_dir(&args.name, args.data_dir.as_deref()).join("member");
-        match concord_server::membership::Membership::load(&member_dir) {
-            Ok(Some(_)) => tracing::warn!("{discovery} is ignored: this member already belongs to a cluster"),
-            _ => {
-                return Err(format!(
-                    "{discovery} is not implemented in Concord yet: give the members with --initial-cluster"
-                ))
-            }
-        }
     }
     Ok(())
 }
@@ -635,5 +737,39 @@ mod tests {
             half.contains("--peer-client-cert-file needs --peer-client-key-file"),
             "{half}"
         );
+    }
+
+    #[test]
+    fn certificate_names_and_http_access_reach_the_config() {
+        use concord_tls::AllowedNames;
+        let set = config(&[
+            "--cert-file=c.pem",
+            "--key-file=k.pem",
+            "--trusted-ca-file=ca.pem",
+            "--client-cert-auth",
+            "--peer-cert-file=c.pem",
+            "--peer-key-file=k.pem",
+            "--client-cert-allowed-hostname=a.example,10.0.0.1",
+            "--peer-cert-allowed-cn=etcd peer",
+            "--host-whitelist=example.com",
+            "--cors=http://a.example:8080",
+        ])
+        .unwrap();
+        assert_eq!(
+            set.client_tls.unwrap().allowed,
+            AllowedNames::Hostnames(vec!["a.example".into(), "10.0.0.1".into()])
+        );
+        assert_eq!(
+            set.peer_tls.unwrap().allowed,
+            AllowedNames::CommonNames(vec!["etcd peer".into()])
+        );
+        assert!(set.http_access.host_whitelist.allows("example.com"));
+        assert!(!set.http_access.host_whitelist.allows("127.0.0.1"));
+        assert!(set.http_access.cors.allows("http://a.example:8080"));
+        assert!(!set.http_access.cors.allows("http://b.example:8080"));
+        assert_eq!(config(&[]).unwrap().http_access, Default::default());
+        // Without that side's certificates etcd never reads them, so neither does Concord.
+        assert!(config(&["--peer-cert-allowed-cn=a", "--peer-cert-allowed-hostname=b"]).is_ok());
+        assert!(config(&["--cors=localhost"]).is_err());
     }
 }

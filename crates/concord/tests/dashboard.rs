@@ -154,8 +154,20 @@ async fn dashboard_shows_members_keys_and_a_new_leader() {
     browser.goto(&format!("{}/ui/", cluster.members[page_member].client_url));
 
     // The 3 members, exactly one of them marked leader: the cluster's.
-    let (leader, _) = confirm_leader(&cluster, &browser, &mut page_member).await;
+    let (leader, leader_hex) = confirm_leader(&cluster, &browser, &mut page_member).await;
     let leader_name = cluster.members[leader].name.clone();
+    // One shard holds every key, led by the cluster's leader.
+    browser.wait_for("the one shard, led by the leader", WAIT, |b| {
+        let rows = b.execute(
+            "return [...document.querySelectorAll('[data-testid=shard-row]')].map(r => [r.dataset.shardId, r.dataset.leader]);",
+            vec![],
+        );
+        if rows == serde_json::json!([["1", leader_hex.clone()]]) {
+            Ok(())
+        } else {
+            Err(rows.to_string())
+        }
+    });
     browser.wait_for("the leader's name in the summary", WAIT, |b| {
         let shown = text_of(b, "[data-testid=leader-name]");
         if shown.contains(&leader_name) {

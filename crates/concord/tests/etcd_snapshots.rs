@@ -16,37 +16,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
-use common::{concord, eventually, free_port, text, Cluster};
+use common::{concord, eventually, free_port, Cluster};
 use etcd_client::{Client, ConnectOptions, GetOptions, LeaseTimeToLiveOptions, Permission, PutOptions};
 
 const ROOT_PW: &str = "root-secret";
 const ALICE_PW: &str = "alice-secret";
-
-/// Whether etcd and etcdctl can run here; says why not when they cannot.
-fn etcd_tools_present(test: &str) -> bool {
-    for (tool, arg) in [("etcd", "--version"), ("etcdctl", "version")] {
-        let ok = Command::new(tool)
-            .arg(arg)
-            .env("ETCDCTL_API", "3")
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if !ok {
-            eprintln!("SKIPPED {test}: `{tool}` is not installed (Debian packages etcd-server and etcd-client; see scripts/setup.sh)");
-            return false;
-        }
-    }
-    true
-}
-
-fn assert_ok(what: &str, out: &Output) {
-    assert!(
-        out.status.success(),
-        "{what} failed ({}):\nstdout: {}\nstderr: {}",
-        out.status,
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-}
 
 /// etcdctl (API v3), as a person runs it.
 fn etcdctl(args: &[&str]) -> Output {
@@ -282,7 +256,7 @@ async fn check_restored(server: &Server, c: &mut Client, compact_at: i64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concord_snapshot_restores_into_etcd() {
-    if !etcd_tools_present("concord_snapshot_restores_into_etcd") {
+    if !common::etcd::tools_present("concord_snapshot_restores_into_etcd") {
         return;
     }
     let cluster = Cluster::start(1).await;
@@ -307,7 +281,7 @@ async fn concord_snapshot_restores_into_etcd() {
         "--user",
         &format!("root:{ROOT_PW}"),
     ]);
-    assert_ok("concord snapshot save", &out);
+    common::assert_ok("concord snapshot save", &out);
 
     // etcdctl's own save from the member writes the same kind of file (python-etcd3's
     // test_snapshot does this, then `etcdctl snapshot status`).
@@ -322,15 +296,15 @@ async fn concord_snapshot_restores_into_etcd() {
         "--user",
         &format!("root:{ROOT_PW}"),
     ]);
-    assert_ok("etcdctl snapshot save from concord", &out);
+    common::assert_ok("etcdctl snapshot save from concord", &out);
     let out = etcdctl(&["snapshot", "status", by_etcdctl.to_str().unwrap(), "-w", "json"]);
-    assert_ok("etcdctl snapshot status of etcdctl's save", &out);
+    common::assert_ok("etcdctl snapshot status of etcdctl's save", &out);
     let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status JSON");
     assert_eq!(status["revision"].as_i64(), Some(original.revision), "{status}");
 
     // etcdctl reads concord's save, with the numbers concord reports.
     let out = etcdctl(&["snapshot", "status", file.to_str().unwrap(), "-w", "json"]);
-    assert_ok("etcdctl snapshot status", &out);
+    common::assert_ok("etcdctl snapshot status", &out);
     let etcd_status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status JSON");
     assert_eq!(
         etcd_status["revision"].as_i64(),
@@ -338,7 +312,7 @@ async fn concord_snapshot_restores_into_etcd() {
         "{etcd_status}"
     );
     let ours = concord(&["snapshot", "status", file.to_str().unwrap(), "-w", "json"]);
-    assert_ok("concord snapshot status", &ours);
+    common::assert_ok("concord snapshot status", &ours);
     let ours: serde_json::Value = serde_json::from_slice(&ours.stdout).expect("status JSON");
     assert_eq!(ours, etcd_status, "concord's status of the file is etcdctl's");
     // etcdutl counts the entries of every bucket: more than the live keys.
@@ -365,7 +339,7 @@ async fn concord_snapshot_restores_into_etcd() {
         "--initial-cluster-token",
         "snapshot-test",
     ]);
-    assert_ok("etcdctl snapshot restore", &out);
+    common::assert_ok("etcdctl snapshot restore", &out);
     let etcd = Server::start("etcd", "e0", &data_dir, &peer, dir.path().join("etcd.log"));
     let mut e = etcd.client(Some(("root", ROOT_PW))).await;
     assert_eq!(observe(&mut e, compact_at, lease).await, original);
@@ -377,7 +351,7 @@ async fn concord_snapshot_restores_into_etcd() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcd_snapshot_restores_into_concord() {
-    if !etcd_tools_present("etcd_snapshot_restores_into_concord") {
+    if !common::etcd::tools_present("etcd_snapshot_restores_into_concord") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -405,14 +379,14 @@ async fn etcd_snapshot_restores_into_concord() {
         "--user",
         &format!("root:{ROOT_PW}"),
     ]);
-    assert_ok("etcdctl snapshot save", &out);
+    common::assert_ok("etcdctl snapshot save", &out);
     drop(etcd);
 
     // concord's status of etcd's file is etcdctl's.
     let theirs = etcdctl(&["snapshot", "status", file.to_str().unwrap(), "-w", "json"]);
-    assert_ok("etcdctl snapshot status", &theirs);
+    common::assert_ok("etcdctl snapshot status", &theirs);
     let ours = concord(&["snapshot", "status", file.to_str().unwrap(), "-w", "json"]);
-    assert_ok("concord snapshot status", &ours);
+    common::assert_ok("concord snapshot status", &ours);
     let theirs: serde_json::Value = serde_json::from_slice(&theirs.stdout).unwrap();
     let ours: serde_json::Value = serde_json::from_slice(&ours.stdout).unwrap();
     assert_eq!(ours, theirs);
@@ -434,7 +408,7 @@ async fn etcd_snapshot_restores_into_concord() {
         "--initial-cluster-token",
         "snapshot-test",
     ]);
-    assert_ok("concord snapshot restore", &out);
+    common::assert_ok("concord snapshot restore", &out);
     let member = Server::start("concord", "c0", &data_dir, &peer, dir.path().join("concord.log"));
     let mut c = member.client(Some(("root", ROOT_PW))).await;
     assert_eq!(observe(&mut c, compact_at, lease).await, original);
@@ -448,7 +422,7 @@ async fn etcd_snapshot_restores_into_concord() {
 /// cluster ids, etcd's files kept aside unchanged, and no second import at the next start.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcd_data_dir_migrates_in_place() {
-    if !etcd_tools_present("etcd_data_dir_migrates_in_place") {
+    if !common::etcd::tools_present("etcd_data_dir_migrates_in_place") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

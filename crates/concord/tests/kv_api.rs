@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{grpc_status, Cluster};
+use common::{eventually, grpc_status, Cluster};
 use etcd_client::{
     Compare, CompareOp, DeleteOptions, GetOptions, PutOptions, SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse,
 };
@@ -277,6 +277,18 @@ async fn etcdctl_per_endpoint_commands_take_urls_and_cluster() {
     let cluster = Cluster::start(3).await;
     let mut c = cluster.client(0).await;
     c.put("k", "v", None).await.unwrap();
+    // `--cluster` dials the client URLs the members list: wait until every member published its.
+    eventually("every member publishes its client URLs", || {
+        let mut c = c.clone();
+        async move {
+            let members = c.member_list().await.map_err(|e| e.to_string())?;
+            match members.members().iter().filter(|m| !m.client_urls().is_empty()).count() {
+                3 => Ok(()),
+                n => Err(format!("{n} of 3")),
+            }
+        }
+    })
+    .await;
     let run = |args: &[&str]| {
         let out = std::process::Command::new("etcdctl")
             .env("ETCDCTL_API", "3")

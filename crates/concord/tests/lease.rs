@@ -207,3 +207,95 @@ async fn a_keep_alive_right_after_a_grant_through_a_follower_finds_the_lease() {
         c.lease_revoke(lease.id()).await.unwrap();
     }
 }
+
+/// How many lease checkpoints member `i` has had applied, from its log.
+fn checkpoints_applied(cluster: &Cluster, i: usize) -> usize {
+    std::fs::read_to_string(&cluster.members[i].log).map_or(0, |log| log.matches("lease checkpoint applied").count())
+}
+
+/// The lease's remaining seconds as member `i` (which must lead) answers them.
+async fn ttl_at(cluster: &Cluster, i: usize, id: i64) -> i64 {
+    let c = cluster.client(i).await;
+    eventually("the leader answers TimeToLive", || {
+        let mut c = c.clone();
+        async move { c.lease_time_to_live(id, None).await.map(|r| r.ttl()) }
+    })
+    .await
+}
+
+/// `--experimental-enable-lease-checkpoint`: the leader records how long a lease has left, so a
+/// new leader starts it there (plus an election timeout) instead of at its full TTL; a renewal
+/// starts it at its full TTL again on the next leader too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkpointed_lease_keeps_its_remaining_time_across_a_leader_change() {
+    let cluster = Cluster::start_with(
+        3,
+        &[
+            "--experimental-enable-lease-checkpoint",
+            "--experimental-lease-checkpoint-interval=1s",
+        ],
+    )
+    .await;
+    let leader = cluster.wait_for_leader().await;
+    let mut c = cluster.client(leader).await;
+    let id = c.lease_grant(60, None).await.unwrap().id();
+    eventually("the lease ages five seconds", || async {
+        match ttl_at(&cluster, leader, id).await {
+            ttl if ttl <= 55 => Ok(()),
+            ttl => Err(ttl),
+        }
+    })
+    .await;
+    let seen = checkpoints_applied(&cluster, leader);
+    eventually("a checkpoint after that", || async {
+        if checkpoints_applied(&cluster, leader) > seen {
+            Ok(())
+        } else {
+            Err("not yet")
+        }
+    })
+    .await;
+
+    let next = (leader + 1) % 3;
+    let next_id = cluster.status(next).await.unwrap().header().unwrap().member_id();
+    c.move_leader(next_id).await.expect("move leader");
+    assert_eq!(cluster.wait_for_leader().await, next);
+    // Without the checkpoint the new leader would say 61 (a full TTL plus the grace).
+    let ttl = ttl_at(&cluster, next, id).await;
+    assert!(ttl <= 57, "the new leader starts from the checkpoint: {ttl}");
+    assert!(ttl > 0);
+
+    let mut c = cluster.client(next).await;
+    let (mut keeper, mut responses) = c.lease_keep_alive(id).await.unwrap();
+    keeper.keep_alive().await.unwrap();
+    let renewed = tokio::time::timeout(WAIT, responses.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(renewed.ttl(), 60);
+    // The renewal clears the recorded remainder through Raft; the next leader must see that.
+    eventually("the renewal's clearing is applied", || async {
+        let log = std::fs::read_to_string(&cluster.members[next].log).unwrap_or_default();
+        if log.contains("0 recorded, 1 cleared") {
+            Ok(())
+        } else {
+            Err("not yet")
+        }
+    })
+    .await;
+    let last_id = cluster
+        .status((next + 1) % 3)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .member_id();
+    c.move_leader(last_id).await.expect("move leader");
+    assert_eq!(cluster.wait_for_leader().await, (next + 1) % 3);
+    let ttl = ttl_at(&cluster, (next + 1) % 3, id).await;
+    assert!(
+        ttl >= 56,
+        "renewed on the previous leader, so (nearly) a full TTL: {ttl}"
+    );
+}

@@ -15,17 +15,6 @@ use etcd_client::{
 };
 use tonic::Code;
 
-/// Asserts that a command succeeded, showing what it said otherwise.
-fn assert_ok(what: &str, out: &Output) {
-    assert!(
-        out.status.success(),
-        "{what} failed ({}):\nstdout: {}\nstderr: {}",
-        out.status,
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-}
-
 /// Asserts that a command failed and that its stderr mentions `expected`.
 fn assert_fails_with(what: &str, out: &Output, expected: &str) {
     assert!(
@@ -123,7 +112,7 @@ impl Restored {
                 "--initial-advertise-peer-urls",
                 &peers[i],
             ]);
-            assert_ok("concord snapshot restore", &out);
+            common::assert_ok("concord snapshot restore", &out);
             assert!(data_dir.join("member/kv.redb").is_file() && data_dir.join("member/cluster.pb").is_file());
         }
         for i in 0..n {
@@ -285,7 +274,7 @@ async fn snapshots_restore_into_identical_new_clusters() {
         std::slice::from_ref(&ep0),
         &["snapshot", "save", etcdctl_file.to_str().unwrap()],
     );
-    assert_ok("etcdctl snapshot save", &out);
+    common::assert_ok("etcdctl snapshot save", &out);
 
     let concord_file = dir.path().join("concord.db");
     let started = Instant::now();
@@ -299,7 +288,7 @@ async fn snapshots_restore_into_identical_new_clusters() {
         &format!("{dead},{}", host_port(&ep0)),
     ]);
     let save_time = started.elapsed();
-    assert_ok("concord snapshot save", &out);
+    common::assert_ok("concord snapshot save", &out);
     assert!(text(&out.stdout).contains("Snapshot saved at"), "{}", text(&out.stdout));
     assert!(
         text(&out.stderr).contains("snapshot: received"),
@@ -509,7 +498,7 @@ async fn the_nospace_alarm_trips_and_is_cleared() {
     let err = c.put("small", "x", None).await.unwrap_err();
     assert_eq!(grpc_status(err).code(), Code::ResourceExhausted);
     let out = cluster.etcdctl(&endpoints, &["alarm", "disarm"]);
-    assert_ok("etcdctl alarm disarm", &out);
+    common::assert_ok("etcdctl alarm disarm", &out);
     assert!(
         text(&out.stdout).contains("alarm:NOSPACE"),
         "disarm lists what it cleared: {}",
@@ -545,7 +534,7 @@ async fn member_commands_work_like_etcdctl() {
     let ep = host_port(&endpoints[1]);
     let list_members = |endpoint: &str| {
         let out = concord(&["member", "list", "--endpoints", endpoint]);
-        assert_ok("concord member list", &out);
+        common::assert_ok("concord member list", &out);
         text(&out.stdout)
     };
     let list = &list_members;
@@ -569,7 +558,7 @@ async fn member_commands_work_like_etcdctl() {
     }
     let listed = list(&ep);
     let etcdctl = cluster.etcdctl(&endpoints, &["member", "list"]);
-    assert_ok("etcdctl member list", &etcdctl);
+    common::assert_ok("etcdctl member list", &etcdctl);
     assert_eq!(listed, text(&etcdctl.stdout), "the same lines as etcdctl");
     for (line, m) in listed.lines().zip(&cluster.members) {
         let fields: Vec<&str> = line.split(", ").collect();
@@ -586,7 +575,7 @@ async fn member_commands_work_like_etcdctl() {
         );
     }
     let json = concord(&["member", "list", "-w", "json", "--endpoints", &ep]);
-    assert_ok("concord member list -w json", &json);
+    common::assert_ok("concord member list -w json", &json);
     let json = text(&json.stdout);
     assert!(
         json.starts_with("{\"header\":{\"cluster_id\":") && json.matches("\"ID\":").count() == 3,
@@ -605,7 +594,7 @@ async fn member_commands_work_like_etcdctl() {
         "--endpoints",
         &ep,
     ]);
-    assert_ok("concord member add", &out);
+    common::assert_ok("concord member add", &out);
     let added = text(&out.stdout);
     let first = added.lines().next().unwrap();
     assert!(
@@ -629,7 +618,7 @@ async fn member_commands_work_like_etcdctl() {
 
     let moved = cluster.new_peer_url();
     let out = concord(&["member", "update", &id, "--peer-urls", &moved, "--endpoints", &ep]);
-    assert_ok("concord member update", &out);
+    common::assert_ok("concord member update", &out);
     assert!(
         text(&out.stdout).contains(&format!("Member {id:>16} updated in cluster")),
         "{}",
@@ -650,7 +639,7 @@ async fn member_commands_work_like_etcdctl() {
     assert_fails_with("promoting a learner that never started", &out, "in sync with leader");
 
     let out = concord(&["member", "remove", &id, "--endpoints", &ep]);
-    assert_ok("concord member remove", &out);
+    common::assert_ok("concord member remove", &out);
     assert!(
         text(&out.stdout).starts_with(&format!("Member {id:>16} removed from cluster ")),
         "{}",
@@ -680,4 +669,57 @@ async fn move_leader_to_an_unknown_member_is_a_failed_precondition() {
     );
     assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
     assert_eq!(status.message(), "etcdserver: bad leader transferee");
+}
+
+/// The member's grpc.health.v1 answer for the whole server ("").
+async fn grpc_health(endpoint: &str) -> tonic_health::pb::health_check_response::ServingStatus {
+    let endpoint = endpoint.trim_start_matches("http://");
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{endpoint}"))
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect");
+    let resp = tonic_health::pb::health_client::HealthClient::new(channel)
+        .check(tonic_health::pb::HealthCheckRequest { service: String::new() })
+        .await
+        .expect("health check")
+        .into_inner();
+    resp.status()
+}
+
+/// etcd serves grpc.health.v1 on the client port; with
+/// `--experimental-stop-grpc-service-on-defrag` it answers NOT_SERVING while it defragments
+/// and SERVING again after; without the flag a defragmentation leaves it SERVING.
+#[tokio::test]
+async fn grpc_health_stops_serving_during_defrag_only_when_asked() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let mut cluster = Cluster::start_with(1, &["--experimental-stop-grpc-service-on-defrag"]).await;
+    let endpoint = cluster.endpoints()[0].clone();
+    assert_eq!(grpc_health(&endpoint).await, ServingStatus::Serving);
+    let mut client = cluster.client(0).await;
+    client.put("k", "v", None).await.expect("put");
+    client.defragment().await.expect("defragment");
+    assert!(
+        cluster.log_contains(0, "defrag is active"),
+        "NOT_SERVING logged: {}",
+        cluster.logs()
+    );
+    assert_eq!(grpc_health(&endpoint).await, ServingStatus::Serving);
+
+    cluster.set_extra_args(&[]);
+    assert!(cluster.terminate(0).success());
+    cluster.restart(0);
+    let client = cluster.client(0).await;
+    eventually("the restarted member defragments", || {
+        let mut client = client.clone();
+        async move { client.defragment().await }
+    })
+    .await;
+    assert_eq!(grpc_health(&cluster.endpoints()[0]).await, ServingStatus::Serving);
+    let logs = cluster.logs();
+    assert_eq!(
+        logs.matches("defrag is active").count(),
+        1,
+        "only the first run stopped serving: {logs}"
+    );
 }

@@ -44,6 +44,25 @@ pub mod v3electionpb {
     include!(concat!(env!("OUT_DIR"), "/v3electionpb.serde.rs"));
 }
 
+/// etcd 3.5's `membershippb` package: membership changes in etcd's Raft log (read when migrating
+/// an etcd member's WAL).
+pub mod membershippb {
+    tonic::include_proto!("membershippb");
+    include!(concat!(env!("OUT_DIR"), "/membershippb.serde.rs"));
+}
+
+/// etcd's `raftpb` package, the part its WAL stores (entries, hard state): read when `concord
+/// serve` migrates an etcd member's data directory.
+pub mod raftpb {
+    tonic::include_proto!("raftpb");
+}
+
+/// etcd's `walpb` package: the records of etcd's write-ahead log, read when migrating an etcd
+/// member's data directory.
+pub mod walpb {
+    tonic::include_proto!("walpb");
+}
+
 /// Concord's internal `concordpb` package: replicated commands and the Raft peer service.
 pub mod concordpb {
     tonic::include_proto!("concordpb");
@@ -59,6 +78,7 @@ mod redacted {
     use super::authpb::User;
     use super::etcdserverpb::{
         AuthUserAddRequest, AuthUserChangePasswordRequest, AuthenticateRequest, AuthenticateResponse,
+        InternalAuthenticateRequest,
     };
 
     /// Prints a secret's presence, never its content.
@@ -109,6 +129,16 @@ mod redacted {
                 .field("name", &self.name)
                 .field("password", &secret(self.password.as_bytes()))
                 .field("hashed_password", &secret(self.hashed_password.as_bytes()))
+                .finish()
+        }
+    }
+
+    impl fmt::Debug for InternalAuthenticateRequest {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.debug_struct("InternalAuthenticateRequest")
+                .field("name", &self.name)
+                .field("password", &secret(self.password.as_bytes()))
+                .field("simple_token", &secret(self.simple_token.as_bytes()))
                 .finish()
         }
     }
@@ -165,6 +195,13 @@ mod redacted {
                 options: None,
             };
             assert!(!format!("{user:?}").contains("hash"));
+            let internal = InternalAuthenticateRequest {
+                name: "d".into(),
+                password: "pa55".into(),
+                simple_token: "simple.7".into(),
+            };
+            let printed = format!("{internal:?}");
+            assert!(!printed.contains("pa55") && !printed.contains("simple.7"), "{printed}");
         }
     }
 }

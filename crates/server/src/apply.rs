@@ -203,6 +203,7 @@ impl StateMachine for KvStateMachine {
         for (position, result) in &results {
             match result {
                 Ok(WriteResult::LeaseGrant(grant)) => self.effects.lessor.on_granted(grant.id, grant.ttl),
+                Ok(WriteResult::LeaseCheckpoint(_)) => self.effects.lessor.on_checkpointed(),
                 Ok(WriteResult::LeaseRevoke(_)) | Err(KvError::LeaseNotFound) => {
                     if let Some(id) = revokes.get(position) {
                         self.effects.lessor.on_revoked(*id);

@@ -11,7 +11,8 @@
 //!
 //! What tonic's server did that matters is kept: TLS clients' certificates reach the services
 //! (client-certificate authentication reads them from the request), HTTP/2 keep-alive pings
-//! find dead clients, there is no limit on concurrent streams (etcd's), and a stop closes the
+//! find dead clients (and clients that ping too often are sent away, as by etcd's gRPC server:
+//! [`crate::ping_policy`]), there is no limit on concurrent streams (etcd's), and a stop closes the
 //! listener at once and lets open connections finish their calls. What a connection may hold of
 //! the member's memory is bounded by its flow-control windows (request bytes not yet read) and
 //! the send buffer of each of its streams (response bytes its client has not taken). A client's `grpc-timeout` is
@@ -39,6 +40,7 @@ use tower_service::Service as _;
 use crate::kv::KvService;
 use crate::kv_unary::{self, UnaryBody};
 use crate::metrics::grpc::{self as grpc_metrics, Call, CountedBody, MeteredBody};
+use crate::ping_policy::PingPolicy;
 use crate::scheme_authority::SchemeAuthority;
 
 /// How the client port treats connections: etcd's `--grpc-keepalive-interval`,
@@ -54,6 +56,9 @@ pub struct ConnectionSettings {
     /// The most streams one connection may have open at once; `None` sets no limit (etcd's
     /// default, math.MaxUint32).
     pub max_concurrent_streams: Option<u32>,
+    /// `--grpc-keepalive-min-time`: how often a client with calls in progress may ping
+    /// (etcd: 5 s); a client that pings more often is sent away (see [`crate::ping_policy`]).
+    pub keepalive_min_time: Duration,
 }
 
 impl Default for ConnectionSettings {
@@ -62,6 +67,7 @@ impl Default for ConnectionSettings {
             keepalive_interval: Some(Duration::from_secs(10)),
             keepalive_timeout: Duration::from_secs(20),
             max_concurrent_streams: None,
+            keepalive_min_time: Duration::from_secs(5),
         }
     }
 }
@@ -216,6 +222,7 @@ pub async fn serve<I, IO>(
                 },
             };
             let calls = calls.with_tls_info(tls.then(|| io.connect_info()));
+            let io = PingPolicy::new(io, settings.keepalive_min_time);
             tokio::spawn(serve_connection(builder.clone(), io, calls, closing_rx.clone()));
         }
     }

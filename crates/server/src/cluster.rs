@@ -253,11 +253,7 @@ impl Cluster for ClusterService {
         // etcd checks no URL here, and its members panic applying a bad one; Concord checks
         // them as MemberAdd's, before anything else.
         let peer_urls = peer_urls::validate(&request.get_ref().peer_ur_ls)?;
-        let creds = Credentials::of(&request);
-        self.ctx
-            .auth
-            .require_admin(&creds, self.ctx.router.default_group())
-            .await?;
+        self.ctx.require_admin(&request).await?;
         let req = MemberUpdateRequest {
             peer_ur_ls: peer_urls,
             ..request.into_inner()

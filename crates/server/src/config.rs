@@ -107,6 +107,15 @@ pub struct ServerConfig {
     /// `--experimental-warning-apply-duration`: an apply batch slower than this is logged
     /// (etcd: 100 ms).
     pub warning_apply_duration: Duration,
+    /// `--experimental-stop-grpc-service-on-defrag`: the gRPC health service answers
+    /// NOT_SERVING while the member defragments.
+    pub stop_grpc_service_on_defrag: bool,
+    /// `--experimental-enable-lease-checkpoint`: how often the leader records each long lease's
+    /// remaining time (etcd: 5 minutes); `None` when off.
+    pub lease_checkpoint_interval: Option<Duration>,
+    /// `--host-whitelist` and `--cors`: etcd's checks of the HTTP requests on client URLs
+    /// (the default allows every host and origin, as etcd's does).
+    pub http_access: crate::http::access::AccessControl,
 }
 
 impl ServerConfig {

@@ -66,6 +66,8 @@ pub struct MemberContext {
     pub auth: Arc<crate::auth::AuthState>,
     /// The bound on snapshot downloads in progress and their copies.
     pub snapshot_downloads: crate::snapshot_downloads::SnapshotDownloads,
+    /// The client port's grpc.health.v1 answer, which defragmentation may turn NOT_SERVING.
+    pub grpc_health: crate::grpc_health::GrpcHealth,
 }
 
 impl MemberContext {
@@ -82,6 +84,14 @@ impl MemberContext {
             Some(crate::config::Sabotage::UncheckedTxnDepth) => usize::MAX,
             _ => crate::validate::MAX_TXN_DEPTH,
         }
+    }
+
+    /// Refuses `request` unless it comes from root while auth is enabled: what etcd asks of
+    /// maintenance and membership changes.
+    pub async fn require_admin<T>(&self, request: &tonic::Request<T>) -> Result<(), Status> {
+        let creds = crate::auth::Credentials::of(request);
+        self.auth.require_admin(&creds, self.router.default_group()).await?;
+        Ok(())
     }
 
     /// etcd's response header: who answered, at which revision and term.

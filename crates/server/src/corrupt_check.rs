@@ -53,6 +53,10 @@ pub struct CorruptCheck {
     /// `--experimental-corrupt-check-time`: how often the leader compares every member;
     /// `None` (etcd's 0) for never.
     pub periodic: Option<Duration>,
+    /// `--experimental-compact-hash-check-enabled` with its `-time`: how often the leader
+    /// compares every member at its latest compaction point (`crate::compact_hash_check`);
+    /// `None` when disabled.
+    pub after_compaction: Option<Duration>,
 }
 
 /// A HashKV answer reduced to what the checks compare.
@@ -292,7 +296,7 @@ async fn periodic_check(ctx: &Arc<MemberContext>, dialer: &Dialer) -> Result<(),
 
 /// Proposes the CORRUPT alarm for `member_id` on the member's own behalf, as etcd's leader does.
 /// An alarm already raised is not proposed again at every check (raising is idempotent anyway).
-async fn raise_corrupt(ctx: &MemberContext, member_id: u64) {
+pub(crate) async fn raise_corrupt(ctx: &MemberContext, member_id: u64) {
     let raised = ctx.store.alarms().is_ok_and(|alarms| {
         alarms
             .iter()
@@ -316,11 +320,16 @@ async fn raise_corrupt(ctx: &MemberContext, member_id: u64) {
     }
 }
 
-/// The member's own HashKV at its current revision; hashing walks the store, so off the async
-/// workers.
+/// The member's own HashKV at its current revision.
 async fn local_hash(store: &Arc<MvccStore>) -> Result<KvHash, KvError> {
+    hash_at(store, 0).await
+}
+
+/// The member's own HashKV at `revision` (0: the current one); hashing walks the store, so off
+/// the async workers.
+pub(crate) async fn hash_at(store: &Arc<MvccStore>, revision: i64) -> Result<KvHash, KvError> {
     let store = store.clone();
-    let (hash, compact_revision, revision) = tokio::task::spawn_blocking(move || store.hash_kv(0))
+    let (hash, compact_revision, revision) = tokio::task::spawn_blocking(move || store.hash_kv(revision))
         .await
         .map_err(|e| KvError::Internal(format!("hashing failed: {e}")))??;
     Ok(KvHash {

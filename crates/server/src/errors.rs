@@ -86,6 +86,7 @@ pub fn from_kv(err: KvError) -> Status {
         ErrorCode::FailedPrecondition => Code::FailedPrecondition,
         ErrorCode::Internal => Code::Internal,
         ErrorCode::ResourceExhausted => Code::ResourceExhausted,
+        ErrorCode::DataLoss => Code::DataLoss,
         ErrorCode::PermissionDenied => Code::PermissionDenied,
         ErrorCode::Unauthenticated => Code::Unauthenticated,
         ErrorCode::Unknown => Code::Unknown,

@@ -23,7 +23,7 @@ pub async fn unimplemented_method(uri: Uri, headers: HeaderMap) -> Response {
 }
 
 /// Whether a request is a gRPC call.
-fn is_grpc(headers: &HeaderMap) -> bool {
+pub(crate) fn is_grpc(headers: &HeaderMap) -> bool {
     headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())

@@ -9,12 +9,14 @@
 //! - [`validate`], [`errors`]: etcd's request checks and error strings.
 //! - [`metrics`], [`http`]: Prometheus metrics, health endpoints and the web dashboard.
 //! - [`corrupt_check`]: etcd's data corruption checks (at start, and periodically on the leader).
+//! - [`compact_hash_check`]: the leader compares every member at its latest compaction point.
 //! - [`gateway`]: etcd's JSON gRPC gateway (`/v3/...` over HTTP with JSON bodies).
 
 pub mod apply;
 pub mod auth;
 pub mod client_port;
 pub mod cluster;
+pub mod compact_hash_check;
 pub mod compactor;
 pub mod concurrency;
 pub mod config;
@@ -26,6 +28,7 @@ mod fallback;
 pub mod forward;
 pub mod gateway;
 pub mod go_duration;
+pub mod grpc_health;
 mod heap;
 pub mod http;
 pub mod kv;
@@ -40,9 +43,11 @@ pub mod metrics;
 pub mod notify;
 pub mod peer;
 pub mod peer_urls;
+pub mod ping_policy;
 pub mod quota;
 pub mod router;
 mod scheme_authority;
+pub mod shards;
 pub mod snapshot_downloads;
 pub mod tls;
 pub mod validate;

@@ -61,12 +61,7 @@ impl MaintenanceService {
     /// With auth enabled, only root may defragment, take snapshots, read hashes (as etcd) and
     /// move the leader (which etcd 3.5 leaves open).
     async fn require_admin<T>(&self, request: &Request<T>) -> Result<(), Status> {
-        let creds = Credentials::of(request);
-        self.ctx
-            .auth
-            .require_admin(&creds, self.ctx.router.default_group())
-            .await?;
-        Ok(())
+        self.ctx.require_admin(request).await
     }
 }
 
@@ -131,8 +126,10 @@ impl Maintenance for MaintenanceService {
         let store = self.ctx.store.clone();
         // Defragmenting writes a compacted copy of the store beside it.
         crate::snapshot_downloads::ensure_free(&self.ctx.snapshot_dir, store.db_size_in_use(), "defragmenting")?;
-        tokio::task::spawn_blocking(move || store.defragment())
-            .await
+        self.ctx.grpc_health.defrag_started().await;
+        let defragmented = tokio::task::spawn_blocking(move || store.defragment()).await;
+        self.ctx.grpc_health.defrag_finished().await;
+        defragmented
             .map_err(|e| Status::internal(e.to_string()))?
             .map_err(|e| Status::internal(format!("etcdserver: {e}")))?;
         Ok(Response::new(DefragmentResponse { header: self.header() }))

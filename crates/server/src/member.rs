@@ -95,6 +95,31 @@ async fn resolve(urls: &[String]) -> Result<Vec<(SocketAddr, bool)>, ServeError>
     Ok(addrs)
 }
 
+/// etcd's `netutil.URLStringsEqual`: URLs that differ as text are the same when, with each
+/// host resolved (IPv4 first, as Go's `net.ResolveTCPAddr`), they are. A cluster found by DNS
+/// SRV records names a member by its SRV target, while the member may advertise its address.
+async fn same_resolved_urls(a: &[String], b: &[String]) -> bool {
+    async fn resolved(urls: &[String]) -> Option<Vec<String>> {
+        let mut out = Vec::with_capacity(urls.len());
+        for url in urls {
+            let uri: http::Uri = url.parse().ok()?;
+            let host = uri.host()?.trim_matches(['[', ']']);
+            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, uri.port_u16()?)).await.ok()?.collect();
+            let addr = addrs.iter().find(|a| a.is_ipv4()).or(addrs.first())?;
+            out.push(format!("{}://{addr}", uri.scheme_str()?));
+        }
+        out.sort();
+        Some(out)
+    }
+    if a.len() != b.len() {
+        return false;
+    }
+    match (resolved(a).await, resolved(b).await) {
+        (Some(a), Some(b)) => a == b,
+        _ => false,
+    }
+}
+
 /// Runs a member until `shutdown` resolves, then stops it gracefully:
 /// listeners close, in-flight requests finish, the store is flushed.
 pub async fn serve(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
@@ -133,7 +158,7 @@ pub async fn serve(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> Res
                 let mut advertised = cfg.initial_advertise_peer_urls.clone();
                 mine.sort();
                 advertised.sort();
-                if mine != advertised {
+                if mine != advertised && !same_resolved_urls(&mine, &advertised).await {
                     return Err(ServeError::Config(format!(
                         "--initial-cluster has {}={:?} but --initial-advertise-peer-urls is {:?}",
                         cfg.name, mine, advertised
@@ -190,7 +215,12 @@ pub async fn serve(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> Res
     let hub = WatchHub::new(store.clone());
     tokio::spawn(hub.clone().run());
     crate::heap::start_trimmer();
-    let lessor = Lessor::new(store.clone(), cfg.election_timeout, cfg.request_timeout());
+    let lessor = Lessor::new(
+        store.clone(),
+        cfg.election_timeout,
+        cfg.request_timeout(),
+        cfg.lease_checkpoint_interval,
+    );
 
     let snapshot_dir = member_dir.join("snap");
     let runtime = tokio::runtime::Handle::current();
@@ -242,6 +272,7 @@ pub async fn serve(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> Res
     .map_err(|e| ServeError::Storage(e.to_string()))?;
     transport.register_group(FIRST_GROUP_ID, Arc::new(group.clone()));
 
+    let (grpc_health, health_service) = crate::grpc_health::GrpcHealth::new(cfg.stop_grpc_service_on_defrag);
     let ctx = Arc::new(MemberContext {
         membership: membership.clone(),
         router: KeyRouter::single(group.clone()),
@@ -254,6 +285,7 @@ pub async fn serve(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> Res
         client_dialer: tls.client_dialer.clone(),
         auth,
         snapshot_downloads: Default::default(),
+        grpc_health,
     });
 
     let lessor_task = tokio::spawn(run_lessor(lessor.clone(), ctx.clone()));
@@ -289,6 +321,12 @@ pub async fn serve(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> Res
         tls.peer_dialer.clone(),
         stop_rx.clone(),
     ));
+    tokio::spawn(crate::compact_hash_check::run(
+        cfg.corrupt_check.after_compaction,
+        ctx.clone(),
+        tls.peer_dialer.clone(),
+        stop_rx.clone(),
+    ));
     let extra_listeners = [
         (
             "metrics",
@@ -307,12 +345,19 @@ pub async fn serve(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> Res
             crate::http::all_routes(http_state.clone()),
         ),
     ];
+    let http_access = Arc::new(cfg.http_access.clone());
     for (what, urls, routes) in extra_listeners {
         for (addr, https) in resolve(urls).await? {
             let listener = crate::listen::bind(addr, cfg.socket_options)?;
+            // --listen-client-http-urls are client URLs, under etcd's access control; the
+            // metrics (as in etcd) and dashboard listeners are not.
+            let routes = match what {
+                "client HTTP" => crate::http::access::guard(routes.clone(), http_access.clone(), https),
+                _ => routes.clone(),
+            };
             let router = tonic::transport::Server::builder()
                 .accept_http1(true)
-                .add_routes(tonic::service::Routes::from(routes.clone()));
+                .add_routes(tonic::service::Routes::from(routes));
             let tls = if https { tls.client_listener.clone() } else { None };
             servers.spawn(run_listener(what, addr, listener, router, tls, stop_rx.clone()));
             tracing::info!(%addr, tls = https, "serving {what}");
@@ -350,12 +395,18 @@ pub async fn serve(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> Res
         .add_service(
             ElectionServer::new(ElectionService::new(ctx.clone(), hub.clone())).max_decoding_message_size(max_message),
         )
-        .add_service(AuthServer::new(auth).max_decoding_message_size(max_message));
+        .add_service(AuthServer::new(auth).max_decoding_message_size(max_message))
+        .add_service(health_service.clone())
+        .add_service(crate::shards::ShardService::server(ctx.clone()));
         let mut router = routes.into_axum_router();
         if cfg.listen_client_http_urls.is_empty() {
             router = router.merge(crate::http::all_routes(http_state.clone()));
         }
-        let router = router.fallback(crate::fallback::unimplemented_method);
+        let mut router = router.fallback(crate::fallback::unimplemented_method);
+        if cfg.listen_client_http_urls.is_empty() {
+            // etcd's access control covers the HTTP requests of a client URL that serves them.
+            router = crate::http::access::guard(router, http_access.clone(), https);
+        }
         let calls = crate::client_port::ClientCalls::new(KvService::new(ctx.clone()), max_message, router);
         let tls = if https { tls.client_listener.clone() } else { None };
         servers.spawn(run_client_listener(

@@ -48,4 +48,29 @@ impl KeyRouter {
     pub fn groups(&self) -> impl Iterator<Item = &GroupHandle> {
         std::iter::once(&self.whole_keyspace)
     }
+
+    /// The shards, ascending by start key: each group with the key range it owns.
+    pub fn shards(&self) -> Vec<ShardRange<'_>> {
+        vec![ShardRange {
+            start: Vec::new(),
+            end: Vec::new(),
+            group: &self.whole_keyspace,
+        }]
+    }
+
+    /// The shard whose group has id `group_id`, if this member serves it.
+    pub fn shard(&self, group_id: u64) -> Option<ShardRange<'_>> {
+        self.shards().into_iter().find(|s| s.group.group_id() == group_id)
+    }
+}
+
+/// One shard as the router knows it: `[start, end)` (an empty end is the end of the keyspace)
+/// and the group that owns it.
+pub struct ShardRange<'a> {
+    /// The first key the shard holds.
+    pub start: Vec<u8>,
+    /// The first key past it; empty for the end of the keyspace.
+    pub end: Vec<u8>,
+    /// The group replicating it.
+    pub group: &'a GroupHandle,
 }

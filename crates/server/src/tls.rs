@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use concord_tls::rustls;
-use concord_tls::{client_config, server_config, Dialer, Reload, Reloadable, TlsFiles};
+use concord_tls::{client_config, server_config, AllowedNames, Dialer, Reload, Reloadable, TlsFiles};
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 
 use crate::config::ServerConfig;
@@ -31,18 +31,26 @@ impl MemberTls {
     /// listens on has one.
     pub fn load(cfg: &ServerConfig, peer_source: Option<IpAddr>) -> Result<MemberTls, ServeError> {
         let mut reloadable: Vec<Arc<dyn Reload>> = Vec::new();
-        let mut side = |what: &str, files: &Option<TlsFiles>| -> Result<_, ServeError> {
+        // `check_servers`: whether the side's allowed names (etcd's --*-cert-allowed-* flags)
+        // also bind the servers the member connects to. etcd's peer links check both ways; the
+        // client side's flag is about clients' certificates, and the member's own calls to other
+        // members' client URLs (forwarding to the leader) are no etcd client's.
+        let mut side = |what: &str, files: &Option<TlsFiles>, check_servers: bool| -> Result<_, ServeError> {
             let Some(files) = files else { return Ok((None, None)) };
             let error = |e: concord_tls::TlsError| ServeError::Config(format!("{what}: {e}"));
             let listener =
                 Reloadable::new(format!("{what} (listener)"), files.clone(), server_config).map_err(error)?;
-            let dialer = Reloadable::new(format!("{what} (outgoing)"), files.clone(), client_config).map_err(error)?;
+            let mut outgoing = files.clone();
+            if !check_servers {
+                outgoing.allowed = AllowedNames::Any;
+            }
+            let dialer = Reloadable::new(format!("{what} (outgoing)"), outgoing, client_config).map_err(error)?;
             reloadable.push(listener.clone());
             reloadable.push(dialer.clone());
             Ok((Some(listener), Some(dialer)))
         };
-        let (client_listener, client_out) = side("client TLS", &cfg.client_tls)?;
-        let (peer_listener, peer_out) = side("peer TLS", &cfg.peer_tls)?;
+        let (client_listener, client_out) = side("client TLS", &cfg.client_tls, false)?;
+        let (peer_listener, peer_out) = side("peer TLS", &cfg.peer_tls, true)?;
         require_certificates(
             &cfg.listen_client_urls,
             client_listener.is_some(),

@@ -13,6 +13,10 @@
 //!   wildcard (etcd's clients disarm "everything" by listing the alarms and lowering each).
 //! * An unknown action changes nothing and lists nothing.
 //!
+//! While any member has CORRUPT raised, apply refuses every change to keys and leases (see
+//! [`refused_while_corrupt`]); CORRUPT is checked before NOSPACE, as etcd's corrupt applier wraps
+//! its capped one.
+//!
 //! While any member has NOSPACE raised, apply refuses the commands that would grow the store:
 //! puts, txns with a put, lease grants (see [`needs_space`]). Deletes, compactions, revokes and
 //! alarms still apply, so an operator can free space and disarm.
@@ -51,6 +55,7 @@ impl Writer<'_, '_> {
             Err(_) => Vec::new(),
         };
         self.no_space = no_space_raised(&self.alarms)?;
+        self.corrupt = corrupt_raised(&self.alarms)?;
         Ok(AlarmResponse {
             header: Some(header_at(self.revision)),
             alarms,
@@ -85,6 +90,30 @@ where
     Ok(!raised_alarms(alarms, Some(AlarmType::Nospace as i32))?.is_empty())
 }
 
+/// Whether some member has CORRUPT raised.
+pub(crate) fn corrupt_raised<T>(alarms: &T) -> Result<bool, StorageError>
+where
+    T: ReadableTable<(u64, i32), ()>,
+{
+    Ok(!raised_alarms(alarms, Some(AlarmType::Corrupt as i32))?.is_empty())
+}
+
+/// Whether `op` is refused while CORRUPT is raised: every change to keys and leases, as etcd's
+/// corrupt applier refuses them. Alarms (so an operator can disarm), auth and membership apply.
+pub(crate) fn refused_while_corrupt(op: &Op) -> bool {
+    match op {
+        Op::Put(_) | Op::DeleteRange(_) | Op::Txn(_) | Op::Compaction(_) | Op::LeaseGrant(_) | Op::LeaseRevoke(_) => {
+            true
+        }
+        Op::Alarm(_)
+        | Op::PublishMember(_)
+        | Op::UpdateMember(_)
+        | Op::Auth(_)
+        | Op::Authorized(_)
+        | Op::LeaseCheckpoint(_) => false,
+    }
+}
+
 /// Whether `op` is refused while NOSPACE is raised: a put, a lease grant, or a txn with a put in
 /// either branch at any depth, whichever branch its compares would pick (etcd looks only at the
 /// top level of a txn; a nested put grows the store just the same).
@@ -95,6 +124,7 @@ pub(crate) fn needs_space(op: &Op) -> bool {
         Op::DeleteRange(_)
         | Op::Compaction(_)
         | Op::LeaseRevoke(_)
+        | Op::LeaseCheckpoint(_)
         | Op::Alarm(_)
         | Op::PublishMember(_)
         | Op::UpdateMember(_)

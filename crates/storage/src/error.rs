@@ -30,6 +30,8 @@ pub enum ErrorCode {
     PermissionDenied,
     /// The request's credentials are not valid (auth).
     Unauthenticated,
+    /// Data was lost or corrupted (here: a member's data differ from its peers').
+    DataLoss,
     /// No code: etcd returns the error as a plain Go error.
     Unknown,
 }
@@ -67,6 +69,11 @@ pub enum KvError {
     /// containing a put, and lease grants (deletes, compactions and revokes still apply).
     #[error("etcdserver: mvcc: database space exceeded")]
     NoSpace,
+    /// A CORRUPT alarm is raised: some member's data differ from its peers', so the cluster
+    /// refuses every change to keys and leases until an operator has looked (etcd's applier does
+    /// the same). Reads, auth changes and alarms still apply.
+    #[error("etcdserver: corrupt cluster")]
+    Corrupt,
     /// The store failed while serving a read (never produced by `apply`, whose storage failures
     /// are [`StorageError`]s that abort the batch).
     #[error("etcdserver: {0}")]
@@ -87,6 +94,7 @@ impl KvError {
             KvError::LeaseExists => ErrorCode::FailedPrecondition,
             KvError::Internal(_) => ErrorCode::Internal,
             KvError::NoSpace => ErrorCode::ResourceExhausted,
+            KvError::Corrupt => ErrorCode::DataLoss,
             KvError::Auth(err) => err.code(),
         }
     }

@@ -117,6 +117,7 @@ impl MvccStore {
         hash_revisions(&mut crc, &txn)?;
         hash_table(&mut crc, &txn, keys::LEASES)?;
         hash_table(&mut crc, &txn, keys::LEASE_KEYS)?;
+        hash_table(&mut crc, &txn, keys::LEASE_REMAINING)?;
         hash_table(&mut crc, &txn, keys::ALARMS)?;
         hash_table(&mut crc, &txn, crate::auth::USERS)?;
         hash_table(&mut crc, &txn, crate::auth::ROLES)?;

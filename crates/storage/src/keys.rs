@@ -44,6 +44,11 @@ pub(crate) fn main_revisions(from: i64, to: i64) -> std::ops::RangeInclusive<Row
 /// grant until the revoke; expiry is the server's business (it proposes the revoke).
 pub(crate) const LEASES: TableDefinition<i64, i64> = TableDefinition::new("leases");
 
+/// What the leader last recorded of each lease's remaining time (etcd's lease checkpoint):
+/// lease id → seconds left then. A row exists only while the lease is granted and its last
+/// checkpoint said less than its full TTL; a new leader starts the lease at that much.
+pub(crate) const LEASE_REMAINING: TableDefinition<i64, i64> = TableDefinition::new("lease_remaining");
+
 /// The keys attached to each lease: `(lease id, user key)` → nothing. redb orders the tuple
 /// element by element, so a lease's keys are contiguous and in ascending key order.
 pub(crate) const LEASE_KEYS: TableDefinition<(i64, &[u8]), ()> = TableDefinition::new("lease_keys");

@@ -13,7 +13,8 @@
 //! [`MvccStore::leases`]: crate::MvccStore::leases
 
 use concord_proto::etcdserverpb::{
-    DeleteRangeRequest, LeaseGrantRequest, LeaseGrantResponse, LeaseRevokeRequest, LeaseRevokeResponse,
+    DeleteRangeRequest, LeaseCheckpointRequest, LeaseCheckpointResponse, LeaseGrantRequest, LeaseGrantResponse,
+    LeaseRevokeRequest, LeaseRevokeResponse,
 };
 use redb::{ReadableTable, Table};
 
@@ -69,8 +70,28 @@ impl Writer<'_, '_> {
             self.lease_keys.remove((req.id, delete.key.as_slice()))?;
         }
         self.leases.remove(req.id)?;
+        self.lease_remaining.remove(req.id)?;
         Ok(LeaseRevokeResponse {
             header: Some(header_at(self.revision + i64::from(self.sub > 0))),
+        })
+    }
+
+    /// etcd's lease checkpoint: records, for each granted lease named, the seconds it had left
+    /// when the leader proposed it (0 or less, or the full TTL: forgets the record, as a renewal
+    /// does). Leases that are gone are skipped. Changes no revision and never fails on its own.
+    pub fn lease_checkpoint(&mut self, req: &LeaseCheckpointRequest) -> Result<LeaseCheckpointResponse, OpError> {
+        for checkpoint in &req.checkpoints {
+            let Some(ttl) = self.leases.get(checkpoint.id)?.map(|g| g.value()) else {
+                continue;
+            };
+            if checkpoint.remaining_ttl > 0 && checkpoint.remaining_ttl < ttl {
+                self.lease_remaining.insert(checkpoint.id, checkpoint.remaining_ttl)?;
+            } else {
+                self.lease_remaining.remove(checkpoint.id)?;
+            }
+        }
+        Ok(LeaseCheckpointResponse {
+            header: Some(header_at(self.revision)),
         })
     }
 

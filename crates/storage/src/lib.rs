@@ -116,7 +116,10 @@ mod write;
 
 pub use auth::{open_envelope, AuthApplied, AuthEffect, AuthError, AuthStatus};
 pub use error::{ErrorCode, KvError, StorageError};
-pub use etcd_format::{etcd_snapshot_status, is_etcd_backend, EtcdSnapshotInfo, EtcdSnapshotStatus};
+pub use etcd_format::{
+    etcd_snapshot_status, is_etcd_backend, read_etcd_wal, EtcdSnapshotInfo, EtcdSnapshotStatus, EtcdWal, ReplayError,
+    ReplayRules, TornTail, WalEntry, WalError, WalReplay,
+};
 pub use snapshot::SnapshotInfo;
 pub use store::{ApplyEntry, MvccStore, WriteResult};
 pub use txn::is_txn_read_only;

@@ -161,6 +161,7 @@ fn copy_database(db: &Database, dest: &Path, reseal: Option<&Sealer>) -> Result<
     }
     copy_table(&snapshot, &out, keys::LEASES)?;
     copy_table(&snapshot, &out, keys::LEASE_KEYS)?;
+    copy_table(&snapshot, &out, keys::LEASE_REMAINING)?;
     copy_table(&snapshot, &out, keys::ALARMS)?;
     copy_table(&snapshot, &out, crate::auth::USERS)?;
     copy_table(&snapshot, &out, crate::auth::ROLES)?;

@@ -41,8 +41,8 @@ use concord_crypt::{KeyId, Sealer};
 use concord_proto::concordpb::raft_command::Op;
 use concord_proto::concordpb::RaftCommand;
 use concord_proto::etcdserverpb::{
-    AlarmMember, AlarmResponse, CompactionResponse, DeleteRangeResponse, LeaseGrantResponse, LeaseRevokeResponse,
-    PutResponse, RangeRequest, RangeResponse, TxnRequest, TxnResponse,
+    AlarmMember, AlarmResponse, CompactionResponse, DeleteRangeResponse, LeaseCheckpointResponse, LeaseGrantResponse,
+    LeaseRevokeResponse, PutResponse, RangeRequest, RangeResponse, TxnRequest, TxnResponse,
 };
 use concord_proto::mvccpb::Event;
 use redb::{
@@ -50,7 +50,7 @@ use redb::{
     WriteTransaction,
 };
 
-use crate::alarm::{needs_space, raised_alarms};
+use crate::alarm::{needs_space, raised_alarms, refused_while_corrupt};
 use crate::error::{KvError, OpError, StorageError};
 use crate::events::{attach_prev_kvs, read_events};
 use crate::index::{KeyIndex, Rev};
@@ -101,6 +101,8 @@ pub enum WriteResult {
     LeaseGrant(LeaseGrantResponse),
     /// A lease revoke.
     LeaseRevoke(LeaseRevokeResponse),
+    /// A lease checkpoint.
+    LeaseCheckpoint(LeaseCheckpointResponse),
     /// An alarm request (get, activate or deactivate).
     Alarm(AlarmResponse),
     /// A change to the auth store, or an authentication (see [`crate::auth`]).
@@ -117,6 +119,7 @@ impl WriteResult {
             WriteResult::Compaction(r) => &r.header,
             WriteResult::LeaseGrant(r) => &r.header,
             WriteResult::LeaseRevoke(r) => &r.header,
+            WriteResult::LeaseCheckpoint(r) => &r.header,
             WriteResult::Alarm(r) => &r.header,
             WriteResult::Auth(r) => &r.header,
         };
@@ -240,6 +243,7 @@ pub(crate) fn prepare_database(db: Database) -> Result<(Database, Meta), Storage
         txn.open_table(keys::REVISIONS)?;
         txn.open_table(keys::LEASES)?;
         txn.open_table(keys::LEASE_KEYS)?;
+        txn.open_table(keys::LEASE_REMAINING)?;
         txn.open_table(keys::ALARMS)?;
         crate::auth::create_tables(&txn)?;
         read_meta(&txn.open_table(keys::META)?)?
@@ -493,6 +497,20 @@ impl MvccStore {
         Ok(all_leases(&txn.open_table(keys::LEASES)?)?)
     }
 
+    /// The leases whose last checkpoint recorded less than their full TTL: id → seconds left
+    /// then (see `keys::LEASE_REMAINING`).
+    pub fn lease_remaining_ttls(&self) -> Result<std::collections::HashMap<i64, i64>, KvError> {
+        let db = self.db();
+        let txn = db.begin_read()?;
+        let table = txn.open_table(keys::LEASE_REMAINING)?;
+        let mut remaining = std::collections::HashMap::new();
+        for row in table.iter()? {
+            let (id, left) = row?;
+            remaining.insert(id.value(), left.value());
+        }
+        Ok(remaining)
+    }
+
     /// The TTL (seconds) lease `id` was granted with, or `None` if it is not granted.
     pub fn lease_ttl(&self, id: i64) -> Result<Option<i64>, KvError> {
         let db = self.db();
@@ -716,6 +734,7 @@ fn apply_command(
         return Ok(Some(Err(refused)));
     }
     let outcome = match &command.op {
+        Some(op) if writer.corrupt && refused_while_corrupt(op) => Err(OpError::Kv(KvError::Corrupt)),
         Some(op) if writer.no_space && needs_space(op) => Err(OpError::Kv(KvError::NoSpace)),
         Some(Op::Put(req)) => writer.put(req).map(WriteResult::Put),
         Some(Op::DeleteRange(req)) => writer.delete_range(req).map(WriteResult::DeleteRange),
@@ -723,6 +742,7 @@ fn apply_command(
         Some(Op::Compaction(req)) => writer.compact(req).map(WriteResult::Compaction),
         Some(Op::LeaseGrant(req)) => writer.lease_grant(req).map(WriteResult::LeaseGrant),
         Some(Op::LeaseRevoke(req)) => writer.lease_revoke(req).map(WriteResult::LeaseRevoke),
+        Some(Op::LeaseCheckpoint(req)) => writer.lease_checkpoint(req).map(WriteResult::LeaseCheckpoint),
         Some(Op::Alarm(req)) => writer.alarm(req).map(WriteResult::Alarm),
         Some(Op::Auth(req)) => auth.apply(req, writer.revision).map(WriteResult::Auth),
         // An envelope inside an envelope: never proposed.
@@ -744,6 +764,7 @@ fn apply_command(
                 WriteResult::Compaction(r) => r.header = header,
                 WriteResult::LeaseGrant(r) => r.header = header,
                 WriteResult::LeaseRevoke(r) => r.header = header,
+                WriteResult::LeaseCheckpoint(r) => r.header = header,
                 WriteResult::Alarm(r) => r.header = header,
                 WriteResult::Auth(r) => r.header = header,
             }

@@ -14,7 +14,7 @@ use concord_crypt::Sealer;
 use concord_proto::etcdserverpb::{DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, ResponseHeader};
 use redb::{Table, WriteTransaction};
 
-use crate::alarm::{no_space_raised, AlarmsMut};
+use crate::alarm::{corrupt_raised, no_space_raised, AlarmsMut};
 use crate::error::{KvError, OpError, StorageError};
 use crate::index::{Head, IndexRead, KeyIndex, PendingIndex, Rev};
 use crate::keys::{self, encode_row, KeySpan, RecordHeader, RowId};
@@ -31,9 +31,12 @@ pub(crate) struct Writer<'t, 'i> {
     pub index: PendingIndex<'i>,
     pub leases: LeasesMut<'t>,
     pub lease_keys: LeaseKeysMut<'t>,
+    pub lease_remaining: LeasesMut<'t>,
     pub alarms: AlarmsMut<'t>,
     /// Whether a NOSPACE alarm is raised (kept in step by `Writer::alarm`).
     pub no_space: bool,
+    /// Whether a CORRUPT alarm is raised (kept in step by `Writer::alarm`).
+    pub corrupt: bool,
     /// Store revision before the command being applied.
     pub revision: i64,
     /// Last compaction point (-1 when never compacted).
@@ -61,7 +64,9 @@ impl<'t, 'i> Writer<'t, 'i> {
             index: PendingIndex::new(index),
             leases: txn.open_table(keys::LEASES)?,
             lease_keys: txn.open_table(keys::LEASE_KEYS)?,
+            lease_remaining: txn.open_table(keys::LEASE_REMAINING)?,
             no_space: no_space_raised(&alarms)?,
+            corrupt: corrupt_raised(&alarms)?,
             alarms,
             revision,
             compact_revision,

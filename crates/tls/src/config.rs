@@ -3,11 +3,13 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use rustls::client::WebPkiServerVerifier;
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 
+use crate::allowed::AllowedNames;
 use crate::error::TlsError;
 use crate::policy::TlsPolicy;
 
@@ -40,6 +42,12 @@ pub struct TlsFiles {
     /// etcd's `--peer-auto-tls`, where every member has its own self-signed certificate that no
     /// other can verify. The link is encrypted, not authenticated.
     pub skip_server_verification: bool,
+    /// Which of the certificates that pass verification the other side may present, by name:
+    /// etcd's `--client-cert-allowed-hostname` (client side), `--peer-cert-allowed-cn` and
+    /// `--peer-cert-allowed-hostname` (peer side). [`server_config`] checks clients'
+    /// certificates against it (when `client_cert_auth` asks for them) and [`client_config`]
+    /// servers' certificates, as etcd's peer links check both ways.
+    pub allowed: AllowedNames,
 }
 
 impl TlsFiles {
@@ -82,7 +90,7 @@ pub fn server_config(files: &TlsFiles) -> Result<ServerConfig, TlsError> {
         let verifier = verifier
             .build()
             .map_err(|e| TlsError::Rustls(format!("{}: {e}", ca.display())))?;
-        builder.with_client_cert_verifier(verifier)
+        builder.with_client_cert_verifier(files.allowed.check_clients(verifier))
     } else {
         builder.with_no_client_auth()
     };
@@ -121,7 +129,15 @@ pub fn client_config(files: &TlsFiles) -> Result<ClientConfig, TlsError> {
         builder
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(crate::unverified::AnyServer::new(provider)))
+    } else if files.allowed != AllowedNames::Any && !roots.is_empty() {
+        let verifier = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
+            .build()
+            .map_err(|e| TlsError::Rustls(e.to_string()))?;
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(files.allowed.check_servers(verifier))
     } else {
+        // Without a trusted CA no server passes anyway: the names need no checking.
         builder.with_root_certificates(roots)
     };
     let mut config = builder

@@ -19,12 +19,15 @@
 //! Each connection is wrapped in [`CoalescedWrites`], so that h2 writes the frames of many
 //! requests or responses with one system call. [`common_name`] reads the user
 //! name out of a client certificate, for `--client-cert-auth` (etcd's rule: the certificate's
-//! common name is the user).
+//! common name is the user). [`AllowedNames`] narrows the certificates either side accepts to
+//! those of given common names or hostnames (etcd's `--peer-cert-allowed-cn` and the
+//! `--*-cert-allowed-hostname` flags).
 //!
 //! Only the `ring` crypto provider is compiled in, and every configuration names it explicitly,
 //! so nothing depends on a process-wide default provider.
 
 mod accept;
+mod allowed;
 mod coalesce;
 mod config;
 mod connect;
@@ -36,6 +39,7 @@ mod subject;
 mod unverified;
 
 pub use accept::accept;
+pub use allowed::AllowedNames;
 pub use coalesce::CoalescedWrites;
 pub use config::{client_config, server_config, TlsFiles};
 pub use connect::{TcpConnector, TlsConnector};

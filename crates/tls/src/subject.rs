@@ -21,7 +21,8 @@ const COMMON_NAME: &[u8] = &[0x55, 0x04, 0x03];
 /// UTF8String, PrintableString, TeletexString, IA5String: the string types a CN is written in.
 const STRING_TAGS: &[u8] = &[0x0c, 0x13, 0x14, 0x16];
 
-/// The first common name in the subject of a DER certificate, if it has one.
+/// The common name in the subject of a DER certificate, if it has one. A subject with several
+/// has the last one, as Go's `pkix.Name` (and so etcd) reads it.
 pub fn common_name(certificate: &[u8]) -> Option<String> {
     let (tag, cert, _) = read(certificate)?;
     if tag != SEQUENCE {
@@ -42,6 +43,7 @@ pub fn common_name(certificate: &[u8]) -> Option<String> {
     if tag != SEQUENCE {
         return None;
     }
+    let mut found = None;
     while !rdns.is_empty() {
         let (tag, mut set, rest) = read(rdns)?;
         rdns = rest;
@@ -58,12 +60,12 @@ pub fn common_name(certificate: &[u8]) -> Option<String> {
             if tag == OID && oid == COMMON_NAME {
                 let (tag, text, _) = read(value)?;
                 if STRING_TAGS.contains(&tag) {
-                    return String::from_utf8(text.to_vec()).ok();
+                    found = Some(String::from_utf8(text.to_vec()).ok()?);
                 }
             }
         }
     }
-    None
+    found
 }
 
 /// Splits one DER element off the front: `(tag, contents, the rest)`.
@@ -111,6 +113,23 @@ mod tests {
     #[test]
     fn the_common_name_is_read_from_a_real_certificate() {
         assert_eq!(common_name(&certificate_for(Some("alice"))).as_deref(), Some("alice"));
+    }
+
+    #[test]
+    fn of_several_common_names_the_last_counts_as_in_go() {
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params.distinguished_name.push(rcgen::DnType::CommonName, "first");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::OrganizationName, "Concord tests");
+        // Another key for the same OID (2.5.4.3): rcgen keeps one value per key.
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CustomDnType(vec![2, 5, 4, 3]), "last");
+        let key = rcgen::KeyPair::generate().unwrap();
+        let der = params.self_signed(&key).unwrap().der().to_vec();
+        assert_eq!(common_name(&der).as_deref(), Some("last"));
     }
 
     #[test]

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use etcd_client::{Client, ConnectOptions};
 
+pub mod etcd;
 pub mod http;
 pub mod pki;
 pub mod webdriver;
@@ -446,6 +447,39 @@ pub fn concord(args: &[&str]) -> std::process::Output {
         .expect("run concord")
 }
 
+/// `concord serve` with `args` and the environment `env` (and loopback URLs and a data
+/// directory of its own), which must refuse to start: what it printed. A member that starts
+/// after all is killed after [`WAIT`] and fails the test.
+pub fn serve_refused(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let client = format!("http://127.0.0.1:{}", free_port());
+    let peer = format!("http://127.0.0.1:{}", free_port());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_concord"))
+        .arg("serve")
+        .arg(format!("--data-dir={}", dir.path().join("data").display()))
+        .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
+        .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
+        .args(["--initial-cluster", &format!("default={peer}")])
+        .args(args)
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run concord");
+    let deadline = Instant::now() + WAIT;
+    while child.try_wait().expect("wait").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("concord serve {args:?} did not refuse to start");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let output = child.wait_with_output().expect("output");
+    assert!(!output.status.success(), "{output:?}");
+    output
+}
+
 /// Bytes a command printed, as text.
 pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
@@ -481,4 +515,15 @@ pub async fn all_keys(
         })
         .collect();
     Ok((resp.header().map_or(0, |h| h.revision()), data))
+}
+
+/// Asserts that a command succeeded, showing what it said otherwise.
+pub fn assert_ok(what: &str, out: &std::process::Output) {
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\nstdout: {}\nstderr: {}",
+        out.status,
+        text(&out.stdout),
+        text(&out.stderr)
+    );
 }

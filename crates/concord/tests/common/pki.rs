@@ -86,11 +86,25 @@ impl TestCa {
     /// As [`TestCa::issue`], but usable only as `usages` say (one of them alone, for a server-only
     /// or client-only certificate).
     pub fn issue_for(&self, stem: &str, common_name: &str, usages: &[ExtendedKeyUsagePurpose]) -> Issued {
+        self.issue_with(stem, common_name, usages, &["localhost", "127.0.0.1"])
+    }
+
+    /// As [`TestCa::issue`], but valid for `names` (DNS names, or IP addresses) instead of
+    /// localhost and 127.0.0.1: for tests of the certificate name checks.
+    pub fn issue_named(&self, stem: &str, common_name: &str, names: &[&str]) -> Issued {
+        let usages = [ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        self.issue_with(stem, common_name, &usages, names)
+    }
+
+    fn issue_with(&self, stem: &str, common_name: &str, usages: &[ExtendedKeyUsagePurpose], names: &[&str]) -> Issued {
         let key = KeyPair::generate().expect("key");
-        let mut params = CertificateParams::new(vec!["localhost".to_string()]).expect("params");
-        params
-            .subject_alt_names
-            .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+        for name in names {
+            params.subject_alt_names.push(match name.parse() {
+                Ok(ip) => SanType::IpAddress(ip),
+                Err(_) => SanType::DnsName(name.to_string().try_into().expect("a DNS name")),
+            });
+        }
         params.distinguished_name.push(DnType::CommonName, common_name);
         params.extended_key_usages = usages.to_vec();
         // Distinct per stem, so a revocation list can name one certificate.

@@ -8,7 +8,8 @@
 //! in-process ([`services`]), with the `Authorization` header as the auth token; streams
 //! (Watch, LeaseKeepAlive, Election.Observe, Maintenance.Snapshot) answer newline-separated
 //! `{"result":…}` objects ([`stream`]). Failures answer etcd's error body under
-//! grpc-gateway's HTTP status for the gRPC code ([`error`]).
+//! grpc-gateway's HTTP status for the gRPC code ([`error`]). The answers carry the headers (and
+//! trailer) etcd's gateway forwards from its gRPC server (see [`error`]).
 
 mod error;
 mod json;
@@ -21,9 +22,10 @@ mod values;
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
-use axum::http::StatusCode;
+use axum::handler::Handler;
+use axum::http::{Method, StatusCode};
 use axum::response::Response;
-use axum::routing::{any, post, MethodRouter};
+use axum::routing::{any, MethodRouter};
 use axum::Router;
 use concord_proto::etcdserverpb::auth_server::Auth as _;
 use concord_proto::etcdserverpb::cluster_server::Cluster as _;
@@ -44,7 +46,7 @@ pub const PREFIXES: &[&str] = &["/v3", "/v3beta"];
 /// A unary RPC: `unary!(service.method)`.
 macro_rules! unary {
     ($svc:ident . $method:ident) => {
-        post(|State(s): State<Arc<Services>>, req: Request| async move {
+        only_post(|State(s): State<Arc<Services>>, req: Request| async move {
             unary::call(s, req, |s, r| async move { s.$svc.$method(r).await }).await
         })
     };
@@ -53,7 +55,7 @@ macro_rules! unary {
 /// A server-streaming RPC.
 macro_rules! server_stream {
     ($svc:ident . $method:ident) => {
-        post(|State(s): State<Arc<Services>>, req: Request| async move {
+        only_post(|State(s): State<Arc<Services>>, req: Request| async move {
             stream::server(s, req, |s, r| async move { s.$svc.$method(r).await }).await
         })
     };
@@ -62,7 +64,7 @@ macro_rules! server_stream {
 /// A bidirectional RPC, with what to do once the body's requests are sent.
 macro_rules! bidi_stream {
     ($svc:ident . $method:ident, $after:expr) => {
-        post(|State(s): State<Arc<Services>>, req: Request| async move {
+        only_post(|State(s): State<Arc<Services>>, req: Request| async move {
             stream::bidi(s, req, $after, |s, r| async move { s.$svc.$method(r).await }).await
         })
     };
@@ -137,11 +139,30 @@ pub fn routes(state: &HttpState) -> Router {
     let mut router = Router::new();
     for prefix in PREFIXES {
         for (path, handler) in rpcs() {
-            router = router.route(&format!("{prefix}{path}"), handler.fallback(method_not_allowed));
+            router = router.route(&format!("{prefix}{path}"), handler);
         }
         router = router.route(&format!("{prefix}/{{*rest}}"), any(not_found));
     }
     router.with_state(services)
+}
+
+/// `handler` for POST, and etcd's 405 for every other method. (axum's own method routing would
+/// add an `Allow` header etcd's gateway does not send.)
+fn only_post<H, T>(handler: H) -> MethodRouter<Arc<Services>>
+where
+    H: Handler<T, Arc<Services>>,
+    T: 'static,
+{
+    any(move |State(services): State<Arc<Services>>, request: Request| {
+        let handler = handler.clone();
+        async move {
+            if request.method() == Method::POST {
+                handler.call(request, services).await
+            } else {
+                method_not_allowed().await
+            }
+        }
+    })
 }
 
 /// A gateway path asked with another method than POST.

@@ -22,6 +22,7 @@ use concord_proto::codec::CompactCodec;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
+use super::error::{Failure, GRPC_METADATA_CONTENT_TYPE};
 use super::services::Services;
 use super::values::JsonValues;
 use super::{error, json, request};
@@ -50,14 +51,16 @@ where
     let (parts, body) = http.into_parts();
     let max = services.max_message;
     let started = async {
-        let body = request::read_body(body, max).await?;
-        let message: Req = json::decode_one(&body)?;
-        request::check_size(&message, max)?;
-        rpc(services, request::grpc_request(&parts, message)).await
+        let body = request::read_body(body, max).await.map_err(Failure::Call)?;
+        let message: Req = json::decode_one(&body).map_err(Failure::Request)?;
+        request::check_size(&message, max).map_err(Failure::Call)?;
+        rpc(services, request::grpc_request(&parts, message))
+            .await
+            .map_err(Failure::Call)
     };
     match started.await {
         Ok(response) => lines(response.into_inner()),
-        Err(status) => error::response(&status),
+        Err(failure) => failure.answer(),
     }
 }
 
@@ -84,9 +87,11 @@ where
         None => None,
         Some(Ok(message)) => match request::check_size(&message, max) {
             Ok(()) => Some(message),
-            Err(status) => return error::response(&status),
+            Err(status) => return Failure::Call(status).answer(),
         },
-        Some(Err(status)) => return error::response(&status),
+        // An oversized first value is gRPC's refusal in etcd; anything else the gateway's.
+        Some(Err(status)) if status.code() == tonic::Code::OutOfRange => return Failure::Call(status).answer(),
+        Some(Err(status)) => return Failure::Request(status).answer(),
     };
     let (frames, inbound) = mpsc::channel::<Result<Bytes, Infallible>>(FRAMES_IN_FLIGHT);
     tokio::spawn(async move {
@@ -114,7 +119,7 @@ where
     );
     match rpc(services, request::grpc_request(&parts, inbound)).await {
         Ok(response) => lines(response.into_inner()),
-        Err(status) => error::response(&status),
+        Err(status) => Failure::Call(status).answer(),
     }
 }
 
@@ -146,5 +151,12 @@ where
             Err(status) => (Ok(Bytes::from(error::stream_line(&status))), None),
         })
     });
-    ([(header::CONTENT_TYPE, "application/json")], Body::from_stream(body)).into_response()
+    (
+        [
+            (header::CONTENT_TYPE.as_str(), "application/json"),
+            GRPC_METADATA_CONTENT_TYPE,
+        ],
+        Body::from_stream(body),
+    )
+        .into_response()
 }

@@ -11,8 +11,9 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::Status;
 
+use super::error::{Failure, GRPC_METADATA_CONTENT_TYPE};
 use super::services::Services;
-use super::{error, json, request};
+use super::{json, request};
 
 /// Decodes the body, makes the call and encodes its answer.
 pub async fn call<Req, Resp, F, Fut>(services: Arc<Services>, http: Request, rpc: F) -> Response
@@ -23,12 +24,19 @@ where
     Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
 {
     match answer(services, http, rpc).await {
-        Ok(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
-        Err(status) => error::response(&status),
+        Ok(body) => (
+            [
+                (header::CONTENT_TYPE.as_str(), "application/json"),
+                GRPC_METADATA_CONTENT_TYPE,
+            ],
+            body,
+        )
+            .into_response(),
+        Err(failure) => failure.answer(),
     }
 }
 
-async fn answer<Req, Resp, F, Fut>(services: Arc<Services>, http: Request, rpc: F) -> Result<Vec<u8>, Status>
+async fn answer<Req, Resp, F, Fut>(services: Arc<Services>, http: Request, rpc: F) -> Result<Vec<u8>, Failure>
 where
     Req: DeserializeOwned + Default + prost::Message,
     Resp: Serialize,
@@ -37,9 +45,11 @@ where
 {
     let (parts, body) = http.into_parts();
     let max = services.max_message;
-    let body = request::read_body(body, max).await?;
-    let message: Req = json::decode_one(&body)?;
-    request::check_size(&message, max)?;
-    let response = rpc(services, request::grpc_request(&parts, message)).await?;
-    json::encode(response.get_ref())
+    let body = request::read_body(body, max).await.map_err(Failure::Call)?;
+    let message: Req = json::decode_one(&body).map_err(Failure::Request)?;
+    request::check_size(&message, max).map_err(Failure::Call)?;
+    let response = rpc(services, request::grpc_request(&parts, message))
+        .await
+        .map_err(Failure::Call)?;
+    json::encode(response.get_ref()).map_err(Failure::Request)
 }

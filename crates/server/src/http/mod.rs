@@ -6,7 +6,10 @@
 //! `--listen-client-http-urls` is given, in which case those listeners serve them all and the
 //! client URLs serve gRPC only (etcd 3.5); and on the dedicated listeners of
 //! `--listen-metrics-urls` (metrics and health) and `--listen-dashboard-urls` (the dashboard).
+//! On client URLs (and those of `--listen-client-http-urls`) they sit behind etcd's access
+//! control ([`access`]: `--host-whitelist`, `--cors`), as etcd's client listeners' do.
 
+pub mod access;
 pub mod dashboard;
 mod health;
 

@@ -6,13 +6,23 @@
 //! When a member becomes leader it restarts every deadline at a full TTL
 //! plus an election timeout, as etcd does, so no lease expires because of a
 //! failover; leases can outlive their TTL by that much, never fall short.
+//!
+//! With etcd's `--experimental-enable-lease-checkpoint`, the leader also
+//! records through Raft, every checkpoint interval (etcd: 5 minutes), how
+//! long each lease longer than that interval has left, and a new leader
+//! starts such a lease at what was recorded (plus the election timeout)
+//! rather than at its full TTL: a lease whose holder is gone expires in
+//! about its TTL even across repeated failovers. A renewal of a lease with a
+//! recorded remainder proposes a checkpoint that clears it, so the record
+//! never cuts a renewed lease short. The records are kept in the store
+//! (etcd's `-persist` variant), so they also survive restarts.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use concord_proto::concordpb::raft_command::Op;
-use concord_proto::etcdserverpb::LeaseRevokeRequest;
+use concord_proto::etcdserverpb::{LeaseCheckpoint, LeaseCheckpointRequest, LeaseRevokeRequest};
 use concord_raft::Role;
 use concord_storage::MvccStore;
 
@@ -23,12 +33,18 @@ use crate::context::MemberContext;
 const EXPIRY_CHECK: Duration = Duration::from_millis(500);
 /// Most revokes the leader proposes per check.
 const REVOKES_PER_CHECK: usize = 500;
+/// Most lease checkpoints in one Raft entry (etcd's `maxLeaseCheckpointBatchSize`).
+const CHECKPOINTS_PER_ENTRY: usize = 1000;
 
 struct LeaseClock {
     granted_ttl: i64,
     deadline: Instant,
     /// When a revoke for it was last proposed, so it is not proposed again at once.
     revoking_since: Option<Instant>,
+    /// When the leader records its remaining time next (checkpointing on, lease long enough).
+    next_checkpoint: Option<Instant>,
+    /// Whether the store holds a recorded remainder for it.
+    recorded: bool,
 }
 
 #[derive(Default)]
@@ -36,6 +52,8 @@ struct LessorState {
     /// True while this member leads and its deadlines are authoritative.
     primary: bool,
     leases: HashMap<i64, LeaseClock>,
+    /// Renewed leases whose recorded remainder must be cleared.
+    to_clear: Vec<i64>,
 }
 
 /// The lease deadlines of one member.
@@ -46,6 +64,11 @@ pub struct Lessor {
     promotion_grace: Duration,
     /// How long an unanswered revoke waits before it is proposed again.
     revoke_retry: Duration,
+    /// etcd's lease checkpoint interval; `None` when checkpointing is off.
+    checkpoint_interval: Option<Duration>,
+    /// Woken when a renewal leaves a recorded remainder to clear, so the clearing is proposed at
+    /// once rather than at the next expiry check.
+    clear_due: tokio::sync::Notify,
 }
 
 /// What a renewal found.
@@ -60,14 +83,29 @@ pub enum Renewal {
 }
 
 impl Lessor {
-    /// A lessor over the leases in `store`.
-    pub fn new(store: Arc<MvccStore>, promotion_grace: Duration, revoke_retry: Duration) -> Arc<Self> {
+    /// A lessor over the leases in `store`; `checkpoint_interval` turns etcd's lease
+    /// checkpoints on.
+    pub fn new(
+        store: Arc<MvccStore>,
+        promotion_grace: Duration,
+        revoke_retry: Duration,
+        checkpoint_interval: Option<Duration>,
+    ) -> Arc<Self> {
         Arc::new(Lessor {
             store,
             state: Mutex::new(LessorState::default()),
             promotion_grace,
             revoke_retry,
+            checkpoint_interval,
+            clear_due: tokio::sync::Notify::new(),
         })
+    }
+
+    /// When a lease with `left` to run is checkpointed next: only a lease that outlives the
+    /// interval is, as in etcd.
+    fn checkpoint_after(&self, now: Instant, left: Duration) -> Option<Instant> {
+        let interval = self.checkpoint_interval?;
+        (left > interval).then_some(now + interval)
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, LessorState> {
@@ -76,12 +114,30 @@ impl Lessor {
 
     /// A grant was applied.
     pub fn on_granted(&self, id: i64, ttl: i64) {
+        let now = Instant::now();
         let clock = LeaseClock {
             granted_ttl: ttl,
-            deadline: Instant::now() + secs(ttl),
+            deadline: now + secs(ttl),
             revoking_since: None,
+            next_checkpoint: self.checkpoint_after(now, secs(ttl)),
+            recorded: false,
         };
         self.state().leases.insert(id, clock);
+    }
+
+    /// A checkpoint was applied: which leases have a recorded remainder is read back.
+    pub fn on_checkpointed(&self) {
+        let recorded = match self.store.lease_remaining_ttls() {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!("cannot read lease checkpoints: {e}");
+                return;
+            }
+        };
+        let mut state = self.state();
+        for (id, clock) in state.leases.iter_mut() {
+            clock.recorded = recorded.contains_key(id);
+        }
     }
 
     /// A revoke was applied (or the lease turned out not to exist).
@@ -98,15 +154,28 @@ impl Lessor {
                 return;
             }
         };
+        let recorded = match self.store.lease_remaining_ttls() {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!("cannot read lease checkpoints to promote the lessor: {e}");
+                return;
+            }
+        };
         let now = Instant::now();
         let mut state = self.state();
+        state.to_clear.clear();
         state.leases = leases
             .into_iter()
             .map(|(id, ttl)| {
+                // A recorded remainder counts only with checkpointing on, as in etcd.
+                let remainder = recorded.get(&id).filter(|_| self.checkpoint_interval.is_some());
+                let left = secs(remainder.copied().unwrap_or(ttl));
                 let clock = LeaseClock {
                     granted_ttl: ttl,
-                    deadline: now + self.promotion_grace + secs(ttl),
+                    deadline: now + self.promotion_grace + left,
                     revoking_since: None,
+                    next_checkpoint: self.checkpoint_after(now, left),
+                    recorded: recorded.contains_key(&id),
                 };
                 (id, clock)
             })
@@ -131,13 +200,19 @@ impl Lessor {
         if !state.primary {
             return Renewal::NotPrimary;
         }
-        match state.leases.get_mut(&id) {
-            Some(clock) => {
-                clock.deadline = Instant::now() + secs(clock.granted_ttl);
-                Renewal::Renewed(clock.granted_ttl)
-            }
-            None => Renewal::NotFound,
+        let now = Instant::now();
+        let next_checkpoint = |ttl| self.checkpoint_after(now, secs(ttl));
+        let Some(clock) = state.leases.get_mut(&id) else {
+            return Renewal::NotFound;
+        };
+        clock.deadline = now + secs(clock.granted_ttl);
+        clock.next_checkpoint = next_checkpoint(clock.granted_ttl);
+        let ttl = clock.granted_ttl;
+        if std::mem::take(&mut clock.recorded) && self.checkpoint_interval.is_some() {
+            state.to_clear.push(id);
+            self.clear_due.notify_one();
         }
+        Renewal::Renewed(ttl)
     }
 
     /// The seconds left on a lease and its granted TTL, as the primary sees them.
@@ -146,6 +221,31 @@ impl Lessor {
         let clock = state.leases.get(&id)?;
         let left = clock.deadline.saturating_duration_since(Instant::now());
         Some((left.as_secs_f64().ceil() as i64, clock.granted_ttl))
+    }
+
+    /// The checkpoints to propose now: each lease due for one with its seconds left (rounded up),
+    /// and each renewed lease whose recorded remainder must go (0).
+    fn due_for_checkpoint(&self) -> Vec<LeaseCheckpoint> {
+        let now = Instant::now();
+        let mut state = self.state();
+        if !state.primary || self.checkpoint_interval.is_none() {
+            return Vec::new();
+        }
+        let mut due: Vec<LeaseCheckpoint> = std::mem::take(&mut state.to_clear)
+            .into_iter()
+            .map(|id| LeaseCheckpoint { id, remaining_ttl: 0 })
+            .collect();
+        for (id, clock) in state.leases.iter_mut() {
+            if clock.next_checkpoint.is_none_or(|at| at > now) {
+                continue;
+            }
+            let left = clock.deadline.saturating_duration_since(now);
+            let remaining_ttl = left.as_secs_f64().ceil() as i64;
+            clock.next_checkpoint = self.checkpoint_after(now, left);
+            clock.recorded = remaining_ttl > 0;
+            due.push(LeaseCheckpoint { id: *id, remaining_ttl });
+        }
+        due
     }
 
     /// Leases past their deadline that need a revoke proposed now.
@@ -196,7 +296,9 @@ pub async fn run_lessor(lessor: Arc<Lessor>, ctx: Arc<MemberContext>) {
                     _ => {}
                 }
             }
+            _ = lessor.clear_due.notified() => propose_checkpoints(&lessor, &ctx, &group),
             _ = check.tick() => {
+                propose_checkpoints(&lessor, &ctx, &group);
                 for id in lessor.due_for_revoke() {
                     let (ctx, lessor, group) = (ctx.clone(), lessor.clone(), group.clone());
                     tokio::spawn(async move {
@@ -214,6 +316,28 @@ pub async fn run_lessor(lessor: Arc<Lessor>, ctx: Arc<MemberContext>) {
     }
 }
 
+/// Proposes the checkpoints due now (see [`Lessor::due_for_checkpoint`]), in entries of at most
+/// [`CHECKPOINTS_PER_ENTRY`].
+fn propose_checkpoints(lessor: &Lessor, ctx: &Arc<MemberContext>, group: &crate::router::GroupHandle) {
+    for batch in lessor.due_for_checkpoint().chunks(CHECKPOINTS_PER_ENTRY) {
+        let cleared = batch.iter().filter(|c| c.remaining_ttl == 0).count();
+        let (recorded, leases) = (batch.len() - cleared, batch.len());
+        let checkpoint = Op::LeaseCheckpoint(LeaseCheckpointRequest {
+            checkpoints: batch.to_vec(),
+        });
+        let (ctx, group) = (ctx.clone(), group.clone());
+        tokio::spawn(async move {
+            match ctx.propose_write(&group, &Sender::Member, checkpoint).await {
+                Ok(_) => tracing::info!(
+                    leases,
+                    "lease checkpoint applied: {recorded} recorded, {cleared} cleared"
+                ),
+                Err(status) => tracing::warn!("lease checkpoint failed: {}", status.message()),
+            }
+        });
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -221,7 +345,10 @@ mod tests {
     fn lessor() -> (tempfile::TempDir, Arc<Lessor>) {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(MvccStore::open(&dir.path().join("kv.redb")).unwrap());
-        (dir, Lessor::new(store, Duration::from_secs(1), Duration::from_secs(5)))
+        (
+            dir,
+            Lessor::new(store, Duration::from_secs(1), Duration::from_secs(5), None),
+        )
     }
 
     #[test]
@@ -238,6 +365,43 @@ mod tests {
         assert!(lessor.due_for_revoke().is_empty());
         lessor.on_revoked(7);
         assert!(lessor.time_to_live(7).is_none());
+    }
+
+    #[test]
+    fn checkpoints_record_long_leases_and_a_renewal_clears_the_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(MvccStore::open(&dir.path().join("kv.redb")).unwrap());
+        let interval = Duration::from_millis(50);
+        let lessor = Lessor::new(store, Duration::from_secs(1), Duration::from_secs(5), Some(interval));
+        lessor.state().primary = true;
+        lessor.on_granted(1, 60);
+        // Not longer than the interval: never checkpointed, as in etcd.
+        lessor.on_granted(2, 0);
+        assert!(lessor.due_for_checkpoint().is_empty(), "not due before the interval");
+        std::thread::sleep(interval * 2);
+        let due = lessor.due_for_checkpoint();
+        assert_eq!(due.len(), 1, "{due:?}");
+        assert_eq!(due[0].id, 1);
+        assert!((59..=60).contains(&due[0].remaining_ttl), "{due:?}");
+        assert!(
+            lessor.due_for_checkpoint().is_empty(),
+            "rescheduled a full interval later"
+        );
+        // The record is there, so a renewal asks for it to be cleared at the next round.
+        assert_eq!(lessor.renew(1), Renewal::Renewed(60));
+        let cleared = lessor.due_for_checkpoint();
+        assert_eq!(
+            cleared,
+            vec![LeaseCheckpoint {
+                id: 1,
+                remaining_ttl: 0
+            }]
+        );
+        assert_eq!(lessor.renew(1), Renewal::Renewed(60));
+        assert!(
+            lessor.due_for_checkpoint().is_empty(),
+            "nothing recorded, nothing to clear"
+        );
     }
 
     #[test]

@@ -6,7 +6,10 @@
 //!   backend, in a bbolt file written by `bolt_write.rs`;
 //! - [`MvccStore::import_etcd_snapshot`] (`import.rs`) makes a Concord store from such a file,
 //!   read by `bolt_read.rs`;
-//! - [`etcd_snapshot_status`] tells what one holds, as `etcdutl snapshot status` does.
+//! - [`etcd_snapshot_status`] tells what one holds, as `etcdutl snapshot status` does;
+//! - [`MvccStore::replay_etcd_wal`] (`replay.rs`) applies what an etcd member committed after its
+//!   backend's last commit, read from its WAL by `wal.rs`, to a store imported from that backend
+//!   (migrating a member that was killed, not stopped).
 //!
 //! `encoding.rs` has etcd's bucket names and value encodings. Raft-internal snapshots (members
 //! catching up) stay redb files: this is only the format of backups.
@@ -16,10 +19,15 @@ mod bolt_write;
 mod encoding;
 mod export;
 mod import;
+mod replay;
 #[cfg(test)]
 mod tests;
+mod wal;
 
 use crate::error::StorageError;
+
+pub use replay::{ReplayError, ReplayRules, WalReplay};
+pub use wal::{read_etcd_wal, EtcdWal, TornTail, WalEntry, WalError};
 
 /// What an etcd-format snapshot holds, as written or imported.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,28 +94,20 @@ pub fn etcd_snapshot_status(bolt: Vec<u8>) -> Result<EtcdSnapshotStatus, Storage
     })
 }
 
-/// CRC-32 with the Castagnoli polynomial (Go's `crc32.MakeTable(crc32.Castagnoli)`).
+/// CRC-32 with the Castagnoli polynomial (Go's `crc32.MakeTable(crc32.Castagnoli)`), fed in
+/// pieces.
 struct Crc32c(u32);
 
 impl Crc32c {
     fn new() -> Crc32c {
-        Crc32c(!0)
+        Crc32c(0)
     }
 
     fn update(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 ^= u32::from(*b);
-            for _ in 0..8 {
-                self.0 = if self.0 & 1 != 0 {
-                    (self.0 >> 1) ^ 0x82F6_3B78
-                } else {
-                    self.0 >> 1
-                };
-            }
-        }
+        self.0 = crc32c::crc32c_append(self.0, bytes);
     }
 
     fn finish(&self) -> u32 {
-        !self.0
+        self.0
     }
 }

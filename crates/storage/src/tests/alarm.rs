@@ -1,5 +1,6 @@
-//! Behavioural tests of alarms: etcd's activate/deactivate/get semantics, and NOSPACE refusing
-//! the writes that grow the store while letting the ones that shrink it through.
+//! Behavioural tests of alarms: etcd's activate/deactivate/get semantics, NOSPACE refusing the
+//! writes that grow the store while letting the ones that shrink it through, and CORRUPT refusing
+//! every change to keys and leases.
 
 use concord_proto::etcdserverpb::alarm_request::AlarmAction;
 use concord_proto::etcdserverpb::{AlarmMember, AlarmRequest, AlarmResponse, AlarmType};
@@ -149,11 +150,48 @@ fn nospace_refuses_growth_but_not_deletes_compaction_or_revokes() {
     alarm(&mut h, AlarmAction::Activate, 2, NOSPACE);
     alarm(&mut h, AlarmAction::Deactivate, 1, NOSPACE);
     assert_eq!(h.put_req(put_req("x", "1")).unwrap_err(), KvError::NoSpace);
-    // Another alarm type does not refuse writes.
-    alarm(&mut h, AlarmAction::Activate, 2, CORRUPT);
     alarm(&mut h, AlarmAction::Deactivate, 2, NOSPACE);
     assert_eq!(h.put("x", "1"), 9);
     h.grant(11, 60).unwrap();
+}
+
+#[test]
+fn corrupt_refuses_every_change_to_keys_and_leases_until_lowered() {
+    let mut h = Harness::new();
+    h.grant(10, 60).unwrap();
+    h.put("a", "1"); // 2
+    alarm(&mut h, AlarmAction::Activate, 3, CORRUPT);
+    // Also raised: CORRUPT is the answer, as etcd's corrupt applier wraps its capped one.
+    alarm(&mut h, AlarmAction::Activate, 3, NOSPACE);
+
+    let err = h.put_req(put_req("a", "2")).unwrap_err();
+    assert_eq!(err, KvError::Corrupt);
+    assert_eq!(err.code(), ErrorCode::DataLoss);
+    assert_eq!(err.to_string(), "etcdserver: corrupt cluster");
+    let delete = Op::DeleteRange(DeleteRangeRequest {
+        key: b"a".to_vec(),
+        ..Default::default()
+    });
+    assert_eq!(h.apply(delete).unwrap_err(), KvError::Corrupt);
+    let delete_txn = TxnRequest {
+        success: vec![op_delete("a")],
+        ..Default::default()
+    };
+    assert_eq!(h.txn(delete_txn).unwrap_err(), KvError::Corrupt);
+    assert_eq!(h.compact(1).unwrap_err(), KvError::Corrupt);
+    assert_eq!(h.grant(11, 60).unwrap_err(), KvError::Corrupt);
+    assert_eq!(h.revoke(10).unwrap_err(), KvError::Corrupt);
+    assert_eq!(h.store.current_revision(), 2, "refused commands change nothing");
+    assert_eq!(h.get("a").unwrap().value, b"1");
+
+    // Survives a restart; lowering CORRUPT leaves NOSPACE's refusals, lowering both lifts them.
+    let mut h = h.reopen();
+    assert_eq!(h.put_req(put_req("x", "1")).unwrap_err(), KvError::Corrupt);
+    alarm(&mut h, AlarmAction::Deactivate, 3, CORRUPT);
+    assert_eq!(h.put_req(put_req("x", "1")).unwrap_err(), KvError::NoSpace);
+    assert_eq!(h.delete("a", b"").deleted, 1); // 3
+    alarm(&mut h, AlarmAction::Deactivate, 3, NOSPACE);
+    assert_eq!(h.put("x", "1"), 4);
 }
 
 #[test]

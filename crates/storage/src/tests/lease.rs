@@ -379,3 +379,36 @@ fn replaying_grants_and_revokes_is_idempotent() {
     assert_eq!(h.store.leases().unwrap(), vec![(1, 5), (2, 30)]);
     assert!(h.store.lease_keys(1).unwrap().is_empty());
 }
+
+#[test]
+fn checkpoints_record_remaining_time_until_cleared_or_revoked() {
+    use concord_proto::etcdserverpb::{LeaseCheckpoint, LeaseCheckpointRequest};
+    let checkpoint = |h: &mut Harness, pairs: &[(i64, i64)]| {
+        let req = LeaseCheckpointRequest {
+            checkpoints: pairs
+                .iter()
+                .map(|&(id, remaining_ttl)| LeaseCheckpoint { id, remaining_ttl })
+                .collect(),
+        };
+        h.apply(Op::LeaseCheckpoint(req)).unwrap()
+    };
+    let mut h = Harness::new();
+    h.grant(1, 60).unwrap();
+    h.grant(2, 60).unwrap();
+    h.put("a", "1"); // 2
+                     // A lease that does not exist is skipped; the revision never moves.
+    checkpoint(&mut h, &[(1, 42), (2, 17), (9, 5)]);
+    assert_eq!(h.store.current_revision(), 2);
+    let recorded = h.store.lease_remaining_ttls().unwrap();
+    assert_eq!(recorded, [(1, 42), (2, 17)].into_iter().collect());
+    // Zero (a renewal) or a full TTL clear the record; a revoke drops it with the lease.
+    checkpoint(&mut h, &[(1, 0)]);
+    h.revoke(2).unwrap();
+    checkpoint(&mut h, &[(2, 10)]);
+    assert!(h.store.lease_remaining_ttls().unwrap().is_empty());
+    checkpoint(&mut h, &[(1, 30)]);
+    let mut h = h.reopen();
+    assert_eq!(h.store.lease_remaining_ttls().unwrap(), [(1, 30)].into_iter().collect());
+    checkpoint(&mut h, &[(1, 60)]);
+    assert!(h.store.lease_remaining_ttls().unwrap().is_empty());
+}

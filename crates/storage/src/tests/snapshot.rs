@@ -10,7 +10,8 @@ use concord_proto::etcdserverpb::{AlarmMember, AlarmRequest, AlarmType};
 
 use super::*;
 
-/// A store with history, a compaction, leases with keys, and an alarm (not NOSPACE).
+/// A store with history, a compaction, leases with keys and a checkpoint, and an alarm (CORRUPT,
+/// raised last since it refuses writes).
 fn populated() -> Harness {
     let mut h = Harness::new();
     for i in 0..50 {
@@ -26,14 +27,32 @@ fn populated() -> Harness {
         ..put_req("leased/a", "x")
     })
     .unwrap();
+    h.apply(Op::LeaseCheckpoint(
+        concord_proto::etcdserverpb::LeaseCheckpointRequest {
+            checkpoints: vec![concord_proto::etcdserverpb::LeaseCheckpoint {
+                id: 6,
+                remaining_ttl: 33,
+            }],
+        },
+    ))
+    .unwrap();
+    h.put("key/049", "last");
     h.apply(Op::Alarm(AlarmRequest {
         action: AlarmAction::Activate as i32,
         member_id: 42,
         alarm: AlarmType::Corrupt as i32,
     }))
     .unwrap();
-    h.put("key/049", "last");
     h
+}
+
+/// Lowers the alarm [`populated`] raises.
+fn disarm() -> Op {
+    Op::Alarm(AlarmRequest {
+        action: AlarmAction::Deactivate as i32,
+        member_id: 42,
+        alarm: AlarmType::Corrupt as i32,
+    })
 }
 
 fn everything(h: &Harness) -> RangeResponse {
@@ -49,6 +68,7 @@ struct Observed {
     hash_kv: (u32, i64, i64),
     hash: u32,
     leases: Vec<(i64, i64)>,
+    lease_remaining: Vec<(i64, i64)>,
     lease_keys: Vec<Vec<u8>>,
     alarms: Vec<AlarmMember>,
     revision: i64,
@@ -67,6 +87,11 @@ fn observe(h: &Harness) -> Observed {
         hash_kv: h.store.hash_kv(0).unwrap(),
         hash: h.store.hash().unwrap(),
         leases: h.store.leases().unwrap(),
+        lease_remaining: {
+            let mut remaining: Vec<(i64, i64)> = h.store.lease_remaining_ttls().unwrap().into_iter().collect();
+            remaining.sort_unstable();
+            remaining
+        },
         lease_keys: h.store.lease_keys(5).unwrap(),
         alarms: h.store.alarms().unwrap(),
         revision: h.store.current_revision(),
@@ -88,8 +113,9 @@ fn snapshot_installs_identically_on_another_store() {
     assert_eq!(info.revision, source.store.current_revision());
     assert_eq!(info.size, std::fs::metadata(&path).unwrap().len());
 
-    // Writes after the snapshot are not in it.
+    // Writes after the snapshot are not in it (the alarm lowered first, as it refuses them).
     let mut source = source;
+    source.apply(disarm()).unwrap();
     source.put("after", "snapshot");
 
     // The target has content of its own, which the install replaces wholesale.
@@ -119,6 +145,7 @@ fn snapshot_installs_identically_on_another_store() {
         .unwrap();
     assert!(skipped.is_empty());
     target.next_index = info.applied_index + 1;
+    target.apply(disarm()).unwrap();
     let rev = target.put("after", "snapshot");
     assert_eq!(rev, info.revision + 1);
 

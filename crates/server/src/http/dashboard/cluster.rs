@@ -46,6 +46,46 @@ pub struct ClusterView {
     pub members: Vec<MemberView>,
     /// The raised alarms.
     pub alarms: Vec<AlarmView>,
+    /// The shards, ascending by start key, as this member sees them.
+    pub shards: Vec<ShardView>,
+}
+
+/// One shard (see `crate::shards`).
+#[derive(Clone, Debug, Serialize)]
+pub struct ShardView {
+    /// Its id.
+    pub id: u64,
+    /// Its first key, as text (lossy UTF-8).
+    pub start: String,
+    /// The first key past it, as text; empty for the end of the keyspace.
+    pub end: String,
+    /// Its epoch, `version.conf_ver`.
+    pub epoch: String,
+    /// The members holding a replica, in hex.
+    pub replicas: Vec<String>,
+    /// Those that are learners, in hex.
+    pub learners: Vec<String>,
+    /// Its leader, in hex; `None` when none is known.
+    pub leader: Option<String>,
+    /// Its store's size on this member, in bytes.
+    pub db_size: i64,
+    /// The last index this member applied to it.
+    pub applied_index: u64,
+}
+
+fn shard_view(shard: &concord_proto::concordpb::Shard) -> ShardView {
+    let epoch = shard.epoch.unwrap_or_default();
+    ShardView {
+        id: shard.id,
+        start: String::from_utf8_lossy(&shard.start).into_owned(),
+        end: String::from_utf8_lossy(&shard.end).into_owned(),
+        epoch: format!("{}.{}", epoch.version, epoch.conf_ver),
+        replicas: shard.replicas.iter().map(|&id| hex_id(id)).collect(),
+        learners: shard.learners.iter().map(|&id| hex_id(id)).collect(),
+        leader: (shard.leader != 0).then(|| hex_id(shard.leader)),
+        db_size: shard.db_size,
+        applied_index: shard.applied_index,
+    }
 }
 
 /// One member.
@@ -185,6 +225,7 @@ impl Dashboard {
             auth_enabled: ctx.auth.enabled(),
             members: views,
             alarms,
+            shards: crate::shards::describe_all(ctx).iter().map(shard_view).collect(),
         }
     }
 

@@ -1,0 +1,147 @@
+//! Concord's `Shards` service (`concord shard ...`): the shards the keyspace is split into, each
+//! a key range replicated by its own Raft group, and their placement.
+//!
+//! Today one shard (group 1) holds every key on every member, so `List` answers that shard and
+//! `TransferLeader` moves its leadership; `Split` and `Move` answer `Unimplemented` until the
+//! keyspace can be split (see `../shared/design/scaleout.md`). The epoch is TiKV's: its version
+//! counts splits and merges, its conf_ver the replica changes made by `Move`; both are 1 until
+//! those exist. Membership changes made with etcd's `member add/remove` change the one shard's
+//! replicas without a `Move`, as they change every member's.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use concord_proto::concordpb::shards_server::{Shards, ShardsServer};
+use concord_proto::concordpb::{
+    Shard, ShardEpoch, ShardListRequest, ShardListResponse, ShardMoveRequest, ShardMoveResponse, ShardSplitRequest,
+    ShardSplitResponse, ShardTransferLeaderRequest, ShardTransferLeaderResponse,
+};
+use tonic::{Request, Response, Status};
+
+use crate::context::MemberContext;
+use crate::errors;
+use crate::router::ShardRange;
+
+/// How long TransferLeader waits for the new leader to take over (as MoveLeader).
+const LEADER_TRANSFER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The `Shards` service of one member.
+pub struct ShardService {
+    ctx: Arc<MemberContext>,
+}
+
+impl ShardService {
+    /// The service, ready to mount on the client port.
+    pub fn server(ctx: Arc<MemberContext>) -> ShardsServer<Self> {
+        ShardsServer::new(ShardService { ctx })
+    }
+
+    fn header(&self) -> Option<concord_proto::etcdserverpb::ResponseHeader> {
+        Some(self.ctx.header(self.ctx.store.current_revision()))
+    }
+
+    /// A shard as this member sees it.
+    fn describe(&self, range: &ShardRange<'_>) -> Shard {
+        describe(&self.ctx, range)
+    }
+
+    fn shard(&self, id: u64) -> Result<ShardRange<'_>, Status> {
+        self.ctx
+            .router
+            .shard(id)
+            .ok_or_else(|| Status::not_found(format!("concord: shard {id} does not exist")))
+    }
+
+    async fn require_admin<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        self.ctx.require_admin(request).await
+    }
+}
+
+/// Every shard this member serves, as it sees it: what `List` answers and the dashboard shows.
+pub fn describe_all(ctx: &MemberContext) -> Vec<Shard> {
+    ctx.router.shards().iter().map(|s| describe(ctx, s)).collect()
+}
+
+fn describe(ctx: &MemberContext, range: &ShardRange<'_>) -> Shard {
+    let status = range.group.status();
+    let mut replicas: Vec<u64> = status.voters.iter().chain(&status.learners).copied().collect();
+    replicas.sort_unstable();
+    let mut learners = status.learners.clone();
+    learners.sort_unstable();
+    Shard {
+        id: status.group_id,
+        start: range.start.clone(),
+        end: range.end.clone(),
+        epoch: Some(ShardEpoch {
+            version: 1,
+            conf_ver: 1,
+        }),
+        replicas,
+        leader: status.leader_id,
+        db_size: i64::try_from(ctx.store.db_size()).unwrap_or(i64::MAX),
+        applied_index: status.applied_index,
+        learners,
+    }
+}
+
+#[tonic::async_trait]
+impl Shards for ShardService {
+    /// Open to every client, as etcd's MemberList is.
+    async fn list(&self, _request: Request<ShardListRequest>) -> Result<Response<ShardListResponse>, Status> {
+        let shards = describe_all(&self.ctx);
+        Ok(Response::new(ShardListResponse {
+            header: self.header(),
+            shards,
+        }))
+    }
+
+    async fn split(&self, request: Request<ShardSplitRequest>) -> Result<Response<ShardSplitResponse>, Status> {
+        self.require_admin(&request).await?;
+        if request.get_ref().key.is_empty() {
+            return Err(Status::invalid_argument("concord: a split needs a key"));
+        }
+        Err(Status::unimplemented(
+            "concord: Shards.Split is not implemented yet: one shard holds every key",
+        ))
+    }
+
+    async fn r#move(&self, request: Request<ShardMoveRequest>) -> Result<Response<ShardMoveResponse>, Status> {
+        self.require_admin(&request).await?;
+        self.shard(request.get_ref().shard)?;
+        Err(Status::unimplemented(
+            "concord: Shards.Move is not implemented yet: the one shard has a replica on every member \
+             (change members with `concord member add/remove`)",
+        ))
+    }
+
+    async fn transfer_leader(
+        &self,
+        request: Request<ShardTransferLeaderRequest>,
+    ) -> Result<Response<ShardTransferLeaderResponse>, Status> {
+        self.require_admin(&request).await?;
+        let req = request.into_inner();
+        let shard = self.shard(req.shard)?;
+        let status = shard.group.status();
+        if !status.voters.contains(&req.member) {
+            return Err(Status::failed_precondition("etcdserver: bad leader transferee"));
+        }
+        if status.leader_id == 0 {
+            return Err(errors::from_raft(concord_raft::RaftError::NoLeader));
+        }
+        if status.leader_id != req.member {
+            // raft-rs forwards the request to the leader when this member follows.
+            shard.group.transfer_leader(req.member).map_err(errors::from_raft)?;
+            let mut leader = shard.group.watch_leader();
+            let moved = tokio::time::timeout(LEADER_TRANSFER_TIMEOUT, leader.wait_for(|l| *l == req.member)).await;
+            if !matches!(moved, Ok(Ok(_))) {
+                return Err(Status::deadline_exceeded(
+                    "etcdserver: request timed out, leader transfer took too long",
+                ));
+            }
+        }
+        Ok(Response::new(ShardTransferLeaderResponse {
+            header: self.header(),
+            shard: Some(self.describe(&shard)),
+        }))
+    }
+}
