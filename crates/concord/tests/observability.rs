@@ -159,6 +159,8 @@ async fn health_follows_the_quorum() {
 
     let health = http::get(&format!("{url}/health")).expect("GET /health");
     assert_eq!(health.status, 200);
+    // Go's net/http gives etcd's JSON body the sniffed type, text.
+    assert_eq!(health.header("content-type"), Some("text/plain; charset=utf-8"));
     let json: serde_json::Value = serde_json::from_str(&health.body).expect("JSON health");
     assert_eq!(json, serde_json::json!({"health": "true", "reason": ""}));
     let ready = http::get(&format!("{url}/readyz?verbose")).expect("GET /readyz");
@@ -181,6 +183,8 @@ async fn health_follows_the_quorum() {
         async move {
             let health = http::get(&format!("{url}/health")).map_err(|e| e.to_string())?;
             if health.status == 503 {
+                assert_eq!(health.header("x-content-type-options"), Some("nosniff"));
+                assert!(health.body.ends_with("}\n"), "http.Error's newline: {:?}", health.body);
                 Ok(health.body)
             } else {
                 Err(health.body)

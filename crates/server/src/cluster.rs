@@ -68,7 +68,7 @@ impl ClusterService {
             return Ok(Ok(status));
         }
         if was_forwarded(request) {
-            return Err(Status::failed_precondition("etcdserver: not leader"));
+            return Err(errors::not_leader());
         }
         Ok(Err(ClusterClient::new(self.leader.to_leader(&self.ctx, leader_id)?)))
     }
@@ -112,14 +112,6 @@ fn forwarded<T>(inner: T, creds: &Credentials) -> Request<T> {
     request
 }
 
-fn unhealthy() -> Status {
-    Status::unavailable("etcdserver: unhealthy cluster")
-}
-
-fn peer_urls_exist() -> Status {
-    Status::failed_precondition("etcdserver: Peer URLs already exists")
-}
-
 /// Voters that answered the leader recently and whose link works, counting the leader.
 fn active_voters(ctx: &MemberContext, status: &GroupStatus, excluding: Option<u64>) -> usize {
     status
@@ -151,13 +143,11 @@ impl Cluster for ClusterService {
             .iter()
             .any(|m| m.peer_ur_ls.iter().any(|u| req.peer_ur_ls.contains(u)))
         {
-            return Err(peer_urls_exist());
+            return Err(errors::peer_url_exist());
         }
         if req.is_learner {
             if members.iter().filter(|m| m.is_learner).count() >= MAX_LEARNERS {
-                return Err(Status::failed_precondition(
-                    "etcdserver: too many learner members in cluster",
-                ));
+                return Err(errors::too_many_learners());
             }
         } else {
             // After the change, the active voters must still be a quorum. As in etcd, a
@@ -165,7 +155,7 @@ impl Cluster for ClusterService {
             let voters_after = status.voters.len() + 1;
             let active = active_voters(&self.ctx, &status, None);
             if active < voters_after / 2 + 1 && voters_after != 2 {
-                return Err(unhealthy());
+                return Err(errors::unhealthy());
             }
         }
         let now = std::time::SystemTime::now()
@@ -211,7 +201,7 @@ impl Cluster for ClusterService {
         if !member.is_learner {
             let voters_after = status.voters.len().saturating_sub(1);
             if voters_after == 0 || active_voters(&self.ctx, &status, Some(id)) < voters_after / 2 + 1 {
-                return Err(unhealthy());
+                return Err(errors::unhealthy());
             }
         }
         if id == status.member_id {
@@ -228,15 +218,13 @@ impl Cluster for ClusterService {
                 })
                 .max_by_key(|p| p.matched)
                 .map(|p| p.member_id)
-                .ok_or_else(unhealthy)?;
+                .ok_or_else(errors::unhealthy)?;
             let group = self.ctx.router.default_group();
             group.transfer_leader(successor).map_err(errors::from_raft)?;
             let mut leader = group.watch_leader();
             let moved = tokio::time::timeout(LEADER_HANDOVER, leader.wait_for(|l| *l != id && *l != 0)).await;
             if !matches!(moved, Ok(Ok(_))) {
-                return Err(Status::deadline_exceeded(
-                    "etcdserver: request timed out, leader transfer took too long",
-                ));
+                return Err(errors::timeout_leader_transfer());
             }
         }
         self.change(vec![(ConfChangeType::RemoveNode, id)], Vec::new()).await?;
@@ -266,7 +254,7 @@ impl Cluster for ClusterService {
             .iter()
             .any(|m| m.id != req.id && m.peer_ur_ls.iter().any(|u| req.peer_ur_ls.contains(u)))
         {
-            return Err(peer_urls_exist());
+            return Err(errors::peer_url_exist());
         }
         let update = Member {
             id: req.id,
@@ -309,9 +297,7 @@ impl Cluster for ClusterService {
             return Err(errors::member_not_found());
         };
         if !member.is_learner {
-            return Err(Status::failed_precondition(
-                "etcdserver: can only promote a learner member",
-            ));
+            return Err(errors::member_not_learner());
         }
         let leader_match = status
             .progress
@@ -324,13 +310,11 @@ impl Cluster for ClusterService {
             .find(|p| p.member_id == id)
             .map_or(0, |p| p.matched);
         if (learner_match as f64) < leader_match as f64 * LEARNER_READY_SHARE {
-            return Err(Status::failed_precondition(
-                "etcdserver: can only promote a learner member which is in sync with leader",
-            ));
+            return Err(errors::learner_not_ready());
         }
         let voters_after = status.voters.len() + 1;
         if active_voters(&self.ctx, &status, None) + 1 < voters_after / 2 + 1 {
-            return Err(unhealthy());
+            return Err(errors::unhealthy());
         }
         let mut promoted = member.clone();
         promoted.is_learner = false;

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use concord_proto::concordpb::raft_command::Op;
 use concord_proto::etcdserverpb::CompactionRequest;
 use concord_raft::Role;
+use concord_storage::KvError;
 use tokio::sync::watch;
 
 use crate::auth::Sender;
@@ -193,7 +194,7 @@ impl Compactor {
         };
         match result {
             Ok(_) => Ok(()),
-            Err(status) if status.message().contains("required revision has been compacted") => Ok(()),
+            Err(status) if status.message() == KvError::Compacted.to_string() => Ok(()),
             Err(status) => Err(Failure::Error(status.message().to_string())),
         }
     }

@@ -184,10 +184,7 @@ pub fn first_kv(resp: &TxnResponse, index: usize) -> Option<&KeyValue> {
 }
 
 fn unexpected(result: &WriteResult) -> Status {
-    Status::internal(format!(
-        "etcdserver: unexpected apply result at revision {}",
-        result.revision()
-    ))
+    errors::unexpected_apply_result_at(result.revision())
 }
 
 /// Replicates a txn on behalf of `sender` and answers with etcd's header filled in.
@@ -327,7 +324,7 @@ pub async fn session_lease(ctx: &MemberContext, sender: &Sender, lease: i64) -> 
             Err(status) => return Err(status),
         }
     }
-    Err(last_err.unwrap_or_else(|| Status::internal("etcdserver: cannot choose a lease id")))
+    Err(last_err.unwrap_or_else(errors::cannot_choose_lease_id))
 }
 
 /// How waiting for the earlier participants ended.
@@ -414,8 +411,7 @@ where
 {
     let (tx, rx) = oneshot::channel();
     tokio::spawn(work(tx));
-    rx.await
-        .unwrap_or_else(|_| Err(Status::internal("concord: the request's task ended without an answer")))
+    rx.await.unwrap_or_else(|_| Err(errors::task_ended_without_answer()))
 }
 
 #[cfg(test)]

@@ -115,7 +115,7 @@ impl MemberContext {
     ) -> Result<tonic::Response<R>, Status> {
         let result = self.propose_write(group, sender, op).await?;
         let revision = result.revision();
-        let mut resp = pick(result).ok_or_else(|| Status::internal("etcdserver: unexpected apply result"))?;
+        let mut resp = pick(result).ok_or_else(errors::unexpected_apply_result)?;
         resp.set_header(self.header(revision));
         Ok(tonic::Response::new(resp))
     }
@@ -143,7 +143,7 @@ impl MemberContext {
         })?;
         match applied {
             Applied::Kv(result) => result.map_err(errors::from_kv),
-            Applied::Membership => Err(Status::internal("etcdserver: unexpected apply result")),
+            Applied::Membership => Err(errors::unexpected_apply_result()),
         }
     }
 }

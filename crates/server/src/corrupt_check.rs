@@ -270,7 +270,7 @@ async fn periodic_check(ctx: &Arc<MemberContext>, dialer: &Dialer) -> Result<(),
     match tokio::time::timeout(ctx.request_timeout, group.read_barrier()).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => return Err(e.to_string()),
-        Err(_) => return Err("etcdserver: request timed out".to_string()),
+        Err(_) => return Err(crate::errors::timeout().message().to_string()),
     }
     let after = local_hash(&ctx.store).await.map_err(|e| e.to_string())?;
     let findings = periodic_findings(me, &before, &after, &peers);
@@ -420,10 +420,6 @@ impl PeerHashService {
     }
 }
 
-fn not_on_peer_urls() -> Status {
-    Status::unimplemented("concord: only HashKV is served on peer URLs; use a client URL")
-}
-
 #[tonic::async_trait]
 impl Maintenance for PeerHashService {
     async fn hash_kv(&self, request: Request<HashKvRequest>) -> Result<Response<HashKvResponse>, Status> {
@@ -441,33 +437,33 @@ impl Maintenance for PeerHashService {
     }
 
     async fn alarm(&self, _request: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
-        Err(not_on_peer_urls())
+        Err(crate::errors::only_hash_kv_on_peer_urls())
     }
 
     async fn status(&self, _request: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
-        Err(not_on_peer_urls())
+        Err(crate::errors::only_hash_kv_on_peer_urls())
     }
 
     async fn defragment(&self, _request: Request<DefragmentRequest>) -> Result<Response<DefragmentResponse>, Status> {
-        Err(not_on_peer_urls())
+        Err(crate::errors::only_hash_kv_on_peer_urls())
     }
 
     async fn hash(&self, _request: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
-        Err(not_on_peer_urls())
+        Err(crate::errors::only_hash_kv_on_peer_urls())
     }
 
     type SnapshotStream = Pin<Box<dyn futures::Stream<Item = Result<SnapshotResponse, Status>> + Send + 'static>>;
 
     async fn snapshot(&self, _request: Request<SnapshotRequest>) -> Result<Response<Self::SnapshotStream>, Status> {
-        Err(not_on_peer_urls())
+        Err(crate::errors::only_hash_kv_on_peer_urls())
     }
 
     async fn move_leader(&self, _request: Request<MoveLeaderRequest>) -> Result<Response<MoveLeaderResponse>, Status> {
-        Err(not_on_peer_urls())
+        Err(crate::errors::only_hash_kv_on_peer_urls())
     }
 
     async fn downgrade(&self, _request: Request<DowngradeRequest>) -> Result<Response<DowngradeResponse>, Status> {
-        Err(not_on_peer_urls())
+        Err(crate::errors::only_hash_kv_on_peer_urls())
     }
 }
 

@@ -37,36 +37,12 @@ use crate::watch::WatchHub;
 /// Leader responses queued for one Observe stream before its task waits.
 const OBSERVE_QUEUE: usize = 16;
 
-/// etcd's `concurrency.ErrElectionNotLeader`. etcd's election server returns
-/// its errors as plain Go errors, so gRPC code Unknown.
-pub fn not_leader() -> Status {
-    Status::unknown("election: not leader")
-}
-
-/// etcd's `concurrency.ErrElectionNoLeader`.
-pub fn no_leader() -> Status {
-    Status::unknown("election: no leader")
-}
-
-/// etcd's `v3election.ErrMissingLeaderKey`.
-pub fn missing_leader_key() -> Status {
-    Status::unknown("\"leader\" field must be provided")
-}
-
-/// etcd's answer to a Proclaim or Resign whose leader key is empty, and to an Unlock of the
-/// empty key: its KV server's `ErrGRPCEmptyKey` ("etcdserver: key is not provided"), which
-/// reaches the client through the election (or lock) server's in-process client as a plain
-/// error, so with gRPC code Unknown (checked against etcd 3.4.23).
-pub fn key_not_provided() -> Status {
-    Status::unknown(errors::empty_key().message())
-}
-
 /// The leader key of a Proclaim or Resign: there, and not empty (the empty key is no key, and
 /// etcd's KV server refuses to write or delete it).
 fn leader_key(leader: Option<LeaderKey>) -> Result<LeaderKey, Status> {
-    let leader = leader.ok_or_else(missing_leader_key)?;
+    let leader = leader.ok_or_else(errors::missing_leader_key)?;
     if leader.key.is_empty() {
-        return Err(key_not_provided());
+        return Err(errors::plain_empty_key());
     }
     Ok(leader)
 }
@@ -125,7 +101,7 @@ async fn proclaim(
     };
     let resp = concurrency::txn(ctx, sender, req).await?;
     if !resp.succeeded {
-        return Err(not_leader());
+        return Err(errors::election_not_leader());
     }
     Ok(ProclaimResponse { header: resp.header })
 }
@@ -200,7 +176,7 @@ async fn campaign(
         header.as_ref().map_or(0, |h| h.revision)
     } else {
         let Some(kv) = concurrency::first_kv(&resp, 0) else {
-            return Campaigned::Answer(Err(not_leader()));
+            return Campaigned::Answer(Err(errors::election_not_leader()));
         };
         if kv.value != req.value {
             // etcd proclaims the new value for a candidacy it resumes, and
@@ -225,7 +201,7 @@ async fn campaign(
         Ok(Waited::Clear) => {}
         // etcd's client would go on waiting and then report a leadership
         // whose key is gone; say so at once instead.
-        Ok(Waited::OwnKeyGone) => return Campaigned::Answer(Err(not_leader())),
+        Ok(Waited::OwnKeyGone) => return Campaigned::Answer(Err(errors::election_not_leader())),
         Err(status) => return Campaigned::Answer(Err(status)),
     }
     let resp = CampaignResponse {
@@ -361,7 +337,7 @@ impl Election for ElectionService {
         let prefix = concurrency::prefix(&req.name);
         concurrency::authorize_prefix(&self.ctx, &creds, &prefix, false).await?;
         let (leader, revision) = current_leader(&self.ctx, &prefix).await?;
-        let kv = leader.ok_or_else(no_leader)?;
+        let kv = leader.ok_or_else(errors::election_no_leader)?;
         Ok(Response::new(LeaderResponse {
             header: Some(self.ctx.header(revision)),
             kv: Some(kv),

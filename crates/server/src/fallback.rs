@@ -8,8 +8,7 @@ use axum::response::{IntoResponse, Response};
 /// Builds the response for an unknown path.
 pub async fn unimplemented_method(uri: Uri, headers: HeaderMap) -> Response {
     if is_grpc(&headers) {
-        return tonic::Status::unimplemented(format!("concord: {} is not implemented yet", uri.path()))
-            .into_http::<axum::body::Body>();
+        return crate::errors::unknown_path(uri.path()).into_http::<axum::body::Body>();
     }
     (
         StatusCode::NOT_FOUND,

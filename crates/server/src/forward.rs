@@ -34,7 +34,7 @@ impl LeaderChannels {
             .connect_lazy(url, |e: Endpoint| {
                 e.connect_timeout(std::time::Duration::from_secs(1)).tcp_nodelay(true)
             })
-            .map_err(|e| Status::internal(format!("bad leader URL {url}: {e}")))?;
+            .map_err(|e| errors::bad_leader_url(url, e))?;
         channels.insert(url.to_string(), channel.clone());
         Ok(channel)
     }

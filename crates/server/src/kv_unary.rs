@@ -22,6 +22,7 @@ use http_body_util::BodyExt as _;
 use tonic::metadata::MetadataMap;
 use tonic::Status;
 
+use crate::errors;
 use crate::kv::KvService;
 
 /// A gRPC message's frame header: a compression flag and the message's length.
@@ -58,11 +59,7 @@ where
         "DeleteRange" => Method::DeleteRange,
         "Txn" => Method::Txn,
         "Compact" => Method::Compact,
-        other => {
-            return failed(Status::unimplemented(format!(
-                "unknown method {other} in service etcdserverpb.KV"
-            )))
-        }
+        other => return failed(errors::unknown_kv_method(other)),
     };
     if let Some(encoding) = head
         .headers
@@ -70,9 +67,7 @@ where
         .filter(|e| e.as_bytes() != b"identity")
     {
         let encoding = String::from_utf8_lossy(encoding.as_bytes());
-        return failed(Status::unimplemented(format!(
-            "Content is compressed with `{encoding}` which isn't supported"
-        )));
+        return failed(errors::compression_unsupported(&encoding));
     }
     let message = match read_message(body, max_message).await {
         Ok(message) => message,
@@ -109,22 +104,17 @@ where
     A: prost::Message,
     F: std::future::Future<Output = Result<tonic::Response<A>, Status>>,
 {
-    let decoded =
-        Q::decode(message).map_err(|e| Status::internal(format!("failed to decode Protobuf message: {e}")))?;
+    let decoded = Q::decode(message).map_err(errors::decode_failed)?;
     let request = tonic::Request::from_parts(metadata, extensions, decoded);
     let (metadata, answer, _) = handler(request).await?.into_parts();
     let len = answer.encoded_len();
     if len > MAX_SEND_BYTES {
-        return Err(Status::resource_exhausted(format!(
-            "grpc: trying to send message larger than max ({len} vs. {MAX_SEND_BYTES})"
-        )));
+        return Err(errors::response_too_large(len, MAX_SEND_BYTES));
     }
     let mut data = BytesMut::with_capacity(FRAME_HEADER_BYTES + len);
     data.put_u8(0);
     data.put_u32(len as u32);
-    answer
-        .encode(&mut data)
-        .map_err(|e| Status::internal(format!("failed to encode the answer: {e}")))?;
+    answer.encode(&mut data).map_err(errors::encode_failed)?;
     let mut response = Response::new(UnaryBody {
         data: Some(data.freeze()),
         trailers: Some(ok_trailers()),
@@ -148,7 +138,7 @@ where
 {
     let mut message = Gathered::default();
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| Status::internal(format!("failed to read the request: {e}")))?;
+        let frame = frame.map_err(errors::read_failed)?;
         if let Ok(data) = frame.into_data() {
             message.push(data, max_message)?;
         }
@@ -181,7 +171,7 @@ impl Gathered {
         }
         if let Some(len) = self.announced {
             if self.len() + data.len() > FRAME_HEADER_BYTES + len {
-                return Err(more_than_one_message());
+                return Err(errors::more_than_one_message());
             }
         }
         match self.joined.as_mut() {
@@ -211,12 +201,10 @@ impl Gathered {
         };
         let len = u32::from_be_bytes([a, b, c, d]) as usize;
         if len > max_message {
-            return Err(Status::out_of_range(format!(
-                "Error, decoded message length too large: found {len} bytes, the limit is: {max_message} bytes"
-            )));
+            return Err(errors::message_too_large(len, max_message));
         }
         if self.len() > FRAME_HEADER_BYTES + len {
-            return Err(more_than_one_message());
+            return Err(errors::more_than_one_message());
         }
         self.announced = Some(len);
         Ok(())
@@ -226,28 +214,21 @@ impl Gathered {
     fn finish(self) -> Result<Bytes, Status> {
         let Some(len) = self.announced else {
             return Err(match self.len() {
-                0 => Status::internal("Missing request message."),
-                _ => Status::internal("Unexpected EOF decoding stream."),
+                0 => errors::missing_message(),
+                _ => errors::unexpected_eof(),
             });
         };
         let mut message = self.joined.map_or(self.first, BytesMut::freeze);
         if message.len() < FRAME_HEADER_BYTES + len {
-            return Err(Status::internal("Unexpected EOF decoding stream."));
+            return Err(errors::unexpected_eof());
         }
         let flag = message.get_u8();
         if flag != 0 {
-            return Err(Status::internal(format!(
-                "protocol error: received message with invalid compression flag: {flag} (valid flags are 0 and 1), while sending request"
-            )));
+            return Err(errors::invalid_compression_flag(flag));
         }
         message.advance(FRAME_HEADER_BYTES - 1);
         Ok(message)
     }
-}
-
-/// What grpc-go answers a unary call that sends a second message.
-fn more_than_one_message() -> Status {
-    Status::internal("cardinality violation: received multiple request messages for non-client-streaming RPC")
 }
 
 /// The trailers of a call that succeeded.

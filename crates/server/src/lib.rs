@@ -6,7 +6,8 @@
 //! - [`apply`]: the state machine a group's log is applied to.
 //! - [`auth`]: authentication (tokens, identities) and authorization checks; etcd's Auth service.
 //! - [`membership`]: member and cluster ids, names and URLs.
-//! - [`validate`], [`errors`]: etcd's request checks and error strings.
+//! - [`validate`]: etcd's request checks.
+//! - [`errors`]: every error a client gets, with etcd's messages and codes, built in one place.
 //! - [`metrics`], [`http`]: Prometheus metrics, health endpoints and the web dashboard.
 //! - [`corrupt_check`]: etcd's data corruption checks (at start, and periodically on the leader).
 //! - [`compact_hash_check`]: the leader compares every member at its latest compaction point.

@@ -19,15 +19,8 @@ use tonic::{Request, Response, Status};
 use crate::auth::{Credentials, Sender};
 use crate::concurrency::{self, Waited};
 use crate::context::MemberContext;
-use crate::election::key_not_provided;
+use crate::errors;
 use crate::watch::WatchHub;
-
-/// etcd's `concurrency.ErrSessionExpired`: the waiter's key vanished (its
-/// lease ran out) before it got the lock. etcd's lock server returns it as
-/// a plain error, so gRPC code Unknown.
-pub fn session_expired() -> Status {
-    Status::unknown("mutex: session is expired")
-}
 
 /// The Lock service of one member.
 pub struct LockService {
@@ -136,7 +129,7 @@ async fn acquire(
             Some(kv) => kv.create_revision,
             // Deleted between the compare and the get cannot happen within one
             // txn; treat it as a lost session all the same.
-            None => return Acquired::Answer(Err(session_expired())),
+            None => return Acquired::Answer(Err(errors::session_expired())),
         }
     };
     let owner_rev = concurrency::first_kv(&resp, 1).map(|kv| kv.create_revision);
@@ -162,7 +155,7 @@ async fn acquire(
     };
     match waited {
         Ok(Waited::Clear) => {}
-        Ok(Waited::OwnKeyGone) => return Acquired::Answer(Err(session_expired())),
+        Ok(Waited::OwnKeyGone) => return Acquired::Answer(Err(errors::session_expired())),
         Err(status) => {
             withdraw(ctx, &my_key).await;
             return Acquired::Answer(Err(status));
@@ -172,7 +165,7 @@ async fn acquire(
     // As etcd does: make sure the key (and so the session) is still there,
     // with a linearizable read whose header the answer carries.
     match concurrency::linearizable_range(ctx, &concurrency::get(&my_key)).await {
-        Ok((range, _)) if range.kvs.is_empty() => Acquired::Answer(Err(session_expired())),
+        Ok((range, _)) if range.kvs.is_empty() => Acquired::Answer(Err(errors::session_expired())),
         Ok((_, revision)) => {
             let resp = LockResponse {
                 header: Some(ctx.header(revision)),
@@ -209,7 +202,7 @@ impl Lock for LockService {
         // etcd's lock server deletes the key through its in-process client, which hands the KV
         // server's refusal of the empty key back as a plain error.
         if req.key.is_empty() {
-            return Err(key_not_provided());
+            return Err(errors::plain_empty_key());
         }
         let sender = concurrency::sender(&self.ctx, &creds).await?;
         let revision = concurrency::delete(&self.ctx, &sender, &req.key).await?;

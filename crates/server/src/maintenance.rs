@@ -131,7 +131,7 @@ impl Maintenance for MaintenanceService {
         self.ctx.grpc_health.defrag_finished().await;
         defragmented
             .map_err(|e| Status::internal(e.to_string()))?
-            .map_err(|e| Status::internal(format!("etcdserver: {e}")))?;
+            .map_err(errors::internal)?;
         Ok(Response::new(DefragmentResponse { header: self.header() }))
     }
 
@@ -188,7 +188,7 @@ impl Maintenance for MaintenanceService {
         })
         .await
         .map_err(|e| Status::internal(e.to_string()))?
-        .map_err(|e| Status::internal(format!("etcdserver: {e}")))?;
+        .map_err(errors::internal)?;
         let (tx, rx) = mpsc::channel(SNAPSHOT_READ_AHEAD);
         let (failed_tx, failed_rx) = oneshot::channel();
         let (header, stall_timeout) = (self.header(), self.ctx.limits.snapshot_stall_timeout);
@@ -214,29 +214,24 @@ impl Maintenance for MaintenanceService {
         let group = self.ctx.router.default_group();
         let status = group.status();
         if status.role != Role::Leader {
-            return Err(Status::failed_precondition("etcdserver: not leader"));
+            return Err(errors::not_leader());
         }
         if !status.voters.contains(&target) {
-            // etcd's ErrGRPCBadLeaderTransferee is FailedPrecondition, as its "not leader" above.
-            return Err(Status::failed_precondition("etcdserver: bad leader transferee"));
+            return Err(errors::bad_leader_transferee());
         }
         if target != status.member_id {
             group.transfer_leader(target).map_err(errors::from_raft)?;
             let mut leader = group.watch_leader();
             let moved = tokio::time::timeout(LEADER_TRANSFER_TIMEOUT, leader.wait_for(|l| *l == target)).await;
             if !matches!(moved, Ok(Ok(_))) {
-                return Err(Status::deadline_exceeded(
-                    "etcdserver: request timed out, leader transfer took too long",
-                ));
+                return Err(errors::timeout_leader_transfer());
             }
         }
         Ok(Response::new(MoveLeaderResponse { header: self.header() }))
     }
 
     async fn downgrade(&self, _request: Request<DowngradeRequest>) -> Result<Response<DowngradeResponse>, Status> {
-        Err(Status::unimplemented(
-            "concord: Maintenance.Downgrade is not supported: there is no older Concord to downgrade to",
-        ))
+        Err(errors::downgrade_unsupported())
     }
 }
 
@@ -284,9 +279,7 @@ async fn send_chunk(
 ) -> Result<bool, Status> {
     match tokio::time::timeout(stall_timeout, tx.send(resp)).await {
         Ok(sent) => Ok(sent.is_ok()),
-        Err(_) => Err(Status::deadline_exceeded(format!(
-            "concord: snapshot download cancelled: the client took no data for {stall_timeout:?}"
-        ))),
+        Err(_) => Err(errors::snapshot_download_stalled(stall_timeout)),
     }
 }
 
@@ -298,7 +291,7 @@ async fn stream_file(
     tx: &mpsc::Sender<SnapshotResponse>,
     stall_timeout: Duration,
 ) -> Result<(), Status> {
-    let io = |e: std::io::Error| Status::internal(format!("etcdserver: snapshot: {e}"));
+    let io = errors::snapshot_read_failed;
     let mut file = tokio::fs::File::open(path).await.map_err(io)?;
     let size = file.metadata().await.map_err(io)?.len();
     let mut remaining = size + 32;

@@ -88,7 +88,7 @@ impl fmt::Display for Refusal {
 pub fn validate(urls: &[String]) -> Result<Vec<String>, Status> {
     check(urls).map_err(|refusal| {
         tracing::debug!("member request refused: {refusal}");
-        Status::invalid_argument(errors::MEMBER_BAD_URLS)
+        errors::member_bad_urls()
     })
 }
 

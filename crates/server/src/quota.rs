@@ -9,11 +9,7 @@ use concord_proto::etcdserverpb::{AlarmRequest, AlarmType};
 use tonic::Status;
 
 use crate::context::MemberContext;
-
-/// etcd's error for a write refused for lack of space.
-pub fn no_space() -> Status {
-    Status::resource_exhausted("etcdserver: mvcc: database space exceeded")
-}
+use crate::errors;
 
 /// Refuses a write of about `cost` bytes when it would take the store past
 /// the quota, raising the NOSPACE alarm first.
@@ -38,5 +34,5 @@ pub async fn check(ctx: &MemberContext, cost: usize) -> Result<(), Status> {
     {
         tracing::warn!("raising the NOSPACE alarm failed: {}", status.message());
     }
-    Err(no_space())
+    Err(errors::no_space())
 }

@@ -46,10 +46,7 @@ impl ShardService {
     }
 
     fn shard(&self, id: u64) -> Result<ShardRange<'_>, Status> {
-        self.ctx
-            .router
-            .shard(id)
-            .ok_or_else(|| Status::not_found(format!("concord: shard {id} does not exist")))
+        self.ctx.router.shard(id).ok_or_else(|| errors::shard_not_found(id))
     }
 
     async fn require_admin<T>(&self, request: &Request<T>) -> Result<(), Status> {
@@ -98,20 +95,15 @@ impl Shards for ShardService {
     async fn split(&self, request: Request<ShardSplitRequest>) -> Result<Response<ShardSplitResponse>, Status> {
         self.require_admin(&request).await?;
         if request.get_ref().key.is_empty() {
-            return Err(Status::invalid_argument("concord: a split needs a key"));
+            return Err(errors::split_needs_key());
         }
-        Err(Status::unimplemented(
-            "concord: Shards.Split is not implemented yet: one shard holds every key",
-        ))
+        Err(errors::split_unimplemented())
     }
 
     async fn r#move(&self, request: Request<ShardMoveRequest>) -> Result<Response<ShardMoveResponse>, Status> {
         self.require_admin(&request).await?;
         self.shard(request.get_ref().shard)?;
-        Err(Status::unimplemented(
-            "concord: Shards.Move is not implemented yet: the one shard has a replica on every member \
-             (change members with `concord member add/remove`)",
-        ))
+        Err(errors::move_unimplemented())
     }
 
     async fn transfer_leader(
@@ -123,7 +115,7 @@ impl Shards for ShardService {
         let shard = self.shard(req.shard)?;
         let status = shard.group.status();
         if !status.voters.contains(&req.member) {
-            return Err(Status::failed_precondition("etcdserver: bad leader transferee"));
+            return Err(errors::bad_leader_transferee());
         }
         if status.leader_id == 0 {
             return Err(errors::from_raft(concord_raft::RaftError::NoLeader));
@@ -134,9 +126,7 @@ impl Shards for ShardService {
             let mut leader = shard.group.watch_leader();
             let moved = tokio::time::timeout(LEADER_TRANSFER_TIMEOUT, leader.wait_for(|l| *l == req.member)).await;
             if !matches!(moved, Ok(Ok(_))) {
-                return Err(Status::deadline_exceeded(
-                    "etcdserver: request timed out, leader transfer took too long",
-                ));
+                return Err(errors::timeout_leader_transfer());
             }
         }
         Ok(Response::new(ShardTransferLeaderResponse {

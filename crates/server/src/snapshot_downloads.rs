@@ -13,6 +13,8 @@ use std::sync::Arc;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::Status;
 
+use crate::errors;
+
 /// Downloads a member serves at once; a further one is refused until one ends.
 pub const MAX_DOWNLOADS: usize = 2;
 
@@ -42,8 +44,8 @@ impl SnapshotDownloads {
     /// A place for one more download, or etcd's "too many requests" error with the reason.
     pub fn start(&self) -> Result<DownloadSlot, Status> {
         let slot = self.downloads.clone().try_acquire_owned().map_err(|_| {
-            Status::resource_exhausted(format!(
-                "etcdserver: too many requests: {MAX_DOWNLOADS} snapshot downloads are in progress on this member"
+            errors::too_many_requests(format_args!(
+                "{MAX_DOWNLOADS} snapshot downloads are in progress on this member"
             ))
         })?;
         Ok(DownloadSlot { _slot: slot })
@@ -71,9 +73,7 @@ impl SnapshotDownloads {
 /// filesystem has less free: a copy of the store must not fill the disk the member writes to.
 pub fn ensure_free(dir: &Path, needed: u64, what: &str) -> Result<(), Status> {
     match available_bytes(dir) {
-        Some(free) if free < needed => Err(Status::resource_exhausted(format!(
-            "etcdserver: not enough free disk for {what}: {free} bytes free, {needed} needed"
-        ))),
+        Some(free) if free < needed => Err(errors::not_enough_disk(what, free, needed)),
         _ => Ok(()),
     }
 }

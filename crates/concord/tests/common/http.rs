@@ -5,11 +5,19 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-/// A response: its status code and body.
+/// A response: its status code, headers (names lowercased, in order) and body.
 #[derive(Debug)]
 pub struct Response {
     pub status: u16,
+    pub headers: Vec<(String, String)>,
     pub body: String,
+}
+
+impl Response {
+    /// The value of header `name` (lowercase), if sent.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
 }
 
 /// GETs `url` (`http://host:port/path`) with a bounded timeout.
@@ -50,7 +58,13 @@ fn request(method: &str, url: &str, body: &str) -> std::io::Result<Response> {
         .lines()
         .any(|l| l.eq_ignore_ascii_case("transfer-encoding: chunked"));
     let body = if chunked { dechunk(body) } else { body.to_string() };
-    Ok(Response { status, body })
+    let headers = head
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    Ok(Response { status, headers, body })
 }
 
 fn dechunk(mut body: &str) -> String {

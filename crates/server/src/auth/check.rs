@@ -162,11 +162,18 @@ impl AuthState {
 /// into a plain error: gRPC code Unknown with the same message. Auth refusals from those services
 /// are answered that way too, so clients see what etcd sends.
 pub fn as_plain_error(status: Status) -> Status {
+    /// The auth refusals with other codes answered as plain errors too: those about the
+    /// requesting user, and a stale auth revision (matched by the store's own messages).
+    const PLAIN_AUTH_ERRORS: [AuthError; 4] = [
+        AuthError::UserAlreadyExist,
+        AuthError::UserEmpty,
+        AuthError::UserNotFound,
+        AuthError::AuthOldRevision,
+    ];
     match status.code() {
         tonic::Code::PermissionDenied | tonic::Code::Unauthenticated => Status::unknown(status.message()),
         tonic::Code::InvalidArgument | tonic::Code::FailedPrecondition
-            if status.message().starts_with("etcdserver: user name")
-                || status.message() == AuthError::AuthOldRevision.to_string() =>
+            if PLAIN_AUTH_ERRORS.iter().any(|e| status.message() == e.to_string()) =>
         {
             Status::unknown(status.message())
         }

@@ -39,9 +39,6 @@ pub struct JwtKeys {
     ttl: Duration,
 }
 
-/// Why a member cannot sign (etcd's `ErrVerifyOnly`, returned as a plain error).
-pub const VERIFY_ONLY: &str = "auth: token signing attempted with verify-only key";
-
 impl JwtKeys {
     /// Reads the keys named by etcd's JWT options (see the module docs).
     pub fn from_options(options: &HashMap<String, String>) -> Result<JwtKeys, String> {
@@ -122,7 +119,7 @@ impl JwtKeys {
 
     /// A token for `username` at auth revision `revision`, valid for the configured TTL.
     pub fn sign(&self, username: &str, revision: u64) -> Result<String, String> {
-        let key = self.signing.as_ref().ok_or(VERIFY_ONLY)?;
+        let key = self.signing.as_ref().ok_or(crate::errors::VERIFY_ONLY)?;
         let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
         let claims = Claims {
             username: username.to_string(),

@@ -275,10 +275,19 @@ impl AuthState {
     ///
     /// A simple token may be fresh from another member that has applied the authentication
     /// before this one: a token this member does not know is looked up once more after a
-    /// ReadIndex barrier on `group` (etcd waits for the index in the token instead).
+    /// ReadIndex barrier on `group` (etcd waits for the index in the token instead). Likewise a
+    /// token sent while auth looks disabled here: the AuthEnable may not be applied yet.
     pub async fn identity(&self, creds: &Credentials, group: &GroupHandle) -> Result<Option<Identity>, Status> {
         if !self.enabled() {
-            return Ok(None);
+            if creds.token.is_none() {
+                return Ok(None);
+            }
+            // A client with a token believes auth is on: this member may not have applied the
+            // AuthEnable yet (etcd then proposes without a user, and apply refuses the request).
+            group.read_barrier().await.map_err(errors::from_raft)?;
+            if !self.enabled() {
+                return Ok(None);
+            }
         }
         if let Some(token) = &creds.token {
             if let Some(id) = self.tokens.resolve(token, self.status().revision) {

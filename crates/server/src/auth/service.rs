@@ -73,10 +73,7 @@ impl AuthService {
                 let revision = applied.header.as_ref().map_or(0, |h| h.revision);
                 Ok((self.header(revision), applied.effect))
             }
-            other => Err(Status::internal(format!(
-                "etcdserver: unexpected apply result at revision {}",
-                other.revision()
-            ))),
+            other => Err(errors::unexpected_apply_result_at(other.revision())),
         }
     }
 
@@ -99,30 +96,22 @@ impl AuthService {
 
     /// bcrypt of `password` at the member's cost, base64-encoded as etcd's `hashedPassword`.
     async fn hash(&self, password: Zeroizing<String>) -> Result<String, Status> {
-        let _slot = self
-            .bcrypt_slots
-            .acquire()
-            .await
-            .map_err(|_| Status::unavailable("etcdserver: server stopped"))?;
+        let _slot = self.bcrypt_slots.acquire().await.map_err(|_| errors::stopped())?;
         let cost = self.ctx.auth.bcrypt_cost;
         let hashed = tokio::task::spawn_blocking(move || bcrypt::non_truncating_hash(password.as_bytes(), cost))
             .await
             .map_err(|e| Status::internal(e.to_string()))?
             .map_err(|e| match e {
                 // Go's bcrypt refuses the same, and etcd passes its error on as is.
-                bcrypt::BcryptError::Truncation(_) => Status::unknown("bcrypt: password length exceeds 72 bytes"),
-                other => Status::internal(format!("etcdserver: cannot hash the password: {other}")),
+                bcrypt::BcryptError::Truncation(_) => errors::password_too_long(),
+                other => errors::password_hash_failed(other),
             })?;
         Ok(base64::engine::general_purpose::STANDARD.encode(hashed))
     }
 
     /// Whether `password` matches the stored bcrypt `hash`.
     async fn verify(&self, password: Zeroizing<String>, hash: Vec<u8>) -> Result<bool, Status> {
-        let _slot = self
-            .bcrypt_slots
-            .acquire()
-            .await
-            .map_err(|_| Status::unavailable("etcdserver: server stopped"))?;
+        let _slot = self.bcrypt_slots.acquire().await.map_err(|_| errors::stopped())?;
         tokio::task::spawn_blocking(move || {
             let hash = String::from_utf8(hash).unwrap_or_default();
             bcrypt::verify(password.as_bytes(), &hash).unwrap_or(false)

@@ -5,6 +5,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::Status;
 
+use crate::errors;
+
 /// Reads a unary request from its body. An empty body is the empty request, and anything after
 /// the first JSON value is ignored, as grpc-gateway's decoder does; malformed JSON is etcd's
 /// `InvalidArgument`.
@@ -18,7 +20,7 @@ pub fn decode_one<T: DeserializeOwned + Default>(body: &[u8]) -> Result<T, Statu
 
 /// A message as JSON.
 pub fn encode<T: Serialize>(message: &T) -> Result<Vec<u8>, Status> {
-    serde_json::to_vec(message).map_err(|e| Status::internal(format!("cannot encode the response: {e}")))
+    serde_json::to_vec(message).map_err(errors::json_encode_failed)
 }
 
 /// One message of a response stream: `{"result":…}` and a newline.
@@ -27,8 +29,7 @@ pub fn stream_line<T: Serialize>(message: &T) -> Result<Vec<u8>, Status> {
     struct Chunk<'a, T> {
         result: &'a T,
     }
-    let mut line = serde_json::to_vec(&Chunk { result: message })
-        .map_err(|e| Status::internal(format!("cannot encode the response: {e}")))?;
+    let mut line = serde_json::to_vec(&Chunk { result: message }).map_err(errors::json_encode_failed)?;
     line.push(b'\n');
     Ok(line)
 }

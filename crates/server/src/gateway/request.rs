@@ -9,6 +9,7 @@ use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::Status;
 
 use crate::auth::TOKEN_METADATA_KEY;
+use crate::errors;
 
 /// What gRPC adds to a message's limit (framing, headers), as the client port allows it.
 pub const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
@@ -19,27 +20,20 @@ pub fn max_message(max_request_bytes: usize) -> usize {
     max_request_bytes.saturating_add(GRPC_OVERHEAD_BYTES)
 }
 
-/// The error gRPC answers a message over the limit with.
-pub fn too_large(found: usize, limit: usize) -> Status {
-    Status::out_of_range(format!(
-        "Error, decoded message length too large: found {found} bytes, the limit is: {limit} bytes"
-    ))
-}
-
 /// Reads a request body. JSON spells bytes in base64, so the body may be up to twice the
 /// message limit; each decoded message is checked against the limit itself.
 pub async fn read_body(body: Body, max_message: usize) -> Result<Bytes, Status> {
     let limit = max_message.saturating_mul(2);
     axum::body::to_bytes(body, limit)
         .await
-        .map_err(|_| too_large(limit.saturating_add(1), max_message))
+        .map_err(|_| errors::message_too_large(limit.saturating_add(1), max_message))
 }
 
 /// Checks a decoded message against the limit.
 pub fn check_size<T: prost::Message>(message: &T, max_message: usize) -> Result<(), Status> {
     let len = message.encoded_len();
     if len > max_message {
-        return Err(too_large(len, max_message));
+        return Err(errors::message_too_large(len, max_message));
     }
     Ok(())
 }

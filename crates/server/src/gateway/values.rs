@@ -55,7 +55,7 @@ impl JsonValues {
                 self.ended = true;
                 let found = self.buffered.len();
                 self.buffered.clear();
-                return Some(Err(super::request::too_large(found, self.max_bytes)));
+                return Some(Err(crate::errors::message_too_large(found, self.max_bytes)));
             }
             match self.body.next().await {
                 Some(Ok(data)) => self.buffered.extend_from_slice(&data),

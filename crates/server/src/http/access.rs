@@ -167,7 +167,9 @@ async fn check(State((access, tls)): State<(Arc<AccessControl>, bool)>, request:
         let host = hostname(&request);
         if !access.host_whitelist.allows(host) {
             tracing::warn!(%host, "rejecting HTTP request to prevent DNS rebinding attacks");
-            return misdirected(host);
+            let answer = misdirected(host);
+            discard_body(request).await;
+            return answer;
         }
     }
     let origin = match &access.cors {
@@ -179,6 +181,7 @@ async fn check(State((access, tls)): State<(Arc<AccessControl>, bool)>, request:
             .cloned(),
     };
     let mut response = if request.method() == Method::OPTIONS {
+        discard_body(request).await;
         StatusCode::OK.into_response()
     } else {
         next.run(request).await
@@ -187,6 +190,17 @@ async fn check(State((access, tls)): State<(Arc<AccessControl>, bool)>, request:
         add_cors_headers(response.headers_mut(), origin);
     }
     response
+}
+
+/// How much of a body nobody reads is taken off the connection before answering (Go's server
+/// discards up to 256 KiB the same way).
+const DISCARDED_BODY_BYTES: usize = 256 * 1024;
+
+/// Reads and drops the body of a request answered without it, up to [`DISCARDED_BODY_BYTES`]:
+/// a connection closed with request bytes still unread is reset, and the reset can reach the
+/// client before the answer does.
+async fn discard_body(request: Request) {
+    let _ = axum::body::to_bytes(request.into_body(), DISCARDED_BODY_BYTES).await;
 }
 
 /// etcd's CORS headers, allowing `origin`.

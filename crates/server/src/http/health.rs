@@ -54,9 +54,18 @@ async fn check_health(state: &HttpState, excluded: &[&str], serializable: bool) 
     read_locally(state).map_err(|e| format!("RANGE ERROR:{e}"))
 }
 
+/// etcd 3.5's answer: the JSON body with the headers Go's `net/http` gives it (etcd sets no
+/// content type, so Go's sniffing says text; a failure goes through `http.Error`, which adds
+/// `nosniff` and a newline).
 fn health_json(status: StatusCode, health: &str, reason: &str) -> Response {
     let body = serde_json::json!({ "health": health, "reason": reason }).to_string();
-    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+    let text = (header::CONTENT_TYPE, "text/plain; charset=utf-8");
+    if status.is_success() {
+        (status, [text], body).into_response()
+    } else {
+        let nosniff = (header::X_CONTENT_TYPE_OPTIONS, "nosniff");
+        (status, [text, nosniff], format!("{body}\n")).into_response()
+    }
 }
 
 /// A one-key read of the local store, which is what etcd's health check issues.

@@ -103,7 +103,7 @@ async fn keep_alive_once(
                 Renewal::NotPrimary => Err(errors::from_raft(RaftError::Timeout)),
             }
         } else if forwarded {
-            return Err(Status::failed_precondition("etcdserver: not leader"));
+            return Err(errors::not_leader());
         } else {
             forward_keep_alive(ctx, leader, leader_id, id).await
         };
@@ -146,7 +146,7 @@ impl Lease for LeaseService {
         let creds = Credentials::of(&request);
         let mut req = request.into_inner();
         if req.ttl > MAX_LEASE_TTL {
-            return Err(Status::out_of_range("etcdserver: too large lease TTL"));
+            return Err(errors::lease_ttl_too_large());
         }
         req.ttl = req.ttl.max(self.min_ttl);
         if req.id == 0 {
@@ -230,7 +230,7 @@ impl Lease for LeaseService {
         let leader_id = wait_for_leader(&self.ctx).await?;
         if leader_id != self.ctx.membership.local_id() {
             if forwarded {
-                return Err(Status::failed_precondition("etcdserver: not leader"));
+                return Err(errors::not_leader());
             }
             let mut client = leader_client(&self.ctx, &self.leader, leader_id)?;
             let mut forward = Request::new(req);

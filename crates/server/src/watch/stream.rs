@@ -103,11 +103,7 @@ impl WatchStreamTask {
                     tonic::Code::Unauthenticated | tonic::Code::InvalidArgument | tonic::Code::Unavailable => status,
                     _ => errors::from_auth(concord_storage::AuthError::PermissionDenied),
                 };
-                Err(format!(
-                    "rpc error: code = {:?} desc = {}",
-                    status.code(),
-                    status.message()
-                ))
+                Err(errors::as_cancel_reason(&status))
             }
         }
     }
@@ -216,7 +212,7 @@ impl WatchStreamTask {
         // A range that holds no key (`key` at or past `range_end`; "\0" means every key from
         // `key` on) is refused by etcd's mvcc when the watch is made, not watched forever.
         if !create.range_end.is_empty() && create.range_end != [0] && create.key >= create.range_end {
-            return self.refuse_create("mvcc: watcher range is empty".into()).await;
+            return self.refuse_create(errors::WATCHER_RANGE_EMPTY.into()).await;
         }
         let current = self.hub.store().current_revision();
         let id = if create.watch_id != 0 {
@@ -228,9 +224,7 @@ impl WatchStreamTask {
             self.next_auto_id
         };
         if self.watchers.contains_key(&id) || id < 0 {
-            return self
-                .refuse_create("mvcc: duplicate watch ID provided on the WatchStream".into())
-                .await;
+            return self.refuse_create(errors::WATCHER_DUPLICATE_ID.into()).await;
         }
         if create.watch_id == 0 {
             self.next_auto_id += 1;

@@ -1,0 +1,108 @@
+//! Concord's own errors, where etcd has none: the `Shards` service, what Concord does not do,
+//! limits etcd does not have, and a member's internal failures. Those an etcd client may meet on
+//! etcd's services keep etcd's "etcdserver: " prefix; the rest say "concord: ".
+
+use std::time::Duration;
+
+use tonic::Status;
+
+use crate::errors::internal;
+
+// The Shards service.
+
+/// A `Shards` call naming a shard this member does not know.
+pub fn shard_not_found(id: u64) -> Status {
+    Status::not_found(format!("concord: shard {id} does not exist"))
+}
+
+/// `Shards.Split` without the key to split at.
+pub fn split_needs_key() -> Status {
+    Status::invalid_argument("concord: a split needs a key")
+}
+
+/// `Shards.Split`, until the keyspace can be split.
+pub fn split_unimplemented() -> Status {
+    Status::unimplemented("concord: Shards.Split is not implemented yet: one shard holds every key")
+}
+
+/// `Shards.Move`, until a shard can have replicas on some members only.
+pub fn move_unimplemented() -> Status {
+    Status::unimplemented(
+        "concord: Shards.Move is not implemented yet: the one shard has a replica on every member \
+         (change members with `concord member add/remove`)",
+    )
+}
+
+// What Concord does not do.
+
+/// A gRPC call to a path no service serves (grpc-go would say "unknown service" or "unknown
+/// method").
+pub fn unknown_path(path: &str) -> Status {
+    Status::unimplemented(format!("concord: {path} is not implemented yet"))
+}
+
+/// `Maintenance.Downgrade`: there is no older Concord to downgrade to.
+pub fn downgrade_unsupported() -> Status {
+    Status::unimplemented("concord: Maintenance.Downgrade is not supported: there is no older Concord to downgrade to")
+}
+
+/// A Maintenance call other than HashKV on the peer URLs (members ask each other's hashes there;
+/// clients use the client URLs).
+pub fn only_hash_kv_on_peer_urls() -> Status {
+    Status::unimplemented("concord: only HashKV is served on peer URLs; use a client URL")
+}
+
+// Limits etcd does not have.
+
+/// A snapshot download whose client took no message for `stall_timeout`: it is cancelled and its
+/// file removed.
+pub fn snapshot_download_stalled(stall_timeout: Duration) -> Status {
+    Status::deadline_exceeded(format!(
+        "concord: snapshot download cancelled: the client took no data for {stall_timeout:?}"
+    ))
+}
+
+/// A snapshot or defragmentation that would write `needed` bytes where the disk has only `free`
+/// (`what` says which).
+pub fn not_enough_disk(what: &str, free: u64, needed: u64) -> Status {
+    Status::resource_exhausted(format!(
+        "etcdserver: not enough free disk for {what}: {free} bytes free, {needed} needed"
+    ))
+}
+
+// Internal failures.
+
+/// A command applied with a result of another kind than the one proposed (a bug).
+pub fn unexpected_apply_result() -> Status {
+    internal("unexpected apply result")
+}
+
+/// As [`unexpected_apply_result`], naming the revision the command applied at.
+pub fn unexpected_apply_result_at(revision: i64) -> Status {
+    internal(format_args!("unexpected apply result at revision {revision}"))
+}
+
+/// A session lease for Lock or Campaign for which every id tried was taken.
+pub fn cannot_choose_lease_id() -> Status {
+    internal("cannot choose a lease id")
+}
+
+/// bcrypt failed to hash a new password for a reason other than its length.
+pub fn password_hash_failed(err: impl std::fmt::Display) -> Status {
+    internal(format_args!("cannot hash the password: {err}"))
+}
+
+/// Reading a snapshot file to send it failed.
+pub fn snapshot_read_failed(err: std::io::Error) -> Status {
+    internal(format_args!("snapshot: {err}"))
+}
+
+/// The leader's advertised client URL cannot be dialed to forward a call there.
+pub fn bad_leader_url(url: &str, err: impl std::fmt::Display) -> Status {
+    Status::internal(format!("bad leader URL {url}: {err}"))
+}
+
+/// The task serving a Lock or Election call ended without answering it (a bug, or a panic).
+pub fn task_ended_without_answer() -> Status {
+    Status::internal("concord: the request's task ended without an answer")
+}
