@@ -564,8 +564,8 @@ fn allowed_names(
         None => tracing::warn!("{flags} is ignored without the side's certificate and key files"),
         Some(_) if self_signed => tracing::warn!("{flags} is ignored with generated certificates, as etcd ignores it"),
         Some(files) => {
-            if !files.client_cert_auth && !checks_servers {
-                tracing::warn!("{flags} has no effect without client certificate authentication");
+            if !files.client_cert_auth && files.trusted_ca_file.is_none() && !checks_servers {
+                tracing::warn!("{flags} has no effect without a trusted CA file: no client certificate is asked for");
             }
             files.allowed = AllowedNames::from_flags(common_names, hostnames)?;
         }

@@ -448,3 +448,43 @@ async fn revocation_lists_cipher_suites_and_versions() {
     assert!(handshake(host, &ca, &good, &["-tls1_3"]).is_some_and(|t| t.starts_with("TLSv1.3")));
     try_get(&url, with(&good)).await.expect("clients speak TLS 1.3");
 }
+
+/// etcd requires a client certificate whenever `--trusted-ca-file` is set, with or without
+/// `--client-cert-auth`; only `--client-cert-auth` makes the certificate's common name the user.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trusted_ca_alone_requires_certificates_but_names_no_user() {
+    let dir = tempdir();
+    let ca = TestCa::new(dir.path(), "cluster");
+    let member = ca.issue("member", "member");
+    let root_cert = ca.issue("root-client", "root");
+    let mut secure = ca.secure(&member, &root_cert);
+    secure
+        .member_args
+        .retain(|a| a != "--client-cert-auth" && a != "--peer-client-cert-auth");
+    let cluster = Cluster::start_secure(1, secure).await;
+    let url = cluster.members[0].client_url.clone();
+
+    let anonymous = TlsOptions::new().ca_certificate(ca.certificate());
+    assert!(
+        try_get(&url, quick().with_tls(anonymous)).await.is_err(),
+        "a client without a certificate was accepted beside a trusted CA file"
+    );
+
+    let mut root = cluster.client(0).await;
+    root.user_add("root", "root-password", None).await.unwrap();
+    root.user_grant_role("root", "root").await.unwrap();
+    root.auth_enable().await.unwrap();
+    // The certificate says "root", but without --client-cert-auth it names nobody.
+    let refused = root.put("k", "v", None).await.expect_err("a put without a user");
+    assert_eq!(common::grpc_status(refused).message(), "etcdserver: user name is empty");
+    let with_password = TlsOptions::new()
+        .ca_certificate(ca.certificate())
+        .identity(root_cert.identity());
+    let mut by_password = Client::connect(
+        [url.as_str()],
+        Some(quick().with_tls(with_password).with_user("root", "root-password")),
+    )
+    .await
+    .unwrap();
+    by_password.put("k", "v", None).await.expect("the password names root");
+}

@@ -179,10 +179,12 @@ impl Future for ClientCall {
 
 /// Serves `calls` on every connection `incoming` yields until `stop` turns true; then stops
 /// accepting, asks each open connection to finish its calls and close, and returns once all have.
+/// With `certificate_users` (TLS with `--client-cert-auth`), a call's client certificate reaches
+/// the services, which take its common name as the user, as etcd does only then.
 pub async fn serve<I, IO>(
     incoming: I,
     calls: ClientCalls<()>,
-    tls: bool,
+    certificate_users: bool,
     settings: ConnectionSettings,
     mut stop: watch::Receiver<bool>,
 ) where
@@ -221,7 +223,7 @@ pub async fn serve<I, IO>(
                     None => break,
                 },
             };
-            let calls = calls.with_tls_info(tls.then(|| io.connect_info()));
+            let calls = calls.with_tls_info(certificate_users.then(|| io.connect_info()));
             let io = PingPolicy::new(io, settings.keepalive_min_time);
             tokio::spawn(serve_connection(builder.clone(), io, calls, closing_rx.clone()));
         }

@@ -409,11 +409,13 @@ pub async fn serve(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> Res
         }
         let calls = crate::client_port::ClientCalls::new(KvService::new(ctx.clone()), max_message, router);
         let tls = if https { tls.client_listener.clone() } else { None };
+        let certificate_users = cfg.client_tls.as_ref().is_some_and(|f| f.client_cert_auth);
         servers.spawn(run_client_listener(
             addr,
             listener,
             calls,
             tls,
+            certificate_users,
             cfg.client_connections,
             stop_rx.clone(),
         ));
@@ -500,11 +502,15 @@ async fn run_client_listener(
     listener: tokio::net::TcpListener,
     calls: crate::client_port::ClientCalls<()>,
     tls: Option<Arc<concord_tls::Reloadable<concord_tls::rustls::ServerConfig>>>,
+    certificate_users: bool,
     settings: crate::client_port::ConnectionSettings,
     stop: watch::Receiver<bool>,
 ) -> Result<(), String> {
     match tls {
-        Some(tls) => crate::client_port::serve(concord_tls::accept(listener, tls), calls, true, settings, stop).await,
+        Some(tls) => {
+            let incoming = concord_tls::accept(listener, tls);
+            crate::client_port::serve(incoming, calls, certificate_users, settings, stop).await
+        }
         None => crate::client_port::serve(incoming(listener), calls, false, settings, stop).await,
     }
     tracing::debug!(%addr, "client listener stopped");

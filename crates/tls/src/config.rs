@@ -22,10 +22,12 @@ pub struct TlsFiles {
     pub cert_file: PathBuf,
     /// The private key of `cert_file` (PEM: PKCS#8, PKCS#1 or SEC1).
     pub key_file: PathBuf,
-    /// CA certificates (PEM) that sign the other side's certificates: clients' when
-    /// `client_cert_auth` is on, and servers' for the member's own outgoing connections.
+    /// CA certificates (PEM) that sign the other side's certificates: clients' (which must then
+    /// present one, as etcd requires whenever its trusted CA file is set), and servers' for the
+    /// member's own outgoing connections.
     pub trusted_ca_file: Option<PathBuf>,
-    /// Whether connecting clients must present a certificate signed by `trusted_ca_file`.
+    /// etcd's `--client-cert-auth`: connecting clients must present a certificate signed by
+    /// `trusted_ca_file`, and its common name is the user of their requests.
     pub client_cert_auth: bool,
     /// Certificate revocation lists (PEM, etcd's `--client-crl-file` / `--peer-crl-file`): a
     /// client certificate, or one of its chain, whose serial a list names is refused.
@@ -66,15 +68,17 @@ impl TlsFiles {
 /// a server that does not).
 const ALPN_H2: &[u8] = b"h2";
 
-/// The configuration for a TLS listener: present `cert_file`; with `client_cert_auth`, require a
-/// client certificate signed by `trusted_ca_file` and not revoked by `crl_file`.
+/// The configuration for a TLS listener: present `cert_file`; with `client_cert_auth` or a
+/// `trusted_ca_file`, require a client certificate signed by `trusted_ca_file` and not revoked by
+/// `crl_file` (etcd's `TLSInfo.ServerConfig` requires one when either is set; only
+/// `client_cert_auth` makes its common name the user).
 pub fn server_config(files: &TlsFiles) -> Result<ServerConfig, TlsError> {
     let (certs, key) = identity(files)?;
     let provider = files.policy.provider()?;
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&files.policy.versions()?)
         .map_err(|e| TlsError::Rustls(e.to_string()))?;
-    let builder = if files.client_cert_auth {
+    let builder = if files.client_cert_auth || files.trusted_ca_file.is_some() {
         let ca = files
             .trusted_ca_file
             .as_deref()

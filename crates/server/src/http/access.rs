@@ -196,11 +196,16 @@ async fn check(State((access, tls)): State<(Arc<AccessControl>, bool)>, request:
 /// discards up to 256 KiB the same way).
 const DISCARDED_BODY_BYTES: usize = 256 * 1024;
 
-/// Reads and drops the body of a request answered without it, up to [`DISCARDED_BODY_BYTES`]:
-/// a connection closed with request bytes still unread is reset, and the reset can reach the
-/// client before the answer does.
+/// How long the answer waits for such a body: a client that keeps its body open gets the answer
+/// anyway.
+const DISCARD_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Reads and drops the body of a request answered without it, up to [`DISCARDED_BODY_BYTES`] and
+/// for at most [`DISCARD_WAIT`]: a connection closed with request bytes still unread is reset, and
+/// the reset can reach the client before the answer does.
 async fn discard_body(request: Request) {
-    let _ = axum::body::to_bytes(request.into_body(), DISCARDED_BODY_BYTES).await;
+    let body = axum::body::to_bytes(request.into_body(), DISCARDED_BODY_BYTES);
+    let _ = tokio::time::timeout(DISCARD_WAIT, body).await;
 }
 
 /// etcd's CORS headers, allowing `origin`.
