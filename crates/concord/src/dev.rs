@@ -73,6 +73,7 @@ pub async fn run(args: DevArgs) -> Result<(), String> {
             warning_apply_duration: Duration::from_millis(100),
             stop_grpc_service_on_defrag: false,
             lease_checkpoint_interval: None,
+            max_pending_proposal_bytes: concord_server::config::DEFAULT_MAX_PENDING_PROPOSAL_BYTES,
             http_access: Default::default(),
         };
         let mut stop = stop_rx.clone();

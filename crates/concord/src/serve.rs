@@ -303,6 +303,11 @@ pub struct ServeArgs {
           require_equals = true, default_value = "false", default_missing_value = "true",
           value_parser = crate::goflags::parse_bool)]
     pub experimental_enable_lease_checkpoint_persist: bool,
+    /// Concord's back-pressure: the most bytes of write requests a member may have waiting for
+    /// consensus at once; past it new writes get etcd's "etcdserver: too many requests" (as they
+    /// do while apply trails commit by more than 5,000 entries).
+    #[arg(long, default_value_t = concord_server::config::DEFAULT_MAX_PENDING_PROPOSAL_BYTES)]
+    pub max_pending_proposal_bytes: usize,
     /// How often lease checkpoints are taken (etcd's embed option, fixed at 5m on its command
     /// line). Hidden: for tests that cannot wait that long.
     #[arg(long, default_value = "5m", value_parser = parse_duration, hide = true)]
@@ -505,6 +510,7 @@ impl ServeArgs {
             },
             warning_apply_duration: self.experimental_warning_apply_duration,
             stop_grpc_service_on_defrag: self.experimental_stop_grpc_service_on_defrag,
+            max_pending_proposal_bytes: self.max_pending_proposal_bytes,
             lease_checkpoint_interval: Some(self.experimental_lease_checkpoint_interval)
                 .filter(|_| self.experimental_enable_lease_checkpoint),
             http_access,

@@ -538,3 +538,53 @@ async fn a_snapshot_file_goes_when_its_download_ends_or_its_client_leaves() {
     drop(download);
     wait_for_no_download_files(&cluster, "the file of a download whose client left").await;
 }
+
+/// Back-pressure: past `--max-pending-proposal-bytes` of writes waiting for consensus, a member
+/// answers new writes with etcd's ResourceExhausted "etcdserver: too many requests" instead of
+/// queueing them; every write it acknowledged is there afterwards, and it keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_past_the_bytes_in_flight_get_too_many_requests() {
+    let cluster = Cluster::start_with(1, &["--max-pending-proposal-bytes=2097152"]).await;
+    let value = vec![b'v'; 1024 * 1024];
+    let mut tasks = Vec::new();
+    for c in 0..8 {
+        let client = cluster.client(0).await;
+        for i in 0..8 {
+            let (mut client, value) = (client.clone(), value.clone());
+            tasks.push(tokio::spawn(async move {
+                let key = format!("bp/{c}/{i}");
+                (key.clone(), client.put(key, value, None).await)
+            }));
+        }
+    }
+    let (mut acknowledged, mut refused) = (Vec::new(), 0);
+    for task in tasks {
+        let (key, outcome) = tokio::time::timeout(WAIT, task)
+            .await
+            .expect("every put answers")
+            .unwrap();
+        match outcome {
+            Ok(_) => acknowledged.push(key),
+            Err(e) => {
+                let status = common::grpc_status(e);
+                assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+                assert_eq!(status.message(), "etcdserver: too many requests");
+                refused += 1;
+            }
+        }
+    }
+    assert!(
+        refused > 0,
+        "64 MiB of puts at once against a 2 MiB bound: some must be refused"
+    );
+    assert!(!acknowledged.is_empty(), "and some taken");
+    let mut client = cluster.client(0).await;
+    for key in &acknowledged {
+        let got = client.get(key.as_str(), None).await.unwrap();
+        assert_eq!(got.kvs().len(), 1, "acknowledged {key} is there");
+    }
+    client
+        .put("after", "overload", None)
+        .await
+        .expect("the member serves on");
+}

@@ -19,6 +19,10 @@ pub enum RaftError {
     /// The group is shutting down.
     #[error("raft group stopped")]
     Stopped,
+    /// The member is overloaded: apply trails commit too far, or too many proposal bytes are in
+    /// flight (see `admission`). etcd's `ErrTooManyRequests`.
+    #[error("too many requests")]
+    TooManyRequests,
     /// raft-rs reported an error.
     #[error("raft: {0}")]
     Raft(String),

@@ -4,6 +4,8 @@
 //! - [`log_store`]: the durable log of a group (raft-engine), raft-rs's `Storage`, with the
 //!   log's tail cached in memory (`entry_cache`).
 //! - [`node`]: the driver thread of a group and the async [`RaftHandle`] callers use.
+//! - [`admission`]: back-pressure, etcd's "too many requests" when apply lags or too many
+//!   proposal bytes are in flight.
 //! - `read_loop`: linearizable reads handed to the driver in batches.
 //! - [`state_machine`]: the contract for what committed entries are applied to.
 //! - [`snapshot`]: snapshots built off the driver thread and shipped as files.
@@ -15,6 +17,7 @@
 //! served only after the local apply has reached the leader's commit index
 //! obtained through ReadIndex.
 
+pub mod admission;
 mod entry_cache;
 pub mod error;
 pub mod force_new_cluster;

@@ -59,6 +59,9 @@ pub struct GroupConfig {
     /// An apply batch that takes this long or longer is logged (etcd's
     /// `--experimental-warning-apply-duration`; [`DEFAULT_WARNING_APPLY_DURATION`] by default).
     pub warning_apply_duration: Duration,
+    /// The most proposal bytes this member may have in flight in the group before new ones are
+    /// refused ([`crate::admission`]).
+    pub max_pending_proposal_bytes: usize,
 }
 
 /// Where the answer to one proposal goes.
@@ -107,6 +110,8 @@ struct SharedStatus {
     full: RwLock<GroupStatus>,
     leader_id: AtomicU64,
     term: AtomicU64,
+    /// What the group takes in ([`crate::admission`]).
+    admission: Arc<crate::admission::Admission>,
     /// This member's role and the term it holds it in; changes wake watchers.
     role: watch::Sender<(Role, u64)>,
     /// The leader this member knows of (0: none); changes wake watchers.
@@ -196,6 +201,8 @@ impl<O: Send + 'static> RaftHandle<O> {
         if self.leader_id() == 0 {
             return Err(RaftError::NoLeader);
         }
+        // Held until the answer comes or the caller gives up: the bytes count as in flight.
+        let _admitted = self.status.admission.admit(data.len())?;
         let (reply, rx) = oneshot::channel();
         self.send(GroupMsg::Propose { data, reply })?;
         self.await_reply(rx).await
@@ -325,6 +332,7 @@ pub fn start_group<S: StateMachine>(
         }),
         leader_id: AtomicU64::new(0),
         term: AtomicU64::new(0),
+        admission: crate::admission::Admission::new(cfg.max_pending_proposal_bytes),
         role: watch::channel((Role::Follower, 0)).0,
         leader: watch::channel(0).0,
         fault: watch::channel(None).0,
@@ -969,6 +977,9 @@ impl<S: StateMachine> Driver<S> {
         let raft = &self.raw.raft;
         self.status.leader_id.store(raft.leader_id, Ordering::Relaxed);
         self.status.term.store(raft.term, Ordering::Relaxed);
+        self.status
+            .admission
+            .publish(raft.raft_log.committed, raft.raft_log.applied);
         let role = match raft.state {
             StateRole::Leader => Role::Leader,
             StateRole::Candidate | StateRole::PreCandidate => Role::Candidate,

@@ -107,6 +107,9 @@ pub struct ServerConfig {
     /// `--experimental-warning-apply-duration`: an apply batch slower than this is logged
     /// (etcd: 100 ms).
     pub warning_apply_duration: Duration,
+    /// `--max-pending-proposal-bytes`: proposal bytes a member may have in flight before new
+    /// writes get "etcdserver: too many requests" (see `concord_raft::admission`).
+    pub max_pending_proposal_bytes: usize,
     /// `--experimental-stop-grpc-service-on-defrag`: the gRPC health service answers
     /// NOT_SERVING while the member defragments.
     pub stop_grpc_service_on_defrag: bool,
@@ -117,6 +120,9 @@ pub struct ServerConfig {
     /// (the default allows every host and origin, as etcd's does).
     pub http_access: crate::http::access::AccessControl,
 }
+
+/// The default of `--max-pending-proposal-bytes` (see `concord_raft::admission`).
+pub const DEFAULT_MAX_PENDING_PROPOSAL_BYTES: usize = concord_raft::admission::DEFAULT_MAX_PENDING_PROPOSAL_BYTES;
 
 impl ServerConfig {
     /// How long a request may wait for Raft, as etcd computes it:

@@ -253,6 +253,7 @@ pub async fn serve(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> Res
         request_timeout: cfg.request_timeout(),
         sealer,
         warning_apply_duration: cfg.warning_apply_duration,
+        max_pending_proposal_bytes: cfg.max_pending_proposal_bytes,
     };
     let (removed_tx, mut removed_rx) = watch::channel(false);
     let effects = Effects {

@@ -44,6 +44,7 @@ pub fn from_raft(err: RaftError) -> Status {
         RaftError::Timeout => timeout(),
         RaftError::ProposalDropped => timeout(),
         RaftError::Stopped => stopped(),
+        RaftError::TooManyRequests => overloaded(),
         // The store's message for an entry that does not decode, but Internal: the proposal's
         // own entry was damaged, not a request the store refused.
         RaftError::Malformed => Status::internal(KvError::Undecodable.to_string()),

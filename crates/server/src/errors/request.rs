@@ -60,6 +60,13 @@ pub fn no_space() -> Status {
     crate::errors::from_kv(KvError::NoSpace)
 }
 
+/// etcd's `ErrGRPCRequestTooManyRequests`, exactly as clients match it: the member is
+/// overloaded (apply trails commit by more than 5,000 entries, or too many proposal bytes are in
+/// flight).
+pub fn overloaded() -> Status {
+    Status::resource_exhausted("etcdserver: too many requests")
+}
+
 /// etcd's `ErrGRPCRequestTooManyRequests` ("etcdserver: too many requests", ResourceExhausted)
 /// followed by `": <detail>"`: a member refusing more of a costly kind of work at once (today,
 /// snapshot downloads; etcd has no such bound).
