@@ -389,6 +389,15 @@ impl ServeArgs {
         for (files, self_signed) in [(&mut client_tls, client_self_signed), (&mut peer_tls, peer_self_signed)] {
             if let Some(files) = files.as_mut() {
                 files.skip_server_verification = self_signed;
+                // etcd's SelfCert replaces the side's whole TLS settings: no CA, no certificate
+                // asked of the other side.
+                if self_signed && (files.trusted_ca_file.take().is_some() || files.client_cert_auth) {
+                    files.client_cert_auth = false;
+                    tracing::warn!(
+                        "the trusted CA file and client certificate authentication are ignored with generated \
+                         certificates, as etcd ignores them"
+                    );
+                }
             }
         }
         allowed_names(
@@ -743,6 +752,27 @@ mod tests {
             half.contains("--peer-client-cert-file needs --peer-client-key-file"),
             "{half}"
         );
+    }
+
+    #[test]
+    fn generated_certificates_drop_the_ca_and_client_authentication_as_etcds_self_cert() {
+        let dir = tempfile::tempdir().unwrap();
+        let data_dir = format!("--data-dir={}", dir.path().display());
+        let set = config(&[
+            &data_dir,
+            "--auto-tls",
+            "--listen-client-urls=https://127.0.0.1:2379",
+            "--trusted-ca-file=ca.pem",
+            "--client-cert-auth",
+        ])
+        .unwrap();
+        let client = set.client_tls.unwrap();
+        assert!(client.skip_server_verification);
+        assert_eq!(client.trusted_ca_file, None);
+        assert!(!client.client_cert_auth);
+        // Given certificates keep them.
+        let given = config(&["--cert-file=c.pem", "--key-file=k.pem", "--trusted-ca-file=ca.pem"]).unwrap();
+        assert!(given.client_tls.unwrap().trusted_ca_file.is_some());
     }
 
     #[test]
