@@ -16,8 +16,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
-use common::{concord, eventually, free_port, Cluster};
-use etcd_client::{Client, ConnectOptions, GetOptions, LeaseTimeToLiveOptions, Permission, PutOptions};
+use common::{concord, free_port, Cluster};
+use etcd_client::{Client, GetOptions, LeaseTimeToLiveOptions, Permission, PutOptions};
 
 const ROOT_PW: &str = "root-secret";
 const ALICE_PW: &str = "alice-secret";
@@ -96,36 +96,13 @@ impl Server {
 
     /// A client (logged in as `user`, if given) once the member serves.
     async fn client(&self, user: Option<(&str, &str)>) -> Client {
-        connect(
+        common::connect_with_leader(
             &self.url,
             user,
             &format!("{} serves (log {})", self.url, self.log.display()),
         )
         .await
     }
-}
-
-/// A client of `url` (logged in as `user`, if given) once it serves with a leader.
-async fn connect(url: &str, user: Option<(&str, &str)>, what: &str) -> Client {
-    let user = user.map(|(u, p)| (u.to_string(), p.to_string()));
-    eventually(what, || {
-        let (url, user) = (url.to_string(), user.clone());
-        async move {
-            let mut opts = ConnectOptions::new()
-                .with_connect_timeout(Duration::from_secs(2))
-                .with_timeout(Duration::from_secs(10));
-            if let Some((u, p)) = user {
-                opts = opts.with_user(u, p);
-            }
-            let mut c = Client::connect([url], Some(opts)).await.map_err(|e| e.to_string())?;
-            let status = c.status().await.map_err(|e| e.to_string())?;
-            if status.leader() == 0 {
-                return Err("no leader yet".to_string());
-            }
-            Ok::<_, String>(c)
-        }
-    })
-    .await
 }
 
 impl Drop for Server {
@@ -262,7 +239,7 @@ async fn concord_snapshot_restores_into_etcd() {
     let cluster = Cluster::start(1).await;
     let mut c = cluster.client(0).await;
     let (compact_at, lease) = populate(&mut c).await;
-    let mut c = connect(
+    let mut c = common::connect_with_leader(
         &cluster.endpoints()[0],
         Some(("root", ROOT_PW)),
         "concord serves with auth on",

@@ -12,10 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{eventually, free_port, text};
-use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, GetOptions, LeaseTimeToLiveOptions, Permission, PutOptions, Txn, TxnOp,
-};
+use common::{free_port, text};
+use etcd_client::{Client, Compare, CompareOp, GetOptions, LeaseTimeToLiveOptions, Permission, PutOptions, Txn, TxnOp};
 
 const ROOT_PW: &str = "root-secret";
 const ALICE_PW: &str = "alice-secret";
@@ -126,26 +124,8 @@ impl Member {
 
     /// A client (logged in as `user`, if given) once the member serves with a leader.
     async fn client(&self, user: Option<(&str, &str)>) -> Client {
-        let user = user.map(|(u, p)| (u.to_string(), p.to_string()));
         let what = format!("{} serves (log {})", self.url, self.log.display());
-        eventually(&what, || {
-            let (url, user) = (self.url.clone(), user.clone());
-            async move {
-                let mut opts = ConnectOptions::new()
-                    .with_connect_timeout(Duration::from_secs(2))
-                    .with_timeout(Duration::from_secs(10));
-                if let Some((u, p)) = user {
-                    opts = opts.with_user(u, p);
-                }
-                let mut c = Client::connect([url], Some(opts)).await.map_err(|e| e.to_string())?;
-                let status = c.status().await.map_err(|e| e.to_string())?;
-                if status.leader() == 0 {
-                    return Err("no leader yet".to_string());
-                }
-                Ok::<_, String>(c)
-            }
-        })
-        .await
+        common::connect_with_leader(&self.url, user, &what).await
     }
 
     fn log_text(&self) -> String {

@@ -527,3 +527,28 @@ pub fn assert_ok(what: &str, out: &std::process::Output) {
         text(&out.stderr)
     );
 }
+
+/// A client of `url` (logged in as `user`, if given) once it serves with a leader.
+pub async fn connect_with_leader(url: &str, user: Option<(&str, &str)>, what: &str) -> etcd_client::Client {
+    let user = user.map(|(u, p)| (u.to_string(), p.to_string()));
+    eventually(what, || {
+        let (url, user) = (url.to_string(), user.clone());
+        async move {
+            let mut opts = etcd_client::ConnectOptions::new()
+                .with_connect_timeout(Duration::from_secs(2))
+                .with_timeout(Duration::from_secs(10));
+            if let Some((u, p)) = user {
+                opts = opts.with_user(u, p);
+            }
+            let mut c = etcd_client::Client::connect([url], Some(opts))
+                .await
+                .map_err(|e| e.to_string())?;
+            let status = c.status().await.map_err(|e| e.to_string())?;
+            if status.leader() == 0 {
+                return Err("no leader yet".to_string());
+            }
+            Ok::<_, String>(c)
+        }
+    })
+    .await
+}
