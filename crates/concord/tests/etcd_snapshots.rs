@@ -44,14 +44,7 @@ impl Server {
     fn start(program: &str, name: &str, data_dir: &Path, peer_url: &str, log: PathBuf) -> Server {
         let url = format!("http://127.0.0.1:{}", free_port());
         let log_file = std::fs::File::create(&log).expect("log file");
-        let mut command = match program {
-            "concord" => {
-                let mut c = Command::new(env!("CARGO_BIN_EXE_concord"));
-                c.arg("serve");
-                c
-            }
-            other => Command::new(other),
-        };
+        let mut command = common::member_command(program);
         let child = command
             .args(["--name", name])
             .arg(format!("--data-dir={}", data_dir.display()))

@@ -47,14 +47,7 @@ impl Flags {
     /// Starts `program` (`etcd`, or `concord` for `concord serve`) with these flags and `extra`.
     fn start(&self, program: &str, log: PathBuf, extra: &[&str]) -> Member {
         let log_file = std::fs::File::create(&log).expect("log file");
-        let mut command = match program {
-            "concord" => {
-                let mut c = Command::new(env!("CARGO_BIN_EXE_concord"));
-                c.arg("serve");
-                c
-            }
-            other => Command::new(other),
-        };
+        let mut command = common::member_command(program);
         let child = command
             .args(["--name", "m0"])
             .arg(format!("--data-dir={}", self.data_dir.display()))

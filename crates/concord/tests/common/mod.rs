@@ -552,3 +552,16 @@ pub async fn connect_with_leader(url: &str, user: Option<(&str, &str)>, what: &s
     })
     .await
 }
+
+/// The command that starts one member with `program`'s flags: `etcd` (or another binary on the
+/// PATH) as it is, `concord` as `concord serve`.
+pub fn member_command(program: &str) -> Command {
+    match program {
+        "concord" => {
+            let mut c = Command::new(env!("CARGO_BIN_EXE_concord"));
+            c.arg("serve");
+            c
+        }
+        other => Command::new(other),
+    }
+}
