@@ -67,6 +67,28 @@ fn exchange(
         .unwrap_or_else(|e| panic!("{method} {path} to {address}: {e}"))
 }
 
+/// [`exchange`] with the reference etcd, asked again when it resets the connection: etcd answers
+/// some requests (421, preflights) without reading their body, and on a connection the client
+/// asked to close, Go then resets it 500 ms after the answer, which a client on a busy machine
+/// may not have read by then. Concord reads such bodies off first, so its answers are not retried.
+fn exchange_with_etcd(
+    address: &str,
+    method: &str,
+    path: &str,
+    host: Option<&str>,
+    extra: &[&str],
+    body: &str,
+    stop_after_line: bool,
+) -> Answer {
+    for _ in 0..4 {
+        match try_exchange(address, method, path, host, extra, body, stop_after_line) {
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => continue,
+            answer => return answer.unwrap_or_else(|e| panic!("{method} {path} to etcd: {e}")),
+        }
+    }
+    panic!("{method} {path}: etcd reset the connection 4 times")
+}
+
 /// [`exchange`], failing with the reason instead of panicking.
 fn try_exchange(
     address: &str,
@@ -224,7 +246,7 @@ async fn every_http_answer_allows_any_origin_by_default_as_etcds() {
         let answer = ask(&concord, method, path, body);
         assert_cors(&answer, "*");
         if let Some(etcd) = &etcd {
-            let theirs = ask(etcd.address(), method, path, body);
+            let theirs = exchange_with_etcd(etcd.address(), method, path, None, &[], body, false);
             assert_cors(&theirs, "*");
             assert_eq!(answer.status, theirs.status, "{method} {path}");
         }
@@ -247,7 +269,7 @@ async fn every_http_answer_allows_any_origin_by_default_as_etcds() {
         assert_eq!(answer.header("content-length"), Some("0"));
         assert_cors(&answer, "*");
         if let Some(etcd) = &etcd {
-            let theirs = exchange(etcd.address(), "OPTIONS", path, None, &[], "", false);
+            let theirs = exchange_with_etcd(etcd.address(), "OPTIONS", path, None, &[], "", false);
             assert_eq!(
                 answer.comparable_headers(),
                 theirs.comparable_headers(),
@@ -266,15 +288,10 @@ async fn cors_names_only_listed_origins_as_etcd() {
     let with_origin = |address: &str, method: &str, origin: Option<&str>| {
         let line = origin.map(|o| format!("Origin: {o}"));
         let extra: Vec<&str> = line.iter().map(String::as_str).collect();
-        exchange(
-            address,
-            method,
-            "/v3/kv/range",
-            None,
-            &extra,
-            r#"{"key":"YQ=="}"#,
-            false,
-        )
+        // A browser's preflight has no body. etcd leaves the body of an OPTIONS unread, and Go
+        // resets such a connection 500 ms after answering, before a busy client reads the answer.
+        let body = if method == "OPTIONS" { "" } else { r#"{"key":"YQ=="}"# };
+        exchange(address, method, "/v3/kv/range", None, &extra, body, false)
     };
     let cases = [
         ("POST", Some("http://a.example:8080"), Some("http://a.example:8080")),
@@ -366,7 +383,7 @@ async fn plain_http_requests_for_unlisted_hosts_are_refused_as_etcd() {
         assert_eq!(answer.status, status, "{method} {path} {host:?}: {answer:?}");
         if let Some(etcd) = &etcd {
             let host = host.map(|h| h.replace(&port, etcd.address().rsplit_once(':').unwrap().1));
-            let theirs = exchange(etcd.address(), method, path, host.as_deref(), &[], body, false);
+            let theirs = exchange_with_etcd(etcd.address(), method, path, host.as_deref(), &[], body, false);
             assert_eq!(answer.status, theirs.status, "{method} {path} {host:?}");
             if status == 421 {
                 let ours = answer.body.replace(&concord, "ADDRESS");
@@ -476,7 +493,7 @@ async fn gateway_answers_carry_etcds_headers() {
         };
         assert_eq!(ours.trailers, expected_trailers, "{what}");
         if let Some(etcd) = &etcd {
-            let theirs = exchange(etcd.address(), "POST", path, None, &te, body, stream);
+            let theirs = exchange_with_etcd(etcd.address(), "POST", path, None, &te, body, stream);
             assert_eq!(ours.status, theirs.status, "{what}");
             assert_eq!(ours.comparable_headers(), theirs.comparable_headers(), "{what}");
             assert_eq!(ours.trailers, theirs.trailers, "{what}");
@@ -489,7 +506,7 @@ async fn gateway_answers_carry_etcds_headers() {
         assert_eq!(ours.header("allow"), None, "{ours:?}");
         assert_eq!(ours.header("content-type"), Some("text/plain; charset=utf-8"));
         if let Some(etcd) = &etcd {
-            let theirs = ask(etcd.address(), method, path, "");
+            let theirs = exchange_with_etcd(etcd.address(), method, path, None, &[], "", false);
             assert_eq!(
                 ours.comparable_headers(),
                 theirs.comparable_headers(),
