@@ -174,6 +174,7 @@ impl StateMachine for KvStateMachine {
             .map(|(index, command)| ApplyEntry {
                 index: *index,
                 command: command.as_ref(),
+                stamp: None,
             })
             .collect();
         let started = std::time::Instant::now();

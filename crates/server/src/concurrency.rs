@@ -449,6 +449,7 @@ mod tests {
             let entry = ApplyEntry {
                 index: self.index,
                 command: Some(&command),
+                stamp: None,
             };
             let results = self.hub.store().apply(&[entry]).unwrap();
             let revision = results[0].1.as_ref().expect("write applies").revision();

@@ -110,7 +110,8 @@ pub(crate) fn refused_while_corrupt(op: &Op) -> bool {
         | Op::UpdateMember(_)
         | Op::Auth(_)
         | Op::Authorized(_)
-        | Op::LeaseCheckpoint(_) => false,
+        | Op::LeaseCheckpoint(_)
+        | Op::RaiseRevisionCeiling(_) => false,
     }
 }
 
@@ -125,6 +126,7 @@ pub(crate) fn needs_space(op: &Op) -> bool {
         | Op::Compaction(_)
         | Op::LeaseRevoke(_)
         | Op::LeaseCheckpoint(_)
+        | Op::RaiseRevisionCeiling(_)
         | Op::Alarm(_)
         | Op::PublishMember(_)
         | Op::UpdateMember(_)

@@ -32,6 +32,8 @@ pub enum ErrorCode {
     Unauthenticated,
     /// Data was lost or corrupted (here: a member's data differ from its peers').
     DataLoss,
+    /// The request may succeed if sent again (here: it raced a change of its shard's leader).
+    Unavailable,
     /// No code: etcd returns the error as a plain Go error.
     Unknown,
 }
@@ -74,6 +76,16 @@ pub enum KvError {
     /// the same). Reads, auth changes and alarms still apply.
     #[error("etcdserver: corrupt cluster")]
     Corrupt,
+    /// A command stamped (multi-shard mode) with a global revision at or below the store's: a
+    /// leader's stamp that lost a race with a newer leader's writes. Applying it would put writes
+    /// under history already served, so every replica refuses it alike and the client retries.
+    #[error("concord: the write's revision {stamp} is not above its shard's revision {revision}; retry it")]
+    StaleStamp {
+        /// The revision the command was stamped with.
+        stamp: i64,
+        /// The store's revision when it came to apply.
+        revision: i64,
+    },
     /// The store failed while serving a read (never produced by `apply`, whose storage failures
     /// are [`StorageError`]s that abort the batch).
     #[error("etcdserver: {0}")]
@@ -95,6 +107,7 @@ impl KvError {
             KvError::Internal(_) => ErrorCode::Internal,
             KvError::NoSpace => ErrorCode::ResourceExhausted,
             KvError::Corrupt => ErrorCode::DataLoss,
+            KvError::StaleStamp { .. } => ErrorCode::Unavailable,
             KvError::Auth(err) => err.code(),
         }
     }

@@ -67,6 +67,9 @@ pub(crate) const META_REVISION: &str = "revision";
 /// The revision of the last compaction; absent means never compacted (-1, as etcd).
 pub(crate) const META_COMPACT_REVISION: &str = "compact_revision";
 
+/// The revision oracle's committed ceiling (multi-shard mode); absent means 0, never raised.
+pub(crate) const META_REVISION_CEILING: &str = "revision_ceiling";
+
 /// Length of the fixed record header that precedes the value bytes.
 pub(crate) const HEADER_LEN: usize = 32;
 

@@ -72,7 +72,7 @@ impl Writer<'_, '_> {
         self.leases.remove(req.id)?;
         self.lease_remaining.remove(req.id)?;
         Ok(LeaseRevokeResponse {
-            header: Some(header_at(self.revision + i64::from(self.sub > 0))),
+            header: Some(header_at(self.view_revision())),
         })
     }
 

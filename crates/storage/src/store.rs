@@ -39,7 +39,7 @@ use std::time::{Duration, Instant};
 
 use concord_crypt::{KeyId, Sealer};
 use concord_proto::concordpb::raft_command::Op;
-use concord_proto::concordpb::RaftCommand;
+use concord_proto::concordpb::{RaftCommand, RevisionCeilingResponse};
 use concord_proto::etcdserverpb::{
     AlarmMember, AlarmResponse, CompactionResponse, DeleteRangeResponse, LeaseCheckpointResponse, LeaseGrantResponse,
     LeaseRevokeResponse, PutResponse, RangeRequest, RangeResponse, TxnRequest, TxnResponse,
@@ -81,6 +81,10 @@ pub struct ApplyEntry<'a> {
     /// The replicated command, or `None` for entries that carry none (Raft no-ops, configuration
     /// changes), which only advance the applied index.
     pub command: Option<&'a RaftCommand>,
+    /// The global revision a shard's leader stamped on the command (multi-shard mode): its
+    /// writes take this main revision instead of the store's next, so revisions may skip
+    /// numbers. `None` in a single-shard cluster, where revisions stay dense as etcd's.
+    pub stamp: Option<i64>,
 }
 
 /// The outcome of one successfully applied command.
@@ -107,6 +111,8 @@ pub enum WriteResult {
     Alarm(AlarmResponse),
     /// A change to the auth store, or an authentication (see [`crate::auth`]).
     Auth(crate::auth::AuthApplied),
+    /// The revision oracle's ceiling raised (multi-shard mode).
+    RevisionCeiling(RevisionCeilingResponse),
 }
 
 impl WriteResult {
@@ -122,6 +128,7 @@ impl WriteResult {
             WriteResult::LeaseCheckpoint(r) => &r.header,
             WriteResult::Alarm(r) => &r.header,
             WriteResult::Auth(r) => &r.header,
+            WriteResult::RevisionCeiling(r) => &r.header,
         };
         header.as_ref().map_or(0, |h| h.revision)
     }
@@ -609,7 +616,7 @@ impl MvccStore {
         }
 
         let mut results = Vec::new();
-        let (revision, compact_revision, changes) = {
+        let (revision, compact_revision, revision_ceiling, changes) = {
             let mut writer = Writer::open(
                 &txn,
                 &shared.index,
@@ -629,14 +636,14 @@ impl MvccStore {
                 let Some(command) = entry.command else {
                     continue;
                 };
-                if let Some(result) = apply_command(&mut writer, &mut auth, command)? {
+                if let Some(result) = apply_command(&mut writer, &mut auth, command, entry.stamp)? {
                     results.push((entry.index, result));
                 }
             }
-            let counters = (writer.revision, writer.compact_revision);
-            (counters.0, counters.1, writer.index.into_changes())
+            let counters = (writer.revision, writer.compact_revision, writer.revision_ceiling);
+            (counters.0, counters.1, counters.2, writer.index.into_changes())
         };
-        write_meta(&txn, last_index, revision, compact_revision)?;
+        write_meta(&txn, last_index, revision, compact_revision, revision_ceiling)?;
         let record_key = match &self.sealer {
             Some(sealer) if !self.sealing_recorded.load(Ordering::Acquire) => Some(sealer.active_id()),
             _ => None,
@@ -671,6 +678,16 @@ impl MvccStore {
         }
         self.size_after_apply.store(self.db_size(), Ordering::Release);
         Ok(results)
+    }
+
+    /// The revision oracle's committed ceiling (see [`WriteResult::RevisionCeiling`]); 0 while
+    /// it was never raised.
+    pub fn revision_ceiling(&self) -> Result<i64, StorageError> {
+        let txn = self.db().begin_read()?;
+        let meta = txn.open_table(keys::META)?;
+        Ok(meta
+            .get(keys::META_REVISION_CEILING)?
+            .map_or(0, |ceiling| ceiling.value() as i64))
     }
 
     /// Forces everything applied so far onto disk (fsync).
@@ -723,8 +740,11 @@ fn apply_command(
     writer: &mut Writer<'_, '_>,
     auth: &mut crate::auth::AuthTables<'_>,
     command: &RaftCommand,
+    stamp: Option<i64>,
 ) -> Result<Option<Result<WriteResult, KvError>>, StorageError> {
-    writer.begin_command();
+    if let Err(refused) = writer.begin_command(stamp) {
+        return Ok(Some(Err(refused)));
+    }
     // The sender's permissions first, as etcd's auth applier wraps every other check.
     let (command, sender) = crate::auth::open_envelope(command);
     let Some(command) = command else {
@@ -745,6 +765,7 @@ fn apply_command(
         Some(Op::LeaseCheckpoint(req)) => writer.lease_checkpoint(req).map(WriteResult::LeaseCheckpoint),
         Some(Op::Alarm(req)) => writer.alarm(req).map(WriteResult::Alarm),
         Some(Op::Auth(req)) => auth.apply(req, writer.revision).map(WriteResult::Auth),
+        Some(Op::RaiseRevisionCeiling(req)) => Ok(WriteResult::RevisionCeiling(writer.raise_revision_ceiling(req))),
         // An envelope inside an envelope: never proposed.
         Some(Op::Authorized(_)) => Err(OpError::Kv(KvError::EmptyCommand)),
         None => Err(OpError::Kv(KvError::EmptyCommand)),
@@ -767,6 +788,7 @@ fn apply_command(
                 WriteResult::LeaseCheckpoint(r) => r.header = header,
                 WriteResult::Alarm(r) => r.header = header,
                 WriteResult::Auth(r) => r.header = header,
+                WriteResult::RevisionCeiling(r) => r.header = header,
             }
             Ok(Some(Ok(result)))
         }
@@ -781,12 +803,16 @@ fn write_meta(
     applied_index: u64,
     revision: i64,
     compact_revision: i64,
+    revision_ceiling: i64,
 ) -> Result<(), StorageError> {
     let mut meta = txn.open_table(keys::META)?;
     meta.insert(META_APPLIED_INDEX, applied_index)?;
     meta.insert(META_REVISION, revision as u64)?;
     if compact_revision >= 0 {
         meta.insert(META_COMPACT_REVISION, compact_revision as u64)?;
+    }
+    if revision_ceiling > 0 {
+        meta.insert(keys::META_REVISION_CEILING, revision_ceiling as u64)?;
     }
     Ok(())
 }

@@ -24,6 +24,7 @@ mod legacy;
 mod memory;
 mod sealing;
 mod snapshot;
+mod stamp;
 
 /// Opens a test store. With `CONCORD_STORAGE_TEST_SEAL` set in the environment every store of
 /// the suite seals its values (encryption at rest), so all of these tests also run against
@@ -62,6 +63,11 @@ impl Harness {
     }
 
     fn apply(&mut self, op: Op) -> Result<WriteResult, KvError> {
+        self.apply_stamped(op, None)
+    }
+
+    /// Applies `op` as a shard leader stamped it with a global revision (multi-shard mode).
+    fn apply_stamped(&mut self, op: Op, stamp: Option<i64>) -> Result<WriteResult, KvError> {
         let cmd = RaftCommand { op: Some(op) };
         let index = self.next_index;
         self.next_index += 1;
@@ -70,6 +76,7 @@ impl Harness {
             .apply(&[ApplyEntry {
                 index,
                 command: Some(&cmd),
+                stamp,
             }])
             .unwrap();
         assert_eq!(results.len(), 1);
@@ -1174,22 +1181,27 @@ fn batch_with_failures_noops_and_replay() {
         ApplyEntry {
             index: 1,
             command: Some(&cmds[0]),
+            stamp: None,
         },
         ApplyEntry {
             index: 2,
             command: None,
+            stamp: None,
         },
         ApplyEntry {
             index: 3,
             command: Some(&cmds[1]),
+            stamp: None,
         },
         ApplyEntry {
             index: 4,
             command: Some(&cmds[2]),
+            stamp: None,
         },
         ApplyEntry {
             index: 5,
             command: Some(&cmds[3]),
+            stamp: None,
         },
     ];
     let results = h.store.apply(&entries).unwrap();
@@ -1220,6 +1232,7 @@ fn batch_with_failures_noops_and_replay() {
     overlapping.push(ApplyEntry {
         index: 6,
         command: Some(&extra),
+        stamp: None,
     });
     let results = h.store.apply(&overlapping).unwrap();
     assert_eq!(results.len(), 1);
@@ -1274,6 +1287,7 @@ fn crash_child() {
             .apply(&[ApplyEntry {
                 index,
                 command: Some(&cmd),
+                stamp: None,
             }])
             .unwrap();
     };
@@ -1337,6 +1351,7 @@ fn crash_rolls_back_to_last_durable_commit() {
             .apply(&[ApplyEntry {
                 index,
                 command: Some(&cmd),
+                stamp: None,
             }])
             .unwrap();
     }

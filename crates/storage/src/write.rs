@@ -6,13 +6,17 @@
 //!
 //! Revision rule (etcd's): a command that changes at least one key takes main revision
 //! `revision + 1`; its changes get sub revisions 0, 1, 2, … in order. A command that changes
-//! nothing leaves the revision alone.
+//! nothing leaves the revision alone. In multi-shard mode a command comes stamped with the
+//! global revision its shard's leader took for it, and takes that one instead: the stamp is
+//! above the store's revision (a stamp that is not is refused, deterministically), so the
+//! revision still only grows, and the numbers between belong to other shards' writes.
 
 use std::sync::Arc;
 
 use concord_crypt::Sealer;
+use concord_proto::concordpb::{RevisionCeiling, RevisionCeilingResponse};
 use concord_proto::etcdserverpb::{DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, ResponseHeader};
-use redb::{Table, WriteTransaction};
+use redb::{ReadableTable, Table, WriteTransaction};
 
 use crate::alarm::{corrupt_raised, no_space_raised, AlarmsMut};
 use crate::error::{KvError, OpError, StorageError};
@@ -41,8 +45,12 @@ pub(crate) struct Writer<'t, 'i> {
     pub revision: i64,
     /// Last compaction point (-1 when never compacted).
     pub compact_revision: i64,
+    /// The revision oracle's committed ceiling (0 while never raised).
+    pub revision_ceiling: i64,
     /// Changes made so far by the command being applied (its next sub revision).
     pub sub: u32,
+    /// The global revision stamped on the command being applied, if any.
+    stamp: Option<i64>,
     row_buf: Vec<u8>,
     /// Seals the values of new records (encryption at rest).
     sealer: Option<Arc<Sealer>>,
@@ -59,6 +67,10 @@ impl<'t, 'i> Writer<'t, 'i> {
         sealer: Option<Arc<Sealer>>,
     ) -> Result<Writer<'t, 'i>, StorageError> {
         let alarms = txn.open_table(keys::ALARMS)?;
+        let revision_ceiling = txn
+            .open_table(keys::META)?
+            .get(keys::META_REVISION_CEILING)?
+            .map_or(0, |ceiling| ceiling.value() as i64);
         Ok(Writer {
             revisions: txn.open_table(keys::REVISIONS)?,
             index: PendingIndex::new(index),
@@ -70,35 +82,54 @@ impl<'t, 'i> Writer<'t, 'i> {
             alarms,
             revision,
             compact_revision,
+            revision_ceiling,
             sub: 0,
+            stamp: None,
             row_buf: Vec::new(),
             sealer,
         })
     }
 
-    /// Starts a new command: nothing of it is changed yet.
-    pub fn begin_command(&mut self) {
+    /// Starts a new command, stamped with the global revision its writes take (multi-shard
+    /// mode) or not: nothing of it is changed yet. A stamp at or below the store's revision
+    /// would rewrite history, and refuses the command.
+    pub fn begin_command(&mut self, stamp: Option<i64>) -> Result<(), KvError> {
         self.sub = 0;
+        self.stamp = None;
+        match stamp {
+            Some(stamp) if stamp <= self.revision => Err(KvError::StaleStamp {
+                stamp,
+                revision: self.revision,
+            }),
+            _ => {
+                self.stamp = stamp;
+                Ok(())
+            }
+        }
     }
 
-    /// Ends the current command, bumping the revision if it changed anything, and returns the
-    /// store revision after it.
+    /// Ends the current command, moving the revision to the command's if it changed anything,
+    /// and returns the store revision after it.
     pub fn end_command(&mut self) -> i64 {
         if self.sub > 0 {
-            self.revision += 1;
+            self.revision = self.write_revision();
             self.sub = 0;
         }
+        self.stamp = None;
         self.revision
     }
 
     /// The revision a write of the current command gets.
     fn write_revision(&self) -> i64 {
-        self.revision + 1
+        self.stamp.unwrap_or(self.revision + 1)
     }
 
     /// The revision the current command sees: its own writes included.
-    fn view_revision(&self) -> i64 {
-        self.revision + i64::from(self.sub > 0)
+    pub(crate) fn view_revision(&self) -> i64 {
+        match self.sub {
+            0 => self.revision,
+            _ => self.write_revision(),
+        }
     }
 
     /// The store as the current command sees it so far (its own writes included).
@@ -184,7 +215,6 @@ impl<'t, 'i> Writer<'t, 'i> {
     /// etcd's DeleteRange. Never fails with a `KvError`. Deleted keys are detached from their
     /// leases.
     pub fn delete_range(&mut self, req: &DeleteRangeRequest) -> Result<DeleteRangeResponse, OpError> {
-        let rev = self.write_revision();
         let span = KeySpan::new(&req.key, &req.range_end);
         // The live keys of the span, ascending, with the version each one's deletion replaces.
         let mut doomed: Vec<(Vec<u8>, Rev)> = Vec::new();
@@ -206,12 +236,24 @@ impl<'t, 'i> Writer<'t, 'i> {
         }
         // etcd reports the pending revision once the command has changed anything, even if this
         // particular delete removed nothing (a later op of the same txn).
-        let header_rev = if self.sub > 0 { rev } else { rev - 1 };
+        let header_rev = self.view_revision();
         Ok(DeleteRangeResponse {
             header: Some(header_at(header_rev)),
             deleted: doomed.len() as i64,
             prev_kvs,
         })
+    }
+}
+
+impl Writer<'_, '_> {
+    /// Raises the revision oracle's ceiling to `req.ceiling`; a lower one (a raise that lost a
+    /// race with a larger one) leaves it, so the committed ceiling never falls.
+    pub fn raise_revision_ceiling(&mut self, req: &RevisionCeiling) -> RevisionCeilingResponse {
+        self.revision_ceiling = self.revision_ceiling.max(req.ceiling);
+        RevisionCeilingResponse {
+            header: Some(header_at(self.revision)),
+            ceiling: self.revision_ceiling,
+        }
     }
 }
 

@@ -102,6 +102,7 @@ mod tests {
             .apply(&[ApplyEntry {
                 index: 1,
                 command: Some(&put),
+                stamp: None,
             }])
             .unwrap();
         // A redb snapshot with its trailer, as a member of an earlier version streams it.

@@ -62,6 +62,7 @@ pub fn from_kv(err: KvError) -> Status {
         ErrorCode::Internal => Code::Internal,
         ErrorCode::ResourceExhausted => Code::ResourceExhausted,
         ErrorCode::DataLoss => Code::DataLoss,
+        ErrorCode::Unavailable => Code::Unavailable,
         ErrorCode::PermissionDenied => Code::PermissionDenied,
         ErrorCode::Unauthenticated => Code::Unauthenticated,
         ErrorCode::Unknown => Code::Unknown,

@@ -114,6 +114,7 @@ impl<'t> AuthTables<'t> {
             },
             Op::LeaseGrant(_)
             | Op::LeaseCheckpoint(_)
+            | Op::RaiseRevisionCeiling(_)
             | Op::PublishMember(_)
             | Op::UpdateMember(_)
             | Op::Authorized(_) => Ok(()),

@@ -53,6 +53,7 @@ impl Store {
             .apply(&[ApplyEntry {
                 index: self.index,
                 command: Some(&cmd),
+                stamp: None,
             }])
             .unwrap();
         results.pop().expect("a result").1

@@ -163,19 +163,23 @@ impl MvccStore {
             .map(|c| ApplyEntry {
                 index: first,
                 command: Some(c),
+                stamp: None,
             })
             .collect();
         batch.extend(commands.iter().map(|(index, c)| ApplyEntry {
             index: *index,
             command: Some(c),
+            stamp: None,
         }));
         batch.extend(clears.iter().map(|c| ApplyEntry {
             index: done.commit,
             command: Some(c),
+            stamp: None,
         }));
         batch.push(ApplyEntry {
             index: done.commit,
             command: None,
+            stamp: None,
         });
         let results = self.apply(&batch)?;
         // One result per command, in order: the seeds', the tail's, the clears'.

@@ -146,6 +146,7 @@ fn apply(store: &MvccStore, index: u64, op: Op) {
         .apply(&[ApplyEntry {
             index,
             command: Some(&cmd),
+            stamp: None,
         }])
         .unwrap();
     for (_, r) in results {

@@ -218,22 +218,27 @@ fn alarm_takes_effect_within_its_batch() {
         ApplyEntry {
             index: 1,
             command: Some(&put),
+            stamp: None,
         },
         ApplyEntry {
             index: 2,
             command: Some(&activate),
+            stamp: None,
         },
         ApplyEntry {
             index: 3,
             command: Some(&put),
+            stamp: None,
         },
         ApplyEntry {
             index: 4,
             command: Some(&deactivate),
+            stamp: None,
         },
         ApplyEntry {
             index: 5,
             command: Some(&put),
+            stamp: None,
         },
     ];
     let results = h.store.apply(&entries).unwrap();
@@ -264,6 +269,7 @@ fn update_member_is_left_to_the_server() {
         .apply(&[ApplyEntry {
             index: 1,
             command: Some(&cmd),
+            stamp: None,
         }])
         .unwrap();
     assert!(results.is_empty());

@@ -154,6 +154,7 @@ fn hashes_ignore_the_applied_index() {
         .apply(&[ApplyEntry {
             index: 1,
             command: None,
+            stamp: None,
         }])
         .unwrap();
     other.next_index = 2;

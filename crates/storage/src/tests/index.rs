@@ -217,6 +217,7 @@ fn a_failed_batch_leaves_the_index_as_it_was() {
         .map(|(i, command)| ApplyEntry {
             index: h.next_index + i as u64,
             command: Some(command),
+            stamp: None,
         })
         .collect();
     h.store.fail_next_batch.store(true, Ordering::SeqCst);
@@ -287,6 +288,7 @@ fn concurrent_readers_see_consistent_states() {
                         ApplyEntry {
                             index,
                             command: Some(command),
+                            stamp: None,
                         }
                     })
                     .collect();

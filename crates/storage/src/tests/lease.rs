@@ -336,6 +336,7 @@ fn replaying_grants_and_revokes_is_idempotent() {
         .map(|(i, cmd)| ApplyEntry {
             index: i as u64 + 1,
             command: Some(cmd),
+            stamp: None,
         })
         .collect();
     let summary = |results: Vec<(u64, Result<WriteResult, KvError>)>| -> Vec<_> {
@@ -374,6 +375,7 @@ fn replaying_grants_and_revokes_is_idempotent() {
     overlapping.push(ApplyEntry {
         index: 6,
         command: Some(&regrant),
+        stamp: None,
     });
     assert_eq!(summary(h.store.apply(&overlapping).unwrap()), vec![(6, Ok(4))]);
     assert_eq!(h.store.leases().unwrap(), vec![(1, 5), (2, 30)]);

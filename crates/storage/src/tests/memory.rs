@@ -75,6 +75,7 @@ fn index_memory_and_rebuild_time() {
                         ApplyEntry {
                             index,
                             command: Some(command),
+                            stamp: None,
                         }
                     })
                     .collect();

@@ -141,6 +141,7 @@ fn snapshot_installs_identically_on_another_store() {
             command: Some(&RaftCommand {
                 op: Some(Op::Put(put_req("stale", "x"))),
             }),
+            stamp: None,
         }])
         .unwrap();
     assert!(skipped.is_empty());
@@ -265,6 +266,7 @@ fn reset_applied_index_rewrites_only_the_index() {
         .apply(&[ApplyEntry {
             index: 2,
             command: Some(&cmd),
+            stamp: None,
         }])
         .unwrap();
     assert_eq!(results.len(), 1);
