@@ -18,6 +18,7 @@ const PROTOS: &[&str] = &[
     "proto/etcd/walpb/record.proto",
     "proto/concord/raft_cmd.proto",
     "proto/concord/shard.proto",
+    "proto/concord/revisions.proto",
 ];
 
 /// Messages whose derived `Debug` would print a secret.

@@ -46,6 +46,7 @@ pub mod peer;
 pub mod peer_urls;
 pub mod ping_policy;
 pub mod quota;
+pub mod revision_oracle;
 pub mod router;
 mod scheme_authority;
 pub mod shards;

@@ -272,6 +272,7 @@ pub async fn serve(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> Res
     )
     .map_err(|e| ServeError::Storage(e.to_string()))?;
     transport.register_group(FIRST_GROUP_ID, Arc::new(group.clone()));
+    let revision_oracle = crate::revision_oracle::RevisionOracle::start(group.clone(), store.clone());
 
     let (grpc_health, health_service) = crate::grpc_health::GrpcHealth::new(cfg.stop_grpc_service_on_defrag);
     let ctx = Arc::new(MemberContext {
@@ -371,7 +372,8 @@ pub async fn serve(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> Res
             .tcp_nodelay(true)
             .add_service(transport.service())
             .add_service(crate::peer::ClusterPeerService::server(membership.clone()))
-            .add_service(crate::corrupt_check::PeerHashService::server(ctx.clone()));
+            .add_service(crate::corrupt_check::PeerHashService::server(ctx.clone()))
+            .add_service(revision_oracle.server());
         let tls = if https { tls.peer_listener.clone() } else { None };
         servers.spawn(run_listener("peer", addr, listener, router, tls, stop_rx.clone()));
         tracing::info!(%addr, tls = https, "serving peers");

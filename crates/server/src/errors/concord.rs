@@ -33,6 +33,31 @@ pub fn move_unimplemented() -> Status {
     )
 }
 
+// The revision oracle (peer URLs).
+
+/// `RevisionOracle.Allocate` on a member that does not lead the metadata group.
+pub fn revision_oracle_not_leader(leader: u64) -> Status {
+    match leader {
+        0 => Status::unavailable("concord: the revision oracle has no leader"),
+        leader => Status::unavailable(format!(
+            "concord: this member does not lead the revision oracle; its leader is {leader:x}"
+        )),
+    }
+}
+
+/// `RevisionOracle.Allocate` asked for no revisions, or too many at once.
+pub fn revision_count_out_of_range(count: u32, most: u32) -> Status {
+    Status::invalid_argument(format!(
+        "concord: revisions are allocated 1 to {most} at a time, not {count}"
+    ))
+}
+
+/// The revision oracle's leader lost its leadership while allocating: nothing it handed out in
+/// that round may be used.
+pub fn revision_oracle_deposed() -> Status {
+    Status::unavailable("concord: the revision oracle's leader changed while allocating; retry")
+}
+
 // What Concord does not do.
 
 /// A gRPC call to a path no service serves (grpc-go would say "unknown service" or "unknown
