@@ -61,6 +61,7 @@ pub async fn run(args: DevArgs) -> Result<(), String> {
             snapshot_count: 100_000,
             snapshot_catchup_entries: 5000,
             sabotage: None,
+            stamped_revisions: false,
             client_tls: None,
             peer_tls: None,
             auth: Default::default(),

@@ -207,6 +207,11 @@ pub struct ServeArgs {
     /// deployment should ever use it.
     #[arg(long, value_enum, hide = true)]
     pub unsafe_sabotage: Option<SabotageArg>,
+    /// Stamps writes with revisions from the revision oracle, as shards' leaders will in
+    /// multi-shard mode (revisions may then skip numbers). Hidden: a development switch for a
+    /// one-member cluster until members forward stamped writes to their shard's leader.
+    #[arg(long, hide = true)]
+    pub experimental_stamped_revisions: bool,
     /// How long a snapshot download may go without its client taking data before it is
     /// cancelled and its file removed (default 1m). Hidden: for tests that cannot wait that long.
     #[arg(long, value_parser = parse_duration, hide = true)]
@@ -489,6 +494,7 @@ impl ServeArgs {
             watch_progress_notify_interval: self.experimental_watch_progress_notify_interval,
             snapshot_count: self.snapshot_count,
             snapshot_catchup_entries: self.experimental_snapshot_catchup_entries,
+            stamped_revisions: self.experimental_stamped_revisions,
             sabotage: self.unsafe_sabotage.map(|s| match s {
                 SabotageArg::StaleReads => Sabotage::StaleReads,
                 SabotageArg::UncheckedTxnDepth => Sabotage::UncheckedTxnDepth,

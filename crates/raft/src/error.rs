@@ -23,6 +23,13 @@ pub enum RaftError {
     /// flight (see `admission`). etcd's `ErrTooManyRequests`.
     #[error("too many requests")]
     TooManyRequests,
+    /// A proposal to a group whose writes are stamped (multi-shard mode) reached a member that
+    /// does not lead it: only the leader stamps. Carries the leader this member knows (0: none).
+    #[error("this member does not lead the group (its leader is {0:x})")]
+    NotLeader(u64),
+    /// The revision oracle did not hand out revisions for a stamped proposal.
+    #[error("no revisions for the proposal: {0}")]
+    Revisions(String),
     /// raft-rs reported an error.
     #[error("raft: {0}")]
     Raft(String),

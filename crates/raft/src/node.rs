@@ -28,6 +28,7 @@ use crate::log_store::LogStore;
 use crate::proposal_batch::{self, Proposer};
 use crate::read_loop::{self, ReadQueue};
 use crate::snapshot::{BuiltSnapshot, SnapshotSlot};
+use crate::stamping::{RevisionSource, Stamping};
 use crate::state_machine::{Committed, ConfChangeApplied, MemberChangeKind, StateMachine};
 use crate::status::{GroupStatus, PeerProgress, Role};
 use crate::transport::MessageSink;
@@ -76,6 +77,13 @@ pub(crate) enum GroupMsg<O> {
         data: Vec<u8>,
         reply: Reply<O>,
     },
+    /// Proposals the leader stamped with the revisions from `first_stamp` on while it led in
+    /// `term` ([`crate::stamping`]).
+    ProposeStamped {
+        batch: Vec<QueuedProposal<O>>,
+        first_stamp: i64,
+        term: u64,
+    },
     ProposeConfChange {
         change: ConfChangeV2,
         reply: Reply<O>,
@@ -106,14 +114,14 @@ const MAX_LOG_BYTES: u64 = 1 << 30;
 
 /// What the driver publishes for callers after every loop. The leader and
 /// term sit in atomics because every request reads them.
-struct SharedStatus {
+pub(crate) struct SharedStatus {
     full: RwLock<GroupStatus>,
-    leader_id: AtomicU64,
+    pub leader_id: AtomicU64,
     term: AtomicU64,
     /// What the group takes in ([`crate::admission`]).
     admission: Arc<crate::admission::Admission>,
     /// This member's role and the term it holds it in; changes wake watchers.
-    role: watch::Sender<(Role, u64)>,
+    pub role: watch::Sender<(Role, u64)>,
     /// The leader this member knows of (0: none); changes wake watchers.
     leader: watch::Sender<u64>,
     /// Why the driver stopped on a local fault; `None` while it runs (see [`Fault`]).
@@ -130,6 +138,8 @@ pub struct RaftHandle<O> {
     request_timeout: Duration,
     /// The queue of the group's read task ([`crate::read_loop`]), shared by every clone.
     reads: Arc<ReadQueue>,
+    /// How the group's writes are stamped with global revisions, once they are.
+    stamping: Arc<Stamping<O>>,
 }
 
 impl<O> Clone for RaftHandle<O> {
@@ -142,6 +152,7 @@ impl<O> Clone for RaftHandle<O> {
             status: self.status.clone(),
             request_timeout: self.request_timeout,
             reads: self.reads.clone(),
+            stamping: self.stamping.clone(),
         }
     }
 }
@@ -196,7 +207,8 @@ impl<O: Send + 'static> RaftHandle<O> {
     }
 
     /// Replicates `data` through the group and returns what the state machine
-    /// answered once this member has applied it.
+    /// answered once this member has applied it. Once the group stamps its writes
+    /// ([`RaftHandle::stamp_with`]), only its leader takes proposals, and stamps them.
     pub async fn propose(&self, data: Vec<u8>) -> Result<O, RaftError> {
         if self.leader_id() == 0 {
             return Err(RaftError::NoLeader);
@@ -204,8 +216,35 @@ impl<O: Send + 'static> RaftHandle<O> {
         // Held until the answer comes or the caller gives up: the bytes count as in flight.
         let _admitted = self.status.admission.admit(data.len())?;
         let (reply, rx) = oneshot::channel();
+        match self.stamping.source.get() {
+            Some(source) => {
+                let queue = self
+                    .stamping
+                    .queue
+                    .get_or_init(|| crate::stamping::start(source.clone(), self.mailbox.clone(), self.status.clone()));
+                queue.send((data, reply)).map_err(|_| RaftError::Stopped)?;
+            }
+            None => self.send(GroupMsg::Propose { data, reply })?,
+        }
+        self.await_reply(rx).await
+    }
+
+    /// Replicates `data`, which writes no revision (the revision oracle's own ceiling), without a
+    /// stamp even once the group stamps its writes.
+    pub async fn propose_unstamped(&self, data: Vec<u8>) -> Result<O, RaftError> {
+        if self.leader_id() == 0 {
+            return Err(RaftError::NoLeader);
+        }
+        let _admitted = self.status.admission.admit(data.len())?;
+        let (reply, rx) = oneshot::channel();
         self.send(GroupMsg::Propose { data, reply })?;
         self.await_reply(rx).await
+    }
+
+    /// From now on, the group's leader stamps every proposal with global revisions taken from
+    /// `source` (multi-shard mode; see [`crate::stamping`]). Set once; later calls are ignored.
+    pub fn stamp_with(&self, source: Arc<dyn RevisionSource>) {
+        let _ = self.stamping.source.set(source);
     }
 
     async fn await_reply(&self, rx: oneshot::Receiver<Result<O, RaftError>>) -> Result<O, RaftError> {
@@ -345,6 +384,7 @@ pub fn start_group<S: StateMachine>(
         status: status.clone(),
         request_timeout: cfg.request_timeout,
         reads: Arc::default(),
+        stamping: Arc::default(),
     };
     let mut driver = Driver {
         snapshots,
@@ -466,6 +506,11 @@ impl<S: StateMachine> Driver<S> {
     fn handle(&mut self, msg: GroupMsg<S::Output>) -> bool {
         match msg {
             GroupMsg::Propose { data, reply } => self.queued_proposals.push((data, reply)),
+            GroupMsg::ProposeStamped {
+                batch,
+                first_stamp,
+                term,
+            } => self.propose_stamped(batch, first_stamp, term),
             GroupMsg::ProposeConfChange { change, reply } => self.propose_conf_change(change, reply),
             GroupMsg::ReadIndex { reply } => self.queued_reads.push(reply),
             GroupMsg::SnapshotSent { to, ok } => {
@@ -527,8 +572,48 @@ impl<S: StateMachine> Driver<S> {
             member: self.cfg.member_id,
             first_request,
             count: batch.len() as u32,
+            first_stamp: None,
         };
         let data = proposal_batch::encode(batch.iter().map(|(data, _)| data.as_slice()), bytes + 4 * batch.len());
+        match self.raw.propose(proposer.encode(), data) {
+            Ok(()) => {
+                for (i, (_, reply)) in batch.into_iter().enumerate() {
+                    self.pending_proposals
+                        .insert(first_request.wrapping_add(i as u64), reply);
+                }
+            }
+            Err(raft::Error::ProposalDropped) => refuse(batch, RaftError::ProposalDropped),
+            Err(e) => refuse(batch, RaftError::raft(e)),
+        }
+    }
+
+    /// Proposes a batch the leader stamped in `term` as one entry, unless it no longer leads in
+    /// that term: a later leader may have handed out higher revisions since, and the entry must
+    /// not land after its writes.
+    fn propose_stamped(&mut self, batch: Vec<QueuedProposal<S::Output>>, first_stamp: i64, term: u64) {
+        let refuse = |batch: Vec<QueuedProposal<S::Output>>, err: RaftError| {
+            for (_, reply) in batch {
+                let _ = reply.send(Err(err.clone()));
+            }
+        };
+        if self.raw.raft.state != StateRole::Leader || self.raw.raft.term != term {
+            return refuse(batch, RaftError::NotLeader(self.raw.raft.leader_id));
+        }
+        let first_request = self.next_request_id;
+        self.next_request_id = self.next_request_id.wrapping_add(batch.len() as u64);
+        let proposer = Proposer {
+            member: self.cfg.member_id,
+            first_request,
+            count: batch.len() as u32,
+            first_stamp: Some(first_stamp),
+        };
+        let data = match batch.as_slice() {
+            [(one, _)] => one.clone(),
+            _ => {
+                let bytes = batch.iter().map(|(data, _)| data.len() + 4).sum();
+                proposal_batch::encode(batch.iter().map(|(data, _)| data.as_slice()), bytes)
+            }
+        };
         match self.raw.propose(proposer.encode(), data) {
             Ok(()) => {
                 for (i, (_, reply)) in batch.into_iter().enumerate() {
@@ -562,6 +647,7 @@ impl<S: StateMachine> Driver<S> {
             member: self.cfg.member_id,
             first_request: request_id,
             count: 1,
+            first_stamp: None,
         }
         .encode();
         match propose(&mut self.raw, ctx) {
@@ -736,6 +822,7 @@ impl<S: StateMachine> Driver<S> {
                                 index: entry.index,
                                 data: &[],
                                 conf_change: None,
+                                stamp: None,
                             });
                             continue;
                         };
@@ -747,6 +834,7 @@ impl<S: StateMachine> Driver<S> {
                                 index: entry.index,
                                 data,
                                 conf_change: None,
+                                stamp: batch.first_stamp.map(|first| first + i as i64),
                             });
                         }
                     }
@@ -758,6 +846,7 @@ impl<S: StateMachine> Driver<S> {
                             index: entry.index,
                             data: &entry.data,
                             conf_change: None,
+                            stamp: proposer.and_then(|p| p.first_stamp),
                         });
                     }
                 },
@@ -770,6 +859,7 @@ impl<S: StateMachine> Driver<S> {
                         index: entry.index,
                         data: &[],
                         conf_change,
+                        stamp: None,
                     });
                 }
             }

@@ -11,6 +11,9 @@
 //! - 20 bytes, the member's id, the first request id and a count `n`: `n` proposals with
 //!   consecutive request ids, the data holding each one's bytes behind a 4-byte little-endian
 //!   length, in order.
+//! - 28 bytes, the 20 above and a first revision `r` (multi-shard mode): the proposals were
+//!   stamped by the group's leader with the global revisions `r, r+1, …` in order. With a count
+//!   of 1 the data is the one proposal's, as proposed.
 
 /// Proposals in one entry at most.
 pub(crate) const MAX_COMMANDS: usize = 256;
@@ -25,17 +28,22 @@ pub(crate) struct Proposer {
     pub first_request: u64,
     /// How many proposals the entry holds; 1 for an entry that is not a batch.
     pub count: u32,
+    /// The global revision stamped on the first proposal, the next ones following it.
+    pub first_stamp: Option<i64>,
 }
 
 impl Proposer {
     /// The context of an entry holding `count` proposals from `member`, the first of them
     /// `first_request`.
     pub fn encode(self) -> Vec<u8> {
-        let mut ctx = Vec::with_capacity(20);
+        let mut ctx = Vec::with_capacity(28);
         ctx.extend_from_slice(&self.member.to_be_bytes());
         ctx.extend_from_slice(&self.first_request.to_be_bytes());
-        if self.count != 1 {
+        if self.count != 1 || self.first_stamp.is_some() {
             ctx.extend_from_slice(&self.count.to_be_bytes());
+        }
+        if let Some(stamp) = self.first_stamp {
+            ctx.extend_from_slice(&stamp.to_be_bytes());
         }
         ctx
     }
@@ -45,13 +53,18 @@ impl Proposer {
     pub fn decode(ctx: &[u8]) -> Option<Proposer> {
         let count = match ctx.len() {
             16 => 1,
-            20 => u32::from_be_bytes(ctx[16..20].try_into().ok()?),
+            20 | 28 => u32::from_be_bytes(ctx[16..20].try_into().ok()?),
             _ => return None,
+        };
+        let first_stamp = match ctx.len() {
+            28 => Some(i64::from_be_bytes(ctx[20..28].try_into().ok()?)),
+            _ => None,
         };
         Some(Proposer {
             member: u64::from_be_bytes(ctx[..8].try_into().ok()?),
             first_request: u64::from_be_bytes(ctx[8..16].try_into().ok()?),
             count,
+            first_stamp,
         })
     }
 
@@ -100,6 +113,7 @@ mod tests {
             member: 7,
             first_request: 42,
             count: 1,
+            first_stamp: None,
         };
         assert_eq!(one.encode().len(), 16);
         assert_eq!(Proposer::decode(&one.encode()), Some(one));
@@ -108,12 +122,24 @@ mod tests {
             member: 7,
             first_request: 42,
             count: 3,
+            first_stamp: None,
         };
         assert_eq!(many.encode().len(), 20);
         assert_eq!(Proposer::decode(&many.encode()), Some(many));
         assert!(many.is_batch());
         assert_eq!(Proposer::decode(&[]), None);
         assert_eq!(Proposer::decode(&[0; 17]), None);
+        for count in [1, 3] {
+            let stamped = Proposer {
+                member: 7,
+                first_request: 42,
+                count,
+                first_stamp: Some(1_000_000_007),
+            };
+            assert_eq!(stamped.encode().len(), 28);
+            assert_eq!(Proposer::decode(&stamped.encode()), Some(stamped));
+            assert_eq!(stamped.is_batch(), count != 1);
+        }
     }
 
     #[test]

@@ -15,6 +15,9 @@ pub struct Committed<'a> {
     pub data: &'a [u8],
     /// For a configuration change that took effect: what changed.
     pub conf_change: Option<ConfChangeApplied>,
+    /// The global revision the group's leader stamped on the proposal (multi-shard mode; see
+    /// [`crate::stamping`]), which its writes take; `None` for unstamped proposals.
+    pub stamp: Option<i64>,
 }
 
 /// What a membership change does to one member.

@@ -126,7 +126,7 @@ impl StateMachine for KvStateMachine {
                         if fresh {
                             undecodable.push((position, refused));
                         }
-                        commands.push((entry.index, None));
+                        commands.push((entry.index, None, entry.stamp));
                         continue;
                     }
                 };
@@ -167,14 +167,14 @@ impl StateMachine for KvStateMachine {
             if fresh && command.is_some() {
                 answered.push(position);
             }
-            commands.push((entry.index, command));
+            commands.push((entry.index, command, entry.stamp));
         }
         let batch: Vec<ApplyEntry<'_>> = commands
             .iter()
-            .map(|(index, command)| ApplyEntry {
+            .map(|(index, command, stamp)| ApplyEntry {
                 index: *index,
                 command: command.as_ref(),
-                stamp: None,
+                stamp: *stamp,
             })
             .collect();
         let started = std::time::Instant::now();

@@ -81,6 +81,10 @@ pub struct ServerConfig {
     pub watch_progress_notify_interval: Duration,
     /// A deliberate fault for the chaos rig's known-bad check; `None` in every real deployment.
     pub sabotage: Option<Sabotage>,
+    /// Whether group 1's leader stamps its writes with revisions from the revision oracle, as
+    /// every shard's leader will in multi-shard mode: a development switch that runs the
+    /// multi-shard write path on a one-member cluster until members forward stamped writes.
+    pub stamped_revisions: bool,
     /// Client TLS: `--cert-file`, `--key-file`, `--trusted-ca-file`, `--client-cert-auth`.
     /// Needed by `https://` client URLs; `None` serves plaintext only.
     pub client_tls: Option<TlsFiles>,

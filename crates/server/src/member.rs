@@ -176,6 +176,13 @@ pub async fn serve(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> Res
         }
     };
     let membership = Arc::new(membership);
+    if cfg.stamped_revisions && membership.members().len() != 1 {
+        return Err(ServeError::Config(
+            "--experimental-stamped-revisions needs a one-member cluster: members do not yet forward stamped \
+             writes to the leader"
+                .into(),
+        ));
+    }
     let member_id = membership.local_id();
     tracing::info!(
         name = %cfg.name,
@@ -273,6 +280,9 @@ pub async fn serve(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> Res
     .map_err(|e| ServeError::Storage(e.to_string()))?;
     transport.register_group(FIRST_GROUP_ID, Arc::new(group.clone()));
     let revision_oracle = crate::revision_oracle::RevisionOracle::start(group.clone(), store.clone());
+    if cfg.stamped_revisions {
+        group.stamp_with(revision_oracle.clone());
+    }
 
     let (grpc_health, health_service) = crate::grpc_health::GrpcHealth::new(cfg.stop_grpc_service_on_defrag);
     let ctx = Arc::new(MemberContext {

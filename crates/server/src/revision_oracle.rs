@@ -12,13 +12,15 @@
 //! arrive during a round wait for the next one, so a loaded oracle pays one confirmation for
 //! many allocations.
 
+use std::future::Future;
 use std::ops::Range;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use concord_proto::concordpb::raft_command::Op;
 use concord_proto::concordpb::revision_oracle_server::{RevisionOracle as RevisionOracleRpc, RevisionOracleServer};
 use concord_proto::concordpb::{AllocateRevisionsRequest, AllocateRevisionsResponse, RaftCommand, RevisionCeiling};
-use concord_raft::Role;
+use concord_raft::{RevisionSource, Role};
 use concord_storage::{MvccStore, WriteResult};
 use prost::Message as _;
 use tokio::sync::{mpsc, oneshot};
@@ -70,6 +72,17 @@ impl RevisionOracle {
     /// The oracle's peer service.
     pub fn server(self: &Arc<Self>) -> RevisionOracleServer<OracleService> {
         RevisionOracleServer::new(OracleService { oracle: self.clone() })
+    }
+}
+
+impl RevisionSource for RevisionOracle {
+    fn allocate(&self, count: u32) -> Pin<Box<dyn Future<Output = Result<i64, String>> + Send + '_>> {
+        Box::pin(async move {
+            let revisions = RevisionOracle::allocate(self, count)
+                .await
+                .map_err(|refused| refused.message().to_string())?;
+            Ok(revisions.start)
+        })
     }
 }
 
@@ -157,7 +170,11 @@ async fn raise_ceiling(meta: &GroupHandle, ceiling: i64) -> Result<i64, Status> 
     let command = RaftCommand {
         op: Some(Op::RaiseRevisionCeiling(RevisionCeiling { ceiling })),
     };
-    match meta.propose(command.encode_to_vec()).await.map_err(errors::from_raft)? {
+    match meta
+        .propose_unstamped(command.encode_to_vec())
+        .await
+        .map_err(errors::from_raft)?
+    {
         Applied::Kv(Ok(WriteResult::RevisionCeiling(raised))) => Ok(raised.ceiling),
         Applied::Kv(Err(refused)) => Err(errors::from_kv(refused)),
         _ => Err(errors::unexpected_apply_result()),

@@ -58,6 +58,19 @@ pub fn revision_oracle_deposed() -> Status {
     Status::unavailable("concord: the revision oracle's leader changed while allocating; retry")
 }
 
+/// A write to a group whose writes are stamped with global revisions, on a member that does not
+/// lead it (only the leader stamps).
+pub fn not_stamping_leader(leader: u64) -> Status {
+    Status::unavailable(format!(
+        "concord: this member does not lead the write's shard (its leader is {leader:x}); send the write there"
+    ))
+}
+
+/// A stamped write for which the revision oracle handed out no revision.
+pub fn no_revisions(reason: &str) -> Status {
+    Status::unavailable(format!("concord: no revision for the write: {reason}"))
+}
+
 // What Concord does not do.
 
 /// A gRPC call to a path no service serves (grpc-go would say "unknown service" or "unknown

@@ -49,6 +49,8 @@ pub fn from_raft(err: RaftError) -> Status {
         // own entry was damaged, not a request the store refused.
         RaftError::Malformed => Status::internal(KvError::Undecodable.to_string()),
         RaftError::Raft(msg) | RaftError::Io(msg) | RaftError::Encryption(msg) => internal(msg),
+        RaftError::NotLeader(leader) => not_stamping_leader(leader),
+        RaftError::Revisions(reason) => no_revisions(&reason),
     }
 }
 
