@@ -208,8 +208,8 @@ pub struct ServeArgs {
     #[arg(long, value_enum, hide = true)]
     pub unsafe_sabotage: Option<SabotageArg>,
     /// Stamps writes with revisions from the revision oracle, as shards' leaders will in
-    /// multi-shard mode (revisions may then skip numbers). Hidden: a development switch for a
-    /// one-member cluster until members forward stamped writes to their shard's leader.
+    /// multi-shard mode (revisions may then skip numbers). Hidden: a development switch that
+    /// runs the multi-shard write path on today's one group, until the keyspace can be split.
     #[arg(long, hide = true)]
     pub experimental_stamped_revisions: bool,
     /// How long a snapshot download may go without its client taking data before it is

@@ -1,86 +1,145 @@
-//! The multi-shard write path on one real member (`--experimental-stamped-revisions`): the
-//! leader stamps every write with revisions from the revision oracle, writes take their stamp,
-//! a txn's writes share one, and across a kill -9 the new term starts past the committed
-//! ceiling, so revisions skip numbers but never go back, and nothing acknowledged is lost.
+//! The multi-shard write path on today's one group (`--experimental-stamped-revisions`), on
+//! three real members: the leader stamps every write, its own and those its followers forward,
+//! with revisions from the revision oracle. Writes take their stamp, a txn's writes share one,
+//! revisions follow real time whichever member a client writes through, and across a kill -9 of
+//! the leader the new term starts past the committed ceiling: revisions skip numbers but never
+//! go back, and nothing acknowledged is lost.
 
 mod common;
 
-use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
-use common::{free_port, text, Cluster};
+use common::{eventually, Cluster};
 use etcd_client::{Compare, CompareOp, EventType, Txn, TxnOp, WatchOptions};
 
 const STAMPED: &str = "--experimental-stamped-revisions";
 
-#[tokio::test(flavor = "multi_thread")]
-async fn stamped_writes_keep_revisions_rising_across_a_kill() {
-    let mut cluster = Cluster::start_with(1, &[STAMPED]).await;
-    let mut client = cluster.client(0).await;
+/// One acknowledged put: its key, revision, and when it was sent and answered.
+#[derive(Debug, Clone)]
+struct Put {
+    key: String,
+    revision: i64,
+    invoked: Instant,
+    completed: Instant,
+}
 
-    let mut acknowledged = Vec::new();
-    let mut last = 1;
-    for i in 0..5 {
-        let key = format!("k{i}");
-        let revision = client
-            .put(key.as_str(), "v", None)
-            .await
-            .unwrap()
-            .header()
-            .unwrap()
-            .revision();
-        assert!(revision > last, "{revision} after {last}");
-        last = revision;
-        acknowledged.push((key, revision));
+/// `count` puts through member `i`, one after another, on keys of their own.
+async fn put_through(cluster: &Cluster, i: usize, count: usize, tag: &str) -> Vec<Put> {
+    let mut client = cluster.client(i).await;
+    let mut done = Vec::new();
+    for n in 0..count {
+        let key = format!("{tag}/m{i}/{n}");
+        let invoked = Instant::now();
+        let answer = client.put(key.as_str(), "v", None).await.unwrap();
+        done.push(Put {
+            key,
+            revision: answer.header().unwrap().revision(),
+            invoked,
+            completed: Instant::now(),
+        });
     }
+    done
+}
 
-    // A txn's writes share one revision.
+/// Every put's revision is its own, and a put sent after another was answered has a higher one.
+fn assert_real_time_order(puts: &[Put]) {
+    for a in puts {
+        for b in puts {
+            if a.key == b.key {
+                continue;
+            }
+            assert_ne!(a.revision, b.revision, "{a:?} and {b:?} share a revision");
+            if a.completed < b.invoked {
+                assert!(a.revision < b.revision, "{b:?} was sent after {a:?} was answered");
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stamped_writes_follow_real_time_through_every_member_and_a_leader_kill() {
+    let mut cluster = Cluster::start_with(3, &[STAMPED]).await;
+
+    let mut writers = Vec::new();
+    for i in 0..3 {
+        writers.push(put_through(&cluster, i, 20, "before"));
+    }
+    let mut acknowledged: Vec<Put> = futures::future::join_all(writers).await.concat();
+    assert_real_time_order(&acknowledged);
+
+    // A txn's writes share one revision; a txn that writes nothing leaves the revision as it
+    // was (its stamp goes unused). Both through a follower.
+    let leader = cluster.wait_for_leader().await;
+    let follower = (leader + 1) % 3;
+    let mut client = cluster.client(follower).await;
     let both = Txn::new().and_then([TxnOp::put("t1", "x", None), TxnOp::put("t2", "x", None)]);
     let txn_revision = client.txn(both).await.unwrap().header().unwrap().revision();
-    assert!(txn_revision > last);
-    last = txn_revision;
     for key in ["t1", "t2"] {
         let got = client.get(key, None).await.unwrap();
         assert_eq!(got.kvs()[0].mod_revision(), txn_revision, "{key}");
     }
-
-    // A txn that writes nothing leaves the revision where it was; its stamp goes unused.
     let nothing = Txn::new()
         .when([Compare::value("t1", CompareOp::Equal, "not x")])
         .and_then([TxnOp::put("t1", "y", None)]);
     let failed = client.txn(nothing).await.unwrap();
     assert!(!failed.succeeded());
-    assert_eq!(failed.header().unwrap().revision(), last);
+    assert_eq!(failed.header().unwrap().revision(), txn_revision);
+    let highest = acknowledged.iter().map(|p| p.revision).max().unwrap().max(txn_revision);
 
-    // kill -9: the member comes back in a new term, which starts at the committed ceiling.
-    cluster.kill(0);
-    cluster.restart(0);
-    cluster.wait_for_leader().await;
-    let mut client = cluster.client(0).await;
-    for (key, revision) in &acknowledged {
-        let got = client.get(key.as_str(), None).await.unwrap();
-        assert_eq!(got.kvs()[0].mod_revision(), *revision, "{key} survives the kill");
-    }
-    let after = client
-        .put("after", "v", None)
-        .await
-        .unwrap()
-        .header()
-        .unwrap()
-        .revision();
-    assert!(after > last, "{after} after {last}");
+    // kill -9 the leader: the survivors take writes again, above everything acknowledged.
+    cluster.kill(leader);
+    let survivor = (0..3).find(|&i| i != leader).unwrap();
+    let client = cluster.client(survivor).await;
+    let first_after = eventually("the survivors take writes", || {
+        let mut client = client.clone();
+        async move {
+            let answer = client.put("after-kill", "v", None).await?;
+            Ok::<i64, etcd_client::Error>(answer.header().unwrap().revision())
+        }
+    })
+    .await;
+    assert!(first_after > highest, "{first_after} after {highest}");
     assert!(
-        after > 10_000,
-        "a new term starts past the committed ceiling (a window above the last stamp): {after}"
+        first_after > 10_000,
+        "the new term starts at the committed ceiling, a window past the stamps: {first_after}"
     );
+    let mut after = Vec::new();
+    for i in (0..3).filter(|&i| i != leader) {
+        after.push(put_through(&cluster, i, 10, "after"));
+    }
+    let after: Vec<Put> = futures::future::join_all(after).await.concat();
+    assert!(after.iter().all(|p| p.revision > first_after));
+    acknowledged.extend(after);
+    assert_real_time_order(&acknowledged);
 
-    // A watch from the start replays every write in revision order, gaps and all.
-    let mut stream = client
+    // The killed member comes back and holds every acknowledged write at its revision.
+    cluster.restart(leader);
+    let mut back = cluster.client(leader).await;
+    for put in &acknowledged {
+        let got = eventually("the restarted member serves the write", || {
+            let mut back = back.clone();
+            let key = put.key.clone();
+            async move {
+                let got = back.get(key.as_str(), None).await?;
+                match got.kvs().first().map(|kv| kv.mod_revision()) {
+                    Some(revision) => Ok(revision),
+                    None => Err(etcd_client::Error::InvalidArgs(format!("{key} is missing"))),
+                }
+            }
+        })
+        .await;
+        assert_eq!(got, put.revision, "{put:?}");
+    }
+
+    // A watch from the start, on the restarted member, replays every write in revision order.
+    let mut stream = back
         .watch("", Some(WatchOptions::new().with_all_keys().with_start_revision(1)))
         .await
         .unwrap();
     let mut seen = Vec::new();
-    while seen.len() < acknowledged.len() + 3 {
-        let message = tokio::time::timeout(std::time::Duration::from_secs(10), stream.message())
+    let expected = acknowledged.len() + 3;
+    while seen.len() < expected {
+        let message = tokio::time::timeout(Duration::from_secs(10), stream.message())
             .await
             .expect("the watch delivers the history")
             .unwrap()
@@ -88,33 +147,13 @@ async fn stamped_writes_keep_revisions_rising_across_a_kill() {
         for event in message.events() {
             assert_eq!(event.event_type(), EventType::Put);
             let kv = event.kv().unwrap();
-            seen.push((kv.key_str().unwrap().to_string(), kv.mod_revision()));
+            seen.push((kv.mod_revision(), kv.key_str().unwrap().to_string()));
         }
     }
-    let mut expected = acknowledged.clone();
-    expected.push(("t1".into(), txn_revision));
-    expected.push(("t2".into(), txn_revision));
-    expected.push(("after".into(), after));
-    assert_eq!(seen, expected);
-}
-
-#[test]
-fn stamped_revisions_need_a_one_member_cluster() {
-    let dir = tempfile::tempdir().unwrap();
-    let peer = format!("http://127.0.0.1:{}", free_port());
-    let other = format!("http://127.0.0.1:{}", free_port());
-    let output = Command::new(env!("CARGO_BIN_EXE_concord"))
-        .arg("serve")
-        .arg(format!("--data-dir={}", dir.path().join("data").display()))
-        .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
-        .args(["--initial-cluster", &format!("default={peer},other={other}")])
-        .arg(STAMPED)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    assert!(!output.status.success(), "{output:?}");
-    assert!(
-        text(&output.stderr).contains("--experimental-stamped-revisions needs a one-member cluster"),
-        "{output:?}"
-    );
+    let mut wanted: Vec<(i64, String)> = acknowledged.iter().map(|p| (p.revision, p.key.clone())).collect();
+    wanted.push((txn_revision, "t1".into()));
+    wanted.push((txn_revision, "t2".into()));
+    wanted.push((first_after, "after-kill".into()));
+    wanted.sort();
+    assert_eq!(seen, wanted);
 }

@@ -18,17 +18,18 @@ use concord_proto::concordpb::SnapshotDescriptor;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use prost::Message as _;
 use protobuf::Message as _;
-use raft::eraftpb::{ConfChange, ConfChangeType, ConfChangeV2, Entry, EntryType, Message, Snapshot};
+use raft::eraftpb::{ConfChange, ConfChangeType, ConfChangeV2, Entry, EntryType, Message, MessageType, Snapshot};
 use raft::{RawNode, SnapshotStatus, StateRole};
 use raft_engine::{Engine, LogBatch};
 use tokio::sync::{oneshot, watch};
 
 use crate::error::RaftError;
 use crate::log_store::LogStore;
+use crate::proposal_batch::Stamped;
 use crate::proposal_batch::{self, Proposer};
 use crate::read_loop::{self, ReadQueue};
 use crate::snapshot::{BuiltSnapshot, SnapshotSlot};
-use crate::stamping::{RevisionSource, Stamping};
+use crate::stamping::{Origin, RevisionSource, StampItem, StampQueue};
 use crate::state_machine::{Committed, ConfChangeApplied, MemberChangeKind, StateMachine};
 use crate::status::{GroupStatus, PeerProgress, Role};
 use crate::transport::MessageSink;
@@ -76,11 +77,14 @@ pub(crate) enum GroupMsg<O> {
     Propose {
         data: Vec<u8>,
         reply: Reply<O>,
+        /// Whether the group's leader stamps it, once the group stamps its writes; false for
+        /// commands that write no revision and must not wait for the oracle (its own ceiling).
+        stamp: bool,
     },
-    /// Proposals the leader stamped with the revisions from `first_stamp` on while it led in
-    /// `term` ([`crate::stamping`]).
+    /// Proposals stamped with the revisions from `first_stamp` on, taken while this member led
+    /// in `term` (0: it did not lead, and nothing was taken) ([`crate::stamping`]).
     ProposeStamped {
-        batch: Vec<QueuedProposal<O>>,
+        batch: Vec<StampItem<O>>,
         first_stamp: i64,
         term: u64,
     },
@@ -138,8 +142,8 @@ pub struct RaftHandle<O> {
     request_timeout: Duration,
     /// The queue of the group's read task ([`crate::read_loop`]), shared by every clone.
     reads: Arc<ReadQueue>,
-    /// How the group's writes are stamped with global revisions, once they are.
-    stamping: Arc<Stamping<O>>,
+    /// The group's stamping task, once its writes are stamped with global revisions.
+    stamps: Arc<StampQueue<O>>,
 }
 
 impl<O> Clone for RaftHandle<O> {
@@ -152,7 +156,7 @@ impl<O> Clone for RaftHandle<O> {
             status: self.status.clone(),
             request_timeout: self.request_timeout,
             reads: self.reads.clone(),
-            stamping: self.stamping.clone(),
+            stamps: self.stamps.clone(),
         }
     }
 }
@@ -208,7 +212,7 @@ impl<O: Send + 'static> RaftHandle<O> {
 
     /// Replicates `data` through the group and returns what the state machine
     /// answered once this member has applied it. Once the group stamps its writes
-    /// ([`RaftHandle::stamp_with`]), only its leader takes proposals, and stamps them.
+    /// ([`RaftHandle::stamp_with`]), its leader stamps it.
     pub async fn propose(&self, data: Vec<u8>) -> Result<O, RaftError> {
         if self.leader_id() == 0 {
             return Err(RaftError::NoLeader);
@@ -216,16 +220,11 @@ impl<O: Send + 'static> RaftHandle<O> {
         // Held until the answer comes or the caller gives up: the bytes count as in flight.
         let _admitted = self.status.admission.admit(data.len())?;
         let (reply, rx) = oneshot::channel();
-        match self.stamping.source.get() {
-            Some(source) => {
-                let queue = self
-                    .stamping
-                    .queue
-                    .get_or_init(|| crate::stamping::start(source.clone(), self.mailbox.clone(), self.status.clone()));
-                queue.send((data, reply)).map_err(|_| RaftError::Stopped)?;
-            }
-            None => self.send(GroupMsg::Propose { data, reply })?,
-        }
+        self.send(GroupMsg::Propose {
+            data,
+            reply,
+            stamp: true,
+        })?;
         self.await_reply(rx).await
     }
 
@@ -237,14 +236,21 @@ impl<O: Send + 'static> RaftHandle<O> {
         }
         let _admitted = self.status.admission.admit(data.len())?;
         let (reply, rx) = oneshot::channel();
-        self.send(GroupMsg::Propose { data, reply })?;
+        self.send(GroupMsg::Propose {
+            data,
+            reply,
+            stamp: false,
+        })?;
         self.await_reply(rx).await
     }
 
     /// From now on, the group's leader stamps every proposal with global revisions taken from
     /// `source` (multi-shard mode; see [`crate::stamping`]). Set once; later calls are ignored.
+    /// Call it from inside the tokio runtime, before the group takes client writes.
     pub fn stamp_with(&self, source: Arc<dyn RevisionSource>) {
-        let _ = self.stamping.source.set(source);
+        let role = self.status.role.subscribe();
+        self.stamps
+            .get_or_init(|| crate::stamping::start(source, self.mailbox.clone(), role));
     }
 
     async fn await_reply(&self, rx: oneshot::Receiver<Result<O, RaftError>>) -> Result<O, RaftError> {
@@ -376,6 +382,7 @@ pub fn start_group<S: StateMachine>(
         leader: watch::channel(0).0,
         fault: watch::channel(None).0,
     });
+    let stamps: Arc<StampQueue<S::Output>> = Arc::default();
     let handle = RaftHandle {
         group_id: cfg.group_id,
         member_id: cfg.member_id,
@@ -384,7 +391,7 @@ pub fn start_group<S: StateMachine>(
         status: status.clone(),
         request_timeout: cfg.request_timeout,
         reads: Arc::default(),
-        stamping: Arc::default(),
+        stamps: stamps.clone(),
     };
     let mut driver = Driver {
         snapshots,
@@ -395,6 +402,8 @@ pub fn start_group<S: StateMachine>(
         next_read_ctx: 1,
         pending_proposals: HashMap::new(),
         queued_proposals: Vec::new(),
+        queued_stamped: Vec::new(),
+        stamps,
         queued_reads: Vec::new(),
         inflight_reads: HashMap::new(),
         raw,
@@ -446,6 +455,10 @@ struct Driver<S: StateMachine> {
     pending_proposals: HashMap<u64, Reply<S::Output>>,
     /// Proposals received since the last Ready, proposed together by [`Driver::flush_proposals`].
     queued_proposals: Vec<QueuedProposal<S::Output>>,
+    /// Proposals received since the last Ready that the leader stamps, once the group stamps.
+    queued_stamped: Vec<QueuedProposal<S::Output>>,
+    /// The group's stamping task, once its writes are stamped ([`crate::stamping`]).
+    stamps: Arc<StampQueue<S::Output>>,
     queued_reads: Vec<oneshot::Sender<Result<u64, RaftError>>>,
     inflight_reads: HashMap<u64, ReadBatch>,
     applied_tx: watch::Sender<u64>,
@@ -505,7 +518,10 @@ impl<S: StateMachine> Driver<S> {
     /// Returns false when the group must stop.
     fn handle(&mut self, msg: GroupMsg<S::Output>) -> bool {
         match msg {
-            GroupMsg::Propose { data, reply } => self.queued_proposals.push((data, reply)),
+            GroupMsg::Propose { data, reply, stamp } => match stamp && self.stamps.get().is_some() {
+                true => self.queued_stamped.push((data, reply)),
+                false => self.queued_proposals.push((data, reply)),
+            },
             GroupMsg::ProposeStamped {
                 batch,
                 first_stamp,
@@ -521,6 +537,7 @@ impl<S: StateMachine> Driver<S> {
                 };
                 self.raw.report_snapshot(to, status);
             }
+            GroupMsg::Step(m) if self.stamps_forwarded(&m) => self.stamp_forwarded(m),
             GroupMsg::Step(m) => {
                 if let Err(e) = self.raw.step(m) {
                     tracing::debug!(group = self.cfg.group_id, "dropping raft message: {e}");
@@ -536,6 +553,20 @@ impl<S: StateMachine> Driver<S> {
     /// Proposes everything queued since the last call: a lone proposal as its own entry, more
     /// in batch entries (see [`crate::proposal_batch`]).
     fn flush_proposals(&mut self) {
+        if !self.queued_stamped.is_empty() {
+            let stamped = std::mem::take(&mut self.queued_stamped);
+            if self.raw.raft.state == StateRole::Leader {
+                for (data, reply) in stamped {
+                    self.route_for_stamping(StampItem {
+                        data,
+                        origin: Origin::Local(reply),
+                    });
+                }
+            } else {
+                // A follower proposes as usual: raft-rs forwards to the leader, which stamps.
+                self.queued_proposals.extend(stamped);
+            }
+        }
         let mut queued = std::mem::take(&mut self.queued_proposals).into_iter().peekable();
         while let Some((data, reply)) = queued.next() {
             let mut bytes = data.len();
@@ -572,7 +603,6 @@ impl<S: StateMachine> Driver<S> {
             member: self.cfg.member_id,
             first_request,
             count: batch.len() as u32,
-            first_stamp: None,
         };
         let data = proposal_batch::encode(batch.iter().map(|(data, _)| data.as_slice()), bytes + 4 * batch.len());
         match self.raw.propose(proposer.encode(), data) {
@@ -587,42 +617,123 @@ impl<S: StateMachine> Driver<S> {
         }
     }
 
-    /// Proposes a batch the leader stamped in `term` as one entry, unless it no longer leads in
-    /// that term: a later leader may have handed out higher revisions since, and the entry must
-    /// not land after its writes.
-    fn propose_stamped(&mut self, batch: Vec<QueuedProposal<S::Output>>, first_stamp: i64, term: u64) {
-        let refuse = |batch: Vec<QueuedProposal<S::Output>>, err: RaftError| {
-            for (_, reply) in batch {
-                let _ = reply.send(Err(err.clone()));
+    /// Proposes a stamped batch as one entry if this member still leads in the term the stamps
+    /// were taken in: in a later term another leader may have handed out higher revisions, and
+    /// the entry must not land after its writes. Otherwise each proposal goes round again.
+    fn propose_stamped(&mut self, batch: Vec<StampItem<S::Output>>, first_stamp: i64, term: u64) {
+        if term == 0 || self.raw.raft.state != StateRole::Leader || self.raw.raft.term != term {
+            for item in batch {
+                self.route_for_stamping(item);
             }
-        };
-        if self.raw.raft.state != StateRole::Leader || self.raw.raft.term != term {
-            return refuse(batch, RaftError::NotLeader(self.raw.raft.leader_id));
+            return;
         }
-        let first_request = self.next_request_id;
-        self.next_request_id = self.next_request_id.wrapping_add(batch.len() as u64);
-        let proposer = Proposer {
-            member: self.cfg.member_id,
-            first_request,
-            count: batch.len() as u32,
-            first_stamp: Some(first_stamp),
-        };
-        let data = match batch.as_slice() {
-            [(one, _)] => one.clone(),
+        let mut origins = Vec::with_capacity(batch.len());
+        let mut locals = Vec::new();
+        let mut datas = Vec::with_capacity(batch.len());
+        for item in batch {
+            match item.origin {
+                Origin::Local(reply) => {
+                    let request = self.next_request_id;
+                    self.next_request_id = self.next_request_id.wrapping_add(1);
+                    origins.push((self.cfg.member_id, request));
+                    locals.push((request, reply));
+                }
+                Origin::Remote { member, request } => origins.push((member, request)),
+            }
+            datas.push(item.data);
+        }
+        let data = match datas.as_mut_slice() {
+            [one] => std::mem::take(one),
             _ => {
-                let bytes = batch.iter().map(|(data, _)| data.len() + 4).sum();
-                proposal_batch::encode(batch.iter().map(|(data, _)| data.as_slice()), bytes)
+                let bytes = datas.iter().map(|data| data.len() + 4).sum();
+                proposal_batch::encode(datas.iter().map(Vec::as_slice), bytes)
             }
         };
-        match self.raw.propose(proposer.encode(), data) {
+        let context = Stamped { first_stamp, origins }.encode();
+        let err = match self.raw.propose(context, data) {
             Ok(()) => {
-                for (i, (_, reply)) in batch.into_iter().enumerate() {
-                    self.pending_proposals
-                        .insert(first_request.wrapping_add(i as u64), reply);
+                self.pending_proposals.extend(locals);
+                return;
+            }
+            Err(raft::Error::ProposalDropped) => RaftError::ProposalDropped,
+            Err(e) => RaftError::raft(e),
+        };
+        for (_, reply) in locals {
+            let _ = reply.send(Err(err.clone()));
+        }
+    }
+
+    /// Sends a proposal of a stamping group where it can be stamped: to the stamping task while
+    /// this member leads; else a local one is proposed as a follower proposes (raft-rs forwards
+    /// it to the leader), and a remote one is forwarded on under its proposer's request id.
+    fn route_for_stamping(&mut self, item: StampItem<S::Output>) {
+        let leads = self.raw.raft.state == StateRole::Leader;
+        match (leads, self.stamps.get()) {
+            (true, Some(queue)) => {
+                if let Err(undelivered) = queue.send(item) {
+                    undelivered.0.refuse(RaftError::Stopped);
                 }
             }
-            Err(raft::Error::ProposalDropped) => refuse(batch, RaftError::ProposalDropped),
-            Err(e) => refuse(batch, RaftError::raft(e)),
+            _ => match item.origin {
+                Origin::Local(reply) => self.queued_proposals.push((item.data, reply)),
+                Origin::Remote { member, request } => {
+                    let context = Proposer {
+                        member,
+                        first_request: request,
+                        count: 1,
+                    }
+                    .encode();
+                    if let Err(e) = self.raw.propose(context, item.data) {
+                        tracing::debug!(group = self.cfg.group_id, "dropping a forwarded proposal: {e}");
+                    }
+                }
+            },
+        }
+    }
+
+    /// Whether `m` carries proposals a follower forwarded that this member must stamp before
+    /// they enter the log: it leads a stamping group, and they are all normal entries.
+    fn stamps_forwarded(&self, m: &Message) -> bool {
+        m.get_msg_type() == MessageType::MsgPropose
+            && self.stamps.get().is_some()
+            && self.raw.raft.state == StateRole::Leader
+            && m.entries.iter().all(|e| e.get_entry_type() == EntryType::EntryNormal)
+    }
+
+    /// Hands the proposals a follower forwarded to the stamping task, each under the member and
+    /// request id that wait for it.
+    fn stamp_forwarded(&mut self, m: Message) {
+        for entry in m.entries {
+            let Some(proposer) = Proposer::decode(&entry.context) else {
+                if let Some(stamped) = Stamped::decode(&entry.context) {
+                    // Stamped by a leader that lost its term, forwarded on: stamped again here.
+                    let count = stamped.origins.len() as u32;
+                    let proposals = match count {
+                        1 => Some(vec![&entry.data[..]]),
+                        _ => proposal_batch::decode(&entry.data, count),
+                    };
+                    for (data, (member, request)) in proposals.unwrap_or_default().into_iter().zip(stamped.origins) {
+                        self.route_for_stamping(StampItem {
+                            data: data.to_vec(),
+                            origin: Origin::Remote { member, request },
+                        });
+                    }
+                }
+                continue;
+            };
+            let proposals = match proposer.is_batch() {
+                true => proposal_batch::decode(&entry.data, proposer.count).unwrap_or_default(),
+                false => vec![&entry.data[..]],
+            };
+            for (i, data) in proposals.into_iter().enumerate() {
+                self.route_for_stamping(StampItem {
+                    data: data.to_vec(),
+                    origin: Origin::Remote {
+                        member: proposer.member,
+                        request: proposer.first_request.wrapping_add(i as u64),
+                    },
+                });
+            }
         }
     }
 
@@ -647,7 +758,6 @@ impl<S: StateMachine> Driver<S> {
             member: self.cfg.member_id,
             first_request: request_id,
             count: 1,
-            first_stamp: None,
         }
         .encode();
         match propose(&mut self.raw, ctx) {
@@ -802,6 +912,12 @@ impl<S: StateMachine> Driver<S> {
         // Which of `commands` this member proposed, and as which request.
         let mut waiting: HashMap<usize, u64> = HashMap::new();
         for entry in &entries {
+            if entry.get_entry_type() == EntryType::EntryNormal {
+                if let Some(stamped) = Stamped::decode(&entry.context) {
+                    self.collect_stamped(entry, stamped, &mut commands, &mut waiting);
+                    continue;
+                }
+            }
             let proposer = Proposer::decode(&entry.context);
             let mine = proposer.filter(|p| p.member == self.cfg.member_id);
             match entry.get_entry_type() {
@@ -834,7 +950,7 @@ impl<S: StateMachine> Driver<S> {
                                 index: entry.index,
                                 data,
                                 conf_change: None,
-                                stamp: batch.first_stamp.map(|first| first + i as i64),
+                                stamp: None,
                             });
                         }
                     }
@@ -846,7 +962,7 @@ impl<S: StateMachine> Driver<S> {
                             index: entry.index,
                             data: &entry.data,
                             conf_change: None,
-                            stamp: proposer.and_then(|p| p.first_stamp),
+                            stamp: None,
                         });
                     }
                 },
@@ -888,6 +1004,55 @@ impl<S: StateMachine> Driver<S> {
         }
         self.applied_tx.send_replace(last);
         Ok(())
+    }
+
+    /// Adds the proposals of a stamped entry to `commands`, each with its revision, noting in
+    /// `waiting` those this member proposed. A batch that does not decode is applied as nothing
+    /// (every member reads the same bytes), and this member's callers get an error.
+    fn collect_stamped<'e>(
+        &mut self,
+        entry: &'e Entry,
+        stamped: Stamped,
+        commands: &mut Vec<Committed<'e>>,
+        waiting: &mut HashMap<usize, u64>,
+    ) {
+        let count = stamped.origins.len() as u32;
+        let proposals = match count {
+            1 => Some(vec![&entry.data[..]]),
+            _ => proposal_batch::decode(&entry.data, count),
+        };
+        let Some(proposals) = proposals else {
+            tracing::warn!(
+                group = self.cfg.group_id,
+                index = entry.index,
+                "malformed batch of stamped proposals; applied as nothing"
+            );
+            for (member, request) in &stamped.origins {
+                if *member == self.cfg.member_id {
+                    if let Some(reply) = self.pending_proposals.remove(request) {
+                        let _ = reply.send(Err(RaftError::Malformed));
+                    }
+                }
+            }
+            commands.push(Committed {
+                index: entry.index,
+                data: &[],
+                conf_change: None,
+                stamp: None,
+            });
+            return;
+        };
+        for (i, (data, (member, request))) in proposals.into_iter().zip(&stamped.origins).enumerate() {
+            if *member == self.cfg.member_id {
+                waiting.insert(commands.len(), *request);
+            }
+            commands.push(Committed {
+                index: entry.index,
+                data,
+                conf_change: None,
+                stamp: Some(stamped.first_stamp + i as i64),
+            });
+        }
     }
 
     /// Answers this member's proposals in a batch entry that does not decode.

@@ -11,9 +11,11 @@
 //! - 20 bytes, the member's id, the first request id and a count `n`: `n` proposals with
 //!   consecutive request ids, the data holding each one's bytes behind a 4-byte little-endian
 //!   length, in order.
-//! - 28 bytes, the 20 above and a first revision `r` (multi-shard mode): the proposals were
-//!   stamped by the group's leader with the global revisions `r, r+1, …` in order. With a count
-//!   of 1 the data is the one proposal's, as proposed.
+//! - A stamped entry (multi-shard mode, see [`crate::stamping`]): the tag byte `S`, the global
+//!   revision `r` stamped on the first proposal (the next ones take `r+1`, `r+2`, …), a count
+//!   `n`, then for each proposal the member that proposed it and its request id there (a leader
+//!   stamps its followers' proposals too). 13 + 16·`n` bytes, never 16 or 20. With `n` = 1 the
+//!   data is the one proposal's, as proposed; otherwise a batch as above.
 
 /// Proposals in one entry at most.
 pub(crate) const MAX_COMMANDS: usize = 256;
@@ -28,22 +30,17 @@ pub(crate) struct Proposer {
     pub first_request: u64,
     /// How many proposals the entry holds; 1 for an entry that is not a batch.
     pub count: u32,
-    /// The global revision stamped on the first proposal, the next ones following it.
-    pub first_stamp: Option<i64>,
 }
 
 impl Proposer {
     /// The context of an entry holding `count` proposals from `member`, the first of them
     /// `first_request`.
     pub fn encode(self) -> Vec<u8> {
-        let mut ctx = Vec::with_capacity(28);
+        let mut ctx = Vec::with_capacity(20);
         ctx.extend_from_slice(&self.member.to_be_bytes());
         ctx.extend_from_slice(&self.first_request.to_be_bytes());
-        if self.count != 1 || self.first_stamp.is_some() {
+        if self.count != 1 {
             ctx.extend_from_slice(&self.count.to_be_bytes());
-        }
-        if let Some(stamp) = self.first_stamp {
-            ctx.extend_from_slice(&stamp.to_be_bytes());
         }
         ctx
     }
@@ -53,24 +50,67 @@ impl Proposer {
     pub fn decode(ctx: &[u8]) -> Option<Proposer> {
         let count = match ctx.len() {
             16 => 1,
-            20 | 28 => u32::from_be_bytes(ctx[16..20].try_into().ok()?),
+            20 => u32::from_be_bytes(ctx[16..20].try_into().ok()?),
             _ => return None,
-        };
-        let first_stamp = match ctx.len() {
-            28 => Some(i64::from_be_bytes(ctx[20..28].try_into().ok()?)),
-            _ => None,
         };
         Some(Proposer {
             member: u64::from_be_bytes(ctx[..8].try_into().ok()?),
             first_request: u64::from_be_bytes(ctx[8..16].try_into().ok()?),
             count,
-            first_stamp,
         })
     }
 
     /// Whether the entry holds a batch rather than one proposal's data as proposed.
     pub fn is_batch(self) -> bool {
         self.count != 1
+    }
+}
+
+/// The tag that opens a stamped entry's context.
+const STAMPED_TAG: u8 = b'S';
+
+/// The context of a stamped entry: its first stamp, and who proposed each of its proposals.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Stamped {
+    pub first_stamp: i64,
+    /// `(member, request id)` of each proposal, in order.
+    pub origins: Vec<(u64, u64)>,
+}
+
+impl Stamped {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut ctx = Vec::with_capacity(13 + 16 * self.origins.len());
+        ctx.push(STAMPED_TAG);
+        ctx.extend_from_slice(&self.first_stamp.to_be_bytes());
+        ctx.extend_from_slice(&(self.origins.len() as u32).to_be_bytes());
+        for (member, request) in &self.origins {
+            ctx.extend_from_slice(&member.to_be_bytes());
+            ctx.extend_from_slice(&request.to_be_bytes());
+        }
+        ctx
+    }
+
+    /// Reads a stamped entry's context; `None` for any other (or a malformed) context.
+    pub fn decode(ctx: &[u8]) -> Option<Stamped> {
+        let (&tag, rest) = ctx.split_first()?;
+        if tag != STAMPED_TAG || rest.len() < 12 {
+            return None;
+        }
+        let first_stamp = i64::from_be_bytes(rest[..8].try_into().ok()?);
+        let count = u32::from_be_bytes(rest[8..12].try_into().ok()?) as usize;
+        let list = &rest[12..];
+        if count == 0 || list.len() != count.checked_mul(16)? {
+            return None;
+        }
+        let origins = list
+            .chunks_exact(16)
+            .map(|pair| {
+                let member = u64::from_be_bytes(pair[..8].try_into().expect("16-byte chunk"));
+                let request = u64::from_be_bytes(pair[8..].try_into().expect("16-byte chunk"));
+                (member, request)
+            })
+            .collect();
+        Some(Stamped { first_stamp, origins })
     }
 }
 
@@ -113,7 +153,6 @@ mod tests {
             member: 7,
             first_request: 42,
             count: 1,
-            first_stamp: None,
         };
         assert_eq!(one.encode().len(), 16);
         assert_eq!(Proposer::decode(&one.encode()), Some(one));
@@ -122,24 +161,41 @@ mod tests {
             member: 7,
             first_request: 42,
             count: 3,
-            first_stamp: None,
         };
         assert_eq!(many.encode().len(), 20);
         assert_eq!(Proposer::decode(&many.encode()), Some(many));
         assert!(many.is_batch());
         assert_eq!(Proposer::decode(&[]), None);
         assert_eq!(Proposer::decode(&[0; 17]), None);
-        for count in [1, 3] {
-            let stamped = Proposer {
-                member: 7,
-                first_request: 42,
-                count,
-                first_stamp: Some(1_000_000_007),
+    }
+
+    #[test]
+    fn stamped_contexts_round_trip_and_differ_from_the_others() {
+        for origins in [vec![(7, 42)], vec![(7, 42), (9, 1), (7, 43)]] {
+            let stamped = Stamped {
+                first_stamp: 1_000_000_007,
+                origins,
             };
-            assert_eq!(stamped.encode().len(), 28);
-            assert_eq!(Proposer::decode(&stamped.encode()), Some(stamped));
-            assert_eq!(stamped.is_batch(), count != 1);
+            let ctx = stamped.encode();
+            assert_eq!(Stamped::decode(&ctx), Some(stamped));
+            assert_eq!(Proposer::decode(&ctx), None);
         }
+        let plain = Proposer {
+            member: u64::from(STAMPED_TAG) << 56,
+            first_request: 1,
+            count: 2,
+        };
+        assert_eq!(Stamped::decode(&plain.encode()), None);
+        let short = Stamped {
+            first_stamp: 5,
+            origins: vec![(1, 2)],
+        }
+        .encode();
+        assert_eq!(Stamped::decode(&short[..short.len() - 1]), None, "truncated");
+        let mut none = short.clone();
+        none[12] = 0;
+        none.truncate(13);
+        assert_eq!(Stamped::decode(&none), None, "a count of 0");
     }
 
     #[test]

@@ -83,7 +83,7 @@ pub struct ServerConfig {
     pub sabotage: Option<Sabotage>,
     /// Whether group 1's leader stamps its writes with revisions from the revision oracle, as
     /// every shard's leader will in multi-shard mode: a development switch that runs the
-    /// multi-shard write path on a one-member cluster until members forward stamped writes.
+    /// multi-shard write path on today's one group, until the keyspace can be split.
     pub stamped_revisions: bool,
     /// Client TLS: `--cert-file`, `--key-file`, `--trusted-ca-file`, `--client-cert-auth`.
     /// Needed by `https://` client URLs; `None` serves plaintext only.

@@ -176,13 +176,6 @@ pub async fn serve(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> Res
         }
     };
     let membership = Arc::new(membership);
-    if cfg.stamped_revisions && membership.members().len() != 1 {
-        return Err(ServeError::Config(
-            "--experimental-stamped-revisions needs a one-member cluster: members do not yet forward stamped \
-             writes to the leader"
-                .into(),
-        ));
-    }
     let member_id = membership.local_id();
     tracing::info!(
         name = %cfg.name,
