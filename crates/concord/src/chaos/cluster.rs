@@ -43,6 +43,8 @@ pub struct ClusterOptions {
     pub namespaces: bool,
     /// `--unsafe-sabotage` for every member (the known-bad check).
     pub sabotage: Option<String>,
+    /// `--experimental-stamped-revisions` for every member.
+    pub stamped_revisions: bool,
 }
 
 /// A running cluster of `concord serve` processes.
@@ -158,6 +160,9 @@ impl ChaosCluster {
             ]);
         if let Some(sabotage) = &self.options.sabotage {
             command.args(["--unsafe-sabotage", sabotage]);
+        }
+        if self.options.stamped_revisions {
+            command.arg("--experimental-stamped-revisions");
         }
         let child = command
             .stdin(Stdio::null())

@@ -72,6 +72,10 @@ pub struct ChaosArgs {
     /// Start every member deliberately broken, to prove the checker catches it.
     #[arg(long, value_enum)]
     pub sabotage: Option<crate::serve::SabotageArg>,
+    /// Run the members with the multi-shard write path (`--experimental-stamped-revisions`):
+    /// every write stamped by the leader with a revision from the revision oracle.
+    #[arg(long)]
+    pub stamped_revisions: bool,
 }
 
 /// What a run found, for the summary line.
@@ -115,6 +119,7 @@ pub async fn run(args: ChaosArgs) -> Result<(), String> {
         members: args.members,
         namespaces: !args.loopback,
         sabotage,
+        stamped_revisions: args.stamped_revisions,
     })
     .await?;
     println!("chaos: {}", cluster.network().describe());
