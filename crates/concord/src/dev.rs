@@ -62,6 +62,7 @@ pub async fn run(args: DevArgs) -> Result<(), String> {
             snapshot_catchup_entries: 5000,
             sabotage: None,
             stamped_revisions: false,
+            initial_shards: Vec::new(),
             client_tls: None,
             peer_tls: None,
             auth: Default::default(),

@@ -212,6 +212,12 @@ pub struct ServeArgs {
     /// runs the multi-shard write path on today's one group, until the keyspace can be split.
     #[arg(long, hide = true)]
     pub experimental_stamped_revisions: bool,
+    /// Splits a new cluster's keyspace at these comma-separated keys, each starting a shard with
+    /// its own Raft group on every initial member (read when the member bootstraps). Hidden: a
+    /// development switch while multi-shard mode is built; see ARCHITECTURE.md for what it does
+    /// not do yet.
+    #[arg(long, hide = true, value_delimiter = ',')]
+    pub experimental_initial_shards: Vec<String>,
     /// How long a snapshot download may go without its client taking data before it is
     /// cancelled and its file removed (default 1m). Hidden: for tests that cannot wait that long.
     #[arg(long, value_parser = parse_duration, hide = true)]
@@ -495,6 +501,11 @@ impl ServeArgs {
             snapshot_count: self.snapshot_count,
             snapshot_catchup_entries: self.experimental_snapshot_catchup_entries,
             stamped_revisions: self.experimental_stamped_revisions,
+            initial_shards: self
+                .experimental_initial_shards
+                .iter()
+                .map(|k| k.as_bytes().to_vec())
+                .collect(),
             sabotage: self.unsafe_sabotage.map(|s| match s {
                 SabotageArg::StaleReads => Sabotage::StaleReads,
                 SabotageArg::UncheckedTxnDepth => Sabotage::UncheckedTxnDepth,

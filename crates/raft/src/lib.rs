@@ -35,6 +35,8 @@ pub mod transport;
 
 pub use error::RaftError;
 pub use node::{start_group, GroupConfig, RaftHandle, DEFAULT_WARNING_APPLY_DURATION};
+/// The log engine every group of a member shares (see [`log_store::open_engine`]).
+pub use raft_engine::Engine as LogEngine;
 pub use snapshot::{BuiltSnapshot, SnapshotJob};
 pub use stamping::RevisionSource;
 pub use state_machine::{Committed, ConfChangeApplied, MemberChangeKind, StateMachine};

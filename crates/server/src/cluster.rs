@@ -51,6 +51,15 @@ impl ClusterService {
         }
     }
 
+    /// Membership changes reconfigure group 1 only: the shards' groups would keep their old
+    /// replicas, so they are refused while the keyspace is split.
+    fn refuse_when_sharded(&self) -> Result<(), Status> {
+        match self.ctx.router.is_sharded() {
+            true => Err(errors::unsharded_only("changing members")),
+            false => Ok(()),
+        }
+    }
+
     /// The leader's status when this member leads; otherwise a client to the
     /// leader for forwarding (or an error if the request was forwarded already).
     async fn leader_or_forward<T>(
@@ -129,6 +138,7 @@ impl Cluster for ClusterService {
     async fn member_add(&self, mut request: Request<MemberAddRequest>) -> Result<Response<MemberAddResponse>, Status> {
         // Checked first, as etcd does, so a bad request costs nothing and is not forwarded.
         request.get_mut().peer_ur_ls = peer_urls::validate(&request.get_ref().peer_ur_ls)?;
+        self.refuse_when_sharded()?;
         let status = match self.leader_or_forward(&request).await? {
             Ok(status) => status,
             Err(mut leader) => {
@@ -186,6 +196,7 @@ impl Cluster for ClusterService {
         &self,
         request: Request<MemberRemoveRequest>,
     ) -> Result<Response<MemberRemoveResponse>, Status> {
+        self.refuse_when_sharded()?;
         let status = match self.leader_or_forward(&request).await? {
             Ok(status) => status,
             Err(mut leader) => {
@@ -284,6 +295,7 @@ impl Cluster for ClusterService {
         &self,
         request: Request<MemberPromoteRequest>,
     ) -> Result<Response<MemberPromoteResponse>, Status> {
+        self.refuse_when_sharded()?;
         let status = match self.leader_or_forward(&request).await? {
             Ok(status) => status,
             Err(mut leader) => {

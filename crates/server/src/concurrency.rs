@@ -189,7 +189,13 @@ fn unexpected(result: &WriteResult) -> Status {
 
 /// Replicates a txn on behalf of `sender` and answers with etcd's header filled in.
 pub async fn txn(ctx: &MemberContext, sender: &Sender, req: TxnRequest) -> Result<TxnResponse, Status> {
-    let group = ctx.router.group_for_txn(&req);
+    let group = ctx
+        .router
+        .group_for_txn(&req)
+        .map_err(|spans| errors::write_spans_shards(&spans.groups))?;
+    for lease in concord_storage::auth::perms::txn_leases(&req) {
+        ctx.check_lease_shard(group, lease)?;
+    }
     let result = ctx
         .propose_write(group, sender, Op::Txn(req))
         .await
@@ -259,9 +265,12 @@ pub async fn authorize_prefix(
 /// A linearizable range (ReadIndex barrier, then the local store), with the
 /// revision it was served at.
 pub async fn linearizable_range(ctx: &MemberContext, req: &RangeRequest) -> Result<(RangeResponse, i64), Status> {
-    let group = ctx.router.group_for_range(&req.key, &req.range_end);
-    group.read_barrier().await.map_err(errors::from_raft)?;
-    ctx.store.range(req).map_err(errors::from_kv)
+    let shard = ctx
+        .router
+        .shard_for_range(&req.key, &req.range_end)
+        .map_err(|spans| errors::read_spans_shards(&spans.groups))?;
+    shard.group.read_barrier().await.map_err(errors::from_raft)?;
+    shard.store.range(req).map_err(errors::from_kv)
 }
 
 /// The next lease id this member proposes for a session, etcd-style: the

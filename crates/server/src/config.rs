@@ -85,6 +85,10 @@ pub struct ServerConfig {
     /// every shard's leader will in multi-shard mode: a development switch that runs the
     /// multi-shard write path on today's one group, until the keyspace can be split.
     pub stamped_revisions: bool,
+    /// `--experimental-initial-shards`: the keys a new cluster's keyspace is split at, each
+    /// starting a shard with its own Raft group on every initial member (read only when the
+    /// member bootstraps; empty: one shard).
+    pub initial_shards: Vec<Vec<u8>>,
     /// Client TLS: `--cert-file`, `--key-file`, `--trusted-ca-file`, `--client-cert-auth`.
     /// Needed by `https://` client URLs; `None` serves plaintext only.
     pub client_tls: Option<TlsFiles>,

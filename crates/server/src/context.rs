@@ -49,7 +49,8 @@ pub struct MemberContext {
     pub router: KeyRouter,
     /// The peer transport, which knows which members answer.
     pub transport: std::sync::Arc<concord_raft::PeerTransport>,
-    /// The MVCC store the member's group applies into.
+    /// The MVCC store group 1 applies into: the cluster's metadata (leases, auth, alarms) and
+    /// the first shard's keys. Each shard's own store is in the router.
     pub store: Arc<MvccStore>,
     /// Where snapshots for clients are written before they are streamed.
     pub snapshot_dir: PathBuf,
@@ -68,6 +69,8 @@ pub struct MemberContext {
     pub snapshot_downloads: crate::snapshot_downloads::SnapshotDownloads,
     /// The client port's grpc.health.v1 answer, which defragmentation may turn NOT_SERVING.
     pub grpc_health: crate::grpc_health::GrpcHealth,
+    /// The revision oracle, wherever group 1's leader is.
+    pub oracle: Arc<crate::revision_oracle::OracleClient>,
 }
 
 impl MemberContext {
@@ -92,6 +95,32 @@ impl MemberContext {
         let creds = crate::auth::Credentials::of(request);
         self.auth.require_admin(&creds, self.router.default_group()).await?;
         Ok(())
+    }
+
+    /// The least revision a read reports, taken before its barrier: with several shards, a
+    /// linearizable read reports at least a revision the oracle hands out as it begins, so at
+    /// least that of every write that completed before, whichever shard took it (its store's
+    /// own revision counts only its shard's writes). 0 with one shard, or for a serializable read.
+    pub async fn read_floor(&self, serializable: bool) -> Result<i64, Status> {
+        if !self.router.is_sharded() || !self.needs_read_barrier(serializable) {
+            return Ok(0);
+        }
+        use concord_raft::RevisionSource as _;
+        self.oracle
+            .allocate(1)
+            .await
+            .map_err(|reason| errors::no_revisions(&reason))
+    }
+
+    /// Refuses a write that attaches a key outside group 1's shard to a lease: leases live in
+    /// group 1, and the shards do not learn of them yet.
+    pub fn check_lease_shard(&self, group: &GroupHandle, lease: i64) -> Result<(), Status> {
+        match lease != 0 && group.group_id() != self.router.default_group().group_id() {
+            true => Err(errors::unsharded_only(
+                "attaching a lease to a key outside the first shard",
+            )),
+            false => Ok(()),
+        }
     }
 
     /// etcd's response header: who answered, at which revision and term.

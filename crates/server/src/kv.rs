@@ -48,7 +48,13 @@ impl Kv for KvService {
         let creds = Credentials::of(&request);
         let req = request.into_inner();
         validate::check_range(&req)?;
-        let group = self.ctx.router.group_for_range(&req.key, &req.range_end);
+        let shard = self
+            .ctx
+            .router
+            .shard_for_range(&req.key, &req.range_end)
+            .map_err(|spans| errors::read_spans_shards(&spans.groups))?;
+        let group = &shard.group;
+        let floor = self.ctx.read_floor(req.serializable).await?;
         if self.ctx.needs_read_barrier(req.serializable) {
             group.read_barrier().await.map_err(errors::from_raft)?;
         }
@@ -59,10 +65,10 @@ impl Kv for KvService {
             .auth
             .authorize_read(&creds, group, &perms::range_needs(&req))
             .await?;
-        let (mut resp, revision) = self.ctx.store.range(&req).map_err(errors::from_kv)?;
+        let (mut resp, revision) = shard.store.range(&req).map_err(errors::from_kv)?;
         crate::metrics::MVCC_RANGES.inc();
         self.ctx.auth.check_unchanged(id.as_ref())?;
-        resp.header = Some(self.ctx.header(revision));
+        resp.header = Some(self.ctx.header(revision.max(floor)));
         Ok(Response::new(resp))
     }
 
@@ -72,6 +78,7 @@ impl Kv for KvService {
         validate::check_put(&req)?;
         crate::quota::check(&self.ctx, req.key.len() + req.value.len()).await?;
         let group = self.ctx.router.group_for_key(&req.key);
+        self.ctx.check_lease_shard(group, req.lease)?;
         let sender = self.ctx.auth.sender(&creds, group).await?;
         self.ctx
             .write(group, &sender, Op::Put(req), |r| match r {
@@ -88,7 +95,11 @@ impl Kv for KvService {
         let creds = Credentials::of(&request);
         let req = request.into_inner();
         validate::check_delete(&req)?;
-        let group = self.ctx.router.group_for_range(&req.key, &req.range_end);
+        let group = self
+            .ctx
+            .router
+            .group_for_range(&req.key, &req.range_end)
+            .map_err(|spans| errors::write_spans_shards(&spans.groups))?;
         let sender = self.ctx.auth.sender(&creds, group).await?;
         self.ctx
             .write(group, &sender, Op::DeleteRange(req), |r| match r {
@@ -102,11 +113,18 @@ impl Kv for KvService {
         let creds = Credentials::of(&request);
         let req = request.into_inner();
         validate::check_txn(&req, self.ctx.limits.max_txn_ops, self.ctx.max_txn_depth())?;
-        let group = self.ctx.router.group_for_txn(&req);
-        if concord_storage::is_txn_read_only(&req) {
+        let read_only = concord_storage::is_txn_read_only(&req);
+        let shard = self.ctx.router.shard_for_txn(&req).map_err(|spans| match read_only {
+            true => errors::read_spans_shards(&spans.groups),
+            false => errors::write_spans_shards(&spans.groups),
+        })?;
+        let group = &shard.group;
+        if read_only {
             // Like etcd, a txn that only reads needs no Raft round: a ReadIndex
             // barrier (unless every read is serializable), then a local snapshot.
-            if self.ctx.needs_read_barrier(all_reads_serializable(&req)) {
+            let serializable = all_reads_serializable(&req);
+            let floor = self.ctx.read_floor(serializable).await?;
+            if self.ctx.needs_read_barrier(serializable) {
                 group.read_barrier().await.map_err(errors::from_raft)?;
             }
             let id = self
@@ -114,12 +132,15 @@ impl Kv for KvService {
                 .auth
                 .authorize_read(&creds, group, &perms::txn_needs(&req))
                 .await?;
-            let (mut resp, revision) = self.ctx.store.txn_read(&req).map_err(errors::from_kv)?;
+            let (mut resp, revision) = shard.store.txn_read(&req).map_err(errors::from_kv)?;
             self.ctx.auth.check_unchanged(id.as_ref())?;
-            resp.header = Some(self.ctx.header(revision));
+            resp.header = Some(self.ctx.header(revision.max(floor)));
             return Ok(Response::new(resp));
         }
         crate::quota::check(&self.ctx, prost::Message::encoded_len(&req)).await?;
+        for lease in perms::txn_leases(&req) {
+            self.ctx.check_lease_shard(group, lease)?;
+        }
         let sender = self.ctx.auth.sender(&creds, group).await?;
         self.ctx
             .write(group, &sender, Op::Txn(req), |r| match r {
@@ -132,6 +153,9 @@ impl Kv for KvService {
     async fn compact(&self, request: Request<CompactionRequest>) -> Result<Response<CompactionResponse>, Status> {
         let creds = Credentials::of(&request);
         let req = request.into_inner();
+        if self.ctx.router.is_sharded() {
+            return Err(errors::unsharded_only("compaction"));
+        }
         let group = self.ctx.router.default_group();
         let sender = self.ctx.auth.sender(&creds, group).await?;
         self.ctx

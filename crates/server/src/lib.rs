@@ -49,6 +49,8 @@ pub mod quota;
 pub mod revision_oracle;
 pub mod router;
 mod scheme_authority;
+pub mod shard_groups;
+pub mod shard_map;
 pub mod shards;
 pub mod snapshot_downloads;
 pub mod tls;

@@ -173,6 +173,9 @@ impl Maintenance for MaintenanceService {
     /// client, or stalls (see [`SNAPSHOT_STALL_TIMEOUT`]).
     async fn snapshot(&self, request: Request<SnapshotRequest>) -> Result<Response<Self::SnapshotStream>, Status> {
         self.require_admin(&request).await?;
+        if self.ctx.router.is_sharded() {
+            return Err(errors::unsharded_only("a snapshot of the whole keyspace"));
+        }
         let file = SnapshotFile(self.ctx.snapshot_dir.join(format!("client-{:x}.snap", rand_suffix())));
         let store = self.ctx.store.clone();
         let members = self.ctx.membership.members();

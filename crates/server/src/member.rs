@@ -30,7 +30,7 @@ use crate::lock::LockService;
 use crate::maintenance::MaintenanceService;
 use crate::membership::Membership;
 use crate::metrics::rates::RateHistory;
-use crate::router::KeyRouter;
+use crate::router::{KeyRouter, Shard};
 use crate::tls::MemberTls;
 use crate::watch::{WatchHub, WatchService};
 use concord_proto::etcdserverpb::lease_server::LeaseServer;
@@ -241,6 +241,12 @@ pub async fn serve(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> Res
     } else {
         Vec::new()
     };
+    let split_keys = crate::shard_map::load_or_create(
+        &member_dir,
+        &cfg.initial_shards,
+        !initialized && cfg.initial_cluster_state == InitialClusterState::New,
+    )
+    .map_err(ServeError::Config)?;
     let group_cfg = GroupConfig {
         group_id: FIRST_GROUP_ID,
         member_id,
@@ -251,7 +257,7 @@ pub async fn serve(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> Res
         tick_interval: cfg.heartbeat_interval,
         election_ticks: cfg.election_ticks(),
         request_timeout: cfg.request_timeout(),
-        sealer,
+        sealer: sealer.clone(),
         warning_apply_duration: cfg.warning_apply_duration,
         max_pending_proposal_bytes: cfg.max_pending_proposal_bytes,
     };
@@ -265,22 +271,56 @@ pub async fn serve(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> Res
         auth: auth.clone(),
     };
     let (group, driver_thread) = start_group(
-        group_cfg,
-        engine,
+        group_cfg.clone(),
+        engine.clone(),
         KvStateMachine::new(store.clone(), effects),
         transport.clone(),
     )
     .map_err(|e| ServeError::Storage(e.to_string()))?;
     transport.register_group(FIRST_GROUP_ID, Arc::new(group.clone()));
     let revision_oracle = crate::revision_oracle::RevisionOracle::start(group.clone(), store.clone());
-    if cfg.stamped_revisions {
+    // Several shards stamp every write with the oracle's revisions, group 1's too.
+    if cfg.stamped_revisions || !split_keys.is_empty() {
         group.stamp_with(revision_oracle.clone());
     }
+    let oracle_client = crate::revision_oracle::OracleClient::new(
+        revision_oracle.clone(),
+        group.clone(),
+        membership.clone(),
+        tls.peer_dialer.clone(),
+        cfg.request_timeout(),
+    );
+    let shard_groups = crate::shard_groups::ShardGroups::start(
+        &split_keys,
+        &group_cfg,
+        &member_dir,
+        &engine,
+        &transport,
+        oracle_client.clone(),
+        |hub| Effects {
+            membership: membership.clone(),
+            hub,
+            lessor: lessor.clone(),
+            transport: transport.clone(),
+            // Only group 1's configuration changes remove a member.
+            removed: watch::channel(false).0,
+            auth: auth.clone(),
+        },
+    )
+    .map_err(ServeError::Storage)?;
+    let mut shards = vec![Shard {
+        start: Vec::new(),
+        end: split_keys.first().cloned().unwrap_or_default(),
+        group: group.clone(),
+        store: store.clone(),
+        hub: hub.clone(),
+    }];
+    shards.extend(shard_groups.shards.iter().cloned());
 
     let (grpc_health, health_service) = crate::grpc_health::GrpcHealth::new(cfg.stop_grpc_service_on_defrag);
     let ctx = Arc::new(MemberContext {
         membership: membership.clone(),
-        router: KeyRouter::single(group.clone()),
+        router: KeyRouter::new(shards),
         transport: transport.clone(),
         store,
         snapshot_dir: member_dir.join("snap"),
@@ -291,6 +331,7 @@ pub async fn serve(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> Res
         auth,
         snapshot_downloads: Default::default(),
         grpc_health,
+        oracle: oracle_client,
     });
 
     let lessor_task = tokio::spawn(run_lessor(lessor.clone(), ctx.clone()));
@@ -469,6 +510,7 @@ pub async fn serve(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> Res
         servers.abort_all();
     }
     lessor_task.abort();
+    shard_groups.stop().await;
     group.stop();
     let _ = tokio::task::spawn_blocking(move || driver_thread.join()).await;
     if let Some(reason) = fault {

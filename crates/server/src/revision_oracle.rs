@@ -200,3 +200,69 @@ impl RevisionOracleRpc for OracleService {
         }))
     }
 }
+
+/// Where a shard's leader takes revisions from: the oracle of this member while it leads group
+/// 1, else the oracle of group 1's leader over its peer URL.
+pub struct OracleClient {
+    local: Arc<RevisionOracle>,
+    meta: GroupHandle,
+    membership: Arc<crate::membership::Membership>,
+    dialer: concord_tls::Dialer,
+    channels: crate::forward::LeaderChannels,
+    timeout: std::time::Duration,
+}
+
+impl OracleClient {
+    /// A client of the oracle of group `meta`, this member's being `local`; remote oracles are
+    /// reached with `dialer` and given up on after `timeout`.
+    pub fn new(
+        local: Arc<RevisionOracle>,
+        meta: GroupHandle,
+        membership: Arc<crate::membership::Membership>,
+        dialer: concord_tls::Dialer,
+        timeout: std::time::Duration,
+    ) -> Arc<OracleClient> {
+        Arc::new(OracleClient {
+            local,
+            meta,
+            membership,
+            dialer,
+            channels: Default::default(),
+            timeout,
+        })
+    }
+
+    async fn allocate_remote(&self, leader: u64, count: u32) -> Result<i64, String> {
+        let url = self
+            .membership
+            .member(leader)
+            .and_then(|m| m.peer_ur_ls.first().cloned())
+            .ok_or_else(|| format!("no peer URL for group 1's leader {leader:x}"))?;
+        let channel = self
+            .channels
+            .channel(&url, &self.dialer)
+            .map_err(|refused| refused.message().to_string())?;
+        let mut oracle = concord_proto::concordpb::revision_oracle_client::RevisionOracleClient::new(channel);
+        let call = oracle.allocate(AllocateRevisionsRequest { count });
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(Ok(answer)) => Ok(answer.into_inner().first),
+            Ok(Err(refused)) => Err(refused.message().to_string()),
+            Err(_) => Err(format!(
+                "the revision oracle at {url} did not answer within {:?}",
+                self.timeout
+            )),
+        }
+    }
+}
+
+impl RevisionSource for OracleClient {
+    fn allocate(&self, count: u32) -> Pin<Box<dyn Future<Output = Result<i64, String>> + Send + '_>> {
+        Box::pin(async move {
+            match self.meta.leader_id() {
+                0 => Err("group 1 has no leader".to_string()),
+                leader if leader == self.membership.local_id() => RevisionSource::allocate(&*self.local, count).await,
+                leader => self.allocate_remote(leader, count).await,
+            }
+        })
+    }
+}

@@ -20,7 +20,7 @@ use tonic::{Request, Response, Status};
 
 use crate::context::MemberContext;
 use crate::errors;
-use crate::router::ShardRange;
+use crate::router::Shard as ShardRange;
 
 /// How long TransferLeader waits for the new leader to take over (as MoveLeader).
 const LEADER_TRANSFER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -41,11 +41,11 @@ impl ShardService {
     }
 
     /// A shard as this member sees it.
-    fn describe(&self, range: &ShardRange<'_>) -> Shard {
+    fn describe(&self, range: &ShardRange) -> Shard {
         describe(&self.ctx, range)
     }
 
-    fn shard(&self, id: u64) -> Result<ShardRange<'_>, Status> {
+    fn shard(&self, id: u64) -> Result<&ShardRange, Status> {
         self.ctx.router.shard(id).ok_or_else(|| errors::shard_not_found(id))
     }
 
@@ -59,7 +59,7 @@ pub fn describe_all(ctx: &MemberContext) -> Vec<Shard> {
     ctx.router.shards().iter().map(|s| describe(ctx, s)).collect()
 }
 
-fn describe(ctx: &MemberContext, range: &ShardRange<'_>) -> Shard {
+fn describe(_ctx: &MemberContext, range: &ShardRange) -> Shard {
     let status = range.group.status();
     let mut replicas: Vec<u64> = status.voters.iter().chain(&status.learners).copied().collect();
     replicas.sort_unstable();
@@ -75,7 +75,7 @@ fn describe(ctx: &MemberContext, range: &ShardRange<'_>) -> Shard {
         }),
         replicas,
         leader: status.leader_id,
-        db_size: i64::try_from(ctx.store.db_size()).unwrap_or(i64::MAX),
+        db_size: i64::try_from(range.store.db_size()).unwrap_or(i64::MAX),
         applied_index: status.applied_index,
         learners,
     }
@@ -131,7 +131,7 @@ impl Shards for ShardService {
         }
         Ok(Response::new(ShardTransferLeaderResponse {
             header: self.header(),
-            shard: Some(self.describe(&shard)),
+            shard: Some(self.describe(shard)),
         }))
     }
 }

@@ -161,6 +161,10 @@ fn take_password(password: &mut String) -> Zeroizing<String> {
 #[tonic::async_trait]
 impl Auth for AuthService {
     async fn auth_enable(&self, request: Request<AuthEnableRequest>) -> Result<Response<AuthEnableResponse>, Status> {
+        // The shards' stores apply writes without the auth state, which lives in group 1's.
+        if self.ctx.router.is_sharded() {
+            return Err(errors::unsharded_only("authentication"));
+        }
         let creds = Credentials::of(&request);
         let (header, _) = self.change(&creds, AuthOp::Enable(request.into_inner())).await?;
         tracing::info!("authentication enabled");

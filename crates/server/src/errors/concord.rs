@@ -33,6 +33,37 @@ pub fn move_unimplemented() -> Status {
     )
 }
 
+// Requests that span shards (multi-shard mode).
+
+fn shard_list(groups: &[u64]) -> String {
+    groups.iter().map(u64::to_string).collect::<Vec<_>>().join(", ")
+}
+
+/// A write (a delete, a txn that writes) whose keys lie in several shards: one Raft group cannot
+/// apply it atomically, and cross-shard transactions are not built yet.
+pub fn write_spans_shards(groups: &[u64]) -> Status {
+    Status::failed_precondition(format!(
+        "concord: the write touches keys of shards {}; a write must stay within one shard until \
+         cross-shard transactions are implemented",
+        shard_list(groups)
+    ))
+}
+
+/// A read or watch whose keys lie in several shards, which needs a consistent cut across them.
+pub fn read_spans_shards(groups: &[u64]) -> Status {
+    Status::unimplemented(format!(
+        "concord: reading or watching keys of several shards ({}) is not implemented yet",
+        shard_list(groups)
+    ))
+}
+
+/// What multi-shard mode does not do yet: `what` names it.
+pub fn unsharded_only(what: &str) -> Status {
+    Status::unimplemented(format!(
+        "concord: {what} is not implemented yet when the keyspace is split into shards"
+    ))
+}
+
 // The revision oracle (peer URLs).
 
 /// `RevisionOracle.Allocate` on a member that does not lead the metadata group.

@@ -91,7 +91,7 @@ impl WatchStreamTask {
         // etcd watches from "\0" when no key is given.
         let key = if key.is_empty() { &[0u8][..] } else { key };
         let needs = [Need::new(Access::Read, key, range_end)];
-        let group = self.ctx.router.group_for_range(key, range_end);
+        let group = self.ctx.router.default_group();
         let checked = match group.read_barrier().await {
             Ok(()) => self.ctx.auth.authorize_read(&self.creds, group, &needs).await,
             Err(err) => Err(errors::from_raft(err)),
@@ -205,9 +205,23 @@ impl WatchStreamTask {
         self.send(resp).await
     }
 
+    /// Whether the stream's hub (group 1's) sees every change of `[key, range_end)`: it does
+    /// unless the keyspace is split and the range reaches past the first shard.
+    fn in_hub_shard(&self, key: &[u8], range_end: &[u8]) -> Result<(), tonic::Status> {
+        let router = &self.ctx.router;
+        match router.shard_for_range(key, range_end) {
+            Ok(shard) if shard.group.group_id() == router.default_group().group_id() => Ok(()),
+            Ok(_) => Err(errors::unsharded_only("watching keys outside the first shard")),
+            Err(spans) => Err(errors::read_spans_shards(&spans.groups)),
+        }
+    }
+
     async fn create(&mut self, create: WatchCreateRequest) -> bool {
         if let Err(reason) = self.permitted(&create.key, &create.range_end).await {
             return self.refuse_create(reason).await;
+        }
+        if let Err(refused) = self.in_hub_shard(&create.key, &create.range_end) {
+            return self.refuse_create(errors::as_cancel_reason(&refused)).await;
         }
         // A range that holds no key (`key` at or past `range_end`; "\0" means every key from
         // `key` on) is refused by etcd's mvcc when the watch is made, not watched forever.

@@ -1,0 +1,204 @@
+//! A keyspace split into shards at start (`--experimental-initial-shards`), on three real
+//! members: each shard is its own Raft group with its own store, `concord shard list` shows them,
+//! writes through any member go to the key's shard and take one global revision in real time
+//! across shards, a shard's leader can be killed without losing an acknowledged write, and what
+//! needs several shards at once is refused with a message naming them.
+
+mod common;
+
+use std::time::Instant;
+
+use common::{concord, eventually, grpc_status, Cluster};
+use etcd_client::{Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp, WatchOptions};
+use tonic::Code;
+
+const SPLIT: &str = "--experimental-initial-shards=m";
+
+/// One acknowledged put: its key, revision, and when it was sent and answered.
+#[derive(Debug, Clone)]
+struct Put {
+    key: String,
+    revision: i64,
+    invoked: Instant,
+    completed: Instant,
+}
+
+/// Puts through member `i`, one after another, alternating between the two shards.
+async fn put_through(cluster: &Cluster, i: usize, count: usize, tag: &str) -> Vec<Put> {
+    let mut client = cluster.client(i).await;
+    let mut done = Vec::new();
+    for n in 0..count {
+        let shard = if n % 2 == 0 { "a" } else { "z" };
+        let key = format!("{shard}/{tag}/m{i}/{n}");
+        let invoked = Instant::now();
+        let answer = client.put(key.as_str(), "v", None).await.unwrap();
+        done.push(Put {
+            key,
+            revision: answer.header().unwrap().revision(),
+            invoked,
+            completed: Instant::now(),
+        });
+    }
+    done
+}
+
+/// Every put's revision is its own, and a put sent after another was answered has a higher one.
+fn assert_real_time_order(puts: &[Put]) {
+    for a in puts {
+        for b in puts.iter().filter(|b| b.key != a.key) {
+            assert_ne!(a.revision, b.revision, "{a:?} and {b:?} share a revision");
+            if a.completed < b.invoked {
+                assert!(a.revision < b.revision, "{b:?} was sent after {a:?} was answered");
+            }
+        }
+    }
+}
+
+/// The shards as `concord shard list -w json` shows them through member `i`.
+fn listed_shards(cluster: &Cluster, i: usize) -> Vec<serde_json::Value> {
+    let endpoint = format!("--endpoints={}", cluster.endpoints()[i]);
+    let listed = concord(&["shard", "list", "-w", "json", &endpoint]);
+    assert!(listed.status.success(), "{listed:?}");
+    let json: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    json["shards"].as_array().unwrap().clone()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn shards_take_writes_at_one_global_revision_and_survive_a_leader_kill() {
+    let mut cluster = Cluster::start_with(3, &[SPLIT]).await;
+
+    // Two shards, split at "m" ("bQ==" in base64), each replicated on all three members.
+    let shards = eventually("both shards have a leader", || {
+        let shards = listed_shards(&cluster, 0);
+        async move {
+            match shards.iter().all(|s| s["leader"] != "0" && s["leader"] != "") {
+                true => Ok(shards),
+                false => Err(shards),
+            }
+        }
+    })
+    .await;
+    let ranges: Vec<(u64, &str, &str)> = shards
+        .iter()
+        .map(|s| {
+            (
+                s["id"].as_u64().unwrap(),
+                s["start"].as_str().unwrap(),
+                s["end"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(ranges, vec![(1, "", "bQ=="), (2, "bQ==", "")], "{shards:?}");
+    assert!(
+        shards.iter().all(|s| s["replicas"].as_array().unwrap().len() == 3),
+        "{shards:?}"
+    );
+
+    let writers = (0..3).map(|i| put_through(&cluster, i, 20, "before"));
+    let mut acknowledged: Vec<Put> = futures::future::join_all(writers).await.concat();
+    assert_real_time_order(&acknowledged);
+
+    // A linearizable read reports at least the revision of every write answered before it,
+    // whichever shard took the write.
+    let highest = acknowledged.iter().map(|p| p.revision).max().unwrap();
+    let mut client = cluster.client(1).await;
+    for key in ["a/before/m0/0", "z/before/m0/1"] {
+        let got = client.get(key, None).await.unwrap();
+        assert_eq!(got.kvs()[0].value(), b"v", "{key}");
+        assert!(
+            got.header().unwrap().revision() >= highest,
+            "{key}: {got:?} after {highest}"
+        );
+    }
+
+    // A txn within one shard is one Raft entry; its writes share a revision.
+    let within = Txn::new()
+        .when([Compare::value("z/before/m0/1", CompareOp::Equal, "v")])
+        .and_then([TxnOp::put("z/txn/1", "x", None), TxnOp::put("z/txn/2", "x", None)]);
+    let done = client.txn(within).await.unwrap();
+    assert!(done.succeeded());
+    let revision = done.header().unwrap().revision();
+    assert!(revision > highest);
+    for key in ["z/txn/1", "z/txn/2"] {
+        assert_eq!(client.get(key, None).await.unwrap().kvs()[0].mod_revision(), revision);
+    }
+
+    // What needs both shards at once is refused, naming them.
+    let across = client
+        .get("a", Some(GetOptions::new().with_range("z")))
+        .await
+        .unwrap_err();
+    let status = grpc_status(across);
+    assert_eq!(status.code(), Code::Unimplemented, "{status:?}");
+    assert!(status.message().contains("shards (1, 2)"), "{status:?}");
+    let spanning = Txn::new().and_then([TxnOp::put("a/x", "1", None), TxnOp::put("z/x", "1", None)]);
+    let status = grpc_status(client.txn(spanning).await.unwrap_err());
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    assert!(status.message().contains("shards 1, 2"), "{status:?}");
+    let lease = client.lease_grant(60, None).await.unwrap().id();
+    let leased = client.put("z/leased", "v", Some(PutOptions::new().with_lease(lease)));
+    assert_eq!(grpc_status(leased.await.unwrap_err()).code(), Code::Unimplemented);
+    client
+        .put("a/leased", "v", Some(PutOptions::new().with_lease(lease)))
+        .await
+        .expect("the first shard's keys take leases, which live with it");
+    let mut watch = client
+        .watch("z/", Some(WatchOptions::new().with_prefix()))
+        .await
+        .unwrap();
+    let refused = watch.message().await.unwrap().unwrap();
+    assert!(refused.canceled(), "{refused:?}");
+    assert!(
+        refused.cancel_reason().contains("outside the first shard"),
+        "{refused:?}"
+    );
+
+    // kill -9 the leader of the second shard's group: its writes resume on the survivors.
+    let shards = listed_shards(&cluster, 0);
+    let leader_hex = shards[1]["leader"].as_str().unwrap().to_string();
+    let leader = cluster
+        .index_of_member_id(u64::from_str_radix(&leader_hex, 16).unwrap())
+        .await
+        .unwrap();
+    cluster.kill(leader);
+    let survivor = (leader + 1) % 3;
+    let client = cluster.client(survivor).await;
+    let resumed = eventually("the second shard takes writes again", || {
+        let mut client = client.clone();
+        async move {
+            let answer = client.put("z/after-kill", "v", None).await?;
+            Ok::<i64, etcd_client::Error>(answer.header().unwrap().revision())
+        }
+    })
+    .await;
+    assert!(resumed > revision, "{resumed} after {revision}");
+    let after = (0..3)
+        .filter(|&i| i != leader)
+        .map(|i| put_through(&cluster, i, 10, "after"));
+    let after: Vec<Put> = futures::future::join_all(after).await.concat();
+    assert!(after.iter().all(|p| p.revision > resumed));
+    acknowledged.extend(after);
+    assert_real_time_order(&acknowledged);
+
+    // The killed member comes back with every acknowledged write of both shards.
+    cluster.restart(leader);
+    let back = cluster.client(leader).await;
+    for put in &acknowledged {
+        let got = eventually("the restarted member serves the write", || {
+            let mut back = back.clone();
+            let key = put.key.clone();
+            async move {
+                let got = back.get(key.as_str(), None).await?;
+                match got.kvs().first().map(|kv| kv.mod_revision()) {
+                    Some(revision) => Ok(revision),
+                    None => Err(etcd_client::Error::InvalidArgs(format!("{key} is missing"))),
+                }
+            }
+        })
+        .await;
+        assert_eq!(got, put.revision, "{put:?}");
+    }
+
+    // The split is recorded: every member still has two shards after its restart.
+    assert_eq!(listed_shards(&cluster, leader).len(), 2);
+}

@@ -1,0 +1,82 @@
+//! The groups of the shards after the first (multi-shard mode): each with its own store
+//! (`member/shard-<group>.redb`), snapshots (`member/snap/shard-<group>/`), watch hub and driver
+//! thread, its log in the member's one raft-engine instance, and its writes stamped with
+//! revisions from the oracle. Group 1, started by `member.rs`, holds the first shard and the
+//! cluster's metadata.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use concord_raft::{start_group, GroupConfig, PeerTransport, RevisionSource};
+use concord_storage::MvccStore;
+
+use crate::apply::{Effects, KvStateMachine};
+use crate::router::Shard;
+use crate::watch::WatchHub;
+
+/// The running groups of the shards after the first, and their driver threads.
+pub struct ShardGroups {
+    /// Ascending by start key.
+    pub shards: Vec<Shard>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl ShardGroups {
+    /// Starts a group for each shard after the first: `split_keys[i]` starts group `i + 2`.
+    /// `first` is group 1's configuration (its sealer also seals the shards' stores); `effects` makes a state machine's side effects for a
+    /// shard's watch hub.
+    pub fn start(
+        split_keys: &[Vec<u8>],
+        first: &GroupConfig,
+        member_dir: &Path,
+        engine: &Arc<concord_raft::LogEngine>,
+        transport: &Arc<PeerTransport>,
+        revisions: Arc<dyn RevisionSource>,
+        effects: impl Fn(Arc<WatchHub>) -> Effects,
+    ) -> Result<ShardGroups, String> {
+        let mut started = ShardGroups {
+            shards: Vec::new(),
+            threads: Vec::new(),
+        };
+        for (i, start) in split_keys.iter().enumerate() {
+            let group_id = i as u64 + 2;
+            let end = split_keys.get(i + 1).cloned().unwrap_or_default();
+            let path = member_dir.join(format!("shard-{group_id}.redb"));
+            let store = Arc::new(
+                MvccStore::open_with(&path, first.sealer.clone()).map_err(|e| format!("{}: {e}", path.display()))?,
+            );
+            let hub = WatchHub::new(store.clone());
+            tokio::spawn(hub.clone().run());
+            let cfg = GroupConfig {
+                group_id,
+                snapshot_dir: first.snapshot_dir.join(format!("shard-{group_id}")),
+                ..first.clone()
+            };
+            let machine = KvStateMachine::new(store.clone(), effects(hub.clone()));
+            let (group, thread) =
+                start_group(cfg, engine.clone(), machine, transport.clone()).map_err(|e| e.to_string())?;
+            transport.register_group(group_id, Arc::new(group.clone()));
+            group.stamp_with(revisions.clone());
+            started.threads.push(thread);
+            started.shards.push(Shard {
+                start: start.clone(),
+                end,
+                group,
+                store,
+                hub,
+            });
+        }
+        Ok(started)
+    }
+
+    /// Stops every group and waits for its driver to finish.
+    pub async fn stop(self) {
+        for shard in &self.shards {
+            shard.group.stop();
+        }
+        for thread in self.threads {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+    }
+}
