@@ -202,3 +202,66 @@ async fn shards_take_writes_at_one_global_revision_and_survive_a_leader_kill() {
     // The split is recorded: every member still has two shards after its restart.
     assert_eq!(listed_shards(&cluster, leader).len(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn members_without_a_replica_forward_to_one_that_has_it() {
+    // Four members, three shards: the first on all four (with the cluster's metadata), the
+    // others on three each, so every member lacks one of them.
+    let cluster = Cluster::start_with(4, &["--experimental-initial-shards=h,q"]).await;
+    let shards = eventually("every shard has a leader", || {
+        let shards = listed_shards(&cluster, 0);
+        async move {
+            let led = |s: &serde_json::Value| s["leader"] != "0" && s["leader"] != "";
+            // This member knows the leader of the shards it holds only.
+            match shards
+                .iter()
+                .filter(|s| s["replicas"].as_array().unwrap().len() == 3)
+                .count()
+                == 2
+                && shards.iter().any(led)
+            {
+                true => Ok(shards),
+                false => Err(shards),
+            }
+        }
+    })
+    .await;
+    let replicas: Vec<usize> = shards.iter().map(|s| s["replicas"].as_array().unwrap().len()).collect();
+    assert_eq!(replicas, vec![4, 3, 3], "{shards:?}");
+
+    // Writes and reads of every shard through every member, whether it holds the shard or not.
+    let mut acknowledged = Vec::new();
+    for i in 0..4 {
+        let mut client = cluster.client(i).await;
+        for key in ["a", "k", "z"] {
+            let key = format!("{key}/through-m{i}");
+            let invoked = Instant::now();
+            let revision = client
+                .put(key.as_str(), "v", None)
+                .await
+                .unwrap()
+                .header()
+                .unwrap()
+                .revision();
+            acknowledged.push(Put {
+                key,
+                revision,
+                invoked,
+                completed: Instant::now(),
+            });
+        }
+    }
+    assert_real_time_order(&acknowledged);
+    for i in 0..4 {
+        let mut client = cluster.client(i).await;
+        for put in &acknowledged {
+            let got = client.get(put.key.as_str(), None).await.unwrap();
+            assert_eq!(got.kvs()[0].mod_revision(), put.revision, "{put:?} through member {i}");
+        }
+        // A txn on a shard held elsewhere is forwarded whole.
+        let txn = Txn::new()
+            .when([Compare::version("z/through-m0", CompareOp::Greater, 0)])
+            .and_then([TxnOp::put(format!("z/txn-m{i}"), "x", None)]);
+        assert!(client.txn(txn).await.unwrap().succeeded(), "through member {i}");
+    }
+}

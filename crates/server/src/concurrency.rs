@@ -42,6 +42,7 @@ use crate::auth::check::as_plain_error;
 use crate::auth::{Credentials, Sender};
 use crate::context::MemberContext;
 use crate::errors;
+use crate::router::{Route, Shard};
 use crate::watch::wait::next_events;
 use crate::watch::watcher::Watcher;
 use crate::watch::WatchHub;
@@ -189,10 +190,11 @@ fn unexpected(result: &WriteResult) -> Status {
 
 /// Replicates a txn on behalf of `sender` and answers with etcd's header filled in.
 pub async fn txn(ctx: &MemberContext, sender: &Sender, req: TxnRequest) -> Result<TxnResponse, Status> {
-    let group = ctx
+    let route = ctx
         .router
-        .group_for_txn(&req)
+        .route_for_txn(&req)
         .map_err(|spans| errors::write_spans_shards(&spans.groups))?;
+    let group = &held(route)?.group;
     for lease in concord_storage::auth::perms::txn_leases(&req) {
         ctx.check_lease_shard(group, lease)?;
     }
@@ -216,7 +218,7 @@ pub async fn delete(ctx: &MemberContext, sender: &Sender, key: &[u8]) -> Result<
         key: key.to_vec(),
         ..Default::default()
     };
-    let group = ctx.router.group_for_key(key);
+    let group = &held(ctx.router.route_for_key(key))?.group;
     let result = ctx
         .propose_write(group, sender, Op::DeleteRange(req))
         .await
@@ -265,12 +267,21 @@ pub async fn authorize_prefix(
 /// A linearizable range (ReadIndex barrier, then the local store), with the
 /// revision it was served at.
 pub async fn linearizable_range(ctx: &MemberContext, req: &RangeRequest) -> Result<(RangeResponse, i64), Status> {
-    let shard = ctx
+    let route = ctx
         .router
-        .shard_for_range(&req.key, &req.range_end)
+        .route_for_range(&req.key, &req.range_end)
         .map_err(|spans| errors::read_spans_shards(&spans.groups))?;
+    let shard = held(route)?;
     shard.group.read_barrier().await.map_err(errors::from_raft)?;
     shard.store.range(req).map_err(errors::from_kv)
+}
+
+/// The shard of a Lock or Election key, which must be one this member holds: those calls keep
+/// their keys in the first shard, with the leases, when the keyspace is split.
+fn held(route: Route<'_>) -> Result<&Shard, Status> {
+    route
+        .local()
+        .ok_or_else(|| errors::unsharded_only("Lock and Election on keys of a shard this member does not hold"))
 }
 
 /// The next lease id this member proposes for a session, etcd-style: the

@@ -71,6 +71,8 @@ pub struct MemberContext {
     pub grpc_health: crate::grpc_health::GrpcHealth,
     /// The revision oracle, wherever group 1's leader is.
     pub oracle: Arc<crate::revision_oracle::OracleClient>,
+    /// Channels to the client URLs of members holding shards this member does not.
+    pub shard_channels: crate::forward::LeaderChannels,
 }
 
 impl MemberContext {

@@ -7,6 +7,7 @@
 use std::sync::Arc;
 
 use concord_proto::concordpb::raft_command::Op;
+use concord_proto::etcdserverpb::kv_client::KvClient;
 use concord_proto::etcdserverpb::kv_server::Kv;
 use concord_proto::etcdserverpb::request_op::Request as TxnOp;
 use concord_proto::etcdserverpb::{
@@ -15,10 +16,13 @@ use concord_proto::etcdserverpb::{
 };
 use concord_storage::auth::perms;
 use concord_storage::WriteResult;
+use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 use crate::auth::Credentials;
 use crate::context::MemberContext;
+use crate::router::Route;
+use crate::shard_forward::forward;
 use crate::{errors, validate};
 
 /// The KV service of one member.
@@ -45,14 +49,20 @@ fn all_reads_serializable(txn: &TxnRequest) -> bool {
 #[tonic::async_trait]
 impl Kv for KvService {
     async fn range(&self, request: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
-        let creds = Credentials::of(&request);
-        let req = request.into_inner();
-        validate::check_range(&req)?;
-        let shard = self
+        validate::check_range(request.get_ref())?;
+        let route = self
             .ctx
             .router
-            .shard_for_range(&req.key, &req.range_end)
+            .route_for_range(&request.get_ref().key, &request.get_ref().range_end)
             .map_err(|spans| errors::read_spans_shards(&spans.groups))?;
+        let shard = match route {
+            Route::Local(shard) => shard,
+            Route::Remote(remote) => {
+                return forward(&self.ctx, remote, request, |mut kv, r| async move { kv.range(r).await }).await;
+            }
+        };
+        let creds = Credentials::of(&request);
+        let req = request.into_inner();
         let group = &shard.group;
         let floor = self.ctx.read_floor(req.serializable).await?;
         if self.ctx.needs_read_barrier(req.serializable) {
@@ -73,11 +83,16 @@ impl Kv for KvService {
     }
 
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        validate::check_put(request.get_ref())?;
+        let group = match self.ctx.router.route_for_key(&request.get_ref().key) {
+            Route::Local(shard) => &shard.group,
+            Route::Remote(remote) => {
+                return forward(&self.ctx, remote, request, |mut kv, r| async move { kv.put(r).await }).await;
+            }
+        };
         let creds = Credentials::of(&request);
         let req = request.into_inner();
-        validate::check_put(&req)?;
         crate::quota::check(&self.ctx, req.key.len() + req.value.len()).await?;
-        let group = self.ctx.router.group_for_key(&req.key);
         self.ctx.check_lease_shard(group, req.lease)?;
         let sender = self.ctx.auth.sender(&creds, group).await?;
         self.ctx
@@ -92,14 +107,21 @@ impl Kv for KvService {
         &self,
         request: Request<DeleteRangeRequest>,
     ) -> Result<Response<DeleteRangeResponse>, Status> {
-        let creds = Credentials::of(&request);
-        let req = request.into_inner();
-        validate::check_delete(&req)?;
-        let group = self
+        validate::check_delete(request.get_ref())?;
+        let route = self
             .ctx
             .router
-            .group_for_range(&req.key, &req.range_end)
+            .route_for_range(&request.get_ref().key, &request.get_ref().range_end)
             .map_err(|spans| errors::write_spans_shards(&spans.groups))?;
+        let group = match route {
+            Route::Local(shard) => &shard.group,
+            Route::Remote(remote) => {
+                let delete = |mut kv: KvClient<Channel>, r| async move { kv.delete_range(r).await };
+                return forward(&self.ctx, remote, request, delete).await;
+            }
+        };
+        let creds = Credentials::of(&request);
+        let req = request.into_inner();
         let sender = self.ctx.auth.sender(&creds, group).await?;
         self.ctx
             .write(group, &sender, Op::DeleteRange(req), |r| match r {
@@ -110,14 +132,24 @@ impl Kv for KvService {
     }
 
     async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
+        validate::check_txn(request.get_ref(), self.ctx.limits.max_txn_ops, self.ctx.max_txn_depth())?;
+        let read_only = concord_storage::is_txn_read_only(request.get_ref());
+        let route = self
+            .ctx
+            .router
+            .route_for_txn(request.get_ref())
+            .map_err(|spans| match read_only {
+                true => errors::read_spans_shards(&spans.groups),
+                false => errors::write_spans_shards(&spans.groups),
+            })?;
+        let shard = match route {
+            Route::Local(shard) => shard,
+            Route::Remote(remote) => {
+                return forward(&self.ctx, remote, request, |mut kv, r| async move { kv.txn(r).await }).await;
+            }
+        };
         let creds = Credentials::of(&request);
         let req = request.into_inner();
-        validate::check_txn(&req, self.ctx.limits.max_txn_ops, self.ctx.max_txn_depth())?;
-        let read_only = concord_storage::is_txn_read_only(&req);
-        let shard = self.ctx.router.shard_for_txn(&req).map_err(|spans| match read_only {
-            true => errors::read_spans_shards(&spans.groups),
-            false => errors::write_spans_shards(&spans.groups),
-        })?;
         let group = &shard.group;
         if read_only {
             // Like etcd, a txn that only reads needs no Raft round: a ReadIndex

@@ -49,6 +49,7 @@ pub mod quota;
 pub mod revision_oracle;
 pub mod router;
 mod scheme_authority;
+pub mod shard_forward;
 pub mod shard_groups;
 pub mod shard_map;
 pub mod shards;

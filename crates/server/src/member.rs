@@ -241,9 +241,11 @@ pub async fn serve(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> Res
     } else {
         Vec::new()
     };
-    let split_keys = crate::shard_map::load_or_create(
+    let member_ids: Vec<u64> = membership.members().iter().map(|m| m.id).collect();
+    let placements = crate::shard_map::load_or_create(
         &member_dir,
         &cfg.initial_shards,
+        &member_ids,
         !initialized && cfg.initial_cluster_state == InitialClusterState::New,
     )
     .map_err(ServeError::Config)?;
@@ -280,7 +282,7 @@ pub async fn serve(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> Res
     transport.register_group(FIRST_GROUP_ID, Arc::new(group.clone()));
     let revision_oracle = crate::revision_oracle::RevisionOracle::start(group.clone(), store.clone());
     // Several shards stamp every write with the oracle's revisions, group 1's too.
-    if cfg.stamped_revisions || !split_keys.is_empty() {
+    if cfg.stamped_revisions || !placements.is_empty() {
         group.stamp_with(revision_oracle.clone());
     }
     let oracle_client = crate::revision_oracle::OracleClient::new(
@@ -291,7 +293,7 @@ pub async fn serve(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> Res
         cfg.request_timeout(),
     );
     let shard_groups = crate::shard_groups::ShardGroups::start(
-        &split_keys,
+        &placements,
         &group_cfg,
         &member_dir,
         &engine,
@@ -310,7 +312,7 @@ pub async fn serve(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> Res
     .map_err(ServeError::Storage)?;
     let mut shards = vec![Shard {
         start: Vec::new(),
-        end: split_keys.first().cloned().unwrap_or_default(),
+        end: placements.first().map(|p| p.start.clone()).unwrap_or_default(),
         group: group.clone(),
         store: store.clone(),
         hub: hub.clone(),
@@ -320,7 +322,7 @@ pub async fn serve(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> Res
     let (grpc_health, health_service) = crate::grpc_health::GrpcHealth::new(cfg.stop_grpc_service_on_defrag);
     let ctx = Arc::new(MemberContext {
         membership: membership.clone(),
-        router: KeyRouter::new(shards),
+        router: KeyRouter::new(shards, shard_groups.remote.clone()),
         transport: transport.clone(),
         store,
         snapshot_dir: member_dir.join("snap"),
@@ -332,6 +334,7 @@ pub async fn serve(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> Res
         snapshot_downloads: Default::default(),
         grpc_health,
         oracle: oracle_client,
+        shard_channels: Default::default(),
     });
 
     let lessor_task = tokio::spawn(run_lessor(lessor.clone(), ctx.clone()));

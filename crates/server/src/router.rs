@@ -1,6 +1,7 @@
 //! Which Raft group owns a key. This is the one place that knows how the keyspace is split into
 //! shards: one group owns every key until the cluster is started with several shards
-//! (`--experimental-initial-shards`), each a key range with its own group, store and watch hub.
+//! (`--experimental-initial-shards`), each a key range with its own group, store and watch hub
+//! on the members holding a replica of it; the others forward its requests (`shard_forward.rs`).
 
 use std::sync::Arc;
 
@@ -31,6 +32,54 @@ pub struct Shard {
     pub hub: Arc<WatchHub>,
 }
 
+/// A shard this member holds no replica of: requests for its keys go to a member that does.
+#[derive(Clone, Debug)]
+pub struct RemoteShard {
+    /// The first key the shard holds.
+    pub start: Vec<u8>,
+    /// The first key past it; empty for the end of the keyspace.
+    pub end: Vec<u8>,
+    /// Its group's id.
+    pub group_id: u64,
+    /// The members holding a replica.
+    pub replicas: Vec<u64>,
+}
+
+/// Where a request goes: a shard this member holds, or one it forwards to.
+#[derive(Clone, Copy)]
+pub enum Route<'a> {
+    /// Served here.
+    Local(&'a Shard),
+    /// Forwarded to a member holding a replica.
+    Remote(&'a RemoteShard),
+}
+
+impl<'a> Route<'a> {
+    /// The shard, when this member holds it.
+    pub fn local(self) -> Option<&'a Shard> {
+        match self {
+            Route::Local(shard) => Some(shard),
+            Route::Remote(_) => None,
+        }
+    }
+
+    /// The shard's first key and the first past it (empty: the end of the keyspace).
+    pub fn bounds(self) -> (&'a [u8], &'a [u8]) {
+        match self {
+            Route::Local(s) => (&s.start, &s.end),
+            Route::Remote(s) => (&s.start, &s.end),
+        }
+    }
+
+    /// The id of the shard's group.
+    pub fn group_id(self) -> u64 {
+        match self {
+            Route::Local(s) => s.group.group_id(),
+            Route::Remote(s) => s.group_id,
+        }
+    }
+}
+
 /// A request that spans shards, which one group cannot serve on its own.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SpansShards {
@@ -38,62 +87,68 @@ pub struct SpansShards {
     pub groups: Vec<u64>,
 }
 
+/// One entry of the router: a shard held here or elsewhere.
+#[derive(Clone)]
+enum Entry {
+    Local(Shard),
+    Remote(RemoteShard),
+}
+
+impl Entry {
+    fn route(&self) -> Route<'_> {
+        match self {
+            Entry::Local(shard) => Route::Local(shard),
+            Entry::Remote(shard) => Route::Remote(shard),
+        }
+    }
+}
+
 /// Maps keys and key ranges to the shards that own them.
 #[derive(Clone)]
 pub struct KeyRouter {
-    /// Ascending by start key, covering the whole keyspace; the first is group 1's.
-    shards: Vec<Shard>,
+    /// Ascending by start key, covering the whole keyspace; the first is group 1's, held by
+    /// every member.
+    entries: Vec<Entry>,
 }
 
 impl KeyRouter {
-    /// A router over `shards`: ascending, contiguous, from the empty key to the end of the
-    /// keyspace, the first one group 1's.
-    pub fn new(shards: Vec<Shard>) -> Self {
-        assert!(!shards.is_empty(), "a keyspace has at least one shard");
-        KeyRouter { shards }
+    /// A router over `shards` (held here) and `remote` (held elsewhere): together ascending by
+    /// start, contiguous from the empty key to the end of the keyspace, the first one group 1's.
+    pub fn new(shards: Vec<Shard>, remote: Vec<RemoteShard>) -> Self {
+        let first = shards.first().expect("every member holds group 1's shard").clone();
+        let mut entries: Vec<Entry> = shards.into_iter().skip(1).map(Entry::Local).collect();
+        entries.extend(remote.into_iter().map(Entry::Remote));
+        entries.sort_by(|a, b| a.route().bounds().0.cmp(b.route().bounds().0));
+        entries.insert(0, Entry::Local(first));
+        KeyRouter { entries }
     }
 
     /// Whether the keyspace is split into several shards.
     pub fn is_sharded(&self) -> bool {
-        self.shards.len() > 1
+        self.entries.len() > 1
     }
 
-    /// The shard owning `key`.
-    pub fn shard_for_key(&self, key: &[u8]) -> &Shard {
-        &self.shards[index_for_key(&self.bounds(), key)]
+    /// Where requests for `key` go.
+    pub fn route_for_key(&self, key: &[u8]) -> Route<'_> {
+        self.entries[index_for_key(&self.bounds(), key)].route()
     }
 
-    /// The group owning `key`.
-    pub fn group_for_key(&self, key: &[u8]) -> &GroupHandle {
-        &self.shard_for_key(key).group
-    }
-
-    /// The shard owning every key in `[key, range_end)`, or the shards it spans.
-    pub fn shard_for_range(&self, key: &[u8], range_end: &[u8]) -> Result<&Shard, SpansShards> {
+    /// Where requests for every key in `[key, range_end)` go, or the shards it spans.
+    pub fn route_for_range(&self, key: &[u8], range_end: &[u8]) -> Result<Route<'_>, SpansShards> {
         self.one_shard(&[(key.to_vec(), range_end.to_vec())])
     }
 
-    /// The group owning every key in `[key, range_end)`, or the shards it spans.
-    pub fn group_for_range(&self, key: &[u8], range_end: &[u8]) -> Result<&GroupHandle, SpansShards> {
-        self.shard_for_range(key, range_end).map(|s| &s.group)
-    }
-
-    /// The shard that evaluates a txn: the one holding every key its compares and operations
-    /// (nested ones too) name, or the shards it spans.
-    pub fn shard_for_txn(&self, txn: &TxnRequest) -> Result<&Shard, SpansShards> {
+    /// Where a txn goes: to the shard holding every key its compares and operations (nested
+    /// ones too) name, or the shards it spans.
+    pub fn route_for_txn(&self, txn: &TxnRequest) -> Result<Route<'_>, SpansShards> {
         let mut ranges = Vec::new();
         txn_ranges(txn, &mut ranges);
         self.one_shard(&ranges)
     }
 
-    /// The group that evaluates a txn, or the shards it spans.
-    pub fn group_for_txn(&self, txn: &TxnRequest) -> Result<&GroupHandle, SpansShards> {
-        self.shard_for_txn(txn).map(|s| &s.group)
-    }
-
     /// The one shard holding every key of `ranges` (group 1's when there are none), or the
     /// shards they span.
-    fn one_shard(&self, ranges: &[(Vec<u8>, Vec<u8>)]) -> Result<&Shard, SpansShards> {
+    fn one_shard(&self, ranges: &[(Vec<u8>, Vec<u8>)]) -> Result<Route<'_>, SpansShards> {
         let bounds = self.bounds();
         let mut touched: Vec<usize> = ranges
             .iter()
@@ -102,41 +157,46 @@ impl KeyRouter {
         touched.sort_unstable();
         touched.dedup();
         match touched.as_slice() {
-            [] => Ok(&self.shards[0]),
-            [one] => Ok(&self.shards[*one]),
+            [] => Ok(self.entries[0].route()),
+            [one] => Ok(self.entries[*one].route()),
             many => Err(SpansShards {
-                groups: many.iter().map(|&i| self.shards[i].group.group_id()).collect(),
+                groups: many.iter().map(|&i| self.entries[i].route().group_id()).collect(),
             }),
         }
     }
 
     /// Each shard's `(start, end)`.
     fn bounds(&self) -> Vec<(&[u8], &[u8])> {
-        self.shards
-            .iter()
-            .map(|s| (s.start.as_slice(), s.end.as_slice()))
-            .collect()
+        self.entries.iter().map(|e| e.route().bounds()).collect()
     }
 
     /// Group 1: it holds the cluster's metadata (membership, leases, auth, alarms) besides the
     /// first shard's keys, and its state answers cluster-wide questions (revision, term).
     pub fn default_group(&self) -> &GroupHandle {
-        &self.shards[0].group
+        &self.first_shard().group
+    }
+
+    /// Group 1's shard, which every member holds.
+    pub fn first_shard(&self) -> &Shard {
+        match &self.entries[0] {
+            Entry::Local(shard) => shard,
+            Entry::Remote(_) => unreachable!("every member holds group 1's shard"),
+        }
     }
 
     /// Every group this member serves.
     pub fn groups(&self) -> impl Iterator<Item = &GroupHandle> {
-        self.shards.iter().map(|s| &s.group)
+        self.entries.iter().filter_map(|e| e.route().local()).map(|s| &s.group)
     }
 
-    /// The shards, ascending by start key.
-    pub fn shards(&self) -> &[Shard] {
-        &self.shards
+    /// Every shard, ascending by start key.
+    pub fn routes(&self) -> impl Iterator<Item = Route<'_>> {
+        self.entries.iter().map(Entry::route)
     }
 
-    /// The shard whose group has id `group_id`, if this member serves it.
-    pub fn shard(&self, group_id: u64) -> Option<&Shard> {
-        self.shards.iter().find(|s| s.group.group_id() == group_id)
+    /// The shard with group id `group_id`.
+    pub fn route(&self, group_id: u64) -> Option<Route<'_>> {
+        self.routes().find(|r| r.group_id() == group_id)
     }
 }
 

@@ -12,22 +12,26 @@ use concord_raft::{start_group, GroupConfig, PeerTransport, RevisionSource};
 use concord_storage::MvccStore;
 
 use crate::apply::{Effects, KvStateMachine};
-use crate::router::Shard;
+use crate::router::{RemoteShard, Shard};
+use crate::shard_map::ShardPlacement;
 use crate::watch::WatchHub;
 
-/// The running groups of the shards after the first, and their driver threads.
+/// The running groups of the shards after the first that this member holds, and their driver
+/// threads, with the shards it does not hold.
 pub struct ShardGroups {
-    /// Ascending by start key.
+    /// The shards held here, ascending by start key.
     pub shards: Vec<Shard>,
+    /// The shards held elsewhere.
+    pub remote: Vec<RemoteShard>,
     threads: Vec<JoinHandle<()>>,
 }
 
 impl ShardGroups {
-    /// Starts a group for each shard after the first: `split_keys[i]` starts group `i + 2`.
-    /// `first` is group 1's configuration (its sealer also seals the shards' stores); `effects` makes a state machine's side effects for a
+    /// Starts a group for each shard after the first that has a replica on this member:
+    /// `placements[i]` is group `i + 2`. `first` is group 1's configuration (its sealer also seals the shards' stores); `effects` makes a state machine's side effects for a
     /// shard's watch hub.
     pub fn start(
-        split_keys: &[Vec<u8>],
+        placements: &[ShardPlacement],
         first: &GroupConfig,
         member_dir: &Path,
         engine: &Arc<concord_raft::LogEngine>,
@@ -37,11 +41,22 @@ impl ShardGroups {
     ) -> Result<ShardGroups, String> {
         let mut started = ShardGroups {
             shards: Vec::new(),
+            remote: Vec::new(),
             threads: Vec::new(),
         };
-        for (i, start) in split_keys.iter().enumerate() {
+        for (i, placement) in placements.iter().enumerate() {
             let group_id = i as u64 + 2;
-            let end = split_keys.get(i + 1).cloned().unwrap_or_default();
+            let start = &placement.start;
+            let end = placements.get(i + 1).map(|p| p.start.clone()).unwrap_or_default();
+            if !placement.replicas.contains(&first.member_id) {
+                started.remote.push(RemoteShard {
+                    start: start.clone(),
+                    end,
+                    group_id,
+                    replicas: placement.replicas.clone(),
+                });
+                continue;
+            }
             let path = member_dir.join(format!("shard-{group_id}.redb"));
             let store = Arc::new(
                 MvccStore::open_with(&path, first.sealer.clone()).map_err(|e| format!("{}: {e}", path.display()))?,
@@ -50,6 +65,11 @@ impl ShardGroups {
             tokio::spawn(hub.clone().run());
             let cfg = GroupConfig {
                 group_id,
+                // A founding member starts the shard's group with its replicas as voters.
+                initial_voters: match first.initial_voters.is_empty() {
+                    true => Vec::new(),
+                    false => placement.replicas.clone(),
+                },
                 snapshot_dir: first.snapshot_dir.join(format!("shard-{group_id}")),
                 ..first.clone()
             };

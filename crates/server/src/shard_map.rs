@@ -1,45 +1,104 @@
-//! The keys the keyspace is split at, when a cluster starts with several shards
-//! (`--experimental-initial-shards`): shard `i` (group `i + 1`) holds the keys from split key
-//! `i - 1` (the empty key for the first) up to split key `i` (the end of the keyspace for the
-//! last). A member writes them into its data directory when it bootstraps and reads them from
-//! there on every later start, as etcd reads its `--initial-*` flags only once.
+//! The shards a cluster starts with (`--experimental-initial-shards`): shard `i` (group `i + 1`)
+//! holds the keys from split key `i - 1` (the empty key for the first) up to split key `i` (the
+//! end of the keyspace for the last). The first shard's group holds the cluster's metadata and
+//! has every member; each later shard is placed on [`REPLICAS`] members, round the ring of member
+//! ids, so that shards spread evenly. A member writes the map into its data directory when it
+//! bootstraps and reads it from there on every later start, as etcd reads its `--initial-*` flags
+//! only once.
 
 use std::path::{Path, PathBuf};
 
-/// The file, one split key per line in hex.
+/// Replicas of each shard after the first (fewer when the cluster has fewer members).
+pub const REPLICAS: usize = 3;
+
+/// A shard after the first: where it starts and which members replicate it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShardPlacement {
+    /// Its first key; it ends where the next one starts.
+    pub start: Vec<u8>,
+    /// The members holding a replica, ascending.
+    pub replicas: Vec<u64>,
+}
+
+/// The file: one shard per line, its start key in hex, a space, its replicas' ids in hex
+/// separated by commas.
 fn path(member_dir: &Path) -> PathBuf {
     member_dir.join("shards")
 }
 
-/// The split keys this member's keyspace uses: those of its data directory if it has any, else
-/// `initial` when it is bootstrapping a new cluster (which it records), else none.
-pub fn load_or_create(member_dir: &Path, initial: &[Vec<u8>], bootstrapping: bool) -> Result<Vec<Vec<u8>>, String> {
+/// The shards after the first this member's keyspace has: those of its data directory if it has
+/// any, else, when it is bootstrapping a new cluster of `members`, those starting at `initial`
+/// (which it records), else none.
+pub fn load_or_create(
+    member_dir: &Path,
+    initial: &[Vec<u8>],
+    members: &[u64],
+    bootstrapping: bool,
+) -> Result<Vec<ShardPlacement>, String> {
     let file = path(member_dir);
     match std::fs::read_to_string(&file) {
         Ok(text) => {
-            let keys = text
+            let shards = text
                 .lines()
                 .filter(|l| !l.is_empty())
-                .map(|l| from_hex(l).ok_or_else(|| format!("{}: not hex: {l:?}", file.display())))
+                .map(|l| parse_line(l).ok_or_else(|| format!("{}: cannot read {l:?}", file.display())))
                 .collect::<Result<Vec<_>, _>>()?;
-            check(&keys)?;
-            Ok(keys)
+            check(&shards.iter().map(|s| s.start.clone()).collect::<Vec<_>>())?;
+            Ok(shards)
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             if !bootstrapping || initial.is_empty() {
                 return Ok(Vec::new());
             }
             check(initial)?;
-            let text: String = initial.iter().map(|k| format!("{}\n", to_hex(k))).collect();
+            let shards = place(initial, members);
+            let text: String = shards.iter().map(format_line).collect();
             let temporary = file.with_extension("tmp");
             std::fs::write(&temporary, text)
                 .and_then(|()| std::fs::File::open(&temporary)?.sync_all())
                 .and_then(|()| std::fs::rename(&temporary, &file))
                 .map_err(|e| format!("{}: {e}", file.display()))?;
-            Ok(initial.to_vec())
+            Ok(shards)
         }
         Err(e) => Err(format!("{}: {e}", file.display())),
     }
+}
+
+/// Places the shard starting at each of `starts` on [`REPLICAS`] of `members`: the `i`-th on the
+/// members from position `i` on, round the ring of ids in ascending order.
+pub fn place(starts: &[Vec<u8>], members: &[u64]) -> Vec<ShardPlacement> {
+    let mut ring = members.to_vec();
+    ring.sort_unstable();
+    let count = REPLICAS.min(ring.len());
+    starts
+        .iter()
+        .enumerate()
+        .map(|(i, start)| {
+            let mut replicas: Vec<u64> = (0..count).map(|k| ring[(i + k) % ring.len()]).collect();
+            replicas.sort_unstable();
+            ShardPlacement {
+                start: start.clone(),
+                replicas,
+            }
+        })
+        .collect()
+}
+
+fn format_line(shard: &ShardPlacement) -> String {
+    let replicas: Vec<String> = shard.replicas.iter().map(|id| format!("{id:x}")).collect();
+    format!("{} {}\n", to_hex(&shard.start), replicas.join(","))
+}
+
+fn parse_line(line: &str) -> Option<ShardPlacement> {
+    let (start, replicas) = line.split_once(' ')?;
+    let replicas = replicas
+        .split(',')
+        .map(|id| u64::from_str_radix(id, 16).ok())
+        .collect::<Option<Vec<_>>>()?;
+    Some(ShardPlacement {
+        start: from_hex(start)?,
+        replicas,
+    })
 }
 
 fn to_hex(bytes: &[u8]) -> String {
@@ -72,20 +131,55 @@ mod tests {
     use super::*;
 
     #[test]
-    fn keys_are_recorded_at_bootstrap_and_read_back_later() {
+    fn the_map_is_recorded_at_bootstrap_and_read_back_later() {
         let dir = tempfile::tempdir().unwrap();
         let keys = vec![b"g".to_vec(), b"p\xff".to_vec()];
-        assert_eq!(load_or_create(dir.path(), &keys, true).unwrap(), keys);
-        // Later starts read the file, whatever the flag says now.
-        assert_eq!(load_or_create(dir.path(), &[], false).unwrap(), keys);
-        assert_eq!(load_or_create(dir.path(), &[b"x".to_vec()], true).unwrap(), keys);
+        let members = [30, 10, 20];
+        let shards = load_or_create(dir.path(), &keys, &members, true).unwrap();
+        assert_eq!(shards.len(), 2);
+        assert_eq!(shards[1].start, b"p\xff");
+        // Later starts read the file, whatever the flag and the members say now.
+        assert_eq!(load_or_create(dir.path(), &[], &[], false).unwrap(), shards);
+        assert_eq!(
+            load_or_create(dir.path(), &[b"x".to_vec()], &[1], true).unwrap(),
+            shards
+        );
     }
 
     #[test]
     fn a_member_that_is_not_bootstrapping_has_one_shard_unless_recorded() {
         let dir = tempfile::tempdir().unwrap();
-        assert!(load_or_create(dir.path(), &[b"g".to_vec()], false).unwrap().is_empty());
+        assert!(load_or_create(dir.path(), &[b"g".to_vec()], &[1, 2, 3], false)
+            .unwrap()
+            .is_empty());
         assert!(!path(dir.path()).exists());
+    }
+
+    #[test]
+    fn shards_spread_round_the_ring_of_members() {
+        let starts: Vec<Vec<u8>> = ["b", "c", "d", "e", "f", "g"]
+            .iter()
+            .map(|k| k.as_bytes().to_vec())
+            .collect();
+        let shards = place(&starts, &[6, 5, 4, 3, 2, 1]);
+        let replicas: Vec<Vec<u64>> = shards.iter().map(|s| s.replicas.clone()).collect();
+        assert_eq!(
+            replicas,
+            vec![
+                vec![1, 2, 3],
+                vec![2, 3, 4],
+                vec![3, 4, 5],
+                vec![4, 5, 6],
+                vec![1, 5, 6],
+                vec![1, 2, 6]
+            ]
+        );
+        // Every member holds as many replicas as every other.
+        for id in 1..=6 {
+            assert_eq!(replicas.iter().filter(|r| r.contains(&id)).count(), 3);
+        }
+        // Fewer members than replicas: each shard on all of them.
+        assert_eq!(place(&starts[..1], &[9, 8])[0].replicas, vec![8, 9]);
     }
 
     #[test]

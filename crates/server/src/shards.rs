@@ -20,7 +20,7 @@ use tonic::{Request, Response, Status};
 
 use crate::context::MemberContext;
 use crate::errors;
-use crate::router::Shard as ShardRange;
+use crate::router::{Route, Shard as ShardRange};
 
 /// How long TransferLeader waits for the new leader to take over (as MoveLeader).
 const LEADER_TRANSFER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -45,8 +45,13 @@ impl ShardService {
         describe(&self.ctx, range)
     }
 
+    /// The shard with group id `id`, which this member must hold.
     fn shard(&self, id: u64) -> Result<&ShardRange, Status> {
-        self.ctx.router.shard(id).ok_or_else(|| errors::shard_not_found(id))
+        match self.ctx.router.route(id) {
+            Some(Route::Local(shard)) => Ok(shard),
+            Some(Route::Remote(_)) => Err(errors::misrouted_shard(id)),
+            None => Err(errors::shard_not_found(id)),
+        }
     }
 
     async fn require_admin<T>(&self, request: &Request<T>) -> Result<(), Status> {
@@ -54,9 +59,26 @@ impl ShardService {
     }
 }
 
-/// Every shard this member serves, as it sees it: what `List` answers and the dashboard shows.
+/// Every shard, as this member sees it: what `List` answers and the dashboard shows. Of a shard
+/// held elsewhere it knows the range and the replicas only (leader 0, size and index 0).
 pub fn describe_all(ctx: &MemberContext) -> Vec<Shard> {
-    ctx.router.shards().iter().map(|s| describe(ctx, s)).collect()
+    ctx.router
+        .routes()
+        .map(|route| match route {
+            Route::Local(shard) => describe(ctx, shard),
+            Route::Remote(remote) => Shard {
+                id: remote.group_id,
+                start: remote.start.clone(),
+                end: remote.end.clone(),
+                epoch: Some(ShardEpoch {
+                    version: 1,
+                    conf_ver: 1,
+                }),
+                replicas: remote.replicas.clone(),
+                ..Default::default()
+            },
+        })
+        .collect()
 }
 
 fn describe(_ctx: &MemberContext, range: &ShardRange) -> Shard {

@@ -57,6 +57,18 @@ pub fn read_spans_shards(groups: &[u64]) -> Status {
     ))
 }
 
+/// A request another member forwarded for a shard this member holds no replica of either.
+pub fn misrouted_shard(group: u64) -> Status {
+    Status::unavailable(format!(
+        "concord: this member holds no replica of shard {group} either; retry"
+    ))
+}
+
+/// No member holding a replica of the shard could be reached.
+pub fn no_replica_reachable(group: u64) -> Status {
+    Status::unavailable(format!("concord: no member holding shard {group} can be reached"))
+}
+
 /// What multi-shard mode does not do yet: `what` names it.
 pub fn unsharded_only(what: &str) -> Status {
     Status::unimplemented(format!(

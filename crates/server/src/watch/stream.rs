@@ -209,8 +209,8 @@ impl WatchStreamTask {
     /// unless the keyspace is split and the range reaches past the first shard.
     fn in_hub_shard(&self, key: &[u8], range_end: &[u8]) -> Result<(), tonic::Status> {
         let router = &self.ctx.router;
-        match router.shard_for_range(key, range_end) {
-            Ok(shard) if shard.group.group_id() == router.default_group().group_id() => Ok(()),
+        match router.route_for_range(key, range_end) {
+            Ok(route) if route.group_id() == router.default_group().group_id() => Ok(()),
             Ok(_) => Err(errors::unsharded_only("watching keys outside the first shard")),
             Err(spans) => Err(errors::read_spans_shards(&spans.groups)),
         }
