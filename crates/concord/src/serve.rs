@@ -215,9 +215,9 @@ pub struct ServeArgs {
     /// Splits a new cluster's keyspace at these comma-separated keys, each starting a shard with
     /// its own Raft group on every initial member (read when the member bootstraps). Hidden: a
     /// development switch while multi-shard mode is built; see ARCHITECTURE.md for what it does
-    /// not do yet.
-    #[arg(long, hide = true, value_delimiter = ',')]
-    pub experimental_initial_shards: Vec<String>,
+    /// not do yet. `\xHH` stands for the byte HH, for keys that are not text.
+    #[arg(long, hide = true, value_delimiter = ',', value_parser = parse_escaped_key)]
+    pub experimental_initial_shards: Vec<Vec<u8>>,
     /// How long a snapshot download may go without its client taking data before it is
     /// cancelled and its file removed (default 1m). Hidden: for tests that cannot wait that long.
     #[arg(long, value_parser = parse_duration, hide = true)]
@@ -323,6 +323,31 @@ pub struct ServeArgs {
     /// line). Hidden: for tests that cannot wait that long.
     #[arg(long, default_value = "5m", value_parser = parse_duration, hide = true)]
     pub experimental_lease_checkpoint_interval: Duration,
+}
+
+/// A key as typed: its bytes, with `\xHH` standing for the byte HH (and `\\` for a backslash).
+fn parse_escaped_key(text: &str) -> Result<Vec<u8>, String> {
+    let mut key = Vec::with_capacity(text.len());
+    let mut rest = text.as_bytes();
+    while let Some((&byte, tail)) = rest.split_first() {
+        match (byte, tail) {
+            (b'\\', [b'\\', tail @ ..]) => {
+                key.push(b'\\');
+                rest = tail;
+            }
+            (b'\\', [b'x', hi, lo, tail @ ..]) => {
+                let hex = std::str::from_utf8(&[*hi, *lo]).ok().and_then(|h| u8::from_str_radix(h, 16).ok());
+                key.push(hex.ok_or_else(|| format!("bad escape in {text:?}: \\x needs two hex digits"))?);
+                rest = tail;
+            }
+            (b'\\', _) => return Err(format!("bad escape in {text:?}: use \\xHH or \\\\")),
+            _ => {
+                key.push(byte);
+                rest = tail;
+            }
+        }
+    }
+    Ok(key)
 }
 
 /// The faults `--unsafe-sabotage` can inject (see [`Sabotage`]).
@@ -501,11 +526,7 @@ impl ServeArgs {
             snapshot_count: self.snapshot_count,
             snapshot_catchup_entries: self.experimental_snapshot_catchup_entries,
             stamped_revisions: self.experimental_stamped_revisions,
-            initial_shards: self
-                .experimental_initial_shards
-                .iter()
-                .map(|k| k.as_bytes().to_vec())
-                .collect(),
+            initial_shards: self.experimental_initial_shards,
             sabotage: self.unsafe_sabotage.map(|s| match s {
                 SabotageArg::StaleReads => Sabotage::StaleReads,
                 SabotageArg::UncheckedTxnDepth => Sabotage::UncheckedTxnDepth,
@@ -698,8 +719,18 @@ fn data_dir(name: &str, data_dir: Option<&std::path::Path>) -> PathBuf {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_duration;
+    use super::{parse_duration, parse_escaped_key};
     use std::time::Duration;
+
+    #[test]
+    fn shard_keys_take_hex_escapes() {
+        assert_eq!(parse_escaped_key("m").unwrap(), b"m");
+        assert_eq!(parse_escaped_key("\\x80").unwrap(), vec![0x80]);
+        assert_eq!(parse_escaped_key("a\\xffb\\\\").unwrap(), b"a\xffb\\".to_vec());
+        assert!(parse_escaped_key("\\x8").is_err());
+        assert!(parse_escaped_key("\\xzz").is_err());
+        assert!(parse_escaped_key("\\n").is_err());
+    }
 
     #[test]
     fn durations_parse_like_go() {
