@@ -23,6 +23,9 @@
 #   DURATION=10s     length of each run
 #   QUOTA_US=1500 PERIOD_US=10000   each member's CPU quota
 #   BASE_PORT=26000  member k of the cluster of size n listens on BASE+100n+k (client), +50 (peer)
+#   SHARDS_n=k       data shards of the cluster of n members (default n when n > 3, else 0:
+#                    one shard, today's path)
+#   FLAGS_n="..."    more `concord serve` flags for the members of the cluster of n members
 #   SKIP_BUILD=1     do not run `cargo build --release -p concord`
 #   KEEP=1           keep the work dir (data dirs and member logs)
 set -euo pipefail
@@ -52,7 +55,7 @@ fi
 [ -x "$CONCORD" ] || die "no concord binary at $CONCORD"
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/concord-scale.XXXXXX")
-declare -A PID=()
+declare -A PID=() SHARDS=()
 
 cleanup() {
   local rc=$? name
@@ -89,7 +92,12 @@ split_keys() {
 start_cluster() {
   local n=$1 k cluster="" name extra=()
   for k in $(seq 1 "$n"); do cluster+="${cluster:+,}s$n-m$k=http://127.0.0.1:$(peer_port "$n" "$k")"; done
-  if [ "$n" -gt 3 ]; then extra=(--experimental-initial-shards "$(split_keys "$n")"); fi
+  local shards_var="SHARDS_$n" flags_var="FLAGS_$n" shards
+  shards=${!shards_var:-$([ "$n" -gt 3 ] && echo "$n" || echo 0)}
+  if [ "$shards" -gt 0 ]; then extra=(--experimental-initial-shards "$(split_keys "$shards")"); fi
+  # shellcheck disable=SC2206 # FLAGS_n is a list of words
+  extra+=(${!flags_var:-})
+  SHARDS[$n]=$shards
   for k in $(seq 1 "$n"); do
     name=s$n-m$k
     mkdir -p "$CPU_CG/$name" "$ACCT_CG/$name"
@@ -124,22 +132,22 @@ wait_ready() {
 # balance_leaders N: data shard i (group i + 2) is led by the i-th member in id order, one of
 # its replicas (shards sit on the members from position i on, round the ring of ids).
 balance_leaders() {
-  local n=$1 members i group id endpoint
+  local n=$1 members i group id endpoint shards=${SHARDS[$n]}
   members=$("$CONCORD" member list -w json --endpoints "$(endpoints "$n")" |
     python3 -c 'import json,sys
 ms = json.load(sys.stdin)["members"]
 for m in sorted(ms, key=lambda m: int(m["ID"])): print(format(int(m["ID"]), "x"), m["clientURLs"][0])')
   mapfile -t members <<<"$members"
-  for i in $(seq 0 $((n - 1))); do
+  for i in $(seq 0 $((shards - 1))); do
     group=$((i + 2))
-    read -r id endpoint <<<"${members[$i]}"
+    read -r id endpoint <<<"${members[$((i % n))]}"
     local deadline=$((SECONDS + 30))
     until "$CONCORD" shard transfer-leader "$group" "$id" --endpoints "$endpoint" >/dev/null 2>&1; do
       [ $SECONDS -lt $deadline ] || die "cannot move shard $group's leadership to $id"
       sleep 0.5
     done
   done
-  log "cluster of $n: shard i led by member i"
+  log "cluster of $n: data shard i led by member i (mod $n)"
 }
 
 # cgroup_sum N FILE FIELD: the sum over N's members of FIELD of FILE (cpu.stat) or of the
@@ -167,7 +175,7 @@ field() {
 }
 
 for n in $SIZES; do start_cluster "$n"; done
-for n in $SIZES; do wait_ready "$n"; [ "$n" -gt 3 ] && balance_leaders "$n"; done
+for n in $SIZES; do wait_ready "$n"; [ "${SHARDS[$n]}" -gt 0 ] && balance_leaders "$n"; done
 
 declare -A RATE=() CPU_PER_PUT=() THROTTLED=()
 for round in $(seq 1 "$ROUNDS"); do

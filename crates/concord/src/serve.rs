@@ -336,7 +336,9 @@ fn parse_escaped_key(text: &str) -> Result<Vec<u8>, String> {
                 rest = tail;
             }
             (b'\\', [b'x', hi, lo, tail @ ..]) => {
-                let hex = std::str::from_utf8(&[*hi, *lo]).ok().and_then(|h| u8::from_str_radix(h, 16).ok());
+                let hex = std::str::from_utf8(&[*hi, *lo])
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok());
                 key.push(hex.ok_or_else(|| format!("bad escape in {text:?}: \\x needs two hex digits"))?);
                 rest = tail;
             }

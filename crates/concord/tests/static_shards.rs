@@ -208,24 +208,24 @@ async fn members_without_a_replica_forward_to_one_that_has_it() {
     // Four members, three shards: the first on all four (with the cluster's metadata), the
     // others on three each, so every member lacks one of them.
     let cluster = Cluster::start_with(4, &["--experimental-initial-shards=h,q"]).await;
-    let shards = eventually("every shard has a leader", || {
-        let shards = listed_shards(&cluster, 0);
+    // A member knows the leaders of the shards it holds only: every shard must have one as seen
+    // by some member before it takes writes.
+    let views = eventually("every shard has a leader", || {
+        let views: Vec<Vec<serde_json::Value>> = (0..4).map(|i| listed_shards(&cluster, i)).collect();
         async move {
-            let led = |s: &serde_json::Value| s["leader"] != "0" && s["leader"] != "";
-            // This member knows the leader of the shards it holds only.
-            match shards
-                .iter()
-                .filter(|s| s["replicas"].as_array().unwrap().len() == 3)
-                .count()
-                == 2
-                && shards.iter().any(led)
-            {
-                true => Ok(shards),
-                false => Err(shards),
+            let led = |shard: usize| {
+                views
+                    .iter()
+                    .any(|v| v[shard]["leader"] != "0" && v[shard]["leader"] != "")
+            };
+            match (0..3).all(led) {
+                true => Ok(views),
+                false => Err(views),
             }
         }
     })
     .await;
+    let shards = &views[0];
     let replicas: Vec<usize> = shards.iter().map(|s| s["replicas"].as_array().unwrap().len()).collect();
     assert_eq!(replicas, vec![4, 3, 3], "{shards:?}");
 

@@ -106,6 +106,9 @@ async fn serve(meta: GroupHandle, store: Arc<MvccStore>, mut queue: mpsc::Unboun
         let total: i64 = round.iter().map(|w| i64::from(w.count)).sum();
         match allocate_round(&meta, &store, &mut lead, total).await {
             Ok(mut next) => {
+                crate::metrics::ORACLE_ROUNDS.inc();
+                crate::metrics::ORACLE_CALLS.inc_by(round.len() as u64);
+                crate::metrics::ORACLE_REVISIONS.inc_by(total as u64);
                 for waiter in round {
                     let _ = waiter.reply.send(Ok(next));
                     next += i64::from(waiter.count);

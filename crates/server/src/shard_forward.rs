@@ -34,6 +34,7 @@ where
     if was_forwarded(&request) {
         return Err(errors::misrouted_shard(shard.group_id));
     }
+    crate::metrics::SHARD_FORWARDS.inc();
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     let start = NEXT.fetch_add(1, Ordering::Relaxed);
     let message = request.into_inner();

@@ -80,6 +80,26 @@ gauge!(
     "The current number of pending proposals to commit."
 );
 counter!(
+    ORACLE_ROUNDS,
+    "concord_revision_oracle_rounds_total",
+    "Rounds of allocations the revision oracle confirmed (one ReadIndex round each), on its leader."
+);
+counter!(
+    ORACLE_CALLS,
+    "concord_revision_oracle_calls_total",
+    "Calls for revisions the revision oracle answered, on its leader."
+);
+counter!(
+    ORACLE_REVISIONS,
+    "concord_revision_oracle_revisions_total",
+    "Revisions the revision oracle handed out, on its leader."
+);
+counter!(
+    SHARD_FORWARDS,
+    "concord_shard_forwarded_requests_total",
+    "KV calls this member sent on to a member holding their shard."
+);
+counter!(
     PROPOSALS_FAILED,
     "etcd_server_proposals_failed_total",
     "The total number of failed proposals seen."
