@@ -56,6 +56,19 @@ fn every_fault_kind_keeps_the_guarantees() {
 }
 
 #[test]
+fn a_split_keyspace_keeps_the_guarantees() {
+    // Two shards on five members (`--shards`): registers in one, lists and watches in the other;
+    // every write stamped with the oracle's revision, calls forwarded between members, and the
+    // checker's real-time order across keys of both shards.
+    let (passed, text) = chaos(&["--shards", "--members", "5", "--seed", "4", "--time", &run_length()]);
+    println!("{text}");
+    assert!(passed, "{text}");
+    assert!(text.contains("verdict: Valid"), "{text}");
+    assert!(text.contains(" 0 not linearizable"), "{text}");
+    assert!(text.contains("other checks: 0 anomalies"), "{text}");
+}
+
+#[test]
 fn the_loopback_proxy_injects_network_faults() {
     // Without namespaces (not root, or --loopback) partitions and lossy links go through the
     // peer proxy; this runs that path even where the other tests get namespaces.

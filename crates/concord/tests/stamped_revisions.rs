@@ -67,8 +67,9 @@ async fn stamped_writes_follow_real_time_through_every_member_and_a_leader_kill(
     let mut acknowledged: Vec<Put> = futures::future::join_all(writers).await.concat();
     assert_real_time_order(&acknowledged);
 
-    // A txn's writes share one revision; a txn that writes nothing leaves the revision as it
-    // was (its stamp goes unused). Both through a follower.
+    // A txn's writes share one revision; a txn that writes nothing leaves the store's revision
+    // as it was and reports its stamp, above every revision handed out before it. Both through
+    // a follower.
     let leader = cluster.wait_for_leader().await;
     let follower = (leader + 1) % 3;
     let mut client = cluster.client(follower).await;
@@ -83,8 +84,18 @@ async fn stamped_writes_follow_real_time_through_every_member_and_a_leader_kill(
         .and_then([TxnOp::put("t1", "y", None)]);
     let failed = client.txn(nothing).await.unwrap();
     assert!(!failed.succeeded());
-    assert_eq!(failed.header().unwrap().revision(), txn_revision);
-    let highest = acknowledged.iter().map(|p| p.revision).max().unwrap().max(txn_revision);
+    let failed_revision = failed.header().unwrap().revision();
+    assert!(failed_revision > txn_revision, "{failed_revision} after {txn_revision}");
+    assert_eq!(
+        client.get("t1", None).await.unwrap().kvs()[0].mod_revision(),
+        txn_revision
+    );
+    let highest = acknowledged
+        .iter()
+        .map(|p| p.revision)
+        .max()
+        .unwrap()
+        .max(failed_revision);
 
     // kill -9 the leader: the survivors take writes again, above everything acknowledged.
     cluster.kill(leader);

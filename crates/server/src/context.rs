@@ -69,8 +69,6 @@ pub struct MemberContext {
     pub snapshot_downloads: crate::snapshot_downloads::SnapshotDownloads,
     /// The client port's grpc.health.v1 answer, which defragmentation may turn NOT_SERVING.
     pub grpc_health: crate::grpc_health::GrpcHealth,
-    /// The revision oracle, wherever group 1's leader is.
-    pub oracle: Arc<crate::revision_oracle::OracleClient>,
     /// Channels to the client URLs of members holding shards this member does not.
     pub shard_channels: crate::forward::LeaderChannels,
 }
@@ -99,19 +97,36 @@ impl MemberContext {
         Ok(())
     }
 
-    /// The least revision a read reports, taken before its barrier: with several shards, a
-    /// linearizable read reports at least a revision the oracle hands out as it begins, so at
-    /// least that of every write that completed before, whichever shard took it (its store's
-    /// own revision counts only its shard's writes). 0 with one shard, or for a serializable read.
-    pub async fn read_floor(&self, serializable: bool) -> Result<i64, Status> {
-        if !self.router.is_sharded() || !self.needs_read_barrier(serializable) {
+    /// Waits until a read of `group` may be served from this member's store (linearizably,
+    /// unless `serializable`) and returns the least revision the read reports.
+    ///
+    /// With one shard: a ReadIndex barrier, and the store's revision is the answer's. With
+    /// several, the store's revision counts only its shard's writes, so the read takes its place
+    /// in the shard's log instead: a stamped barrier command (`Op::ReadBarrier`), whose stamp is
+    /// above every write that completed before the read began, whatever its shard, and once it
+    /// is applied here every write of this shard stamped below it is too. The read reports that
+    /// stamp (or the store's revision if higher). It costs a Raft round where ReadIndex costs a
+    /// heartbeat one, until shards publish resolved revisions.
+    pub async fn read_point(&self, group: &GroupHandle, serializable: bool) -> Result<i64, Status> {
+        if !self.needs_read_barrier(serializable) {
             return Ok(0);
         }
-        use concord_raft::RevisionSource as _;
-        self.oracle
-            .allocate(1)
+        if !self.router.is_sharded() {
+            group.read_barrier().await.map_err(errors::from_raft)?;
+            return Ok(0);
+        }
+        let barrier = RaftCommand {
+            op: Some(Op::ReadBarrier(concord_proto::concordpb::ReadBarrier {})),
+        };
+        match group
+            .propose(barrier.encode_to_vec())
             .await
-            .map_err(|reason| errors::no_revisions(&reason))
+            .map_err(errors::from_raft)?
+        {
+            Applied::Kv(Ok(applied)) => Ok(applied.revision()),
+            Applied::Kv(Err(refused)) => Err(errors::from_kv(refused)),
+            Applied::Membership => Err(errors::unexpected_apply_result()),
+        }
     }
 
     /// Refuses a write that attaches a key outside group 1's shard to a lease: leases live in

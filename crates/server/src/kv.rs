@@ -64,10 +64,7 @@ impl Kv for KvService {
         let creds = Credentials::of(&request);
         let req = request.into_inner();
         let group = &shard.group;
-        let floor = self.ctx.read_floor(req.serializable).await?;
-        if self.ctx.needs_read_barrier(req.serializable) {
-            group.read_barrier().await.map_err(errors::from_raft)?;
-        }
+        let floor = self.ctx.read_point(group, req.serializable).await?;
         // As etcd: the caller's permissions as of the barrier, then the read, then a check that
         // no auth change slipped in between.
         let id = self
@@ -155,10 +152,7 @@ impl Kv for KvService {
             // Like etcd, a txn that only reads needs no Raft round: a ReadIndex
             // barrier (unless every read is serializable), then a local snapshot.
             let serializable = all_reads_serializable(&req);
-            let floor = self.ctx.read_floor(serializable).await?;
-            if self.ctx.needs_read_barrier(serializable) {
-                group.read_barrier().await.map_err(errors::from_raft)?;
-            }
+            let floor = self.ctx.read_point(group, serializable).await?;
             let id = self
                 .ctx
                 .auth

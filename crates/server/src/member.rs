@@ -298,7 +298,7 @@ pub async fn serve(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> Res
         &member_dir,
         &engine,
         &transport,
-        oracle_client.clone(),
+        oracle_client,
         |hub| Effects {
             membership: membership.clone(),
             hub,
@@ -333,7 +333,6 @@ pub async fn serve(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> Res
         auth,
         snapshot_downloads: Default::default(),
         grpc_health,
-        oracle: oracle_client,
         shard_channels: Default::default(),
     });
 

@@ -111,7 +111,8 @@ pub(crate) fn refused_while_corrupt(op: &Op) -> bool {
         | Op::Auth(_)
         | Op::Authorized(_)
         | Op::LeaseCheckpoint(_)
-        | Op::RaiseRevisionCeiling(_) => false,
+        | Op::RaiseRevisionCeiling(_)
+        | Op::ReadBarrier(_) => false,
     }
 }
 
@@ -127,6 +128,7 @@ pub(crate) fn needs_space(op: &Op) -> bool {
         | Op::LeaseRevoke(_)
         | Op::LeaseCheckpoint(_)
         | Op::RaiseRevisionCeiling(_)
+        | Op::ReadBarrier(_)
         | Op::Alarm(_)
         | Op::PublishMember(_)
         | Op::UpdateMember(_)

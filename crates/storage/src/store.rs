@@ -39,7 +39,7 @@ use std::time::{Duration, Instant};
 
 use concord_crypt::{KeyId, Sealer};
 use concord_proto::concordpb::raft_command::Op;
-use concord_proto::concordpb::{RaftCommand, RevisionCeilingResponse};
+use concord_proto::concordpb::{RaftCommand, ReadBarrierResponse, RevisionCeilingResponse};
 use concord_proto::etcdserverpb::{
     AlarmMember, AlarmResponse, CompactionResponse, DeleteRangeResponse, LeaseCheckpointResponse, LeaseGrantResponse,
     LeaseRevokeResponse, PutResponse, RangeRequest, RangeResponse, TxnRequest, TxnResponse,
@@ -113,6 +113,8 @@ pub enum WriteResult {
     Auth(crate::auth::AuthApplied),
     /// The revision oracle's ceiling raised (multi-shard mode).
     RevisionCeiling(RevisionCeilingResponse),
+    /// A linearizable read's barrier applied (multi-shard mode): its header carries its stamp.
+    ReadBarrier(ReadBarrierResponse),
 }
 
 impl WriteResult {
@@ -129,6 +131,7 @@ impl WriteResult {
             WriteResult::Alarm(r) => &r.header,
             WriteResult::Auth(r) => &r.header,
             WriteResult::RevisionCeiling(r) => &r.header,
+            WriteResult::ReadBarrier(r) => &r.header,
         };
         header.as_ref().map_or(0, |h| h.revision)
     }
@@ -766,6 +769,7 @@ fn apply_command(
         Some(Op::Alarm(req)) => writer.alarm(req).map(WriteResult::Alarm),
         Some(Op::Auth(req)) => auth.apply(req, writer.revision).map(WriteResult::Auth),
         Some(Op::RaiseRevisionCeiling(req)) => Ok(WriteResult::RevisionCeiling(writer.raise_revision_ceiling(req))),
+        Some(Op::ReadBarrier(_)) => Ok(WriteResult::ReadBarrier(ReadBarrierResponse::default())),
         // An envelope inside an envelope: never proposed.
         Some(Op::Authorized(_)) => Err(OpError::Kv(KvError::EmptyCommand)),
         None => Err(OpError::Kv(KvError::EmptyCommand)),
@@ -776,8 +780,12 @@ fn apply_command(
     let revision = writer.end_command();
     match outcome {
         Ok(mut result) => {
-            // The top-level header reports the revision after the whole command.
-            let header = Some(header_at(revision));
+            // The top-level header reports the revision after the whole command; a stamped one
+            // that wrote nothing reports its stamp, which is above every revision handed out
+            // before it was sent, whatever the shard (this shard's writes below it are applied:
+            // its log is in stamp order).
+            let reported = stamp.map_or(revision, |stamp| stamp.max(revision));
+            let header = Some(header_at(reported));
             match &mut result {
                 WriteResult::Put(r) => r.header = header,
                 WriteResult::DeleteRange(r) => r.header = header,
@@ -789,6 +797,7 @@ fn apply_command(
                 WriteResult::Alarm(r) => r.header = header,
                 WriteResult::Auth(r) => r.header = header,
                 WriteResult::RevisionCeiling(r) => r.header = header,
+                WriteResult::ReadBarrier(r) => r.header = header,
             }
             Ok(Some(Ok(result)))
         }

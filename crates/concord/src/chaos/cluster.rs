@@ -45,6 +45,8 @@ pub struct ClusterOptions {
     pub sabotage: Option<String>,
     /// `--experimental-stamped-revisions` for every member.
     pub stamped_revisions: bool,
+    /// `--experimental-initial-shards` for every member.
+    pub initial_shards: Option<String>,
 }
 
 /// A running cluster of `concord serve` processes.
@@ -163,6 +165,9 @@ impl ChaosCluster {
         }
         if self.options.stamped_revisions {
             command.arg("--experimental-stamped-revisions");
+        }
+        if let Some(keys) = &self.options.initial_shards {
+            command.arg(format!("--experimental-initial-shards={keys}"));
         }
         let child = command
             .stdin(Stdio::null())

@@ -76,6 +76,12 @@ pub struct ChaosArgs {
     /// every write stamped by the leader with a revision from the revision oracle.
     #[arg(long)]
     pub stamped_revisions: bool,
+    /// Split the keyspace into two shards (`--experimental-initial-shards`) at the register
+    /// keys: the lists, the lock and the watched range in the first shard (with the metadata),
+    /// the registers in the second, on three of the members. Membership changes are refused in
+    /// multi-shard mode, so wipe-rejoin is left out.
+    #[arg(long)]
+    pub shards: bool,
 }
 
 /// What a run found, for the summary line.
@@ -83,6 +89,16 @@ struct Totals {
     ops: [u64; 3],
     faults: usize,
     events: usize,
+}
+
+/// The prefix of every register and list key of the run with `seed`.
+fn run_prefix(seed: u64) -> String {
+    format!("chaos/{seed}/")
+}
+
+/// Where the register keys start: the second shard's first key with `--shards`.
+fn register_prefix(seed: u64) -> String {
+    format!("{}r/", run_prefix(seed))
 }
 
 fn seed_from_clock() -> u64 {
@@ -120,6 +136,7 @@ pub async fn run(args: ChaosArgs) -> Result<(), String> {
         namespaces: !args.loopback,
         sabotage,
         stamped_revisions: args.stamped_revisions,
+        initial_shards: args.shards.then(|| register_prefix(seed)),
     })
     .await?;
     println!("chaos: {}", cluster.network().describe());
@@ -152,15 +169,21 @@ pub async fn run(args: ChaosArgs) -> Result<(), String> {
 }
 
 async fn run_on(cluster: &mut ChaosCluster, args: &ChaosArgs, seed: u64) -> Result<Totals, String> {
-    let kinds = if args.faults.is_empty() {
+    let mut kinds = if args.faults.is_empty() {
         FaultKind::all()
     } else {
         args.faults.clone()
     };
+    if args.shards {
+        if kinds == [FaultKind::WipeRejoin] {
+            return Err("--shards: wipe-rejoin changes members, which multi-shard mode refuses".into());
+        }
+        kinds.retain(|k| *k != FaultKind::WipeRejoin);
+    }
     let steps = nemesis::schedule(seed, args.time, &kinds);
     print!("chaos: schedule:\n{}", nemesis::describe(&steps));
 
-    let prefix = format!("chaos/{seed}/");
+    let prefix = run_prefix(seed);
     let start_revision = current_revision(cluster).await? + 1;
     let (stop_tx, stop_rx) = watch::channel(false);
     let shared = Arc::new(Shared {
@@ -193,7 +216,7 @@ async fn run_on(cluster: &mut ChaosCluster, args: &ChaosArgs, seed: u64) -> Resu
     for w in 0..args.watchers {
         let stream = Arc::new(Mutex::new(WatchStream {
             watcher: w,
-            range: shared.watched_range(),
+            range: shared.watched_range(args.shards),
             start_revision,
             events: Vec::new(),
             complete_through: None,

@@ -115,6 +115,7 @@ impl<'t> AuthTables<'t> {
             Op::LeaseGrant(_)
             | Op::LeaseCheckpoint(_)
             | Op::RaiseRevisionCeiling(_)
+            | Op::ReadBarrier(_)
             | Op::PublishMember(_)
             | Op::UpdateMember(_)
             | Op::Authorized(_) => Ok(()),

@@ -46,13 +46,20 @@ fn a_txn_shares_its_stamp_and_a_write_of_nothing_leaves_the_revision() {
     assert_eq!(h.get("x").unwrap().mod_revision, 5);
     assert_eq!(h.get("y").unwrap().mod_revision, 5);
 
-    // A delete of nothing writes nothing: its stamp stays unused.
+    // A delete of nothing writes nothing: the store's revision stays, and the answer reports
+    // the stamp, above everything handed out before it (every write of this shard below it is
+    // applied already). So does a read's barrier.
     let nothing = DeleteRangeRequest {
         key: b"nope".to_vec(),
         ..Default::default()
     };
-    match h.apply_stamped(Op::DeleteRange(nothing), Some(8)).unwrap() {
-        WriteResult::DeleteRange(resp) => assert_eq!((resp.deleted, resp.header.unwrap().revision), (0, 5)),
+    match h.apply_stamped(Op::DeleteRange(nothing), Some(6)).unwrap() {
+        WriteResult::DeleteRange(resp) => assert_eq!((resp.deleted, resp.header.unwrap().revision), (0, 6)),
+        other => panic!("unexpected {other:?}"),
+    }
+    let barrier = Op::ReadBarrier(concord_proto::concordpb::ReadBarrier {});
+    match h.apply_stamped(barrier, Some(8)).unwrap() {
+        WriteResult::ReadBarrier(resp) => assert_eq!(resp.header.unwrap().revision, 8),
         other => panic!("unexpected {other:?}"),
     }
     assert_eq!(h.store.current_revision(), 5);
