@@ -226,6 +226,21 @@ async fn members_without_a_replica_forward_to_one_that_has_it() {
     })
     .await;
     let shards = &views[0];
+    // Each member is healthy once every shard it holds has a leader.
+    for member in &cluster.members {
+        let url = format!("{}/health", member.client_url);
+        eventually("the member reports itself healthy", || {
+            let url = url.clone();
+            async move {
+                let answer = common::http::get(&url).map_err(|e| e.to_string())?;
+                match answer.status {
+                    200 => Ok(()),
+                    _ => Err(answer.body),
+                }
+            }
+        })
+        .await;
+    }
     let replicas: Vec<usize> = shards.iter().map(|s| s["replicas"].as_array().unwrap().len()).collect();
     assert_eq!(replicas, vec![4, 3, 3], "{shards:?}");
 

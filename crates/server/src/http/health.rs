@@ -1,7 +1,8 @@
 //! etcd's health endpoints.
 //!
 //! - `/health`: `{"health":"true","reason":""}`, or `"false"` with etcd's reason (`RAFT NO
-//!   LEADER`, `ALARM NOSPACE`, `RANGE ERROR:…`) and status 503. `?serializable=true` skips the
+//!   LEADER`, for any shard's group this member serves; `ALARM NOSPACE`, `RANGE ERROR:…`) and
+//!   status 503. `?serializable=true` skips the
 //!   linearizable read; `?exclude=NOSPACE` ignores that alarm.
 //! - `/livez` and `/readyz` (etcd 3.6): plain `ok`, or 503 and the failed checks; `?verbose`
 //!   lists every check as `[+]name ok` or `[-]name failed: reason`, and `?exclude=name` skips one.
@@ -41,10 +42,12 @@ async fn check_health(state: &HttpState, excluded: &[&str], serializable: bool) 
             return Err(format!("ALARM {name}"));
         }
     }
-    let group = ctx.router.default_group();
-    if group.leader_id() == 0 {
+    // Every group this member serves: with several shards, one without a leader takes no
+    // writes, so the member is not healthy until each of its shards has one.
+    if ctx.router.groups().any(|group| group.leader_id() == 0) {
         return Err("RAFT NO LEADER".into());
     }
+    let group = ctx.router.default_group();
     if !serializable {
         group
             .read_barrier()
