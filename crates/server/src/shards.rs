@@ -57,6 +57,45 @@ impl ShardService {
     async fn require_admin<T>(&self, request: &Request<T>) -> Result<(), Status> {
         self.ctx.require_admin(request).await
     }
+
+    /// Fills in the shards of `shards` this member does not hold from the lists of members that
+    /// hold them.
+    async fn describe_remote(&self, shards: &mut [Shard]) {
+        let mut asked = std::collections::HashSet::new();
+        for i in 0..shards.len() {
+            let Some(Route::Remote(remote)) = self.ctx.router.route(shards[i].id) else {
+                continue;
+            };
+            if shards[i].leader != 0 {
+                continue;
+            }
+            for member in &remote.replicas {
+                if !asked.insert(*member) {
+                    continue;
+                }
+                let Some(theirs) = self.list_of(*member).await else {
+                    continue;
+                };
+                for shard in shards.iter_mut().filter(|s| s.leader == 0) {
+                    if let Some(seen) = theirs.iter().find(|t| t.id == shard.id && t.leader != 0) {
+                        *shard = seen.clone();
+                    }
+                }
+                break;
+            }
+        }
+    }
+
+    /// The shards as member `member` sees them, if it answers within the request timeout.
+    async fn list_of(&self, member: u64) -> Option<Vec<Shard>> {
+        let url = self.ctx.membership.member(member)?.client_ur_ls.first()?.clone();
+        let channel = self.ctx.shard_channels.channel(&url, &self.ctx.client_dialer).ok()?;
+        let mut request = Request::new(ShardListRequest {});
+        crate::forward::mark_forwarded(&mut request);
+        request.set_timeout(self.ctx.request_timeout);
+        let mut client = concord_proto::concordpb::shards_client::ShardsClient::new(channel);
+        Some(client.list(request).await.ok()?.into_inner().shards)
+    }
 }
 
 /// Every shard, as this member sees it: what `List` answers and the dashboard shows. Of a shard
@@ -106,8 +145,13 @@ fn describe(_ctx: &MemberContext, range: &ShardRange) -> Shard {
 #[tonic::async_trait]
 impl Shards for ShardService {
     /// Open to every client, as etcd's MemberList is.
-    async fn list(&self, _request: Request<ShardListRequest>) -> Result<Response<ShardListResponse>, Status> {
-        let shards = describe_all(&self.ctx);
+    /// A shard this member does not hold is described as a member holding it sees it (asked
+    /// once per such member; the shard stays with its range and replicas only when none answers).
+    async fn list(&self, request: Request<ShardListRequest>) -> Result<Response<ShardListResponse>, Status> {
+        let mut shards = describe_all(&self.ctx);
+        if !crate::forward::was_forwarded(&request) {
+            self.describe_remote(&mut shards).await;
+        }
         Ok(Response::new(ShardListResponse {
             header: self.header(),
             shards,
