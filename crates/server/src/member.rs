@@ -30,7 +30,7 @@ use crate::lock::LockService;
 use crate::maintenance::MaintenanceService;
 use crate::membership::Membership;
 use crate::metrics::rates::RateHistory;
-use crate::router::{KeyRouter, Shard};
+
 use crate::tls::MemberTls;
 use crate::watch::{WatchHub, WatchService};
 use concord_proto::etcdserverpb::lease_server::LeaseServer;
@@ -310,19 +310,11 @@ pub async fn serve(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> Res
         },
     )
     .map_err(ServeError::Storage)?;
-    let mut shards = vec![Shard {
-        start: Vec::new(),
-        end: placements.first().map(|p| p.start.clone()).unwrap_or_default(),
-        group: group.clone(),
-        store: store.clone(),
-        hub: hub.clone(),
-    }];
-    shards.extend(shard_groups.shards.iter().cloned());
 
     let (grpc_health, health_service) = crate::grpc_health::GrpcHealth::new(cfg.stop_grpc_service_on_defrag);
     let ctx = Arc::new(MemberContext {
         membership: membership.clone(),
-        router: KeyRouter::new(shards, shard_groups.remote.clone()),
+        router: shard_groups.router(group.clone(), store.clone(), hub.clone()),
         transport: transport.clone(),
         store,
         snapshot_dir: member_dir.join("snap"),
@@ -487,6 +479,10 @@ pub async fn serve(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> Res
     let failed = tokio::select! {
         _ = shutdown => None,
         reason = group.failed() => {
+            fault = Some(reason);
+            None
+        }
+        reason = shard_groups.failed() => {
             fault = Some(reason);
             None
         }

@@ -12,7 +12,7 @@ use concord_raft::{start_group, GroupConfig, PeerTransport, RevisionSource};
 use concord_storage::MvccStore;
 
 use crate::apply::{Effects, KvStateMachine};
-use crate::router::{RemoteShard, Shard};
+use crate::router::{GroupHandle, KeyRouter, RemoteShard, Shard};
 use crate::shard_map::ShardPlacement;
 use crate::watch::WatchHub;
 
@@ -88,6 +88,41 @@ impl ShardGroups {
             });
         }
         Ok(started)
+    }
+
+    /// The member's router: group 1's shard (`group`, `store`, `hub`), from the empty key to the
+    /// first of these, then these.
+    pub fn router(&self, group: GroupHandle, store: Arc<MvccStore>, hub: Arc<WatchHub>) -> KeyRouter {
+        let end = self
+            .shards
+            .iter()
+            .map(|s| &s.start)
+            .chain(self.remote.iter().map(|s| &s.start))
+            .min()
+            .cloned()
+            .unwrap_or_default();
+        let first = Shard {
+            start: Vec::new(),
+            end,
+            group,
+            store,
+            hub,
+        };
+        let shards = std::iter::once(first).chain(self.shards.iter().cloned()).collect();
+        KeyRouter::new(shards, self.remote.clone())
+    }
+
+    /// Resolves, with the reason, once any of these groups has stopped on a fault of this
+    /// member's storage (as group 1's `RaftHandle::failed`); never while there are none.
+    pub async fn failed(&self) -> String {
+        if self.shards.is_empty() {
+            return std::future::pending().await;
+        }
+        let faults = self.shards.iter().map(|s| {
+            let group = s.group.clone();
+            Box::pin(async move { format!("shard {}: {}", group.group_id(), group.failed().await) })
+        });
+        futures::future::select_all(faults).await.0
     }
 
     /// Stops every group and waits for its driver to finish.
