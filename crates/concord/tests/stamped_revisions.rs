@@ -7,54 +7,13 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use common::puts::{assert_real_time_order, assert_serves_every_put, put_through, Put};
 use common::{eventually, Cluster};
 use etcd_client::{Compare, CompareOp, EventType, Txn, TxnOp, WatchOptions};
 
 const STAMPED: &str = "--experimental-stamped-revisions";
-
-/// One acknowledged put: its key, revision, and when it was sent and answered.
-#[derive(Debug, Clone)]
-struct Put {
-    key: String,
-    revision: i64,
-    invoked: Instant,
-    completed: Instant,
-}
-
-/// `count` puts through member `i`, one after another, on keys of their own.
-async fn put_through(cluster: &Cluster, i: usize, count: usize, tag: &str) -> Vec<Put> {
-    let mut client = cluster.client(i).await;
-    let mut done = Vec::new();
-    for n in 0..count {
-        let key = format!("{tag}/m{i}/{n}");
-        let invoked = Instant::now();
-        let answer = client.put(key.as_str(), "v", None).await.unwrap();
-        done.push(Put {
-            key,
-            revision: answer.header().unwrap().revision(),
-            invoked,
-            completed: Instant::now(),
-        });
-    }
-    done
-}
-
-/// Every put's revision is its own, and a put sent after another was answered has a higher one.
-fn assert_real_time_order(puts: &[Put]) {
-    for a in puts {
-        for b in puts {
-            if a.key == b.key {
-                continue;
-            }
-            assert_ne!(a.revision, b.revision, "{a:?} and {b:?} share a revision");
-            if a.completed < b.invoked {
-                assert!(a.revision < b.revision, "{b:?} was sent after {a:?} was answered");
-            }
-        }
-    }
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn stamped_writes_follow_real_time_through_every_member_and_a_leader_kill() {
@@ -62,7 +21,7 @@ async fn stamped_writes_follow_real_time_through_every_member_and_a_leader_kill(
 
     let mut writers = Vec::new();
     for i in 0..3 {
-        writers.push(put_through(&cluster, i, 20, "before"));
+        writers.push(put_through(&cluster, i, 20, move |n| format!("before/m{i}/{n}")));
     }
     let mut acknowledged: Vec<Put> = futures::future::join_all(writers).await.concat();
     assert_real_time_order(&acknowledged);
@@ -116,7 +75,7 @@ async fn stamped_writes_follow_real_time_through_every_member_and_a_leader_kill(
     );
     let mut after = Vec::new();
     for i in (0..3).filter(|&i| i != leader) {
-        after.push(put_through(&cluster, i, 10, "after"));
+        after.push(put_through(&cluster, i, 10, move |n| format!("after/m{i}/{n}")));
     }
     let after: Vec<Put> = futures::future::join_all(after).await.concat();
     assert!(after.iter().all(|p| p.revision > first_after));
@@ -126,21 +85,7 @@ async fn stamped_writes_follow_real_time_through_every_member_and_a_leader_kill(
     // The killed member comes back and holds every acknowledged write at its revision.
     cluster.restart(leader);
     let mut back = cluster.client(leader).await;
-    for put in &acknowledged {
-        let got = eventually("the restarted member serves the write", || {
-            let mut back = back.clone();
-            let key = put.key.clone();
-            async move {
-                let got = back.get(key.as_str(), None).await?;
-                match got.kvs().first().map(|kv| kv.mod_revision()) {
-                    Some(revision) => Ok(revision),
-                    None => Err(etcd_client::Error::InvalidArgs(format!("{key} is missing"))),
-                }
-            }
-        })
-        .await;
-        assert_eq!(got, put.revision, "{put:?}");
-    }
+    assert_serves_every_put(&back, &acknowledged).await;
 
     // A watch from the start, on the restarted member, replays every write in revision order.
     let mut stream = back

@@ -8,50 +8,18 @@ mod common;
 
 use std::time::Instant;
 
+use common::puts::{assert_real_time_order, assert_serves_every_put, put_through, Put};
 use common::{concord, eventually, grpc_status, Cluster};
 use etcd_client::{Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp, WatchOptions};
 use tonic::Code;
 
 const SPLIT: &str = "--experimental-initial-shards=m";
 
-/// One acknowledged put: its key, revision, and when it was sent and answered.
-#[derive(Debug, Clone)]
-struct Put {
-    key: String,
-    revision: i64,
-    invoked: Instant,
-    completed: Instant,
-}
-
-/// Puts through member `i`, one after another, alternating between the two shards.
-async fn put_through(cluster: &Cluster, i: usize, count: usize, tag: &str) -> Vec<Put> {
-    let mut client = cluster.client(i).await;
-    let mut done = Vec::new();
-    for n in 0..count {
-        let shard = if n % 2 == 0 { "a" } else { "z" };
-        let key = format!("{shard}/{tag}/m{i}/{n}");
-        let invoked = Instant::now();
-        let answer = client.put(key.as_str(), "v", None).await.unwrap();
-        done.push(Put {
-            key,
-            revision: answer.header().unwrap().revision(),
-            invoked,
-            completed: Instant::now(),
-        });
-    }
-    done
-}
-
-/// Every put's revision is its own, and a put sent after another was answered has a higher one.
-fn assert_real_time_order(puts: &[Put]) {
-    for a in puts {
-        for b in puts.iter().filter(|b| b.key != a.key) {
-            assert_ne!(a.revision, b.revision, "{a:?} and {b:?} share a revision");
-            if a.completed < b.invoked {
-                assert!(a.revision < b.revision, "{b:?} was sent after {a:?} was answered");
-            }
-        }
-    }
+/// The `n`-th key member `i` writes in part `tag` of a test: in the first shard ("a/…") and the
+/// second ("z/…") in turn.
+fn both_shards(tag: &str, i: usize, n: usize) -> String {
+    let shard = if n.is_multiple_of(2) { "a" } else { "z" };
+    format!("{shard}/{tag}/m{i}/{n}")
 }
 
 /// The shards as `concord shard list -w json` shows them through member `i`.
@@ -94,7 +62,7 @@ async fn shards_take_writes_at_one_global_revision_and_survive_a_leader_kill() {
         "{shards:?}"
     );
 
-    let writers = (0..3).map(|i| put_through(&cluster, i, 20, "before"));
+    let writers = (0..3).map(|i| put_through(&cluster, i, 20, move |n| both_shards("before", i, n)));
     let mut acknowledged: Vec<Put> = futures::future::join_all(writers).await.concat();
     assert_real_time_order(&acknowledged);
 
@@ -174,7 +142,7 @@ async fn shards_take_writes_at_one_global_revision_and_survive_a_leader_kill() {
     assert!(resumed > revision, "{resumed} after {revision}");
     let after = (0..3)
         .filter(|&i| i != leader)
-        .map(|i| put_through(&cluster, i, 10, "after"));
+        .map(|i| put_through(&cluster, i, 10, move |n| both_shards("after", i, n)));
     let after: Vec<Put> = futures::future::join_all(after).await.concat();
     assert!(after.iter().all(|p| p.revision > resumed));
     acknowledged.extend(after);
@@ -183,21 +151,7 @@ async fn shards_take_writes_at_one_global_revision_and_survive_a_leader_kill() {
     // The killed member comes back with every acknowledged write of both shards.
     cluster.restart(leader);
     let back = cluster.client(leader).await;
-    for put in &acknowledged {
-        let got = eventually("the restarted member serves the write", || {
-            let mut back = back.clone();
-            let key = put.key.clone();
-            async move {
-                let got = back.get(key.as_str(), None).await?;
-                match got.kvs().first().map(|kv| kv.mod_revision()) {
-                    Some(revision) => Ok(revision),
-                    None => Err(etcd_client::Error::InvalidArgs(format!("{key} is missing"))),
-                }
-            }
-        })
-        .await;
-        assert_eq!(got, put.revision, "{put:?}");
-    }
+    assert_serves_every_put(&back, &acknowledged).await;
 
     // The split is recorded: every member still has two shards after its restart.
     assert_eq!(listed_shards(&cluster, leader).len(), 2);

@@ -214,33 +214,23 @@ impl<O: Send + 'static> RaftHandle<O> {
     /// answered once this member has applied it. Once the group stamps its writes
     /// ([`RaftHandle::stamp_with`]), its leader stamps it.
     pub async fn propose(&self, data: Vec<u8>) -> Result<O, RaftError> {
+        self.propose_stamped_or_not(data, true).await
+    }
+
+    /// Replicates `data`, which writes no revision (the revision oracle's own ceiling), without a
+    /// stamp even once the group stamps its writes.
+    pub async fn propose_unstamped(&self, data: Vec<u8>) -> Result<O, RaftError> {
+        self.propose_stamped_or_not(data, false).await
+    }
+
+    async fn propose_stamped_or_not(&self, data: Vec<u8>, stamp: bool) -> Result<O, RaftError> {
         if self.leader_id() == 0 {
             return Err(RaftError::NoLeader);
         }
         // Held until the answer comes or the caller gives up: the bytes count as in flight.
         let _admitted = self.status.admission.admit(data.len())?;
         let (reply, rx) = oneshot::channel();
-        self.send(GroupMsg::Propose {
-            data,
-            reply,
-            stamp: true,
-        })?;
-        self.await_reply(rx).await
-    }
-
-    /// Replicates `data`, which writes no revision (the revision oracle's own ceiling), without a
-    /// stamp even once the group stamps its writes.
-    pub async fn propose_unstamped(&self, data: Vec<u8>) -> Result<O, RaftError> {
-        if self.leader_id() == 0 {
-            return Err(RaftError::NoLeader);
-        }
-        let _admitted = self.status.admission.admit(data.len())?;
-        let (reply, rx) = oneshot::channel();
-        self.send(GroupMsg::Propose {
-            data,
-            reply,
-            stamp: false,
-        })?;
+        self.send(GroupMsg::Propose { data, reply, stamp })?;
         self.await_reply(rx).await
     }
 

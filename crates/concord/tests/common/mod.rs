@@ -12,6 +12,7 @@ use etcd_client::{Client, ConnectOptions};
 pub mod etcd;
 pub mod http;
 pub mod pki;
+pub mod puts;
 pub mod webdriver;
 
 /// How long any wait in a test may take before the test fails.

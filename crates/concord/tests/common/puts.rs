@@ -1,0 +1,67 @@
+//! Acknowledged puts with when they were sent and answered, for tests of revisions across
+//! members and shards: who wrote what at which revision, in real-time order, and that a member
+//! holds every one of them.
+
+use std::time::Instant;
+
+use etcd_client::Client;
+
+use super::{eventually, Cluster};
+
+/// One acknowledged put: its key, revision, and when it was sent and answered.
+#[derive(Debug, Clone)]
+pub struct Put {
+    pub key: String,
+    pub revision: i64,
+    pub invoked: Instant,
+    pub completed: Instant,
+}
+
+/// `count` puts through member `i`, one after another, the `n`-th on key `key(n)`.
+pub async fn put_through(cluster: &Cluster, i: usize, count: usize, key: impl Fn(usize) -> String) -> Vec<Put> {
+    let mut client = cluster.client(i).await;
+    let mut done = Vec::new();
+    for n in 0..count {
+        let key = key(n);
+        let invoked = Instant::now();
+        let answer = client.put(key.as_str(), "v", None).await.unwrap();
+        done.push(Put {
+            key,
+            revision: answer.header().unwrap().revision(),
+            invoked,
+            completed: Instant::now(),
+        });
+    }
+    done
+}
+
+/// Every put's revision is its own, and a put sent after another was answered has a higher one.
+pub fn assert_real_time_order(puts: &[Put]) {
+    for a in puts {
+        for b in puts.iter().filter(|b| b.key != a.key) {
+            assert_ne!(a.revision, b.revision, "{a:?} and {b:?} share a revision");
+            if a.completed < b.invoked {
+                assert!(a.revision < b.revision, "{b:?} was sent after {a:?} was answered");
+            }
+        }
+    }
+}
+
+/// Waits until `client`'s member serves every one of `puts`, and checks each at its revision.
+pub async fn assert_serves_every_put(client: &Client, puts: &[Put]) {
+    for put in puts {
+        let got = eventually("the member serves the write", || {
+            let mut client = client.clone();
+            let key = put.key.clone();
+            async move {
+                let got = client.get(key.as_str(), None).await?;
+                match got.kvs().first().map(|kv| kv.mod_revision()) {
+                    Some(revision) => Ok(revision),
+                    None => Err(etcd_client::Error::InvalidArgs(format!("{key} is missing"))),
+                }
+            }
+        })
+        .await;
+        assert_eq!(got, put.revision, "{put:?}");
+    }
+}
