@@ -69,6 +69,19 @@ fn a_split_keyspace_keeps_the_guarantees() {
 }
 
 #[test]
+fn a_shard_split_under_faults_keeps_the_guarantees() {
+    // The registers' shard split online while members are killed and leaders move: the seed's
+    // schedule has the split 16 s in.
+    let faults = "--faults=split-shard,kill,partition-minority,move-leader";
+    let (passed, text) = chaos(&["--shards", "--members", "5", "--seed", "11", "--time", "20s", faults]);
+    println!("{text}");
+    assert!(passed, "{text}");
+    assert!(text.contains("split the shard holding chaos/11/r/"), "{text}");
+    assert!(text.contains("verdict: Valid"), "{text}");
+    assert!(text.contains("other checks: 0 anomalies"), "{text}");
+}
+
+#[test]
 fn the_loopback_proxy_injects_network_faults() {
     // Without namespaces (not root, or --loopback) partitions and lossy links go through the
     // peer proxy; this runs that path even where the other tests get namespaces.

@@ -1,6 +1,6 @@
 //! `concord shard` against a real cluster: the one shard a cluster starts with, listed in every
-//! form, its leadership transferred, and the operations that need a split keyspace refused with
-//! `Unimplemented` and a message.
+//! form, its leadership transferred, a split refused on a cluster with etcd's dense revisions,
+//! and a move refused with `Unimplemented` and a message.
 
 mod common;
 
@@ -82,11 +82,12 @@ async fn a_new_cluster_has_one_shard_holding_every_key_on_every_member() {
     ]);
     assert!(text(&unknown.stderr).contains("shard 7 does not exist"), "{unknown:?}");
 
-    // What needs a split keyspace says so, and changes nothing.
+    // A cluster with etcd's dense revisions cannot be split; what needs a split keyspace says
+    // so, and changes nothing.
     let split = concord(&["shard", "split", "m", &endpoint_flag(&cluster, 0)]);
     assert!(!split.status.success());
     assert!(
-        text(&split.stderr).contains("Shards.Split is not implemented yet"),
+        text(&split.stderr).contains("shards can be split only in a cluster started with"),
         "{split:?}"
     );
     let moved = concord(&["shard", "move", "1", "--add", "abc", &endpoint_flag(&cluster, 0)]);

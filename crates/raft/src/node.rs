@@ -102,6 +102,7 @@ pub(crate) enum GroupMsg<O> {
     Step(Message),
     Unreachable(u64),
     TransferLeader(u64),
+    Campaign,
     Stop,
 }
 
@@ -243,6 +244,11 @@ impl<O: Send + 'static> RaftHandle<O> {
             .get_or_init(|| crate::stamping::start(source, self.mailbox.clone(), role));
     }
 
+    /// Whether the group's writes are stamped with global revisions ([`stamp_with`](Self::stamp_with)).
+    pub fn is_stamped(&self) -> bool {
+        self.stamps.get().is_some()
+    }
+
     async fn await_reply(&self, rx: oneshot::Receiver<Result<O, RaftError>>) -> Result<O, RaftError> {
         match tokio::time::timeout(self.request_timeout, rx).await {
             Ok(Ok(result)) => result,
@@ -286,6 +292,18 @@ impl<O: Send + 'static> RaftHandle<O> {
             Ok(Err(_)) => Err(RaftError::Stopped),
             Err(_) => Err(RaftError::Timeout),
         }
+    }
+
+    /// Starts an election (a pre-vote first) unless the group knows a leader: a shard's group
+    /// born of a split elects one at once this way, instead of after an election timeout.
+    pub fn campaign(&self) -> Result<(), RaftError> {
+        self.send(GroupMsg::Campaign)
+    }
+
+    /// Whether the group never had a leader that this member knows of: it was just made (by a
+    /// split, or at a cluster's start) and has not finished its first election.
+    pub fn is_newborn(&self) -> bool {
+        self.leader_id() == 0 && self.term() <= crate::log_store::INITIAL_TERM + 1
     }
 
     /// Asks the leader to hand leadership to `member_id`.
@@ -535,6 +553,11 @@ impl<S: StateMachine> Driver<S> {
             }
             GroupMsg::Unreachable(peer) => self.raw.report_unreachable(peer),
             GroupMsg::TransferLeader(to) => self.raw.transfer_leader(to),
+            GroupMsg::Campaign => {
+                if self.raw.raft.leader_id == 0 {
+                    let _ = self.raw.campaign();
+                }
+            }
             GroupMsg::Stop => return false,
         }
         true

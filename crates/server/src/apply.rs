@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use concord_proto::concordpb::{raft_command::Op, ClusterState, RaftCommand};
 use concord_proto::etcdserverpb::Member;
@@ -18,6 +18,8 @@ use tokio::sync::watch;
 use crate::auth::AuthState;
 use crate::lease::lessor::Lessor;
 use crate::membership::Membership;
+use crate::shard_groups::ShardGroups;
+use crate::shard_map::ShardPlacement;
 use crate::watch::WatchHub;
 
 /// What applying one command produced, handed back to the proposer.
@@ -42,6 +44,10 @@ pub struct Effects {
     pub removed: watch::Sender<bool>,
     /// Told of every applied auth change (tokens, the enabled flag and revision).
     pub auth: Arc<AuthState>,
+    /// The id of the group applying.
+    pub group_id: u64,
+    /// Told of every split of this group's shard and (group 1) of every shard a split made.
+    pub shards: Weak<ShardGroups>,
 }
 
 /// Applies a KV group's log to its store.
@@ -92,6 +98,16 @@ impl KvStateMachine {
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl KvStateMachine {
+    /// The member's shard groups, which outlive every state machine while the member runs.
+    fn shards(&self) -> Result<Arc<ShardGroups>, BoxError> {
+        self.effects
+            .shards
+            .upgrade()
+            .ok_or_else(|| "the member's shard groups are gone".into())
+    }
+}
 
 impl StateMachine for KvStateMachine {
     type Output = Applied;
@@ -151,6 +167,17 @@ impl StateMachine for KvStateMachine {
                         membership_changes.push(position);
                         None
                     }
+                    Some(Op::RecordShard(record)) => {
+                        if fresh {
+                            self.shards()?.on_recorded(ShardPlacement {
+                                group: record.group,
+                                start: record.start,
+                                replicas: record.replicas,
+                            })?;
+                        }
+                        membership_changes.push(position);
+                        None
+                    }
                     Some(Op::UpdateMember(member)) => {
                         if fresh {
                             if let Some(url) = member.peer_ur_ls.first() {
@@ -199,6 +226,12 @@ impl StateMachine for KvStateMachine {
         }
         if auth_changed {
             self.effects.auth.refresh();
+        }
+        // A split's child group starts before the split (and anything after it) is answered.
+        for (_, result) in &results {
+            if let Ok(WriteResult::ShardSplit(split)) = result {
+                self.shards()?.on_split(self.effects.group_id, split)?;
+            }
         }
         self.effects.hub.notify_applied(self.store.current_revision());
         for (position, result) in &results {
@@ -264,6 +297,8 @@ impl StateMachine for KvStateMachine {
             }
         }
         self.effects.membership.replace_members(state)?;
+        self.shards()?
+            .on_snapshot_installed(self.effects.group_id, &self.store)?;
         self.effects.auth.on_snapshot_installed();
         self.effects.hub.notify_applied(self.store.current_revision());
         Ok(())

@@ -190,8 +190,8 @@ fn unexpected(result: &WriteResult) -> Status {
 
 /// Replicates a txn on behalf of `sender` and answers with etcd's header filled in.
 pub async fn txn(ctx: &MemberContext, sender: &Sender, req: TxnRequest) -> Result<TxnResponse, Status> {
-    let route = ctx
-        .router
+    let router = ctx.router.current();
+    let route = router
         .route_for_txn(&req)
         .map_err(|spans| errors::write_spans_shards(&spans.groups))?;
     let group = &held(route)?.group;
@@ -218,7 +218,8 @@ pub async fn delete(ctx: &MemberContext, sender: &Sender, key: &[u8]) -> Result<
         key: key.to_vec(),
         ..Default::default()
     };
-    let group = &held(ctx.router.route_for_key(key))?.group;
+    let router = ctx.router.current();
+    let group = &held(router.route_for_key(key))?.group;
     let result = ctx
         .propose_write(group, sender, Op::DeleteRange(req))
         .await
@@ -267,8 +268,8 @@ pub async fn authorize_prefix(
 /// A linearizable range (ReadIndex barrier, then the local store), with the
 /// revision it was served at.
 pub async fn linearizable_range(ctx: &MemberContext, req: &RangeRequest) -> Result<(RangeResponse, i64), Status> {
-    let route = ctx
-        .router
+    let router = ctx.router.current();
+    let route = router
         .route_for_range(&req.key, &req.range_end)
         .map_err(|spans| errors::read_spans_shards(&spans.groups))?;
     let shard = held(route)?;

@@ -12,8 +12,10 @@ use tonic::Status;
 use crate::apply::Applied;
 use crate::auth::Sender;
 use crate::errors;
+use crate::live_router::LiveRouter;
 use crate::membership::Membership;
-use crate::router::{GroupHandle, KeyRouter};
+use crate::router::GroupHandle;
+use crate::shard_groups::ShardGroups;
 
 /// Request limits, with etcd's defaults.
 #[derive(Clone, Debug)]
@@ -46,7 +48,9 @@ pub struct MemberContext {
     /// Cluster membership and this member's id.
     pub membership: Arc<Membership>,
     /// Key-to-group routing.
-    pub router: KeyRouter,
+    pub router: Arc<LiveRouter>,
+    /// The shard groups this member runs, and the map of every shard.
+    pub shards: Arc<ShardGroups>,
     /// The peer transport, which knows which members answer.
     pub transport: std::sync::Arc<concord_raft::PeerTransport>,
     /// The MVCC store group 1 applies into: the cluster's metadata (leases, auth, alarms) and

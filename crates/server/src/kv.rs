@@ -50,9 +50,90 @@ fn all_reads_serializable(txn: &TxnRequest) -> bool {
 impl Kv for KvService {
     async fn range(&self, request: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
         validate::check_range(request.get_ref())?;
-        let route = self
-            .ctx
-            .router
+        rerouting(&self.ctx, request, |r| self.range_once(r)).await
+    }
+
+    async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        validate::check_put(request.get_ref())?;
+        rerouting(&self.ctx, request, |r| self.put_once(r)).await
+    }
+
+    async fn delete_range(
+        &self,
+        request: Request<DeleteRangeRequest>,
+    ) -> Result<Response<DeleteRangeResponse>, Status> {
+        validate::check_delete(request.get_ref())?;
+        rerouting(&self.ctx, request, |r| self.delete_range_once(r)).await
+    }
+
+    async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
+        validate::check_txn(request.get_ref(), self.ctx.limits.max_txn_ops, self.ctx.max_txn_depth())?;
+        rerouting(&self.ctx, request, |r| self.txn_once(r)).await
+    }
+
+    async fn compact(&self, request: Request<CompactionRequest>) -> Result<Response<CompactionResponse>, Status> {
+        let creds = Credentials::of(&request);
+        let req = request.into_inner();
+        if self.ctx.router.is_sharded() {
+            return Err(errors::unsharded_only("compaction"));
+        }
+        let group = self.ctx.router.default_group();
+        let sender = self.ctx.auth.sender(&creds, group).await?;
+        self.ctx
+            .write(group, &sender, Op::Compaction(req), |r| match r {
+                WriteResult::Compaction(resp) => Some(resp),
+                _ => None,
+            })
+            .await
+    }
+}
+
+/// Serves `request` by `attempt`, again each time the shard it was routed to no longer held its
+/// keys (a split moved them since: see `live_router.rs`), once the router has changed, until the
+/// request timeout.
+async fn rerouting<T: Clone, R, F, Fut>(
+    ctx: &MemberContext,
+    request: Request<T>,
+    attempt: F,
+) -> Result<Response<R>, Status>
+where
+    F: Fn(Request<T>) -> Fut,
+    Fut: std::future::Future<Output = Result<Response<R>, Status>>,
+{
+    let deadline = tokio::time::Instant::now() + ctx.request_timeout;
+    let mut request = request;
+    loop {
+        let version = ctx.router.version();
+        let again = Request::from_parts(
+            request.metadata().clone(),
+            request.extensions().clone(),
+            request.get_ref().clone(),
+        );
+        match attempt(request).await {
+            Err(status) if errors::is_wrong_shard(&status) => {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                if !ctx.router.changed_since(version, left).await {
+                    return Err(status);
+                }
+                request = again;
+            }
+            // The shard was just split off and is electing its first leader.
+            Err(status) if errors::is_no_leader(&status) => {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                if !ctx.router.first_leaders_elected(left).await {
+                    return Err(status);
+                }
+                request = again;
+            }
+            answer => return answer,
+        }
+    }
+}
+
+impl KvService {
+    async fn range_once(&self, request: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
+        let router = self.ctx.router.current();
+        let route = router
             .route_for_range(&request.get_ref().key, &request.get_ref().range_end)
             .map_err(|spans| errors::read_spans_shards(&spans.groups))?;
         let shard = match route {
@@ -73,15 +154,18 @@ impl Kv for KvService {
             .authorize_read(&creds, group, &perms::range_needs(&req))
             .await?;
         let (mut resp, revision) = shard.store.range(&req).map_err(errors::from_kv)?;
+        if !shard.store.covers(&req.key, &req.range_end) {
+            return Err(errors::wrong_shard());
+        }
         crate::metrics::MVCC_RANGES.inc();
         self.ctx.auth.check_unchanged(id.as_ref())?;
         resp.header = Some(self.ctx.header(revision.max(floor)));
         Ok(Response::new(resp))
     }
 
-    async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
-        validate::check_put(request.get_ref())?;
-        let group = match self.ctx.router.route_for_key(&request.get_ref().key) {
+    async fn put_once(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        let router = self.ctx.router.current();
+        let group = match router.route_for_key(&request.get_ref().key) {
             Route::Local(shard) => &shard.group,
             Route::Remote(remote) => {
                 return forward(&self.ctx, remote, request, |mut kv, r| async move { kv.put(r).await }).await;
@@ -100,14 +184,12 @@ impl Kv for KvService {
             .await
     }
 
-    async fn delete_range(
+    async fn delete_range_once(
         &self,
         request: Request<DeleteRangeRequest>,
     ) -> Result<Response<DeleteRangeResponse>, Status> {
-        validate::check_delete(request.get_ref())?;
-        let route = self
-            .ctx
-            .router
+        let router = self.ctx.router.current();
+        let route = router
             .route_for_range(&request.get_ref().key, &request.get_ref().range_end)
             .map_err(|spans| errors::write_spans_shards(&spans.groups))?;
         let group = match route {
@@ -128,12 +210,10 @@ impl Kv for KvService {
             .await
     }
 
-    async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
-        validate::check_txn(request.get_ref(), self.ctx.limits.max_txn_ops, self.ctx.max_txn_depth())?;
+    async fn txn_once(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
         let read_only = concord_storage::is_txn_read_only(request.get_ref());
-        let route = self
-            .ctx
-            .router
+        let router = self.ctx.router.current();
+        let route = router
             .route_for_txn(request.get_ref())
             .map_err(|spans| match read_only {
                 true => errors::read_spans_shards(&spans.groups),
@@ -159,6 +239,9 @@ impl Kv for KvService {
                 .authorize_read(&creds, group, &perms::txn_needs(&req))
                 .await?;
             let (mut resp, revision) = shard.store.txn_read(&req).map_err(errors::from_kv)?;
+            if !shard.store.key_range().admits_txn(&req) {
+                return Err(errors::wrong_shard());
+            }
             self.ctx.auth.check_unchanged(id.as_ref())?;
             resp.header = Some(self.ctx.header(revision.max(floor)));
             return Ok(Response::new(resp));
@@ -171,22 +254,6 @@ impl Kv for KvService {
         self.ctx
             .write(group, &sender, Op::Txn(req), |r| match r {
                 WriteResult::Txn(resp) => Some(resp),
-                _ => None,
-            })
-            .await
-    }
-
-    async fn compact(&self, request: Request<CompactionRequest>) -> Result<Response<CompactionResponse>, Status> {
-        let creds = Credentials::of(&request);
-        let req = request.into_inner();
-        if self.ctx.router.is_sharded() {
-            return Err(errors::unsharded_only("compaction"));
-        }
-        let group = self.ctx.router.default_group();
-        let sender = self.ctx.auth.sender(&creds, group).await?;
-        self.ctx
-            .write(group, &sender, Op::Compaction(req), |r| match r {
-                WriteResult::Compaction(resp) => Some(resp),
                 _ => None,
             })
             .await

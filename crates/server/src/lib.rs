@@ -36,6 +36,7 @@ pub mod kv;
 pub mod kv_unary;
 pub mod lease;
 pub mod listen;
+pub mod live_router;
 pub mod lock;
 pub mod maintenance;
 pub mod member;

@@ -264,6 +264,9 @@ pub async fn serve(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> Res
         max_pending_proposal_bytes: cfg.max_pending_proposal_bytes,
     };
     let (removed_tx, mut removed_rx) = watch::channel(false);
+    // Before group 1 starts: replaying its log may split its shard.
+    let shard_groups =
+        crate::shard_groups::ShardGroups::new(member_dir.clone(), placements.clone(), membership.clone());
     let effects = Effects {
         membership: membership.clone(),
         hub: hub.clone(),
@@ -271,6 +274,8 @@ pub async fn serve(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> Res
         transport: transport.clone(),
         removed: removed_tx,
         auth: auth.clone(),
+        group_id: FIRST_GROUP_ID,
+        shards: Arc::downgrade(&shard_groups),
     };
     let (group, driver_thread) = start_group(
         group_cfg.clone(),
@@ -292,14 +297,11 @@ pub async fn serve(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> Res
         tls.peer_dialer.clone(),
         cfg.request_timeout(),
     );
-    let shard_groups = crate::shard_groups::ShardGroups::start(
-        &placements,
-        &group_cfg,
-        &member_dir,
-        &engine,
-        &transport,
-        oracle_client,
-        |hub| Effects {
+    let shard_effects = {
+        let (membership, lessor, transport, auth) =
+            (membership.clone(), lessor.clone(), transport.clone(), auth.clone());
+        let shards = Arc::downgrade(&shard_groups);
+        move |group_id, hub| Effects {
             membership: membership.clone(),
             hub,
             lessor: lessor.clone(),
@@ -307,14 +309,33 @@ pub async fn serve(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> Res
             // Only group 1's configuration changes remove a member.
             removed: watch::channel(false).0,
             auth: auth.clone(),
-        },
-    )
-    .map_err(ServeError::Storage)?;
+            group_id,
+            shards: shards.clone(),
+        }
+    };
+    let router = shard_groups
+        .start(crate::shard_groups::GroupStarter {
+            first: group_cfg.clone(),
+            engine: engine.clone(),
+            transport: transport.clone(),
+            revisions: oracle_client,
+            effects: Box::new(shard_effects),
+            first_shard: crate::router::Shard {
+                start: Vec::new(),
+                end: Vec::new(),
+                group: group.clone(),
+                store: store.clone(),
+                hub: hub.clone(),
+            },
+            runtime: tokio::runtime::Handle::current(),
+        })
+        .map_err(ServeError::Storage)?;
 
     let (grpc_health, health_service) = crate::grpc_health::GrpcHealth::new(cfg.stop_grpc_service_on_defrag);
     let ctx = Arc::new(MemberContext {
         membership: membership.clone(),
-        router: shard_groups.router(group.clone(), store.clone(), hub.clone()),
+        router,
+        shards: shard_groups.clone(),
         transport: transport.clone(),
         store,
         snapshot_dir: member_dir.join("snap"),

@@ -41,6 +41,10 @@ where
     let mut unreachable = None;
     for k in 0..shard.replicas.len() {
         let member = shard.replicas[(start + k) % shard.replicas.len()];
+        if member == ctx.membership.local_id() {
+            // A replica this member is about to hold (it has not applied the split yet).
+            continue;
+        }
         let Some(url) = ctx
             .membership
             .member(member)

@@ -4,7 +4,8 @@
 //! has every member; each later shard is placed on [`REPLICAS`] members, round the ring of member
 //! ids, so that shards spread evenly. A member writes the map into its data directory when it
 //! bootstraps and reads it from there on every later start, as etcd reads its `--initial-*` flags
-//! only once.
+//! only once. A split adds its new shard to the map ([`save`]): the members holding the split
+//! shard when they apply the split, the others when group 1 tells them.
 
 use std::path::{Path, PathBuf};
 
@@ -14,14 +15,17 @@ pub const REPLICAS: usize = 3;
 /// A shard after the first: where it starts and which members replicate it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ShardPlacement {
+    /// Its group's id.
+    pub group: u64,
     /// Its first key; it ends where the next one starts.
     pub start: Vec<u8>,
     /// The members holding a replica, ascending.
     pub replicas: Vec<u64>,
 }
 
-/// The file: one shard per line, its start key in hex, a space, its replicas' ids in hex
-/// separated by commas.
+/// The file: one shard per line, ascending by start key: its start key in hex, a space, its
+/// replicas' ids in hex separated by commas, a space, its group id (absent in files written before
+/// splits: the line's position plus 2).
 fn path(member_dir: &Path) -> PathBuf {
     member_dir.join("shards")
 }
@@ -41,7 +45,10 @@ pub fn load_or_create(
             let shards = text
                 .lines()
                 .filter(|l| !l.is_empty())
-                .map(|l| parse_line(l).ok_or_else(|| format!("{}: cannot read {l:?}", file.display())))
+                .enumerate()
+                .map(|(i, l)| {
+                    parse_line(l, i as u64 + 2).ok_or_else(|| format!("{}: cannot read {l:?}", file.display()))
+                })
                 .collect::<Result<Vec<_>, _>>()?;
             check(&shards.iter().map(|s| s.start.clone()).collect::<Vec<_>>())?;
             Ok(shards)
@@ -52,16 +59,26 @@ pub fn load_or_create(
             }
             check(initial)?;
             let shards = place(initial, members);
-            let text: String = shards.iter().map(format_line).collect();
-            let temporary = file.with_extension("tmp");
-            std::fs::write(&temporary, text)
-                .and_then(|()| std::fs::File::open(&temporary)?.sync_all())
-                .and_then(|()| std::fs::rename(&temporary, &file))
-                .map_err(|e| format!("{}: {e}", file.display()))?;
+            save(member_dir, &shards)?;
             Ok(shards)
         }
         Err(e) => Err(format!("{}: {e}", file.display())),
     }
+}
+
+/// Replaces the map in `member_dir` with `shards` (sorted by start key here), durably: a new file
+/// renamed over the old one.
+pub fn save(member_dir: &Path, shards: &[ShardPlacement]) -> Result<(), String> {
+    let file = path(member_dir);
+    let mut sorted = shards.to_vec();
+    sorted.sort_by(|a, b| a.start.cmp(&b.start));
+    let text: String = sorted.iter().map(format_line).collect();
+    let temporary = file.with_extension("tmp");
+    std::fs::write(&temporary, text)
+        .and_then(|()| std::fs::File::open(&temporary)?.sync_all())
+        .and_then(|()| std::fs::rename(&temporary, &file))
+        .and_then(|()| std::fs::File::open(member_dir)?.sync_all())
+        .map_err(|e| format!("{}: {e}", file.display()))
 }
 
 /// Places the shard starting at each of `starts` on [`REPLICAS`] of `members`: the `i`-th on the
@@ -77,6 +94,7 @@ pub fn place(starts: &[Vec<u8>], members: &[u64]) -> Vec<ShardPlacement> {
             let mut replicas: Vec<u64> = (0..count).map(|k| ring[(i + k) % ring.len()]).collect();
             replicas.sort_unstable();
             ShardPlacement {
+                group: i as u64 + 2,
                 start: start.clone(),
                 replicas,
             }
@@ -86,16 +104,22 @@ pub fn place(starts: &[Vec<u8>], members: &[u64]) -> Vec<ShardPlacement> {
 
 fn format_line(shard: &ShardPlacement) -> String {
     let replicas: Vec<String> = shard.replicas.iter().map(|id| format!("{id:x}")).collect();
-    format!("{} {}\n", to_hex(&shard.start), replicas.join(","))
+    format!("{} {} {}\n", to_hex(&shard.start), replicas.join(","), shard.group)
 }
 
-fn parse_line(line: &str) -> Option<ShardPlacement> {
-    let (start, replicas) = line.split_once(' ')?;
+fn parse_line(line: &str, default_group: u64) -> Option<ShardPlacement> {
+    let mut fields = line.split(' ');
+    let (start, replicas) = (fields.next()?, fields.next()?);
+    let group = match fields.next() {
+        Some(group) => group.parse().ok()?,
+        None => default_group,
+    };
     let replicas = replicas
         .split(',')
         .map(|id| u64::from_str_radix(id, 16).ok())
         .collect::<Option<Vec<_>>>()?;
     Some(ShardPlacement {
+        group,
         start: from_hex(start)?,
         replicas,
     })
@@ -144,6 +168,24 @@ mod tests {
             load_or_create(dir.path(), &[b"x".to_vec()], &[1], true).unwrap(),
             shards
         );
+    }
+
+    #[test]
+    fn a_split_is_saved_with_its_group_and_old_files_number_their_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        // A file written before splits: no group ids, so line i is group i + 2.
+        std::fs::write(path(dir.path()), "67 1,2,3\n70 2,3,4\n").unwrap();
+        let mut shards = load_or_create(dir.path(), &[], &[], false).unwrap();
+        assert_eq!(shards.iter().map(|s| s.group).collect::<Vec<_>>(), vec![2, 3]);
+        shards.push(ShardPlacement {
+            group: 9,
+            start: b"h".to_vec(),
+            replicas: vec![1, 2, 3],
+        });
+        save(dir.path(), &shards).unwrap();
+        let read = load_or_create(dir.path(), &[], &[], false).unwrap();
+        let order: Vec<(u64, &[u8])> = read.iter().map(|s| (s.group, s.start.as_slice())).collect();
+        assert_eq!(order, vec![(2, &b"g"[..]), (9, &b"h"[..]), (3, &b"p"[..])]);
     }
 
     #[test]

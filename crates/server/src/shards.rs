@@ -1,12 +1,12 @@
 //! Concord's `Shards` service (`concord shard ...`): the shards the keyspace is split into, each
 //! a key range replicated by its own Raft group, and their placement.
 //!
-//! Today one shard (group 1) holds every key on every member, so `List` answers that shard and
-//! `TransferLeader` moves its leadership; `Split` and `Move` answer `Unimplemented` until the
-//! keyspace can be split (see `../shared/design/scaleout.md`). The epoch is TiKV's: its version
-//! counts splits and merges, its conf_ver the replica changes made by `Move`; both are 1 until
-//! those exist. Membership changes made with etcd's `member add/remove` change the one shard's
-//! replicas without a `Move`, as they change every member's.
+//! `List` answers every shard, `Split` splits one online (in multi-shard mode: the new shard on
+//! the same members), `TransferLeader` moves a shard's leadership; `Move` answers
+//! `Unimplemented` until a shard's replicas can move (see `../shared/design/scaleout.md`). The
+//! epoch is TiKV's: its version counts the shard's splits, its conf_ver the replica changes made
+//! by `Move`, 1 until those exist. Membership changes made with etcd's `member add/remove`
+//! change group 1's replicas without a `Move`, as they change every member's.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,7 +20,10 @@ use tonic::{Request, Response, Status};
 
 use crate::context::MemberContext;
 use crate::errors;
-use crate::router::{Route, Shard as ShardRange};
+use crate::router::{RemoteShard, Route, Shard as ShardRange};
+use concord_proto::concordpb::raft_command::Op;
+use concord_proto::concordpb::{AllocateShardId, RecordShard, SplitShard};
+use concord_storage::WriteResult;
 
 /// How long TransferLeader waits for the new leader to take over (as MoveLeader).
 const LEADER_TRANSFER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -46,9 +49,9 @@ impl ShardService {
     }
 
     /// The shard with group id `id`, which this member must hold.
-    fn shard(&self, id: u64) -> Result<&ShardRange, Status> {
-        match self.ctx.router.route(id) {
-            Some(Route::Local(shard)) => Ok(shard),
+    fn shard(&self, id: u64) -> Result<ShardRange, Status> {
+        match self.ctx.router.current().route(id) {
+            Some(Route::Local(shard)) => Ok(shard.clone()),
             Some(Route::Remote(_)) => Err(errors::misrouted_shard(id)),
             None => Err(errors::shard_not_found(id)),
         }
@@ -58,12 +61,71 @@ impl ShardService {
         self.ctx.require_admin(request).await
     }
 
+    /// A channel to `member`'s client URL; `None` when it has none.
+    fn channel_to(&self, member: u64) -> Result<Option<tonic::transport::Channel>, Status> {
+        let Some(url) = self
+            .ctx
+            .membership
+            .member(member)
+            .and_then(|m| m.client_ur_ls.first().cloned())
+        else {
+            return Ok(None);
+        };
+        self.ctx.shard_channels.channel(&url, &self.ctx.client_dialer).map(Some)
+    }
+
+    /// The replica of `shard` that leads the fewest shards, as far as this member can tell,
+    /// preferring any other over `shard`'s own leader: the split's new shard is led by it.
+    async fn least_leading(&self, shard: &ShardRange) -> u64 {
+        let mut shards = describe_all(&self.ctx);
+        self.describe_remote(&mut shards).await;
+        let led = |member: u64| shards.iter().filter(|s| s.leader == member).count();
+        let current = shard.group.leader_id();
+        let status = shard.group.status();
+        status
+            .voters
+            .into_iter()
+            .min_by_key(|m| (led(*m), *m == current, *m))
+            .unwrap_or(0)
+    }
+
+    /// Sends a split of a shard this member holds no replica of to a member that holds one.
+    async fn split_elsewhere(
+        &self,
+        remote: &RemoteShard,
+        request: Request<ShardSplitRequest>,
+    ) -> Result<Response<ShardSplitResponse>, Status> {
+        if crate::forward::was_forwarded(&request) {
+            return Err(errors::misrouted_shard(remote.group_id));
+        }
+        let creds = crate::auth::Credentials::of(&request);
+        let mut unreachable = None;
+        for member in &remote.replicas {
+            let Some(channel) = self.channel_to(*member)? else {
+                continue;
+            };
+            let mut forwarded = Request::new(request.get_ref().clone());
+            crate::forward::mark_forwarded(&mut forwarded);
+            creds.attach(&mut forwarded);
+            forwarded.set_timeout(self.ctx.request_timeout);
+            match concord_proto::concordpb::shards_client::ShardsClient::new(channel)
+                .split(forwarded)
+                .await
+            {
+                Err(status) if status.code() == tonic::Code::Unavailable => unreachable = Some(status),
+                answer => return answer,
+            }
+        }
+        Err(unreachable.unwrap_or_else(|| errors::no_replica_reachable(remote.group_id)))
+    }
+
     /// Fills in the shards of `shards` this member does not hold from the lists of members that
     /// hold them.
     async fn describe_remote(&self, shards: &mut [Shard]) {
         let mut asked = std::collections::HashSet::new();
         for i in 0..shards.len() {
-            let Some(Route::Remote(remote)) = self.ctx.router.route(shards[i].id) else {
+            let router = self.ctx.router.current();
+            let Some(Route::Remote(remote)) = router.route(shards[i].id) else {
                 continue;
             };
             if shards[i].leader != 0 {
@@ -88,8 +150,7 @@ impl ShardService {
 
     /// The shards as member `member` sees them, if it answers within the request timeout.
     async fn list_of(&self, member: u64) -> Option<Vec<Shard>> {
-        let url = self.ctx.membership.member(member)?.client_ur_ls.first()?.clone();
-        let channel = self.ctx.shard_channels.channel(&url, &self.ctx.client_dialer).ok()?;
+        let channel = self.channel_to(member).ok()??;
         let mut request = Request::new(ShardListRequest {});
         crate::forward::mark_forwarded(&mut request);
         request.set_timeout(self.ctx.request_timeout);
@@ -102,6 +163,7 @@ impl ShardService {
 /// held elsewhere it knows the range and the replicas only (leader 0, size and index 0).
 pub fn describe_all(ctx: &MemberContext) -> Vec<Shard> {
     ctx.router
+        .current()
         .routes()
         .map(|route| match route {
             Route::Local(shard) => describe(ctx, shard),
@@ -131,7 +193,8 @@ fn describe(_ctx: &MemberContext, range: &ShardRange) -> Shard {
         start: range.start.clone(),
         end: range.end.clone(),
         epoch: Some(ShardEpoch {
-            version: 1,
+            // Each split of the shard adds one, as TiKV's region epoch.
+            version: 1 + range.store.split_children().map_or(0, |c| c.len() as u64),
             conf_ver: 1,
         }),
         replicas,
@@ -158,12 +221,63 @@ impl Shards for ShardService {
         }))
     }
 
+    /// Splits the shard holding the key at the key, online: the new shard's group id comes from
+    /// group 1, the split is one entry in the shard's log (every replica cuts the same keys at
+    /// the same point), and group 1 then tells the members holding no replica.
     async fn split(&self, request: Request<ShardSplitRequest>) -> Result<Response<ShardSplitResponse>, Status> {
         self.require_admin(&request).await?;
         if request.get_ref().key.is_empty() {
             return Err(errors::split_needs_key());
         }
-        Err(errors::split_unimplemented())
+        if !self.ctx.router.default_group().is_stamped() {
+            return Err(errors::split_needs_stamped_revisions());
+        }
+        let router = self.ctx.router.current();
+        let parent = match router.route_for_key(&request.get_ref().key) {
+            Route::Local(shard) => shard.clone(),
+            Route::Remote(remote) => return self.split_elsewhere(remote, request).await,
+        };
+        let creds = crate::auth::Credentials::of(&request);
+        let key = request.into_inner().key;
+        if parent.start == key {
+            return Err(errors::split_at_shard_start());
+        }
+        let first = self.ctx.router.default_group();
+        let floor = router.routes().map(|r| r.group_id()).max().unwrap_or(1) + 1;
+        let allocate = Op::AllocateShardId(AllocateShardId { floor });
+        let sender = self.ctx.auth.sender(&creds, first).await?;
+        let child = match self.ctx.propose_write(first, &sender, allocate).await? {
+            WriteResult::ShardId(resp) => resp.group,
+            _ => return Err(errors::unexpected_apply_result()),
+        };
+        let sender = self.ctx.auth.sender(&creds, &parent.group).await?;
+        let split = Op::SplitShard(SplitShard {
+            key: key.clone(),
+            child_group: child,
+            first_leader: self.least_leading(&parent).await,
+        });
+        let done = match self.ctx.propose_write(&parent.group, &sender, split).await? {
+            WriteResult::ShardSplit(done) => done,
+            _ => return Err(errors::unexpected_apply_result()),
+        };
+        let router = self.ctx.router.current();
+        let (Some(Route::Local(left)), Some(Route::Local(right))) =
+            (router.route(parent.group.group_id()), router.route(done.child_group))
+        else {
+            return Err(errors::unexpected_apply_result());
+        };
+        let record = Op::RecordShard(RecordShard {
+            start: key,
+            group: child,
+            replicas: right.group.status().voters,
+        });
+        self.ctx.propose_membership(first, record).await?;
+        tracing::info!(parent = parent.group.group_id(), child, "split a shard");
+        Ok(Response::new(ShardSplitResponse {
+            header: self.header(),
+            left: Some(self.describe(left)),
+            right: Some(self.describe(right)),
+        }))
     }
 
     async fn r#move(&self, request: Request<ShardMoveRequest>) -> Result<Response<ShardMoveResponse>, Status> {
@@ -197,7 +311,7 @@ impl Shards for ShardService {
         }
         Ok(Response::new(ShardTransferLeaderResponse {
             header: self.header(),
-            shard: Some(self.describe(shard)),
+            shard: Some(self.describe(&shard)),
         }))
     }
 }

@@ -102,10 +102,16 @@ where
 /// corrupt applier refuses them. Alarms (so an operator can disarm), auth and membership apply.
 pub(crate) fn refused_while_corrupt(op: &Op) -> bool {
     match op {
-        Op::Put(_) | Op::DeleteRange(_) | Op::Txn(_) | Op::Compaction(_) | Op::LeaseGrant(_) | Op::LeaseRevoke(_) => {
-            true
-        }
+        Op::Put(_)
+        | Op::DeleteRange(_)
+        | Op::Txn(_)
+        | Op::Compaction(_)
+        | Op::LeaseGrant(_)
+        | Op::LeaseRevoke(_)
+        | Op::SplitShard(_) => true,
         Op::Alarm(_)
+        | Op::AllocateShardId(_)
+        | Op::RecordShard(_)
         | Op::PublishMember(_)
         | Op::UpdateMember(_)
         | Op::Auth(_)
@@ -129,6 +135,9 @@ pub(crate) fn needs_space(op: &Op) -> bool {
         | Op::LeaseCheckpoint(_)
         | Op::RaiseRevisionCeiling(_)
         | Op::ReadBarrier(_)
+        | Op::SplitShard(_)
+        | Op::AllocateShardId(_)
+        | Op::RecordShard(_)
         | Op::Alarm(_)
         | Op::PublishMember(_)
         | Op::UpdateMember(_)

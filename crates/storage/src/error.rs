@@ -86,6 +86,18 @@ pub enum KvError {
         /// The store's revision when it came to apply.
         revision: i64,
     },
+    /// A write that names a key outside its shard's range: a split moved the key to another
+    /// shard after the write was routed. Every replica refuses it alike; its member sends it
+    /// again to the shard that now holds the key.
+    #[error("concord: the shard this request was sent to no longer holds its keys; retry it")]
+    WrongShard,
+    /// A split at a key that is not strictly inside its shard: the shard's first key, or a key
+    /// the shard does not hold.
+    #[error("concord: the split key must lie strictly inside the shard that holds it")]
+    SplitOutsideShard,
+    /// A split this build cannot make yet, with the reason.
+    #[error("concord: the shard cannot be split: {0}")]
+    SplitRefused(&'static str),
     /// The store failed while serving a read (never produced by `apply`, whose storage failures
     /// are [`StorageError`]s that abort the batch).
     #[error("etcdserver: {0}")]
@@ -107,7 +119,9 @@ impl KvError {
             KvError::Internal(_) => ErrorCode::Internal,
             KvError::NoSpace => ErrorCode::ResourceExhausted,
             KvError::Corrupt => ErrorCode::DataLoss,
-            KvError::StaleStamp { .. } => ErrorCode::Unavailable,
+            KvError::StaleStamp { .. } | KvError::WrongShard => ErrorCode::Unavailable,
+            KvError::SplitOutsideShard => ErrorCode::InvalidArgument,
+            KvError::SplitRefused(_) => ErrorCode::FailedPrecondition,
             KvError::Auth(err) => err.code(),
         }
     }

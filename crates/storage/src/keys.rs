@@ -70,6 +70,10 @@ pub(crate) const META_COMPACT_REVISION: &str = "compact_revision";
 /// The revision oracle's committed ceiling (multi-shard mode); absent means 0, never raised.
 pub(crate) const META_REVISION_CEILING: &str = "revision_ceiling";
 
+/// The next id group 1 hands out for a new shard's group (see `AllocateShardId`); absent means
+/// none was handed out yet.
+pub(crate) const META_NEXT_SHARD_ID: &str = "next_shard_id";
+
 /// Length of the fixed record header that precedes the value bytes.
 pub(crate) const HEADER_LEN: usize = 32;
 

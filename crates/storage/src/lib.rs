@@ -109,6 +109,7 @@ mod legacy;
 mod range;
 mod sealing;
 mod snapshot;
+mod split;
 mod store;
 mod txn;
 mod view;
@@ -121,6 +122,7 @@ pub use etcd_format::{
     ReplayRules, TornTail, WalEntry, WalError, WalReplay,
 };
 pub use snapshot::SnapshotInfo;
+pub use split::{shard_store_path, KeyRange, SplitChild};
 pub use store::{ApplyEntry, MvccStore, WriteResult};
 pub use txn::is_txn_read_only;
 

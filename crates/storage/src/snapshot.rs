@@ -167,6 +167,7 @@ fn copy_database(db: &Database, dest: &Path, reseal: Option<&Sealer>) -> Result<
     copy_table(&snapshot, &out, crate::auth::ROLES)?;
     copy_table(&snapshot, &out, crate::auth::META)?;
     copy_table(&snapshot, &out, keys::META)?;
+    copy_table(&snapshot, &out, crate::split::SHARD)?;
     if let Some(sealer) = reseal {
         reset_keys(&out, sealer, meta.revision)?;
     }
@@ -252,7 +253,7 @@ fn sibling(path: &Path, suffix: &str) -> PathBuf {
 }
 
 /// Makes the directory entries of `path`'s directory durable (a rename or a new file in it).
-fn sync_parent_dir(path: &Path) -> Result<(), StorageError> {
+pub(crate) fn sync_parent_dir(path: &Path) -> Result<(), StorageError> {
     let dir = match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
         _ => Path::new("."),

@@ -37,9 +37,12 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
+use crate::split::{KeyRange, SplitChild};
 use concord_crypt::{KeyId, Sealer};
 use concord_proto::concordpb::raft_command::Op;
-use concord_proto::concordpb::{RaftCommand, ReadBarrierResponse, RevisionCeilingResponse};
+use concord_proto::concordpb::{
+    AllocateShardIdResponse, RaftCommand, ReadBarrierResponse, RevisionCeilingResponse, SplitShardResponse,
+};
 use concord_proto::etcdserverpb::{
     AlarmMember, AlarmResponse, CompactionResponse, DeleteRangeResponse, LeaseCheckpointResponse, LeaseGrantResponse,
     LeaseRevokeResponse, PutResponse, RangeRequest, RangeResponse, TxnRequest, TxnResponse,
@@ -115,6 +118,10 @@ pub enum WriteResult {
     RevisionCeiling(RevisionCeilingResponse),
     /// A linearizable read's barrier applied (multi-shard mode): its header carries its stamp.
     ReadBarrier(ReadBarrierResponse),
+    /// The store's shard split (see `split.rs`): the child's group and range.
+    ShardSplit(SplitShardResponse),
+    /// A new shard's group id handed out (group 1).
+    ShardId(AllocateShardIdResponse),
 }
 
 impl WriteResult {
@@ -132,6 +139,8 @@ impl WriteResult {
             WriteResult::Auth(r) => &r.header,
             WriteResult::RevisionCeiling(r) => &r.header,
             WriteResult::ReadBarrier(r) => &r.header,
+            WriteResult::ShardSplit(r) => &r.header,
+            WriteResult::ShardId(r) => &r.header,
         };
         header.as_ref().map_or(0, |h| h.revision)
     }
@@ -169,6 +178,8 @@ pub struct MvccStore {
     sealing_recorded: AtomicBool,
     /// The file's size as of the last applied batch (see [`db_size_hint`](Self::db_size_hint)).
     size_after_apply: AtomicU64,
+    /// The keys the store holds (see `split.rs`), narrowed before a split's commit.
+    key_range: RwLock<KeyRange>,
     /// Makes the next batch fail just before its commit, as a storage error would.
     #[cfg(test)]
     pub(crate) fail_next_batch: std::sync::atomic::AtomicBool,
@@ -255,11 +266,17 @@ pub(crate) fn prepare_database(db: Database) -> Result<(Database, Meta), Storage
         txn.open_table(keys::LEASE_KEYS)?;
         txn.open_table(keys::LEASE_REMAINING)?;
         txn.open_table(keys::ALARMS)?;
+        txn.open_table(crate::split::SHARD)?;
         crate::auth::create_tables(&txn)?;
         read_meta(&txn.open_table(keys::META)?)?
     };
     txn.commit()?;
     Ok((db, meta))
+}
+
+/// The key range recorded in a prepared database.
+fn read_key_range(db: &Database) -> Result<KeyRange, StorageError> {
+    Ok(crate::split::read_shard_table(&db.begin_read()?.open_table(crate::split::SHARD)?)?.0)
 }
 
 /// Builds the key index of a prepared database, from one read snapshot.
@@ -287,6 +304,7 @@ impl MvccStore {
         }
         let (db, meta) = prepare_database(database_builder().create(path)?)?;
         let index = load_index(&db)?;
+        let key_range = read_key_range(&db)?;
         tracing::info!(
             path = %path.display(),
             applied_index = meta.applied_index,
@@ -311,6 +329,7 @@ impl MvccStore {
             sealer: None,
             sealing_recorded: AtomicBool::new(false),
             size_after_apply: AtomicU64::new(std::fs::metadata(path).map_or(0, |m| m.len())),
+            key_range: RwLock::new(key_range),
             #[cfg(test)]
             fail_next_batch: Default::default(),
         })
@@ -619,6 +638,8 @@ impl MvccStore {
         }
 
         let mut results = Vec::new();
+        let mut split = false;
+        let stores_dir = self.path.parent().map_or_else(PathBuf::new, Path::to_path_buf);
         let (revision, compact_revision, revision_ceiling, changes) = {
             let mut writer = Writer::open(
                 &txn,
@@ -639,11 +660,16 @@ impl MvccStore {
                 let Some(command) = entry.command else {
                     continue;
                 };
-                if let Some(result) = apply_command(&mut writer, &mut auth, command, entry.stamp)? {
+                if let Some(result) = apply_command(&mut writer, &mut auth, &txn, command, entry.stamp, &stores_dir)? {
                     results.push((entry.index, result));
                 }
             }
             let counters = (writer.revision, writer.compact_revision, writer.revision_ceiling);
+            if writer.split {
+                // Readers check the range after reading: narrow it before the moved keys go.
+                *self.key_range.write().unwrap_or_else(|e| e.into_inner()) = writer.key_range.clone();
+                split = true;
+            }
             (counters.0, counters.1, counters.2, writer.index.into_changes())
         };
         write_meta(&txn, last_index, revision, compact_revision, revision_ceiling)?;
@@ -665,7 +691,11 @@ impl MvccStore {
         if record_key.is_some() {
             self.sealing_recorded.store(true, Ordering::Release);
         }
-        if !changes.is_empty() || compact_revision != self.compact_revision() {
+        if split {
+            // The moved keys left the file: index it afresh.
+            let index = load_index(&self.db())?;
+            self.shared_mut().index = index;
+        } else if !changes.is_empty() || compact_revision != self.compact_revision() {
             self.shared_mut().index.apply(changes, revision, compact_revision);
         }
 
@@ -681,6 +711,26 @@ impl MvccStore {
         }
         self.size_after_apply.store(self.db_size(), Ordering::Release);
         Ok(results)
+    }
+
+    /// The keys the store holds: all of them unless it was split or made by a split.
+    pub fn key_range(&self) -> KeyRange {
+        self.key_range.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Whether the store holds every key of etcd's `key`/`range_end` pair. A read checks it
+    /// after reading: a split that moved the keys before the read ends makes it `false`.
+    pub fn covers(&self, key: &[u8], range_end: &[u8]) -> bool {
+        self.key_range
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .covers(key, range_end)
+    }
+
+    /// The shards split off this store, ascending by start key.
+    pub fn split_children(&self) -> Result<Vec<SplitChild>, StorageError> {
+        let txn = self.db().begin_read()?;
+        Ok(crate::split::read_shard_table(&txn.open_table(crate::split::SHARD)?)?.1)
     }
 
     /// The revision oracle's committed ceiling (see [`WriteResult::RevisionCeiling`]); 0 while
@@ -714,6 +764,7 @@ impl MvccStore {
     pub(crate) fn reopen_file(&self, state: &mut WriterState) -> Result<Meta, StorageError> {
         let (db, meta) = prepare_database(database_builder().open(&self.path)?)?;
         let index = load_index(&db)?;
+        *self.key_range.write().unwrap_or_else(|e| e.into_inner()) = read_key_range(&db)?;
         let old = std::mem::replace(
             &mut *self.shared_mut(),
             Shared {
@@ -742,8 +793,10 @@ impl MvccStore {
 fn apply_command(
     writer: &mut Writer<'_, '_>,
     auth: &mut crate::auth::AuthTables<'_>,
+    txn: &WriteTransaction,
     command: &RaftCommand,
     stamp: Option<i64>,
+    stores_dir: &Path,
 ) -> Result<Option<Result<WriteResult, KvError>>, StorageError> {
     if let Err(refused) = writer.begin_command(stamp) {
         return Ok(Some(Err(refused)));
@@ -757,6 +810,7 @@ fn apply_command(
         return Ok(Some(Err(refused)));
     }
     let outcome = match &command.op {
+        Some(op) if !writer.key_range.admits(op) => Err(OpError::Kv(KvError::WrongShard)),
         Some(op) if writer.corrupt && refused_while_corrupt(op) => Err(OpError::Kv(KvError::Corrupt)),
         Some(op) if writer.no_space && needs_space(op) => Err(OpError::Kv(KvError::NoSpace)),
         Some(Op::Put(req)) => writer.put(req).map(WriteResult::Put),
@@ -770,12 +824,22 @@ fn apply_command(
         Some(Op::Auth(req)) => auth.apply(req, writer.revision).map(WriteResult::Auth),
         Some(Op::RaiseRevisionCeiling(req)) => Ok(WriteResult::RevisionCeiling(writer.raise_revision_ceiling(req))),
         Some(Op::ReadBarrier(_)) => Ok(WriteResult::ReadBarrier(ReadBarrierResponse::default())),
+        Some(Op::SplitShard(req)) => {
+            let child = crate::split::shard_store_path(stores_dir, req.child_group);
+            writer
+                .split_shard(txn, req, &child, auth.enabled())
+                .map(WriteResult::ShardSplit)
+        }
+        Some(Op::AllocateShardId(req)) => crate::split::allocate_shard_id(txn, req)
+            .map(WriteResult::ShardId)
+            .map_err(OpError::Storage),
         // An envelope inside an envelope: never proposed.
         Some(Op::Authorized(_)) => Err(OpError::Kv(KvError::EmptyCommand)),
         None => Err(OpError::Kv(KvError::EmptyCommand)),
         // Membership changes are the server's business, not the store's.
         Some(Op::PublishMember(_)) => return Ok(None),
         Some(Op::UpdateMember(_)) => return Ok(None),
+        Some(Op::RecordShard(_)) => return Ok(None),
     };
     let revision = writer.end_command();
     match outcome {
@@ -798,6 +862,8 @@ fn apply_command(
                 WriteResult::Auth(r) => r.header = header,
                 WriteResult::RevisionCeiling(r) => r.header = header,
                 WriteResult::ReadBarrier(r) => r.header = header,
+                WriteResult::ShardSplit(r) => r.header = header,
+                WriteResult::ShardId(r) => r.header = header,
             }
             Ok(Some(Ok(result)))
         }

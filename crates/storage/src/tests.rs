@@ -24,6 +24,7 @@ mod legacy;
 mod memory;
 mod sealing;
 mod snapshot;
+mod split;
 mod stamp;
 
 /// Opens a test store. With `CONCORD_STORAGE_TEST_SEAL` set in the environment every store of

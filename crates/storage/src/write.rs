@@ -23,6 +23,7 @@ use crate::error::{KvError, OpError, StorageError};
 use crate::index::{Head, IndexRead, KeyIndex, PendingIndex, Rev};
 use crate::keys::{self, encode_row, KeySpan, RecordHeader, RowId};
 use crate::lease::{self, LeaseKeysMut, LeasesMut, NO_LEASE};
+use crate::split::KeyRange;
 use crate::view::{fetch_row, live_record, View};
 
 /// `revisions` opened for writing.
@@ -47,6 +48,10 @@ pub(crate) struct Writer<'t, 'i> {
     pub compact_revision: i64,
     /// The revision oracle's committed ceiling (0 while never raised).
     pub revision_ceiling: i64,
+    /// The keys the store holds (narrowed by a split in this batch).
+    pub key_range: KeyRange,
+    /// Whether a split in this batch moved keys out (the key index is then rebuilt).
+    pub split: bool,
     /// Changes made so far by the command being applied (its next sub revision).
     pub sub: u32,
     /// The global revision stamped on the command being applied, if any.
@@ -71,7 +76,10 @@ impl<'t, 'i> Writer<'t, 'i> {
             .open_table(keys::META)?
             .get(keys::META_REVISION_CEILING)?
             .map_or(0, |ceiling| ceiling.value() as i64);
+        let (key_range, _) = crate::split::read_shard_table(&txn.open_table(crate::split::SHARD)?)?;
         Ok(Writer {
+            key_range,
+            split: false,
             revisions: txn.open_table(keys::REVISIONS)?,
             index: PendingIndex::new(index),
             leases: txn.open_table(keys::LEASES)?,

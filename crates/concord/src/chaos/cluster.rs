@@ -47,6 +47,8 @@ pub struct ClusterOptions {
     pub stamped_revisions: bool,
     /// `--experimental-initial-shards` for every member.
     pub initial_shards: Option<String>,
+    /// How many register keys the run has (`<initial_shards>N`, N from 0).
+    pub register_keys: u64,
 }
 
 /// A running cluster of `concord serve` processes.
@@ -320,6 +322,27 @@ impl ChaosCluster {
             Ok(Ok(r)) => Ok(r.into_inner().header.map_or(0, |h| h.revision)),
             Ok(Err(e)) => Err(format!("{}: {}", self.members[i].name, e.message())),
             Err(_) => Err(format!("{}: linearizable read timed out", self.members[i].name)),
+        }
+    }
+
+    /// Splits the shard holding the register keys (a sharded run's) at a register key other than
+    /// the first, through a serving member; the key. Splitting where a shard already starts is
+    /// refused by the cluster, and reported so.
+    pub async fn split_register_shard(&mut self, rng: &mut crate::bench::SplitMix64) -> Result<String, String> {
+        let prefix = self.options.initial_shards.clone().ok_or("not a sharded run")?;
+        let key = format!("{prefix}{}", 1 + rng.below(self.options.register_keys.max(2) - 1));
+        let serving: Vec<usize> = (0..self.len()).filter(|i| self.is_serving(*i)).collect();
+        let i = *serving
+            .get(rng.below(serving.len().max(1) as u64) as usize)
+            .ok_or("no member is serving")?;
+        let mut client = concord_proto::concordpb::shards_client::ShardsClient::new(self.admin[i].clone());
+        let call = client.split(concord_proto::concordpb::ShardSplitRequest {
+            key: key.clone().into_bytes(),
+        });
+        match tokio::time::timeout(Duration::from_secs(10), call).await {
+            Ok(Ok(_)) => Ok(key),
+            Ok(Err(e)) => Err(format!("{key}: {}", e.message())),
+            Err(_) => Err(format!("{key}: timed out")),
         }
     }
 

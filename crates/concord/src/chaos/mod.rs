@@ -137,6 +137,7 @@ pub async fn run(args: ChaosArgs) -> Result<(), String> {
         sabotage,
         stamped_revisions: args.stamped_revisions,
         initial_shards: args.shards.then(|| register_prefix(seed)),
+        register_keys: args.keys.max(1),
     })
     .await?;
     println!("chaos: {}", cluster.network().describe());
@@ -179,6 +180,11 @@ async fn run_on(cluster: &mut ChaosCluster, args: &ChaosArgs, seed: u64) -> Resu
             return Err("--shards: wipe-rejoin changes members, which multi-shard mode refuses".into());
         }
         kinds.retain(|k| *k != FaultKind::WipeRejoin);
+    } else {
+        if kinds == [FaultKind::SplitShard] {
+            return Err("split-shard needs --shards".into());
+        }
+        kinds.retain(|k| *k != FaultKind::SplitShard);
     }
     let steps = nemesis::schedule(seed, args.time, &kinds);
     print!("chaos: schedule:\n{}", nemesis::describe(&steps));

@@ -33,6 +33,8 @@ pub enum FaultKind {
     MoveLeader,
     /// Remove a follower, wipe its data directory, and add it back as a new member.
     WipeRejoin,
+    /// Split the register keys' shard online at one of the register keys (`--shards` only).
+    SplitShard,
 }
 
 impl FaultKind {
@@ -73,7 +75,7 @@ pub fn schedule(seed: u64, length: Duration, kinds: &[FaultKind]) -> Vec<Step> {
     while at < length {
         let kind = kinds[rng.below(kinds.len() as u64) as usize];
         let hold = match kind {
-            FaultKind::MoveLeader => Duration::ZERO,
+            FaultKind::MoveLeader | FaultKind::SplitShard => Duration::ZERO,
             _ => Duration::from_millis(1500 + rng.below(4500)),
         };
         let pick = rng.next_u64();
@@ -249,6 +251,10 @@ async fn inject(cluster: &mut ChaosCluster, kind: FaultKind, rng: &mut SplitMix6
             cluster.move_leader(to).await?;
             let what = format!("move leader {} -> {}", cluster.name(leader), cluster.name(to));
             Ok((Active::Nothing, what))
+        }
+        FaultKind::SplitShard => {
+            let at = cluster.split_register_shard(rng).await?;
+            Ok((Active::Nothing, format!("split the shard holding {at}")))
         }
         FaultKind::WipeRejoin => {
             let leader = cluster.leader().await.ok_or("no leader")?;

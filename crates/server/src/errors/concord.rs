@@ -20,9 +20,17 @@ pub fn split_needs_key() -> Status {
     Status::invalid_argument("concord: a split needs a key")
 }
 
-/// `Shards.Split`, until the keyspace can be split.
-pub fn split_unimplemented() -> Status {
-    Status::unimplemented("concord: Shards.Split is not implemented yet: one shard holds every key")
+/// `Shards.Split` on a cluster whose revisions are dense (etcd's): shards need global revisions.
+pub fn split_needs_stamped_revisions() -> Status {
+    Status::failed_precondition(
+        "concord: shards can be split only in a cluster started with --experimental-stamped-revisions \
+         or --experimental-initial-shards",
+    )
+}
+
+/// `Shards.Split` at the first key of a shard.
+pub fn split_at_shard_start() -> Status {
+    Status::invalid_argument("concord: a shard already starts at that key")
 }
 
 /// `Shards.Move`, until a shard can have replicas on some members only.
@@ -186,4 +194,28 @@ pub fn bad_leader_url(url: &str, err: impl std::fmt::Display) -> Status {
 /// The task serving a Lock or Election call ended without answering it (a bug, or a panic).
 pub fn task_ended_without_answer() -> Status {
     Status::internal("concord: the request's task ended without an answer")
+}
+
+/// A request that reached a shard which no longer holds its keys: a split moved them after the
+/// request was routed. The member routes it again ([`is_wrong_shard`]); a client sees it only
+/// when the router did not change in time, and may retry.
+pub fn wrong_shard() -> Status {
+    super::from_kv(concord_storage::KvError::WrongShard)
+}
+
+/// A watcher canceled because a split moved the keys it watches to a shard whose changes its
+/// member's watch streams do not see (watches stay in the first shard until cross-shard watch).
+pub fn watched_keys_moved() -> Status {
+    Status::unavailable("concord: a split moved the watched keys out of the first shard; watching them needs cross-shard watch, which is not there yet")
+}
+
+/// Whether `status` says the group had no leader (etcd's `etcdserver: no leader`).
+pub fn is_no_leader(status: &Status) -> bool {
+    let no_leader = super::from_raft(concord_raft::RaftError::NoLeader);
+    status.code() == no_leader.code() && status.message() == no_leader.message()
+}
+
+/// Whether `status` is [`wrong_shard`]'s.
+pub fn is_wrong_shard(status: &Status) -> bool {
+    status.code() == tonic::Code::Unavailable && status.message() == concord_storage::KvError::WrongShard.to_string()
 }

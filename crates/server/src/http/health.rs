@@ -44,7 +44,7 @@ async fn check_health(state: &HttpState, excluded: &[&str], serializable: bool) 
     }
     // Every group this member serves: with several shards, one without a leader takes no
     // writes, so the member is not healthy until each of its shards has one.
-    if ctx.router.groups().any(|group| group.leader_id() == 0) {
+    if ctx.router.groups().iter().any(|group| group.leader_id() == 0) {
         return Err("RAFT NO LEADER".into());
     }
     let group = ctx.router.default_group();

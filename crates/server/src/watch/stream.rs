@@ -113,6 +113,7 @@ impl WatchStreamTask {
         let mut progress = tokio::time::interval(self.progress_interval);
         progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         progress.tick().await;
+        let mut routes = self.ctx.router.subscribe();
         loop {
             // Catching up can make the task wait for the client again, and leave again.
             while self.live.is_none() {
@@ -133,6 +134,7 @@ impl WatchStreamTask {
                     Err(RecvError::Closed) => false,
                 },
                 _ = progress.tick() => self.notify_progress().await,
+                Ok(()) = routes.changed() => self.cancel_moved().await,
             };
             if !keep_going {
                 break;
@@ -208,9 +210,9 @@ impl WatchStreamTask {
     /// Whether the stream's hub (group 1's) sees every change of `[key, range_end)`: it does
     /// unless the keyspace is split and the range reaches past the first shard.
     fn in_hub_shard(&self, key: &[u8], range_end: &[u8]) -> Result<(), tonic::Status> {
-        let router = &self.ctx.router;
+        let router = self.ctx.router.current();
         match router.route_for_range(key, range_end) {
-            Ok(route) if route.group_id() == router.default_group().group_id() => Ok(()),
+            Ok(route) if route.group_id() == self.ctx.router.default_group().group_id() => Ok(()),
             Ok(_) => Err(errors::unsharded_only("watching keys outside the first shard")),
             Err(spans) => Err(errors::read_spans_shards(&spans.groups)),
         }
@@ -295,6 +297,28 @@ impl WatchStreamTask {
             }
         }
         self.batch = None;
+        true
+    }
+
+    /// Cancels, saying why, the watchers of keys a split moved out of the hub's shard: the
+    /// hub no longer sees their changes, and a stream that stayed open would miss them unseen.
+    async fn cancel_moved(&mut self) -> bool {
+        let store = self.hub.store().clone();
+        let moved: Vec<i64> = self
+            .watchers
+            .iter()
+            .filter(|(_, w)| !w.watcher.covered_by(&store))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in moved {
+            self.watchers.remove(&id);
+            let mut resp = self.response(id, store.current_revision());
+            resp.canceled = true;
+            resp.cancel_reason = errors::as_cancel_reason(&errors::watched_keys_moved());
+            if !self.send(resp).await {
+                return false;
+            }
+        }
         true
     }
 

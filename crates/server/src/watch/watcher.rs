@@ -81,6 +81,11 @@ impl Watcher {
         Some(out)
     }
 
+    /// Whether `store` still holds every key the watcher watches (a split may move some away).
+    pub fn covered_by(&self, store: &MvccStore) -> bool {
+        store.covers(&self.key, &self.range_end)
+    }
+
     /// Takes what this watcher needs from a broadcast batch. More than [`DELIVERY_BYTES`] of
     /// events is left to a catch-up from the store, which takes them a bounded step at a time.
     pub fn deliver(&mut self, batch: &EventBatch) -> Delivery {

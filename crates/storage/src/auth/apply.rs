@@ -60,6 +60,11 @@ impl<'t> AuthTables<'t> {
         })
     }
 
+    /// Whether auth is enabled at this point of the batch.
+    pub fn enabled(&self) -> bool {
+        self.status.enabled
+    }
+
     fn perms(&mut self, name: &str) -> Result<Option<UserPerms>, StorageError> {
         if name.is_empty() {
             return Ok(None);
@@ -103,7 +108,7 @@ impl<'t> AuthTables<'t> {
             Op::Txn(txn) => needs(&perms::txn_needs(txn))
                 .and_then(|()| self.lease_keys_writable(writer, sender, perms.as_ref(), &perms::txn_leases(txn))),
             Op::LeaseRevoke(revoke) => self.lease_keys_writable(writer, sender, perms.as_ref(), &[revoke.id]),
-            Op::Compaction(_) => admin(),
+            Op::Compaction(_) | Op::SplitShard(_) => admin(),
             Op::Alarm(alarm) => match AlarmAction::try_from(alarm.action) {
                 Ok(AlarmAction::Get) => Ok(()),
                 _ => admin(),
@@ -113,6 +118,8 @@ impl<'t> AuthTables<'t> {
                 _ => admin(),
             },
             Op::LeaseGrant(_)
+            | Op::AllocateShardId(_)
+            | Op::RecordShard(_)
             | Op::LeaseCheckpoint(_)
             | Op::RaiseRevisionCeiling(_)
             | Op::ReadBarrier(_)
