@@ -330,6 +330,15 @@ impl LogStore {
         true
     }
 
+    /// Removes everything `engine` holds of group `group_id` (its entries, state and snapshot
+    /// point), durably: a member that no longer holds a shard's replica, so that holding it again
+    /// later starts from nothing.
+    pub fn forget_group(engine: &Engine, group_id: u64) -> Result<(), raft_engine::Error> {
+        let mut batch = LogBatch::default();
+        batch.add_command(group_id, Command::Clean);
+        engine.write(&mut batch, true).map(|_| ())
+    }
+
     /// Stages replacing the whole log with a snapshot's point: every entry
     /// goes, and the snapshot's configuration and position take their place.
     pub fn stage_snapshot(&mut self, batch: &mut LogBatch, meta: &SnapshotMetadata) {

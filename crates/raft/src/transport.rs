@@ -134,6 +134,11 @@ impl PeerTransport {
             .insert(group_id, inbox);
     }
 
+    /// Stops delivering messages to group `group_id` (this member dropped its replica).
+    pub fn unregister_group(&self, group_id: u64) {
+        self.groups.write().expect("groups lock poisoned").remove(&group_id);
+    }
+
     /// The gRPC service peers send to; mount it on the peer listener.
     pub fn service(self: &Arc<Self>) -> RaftPeerServer<PeerService> {
         RaftPeerServer::new(PeerService {

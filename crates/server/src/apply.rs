@@ -128,7 +128,9 @@ impl StateMachine for KvStateMachine {
         for (position, entry) in entries.iter().enumerate() {
             let fresh = entry.index > applied;
             if let Some(change) = &entry.conf_change {
-                if fresh {
+                // A shard's replica changes (`Shards.Move`) are the shard's own: only group 1's
+                // configuration is the cluster's membership.
+                if fresh && self.effects.group_id == crate::member::FIRST_GROUP_ID {
                     self.apply_member_change(change)?;
                 }
                 membership_changes.push(position);
@@ -169,11 +171,12 @@ impl StateMachine for KvStateMachine {
                     }
                     Some(Op::RecordShard(record)) => {
                         if fresh {
-                            self.shards()?.on_recorded(ShardPlacement {
+                            let placement = ShardPlacement {
                                 group: record.group,
                                 start: record.start,
                                 replicas: record.replicas,
-                            })?;
+                            };
+                            self.shards()?.on_recorded(placement, &record.joining)?;
                         }
                         membership_changes.push(position);
                         None
@@ -296,7 +299,9 @@ impl StateMachine for KvStateMachine {
                 self.effects.transport.set_peer(member.id, url);
             }
         }
-        self.effects.membership.replace_members(state)?;
+        if self.effects.group_id == crate::member::FIRST_GROUP_ID {
+            self.effects.membership.replace_members(state)?;
+        }
         self.shards()?
             .on_snapshot_installed(self.effects.group_id, &self.store)?;
         self.effects.auth.on_snapshot_installed();

@@ -53,6 +53,7 @@ mod scheme_authority;
 pub mod shard_forward;
 pub mod shard_groups;
 pub mod shard_map;
+pub mod shard_move;
 pub mod shards;
 pub mod snapshot_downloads;
 pub mod tls;

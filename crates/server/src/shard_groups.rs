@@ -65,7 +65,7 @@ struct State {
     placements: Vec<ShardPlacement>,
     /// The shards held and started here, by group id.
     local: BTreeMap<u64, Shard>,
-    threads: Vec<JoinHandle<()>>,
+    threads: BTreeMap<u64, JoinHandle<()>>,
     /// Splits applied before the groups could be started (while group 1 replays its log at
     /// start): the parent's replicas and what the split did.
     pending: Vec<(Vec<u64>, SplitShardResponse)>,
@@ -82,7 +82,7 @@ impl ShardGroups {
             state: Mutex::new(State {
                 placements,
                 local: BTreeMap::new(),
-                threads: Vec::new(),
+                threads: BTreeMap::new(),
                 pending: Vec::new(),
             }),
             starter: OnceLock::new(),
@@ -166,7 +166,7 @@ impl ShardGroups {
             start_group(cfg, starter.engine.clone(), machine, starter.transport.clone()).map_err(|e| e.to_string())?;
         starter.transport.register_group(group_id, Arc::new(group.clone()));
         group.stamp_with(starter.revisions.clone());
-        state.threads.push(thread);
+        state.threads.insert(group_id, thread);
         self.started.notify_waiters();
         state.local.insert(
             group_id,
@@ -351,20 +351,65 @@ impl ShardGroups {
         Ok(())
     }
 
-    /// Group 1 told every member of a shard a split made: a member holding none of its replicas
-    /// adds it to its map and routes its keys to those that do.
-    /// A member holding a replica records it only on applying the split (or a snapshot after
-    /// it), so that the map never names a shard it holds without its store.
-    pub fn on_recorded(&self, placement: ShardPlacement) -> Result<(), String> {
+    /// Group 1 told every member where a shard is: after a split, a member holding none of its
+    /// replicas adds it to its map and routes its keys to those that do; during a move, the
+    /// members in `joining` start its group empty (the leader's snapshot brings its keys), and
+    /// those no longer among its replicas stop theirs and forget it. A member holding a replica
+    /// of a new shard records it only on applying the split (or a snapshot after it), so that the
+    /// map never names a shard it holds without its store.
+    pub fn on_recorded(&self, placement: ShardPlacement, joining: &[u64]) -> Result<(), String> {
         let mut state = self.state();
         let me = self.membership.local_id();
-        if state.placements.iter().any(|p| p.group == placement.group) || placement.replicas.contains(&me) {
-            return Ok(());
+        let known = state.placements.iter().position(|p| p.group == placement.group);
+        match known {
+            None if placement.replicas.contains(&me) && !joining.contains(&me) => return Ok(()),
+            None => state.placements.push(placement.clone()),
+            Some(i) => state.placements[i].replicas = placement.replicas.clone(),
         }
-        state.placements.push(placement);
         state.placements.sort_by(|a, b| a.start.cmp(&b.start));
         crate::shard_map::save(&self.member_dir, &state.placements)?;
+        if self.starter.get().is_some() {
+            if joining.contains(&me) {
+                self.start_group(&mut state, &placement, true)?;
+            } else if !placement.replicas.is_empty() && !placement.replicas.contains(&me) {
+                self.drop_group(&mut state, placement.group)?;
+            }
+        }
         self.reroute(&state);
+        Ok(())
+    }
+
+    /// Stops this member's replica of group `group_id`, if it has one, and forgets it: its log
+    /// in raft-engine, its store and its snapshots, once its driver has finished.
+    fn drop_group(&self, state: &mut State, group_id: u64) -> Result<(), String> {
+        let Some(shard) = state.local.remove(&group_id) else {
+            return Ok(());
+        };
+        let starter = self.starter();
+        tracing::info!(
+            group = group_id,
+            "this member no longer holds the shard: dropping its replica"
+        );
+        shard.group.stop();
+        starter.transport.unregister_group(group_id);
+        let thread = state.threads.remove(&group_id);
+        let engine = starter.engine.clone();
+        let store = concord_storage::shard_store_path(&self.member_dir, group_id);
+        let snapshots = starter.first.snapshot_dir.join(format!("shard-{group_id}"));
+        let marker = self.member_dir.join(format!("shard-{group_id}.joining"));
+        drop(shard);
+        starter.runtime.spawn_blocking(move || {
+            if let Some(thread) = thread {
+                let _ = thread.join();
+            }
+            if let Err(e) = concord_raft::log_store::LogStore::forget_group(&engine, group_id) {
+                tracing::warn!(group = group_id, "cannot forget the dropped shard's log: {e}");
+            }
+            for file in [store, marker] {
+                let _ = std::fs::remove_file(file);
+            }
+            let _ = std::fs::remove_dir_all(snapshots);
+        });
         Ok(())
     }
 
@@ -438,7 +483,7 @@ impl ShardGroups {
         for group in &groups {
             group.stop();
         }
-        for thread in threads {
+        for thread in threads.into_values() {
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;
         }
     }

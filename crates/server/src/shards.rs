@@ -11,6 +11,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use concord_proto::concordpb::shards_client::ShardsClient;
 use concord_proto::concordpb::shards_server::{Shards, ShardsServer};
 use concord_proto::concordpb::{
     Shard, ShardEpoch, ShardListRequest, ShardListResponse, ShardMoveRequest, ShardMoveResponse, ShardSplitRequest,
@@ -61,19 +62,6 @@ impl ShardService {
         self.ctx.require_admin(request).await
     }
 
-    /// A channel to `member`'s client URL; `None` when it has none.
-    fn channel_to(&self, member: u64) -> Result<Option<tonic::transport::Channel>, Status> {
-        let Some(url) = self
-            .ctx
-            .membership
-            .member(member)
-            .and_then(|m| m.client_ur_ls.first().cloned())
-        else {
-            return Ok(None);
-        };
-        self.ctx.shard_channels.channel(&url, &self.ctx.client_dialer).map(Some)
-    }
-
     /// The replica of `shard` that leads the fewest shards, as far as this member can tell,
     /// preferring any other over `shard`'s own leader: the split's new shard is led by it.
     async fn least_leading(&self, shard: &ShardRange) -> u64 {
@@ -89,29 +77,34 @@ impl ShardService {
             .unwrap_or(0)
     }
 
-    /// Sends a split of a shard this member holds no replica of to a member that holds one.
-    async fn split_elsewhere(
+    /// Sends `request` about a shard this member holds no replica of to a member that holds
+    /// one, by `call` on a `Shards` client of its client URL, waiting `timeout` for it.
+    async fn elsewhere<Req, Resp, F, Fut>(
         &self,
         remote: &RemoteShard,
-        request: Request<ShardSplitRequest>,
-    ) -> Result<Response<ShardSplitResponse>, Status> {
+        request: Request<Req>,
+        timeout: Duration,
+        call: F,
+    ) -> Result<Response<Resp>, Status>
+    where
+        Req: Clone,
+        F: Fn(ShardsClient<tonic::transport::Channel>, Request<Req>) -> Fut,
+        Fut: std::future::Future<Output = Result<Response<Resp>, Status>>,
+    {
         if crate::forward::was_forwarded(&request) {
             return Err(errors::misrouted_shard(remote.group_id));
         }
         let creds = crate::auth::Credentials::of(&request);
         let mut unreachable = None;
         for member in &remote.replicas {
-            let Some(channel) = self.channel_to(*member)? else {
+            let Some(channel) = channel_to(&self.ctx, *member)? else {
                 continue;
             };
             let mut forwarded = Request::new(request.get_ref().clone());
             crate::forward::mark_forwarded(&mut forwarded);
             creds.attach(&mut forwarded);
-            forwarded.set_timeout(self.ctx.request_timeout);
-            match concord_proto::concordpb::shards_client::ShardsClient::new(channel)
-                .split(forwarded)
-                .await
-            {
+            forwarded.set_timeout(timeout);
+            match call(ShardsClient::new(channel), forwarded).await {
                 Err(status) if status.code() == tonic::Code::Unavailable => unreachable = Some(status),
                 answer => return answer,
             }
@@ -135,7 +128,7 @@ impl ShardService {
                 if !asked.insert(*member) {
                     continue;
                 }
-                let Some(theirs) = self.list_of(*member).await else {
+                let Some(theirs) = list_of(&self.ctx, *member).await else {
                     continue;
                 };
                 for shard in shards.iter_mut().filter(|s| s.leader == 0) {
@@ -147,16 +140,29 @@ impl ShardService {
             }
         }
     }
+}
 
-    /// The shards as member `member` sees them, if it answers within the request timeout.
-    async fn list_of(&self, member: u64) -> Option<Vec<Shard>> {
-        let channel = self.channel_to(member).ok()??;
-        let mut request = Request::new(ShardListRequest {});
-        crate::forward::mark_forwarded(&mut request);
-        request.set_timeout(self.ctx.request_timeout);
-        let mut client = concord_proto::concordpb::shards_client::ShardsClient::new(channel);
-        Some(client.list(request).await.ok()?.into_inner().shards)
-    }
+/// A channel to `member`'s client URL; `None` when it has none.
+fn channel_to(ctx: &MemberContext, member: u64) -> Result<Option<tonic::transport::Channel>, Status> {
+    let Some(url) = ctx
+        .membership
+        .member(member)
+        .and_then(|m| m.client_ur_ls.first().cloned())
+    else {
+        return Ok(None);
+    };
+    ctx.shard_channels.channel(&url, &ctx.client_dialer).map(Some)
+}
+
+/// The shards `member` lists, as it sees them itself (the call is marked forwarded, so it asks
+/// nobody else); `None` when it does not answer.
+pub async fn list_of(ctx: &MemberContext, member: u64) -> Option<Vec<Shard>> {
+    let channel = channel_to(ctx, member).ok()??;
+    let mut request = Request::new(ShardListRequest {});
+    crate::forward::mark_forwarded(&mut request);
+    request.set_timeout(ctx.request_timeout);
+    let mut client = concord_proto::concordpb::shards_client::ShardsClient::new(channel);
+    Some(client.list(request).await.ok()?.into_inner().shards)
 }
 
 /// Every shard, as this member sees it: what `List` answers and the dashboard shows. Of a shard
@@ -235,7 +241,10 @@ impl Shards for ShardService {
         let router = self.ctx.router.current();
         let parent = match router.route_for_key(&request.get_ref().key) {
             Route::Local(shard) => shard.clone(),
-            Route::Remote(remote) => return self.split_elsewhere(remote, request).await,
+            Route::Remote(remote) => {
+                let split = |mut client: ShardsClient<_>, r| async move { client.split(r).await };
+                return self.elsewhere(remote, request, self.ctx.request_timeout, split).await;
+            }
         };
         let creds = crate::auth::Credentials::of(&request);
         let key = request.into_inner().key;
@@ -269,7 +278,15 @@ impl Shards for ShardService {
         let record = Op::RecordShard(RecordShard {
             start: key,
             group: child,
-            replicas: right.group.status().voters,
+            replicas: self
+                .ctx
+                .shards
+                .placements()
+                .into_iter()
+                .find(|p| p.group == child)
+                .map(|p| p.replicas)
+                .ok_or_else(errors::unexpected_apply_result)?,
+            joining: Vec::new(),
         });
         self.ctx.propose_membership(first, record).await?;
         tracing::info!(parent = parent.group.group_id(), child, "split a shard");
@@ -280,10 +297,39 @@ impl Shards for ShardService {
         }))
     }
 
+    /// Moves a shard's replicas (see `shard_move.rs`), through a member holding it.
     async fn r#move(&self, request: Request<ShardMoveRequest>) -> Result<Response<ShardMoveResponse>, Status> {
         self.require_admin(&request).await?;
-        self.shard(request.get_ref().shard)?;
-        Err(errors::move_unimplemented())
+        let id = request.get_ref().shard;
+        if id == self.ctx.router.default_group().group_id() {
+            return Err(errors::move_first_shard());
+        }
+        let router = self.ctx.router.current();
+        let shard = match router.route(id) {
+            Some(Route::Local(shard)) => shard.clone(),
+            Some(Route::Remote(remote)) => {
+                let moved = |mut client: ShardsClient<_>, r| async move { client.r#move(r).await };
+                return self
+                    .elsewhere(remote, request, crate::shard_move::MOVE_TIMEOUT, moved)
+                    .await;
+            }
+            None => return Err(errors::shard_not_found(id)),
+        };
+        let req = request.into_inner();
+        // A move goes on to its end even if the caller stops waiting: stopping halfway would
+        // leave learners that are never promoted.
+        let ctx = self.ctx.clone();
+        let moving = {
+            let shard = shard.clone();
+            tokio::spawn(async move { crate::shard_move::move_replicas(&ctx, &shard, &req.add, &req.remove).await })
+        };
+        moving
+            .await
+            .map_err(|e| Status::internal(format!("concord: the move failed: {e}")))??;
+        Ok(Response::new(ShardMoveResponse {
+            header: self.header(),
+            shard: Some(self.describe(&shard)),
+        }))
     }
 
     async fn transfer_leader(

@@ -346,6 +346,54 @@ impl ChaosCluster {
         }
     }
 
+    /// Moves one replica of a shard holding register keys (not the first shard, which every
+    /// member holds) from a member holding it to one that does not, through a serving member;
+    /// the shard and the two members' positions.
+    pub async fn move_register_shard(
+        &mut self,
+        rng: &mut crate::bench::SplitMix64,
+    ) -> Result<(u64, usize, usize), String> {
+        use concord_proto::concordpb::shards_client::ShardsClient;
+        let serving: Vec<usize> = (0..self.len()).filter(|i| self.is_serving(*i)).collect();
+        let via = *serving
+            .get(rng.below(serving.len().max(1) as u64) as usize)
+            .ok_or("no member is serving")?;
+        let mut client = ShardsClient::new(self.admin[via].clone());
+        let listed = tokio::time::timeout(
+            Duration::from_secs(10),
+            client.list(concord_proto::concordpb::ShardListRequest {}),
+        )
+        .await
+        .map_err(|_| "listing the shards timed out".to_string())?
+        .map_err(|e| e.message().to_string())?
+        .into_inner();
+        let movable: Vec<_> = listed.shards.iter().filter(|s| s.id != 1).collect();
+        let shard = *movable
+            .get(rng.below(movable.len().max(1) as u64) as usize)
+            .ok_or("no shard to move")?;
+        let position = |id: u64| self.members.iter().position(|m| m.id == id);
+        let holders: Vec<usize> = shard.replicas.iter().filter_map(|id| position(*id)).collect();
+        let others: Vec<usize> = (0..self.len())
+            .filter(|i| !holders.contains(i) && self.is_serving(*i))
+            .collect();
+        let from = *holders
+            .get(rng.below(holders.len().max(1) as u64) as usize)
+            .ok_or("no replica")?;
+        let to = *others
+            .get(rng.below(others.len().max(1) as u64) as usize)
+            .ok_or("no member to move to")?;
+        let call = client.r#move(concord_proto::concordpb::ShardMoveRequest {
+            shard: shard.id,
+            add: vec![self.members[to].id],
+            remove: vec![self.members[from].id],
+        });
+        match tokio::time::timeout(Duration::from_secs(100), call).await {
+            Ok(Ok(_)) => Ok((shard.id, from, to)),
+            Ok(Err(e)) => Err(format!("shard {}: {}", shard.id, e.message())),
+            Err(_) => Err(format!("shard {}: timed out", shard.id)),
+        }
+    }
+
     /// Asks the leader to hand leadership to member `to`.
     pub async fn move_leader(&mut self, to: usize) -> Result<(), String> {
         let leader = self.leader().await.ok_or("no leader")?;

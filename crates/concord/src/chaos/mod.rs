@@ -181,10 +181,11 @@ async fn run_on(cluster: &mut ChaosCluster, args: &ChaosArgs, seed: u64) -> Resu
         }
         kinds.retain(|k| *k != FaultKind::WipeRejoin);
     } else {
-        if kinds == [FaultKind::SplitShard] {
-            return Err("split-shard needs --shards".into());
+        let sharded_only = [FaultKind::SplitShard, FaultKind::MoveShard];
+        if !kinds.is_empty() && kinds.iter().all(|k| sharded_only.contains(k)) {
+            return Err("split-shard and move-shard need --shards".into());
         }
-        kinds.retain(|k| *k != FaultKind::SplitShard);
+        kinds.retain(|k| !sharded_only.contains(k));
     }
     let steps = nemesis::schedule(seed, args.time, &kinds);
     print!("chaos: schedule:\n{}", nemesis::describe(&steps));

@@ -35,6 +35,9 @@ pub enum FaultKind {
     WipeRejoin,
     /// Split the register keys' shard online at one of the register keys (`--shards` only).
     SplitShard,
+    /// Move a replica of a shard holding register keys to a member that holds none
+    /// (`--shards` only).
+    MoveShard,
 }
 
 impl FaultKind {
@@ -75,7 +78,7 @@ pub fn schedule(seed: u64, length: Duration, kinds: &[FaultKind]) -> Vec<Step> {
     while at < length {
         let kind = kinds[rng.below(kinds.len() as u64) as usize];
         let hold = match kind {
-            FaultKind::MoveLeader | FaultKind::SplitShard => Duration::ZERO,
+            FaultKind::MoveLeader | FaultKind::SplitShard | FaultKind::MoveShard => Duration::ZERO,
             _ => Duration::from_millis(1500 + rng.below(4500)),
         };
         let pick = rng.next_u64();
@@ -255,6 +258,11 @@ async fn inject(cluster: &mut ChaosCluster, kind: FaultKind, rng: &mut SplitMix6
         FaultKind::SplitShard => {
             let at = cluster.split_register_shard(rng).await?;
             Ok((Active::Nothing, format!("split the shard holding {at}")))
+        }
+        FaultKind::MoveShard => {
+            let (shard, from, to) = cluster.move_register_shard(rng).await?;
+            let what = format!("move shard {shard} from {} to {}", cluster.name(from), cluster.name(to));
+            Ok((Active::Nothing, what))
         }
         FaultKind::WipeRejoin => {
             let leader = cluster.leader().await.ok_or("no leader")?;

@@ -33,12 +33,43 @@ pub fn split_at_shard_start() -> Status {
     Status::invalid_argument("concord: a shard already starts at that key")
 }
 
-/// `Shards.Move`, until a shard can have replicas on some members only.
-pub fn move_unimplemented() -> Status {
-    Status::unimplemented(
-        "concord: Shards.Move is not implemented yet: the one shard has a replica on every member \
-         (change members with `concord member add/remove`)",
+/// `Shards.Move` of group 1's shard, whose replicas are the cluster's members.
+pub fn move_first_shard() -> Status {
+    Status::failed_precondition(
+        "concord: the first shard has a replica on every member: change members with `concord member add/remove`",
     )
+}
+
+/// `Shards.Move` naming no member to add or remove.
+pub fn shard_move_nothing() -> Status {
+    Status::invalid_argument("concord: a move needs a member to add or to remove")
+}
+
+/// `Shards.Move` adding a member that is not in the cluster.
+pub fn member_not_found_for_move(id: u64) -> Status {
+    Status::not_found(format!("concord: member {id:x} is not in the cluster"))
+}
+
+/// `Shards.Move` adding a member that holds the shard already.
+pub fn shard_move_already_holds(id: u64) -> Status {
+    Status::invalid_argument(format!("concord: member {id:x} holds the shard already"))
+}
+
+/// `Shards.Move` removing a member that does not hold the shard.
+pub fn shard_move_not_holding(id: u64) -> Status {
+    Status::invalid_argument(format!("concord: member {id:x} does not hold the shard"))
+}
+
+/// `Shards.Move` that would leave the shard without a replica.
+pub fn shard_move_empty() -> Status {
+    Status::invalid_argument("concord: a shard needs at least one replica")
+}
+
+/// `Shards.Move` whose new replica did not catch up in time; it stays a learner.
+pub fn shard_move_catch_up_timeout(id: u64) -> Status {
+    Status::deadline_exceeded(format!(
+        "concord: member {id:x} did not catch up with the shard in time; it stays a learner"
+    ))
 }
 
 // Requests that span shards (multi-shard mode).
