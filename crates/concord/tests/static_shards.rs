@@ -91,14 +91,41 @@ async fn shards_take_writes_at_one_global_revision_and_survive_a_leader_kill() {
         assert_eq!(client.get(key, None).await.unwrap().kvs()[0].mod_revision(), revision);
     }
 
-    // What needs both shards at once is refused, naming them.
-    let across = client
-        .get("a", Some(GetOptions::new().with_range("z")))
+    // A range over both shards is read at one revision, at least that of every write answered
+    // before it, in key order, cut at its limit; sorted otherwise on request; and as it was at
+    // an older revision.
+    let everything = client.get("", Some(GetOptions::new().with_from_key())).await.unwrap();
+    let at = everything.header().unwrap().revision();
+    assert!(at >= revision, "{at} after {revision}");
+    let keys: Vec<&[u8]> = everything.kvs().iter().map(|kv| kv.key()).collect();
+    let mut sorted = keys.clone();
+    sorted.sort();
+    assert_eq!(keys, sorted);
+    assert_eq!(everything.count() as usize, acknowledged.len() + 2);
+    assert!(keys.contains(&&b"a/before/m0/0"[..]) && keys.contains(&&b"z/txn/2"[..]));
+    let first_five = client
+        .get("a", Some(GetOptions::new().with_range("zz").with_limit(5)))
         .await
-        .unwrap_err();
-    let status = grpc_status(across);
-    assert_eq!(status.code(), Code::Unimplemented, "{status:?}");
-    assert!(status.message().contains("shards (1, 2)"), "{status:?}");
+        .unwrap();
+    assert_eq!(first_five.kvs().len(), 5);
+    assert!(first_five.more());
+    assert_eq!(first_five.count(), everything.count());
+    let newest = GetOptions::new()
+        .with_from_key()
+        .with_sort(etcd_client::SortTarget::Mod, etcd_client::SortOrder::Descend)
+        .with_limit(1);
+    let newest = client.get("", Some(newest)).await.unwrap();
+    assert_eq!(newest.kvs()[0].mod_revision(), revision);
+    let earlier = highest;
+    let then = client
+        .get("", Some(GetOptions::new().with_from_key().with_revision(earlier)))
+        .await
+        .unwrap();
+    assert_eq!(then.header().unwrap().revision(), earlier);
+    assert!(then.kvs().iter().all(|kv| kv.mod_revision() <= earlier));
+    assert_eq!(then.kvs().len(), acknowledged.len());
+
+    // A write over both shards at once is refused, naming them.
     let spanning = Txn::new().and_then([TxnOp::put("a/x", "1", None), TxnOp::put("z/x", "1", None)]);
     let status = grpc_status(client.txn(spanning).await.unwrap_err());
     assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
@@ -223,6 +250,17 @@ async fn members_without_a_replica_forward_to_one_that_has_it() {
             let got = client.get(put.key.as_str(), None).await.unwrap();
             assert_eq!(got.kvs()[0].mod_revision(), put.revision, "{put:?} through member {i}");
         }
+        // A range over every shard, one of them held elsewhere, is one read at one revision.
+        let all = client.get("", Some(GetOptions::new().with_from_key())).await.unwrap();
+        let listed: Vec<(String, i64)> = all
+            .kvs()
+            .iter()
+            .filter(|kv| kv.key_str().unwrap().contains("/through-m"))
+            .map(|kv| (kv.key_str().unwrap().to_string(), kv.mod_revision()))
+            .collect();
+        let mut expected: Vec<(String, i64)> = acknowledged.iter().map(|p| (p.key.clone(), p.revision)).collect();
+        expected.sort();
+        assert_eq!(listed, expected, "through member {i}");
         // A txn on a shard held elsewhere is forwarded whole.
         let txn = Txn::new()
             .when([Compare::version("z/through-m0", CompareOp::Greater, 0)])

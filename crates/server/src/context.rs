@@ -49,6 +49,8 @@ pub struct MemberContext {
     pub membership: Arc<Membership>,
     /// Key-to-group routing.
     pub router: Arc<LiveRouter>,
+    /// Global revisions from the oracle (multi-shard mode), for reads across shards.
+    pub revisions: Arc<dyn concord_raft::RevisionSource>,
     /// The shard groups this member runs, and the map of every shard.
     pub shards: Arc<ShardGroups>,
     /// The peer transport, which knows which members answer.

@@ -23,7 +23,7 @@ use crate::auth::Credentials;
 use crate::context::MemberContext;
 use crate::router::Route;
 use crate::shard_forward::forward;
-use crate::{errors, validate};
+use crate::{cross_shard_read, errors, validate};
 
 /// The KV service of one member.
 pub struct KvService {
@@ -133,9 +133,14 @@ where
 impl KvService {
     async fn range_once(&self, request: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
         let router = self.ctx.router.current();
-        let route = router
-            .route_for_range(&request.get_ref().key, &request.get_ref().range_end)
-            .map_err(|spans| errors::read_spans_shards(&spans.groups))?;
+        let Ok(route) = router.route_for_range(&request.get_ref().key, &request.get_ref().range_end) else {
+            return cross_shard_read::range(&self.ctx, request).await;
+        };
+        if let (Some(at), Route::Local(shard)) = (cross_shard_read::read_at(&request), route) {
+            let mut resp = cross_shard_read::read_part(&self.ctx, shard, request.into_inner(), at).await?;
+            resp.header = Some(self.ctx.header(at));
+            return Ok(Response::new(resp));
+        }
         let shard = match route {
             Route::Local(shard) => shard,
             Route::Remote(remote) => {

@@ -23,6 +23,7 @@ pub mod concurrency;
 pub mod config;
 pub mod context;
 pub mod corrupt_check;
+pub mod cross_shard_read;
 pub mod election;
 pub mod errors;
 mod fallback;

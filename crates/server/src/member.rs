@@ -318,7 +318,7 @@ pub async fn serve(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> Res
             first: group_cfg.clone(),
             engine: engine.clone(),
             transport: transport.clone(),
-            revisions: oracle_client,
+            revisions: oracle_client.clone(),
             effects: Box::new(shard_effects),
             first_shard: crate::router::Shard {
                 start: Vec::new(),
@@ -335,6 +335,7 @@ pub async fn serve(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> Res
     let ctx = Arc::new(MemberContext {
         membership: membership.clone(),
         router,
+        revisions: oracle_client,
         shards: shard_groups.clone(),
         transport: transport.clone(),
         store,

@@ -146,6 +146,26 @@ impl KeyRouter {
         self.one_shard(&ranges)
     }
 
+    /// Each shard `[key, range_end)` (in etcd's forms, spanning shards) touches, in key order,
+    /// with the part of the range it holds in the same forms (`\0` for no end).
+    pub fn parts_of_range(&self, key: &[u8], range_end: &[u8]) -> Vec<(Route<'_>, Vec<u8>, Vec<u8>)> {
+        let bounds = self.bounds();
+        shards_of_range(&bounds, key, range_end)
+            .into_iter()
+            .map(|i| {
+                let (start, end) = bounds[i];
+                let part_key = key.max(start).to_vec();
+                let part_end = match (range_end, end) {
+                    ([0], []) => vec![0],
+                    ([0], end) => end.to_vec(),
+                    (range_end, []) => range_end.to_vec(),
+                    (range_end, end) => range_end.min(end).to_vec(),
+                };
+                (self.entries[i].route(), part_key, part_end)
+            })
+            .collect()
+    }
+
     /// The one shard holding every key of `ranges` (group 1's when there are none), or the
     /// shards they span.
     fn one_shard(&self, ranges: &[(Vec<u8>, Vec<u8>)]) -> Result<Route<'_>, SpansShards> {

@@ -37,6 +37,8 @@ where
     crate::metrics::SHARD_FORWARDS.inc();
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     let start = NEXT.fetch_add(1, Ordering::Relaxed);
+    // A part of a cross-shard read keeps the revision it is read at.
+    let read_at = request.metadata().get(crate::cross_shard_read::READ_AT_HEADER).cloned();
     let message = request.into_inner();
     let mut unreachable = None;
     for k in 0..shard.replicas.len() {
@@ -55,6 +57,11 @@ where
         let channel = ctx.shard_channels.channel(&url, &ctx.client_dialer)?;
         let mut request = Request::new(message.clone());
         mark_forwarded(&mut request);
+        if let Some(at) = &read_at {
+            request
+                .metadata_mut()
+                .insert(crate::cross_shard_read::READ_AT_HEADER, at.clone());
+        }
         request.set_timeout(ctx.request_timeout);
         match call(KvClient::new(channel), request).await {
             Err(status) if never_arrived(&status) => unreachable = Some(status),
