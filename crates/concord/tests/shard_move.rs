@@ -1,12 +1,14 @@
 //! `concord shard move` on four real members, the second shard on three of them: the fourth is
 //! added (learner, catch-up, joint consensus) and one replica removed, online. Every member then
 //! sees the new replicas, nothing acknowledged is lost, the new replica serves the shard after a
-//! kill -9 and restart, and the removed one forwards to the others and has dropped its copy.
+//! kill -9 and restart, and the removed one forwards to the others and has dropped its copy. And
+//! a split puts its new shard on the members holding the fewest replicas.
 
 mod common;
 
 use common::puts::{assert_serves_every_put, put_through, Put};
 use common::{concord, eventually, text, Cluster};
+use futures::FutureExt;
 
 /// `(id, replicas)` of every shard as member `i` lists them (replicas as hex ids, sorted).
 fn shard_replicas(cluster: &Cluster, i: usize) -> Result<Vec<(u64, Vec<String>)>, String> {
@@ -118,4 +120,55 @@ async fn a_shard_moves_to_a_member_that_did_not_hold_it() {
         text(&first.stderr).contains("the first shard has a replica on every member"),
         "{first:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_split_places_its_new_shard_where_replicas_are_fewest() {
+    let cluster = Cluster::start_with(4, &["--experimental-initial-shards=m"]).await;
+    cluster.wait_for_leader().await;
+    let written: Vec<Put> = eventually("the second shard takes writes", || async {
+        let mut client = cluster.client(0).await;
+        client.put("x/probe", "v", None).await.map(|_| ())
+    })
+    .then(|()| {
+        put_through(&cluster, 1, 30, |n| {
+            format!("{}/{n}", if n % 2 == 0 { "p" } else { "x" })
+        })
+    })
+    .await;
+    let mut ids = Vec::new();
+    for i in 0..4 {
+        ids.push(format!(
+            "{:x}",
+            cluster.status(i).await.unwrap().header().unwrap().member_id()
+        ));
+    }
+    let held = shard_replicas(&cluster, 0).unwrap()[1].1.clone();
+    let outsider = ids.iter().find(|id| !held.contains(id)).unwrap().clone();
+
+    // The member holding only the first shard gets a replica of the new one.
+    let split = concord(&[
+        "shard",
+        "split",
+        "t",
+        &format!("--endpoints={}", cluster.endpoints()[0]),
+    ]);
+    assert!(split.status.success(), "{split:?}");
+    let shards = eventually("the new shard is placed", || {
+        let listed = shard_replicas(&cluster, 2);
+        let outsider = outsider.clone();
+        async move {
+            let shards = listed?;
+            match shards.get(2) {
+                Some((_, replicas)) if replicas.len() == 3 && replicas.contains(&outsider) => Ok(shards),
+                other => Err(format!("{other:?}")),
+            }
+        }
+    })
+    .await;
+    assert_eq!(shards.len(), 3, "{shards:?}");
+    for i in 0..4 {
+        let client = cluster.client(i).await;
+        assert_serves_every_put(&client, &written).await;
+    }
 }

@@ -68,6 +68,47 @@ pub async fn move_replicas(ctx: &MemberContext, shard: &Shard, add: &[u64], remo
     Ok(())
 }
 
+/// Places a shard a split just made (on its parent's members): on the [`REPLICAS`] members
+/// holding the fewest replicas of other shards, keeping those it is on where that ties, so that
+/// splits spread shards over the cluster. Waits for the shard's first leader first.
+///
+/// [`REPLICAS`]: crate::shard_map::REPLICAS
+pub async fn place_new_shard(ctx: &MemberContext, shard: &Shard) -> Result<(), Status> {
+    let group = shard.group.group_id();
+    let placements = ctx.shards.placements();
+    let Some(current) = placements.iter().find(|p| p.group == group).map(|p| p.replicas.clone()) else {
+        return Ok(());
+    };
+    let mut members: Vec<u64> = ctx
+        .membership
+        .members()
+        .iter()
+        .filter(|m| !m.is_learner)
+        .map(|m| m.id)
+        .collect();
+    let held = |member: u64| {
+        placements
+            .iter()
+            .filter(|p| p.group != group && p.replicas.contains(&member))
+            .count()
+    };
+    members.sort_by_key(|m| (held(*m), !current.contains(m), *m));
+    members.truncate(crate::shard_map::REPLICAS);
+    let add: Vec<u64> = members.iter().filter(|m| !current.contains(m)).copied().collect();
+    let remove: Vec<u64> = current.iter().filter(|m| !members.contains(m)).copied().collect();
+    if add.is_empty() && remove.is_empty() {
+        return Ok(());
+    }
+    let mut leader = shard.group.watch_leader();
+    let elected = tokio::time::timeout(Duration::from_secs(10), leader.wait_for(|l| *l != 0))
+        .await
+        .is_ok_and(|r| r.is_ok());
+    if !elected {
+        return Err(errors::from_raft(concord_raft::RaftError::NoLeader));
+    }
+    move_replicas(ctx, shard, &add, &remove).await
+}
+
 /// Refuses a move that names no change, members that are not in the cluster, members added that
 /// already hold the shard or removed that do not, or that would leave it no replica.
 fn check(ctx: &MemberContext, voters: &[u64], add: &[u64], remove: &[u64]) -> Result<(), Status> {

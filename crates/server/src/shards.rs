@@ -243,7 +243,9 @@ impl Shards for ShardService {
             Route::Local(shard) => shard.clone(),
             Route::Remote(remote) => {
                 let split = |mut client: ShardsClient<_>, r| async move { client.split(r).await };
-                return self.elsewhere(remote, request, self.ctx.request_timeout, split).await;
+                return self
+                    .elsewhere(remote, request, crate::shard_move::MOVE_TIMEOUT, split)
+                    .await;
             }
         };
         let creds = crate::auth::Credentials::of(&request);
@@ -290,6 +292,16 @@ impl Shards for ShardService {
         });
         self.ctx.propose_membership(first, record).await?;
         tracing::info!(parent = parent.group.group_id(), child, "split a shard");
+        // The new shard then goes where replicas are fewest; the split stands whatever happens
+        // to that move, which goes on to its end even if the caller stops waiting.
+        let ctx = self.ctx.clone();
+        let placing = {
+            let right = right.clone();
+            tokio::spawn(async move { crate::shard_move::place_new_shard(&ctx, &right).await })
+        };
+        if let Ok(Err(e)) = placing.await {
+            tracing::warn!(child, "the new shard stays on its parent's members: {}", e.message());
+        }
         Ok(Response::new(ShardSplitResponse {
             header: self.header(),
             left: Some(self.describe(left)),

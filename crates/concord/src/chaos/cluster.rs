@@ -339,7 +339,7 @@ impl ChaosCluster {
         let call = client.split(concord_proto::concordpb::ShardSplitRequest {
             key: key.clone().into_bytes(),
         });
-        match tokio::time::timeout(Duration::from_secs(10), call).await {
+        match tokio::time::timeout(Duration::from_secs(100), call).await {
             Ok(Ok(_)) => Ok(key),
             Ok(Err(e)) => Err(format!("{key}: {}", e.message())),
             Err(_) => Err(format!("{key}: timed out")),
