@@ -252,7 +252,15 @@ async fn run_on(cluster: &mut ChaosCluster, args: &ChaosArgs, seed: u64) -> Resu
         .map_err(|e| format!("the cluster did not recover after healing: {e}"))?;
 
     let final_state = read_final_state(cluster, &shared).await?;
-    let last_write = final_state.values().map(|r| r.mod_revision).max().unwrap_or(0);
+    // The watchers see only their range (the lists alone when the keyspace is split), so they
+    // are waited for up to the last write in it.
+    let watched = shared.watched_range(args.shards);
+    let last_write = final_state
+        .iter()
+        .filter(|(key, _)| watched.contains(key))
+        .map(|(_, r)| r.mod_revision)
+        .max()
+        .unwrap_or(0);
     let _ = until_tx.send(Some(last_write));
     let mut stalled = Vec::new();
     let mut streams = Vec::new();
