@@ -31,6 +31,18 @@ fn shard_replicas(cluster: &Cluster, i: usize) -> Result<Vec<(u64, Vec<String>)>
         .collect())
 }
 
+/// Every member's id in hex, as `shard list` prints replicas.
+async fn member_ids(cluster: &Cluster) -> Vec<String> {
+    let mut ids = Vec::new();
+    for i in 0..cluster.members.len() {
+        ids.push(format!(
+            "{:x}",
+            cluster.status(i).await.unwrap().header().unwrap().member_id()
+        ));
+    }
+    ids
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_shard_moves_to_a_member_that_did_not_hold_it() {
     let mut cluster = Cluster::start_with(4, &["--experimental-initial-shards=m"]).await;
@@ -42,13 +54,7 @@ async fn a_shard_moves_to_a_member_that_did_not_hold_it() {
     before.await;
     let written: Vec<Put> = put_through(&cluster, 0, 40, |n| format!("x/before/{n}")).await;
 
-    let mut ids = Vec::new();
-    for i in 0..4 {
-        ids.push(format!(
-            "{:x}",
-            cluster.status(i).await.unwrap().header().unwrap().member_id()
-        ));
-    }
+    let ids = member_ids(&cluster).await;
     let held = shard_replicas(&cluster, 0).unwrap()[1].1.clone();
     assert_eq!(held.len(), 3, "{held:?}");
     let newcomer = ids.iter().position(|id| !held.contains(id)).unwrap();
@@ -136,13 +142,7 @@ async fn a_split_places_its_new_shard_where_replicas_are_fewest() {
         })
     })
     .await;
-    let mut ids = Vec::new();
-    for i in 0..4 {
-        ids.push(format!(
-            "{:x}",
-            cluster.status(i).await.unwrap().header().unwrap().member_id()
-        ));
-    }
+    let ids = member_ids(&cluster).await;
     let held = shard_replicas(&cluster, 0).unwrap()[1].1.clone();
     let outsider = ids.iter().find(|id| !held.contains(id)).unwrap().clone();
 

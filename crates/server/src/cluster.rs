@@ -99,18 +99,25 @@ impl ClusterService {
     }
 
     async fn change(&self, changes: Vec<(ConfChangeType, u64)>, context: Vec<u8>) -> Result<(), Status> {
-        let mut cc = ConfChangeV2::default();
-        for (kind, id) in changes {
-            let mut single = ConfChangeSingle::default();
-            single.set_change_type(kind);
-            single.node_id = id;
-            cc.mut_changes().push(single);
-        }
-        cc.set_context(context.into());
+        let cc = conf_change(changes, context);
         let group = self.ctx.router.default_group();
         group.propose_conf_change(cc).await.map_err(errors::from_raft)?;
         Ok(())
     }
+}
+
+/// One configuration change made of `changes` (joint consensus when there are several), with
+/// `context` for the members applying it.
+pub fn conf_change(changes: Vec<(ConfChangeType, u64)>, context: Vec<u8>) -> ConfChangeV2 {
+    let mut cc = ConfChangeV2::default();
+    for (kind, id) in changes {
+        let mut single = ConfChangeSingle::default();
+        single.set_change_type(kind);
+        single.node_id = id;
+        cc.mut_changes().push(single);
+    }
+    cc.set_context(context.into());
+    cc
 }
 
 /// `inner` as a call forwarded to the leader with the client's credentials.

@@ -163,6 +163,13 @@ impl Membership {
         self.state.read().expect("membership lock").members.clone()
     }
 
+    /// The ids of the voting members (not learners), ascending.
+    pub fn voter_ids(&self) -> Vec<u64> {
+        let mut ids: Vec<u64> = self.members().iter().filter(|m| !m.is_learner).map(|m| m.id).collect();
+        ids.sort_unstable();
+        ids
+    }
+
     /// One member by id.
     pub fn member(&self, id: u64) -> Option<Member> {
         self.state

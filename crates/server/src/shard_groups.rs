@@ -250,17 +250,7 @@ impl ShardGroups {
     fn replicas_of(&self, state: &State, group: u64) -> Vec<u64> {
         match state.placements.iter().find(|p| p.group == group) {
             Some(placement) => placement.replicas.clone(),
-            None => {
-                let mut voters: Vec<u64> = self
-                    .membership
-                    .members()
-                    .iter()
-                    .filter(|m| !m.is_learner)
-                    .map(|m| m.id)
-                    .collect();
-                voters.sort_unstable();
-                voters
-            }
+            None => self.membership.voter_ids(),
         }
     }
 

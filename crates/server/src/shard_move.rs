@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use concord_proto::concordpb::raft_command::Op;
 use concord_proto::concordpb::RecordShard;
-use raft::eraftpb::{ConfChangeSingle, ConfChangeType, ConfChangeV2};
+use raft::eraftpb::ConfChangeType;
 use tonic::Status;
 
 use crate::context::MemberContext;
@@ -79,13 +79,7 @@ pub async fn place_new_shard(ctx: &MemberContext, shard: &Shard) -> Result<(), S
     let Some(current) = placements.iter().find(|p| p.group == group).map(|p| p.replicas.clone()) else {
         return Ok(());
     };
-    let mut members: Vec<u64> = ctx
-        .membership
-        .members()
-        .iter()
-        .filter(|m| !m.is_learner)
-        .map(|m| m.id)
-        .collect();
+    let mut members = ctx.membership.voter_ids();
     let held = |member: u64| {
         placements
             .iter()
@@ -147,13 +141,7 @@ async fn record(ctx: &MemberContext, shard: &Shard, replicas: Vec<u64>, joining:
 /// Replicates one configuration change of `shard`'s group: the changes together, in joint
 /// consensus when there are several.
 async fn change(shard: &Shard, changes: Vec<(ConfChangeType, u64)>) -> Result<(), Status> {
-    let mut cc = ConfChangeV2::default();
-    for (kind, id) in changes {
-        let mut single = ConfChangeSingle::default();
-        single.set_change_type(kind);
-        single.node_id = id;
-        cc.mut_changes().push(single);
-    }
+    let cc = crate::cluster::conf_change(changes, Vec::new());
     shard.group.propose_conf_change(cc).await.map_err(errors::from_raft)?;
     Ok(())
 }
