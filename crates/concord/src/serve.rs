@@ -326,7 +326,7 @@ pub struct ServeArgs {
 }
 
 /// A key as typed: its bytes, with `\xHH` standing for the byte HH (and `\\` for a backslash).
-fn parse_escaped_key(text: &str) -> Result<Vec<u8>, String> {
+pub fn parse_escaped_key(text: &str) -> Result<Vec<u8>, String> {
     let mut key = Vec::with_capacity(text.len());
     let mut rest = text.as_bytes();
     while let Some((&byte, tail)) = rest.split_first() {

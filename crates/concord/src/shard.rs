@@ -33,7 +33,7 @@ pub enum ShardCommand {
     List,
     /// Splits the shard holding KEY at KEY, online.
     Split {
-        /// The first key of the new shard.
+        /// The first key of the new shard (`\xHH` for a byte that is not text, `\\` for `\`).
         key: String,
     },
     /// Adds replicas of a shard on members and removes others.
@@ -200,7 +200,8 @@ pub async fn run(args: ShardArgs) -> Result<(), String> {
             print_shards(format, &resp)?;
         }
         ShardCommand::Split { key } => {
-            let request = ShardSplitRequest { key: key.into_bytes() };
+            let key = crate::serve::parse_escaped_key(&key)?;
+            let request = ShardSplitRequest { key };
             let resp = session.call(client.split(session.request(request))).await?;
             let shards: Vec<Shard> = resp.left.into_iter().chain(resp.right).collect();
             let resp = ShardListResponse {
