@@ -100,6 +100,10 @@ where
     F: Fn(Request<T>) -> Fut,
     Fut: std::future::Future<Output = Result<Response<R>, Status>>,
 {
+    // Only a cluster with global revisions can be split: elsewhere nothing is kept for a retry.
+    if !ctx.router.default_group().is_stamped() {
+        return attempt(request).await;
+    }
     let deadline = tokio::time::Instant::now() + ctx.request_timeout;
     let mut request = request;
     loop {
