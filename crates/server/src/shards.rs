@@ -1,12 +1,13 @@
 //! Concord's `Shards` service (`concord shard ...`): the shards the keyspace is split into, each
 //! a key range replicated by its own Raft group, and their placement.
 //!
-//! `List` answers every shard, `Split` splits one online (in multi-shard mode: the new shard on
-//! the same members), `TransferLeader` moves a shard's leadership; `Move` answers
-//! `Unimplemented` until a shard's replicas can move (see `../shared/design/scaleout.md`). The
-//! epoch is TiKV's: its version counts the shard's splits, its conf_ver the replica changes made
-//! by `Move`, 1 until those exist. Membership changes made with etcd's `member add/remove`
-//! change group 1's replicas without a `Move`, as they change every member's.
+//! `List` answers every shard; in multi-shard mode `Split` splits one online (the new shard on
+//! the same members, then placed where replicas are fewest) and `Move` moves a shard's replicas
+//! (`shard_move.rs`; not the first shard's, refused with a message: its replicas are the
+//! cluster's members); `TransferLeader` moves a shard's leadership. The epoch is TiKV's: its
+//! version counts the shard's splits; its conf_ver stays 1 (moves do not count yet).
+//! Membership changes made with etcd's `member add/remove` change group 1's replicas without a
+//! `Move`, as they change every member's.
 
 use std::sync::Arc;
 use std::time::Duration;
