@@ -1,6 +1,6 @@
 //! The member's router as it changes: a split replaces it, and requests routed by the one before
 //! are refused by the shard they reached and routed again ([`LiveRouter::changed_since`] waits
-//! for the replacement). Group 1's shard never moves, so what only needs group 1 reads it
+//! for the replacement). Group 1 itself never changes (a split only narrows its range), so what needs only group 1 reads it
 //! without a lock.
 
 use std::sync::{Arc, RwLock};
@@ -8,18 +8,18 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::router::{GroupHandle, KeyRouter, Shard};
+use crate::router::{GroupHandle, KeyRouter};
 
-/// The current [`KeyRouter`], with group 1's shard beside it.
+/// The current [`KeyRouter`], with group 1 beside it.
 pub struct LiveRouter {
-    first: Shard,
+    first: GroupHandle,
     current: RwLock<Arc<KeyRouter>>,
     version: watch::Sender<u64>,
 }
 
 impl LiveRouter {
-    /// A router starting as `initial`, whose first shard is `first` (group 1's).
-    pub fn new(first: Shard, initial: KeyRouter) -> Self {
+    /// A router starting as `initial`, whose first shard's group is `first` (group 1).
+    pub fn new(first: GroupHandle, initial: KeyRouter) -> Self {
         LiveRouter {
             first,
             current: RwLock::new(Arc::new(initial)),
@@ -30,12 +30,6 @@ impl LiveRouter {
     /// Group 1: it holds the cluster's metadata (membership, leases, auth, alarms) besides the
     /// first shard's keys, and its state answers cluster-wide questions (revision, term).
     pub fn default_group(&self) -> &GroupHandle {
-        &self.first.group
-    }
-
-    /// Group 1's shard, which every member holds. Its end moves when it is split; the rest
-    /// (group, store, hub) does not.
-    pub fn first_shard(&self) -> &Shard {
         &self.first
     }
 

@@ -190,20 +190,6 @@ impl KeyRouter {
         self.entries.iter().map(|e| e.route().bounds()).collect()
     }
 
-    /// Group 1: it holds the cluster's metadata (membership, leases, auth, alarms) besides the
-    /// first shard's keys, and its state answers cluster-wide questions (revision, term).
-    pub fn default_group(&self) -> &GroupHandle {
-        &self.first_shard().group
-    }
-
-    /// Group 1's shard, which every member holds.
-    pub fn first_shard(&self) -> &Shard {
-        match &self.entries[0] {
-            Entry::Local(shard) => shard,
-            Entry::Remote(_) => unreachable!("every member holds group 1's shard"),
-        }
-    }
-
     /// Every group this member serves.
     pub fn groups(&self) -> impl Iterator<Item = &GroupHandle> {
         self.entries.iter().filter_map(|e| e.route().local()).map(|s| &s.group)

@@ -97,7 +97,7 @@ impl ShardGroups {
     /// Starts a group for each shard that has a replica on this member, then those of the splits
     /// group 1 applied meanwhile, and returns the member's router.
     pub fn start(&self, starter: GroupStarter) -> Result<Arc<LiveRouter>, String> {
-        let first = starter.first_shard.clone();
+        let first = starter.first_shard.group.clone();
         if self.starter.set(starter).is_err() {
             return Err("the shard groups were started twice".into());
         }
