@@ -57,8 +57,8 @@ fn every_fault_kind_keeps_the_guarantees() {
 
 #[test]
 fn a_split_keyspace_keeps_the_guarantees() {
-    // Two shards on five members (`--shards`): registers in one, lists and watches in the other;
-    // every write stamped with the oracle's revision, calls forwarded between members, and the
+    // Two shards on five members (`--shards`): registers in one, lists in the other, watches over
+    // both; every write stamped with the oracle's revision, calls forwarded between members, and the
     // checker's real-time order across keys of both shards.
     let (passed, text) = chaos(&["--shards", "--members", "5", "--seed", "4", "--time", &run_length()]);
     println!("{text}");

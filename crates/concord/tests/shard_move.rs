@@ -6,8 +6,9 @@
 
 mod common;
 
-use common::puts::{assert_serves_every_put, put_through, Put};
+use common::puts::{as_watched, assert_serves_every_put, put_through, watch_responses, Put};
 use common::{concord, eventually, text, Cluster};
+use etcd_client::WatchOptions;
 use futures::FutureExt;
 
 /// `(id, replicas)` of every shard as member `i` lists them (replicas as hex ids, sorted).
@@ -63,6 +64,17 @@ async fn a_shard_moves_to_a_member_that_did_not_hold_it() {
         .position(|id| held.contains(id) && *id != ids[newcomer])
         .unwrap();
 
+    // Watches of the shard from its first write: one on the member that holds no replica of it
+    // yet, one on the member about to lose its replica. Both follow the shard through the move.
+    let from = WatchOptions::new()
+        .with_prefix()
+        .with_start_revision(written[0].revision);
+    let mut watches = Vec::new();
+    for i in [newcomer, leaving] {
+        let mut client = cluster.client(i).await;
+        watches.push(client.watch("x/", Some(from.clone())).await.unwrap());
+    }
+
     let moved = concord(&[
         "shard",
         "move",
@@ -97,6 +109,11 @@ async fn a_shard_moves_to_a_member_that_did_not_hold_it() {
         let client = cluster.client(i).await;
         assert_serves_every_put(&client, &written).await;
         assert_serves_every_put(&client, &after).await;
+    }
+    let everything: Vec<Put> = written.iter().chain(&after).cloned().collect();
+    for mut watch in watches {
+        let seen: Vec<(i64, String)> = watch_responses(&mut watch, everything.len()).await.concat();
+        assert_eq!(seen, as_watched(&everything));
     }
     let store = cluster.members[leaving].data_dir.join("member/shard-2.redb");
     eventually("the removed member drops its copy", || {

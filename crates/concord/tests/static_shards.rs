@@ -141,11 +141,18 @@ async fn shards_take_writes_at_one_global_revision_and_survive_a_leader_kill() {
         .watch("z/", Some(WatchOptions::new().with_prefix()))
         .await
         .unwrap();
-    let refused = watch.message().await.unwrap().unwrap();
-    assert!(refused.canceled(), "{refused:?}");
-    assert!(
-        refused.cancel_reason().contains("outside the first shard"),
-        "{refused:?}"
+    let created = watch.message().await.unwrap().unwrap();
+    assert!(created.created() && !created.canceled(), "{created:?}");
+    let watched = client.put("z/watched", "v", None).await.unwrap();
+    let event = tokio::time::timeout(common::WAIT, watch.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(event.events()[0].kv().unwrap().key(), b"z/watched", "{event:?}");
+    assert_eq!(
+        event.events()[0].kv().unwrap().mod_revision(),
+        watched.header().unwrap().revision()
     );
 
     // kill -9 the leader of the second shard's group: its writes resume on the survivors.
@@ -267,4 +274,78 @@ async fn members_without_a_replica_forward_to_one_that_has_it() {
             .and_then([TxnOp::put(format!("z/txn-m{i}"), "x", None)]);
         assert!(client.txn(txn).await.unwrap().succeeded(), "through member {i}");
     }
+
+    // Compaction is global: etcdctl compacts every shard at one revision, through a member that
+    // lacks one of them, and every shard then refuses reads and watches below it, as etcd does.
+    let mut client = cluster.client(0).await;
+    let mut old = Vec::new();
+    for key in ["a/old", "k/old", "z/old"] {
+        old.push(client.put(key, "1", None).await.unwrap().header().unwrap().revision());
+        client.put(key, "2", None).await.unwrap();
+    }
+    let at = client
+        .put("k/compact-here", "v", None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
+    let endpoints = cluster.endpoints();
+    let mut lacking = None;
+    for i in 0..4 {
+        let id = format!("{:x}", cluster.status(i).await.unwrap().header().unwrap().member_id());
+        let holds = |s: &serde_json::Value| s["replicas"].as_array().unwrap().iter().any(|r| *r == id.as_str());
+        if !shards.iter().all(holds) {
+            lacking = Some(i);
+            break;
+        }
+    }
+    let lacking = lacking.expect("a member holds no replica of some shard");
+    let compacted = cluster.etcdctl(&endpoints[lacking..=lacking], &["compaction", &at.to_string()]);
+    assert!(compacted.status.success(), "{compacted:?}");
+    assert_eq!(
+        common::text(&compacted.stdout).trim(),
+        format!("compacted revision {at}")
+    );
+    for i in 0..4 {
+        let mut client = cluster.client(i).await;
+        for (key, revision) in ["a/old", "k/old", "z/old"].iter().zip(&old) {
+            let refused = client.get(*key, Some(GetOptions::new().with_revision(*revision))).await;
+            let status = grpc_status(refused.unwrap_err());
+            assert_eq!(status.code(), Code::OutOfRange, "{key} through member {i}");
+            assert_eq!(
+                status.message(),
+                "etcdserver: mvcc: required revision has been compacted"
+            );
+            let now = client
+                .get(*key, Some(GetOptions::new().with_revision(at)))
+                .await
+                .unwrap();
+            assert_eq!(now.kvs()[0].value(), b"2", "{key} through member {i}");
+        }
+    }
+    let mut watch = client
+        .watch(
+            "a",
+            Some(WatchOptions::new().with_range("zz").with_start_revision(old[0])),
+        )
+        .await
+        .unwrap();
+    let canceled = loop {
+        let message = watch.message().await.unwrap().unwrap();
+        if message.canceled() {
+            break message;
+        }
+    };
+    assert_eq!(canceled.compact_revision(), at, "{canceled:?}");
+    let again = cluster.etcdctl(&endpoints, &["compaction", &at.to_string()]);
+    assert!(
+        common::text(&again.stderr).contains("required revision has been compacted"),
+        "{again:?}"
+    );
+    let future = cluster.etcdctl(&endpoints, &["compaction", &(at + 1_000_000).to_string()]);
+    assert!(
+        common::text(&future.stderr).contains("required revision is a future revision"),
+        "{future:?}"
+    );
 }

@@ -180,6 +180,15 @@ impl Compactor {
         !stopped && !*self.stop.borrow()
     }
 
+    /// The cluster's revision: group 1's store's, or with several shards the oracle's (0 when
+    /// it does not answer: nothing is compacted then).
+    async fn current_revision(&self) -> i64 {
+        match self.ctx.router.is_sharded() {
+            true => self.ctx.revisions.allocate(1).await.unwrap_or(0),
+            false => self.ctx.store.current_revision(),
+        }
+    }
+
     /// Proposes a compaction to `revision`. One to a revision already compacted counts as done,
     /// as in etcd (`ErrCompacted`).
     async fn compact(&mut self, revision: i64) -> Result<(), Failure> {
@@ -187,7 +196,16 @@ impl Compactor {
             revision,
             physical: false,
         });
-        let propose = self.ctx.propose_write(&self.group, &Sender::Member, op);
+        let ctx = self.ctx.clone();
+        let group = self.group.clone();
+        let propose = async move {
+            match ctx.router.is_sharded() {
+                true => crate::global_compaction::compact_all(&ctx, None, revision)
+                    .await
+                    .map(|_| ()),
+                false => ctx.propose_write(&group, &Sender::Member, op).await.map(|_| ()),
+            }
+        };
         let result = tokio::select! {
             result = propose => result,
             _ = self.stop.wait_for(|s| *s) => return Err(Failure::Stopped),
@@ -207,7 +225,7 @@ impl Compactor {
         let mut last_success = Instant::now();
         let mut wait_for = period;
         loop {
-            revisions.push_back(self.ctx.store.current_revision());
+            revisions.push_back(self.current_revision().await);
             if revisions.len() > schedule.samples {
                 // The front is now always the revision seen one retention ago.
                 revisions.pop_front();
@@ -253,7 +271,7 @@ impl Compactor {
             if !self.is_leader() {
                 continue;
             }
-            let revision = self.ctx.store.current_revision().saturating_sub(keep);
+            let revision = self.current_revision().await.saturating_sub(keep);
             if revision <= 0 || revision == previous {
                 continue;
             }

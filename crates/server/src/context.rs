@@ -121,6 +121,14 @@ impl MemberContext {
             group.read_barrier().await.map_err(errors::from_raft)?;
             return Ok(0);
         }
+        self.stamped_barrier(group).await
+    }
+
+    /// Passes a read barrier through `group`'s log stamped with a global revision, which it
+    /// returns: once it is applied here, so is every write of the group at or below that
+    /// revision (the group's log is in stamp order), which is above every revision handed out
+    /// before the call. For a group whose writes are not stamped, the revision is its own.
+    pub async fn stamped_barrier(&self, group: &GroupHandle) -> Result<i64, Status> {
         let barrier = RaftCommand {
             op: Some(Op::ReadBarrier(concord_proto::concordpb::ReadBarrier {})),
         };

@@ -75,7 +75,8 @@ impl Kv for KvService {
         let creds = Credentials::of(&request);
         let req = request.into_inner();
         if self.ctx.router.is_sharded() {
-            return Err(errors::unsharded_only("compaction"));
+            let compacted = crate::global_compaction::compact_all(&self.ctx, Some(&creds), req.revision).await?;
+            return Ok(Response::new(compacted));
         }
         let group = self.ctx.router.default_group();
         let sender = self.ctx.auth.sender(&creds, group).await?;
@@ -152,9 +153,15 @@ impl KvService {
             }
         };
         let creds = Credentials::of(&request);
-        let req = request.into_inner();
+        let mut req = request.into_inner();
         let group = &shard.group;
         let floor = self.ctx.read_point(group, req.serializable).await?;
+        // A global revision the shard's own has not reached, but its barrier has: nothing of the
+        // shard lies between, so it reads as the shard stands.
+        let current = shard.store.current_revision();
+        if req.revision > current && req.revision <= floor {
+            req.revision = current;
+        }
         // As etcd: the caller's permissions as of the barrier, then the read, then a check that
         // no auth change slipped in between.
         let id = self

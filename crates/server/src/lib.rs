@@ -29,6 +29,7 @@ pub mod errors;
 mod fallback;
 pub mod forward;
 pub mod gateway;
+pub mod global_compaction;
 pub mod go_duration;
 pub mod grpc_health;
 mod heap;

@@ -1,7 +1,7 @@
 //! The member's router as it changes: a split replaces it, and requests routed by the one before
 //! are refused by the shard they reached and routed again ([`LiveRouter::changed_since`] waits
-//! for the replacement). Group 1 itself never changes (a split only narrows its range), so what needs only group 1 reads it
-//! without a lock.
+//! for the replacement). Group 1 itself never changes (a split only narrows its range), so what
+//! needs only group 1 reads it without a lock.
 
 use std::sync::{Arc, RwLock};
 use std::time::Duration;

@@ -15,8 +15,9 @@ use std::time::Duration;
 use concord_proto::concordpb::shards_client::ShardsClient;
 use concord_proto::concordpb::shards_server::{Shards, ShardsServer};
 use concord_proto::concordpb::{
-    Shard, ShardEpoch, ShardListRequest, ShardListResponse, ShardMoveRequest, ShardMoveResponse, ShardSplitRequest,
-    ShardSplitResponse, ShardTransferLeaderRequest, ShardTransferLeaderResponse,
+    Shard, ShardCompactRequest, ShardCompactResponse, ShardEpoch, ShardEventsRequest, ShardEventsResponse,
+    ShardListRequest, ShardListResponse, ShardMoveRequest, ShardMoveResponse, ShardSplitRequest, ShardSplitResponse,
+    ShardTransferLeaderRequest, ShardTransferLeaderResponse,
 };
 use tonic::{Request, Response, Status};
 
@@ -78,41 +79,6 @@ impl ShardService {
             .unwrap_or(0)
     }
 
-    /// Sends `request` about a shard this member holds no replica of to a member that holds
-    /// one, by `call` on a `Shards` client of its client URL, waiting `timeout` for it.
-    async fn elsewhere<Req, Resp, F, Fut>(
-        &self,
-        remote: &RemoteShard,
-        request: Request<Req>,
-        timeout: Duration,
-        call: F,
-    ) -> Result<Response<Resp>, Status>
-    where
-        Req: Clone,
-        F: Fn(ShardsClient<tonic::transport::Channel>, Request<Req>) -> Fut,
-        Fut: std::future::Future<Output = Result<Response<Resp>, Status>>,
-    {
-        if crate::forward::was_forwarded(&request) {
-            return Err(errors::misrouted_shard(remote.group_id));
-        }
-        let creds = crate::auth::Credentials::of(&request);
-        let mut unreachable = None;
-        for member in &remote.replicas {
-            let Some(channel) = channel_to(&self.ctx, *member)? else {
-                continue;
-            };
-            let mut forwarded = Request::new(request.get_ref().clone());
-            crate::forward::mark_forwarded(&mut forwarded);
-            creds.attach(&mut forwarded);
-            forwarded.set_timeout(timeout);
-            match call(ShardsClient::new(channel), forwarded).await {
-                Err(status) if status.code() == tonic::Code::Unavailable => unreachable = Some(status),
-                answer => return answer,
-            }
-        }
-        Err(unreachable.unwrap_or_else(|| errors::no_replica_reachable(remote.group_id)))
-    }
-
     /// Fills in the shards of `shards` this member does not hold from the lists of members that
     /// hold them.
     async fn describe_remote(&self, shards: &mut [Shard]) {
@@ -141,6 +107,46 @@ impl ShardService {
             }
         }
     }
+}
+
+/// Sends `request` about a shard this member holds no replica of to a member that holds one,
+/// with the caller's `creds`, by `call` on a `Shards` client of its client URL, waiting
+/// `timeout` for it. Replicas are tried in turn while they cannot be reached.
+pub async fn forward_to_shard<Req, Resp, F, Fut>(
+    ctx: &MemberContext,
+    remote: &RemoteShard,
+    request: Request<Req>,
+    creds: &crate::auth::Credentials,
+    timeout: Duration,
+    call: F,
+) -> Result<Response<Resp>, Status>
+where
+    Req: Clone,
+    F: Fn(ShardsClient<tonic::transport::Channel>, Request<Req>) -> Fut,
+    Fut: std::future::Future<Output = Result<Response<Resp>, Status>>,
+{
+    if crate::forward::was_forwarded(&request) {
+        return Err(errors::misrouted_shard(remote.group_id));
+    }
+    let mut unreachable = None;
+    for member in &remote.replicas {
+        if *member == ctx.membership.local_id() {
+            // A replica this member is about to hold (it has not applied the change yet).
+            continue;
+        }
+        let Some(channel) = channel_to(ctx, *member)? else {
+            continue;
+        };
+        let mut forwarded = Request::new(request.get_ref().clone());
+        crate::forward::mark_forwarded(&mut forwarded);
+        creds.attach(&mut forwarded);
+        forwarded.set_timeout(timeout);
+        match call(ShardsClient::new(channel), forwarded).await {
+            Err(status) if status.code() == tonic::Code::Unavailable => unreachable = Some(status),
+            answer => return answer,
+        }
+    }
+    Err(unreachable.unwrap_or_else(|| errors::no_replica_reachable(remote.group_id)))
 }
 
 /// A channel to `member`'s client URL; `None` when it has none.
@@ -244,9 +250,9 @@ impl Shards for ShardService {
             Route::Local(shard) => shard.clone(),
             Route::Remote(remote) => {
                 let split = |mut client: ShardsClient<_>, r| async move { client.split(r).await };
-                return self
-                    .elsewhere(remote, request, crate::shard_move::MOVE_TIMEOUT, split)
-                    .await;
+                let creds = crate::auth::Credentials::of(&request);
+                let timeout = crate::shard_move::MOVE_TIMEOUT;
+                return forward_to_shard(&self.ctx, remote, request, &creds, timeout, split).await;
             }
         };
         let creds = crate::auth::Credentials::of(&request);
@@ -322,9 +328,9 @@ impl Shards for ShardService {
             Some(Route::Local(shard)) => shard.clone(),
             Some(Route::Remote(remote)) => {
                 let moved = |mut client: ShardsClient<_>, r| async move { client.r#move(r).await };
-                return self
-                    .elsewhere(remote, request, crate::shard_move::MOVE_TIMEOUT, moved)
-                    .await;
+                let creds = crate::auth::Credentials::of(&request);
+                let timeout = crate::shard_move::MOVE_TIMEOUT;
+                return forward_to_shard(&self.ctx, remote, request, &creds, timeout, moved).await;
             }
             None => return Err(errors::shard_not_found(id)),
         };
@@ -343,6 +349,20 @@ impl Shards for ShardService {
             header: self.header(),
             shard: Some(self.describe(&shard)),
         }))
+    }
+
+    async fn events(&self, request: Request<ShardEventsRequest>) -> Result<Response<ShardEventsResponse>, Status> {
+        crate::watch::shard_events::serve(&self.ctx, request)
+            .await
+            .map(Response::new)
+    }
+
+    async fn compact(&self, request: Request<ShardCompactRequest>) -> Result<Response<ShardCompactResponse>, Status> {
+        let creds = crate::auth::Credentials::of(&request);
+        let ShardCompactRequest { shard, revision } = request.into_inner();
+        let shard = self.shard(shard)?;
+        crate::global_compaction::compact_shard(&self.ctx, Some(&creds), &shard, revision).await?;
+        Ok(Response::new(ShardCompactResponse { header: self.header() }))
     }
 
     async fn transfer_leader(

@@ -29,13 +29,21 @@ impl Writer<'_, '_> {
     /// etcd's Compact. Fails with `Compacted` when `req.revision` is not above the previous
     /// compaction point and with `FutureRevision` when it is above the current revision; the
     /// store revision does not change.
+    ///
+    /// A stamped compaction (multi-shard mode: every shard is compacted at one global revision)
+    /// may ask for a revision above the shard's own, when the shard's last write came earlier:
+    /// its stamp, above the asked revision, says the shard has no write up to it (its log is in
+    /// stamp order), so the shard's revision rises to the asked one and it is compacted there.
     pub fn compact(&mut self, req: &CompactionRequest) -> Result<CompactionResponse, OpError> {
         let c = req.revision;
         if c <= self.compact_revision {
             return Err(KvError::Compacted.into());
         }
         if c > self.revision {
-            return Err(KvError::FutureRevision.into());
+            match self.stamp {
+                Some(stamp) if c < stamp => self.revision = c,
+                _ => return Err(KvError::FutureRevision.into()),
+            }
         }
         let from = self.compact_revision.max(0);
         let Writer { revisions, index, .. } = self;

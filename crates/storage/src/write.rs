@@ -55,7 +55,7 @@ pub(crate) struct Writer<'t, 'i> {
     /// Changes made so far by the command being applied (its next sub revision).
     pub sub: u32,
     /// The global revision stamped on the command being applied, if any.
-    stamp: Option<i64>,
+    pub(crate) stamp: Option<i64>,
     row_buf: Vec<u8>,
     /// Seals the values of new records (encryption at rest).
     sealer: Option<Arc<Sealer>>,

@@ -77,9 +77,9 @@ pub struct ChaosArgs {
     #[arg(long)]
     pub stamped_revisions: bool,
     /// Split the keyspace into two shards (`--experimental-initial-shards`) at the register
-    /// keys: the lists, the lock and the watched range in the first shard (with the metadata),
-    /// the registers in the second, on three of the members. Membership changes are refused in
-    /// multi-shard mode, so wipe-rejoin is left out.
+    /// keys: the lists and the lock in the first shard (with the metadata), the registers in
+    /// the second, on three of the members; the watchers watch both. Membership changes are
+    /// refused in multi-shard mode, so wipe-rejoin is left out.
     #[arg(long)]
     pub shards: bool,
 }
@@ -223,7 +223,7 @@ async fn run_on(cluster: &mut ChaosCluster, args: &ChaosArgs, seed: u64) -> Resu
     for w in 0..args.watchers {
         let stream = Arc::new(Mutex::new(WatchStream {
             watcher: w,
-            range: shared.watched_range(args.shards),
+            range: shared.watched_range(),
             start_revision,
             events: Vec::new(),
             complete_through: None,
@@ -254,7 +254,7 @@ async fn run_on(cluster: &mut ChaosCluster, args: &ChaosArgs, seed: u64) -> Resu
     let final_state = read_final_state(cluster, &shared).await?;
     // The watchers see only their range (the lists alone when the keyspace is split), so they
     // are waited for up to the last write in it.
-    let watched = shared.watched_range(args.shards);
+    let watched = shared.watched_range();
     let last_write = final_state
         .iter()
         .filter(|(key, _)| watched.contains(key))

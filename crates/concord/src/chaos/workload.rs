@@ -120,13 +120,10 @@ impl Shared {
         registers.chain(lists.map(|(g, i)| self.list_key_of(g, i))).collect()
     }
 
-    /// The range the watchers watch: every register and list key; only the list keys when the
-    /// keyspace is split between them (`sharded`), since a watch stays within one shard.
-    pub fn watched_range(&self, sharded: bool) -> KeyRange {
-        match sharded {
-            true => KeyRange::prefix(format!("{}a/", self.prefix).as_bytes()),
-            false => KeyRange::prefix(self.prefix.as_bytes()),
-        }
+    /// The range the watchers watch: every register and list key (in every shard, when the
+    /// keyspace is split between them).
+    pub fn watched_range(&self) -> KeyRange {
+        KeyRange::prefix(self.prefix.as_bytes())
     }
 }
 

@@ -65,3 +65,41 @@ pub async fn assert_serves_every_put(client: &Client, puts: &[Put]) {
         assert_eq!(got, put.revision, "{put:?}");
     }
 }
+
+/// One watch response's events as `(mod revision, key)`, put or delete alike.
+pub type Seen = Vec<(i64, String)>;
+
+/// Reads `stream` until it has delivered `count` events, each response's events as one entry;
+/// fails if the stream ends, cancels, or stalls for [`super::WAIT`].
+pub async fn watch_responses(stream: &mut etcd_client::WatchStream, count: usize) -> Vec<Seen> {
+    let mut responses = Vec::new();
+    let mut seen = 0;
+    while seen < count {
+        let message = tokio::time::timeout(super::WAIT, stream.message())
+            .await
+            .unwrap_or_else(|_| panic!("the watch stalled after {seen} of {count} events: {responses:?}"))
+            .expect("the watch stream stays up")
+            .expect("the watch stream stays open");
+        assert!(!message.canceled(), "the watch was canceled: {message:?}");
+        let events: Seen = message
+            .events()
+            .iter()
+            .map(|e| {
+                let kv = e.kv().unwrap();
+                (kv.mod_revision(), kv.key_str().unwrap().to_string())
+            })
+            .collect();
+        seen += events.len();
+        if !events.is_empty() {
+            responses.push(events);
+        }
+    }
+    responses
+}
+
+/// `puts` as a watch over their keys must deliver them: in revision order.
+pub fn as_watched(puts: &[Put]) -> Seen {
+    let mut wanted: Seen = puts.iter().map(|p| (p.revision, p.key.clone())).collect();
+    wanted.sort();
+    wanted
+}

@@ -234,12 +234,6 @@ pub fn wrong_shard() -> Status {
     super::from_kv(concord_storage::KvError::WrongShard)
 }
 
-/// A watcher canceled because a split moved the keys it watches to a shard whose changes its
-/// member's watch streams do not see (watches stay in the first shard until cross-shard watch).
-pub fn watched_keys_moved() -> Status {
-    Status::unavailable("concord: a split moved the watched keys out of the first shard; watching them needs cross-shard watch, which is not there yet")
-}
-
 /// Whether `status` says the group had no leader (etcd's `etcdserver: no leader`).
 pub fn is_no_leader(status: &Status) -> bool {
     let no_leader = super::from_raft(concord_raft::RaftError::NoLeader);

@@ -71,6 +71,11 @@ impl WatchHub {
         });
     }
 
+    /// The store's revision after each apply, for waiters that read the store themselves.
+    pub fn applied(&self) -> watch::Receiver<i64> {
+        self.applied_revision.subscribe()
+    }
+
     /// Subscribes to batches published from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<EventBatch>> {
         self.batches.subscribe()

@@ -5,10 +5,16 @@
 //! - [`watcher`]: one watcher's range, filters and position.
 //! - [`stream`]: one client stream with its watchers.
 //! - [`outbound`]: a stream's responses waiting for its client, bounded in bytes.
+//! - [`sharded`]: in a cluster with global revisions, a watcher that follows the shards holding
+//!   its keys itself ([`shard_events`] reads one shard's part, [`merge`] puts the parts back in
+//!   revision order).
 //! - [`wait`]: the same, for waiters inside the server.
 
 pub mod hub;
+pub mod merge;
 pub mod outbound;
+pub mod shard_events;
+pub mod sharded;
 pub mod stream;
 pub mod wait;
 pub mod watcher;

@@ -19,11 +19,13 @@ use concord_proto::mvccpb::Event;
 use concord_storage::KvError;
 use prost::Message as _;
 use tokio::sync::broadcast::{self, error::RecvError};
+use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 use tonic::Streaming;
 
 use super::hub::{event_revision, EventBatch, WatchHub};
 use super::outbound::{OutboundSender, TrySendError};
+use super::sharded::{ShardedOut, ShardedWatcher};
 use super::watcher::{Delivery, Watcher};
 use crate::auth::Credentials;
 use crate::context::MemberContext;
@@ -37,7 +39,13 @@ struct StreamWatcher {
     watcher: Watcher,
     progress_notify: bool,
     fragment: bool,
+    /// Set when the watcher follows the shards itself instead of this member's hub (a cluster
+    /// with global revisions, whose keys may lie in several shards: see [`super::sharded`]).
+    sharded: Option<ShardedWatcher>,
 }
+
+/// Messages from a stream's sharded watchers that may wait for the stream.
+const SHARDED_BACKLOG: usize = 16;
 
 /// The task behind one Watch stream.
 pub struct WatchStreamTask {
@@ -54,12 +62,18 @@ pub struct WatchStreamTask {
     progress_interval: Duration,
     /// The credentials the stream was opened with: each new watcher is checked against them.
     creds: Credentials,
+    /// What the stream's sharded watchers send it.
+    sharded_tx: mpsc::Sender<ShardedOut>,
+    sharded_rx: mpsc::Receiver<ShardedOut>,
 }
 
 impl WatchStreamTask {
     /// A task that answers on `out`.
     pub fn new(ctx: Arc<MemberContext>, hub: Arc<WatchHub>, out: OutboundSender, progress_interval: Duration) -> Self {
+        let (sharded_tx, sharded_rx) = mpsc::channel(SHARDED_BACKLOG);
         WatchStreamTask {
+            sharded_tx,
+            sharded_rx,
             ctx,
             hub,
             out,
@@ -113,7 +127,6 @@ impl WatchStreamTask {
         let mut progress = tokio::time::interval(self.progress_interval);
         progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         progress.tick().await;
-        let mut routes = self.ctx.router.subscribe();
         loop {
             // Catching up can make the task wait for the client again, and leave again.
             while self.live.is_none() {
@@ -134,7 +147,7 @@ impl WatchStreamTask {
                     Err(RecvError::Closed) => false,
                 },
                 _ = progress.tick() => self.notify_progress().await,
-                Ok(()) = routes.changed() => self.cancel_moved().await,
+                Some(message) = self.sharded_rx.recv() => self.on_sharded(message).await,
             };
             if !keep_going {
                 break;
@@ -208,7 +221,8 @@ impl WatchStreamTask {
     }
 
     /// Whether the stream's hub (group 1's) sees every change of `[key, range_end)`: it does
-    /// unless the keyspace is split and the range reaches past the first shard.
+    /// unless the keyspace is split and the range reaches past the first shard (a keyspace is only
+    /// split with global revisions, whose watchers follow the shards themselves).
     fn in_hub_shard(&self, key: &[u8], range_end: &[u8]) -> Result<(), tonic::Status> {
         let router = self.ctx.router.current();
         match router.route_for_range(key, range_end) {
@@ -222,15 +236,29 @@ impl WatchStreamTask {
         if let Err(reason) = self.permitted(&create.key, &create.range_end).await {
             return self.refuse_create(reason).await;
         }
-        if let Err(refused) = self.in_hub_shard(&create.key, &create.range_end) {
-            return self.refuse_create(errors::as_cancel_reason(&refused)).await;
+        let sharded = self.ctx.router.default_group().is_stamped();
+        if !sharded {
+            if let Err(refused) = self.in_hub_shard(&create.key, &create.range_end) {
+                return self.refuse_create(errors::as_cancel_reason(&refused)).await;
+            }
         }
         // A range that holds no key (`key` at or past `range_end`; "\0" means every key from
         // `key` on) is refused by etcd's mvcc when the watch is made, not watched forever.
         if !create.range_end.is_empty() && create.range_end != [0] && create.key >= create.range_end {
             return self.refuse_create(errors::WATCHER_RANGE_EMPTY.into()).await;
         }
-        let current = self.hub.store().current_revision();
+        let current = match sharded {
+            // Above every write that completed before the watch was asked for, whatever its shard.
+            true => match self.ctx.revisions.allocate(1).await {
+                Ok(revision) => revision,
+                Err(reason) => {
+                    return self
+                        .refuse_create(errors::as_cancel_reason(&errors::no_revisions(&reason)))
+                        .await
+                }
+            },
+            false => self.hub.store().current_revision(),
+        };
         let id = if create.watch_id != 0 {
             create.watch_id
         } else {
@@ -251,20 +279,25 @@ impl WatchStreamTask {
             current + 1
         };
         let watcher = Watcher::new(create.key, create.range_end, &create.filters, create.prev_kv, next_rev);
+        let mut created = self.response(id, current);
+        created.created = true;
+        if !self.send(created).await {
+            return false;
+        }
+        let follower = sharded.then(|| {
+            let (ctx, creds, tx) = (self.ctx.clone(), self.creds.clone(), self.sharded_tx.clone());
+            super::sharded::start(ctx, id, watcher.clone(), creds, tx)
+        });
         self.watchers.insert(
             id,
             StreamWatcher {
                 watcher,
                 progress_notify: create.progress_notify,
                 fragment: create.fragment,
+                sharded: follower,
             },
         );
-        let mut created = self.response(id, current);
-        created.created = true;
-        if !self.send(created).await {
-            return false;
-        }
-        if next_rev <= current {
+        if !sharded && next_rev <= current {
             return self.catch_up(id).await;
         }
         true
@@ -279,7 +312,9 @@ impl WatchStreamTask {
         for id in ids {
             let delivery = {
                 let Some(batch) = self.batch.as_deref() else { break };
-                let Some(w) = self.watchers.get_mut(&id) else { continue };
+                let Some(w) = self.watchers.get_mut(&id).filter(|w| w.sharded.is_none()) else {
+                    continue;
+                };
                 w.watcher.deliver(batch)
             };
             match delivery {
@@ -300,30 +335,45 @@ impl WatchStreamTask {
         true
     }
 
-    /// Cancels, saying why, the watchers of keys a split moved out of the hub's shard: the
-    /// hub no longer sees their changes, and a stream that stayed open would miss them unseen.
-    async fn cancel_moved(&mut self) -> bool {
-        let store = self.hub.store().clone();
-        let moved: Vec<i64> = self
-            .watchers
-            .iter()
-            .filter(|(_, w)| !w.watcher.covered_by(&store))
-            .map(|(id, _)| *id)
-            .collect();
-        for id in moved {
-            self.watchers.remove(&id);
-            let mut resp = self.response(id, store.current_revision());
-            resp.canceled = true;
-            resp.cancel_reason = errors::as_cancel_reason(&errors::watched_keys_moved());
-            if !self.send(resp).await {
-                return false;
+    /// Takes what a sharded watcher sends, unless the watcher it came from was canceled since.
+    async fn on_sharded(&mut self, message: ShardedOut) -> bool {
+        let (id, serial) = match &message {
+            ShardedOut::Events { id, serial, .. } | ShardedOut::Ended { id, serial, .. } => (*id, *serial),
+        };
+        let Some(w) = self.watchers.get_mut(&id) else {
+            return true;
+        };
+        if w.sharded.as_ref().is_none_or(|s| s.serial != serial) {
+            return true;
+        }
+        match message {
+            ShardedOut::Events { events, revision, .. } => {
+                w.watcher.next_rev = revision + 1;
+                events.is_empty() || self.send_events(id, events, revision).await
+            }
+            ShardedOut::Ended {
+                compact_revision,
+                reason,
+                ..
+            } => {
+                let position = w.watcher.next_rev - 1;
+                self.watchers.remove(&id);
+                let mut resp = self.response(id, position);
+                resp.canceled = true;
+                resp.compact_revision = compact_revision;
+                resp.cancel_reason = reason;
+                self.send(resp).await
             }
         }
-        true
     }
 
     async fn catch_up_all(&mut self) -> bool {
-        let ids: Vec<i64> = self.watchers.keys().copied().collect();
+        let ids: Vec<i64> = self
+            .watchers
+            .iter()
+            .filter(|(_, w)| w.sharded.is_none())
+            .map(|(id, _)| *id)
+            .collect();
         for id in ids {
             if !self.catch_up(id).await {
                 return false;
@@ -406,7 +456,7 @@ impl WatchStreamTask {
         let due: Vec<(i64, i64)> = self
             .watchers
             .iter()
-            .filter(|(_, w)| w.progress_notify && w.watcher.next_rev > current)
+            .filter(|(_, w)| w.progress_notify && (w.sharded.is_some() || w.watcher.next_rev > current))
             .map(|(id, w)| (*id, w.watcher.next_rev - 1))
             .collect();
         for (id, revision) in due {

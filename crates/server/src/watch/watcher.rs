@@ -54,6 +54,21 @@ impl Watcher {
         }
     }
 
+    /// The first key watched.
+    pub fn key(&self) -> &[u8] {
+        &self.key
+    }
+
+    /// etcd's end of the watched range.
+    pub fn range_end(&self) -> &[u8] {
+        &self.range_end
+    }
+
+    /// Whether the watcher's events carry the versions they replaced.
+    pub fn wants_prev_kv(&self) -> bool {
+        self.prev_kv
+    }
+
     fn covers(&self, key: &[u8]) -> bool {
         if self.range_end.is_empty() {
             key == self.key.as_slice()
@@ -65,7 +80,7 @@ impl Watcher {
     }
 
     /// Whether this watcher wants `event`, and in what form.
-    fn select(&self, event: &Event) -> Option<Event> {
+    pub fn select(&self, event: &Event) -> Option<Event> {
         let kv = event.kv.as_ref()?;
         if !self.covers(&kv.key) {
             return None;
@@ -79,11 +94,6 @@ impl Watcher {
             out.prev_kv = None;
         }
         Some(out)
-    }
-
-    /// Whether `store` still holds every key the watcher watches (a split may move some away).
-    pub fn covered_by(&self, store: &MvccStore) -> bool {
-        store.covers(&self.key, &self.range_end)
     }
 
     /// Takes what this watcher needs from a broadcast batch. More than [`DELIVERY_BYTES`] of

@@ -143,3 +143,33 @@ fn the_revision_ceiling_only_rises_and_survives_a_restart() {
     let h = h.reopen();
     assert_eq!(h.store.revision_ceiling().unwrap(), 10_000);
 }
+
+#[test]
+fn a_stamped_compaction_past_the_shard_revision_raises_it_there() {
+    let mut h = Harness::new();
+    assert_eq!(stamped_put(&mut h, "a", "1", 10), Ok(10));
+    assert_eq!(stamped_put(&mut h, "a", "2", 12), Ok(12));
+    let compact = |revision| {
+        Op::Compaction(CompactionRequest {
+            revision,
+            physical: false,
+        })
+    };
+    // Unstamped, or stamped at or below the asked revision, it is a future revision.
+    assert_eq!(h.apply_stamped(compact(20), None).unwrap_err(), KvError::FutureRevision);
+    assert_eq!(
+        h.apply_stamped(compact(20), Some(20)).unwrap_err(),
+        KvError::FutureRevision
+    );
+    assert_eq!(h.store.current_revision(), 12);
+
+    // The cluster's revision 20 is above the shard's last write, and the stamp vouches that the
+    // shard has nothing up to it.
+    h.apply_stamped(compact(20), Some(25)).unwrap();
+    assert_eq!((h.store.current_revision(), h.store.compact_revision()), (20, 20));
+    assert_eq!(h.get("a").unwrap().value, b"2");
+    assert_eq!(h.get_at("a", 20).unwrap().unwrap().value, b"2");
+    assert_eq!(h.get_at("a", 12), Err(KvError::Compacted));
+    assert_eq!(stamped_put(&mut h, "a", "3", 30), Ok(30));
+    assert_eq!(h.apply_stamped(compact(20), Some(31)).unwrap_err(), KvError::Compacted);
+}

@@ -1,0 +1,170 @@
+//! Watches in a cluster with global revisions, on three real members: a watch over keys on both
+//! sides of a split made while it runs delivers every acknowledged write exactly once, in
+//! revision order, a txn's events in one response; a watch from an old revision replays the
+//! history of both shards in order; and filters and prev_kv hold across shards.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use common::puts::{as_watched, watch_responses, Put};
+use common::{concord, eventually, Cluster};
+use etcd_client::{Compare, CompareOp, EventType, Txn, TxnOp, WatchFilterType, WatchOptions};
+
+/// Puts through member `i`, alternating below and above "m", until `stop` is set and then
+/// `more` puts.
+async fn write_both_sides(
+    cluster: &Cluster,
+    i: usize,
+    more: usize,
+    answered: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+) -> Vec<Put> {
+    let mut client = cluster.client(i).await;
+    let mut done = Vec::new();
+    let mut left = more;
+    for n in 0usize.. {
+        if stop.load(Ordering::Relaxed) {
+            if left == 0 {
+                break;
+            }
+            left -= 1;
+        }
+        let key = format!("{}/m{i}/{n}", if n.is_multiple_of(2) { "a" } else { "x" });
+        let invoked = std::time::Instant::now();
+        let answer = client
+            .put(key.as_str(), "v", None)
+            .await
+            .unwrap_or_else(|e| panic!("{key}: {e}"));
+        done.push(Put {
+            key,
+            revision: answer.header().unwrap().revision(),
+            invoked,
+            completed: std::time::Instant::now(),
+        });
+        answered.fetch_add(1, Ordering::Relaxed);
+    }
+    done
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_watch_across_a_split_loses_and_repeats_nothing() {
+    let cluster = Cluster::start_with(3, &["--experimental-stamped-revisions"]).await;
+    cluster.wait_for_leader().await;
+    let mut client = cluster.client(0).await;
+    let first = client
+        .put("a/first", "v", None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
+
+    // Watching every key from a to y, on two members, before the split.
+    let mut watches = Vec::new();
+    for i in [0, 2] {
+        let mut client = cluster.client(i).await;
+        let stream = client
+            .watch("a", Some(WatchOptions::new().with_range("y")))
+            .await
+            .unwrap();
+        watches.push(stream);
+    }
+
+    let answered = Arc::new(AtomicUsize::new(0));
+    let split_done = Arc::new(AtomicBool::new(false));
+    let writers = (0..3).map(|i| write_both_sides(&cluster, i, 20, answered.clone(), split_done.clone()));
+    let writing = futures::future::join_all(writers);
+    let split = async {
+        eventually("the writers are under way", || {
+            let answered = answered.load(Ordering::Relaxed);
+            async move {
+                if answered >= 30 {
+                    Ok(())
+                } else {
+                    Err(answered)
+                }
+            }
+        })
+        .await;
+        let endpoint = format!("--endpoints={}", cluster.endpoints()[1]);
+        let split = tokio::task::spawn_blocking(move || concord(&["shard", "split", "m", &endpoint]))
+            .await
+            .unwrap();
+        split_done.store(true, Ordering::Relaxed);
+        split
+    };
+    let (puts, split) = tokio::join!(writing, split);
+    assert!(split.status.success(), "{split:?}");
+    let mut puts: Vec<Put> = puts.concat();
+
+    // A txn on the new shard: its two events share a revision and come in one response.
+    let txn = Txn::new()
+        .when([Compare::version("x/txn/1", CompareOp::Equal, 0)])
+        .and_then([TxnOp::put("x/txn/1", "1", None), TxnOp::put("x/txn/2", "2", None)]);
+    let txn_revision = client.txn(txn).await.unwrap().header().unwrap().revision();
+    let deleted = client
+        .delete("a/first", None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
+
+    let mut wanted = as_watched(&puts);
+    wanted.push((txn_revision, "x/txn/1".into()));
+    wanted.push((txn_revision, "x/txn/2".into()));
+    wanted.push((deleted, "a/first".into()));
+    wanted.sort();
+    for watch in &mut watches {
+        let responses = watch_responses(watch, wanted.len()).await;
+        let txn_events = |r: &&Vec<(i64, String)>| r.iter().filter(|(revision, _)| *revision == txn_revision).count();
+        assert!(
+            responses.iter().any(|r| txn_events(&r) == 2),
+            "the txn's events come in one response: {responses:?}"
+        );
+        assert_eq!(responses.concat(), wanted);
+    }
+
+    // A watch from the first write replays both shards' history in revision order, with the
+    // versions each change replaced, and only deletes when asked.
+    puts.push(Put {
+        key: "a/first".into(),
+        revision: first,
+        invoked: std::time::Instant::now(),
+        completed: std::time::Instant::now(),
+    });
+    let mut replayed = as_watched(&puts);
+    replayed.push((txn_revision, "x/txn/1".into()));
+    replayed.push((txn_revision, "x/txn/2".into()));
+    replayed.push((deleted, "a/first".into()));
+    replayed.sort();
+    let mut member_1 = cluster.client(1).await;
+    let from_first = WatchOptions::new()
+        .with_all_keys()
+        .with_start_revision(first)
+        .with_prev_key();
+    let mut history = member_1.watch("", Some(from_first)).await.unwrap();
+    assert_eq!(watch_responses(&mut history, replayed.len()).await.concat(), replayed);
+    let only_deletes = WatchOptions::new()
+        .with_start_revision(first)
+        .with_range("y")
+        .with_filters([WatchFilterType::NoPut])
+        .with_prev_key();
+    let mut deletes = member_1.watch("a", Some(only_deletes)).await.unwrap();
+    let message = loop {
+        let message = tokio::time::timeout(common::WAIT, deletes.message())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        if !message.events().is_empty() {
+            break message;
+        }
+    };
+    assert_eq!(message.events().len(), 1, "{message:?}");
+    let event = &message.events()[0];
+    assert_eq!(event.event_type(), EventType::Delete);
+    assert_eq!(event.prev_kv().unwrap().mod_revision(), first);
+}
