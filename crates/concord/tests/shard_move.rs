@@ -128,6 +128,24 @@ async fn a_shard_moves_to_a_member_that_did_not_hold_it() {
     })
     .await;
 
+    // ...and closes it: no file of the member's process still points at it.
+    let pid = cluster.pid(leaving).expect("the removed member runs");
+    eventually("the removed member closes its copy", || {
+        let open: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+            .map(|target| target.display().to_string())
+            .filter(|target| target.contains("shard-2.redb"))
+            .collect();
+        async move {
+            match open.is_empty() {
+                true => Ok(()),
+                false => Err(open),
+            }
+        }
+    })
+    .await;
+
     // The new replica keeps the shard across a kill -9 and a restart.
     cluster.kill(newcomer);
     cluster.restart(newcomer);

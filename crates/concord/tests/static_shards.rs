@@ -125,6 +125,43 @@ async fn shards_take_writes_at_one_global_revision_and_survive_a_leader_kill() {
     assert!(then.kvs().iter().all(|kv| kv.mod_revision() <= earlier));
     assert_eq!(then.kvs().len(), acknowledged.len());
 
+    // A txn that only reads may span shards: its compares and reads are answered at one
+    // revision, as etcd answers them.
+    let reading = Txn::new()
+        .when([
+            Compare::value("a/before/m0/0", CompareOp::Equal, "v"),
+            Compare::mod_revision("z/txn/1", CompareOp::Equal, revision),
+        ])
+        .and_then([
+            TxnOp::get("a/before/m0/0", None),
+            TxnOp::get("a", Some(GetOptions::new().with_range("zz").with_count_only())),
+            TxnOp::get("z/txn/2", Some(GetOptions::new().with_revision(revision - 1))),
+        ])
+        .or_else([TxnOp::get("z/txn/1", None)]);
+    let read = client.txn(reading).await.unwrap();
+    assert!(read.succeeded(), "{read:?}");
+    let answers: Vec<etcd_client::GetResponse> = read
+        .op_responses()
+        .into_iter()
+        .map(|op| match op {
+            etcd_client::TxnOpResponse::Get(got) => got,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(answers[0].kvs()[0].value(), b"v");
+    assert_eq!(answers[1].count(), everything.count());
+    assert!(
+        answers[2].kvs().is_empty(),
+        "z/txn/2 did not exist before the txn that made it"
+    );
+    let missing = Txn::new()
+        .when([Compare::version("a/none", CompareOp::Greater, 0)])
+        .and_then([TxnOp::get("z/txn/1", None)])
+        .or_else([TxnOp::get("a/before/m0/0", None), TxnOp::get("z/txn/2", None)]);
+    let read = client.txn(missing).await.unwrap();
+    assert!(!read.succeeded(), "{read:?}");
+    assert_eq!(read.op_responses().len(), 2);
+
     // A write over both shards at once is refused, naming them.
     let spanning = Txn::new().and_then([TxnOp::put("a/x", "1", None), TxnOp::put("z/x", "1", None)]);
     let status = grpc_status(client.txn(spanning).await.unwrap_err());

@@ -49,35 +49,54 @@ pub async fn range(ctx: &MemberContext, request: Request<RangeRequest>) -> Resul
         return Err(errors::from_kv(concord_storage::KvError::FutureRevision));
     }
     let read_at = if req.revision > 0 { req.revision } else { at };
-    let key_sorted = by_key(&req);
-    let router = ctx.router.current();
-    let mut parts = Vec::new();
-    for (route, key, range_end) in router.parts_of_range(&req.key, &req.range_end) {
-        let part = RangeRequest {
-            key,
-            range_end,
-            // Each part needs no more than the limit when the merge keeps key order; any other
-            // order needs every key to sort first.
-            limit: if key_sorted { req.limit } else { 0 },
-            revision: 0,
-            ..req.clone()
-        };
-        let answer = match route {
-            Route::Local(shard) => read_part(ctx, shard, part, read_at).await?,
-            Route::Remote(remote) => {
-                let mut request = Request::new(part);
-                request.metadata_mut().insert(READ_AT_HEADER, read_at.into());
-                let range =
-                    |mut kv: concord_proto::etcdserverpb::kv_client::KvClient<_>, r| async move { kv.range(r).await };
-                forward(ctx, remote, request, range).await?.into_inner()
-            }
-        };
-        parts.push(answer);
-    }
+    let mut resp = range_at(ctx, &req, read_at).await?;
     ctx.auth.check_unchanged(id.as_ref())?;
-    let mut resp = merge(&req, parts);
     resp.header = Some(ctx.header(read_at));
     Ok(Response::new(resp))
+}
+
+/// Reads `req`'s range, whatever shards it spans, at `read_at`, which the oracle handed out
+/// (or a revision below one it did); the answer has no header.
+pub async fn range_at(ctx: &MemberContext, req: &RangeRequest, read_at: i64) -> Result<RangeResponse, Status> {
+    let key_sorted = by_key(req);
+    let router = ctx.router.current();
+    // The parts are read side by side: each waits on its own shard's barrier.
+    let reads = router
+        .parts_of_range(&req.key, &req.range_end)
+        .into_iter()
+        .map(|(route, key, range_end)| {
+            let part = RangeRequest {
+                key,
+                range_end,
+                // Each part needs no more than the limit when the merge keeps key order; any
+                // other order needs every key to sort first.
+                limit: if key_sorted { req.limit } else { 0 },
+                revision: 0,
+                ..req.clone()
+            };
+            read_routed(ctx, route, part, read_at)
+        });
+    let parts = futures::future::try_join_all(reads).await?;
+    Ok(merge(req, parts))
+}
+
+/// One shard's part of a cross-shard read at `read_at`, here or from a member holding it.
+async fn read_routed(
+    ctx: &MemberContext,
+    route: Route<'_>,
+    part: RangeRequest,
+    read_at: i64,
+) -> Result<RangeResponse, Status> {
+    match route {
+        Route::Local(shard) => read_part(ctx, shard, part, read_at).await,
+        Route::Remote(remote) => {
+            let mut request = Request::new(part);
+            request.metadata_mut().insert(READ_AT_HEADER, read_at.into());
+            let range =
+                |mut kv: concord_proto::etcdserverpb::kv_client::KvClient<_>, r| async move { kv.range(r).await };
+            Ok(forward(ctx, remote, request, range).await?.into_inner())
+        }
+    }
 }
 
 /// Serves one shard's part of a cross-shard read at `read_at`, after the shard's read barrier;

@@ -229,12 +229,11 @@ impl KvService {
     async fn txn_once(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
         let read_only = concord_storage::is_txn_read_only(request.get_ref());
         let router = self.ctx.router.current();
-        let route = router
-            .route_for_txn(request.get_ref())
-            .map_err(|spans| match read_only {
-                true => errors::read_spans_shards(&spans.groups),
-                false => errors::write_spans_shards(&spans.groups),
-            })?;
+        let route = match router.route_for_txn(request.get_ref()) {
+            Ok(route) => route,
+            Err(_) if read_only => return crate::cross_shard_txn::read(&self.ctx, request).await,
+            Err(spans) => return Err(errors::write_spans_shards(&spans.groups)),
+        };
         let shard = match route {
             Route::Local(shard) => shard,
             Route::Remote(remote) => {

@@ -24,6 +24,7 @@ pub mod config;
 pub mod context;
 pub mod corrupt_check;
 pub mod cross_shard_read;
+pub mod cross_shard_txn;
 pub mod election;
 pub mod errors;
 mod fallback;

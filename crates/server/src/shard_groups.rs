@@ -381,6 +381,7 @@ impl ShardGroups {
             "this member no longer holds the shard: dropping its replica"
         );
         shard.group.stop();
+        shard.hub.stop();
         starter.transport.unregister_group(group_id);
         let thread = state.threads.remove(&group_id);
         let engine = starter.engine.clone();

@@ -124,7 +124,7 @@ pub use etcd_format::{
 pub use snapshot::SnapshotInfo;
 pub use split::{shard_store_path, KeyRange, SplitChild};
 pub use store::{ApplyEntry, MvccStore, WriteResult};
-pub use txn::is_txn_read_only;
+pub use txn::{compare_holds_over, is_txn_read_only};
 
 #[cfg(test)]
 mod tests;

@@ -20,6 +20,7 @@ use concord_proto::etcdserverpb::{
     Compare, DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, RequestOp, ResponseHeader, ResponseOp,
     TxnRequest, TxnResponse,
 };
+use concord_proto::mvccpb::KeyValue;
 
 use crate::error::{KvError, OpError, StorageError};
 use crate::index::{IndexRead, PendingIndex};
@@ -251,10 +252,57 @@ fn compare_holds<I: IndexRead, T: RowTable>(view: &View<'_, I, T>, cmp: &Compare
     Ok(holds)
 }
 
+/// Compares one stored key-value (`None` = the zero key-value) against `cmp`.
+fn compare_record(cmp: &Compare, rec: Option<&Record<'_>>) -> Result<bool, StorageError> {
+    let compared = match rec {
+        None => None,
+        Some(r) => Some(Compared {
+            // Only a VALUE compare opens the value (it may be sealed).
+            value: match CompareTarget::try_from(cmp.target) {
+                Ok(CompareTarget::Value) => r.value()?,
+                _ => std::borrow::Cow::Borrowed(&[][..]),
+            },
+            version: r.header.version,
+            create_revision: r.header.create_revision,
+            mod_revision: r.header.mod_revision,
+            lease: r.header.lease,
+        }),
+    };
+    Ok(compare_fields(cmp, compared.as_ref()))
+}
+
+/// Whether `cmp` holds over `kvs`, the live keys of its range at one revision, however they were
+/// read (a compare over keys of several shards reads them from each): every key must satisfy
+/// it; no key compares a zero key-value, except that a VALUE compare on no key is false.
+pub fn compare_holds_over(cmp: &Compare, kvs: &[KeyValue]) -> bool {
+    if kvs.is_empty() {
+        return CompareTarget::try_from(cmp.target) != Ok(CompareTarget::Value) && compare_fields(cmp, None);
+    }
+    kvs.iter().all(|kv| {
+        let compared = Compared {
+            value: std::borrow::Cow::Borrowed(&kv.value),
+            version: kv.version,
+            create_revision: kv.create_revision,
+            mod_revision: kv.mod_revision,
+            lease: kv.lease,
+        };
+        compare_fields(cmp, Some(&compared))
+    })
+}
+
+/// What a compare looks at in one key-value.
+struct Compared<'a> {
+    value: std::borrow::Cow<'a, [u8]>,
+    version: i64,
+    create_revision: i64,
+    mod_revision: i64,
+    lease: i64,
+}
+
 /// Compares one key-value (`None` = the zero key-value) against `cmp`. Unknown targets compare
 /// equal and unknown results hold, as in etcd.
-fn compare_record(cmp: &Compare, rec: Option<&Record<'_>>) -> Result<bool, StorageError> {
-    let field = |get: fn(&Record<'_>) -> i64| rec.map_or(0, get);
+fn compare_fields(cmp: &Compare, kv: Option<&Compared<'_>>) -> bool {
+    let field = |get: fn(&Compared<'_>) -> i64| kv.map_or(0, get);
     let int_target = |want: fn(&TargetUnion) -> Option<i64>| cmp.target_union.as_ref().and_then(want).unwrap_or(0);
     let ordering = match CompareTarget::try_from(cmp.target) {
         Ok(CompareTarget::Value) => {
@@ -262,51 +310,31 @@ fn compare_record(cmp: &Compare, rec: Option<&Record<'_>>) -> Result<bool, Stora
                 Some(TargetUnion::Value(v)) => v,
                 _ => &[],
             };
-            let value = match rec {
-                Some(r) => r.value()?,
-                None => std::borrow::Cow::Borrowed(&[][..]),
-            };
-            value.as_ref().cmp(want)
+            kv.map_or(&[][..], |kv| kv.value.as_ref()).cmp(want)
         }
-        Ok(CompareTarget::Version) => field(|r| r.header.version).cmp(&int_target(|t| {
-            if let TargetUnion::Version(v) = t {
-                Some(*v)
-            } else {
-                None
-            }
+        Ok(CompareTarget::Version) => field(|kv| kv.version).cmp(&int_target(|t| match t {
+            TargetUnion::Version(v) => Some(*v),
+            _ => None,
         })),
-        Ok(CompareTarget::Create) => field(|r| r.header.create_revision).cmp(&int_target(|t| {
-            if let TargetUnion::CreateRevision(v) = t {
-                Some(*v)
-            } else {
-                None
-            }
+        Ok(CompareTarget::Create) => field(|kv| kv.create_revision).cmp(&int_target(|t| match t {
+            TargetUnion::CreateRevision(v) => Some(*v),
+            _ => None,
         })),
-        Ok(CompareTarget::Mod) => field(|r| r.header.mod_revision).cmp(&int_target(|t| {
-            if let TargetUnion::ModRevision(v) = t {
-                Some(*v)
-            } else {
-                None
-            }
+        Ok(CompareTarget::Mod) => field(|kv| kv.mod_revision).cmp(&int_target(|t| match t {
+            TargetUnion::ModRevision(v) => Some(*v),
+            _ => None,
         })),
-        Ok(CompareTarget::Lease) => {
-            field(|r| r.header.lease).cmp(&int_target(
-                |t| {
-                    if let TargetUnion::Lease(v) = t {
-                        Some(*v)
-                    } else {
-                        None
-                    }
-                },
-            ))
-        }
+        Ok(CompareTarget::Lease) => field(|kv| kv.lease).cmp(&int_target(|t| match t {
+            TargetUnion::Lease(v) => Some(*v),
+            _ => None,
+        })),
         Err(_) => Ordering::Equal,
     };
-    Ok(match CompareResult::try_from(cmp.result) {
+    match CompareResult::try_from(cmp.result) {
         Ok(CompareResult::Equal) => ordering == Ordering::Equal,
         Ok(CompareResult::NotEqual) => ordering != Ordering::Equal,
         Ok(CompareResult::Greater) => ordering == Ordering::Greater,
         Ok(CompareResult::Less) => ordering == Ordering::Less,
         Err(_) => true,
-    })
+    }
 }

@@ -36,6 +36,9 @@ pub struct WatchHub {
     applied_revision: watch::Sender<i64>,
     /// What the member's Watch streams may queue for their clients together.
     outbound_budget: Arc<tokio::sync::Semaphore>,
+    /// Told when the hub's shard leaves the member: [`WatchHub::run`] then returns and lets the
+    /// store go.
+    stopped: tokio::sync::Notify,
 }
 
 impl WatchHub {
@@ -48,6 +51,7 @@ impl WatchHub {
             batches,
             applied_revision,
             outbound_budget: super::outbound::member_budget(),
+            stopped: tokio::sync::Notify::new(),
         })
     }
 
@@ -81,13 +85,21 @@ impl WatchHub {
         self.batches.subscribe()
     }
 
-    /// Publishes history as it is applied, until the hub is dropped elsewhere
-    /// and the applied-revision channel closes.
+    /// Stops [`WatchHub::run`]: the hub's shard left this member.
+    pub fn stop(&self) {
+        self.stopped.notify_one();
+    }
+
+    /// Publishes history as it is applied, until [`WatchHub::stop`].
     pub async fn run(self: Arc<Self>) {
         let mut applied = self.applied_revision.subscribe();
         let mut published = self.store.current_revision();
         loop {
-            if applied.changed().await.is_err() {
+            let go_on = tokio::select! {
+                changed = applied.changed() => changed.is_ok(),
+                () = self.stopped.notified() => false,
+            };
+            if !go_on {
                 return;
             }
             let target = *applied.borrow_and_update();
