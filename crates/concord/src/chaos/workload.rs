@@ -2,7 +2,8 @@
 //! one request at a time, moves to the next member when its member fails it, and records every
 //! op it invokes in the shared [`Recorder`]:
 //!
-//! - registers: puts, linearizable gets and compare-and-set Txns on a few keys;
+//! - registers: puts, linearizable gets and compare-and-set Txns on a few keys, and ranges over
+//!   all of them (across shards when the keyspace is split), each key of which counts as a get;
 //! - list append: read-modify-write Txns that append a unique element to a list;
 //! - watchers: a prefix watch over all of the above from the first revision of the run, resumed
 //!   on another member (from the next revision) whenever its stream breaks;
@@ -206,7 +207,8 @@ fn put_op(key: &[u8], value: Vec<u8>) -> RequestOp {
     }
 }
 
-/// Puts, linearizable gets and compare-and-sets on the register keys.
+/// Puts, linearizable gets, ranges over them all ([`read_across`]) and compare-and-sets on the
+/// register keys.
 pub async fn register_client(shared: Arc<Shared>, client: ClientId) {
     let mut rng = SplitMix64::new(shared.seed ^ client.wrapping_mul(0x9e37_79b9));
     let mut conn = Conn::new(&shared, client as usize);
@@ -217,7 +219,14 @@ pub async fn register_client(shared: Arc<Shared>, client: ClientId) {
         seq += 1;
         let value = format!("c{client}-{seq}").into_bytes();
         let ok = match rng.below(10) {
-            0..=3 => {
+            3 => {
+                let read = read_across(&shared, &mut conn, client).await;
+                for (key, value) in &read {
+                    seen.insert(key.clone(), value.clone());
+                }
+                !read.is_empty()
+            }
+            0..=2 => {
                 let inv = shared.recorder.invoke(client, Call::Get { key: key.clone() });
                 let request = RangeRequest {
                     key: key.clone(),
@@ -298,6 +307,46 @@ pub async fn register_client(shared: Arc<Shared>, client: ClientId) {
             tokio::time::sleep(BACKOFF).await;
         }
     }
+}
+
+/// A linearizable Range over every register key, reaching down into the list keys before them,
+/// so across shards when the keyspace is split. Each register in its span counts as a Get at the
+/// range's revision, so the checks hold every key of it to that one revision (a register missing
+/// a write acknowledged at or below it is a stale read). Returns what it read of each register;
+/// nothing when the read failed.
+async fn read_across(shared: &Shared, conn: &mut Conn, client: ClientId) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
+    let keys: Vec<Vec<u8>> = (0..shared.keys).map(|i| shared.register_key(i)).collect();
+    let reads: Vec<_> = keys
+        .iter()
+        .map(|key| shared.recorder.invoke(client, Call::Get { key: key.clone() }))
+        .collect();
+    let request = RangeRequest {
+        key: shared.list_key(shared.keys.saturating_sub(1)),
+        range_end: format!("{}r0", shared.prefix).into_bytes(),
+        ..Default::default()
+    };
+    let answer = match timed(conn.kv().range(request)).await {
+        Ok(answer) => answer,
+        Err(_) => {
+            for read in reads {
+                shared.record(read, Outcome::Failed);
+            }
+            return Vec::new();
+        }
+    };
+    let revision = answer.header.map_or(0, |h| h.revision);
+    let mut found = Vec::new();
+    for (read, key) in reads.into_iter().zip(keys) {
+        let kv = answer.kvs.iter().find(|kv| kv.key == key);
+        let ret = Ret::Get {
+            value: kv.map(|kv| kv.value.clone()),
+            mod_revision: kv.map_or(0, |kv| kv.mod_revision),
+            revision,
+        };
+        shared.record(read, Outcome::Ok(ret));
+        found.push((key, kv.map(|kv| kv.value.clone())));
+    }
+    found
 }
 
 /// Appends unique elements to the list keys, each by a read and a Txn that only applies if the
