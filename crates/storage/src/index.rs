@@ -316,6 +316,14 @@ impl KeyIndex {
         self.compact_revision = compact_revision;
     }
 
+    /// Forgets every key at or past `end`: a split moved them, with their history, to another
+    /// store.
+    pub fn forget_from(&mut self, end: &[u8]) {
+        for key in self.order.split_off(end) {
+            self.histories.remove(&key);
+        }
+    }
+
     /// Applies the compaction rule at `c` to one key, dropping the key once nothing is left.
     fn compact_key(&mut self, key: &[u8], c: i64) {
         let Some(history) = self.histories.get_mut(key) else {

@@ -171,17 +171,25 @@ impl Writer<'_, '_> {
                 )));
             }
         }
+        // One pass takes the moved rows out; the child's file is durable before this
+        // transaction commits.
         let mut rows: Vec<(RowId, Vec<u8>)> = Vec::new();
-        for row in self.revisions.iter()? {
-            let (id, bytes) = row?;
-            if moved.contains(Row::decode(bytes.value())?.key) {
-                rows.push((id.value(), bytes.value().to_vec()));
+        let mut undecodable = None;
+        self.revisions.retain(|id, bytes| match Row::decode(bytes) {
+            Ok(row) if moved.contains(row.key) => {
+                rows.push((id, bytes.to_vec()));
+                false
             }
+            Ok(_) => true,
+            Err(e) => {
+                undecodable.get_or_insert(e);
+                true
+            }
+        })?;
+        if let Some(e) = undecodable {
+            return Err(e.into());
         }
         write_child(txn, child_path, &rows, &moved, self.revision, self.compact_revision)?;
-        for (id, _) in &rows {
-            self.revisions.remove(id)?;
-        }
         self.key_range.end = Some(at.to_vec());
         write_range(txn, &self.key_range)?;
         txn.open_table(SHARD)?

@@ -639,6 +639,8 @@ impl MvccStore {
 
         let mut results = Vec::new();
         let mut split = false;
+        // Where the store's range ends after a split in this batch.
+        let mut split_end = None;
         let stores_dir = self.path.parent().map_or_else(PathBuf::new, Path::to_path_buf);
         let (revision, compact_revision, revision_ceiling, changes) = {
             let mut writer = Writer::open(
@@ -669,6 +671,7 @@ impl MvccStore {
                 // Readers check the range after reading: narrow it before the moved keys go.
                 *self.key_range.write().unwrap_or_else(|e| e.into_inner()) = writer.key_range.clone();
                 split = true;
+                split_end = writer.key_range.end.clone();
             }
             (counters.0, counters.1, counters.2, writer.index.into_changes())
         };
@@ -691,12 +694,13 @@ impl MvccStore {
         if record_key.is_some() {
             self.sealing_recorded.store(true, Ordering::Release);
         }
-        if split {
-            // The moved keys left the file: index it afresh.
-            let index = load_index(&self.db())?;
-            self.shared_mut().index = index;
-        } else if !changes.is_empty() || compact_revision != self.compact_revision() {
-            self.shared_mut().index.apply(changes, revision, compact_revision);
+        if !changes.is_empty() || compact_revision != self.compact_revision() || split {
+            let mut shared = self.shared_mut();
+            shared.index.apply(changes, revision, compact_revision);
+            if let Some(end) = split_end.as_deref() {
+                // The moved keys left the file with their history.
+                shared.index.forget_from(end);
+            }
         }
 
         self.applied_index.store(last_index, Ordering::Release);
