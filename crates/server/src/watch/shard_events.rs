@@ -9,6 +9,7 @@
 //! watch over several shards learns that a quiet shard has nothing to put before another's
 //! event.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use concord_proto::concordpb::shards_client::ShardsClient;
@@ -16,9 +17,10 @@ use concord_proto::concordpb::{ShardEventsRequest, ShardEventsResponse};
 use concord_proto::mvccpb::Event;
 use concord_storage::KvError;
 use prost::Message as _;
+use tokio::sync::broadcast;
 use tonic::{Request, Status};
 
-use super::hub::event_revision;
+use super::hub::{event_revision, EventBatch};
 use crate::auth::Credentials;
 use crate::context::MemberContext;
 use crate::errors;
@@ -83,6 +85,75 @@ pub async fn read_local(
         resolved: resolved.max(request.start_revision - 1),
         compact_revision: 0,
     })
+}
+
+/// A part of a watch on a shard held here, fed by the shard's hub, which reads each stretch of
+/// the store's history once for every watcher (as for the member's own streams). What the part
+/// has not seen of the broadcast (it just began, fell behind, or the hub skipped a stretch while
+/// nobody listened) it reads from the store.
+#[derive(Default)]
+pub struct HubFeed {
+    batches: Option<broadcast::Receiver<Arc<EventBatch>>>,
+}
+
+impl HubFeed {
+    /// The part's next events from `request.start_revision` on, as soon as the shard has any.
+    pub async fn next(
+        &mut self,
+        ctx: &MemberContext,
+        shard: &Shard,
+        request: &ShardEventsRequest,
+    ) -> Result<PartEvents, Status> {
+        loop {
+            let Some(batches) = self.batches.as_mut() else {
+                self.batches = Some(shard.hub.subscribe());
+                // What the store holds now; the broadcast brings what follows.
+                let now = ShardEventsRequest {
+                    wait_ms: 0,
+                    barrier: false,
+                    ..request.clone()
+                };
+                return read_local(ctx, shard, &now).await;
+            };
+            let batch = match batches.recv().await {
+                Ok(batch) => batch,
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    self.batches = None;
+                    continue;
+                }
+                Err(broadcast::error::RecvError::Closed) => return Err(errors::stopped()),
+            };
+            if batch.to_rev < request.start_revision {
+                continue;
+            }
+            if batch.from_rev > request.start_revision {
+                self.batches = None;
+                continue;
+            }
+            let events = batch
+                .events
+                .iter()
+                .filter(|e| event_revision(e) >= request.start_revision)
+                .filter(|e| {
+                    e.kv.as_ref()
+                        .is_some_and(|kv| in_range(&kv.key, &request.key, &request.range_end))
+                })
+                .map(|e| Event {
+                    prev_kv: e.prev_kv.clone().filter(|_| request.prev_kv),
+                    ..e.clone()
+                })
+                .collect();
+            // The hub read the batch before this check: a split committed by then shows here.
+            if !shard.store.covers(&request.key, &request.range_end) {
+                return Err(errors::wrong_shard());
+            }
+            return Ok(PartEvents {
+                events,
+                resolved: batch.to_rev,
+                compact_revision: 0,
+            });
+        }
+    }
 }
 
 /// The events of `[key, range_end)` out of `events`, cut at the end of the revision that

@@ -2,9 +2,9 @@
 //! shards, held here or elsewhere.
 //!
 //! The watched range is cut into the parts the shards hold (`KeyRouter::parts_of_range`). A task
-//! per part follows its shard ([`super::shard_events`]): it waits for the shard to pass where it
-//! stands, reads the part's events and how far they are resolved, and hands them to the
-//! watcher's task, which merges the parts in revision order ([`super::merge`]). While an event
+//! per part follows its shard ([`super::shard_events`]): from the shard's hub when the shard is
+//! held here (the history is read once for every watcher), else by long polls of a member
+//! holding it; it hands the part's events and how far they are resolved to the watcher's task, which merges the parts in revision order ([`super::merge`]). While an event
 //! is held back for a part resolved below it, that part passes its shard's stamped read barrier,
 //! which resolves it past every revision handed out before, so a quiet shard holds nothing up
 //! for long. A watch within one shard never needs a barrier.
@@ -26,7 +26,7 @@ use tonic::Status;
 
 use super::hub::event_revision;
 use super::merge::Merge;
-use super::shard_events::{read_local, read_remote, PartEvents};
+use super::shard_events::{read_local, read_remote, HubFeed, PartEvents};
 use super::watcher::Watcher;
 use crate::auth::Credentials;
 use crate::context::MemberContext;
@@ -284,6 +284,7 @@ async fn follow_part(
         mut released,
     } = signals;
     let mut resolved = from - 1;
+    let mut feed = HubFeed::default();
     loop {
         let urgent = *held_back.borrow_and_update() > resolved;
         let request = ShardEventsRequest {
@@ -294,7 +295,7 @@ async fn follow_part(
             wait_ms: if urgent { 0 } else { LONG_POLL_MS },
             barrier: urgent,
         };
-        let read = read_part(&ctx, &part.source, request, &creds);
+        let read = read_part(&ctx, &part.source, request, &creds, &mut feed, urgent);
         let read = match urgent {
             true => read.await,
             false => tokio::select! {
@@ -322,13 +323,18 @@ async fn follow_part(
     }
 }
 
+/// The part's next read: from its shard's hub while it waits for changes here, from the store
+/// after the shard's barrier when `urgent`, from a member holding the shard elsewhere.
 async fn read_part(
     ctx: &MemberContext,
     source: &Source,
     request: ShardEventsRequest,
     creds: &Credentials,
+    feed: &mut HubFeed,
+    urgent: bool,
 ) -> Result<PartEvents, Status> {
     match source {
+        Source::Local(shard) if !urgent => feed.next(ctx, shard, &request).await,
         Source::Local(shard) => read_local(ctx, shard, &request).await,
         Source::Remote(remote) => read_remote(ctx, remote, request, creds).await,
     }
