@@ -9,7 +9,7 @@ mod common;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use common::puts::{assert_real_time_order, assert_serves_every_put, Put};
+use common::puts::{assert_real_time_order, assert_serves_every_put, write_both_sides, Put};
 use common::{concord, eventually, text, Cluster};
 use etcd_client::PutOptions;
 
@@ -36,44 +36,6 @@ fn shard_ranges(cluster: &Cluster, i: usize) -> Vec<(u64, String, String)> {
             )
         })
         .collect()
-}
-
-/// Puts through member `i`, alternating below and above "m", counting each answered: until
-/// `until` is set and then `count` more.
-async fn write_both_sides(
-    cluster: &Cluster,
-    i: usize,
-    tag: &str,
-    count: usize,
-    answered: Arc<AtomicUsize>,
-    until: Arc<AtomicBool>,
-) -> Vec<Put> {
-    let mut client = cluster.client(i).await;
-    let mut done = Vec::new();
-    let mut more = count;
-    for n in 0usize.. {
-        if until.load(Ordering::Relaxed) {
-            if more == 0 {
-                break;
-            }
-            more -= 1;
-        }
-        let side = if n.is_multiple_of(2) { "a" } else { "x" };
-        let key = format!("{side}/{tag}/m{i}/{n}");
-        let invoked = std::time::Instant::now();
-        let answer = client
-            .put(key.as_str(), "v", None)
-            .await
-            .unwrap_or_else(|e| panic!("{key}: {e}"));
-        done.push(Put {
-            key,
-            revision: answer.header().unwrap().revision(),
-            invoked,
-            completed: std::time::Instant::now(),
-        });
-        answered.fetch_add(1, Ordering::Relaxed);
-    }
-    done
 }
 
 #[tokio::test(flavor = "multi_thread")]

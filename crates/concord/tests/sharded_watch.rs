@@ -8,45 +8,9 @@ mod common;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use common::puts::{as_watched, watch_responses, Put};
+use common::puts::{as_watched, watch_responses, write_both_sides, Put};
 use common::{concord, eventually, Cluster};
 use etcd_client::{Compare, CompareOp, EventType, Txn, TxnOp, WatchFilterType, WatchOptions};
-
-/// Puts through member `i`, alternating below and above "m", until `stop` is set and then
-/// `more` puts.
-async fn write_both_sides(
-    cluster: &Cluster,
-    i: usize,
-    more: usize,
-    answered: Arc<AtomicUsize>,
-    stop: Arc<AtomicBool>,
-) -> Vec<Put> {
-    let mut client = cluster.client(i).await;
-    let mut done = Vec::new();
-    let mut left = more;
-    for n in 0usize.. {
-        if stop.load(Ordering::Relaxed) {
-            if left == 0 {
-                break;
-            }
-            left -= 1;
-        }
-        let key = format!("{}/m{i}/{n}", if n.is_multiple_of(2) { "a" } else { "x" });
-        let invoked = std::time::Instant::now();
-        let answer = client
-            .put(key.as_str(), "v", None)
-            .await
-            .unwrap_or_else(|e| panic!("{key}: {e}"));
-        done.push(Put {
-            key,
-            revision: answer.header().unwrap().revision(),
-            invoked,
-            completed: std::time::Instant::now(),
-        });
-        answered.fetch_add(1, Ordering::Relaxed);
-    }
-    done
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_watch_across_a_split_loses_and_repeats_nothing() {
@@ -65,16 +29,19 @@ async fn a_watch_across_a_split_loses_and_repeats_nothing() {
     let mut watches = Vec::new();
     for i in [0, 2] {
         let mut client = cluster.client(i).await;
-        let stream = client
+        let mut stream = client
             .watch("a", Some(WatchOptions::new().with_range("y")))
             .await
             .unwrap();
+        // The watch runs once it is created: what is written after that, it delivers.
+        let created = stream.message().await.unwrap().unwrap();
+        assert!(created.created(), "{created:?}");
         watches.push(stream);
     }
 
     let answered = Arc::new(AtomicUsize::new(0));
     let split_done = Arc::new(AtomicBool::new(false));
-    let writers = (0..3).map(|i| write_both_sides(&cluster, i, 20, answered.clone(), split_done.clone()));
+    let writers = (0..3).map(|i| write_both_sides(&cluster, i, "load", 20, answered.clone(), split_done.clone()));
     let writing = futures::future::join_all(writers);
     let split = async {
         eventually("the writers are under way", || {

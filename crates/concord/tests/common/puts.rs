@@ -2,6 +2,8 @@
 //! members and shards: who wrote what at which revision, in real-time order, and that a member
 //! holds every one of them.
 
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 use etcd_client::Client;
@@ -102,4 +104,42 @@ pub fn as_watched(puts: &[Put]) -> Seen {
     let mut wanted: Seen = puts.iter().map(|p| (p.revision, p.key.clone())).collect();
     wanted.sort();
     wanted
+}
+
+/// Puts through member `i`, alternating below and above "m", counting each answered: until
+/// `until` is set and then `count` more.
+pub async fn write_both_sides(
+    cluster: &Cluster,
+    i: usize,
+    tag: &str,
+    count: usize,
+    answered: Arc<AtomicUsize>,
+    until: Arc<AtomicBool>,
+) -> Vec<Put> {
+    let mut client = cluster.client(i).await;
+    let mut done = Vec::new();
+    let mut more = count;
+    for n in 0usize.. {
+        if until.load(Ordering::Relaxed) {
+            if more == 0 {
+                break;
+            }
+            more -= 1;
+        }
+        let side = if n.is_multiple_of(2) { "a" } else { "x" };
+        let key = format!("{side}/{tag}/m{i}/{n}");
+        let invoked = std::time::Instant::now();
+        let answer = client
+            .put(key.as_str(), "v", None)
+            .await
+            .unwrap_or_else(|e| panic!("{key}: {e}"));
+        done.push(Put {
+            key,
+            revision: answer.header().unwrap().revision(),
+            invoked,
+            completed: std::time::Instant::now(),
+        });
+        answered.fetch_add(1, Ordering::Relaxed);
+    }
+    done
 }
