@@ -8,10 +8,13 @@
 # (etcd, concord, etcd, concord, ...): put (1, 64, and 1000 clients over 100
 # connections, the load of etcd's own benchmark documentation), linearizable
 # and serializable range (before and after the put rows), txn-put, watch (put-to-event latency) and
-# lease-keepalive. Each run is short (DURATION). At the end it prints a
-# markdown table of throughput and p99 latency, with the Concord/etcd ratios,
-# and one of the members' memory (VmRSS after the runs, and the VmHWM peak).
-# The whole script takes about 10 minutes with the defaults.
+# lease-keepalive. Each run is short (DURATION). Every workload runs with each
+# driver of DRIVERS: `concord bench`'s own h2 driver, and the etcd-client crate
+# as applications use it (`--client etcd-client`: one client per connection,
+# each balanced over all three members; the KV workloads only). At the end it
+# prints, per driver, a markdown table of throughput and p99 latency, with the
+# Concord/etcd ratios, and one of the members' memory (VmRSS after the runs, and
+# the VmHWM peak). The whole script takes about 20 minutes with the defaults.
 #
 # Usage:  bench/compare.sh
 # Environment knobs (all optional):
@@ -19,6 +22,7 @@
 #                     shows the mean of the rounds
 #   DURATION=10s      length of each run
 #   ONLY=regex        run only the workloads whose label matches (e.g. ONLY='^put c1$')
+#   DRIVERS="h2 etcd-client"   the drivers to run the workloads with, in order
 #   BASE_PORT=24000   etcd uses BASE+1..3 (client), BASE+11..13 (peer);
 #                     Concord BASE+101..103 and BASE+111..113
 #   RUN_TIMEOUT=100   seconds after which one bench run is abandoned
@@ -43,6 +47,7 @@ export ETCDCTL_API=3
 
 DURATION=${DURATION:-10s}
 ONLY=${ONLY:-}
+DRIVERS=${DRIVERS:-h2 etcd-client}
 
 # The workloads: "label|bench arguments". The range rows read the keys that
 # the preload below writes (same --key-space and --key-size), first on the
@@ -205,8 +210,6 @@ log "leaders: etcd $(leader_of 0), concord $(leader_of 100)"
 
 # One line per run: label, kind, throughput/s, p99 ms, errors, server CPU us
 # per successful request, unit, and why it failed (if it did).
-RESULTS=$WORK/results.tsv
-: >"$RESULTS"
 record() { # label kind output
   local label=$1 kind=$2 out=$3 rps p99 errors cpu ok unit
   if [[ $out == FAIL:* ]]; then
@@ -222,18 +225,26 @@ record() { # label kind output
 
 selected() { [ -z "$ONLY" ] || [[ $1 =~ $ONLY ]]; }
 
-for w in "${WORKLOADS[@]}"; do
-  label=${w%%|*}; read -r -a args <<<"${w#*|}"
-  selected "$label" || continue
-  if [ "${args[0]}" = range ] && [ -z "${PRELOADED:-}" ]; then
-    read -r -a pre <<<"$PRELOAD"
-    record "put preload (10k keys, c64)" etcd "$(bench etcd 0 "${pre[@]}")"
-    record "put preload (10k keys, c64)" concord "$(bench concord 100 "${pre[@]}")"
-    PRELOADED=1
-  fi
-  for ((r = 1; r <= ROUNDS; r++)); do
-    record "$label" etcd "$(bench etcd 0 "${args[@]}")"
-    record "$label" concord "$(bench concord 100 "${args[@]}")"
+# The etcd-client crate drives the KV workloads only.
+kv_workload() { [[ $1 != watch && $1 != lease-keepalive ]]; }
+
+for driver in $DRIVERS; do
+  RESULTS=$WORK/results-$driver.tsv
+  : >"$RESULTS"
+  for w in "${WORKLOADS[@]}"; do
+    label=${w%%|*}; read -r -a args <<<"${w#*|}"
+    selected "$label" || continue
+    if [ "$driver" != h2 ] && ! kv_workload "${args[0]}"; then continue; fi
+    if [ "${args[0]}" = range ] && [ -z "${PRELOADED:-}" ]; then
+      read -r -a pre <<<"$PRELOAD"
+      record "put preload (10k keys, c64)" etcd "$(bench etcd 0 "${pre[@]}")"
+      record "put preload (10k keys, c64)" concord "$(bench concord 100 "${pre[@]}")"
+      PRELOADED=1
+    fi
+    for ((r = 1; r <= ROUNDS; r++)); do
+      record "$label" etcd "$(bench etcd 0 --client "$driver" "${args[@]}")"
+      record "$label" concord "$(bench concord 100 --client "$driver" "${args[@]}")"
+    done
   done
 done
 
@@ -261,6 +272,13 @@ echo "Throughput is per second of the run's unit (requests; events for watch;"
 echo "keepalives for lease-keepalive), the mean over the rounds; so is p99."
 echo "'*': some operations failed. cpu: user+system CPU of the 3 members together"
 echo "during the run, per successful operation."
+for driver in $DRIVERS; do
+echo
+case $driver in
+  h2) echo "### \`concord bench\`'s own driver (gRPC over h2, frames of many requests batched per write)" ;;
+  etcd-client) echo "### The etcd-client crate (\`--client etcd-client\`: one client per connection, balanced over every member)" ;;
+  *) echo "### $driver" ;;
+esac
 echo
 awk -F'\t' '
   function ratio(c, e) { return (c != "" && e != "" && e + 0 > 0) ? sprintf("%.2f", c / e) : "-" }
@@ -289,7 +307,8 @@ awk -F'\t' '
         ratio(cr, er), (ep == "" ? "-" : sprintf("%.1f", ep)), (cp == "" ? "-" : sprintf("%.1f", cp)), ratio(cp, ep),
         (ncpu[e] ? sprintf("%.0f", cpu[e] / ncpu[e]) : "-"), (ncpu[c] ? sprintf("%.0f", cpu[c] / ncpu[c]) : "-"), note
     }
-  }' "$RESULTS"
+  }' "$WORK/results-$driver.tsv"
+done
 
 echo
 echo "Memory of each member after the runs (MiB; VmRSS now, VmHWM the peak):"

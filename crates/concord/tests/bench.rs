@@ -1,5 +1,6 @@
 //! `concord bench` against a real 3-member cluster: every workload runs briefly through all
-//! members and reports requests without errors. Throughput is not asserted (speed belongs in
+//! members and reports requests without errors, through its own driver and, for the KV loads,
+//! through the etcd-client crate. Throughput is not asserted (speed belongs in
 //! bench/compare.sh); that the tool works, and that the cluster serves each pattern cleanly, is.
 
 mod common;
@@ -74,6 +75,37 @@ async fn every_workload_runs_cleanly_through_all_members() {
             "8",
         ],
         &["--total", "300", "lease-keepalive"],
+        // The same KV loads through the etcd-client crate, each client over every member.
+        &["--client", "etcd-client", "--total", "300", "--key-space", "100", "put"],
+        &[
+            "--client",
+            "etcd-client",
+            "--total",
+            "300",
+            "--key-space",
+            "100",
+            "range",
+            "--consistency",
+            "l",
+        ],
+        &[
+            "--client",
+            "etcd-client",
+            "--total",
+            "200",
+            "--key-space",
+            "100",
+            "txn-put",
+        ],
+        &[
+            "--client",
+            "etcd-client",
+            "--total",
+            "200",
+            "--key-space",
+            "100",
+            "txn-mixed",
+        ],
     ];
     for args in workloads {
         let (ok, errors) = bench(&endpoints, args);

@@ -33,6 +33,7 @@ mod keys;
 mod pace;
 mod progress;
 mod report;
+mod standard_client;
 mod watch;
 mod workloads;
 
@@ -92,6 +93,11 @@ pub struct BenchArgs {
     /// Print the summary as one JSON object.
     #[arg(long, global = true)]
     pub json: bool,
+    /// Which client sends the requests: `concord bench`'s own h2 driver, or the `etcd-client`
+    /// crate as applications use it (one client per connection, each balanced over every
+    /// endpoint; the KV workloads only).
+    #[arg(long, value_enum, default_value = "h2", global = true)]
+    pub client: Driver,
     /// What to send.
     #[command(subcommand)]
     pub workload: Workload,
@@ -189,6 +195,15 @@ impl Workload {
             Workload::LeaseKeepalive => "lease-keepalive",
         }
     }
+}
+
+/// Who sends a benchmark's requests.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Driver {
+    /// `concord bench`'s own driver: gRPC straight over h2 (tonic for TLS endpoints).
+    H2,
+    /// The `etcd-client` crate.
+    EtcdClient,
 }
 
 /// The consistency of a `range` read, as etcd's benchmark spells it.
@@ -300,6 +315,16 @@ fn check(args: &BenchArgs) -> Result<(), String> {
         }
         _ => {}
     }
+    let kv_only = !matches!(
+        args.workload,
+        Workload::Watch { .. } | Workload::WatchFanout { .. } | Workload::LeaseKeepalive
+    );
+    if args.client == Driver::EtcdClient && !kv_only {
+        return Err(format!(
+            "--client etcd-client drives the KV workloads only, not {}",
+            args.workload.name()
+        ));
+    }
     Ok(())
 }
 
@@ -314,6 +339,12 @@ fn seed() -> u64 {
 /// Runs one benchmark and prints its summary.
 pub async fn run(args: BenchArgs) -> Result<(), String> {
     check(&args)?;
+    if args.client == Driver::EtcdClient {
+        let clients = standard_client::connect(&args).await?;
+        let targets: Vec<workloads::KvTarget> = clients.into_iter().map(workloads::KvTarget::EtcdClient).collect();
+        let summary = workloads::run(&args, &targets).await?;
+        return print_summary(&args, &summary);
+    }
     let channels = connect(&args).await?;
     let summary: Summary = match args.workload {
         Workload::Watch {
@@ -324,8 +355,16 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
             streams,
             watchers_per_stream,
         } => watch::run_fanout(&args, &channels, streams, watchers_per_stream).await?,
-        _ => workloads::run(&args, &channels).await?,
+        _ => {
+            let targets: Vec<workloads::KvTarget> = channels.iter().cloned().map(workloads::KvTarget::Own).collect();
+            workloads::run(&args, &targets).await?
+        }
     };
+    print_summary(&args, &summary)
+}
+
+/// Prints `summary` as text or JSON, with a hint when reads found no key.
+fn print_summary(args: &BenchArgs, summary: &Summary) -> Result<(), String> {
     if args.json {
         println!("{}", summary.to_json());
     } else {
@@ -437,6 +476,8 @@ mod tests {
         ));
         let cli = Cli::try_parse_from(["bench", "txn-put"]).unwrap();
         assert!(matches!(cli.bench.workload, Workload::TxnPut { txn_ops: 1 }));
+        let cli = Cli::try_parse_from(["bench", "--client", "etcd-client", "put"]).unwrap();
+        assert_eq!(cli.bench.client, Driver::EtcdClient);
         let cli = Cli::try_parse_from(["bench", "lease-keepalive", "--clients", "2"]).unwrap();
         assert_eq!(cli.bench.workload.name(), "lease-keepalive");
         assert!(Cli::try_parse_from(["bench", "--duration", "5x", "put"]).is_err());
@@ -455,5 +496,7 @@ mod tests {
         assert!(check(&parse(&["bench", "txn-mixed", "--rw-ratio=-2"])).is_err());
         assert!(check(&parse(&["bench", "watch", "--streams", "0"])).is_err());
         assert!(check(&parse(&["bench", "watch-fanout", "--watchers-per-stream", "0"])).is_err());
+        assert!(check(&parse(&["bench", "--client", "etcd-client", "txn-mixed"])).is_ok());
+        assert!(check(&parse(&["bench", "--client", "etcd-client", "watch"])).is_err());
     }
 }

@@ -19,6 +19,7 @@ use super::keys::{encode_key, KeyChooser, SplitMix64};
 use super::pace::Schedule;
 use super::progress::{self, ProgressBar};
 use super::report::{Summary, Tally};
+use super::standard_client;
 use super::{seed, status_kind, BenchArgs, Consistency, Workload};
 
 /// TTL of the leases that `lease-keepalive` grants (etcd's benchmark uses
@@ -70,9 +71,56 @@ impl Outcome {
     }
 }
 
+/// Where a client's KV requests go: a connection of `concord bench`'s own driver, or a client
+/// of the `etcd-client` crate over every endpoint (`--client etcd-client`).
+#[derive(Clone)]
+pub enum KvTarget {
+    /// `concord bench`'s driver (h2 straight, or tonic for TLS).
+    Own(BenchChannel),
+    /// The `etcd-client` crate, as applications use it.
+    EtcdClient(etcd_client::KvClient),
+}
+
+impl KvTarget {
+    async fn put(&mut self, put: PutRequest) -> Result<bool, String> {
+        match self {
+            KvTarget::Own(kv) => kv
+                .unary::<_, PutResponse>(PUT, put)
+                .await
+                .map(|_| true)
+                .map_err(|s| status_kind(&s)),
+            KvTarget::EtcdClient(kv) => standard_client::put(kv, put).await.map(|()| true),
+        }
+    }
+
+    /// Whether the range found a key.
+    async fn range(&mut self, range: RangeRequest) -> Result<bool, String> {
+        match self {
+            KvTarget::Own(kv) => kv
+                .unary::<_, RangeResponse>(RANGE, range)
+                .await
+                .map(|r| !r.kvs.is_empty())
+                .map_err(|s| status_kind(&s)),
+            KvTarget::EtcdClient(kv) => standard_client::range(kv, range).await,
+        }
+    }
+
+    /// Whether the txn's first operation was a range that found a key.
+    async fn txn(&mut self, txn: TxnRequest) -> Result<bool, String> {
+        match self {
+            KvTarget::Own(kv) => kv
+                .unary::<_, TxnResponse>(TXN, txn)
+                .await
+                .map(|r| txn_found_key(&r))
+                .map_err(|s| status_kind(&s)),
+            KvTarget::EtcdClient(kv) => standard_client::txn(kv, txn).await,
+        }
+    }
+}
+
 /// One client's state for the Kv workloads.
 struct KvRequester {
-    kv: BenchChannel,
+    kv: KvTarget,
     op: KvOp,
     keys: KeyChooser,
     key_size: usize,
@@ -103,14 +151,12 @@ impl KvRequester {
             KvOp::Put => {
                 let index = self.keys.index(request);
                 let put = self.put(index);
-                let result = self.kv.unary::<_, PutResponse>(PUT, put).await;
-                Outcome::whole(result.map(|_| true).map_err(|s| status_kind(&s)))
+                Outcome::whole(self.kv.put(put).await)
             }
             KvOp::Range { serializable } => {
                 let index = self.keys.index(request);
                 let range = self.range(index, serializable);
-                let result = self.kv.unary::<_, RangeResponse>(RANGE, range).await;
-                Outcome::whole(result.map(|r| !r.kvs.is_empty()).map_err(|s| status_kind(&s)))
+                Outcome::whole(self.kv.range(range).await)
             }
             KvOp::TxnPut { ops } => {
                 // Like etcd's txn-put: consecutive keys from the chosen one, so
@@ -126,8 +172,7 @@ impl KvRequester {
                     success,
                     failure: Vec::new(),
                 };
-                let result = self.kv.unary::<_, TxnResponse>(TXN, txn).await;
-                Outcome::whole(result.map(|_| true).map_err(|s| status_kind(&s)))
+                Outcome::whole(self.kv.txn(txn).await.map(|_| true))
             }
             KvOp::TxnMixed {
                 read_fraction,
@@ -146,14 +191,10 @@ impl KvRequester {
                     success,
                     failure: Vec::new(),
                 };
-                let result = self
-                    .kv
-                    .unary::<_, TxnResponse>(TXN, txn)
-                    .await
-                    .map_err(|s| status_kind(&s));
+                let result = self.kv.txn(txn).await;
                 Outcome {
                     part: Some(if read { READ } else { WRITE }),
-                    result: result.map(|r| !read || txn_found_key(&r)),
+                    result: result.map(|found| !read || found),
                 }
             }
         }
@@ -359,7 +400,7 @@ pub fn read_fraction(rw_ratio: f64) -> f64 {
 
 /// Sets up `--clients` clients (granting their leases, for `lease-keepalive`),
 /// then runs them until the schedule ends, and sums up what they saw.
-pub async fn run(args: &BenchArgs, channels: &[BenchChannel]) -> Result<Summary, String> {
+pub async fn run(args: &BenchArgs, targets: &[KvTarget]) -> Result<Summary, String> {
     let workload = args.workload;
     let (op, part_names) = kv_op(workload);
     let mut rng = SplitMix64::new(seed());
@@ -368,8 +409,11 @@ pub async fn run(args: &BenchArgs, channels: &[BenchChannel]) -> Result<Summary,
     let mut requesters = Vec::with_capacity(args.clients);
     let mut first_keepalive_retries = 0;
     for c in 0..args.clients {
-        let channel = channels[c % channels.len()].clone();
+        let target = targets[c % targets.len()].clone();
         let requester = if matches!(workload, Workload::LeaseKeepalive) {
+            let KvTarget::Own(channel) = target else {
+                return Err("lease-keepalive runs on concord bench's own driver only".into());
+            };
             match KeepAliver::new(channel, args.request_timeout()).await {
                 Ok((k, retries)) => {
                     first_keepalive_retries += retries;
@@ -382,7 +426,7 @@ pub async fn run(args: &BenchArgs, channels: &[BenchChannel]) -> Result<Summary,
             }
         } else {
             Requester::Kv(KvRequester {
-                kv: channel,
+                kv: target,
                 op,
                 keys: KeyChooser::new(args.key_space, args.sequential_keys, rng.next_u64()),
                 key_size: args.key_size,
