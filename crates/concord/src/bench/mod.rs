@@ -341,7 +341,10 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
     check(&args)?;
     if args.client == Driver::EtcdClient {
         let clients = standard_client::connect(&args).await?;
-        let targets: Vec<workloads::KvTarget> = clients.into_iter().map(workloads::KvTarget::EtcdClient).collect();
+        let targets: Vec<workloads::KvTarget> = clients
+            .into_iter()
+            .map(|c| workloads::KvTarget::EtcdClient(Box::new(c)))
+            .collect();
         let summary = workloads::run(&args, &targets).await?;
         return print_summary(&args, &summary);
     }

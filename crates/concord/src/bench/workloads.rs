@@ -78,7 +78,7 @@ pub enum KvTarget {
     /// `concord bench`'s driver (h2 straight, or tonic for TLS).
     Own(BenchChannel),
     /// The `etcd-client` crate, as applications use it.
-    EtcdClient(etcd_client::KvClient),
+    EtcdClient(Box<etcd_client::KvClient>),
 }
 
 impl KvTarget {
