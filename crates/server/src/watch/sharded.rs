@@ -194,6 +194,12 @@ impl Follower {
         if *routes.borrow_and_update() != version {
             return Stop::Replan;
         }
+        if count == 0 {
+            // No shard holds any of the range (never so for a range that holds a key): nothing
+            // comes until the shards change.
+            let _ = routes.changed().await;
+            return Stop::Replan;
+        }
         loop {
             let got = tokio::select! {
                 got = rx.recv() => got,
