@@ -197,13 +197,18 @@ impl Follower {
         if count == 0 {
             // No shard holds any of the range (never so for a range that holds a key): nothing
             // comes until the shards change.
-            let _ = routes.changed().await;
-            return Stop::Replan;
+            return match routes.changed().await {
+                Ok(()) => Stop::Replan,
+                Err(_) => Stop::Ended,
+            };
         }
         loop {
             let got = tokio::select! {
                 got = rx.recv() => got,
-                _ = routes.changed() => return Stop::Replan,
+                changed = routes.changed() => return match changed {
+                    Ok(()) => Stop::Replan,
+                    Err(_) => Stop::Ended,
+                },
             };
             match got {
                 Some((_, Ok(part))) if part.compact_revision > 0 => {
