@@ -135,3 +135,37 @@ async fn a_watch_across_a_split_loses_and_repeats_nothing() {
     assert_eq!(event.event_type(), EventType::Delete);
     assert_eq!(event.prev_kv().unwrap().mod_revision(), first);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_watch_replays_more_history_than_one_read_after_the_writes_stop() {
+    // More events than a part reads at once (1,000), all written before the watch begins and
+    // none after: the watch must read on from the store, with no new write to wake it.
+    let cluster = Cluster::start_with(3, &["--experimental-stamped-revisions"]).await;
+    cluster.wait_for_leader().await;
+    let mut client = cluster.client(0).await;
+    let mut wanted = Vec::new();
+    for t in 0..10 {
+        let puts: Vec<TxnOp> = (0..128)
+            .map(|i| TxnOp::put(format!("bulk/{t:02}/{i:03}"), "v", None))
+            .collect();
+        let revision = client
+            .txn(Txn::new().and_then(puts))
+            .await
+            .unwrap()
+            .header()
+            .unwrap()
+            .revision();
+        wanted.extend((0..128).map(|i| (revision, format!("bulk/{t:02}/{i:03}"))));
+    }
+    let from = WatchOptions::new().with_prefix().with_start_revision(wanted[0].0);
+    for i in 0..3 {
+        let mut stream = cluster
+            .client(i)
+            .await
+            .watch("bulk/", Some(from.clone()))
+            .await
+            .unwrap();
+        let seen = watch_responses(&mut stream, wanted.len()).await.concat();
+        assert_eq!(seen, wanted, "through member {i}");
+    }
+}

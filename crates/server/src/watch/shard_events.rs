@@ -88,9 +88,10 @@ pub async fn read_local(
 }
 
 /// A part of a watch on a shard held here, fed by the shard's hub, which reads each stretch of
-/// the store's history once for every watcher (as for the member's own streams). What the part
-/// has not seen of the broadcast (it just began, fell behind, or the hub skipped a stretch while
-/// nobody listened) it reads from the store.
+/// the store's history once for every watcher (as for the member's own streams). What the store
+/// holds that the broadcast has not brought the part (it just began, fell behind, read only part
+/// of a long stretch, or the hub skipped a stretch while nobody listened) it reads from the
+/// store; it waits on the broadcast only once it has read everything the store holds.
 #[derive(Default)]
 pub struct HubFeed {
     batches: Option<broadcast::Receiver<Arc<EventBatch>>>,
@@ -104,24 +105,32 @@ impl HubFeed {
         shard: &Shard,
         request: &ShardEventsRequest,
     ) -> Result<PartEvents, Status> {
+        use broadcast::error::{RecvError, TryRecvError};
         loop {
-            let Some(batches) = self.batches.as_mut() else {
-                self.batches = Some(shard.hub.subscribe());
-                // What the store holds now; the broadcast brings what follows.
-                let now = ShardEventsRequest {
-                    wait_ms: 0,
-                    barrier: false,
-                    ..request.clone()
-                };
-                return read_local(ctx, shard, &now).await;
+            let batches = self.batches.get_or_insert_with(|| shard.hub.subscribe());
+            let received = match batches.try_recv() {
+                Ok(batch) => Ok(batch),
+                Err(TryRecvError::Lagged(_)) => Err(RecvError::Lagged(0)),
+                Err(TryRecvError::Closed) => Err(RecvError::Closed),
+                // Nothing queued: what the store holds from the start revision on may have been
+                // broadcast before the subscription, so it is read from the store.
+                Err(TryRecvError::Empty) if request.start_revision <= shard.store.current_revision() => {
+                    let now = ShardEventsRequest {
+                        wait_ms: 0,
+                        barrier: false,
+                        ..request.clone()
+                    };
+                    return read_local(ctx, shard, &now).await;
+                }
+                Err(TryRecvError::Empty) => batches.recv().await,
             };
-            let batch = match batches.recv().await {
+            let batch = match received {
                 Ok(batch) => batch,
-                Err(broadcast::error::RecvError::Lagged(_)) => {
+                Err(RecvError::Lagged(_)) => {
                     self.batches = None;
                     continue;
                 }
-                Err(broadcast::error::RecvError::Closed) => return Err(errors::stopped()),
+                Err(RecvError::Closed) => return Err(errors::stopped()),
             };
             if batch.to_rev < request.start_revision {
                 continue;
