@@ -6,10 +6,7 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
-
-use common::puts::{assert_real_time_order, assert_serves_every_put, write_both_sides, Put};
+use common::puts::{assert_real_time_order, assert_serves_every_put, split_under_writers, Put};
 use common::{concord, eventually, text, Cluster};
 use etcd_client::PutOptions;
 
@@ -44,34 +41,8 @@ async fn a_split_under_load_loses_nothing_and_its_shard_survives_a_kill() {
     cluster.wait_for_leader().await;
 
     // Writers on every member, on both sides of the split key, before, during and after it.
-    let answered = Arc::new(AtomicUsize::new(0));
-    let split_done = Arc::new(AtomicBool::new(false));
-    let writers: Vec<_> = (0..3)
-        .map(|i| write_both_sides(&cluster, i, "load", 50, answered.clone(), split_done.clone()))
-        .collect();
-    let writing = futures::future::join_all(writers);
-    let split = async {
-        eventually("the writers are under way", || {
-            let answered = answered.load(Ordering::Relaxed);
-            async move {
-                if answered >= 30 {
-                    Ok(())
-                } else {
-                    Err(answered)
-                }
-            }
-        })
-        .await;
-        let endpoint = endpoint_flag(&cluster, 1);
-        let split = tokio::task::spawn_blocking(move || concord(&["shard", "split", "m", "-w", "json", &endpoint]))
-            .await
-            .unwrap();
-        split_done.store(true, Ordering::Relaxed);
-        split
-    };
-    let (puts, split) = tokio::join!(writing, split);
+    let (puts, split) = split_under_writers(&cluster, 50, &["-w", "json"]).await;
     assert!(split.status.success(), "{split:?}");
-    let puts: Vec<Put> = puts.concat();
     let (below, above) = puts.iter().partition::<Vec<&Put>, _>(|p| p.key.starts_with("a/"));
     assert_real_time_order(&puts);
 

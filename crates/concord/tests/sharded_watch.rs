@@ -5,11 +5,8 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
-
-use common::puts::{as_watched, watch_responses, write_both_sides, Put};
-use common::{concord, eventually, Cluster};
+use common::puts::{as_watched, split_under_writers, watch_responses, Put};
+use common::Cluster;
 use etcd_client::{Compare, CompareOp, EventType, Txn, TxnOp, WatchFilterType, WatchOptions};
 
 #[tokio::test(flavor = "multi_thread")]
@@ -39,32 +36,8 @@ async fn a_watch_across_a_split_loses_and_repeats_nothing() {
         watches.push(stream);
     }
 
-    let answered = Arc::new(AtomicUsize::new(0));
-    let split_done = Arc::new(AtomicBool::new(false));
-    let writers = (0..3).map(|i| write_both_sides(&cluster, i, "load", 20, answered.clone(), split_done.clone()));
-    let writing = futures::future::join_all(writers);
-    let split = async {
-        eventually("the writers are under way", || {
-            let answered = answered.load(Ordering::Relaxed);
-            async move {
-                if answered >= 30 {
-                    Ok(())
-                } else {
-                    Err(answered)
-                }
-            }
-        })
-        .await;
-        let endpoint = format!("--endpoints={}", cluster.endpoints()[1]);
-        let split = tokio::task::spawn_blocking(move || concord(&["shard", "split", "m", &endpoint]))
-            .await
-            .unwrap();
-        split_done.store(true, Ordering::Relaxed);
-        split
-    };
-    let (puts, split) = tokio::join!(writing, split);
+    let (mut puts, split) = split_under_writers(&cluster, 20, &[]).await;
     assert!(split.status.success(), "{split:?}");
-    let mut puts: Vec<Put> = puts.concat();
 
     // A txn on the new shard: its two events share a revision and come in one response.
     let txn = Txn::new()

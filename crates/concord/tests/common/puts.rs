@@ -143,3 +143,44 @@ pub async fn write_both_sides(
     }
     done
 }
+
+/// Writers on every member, on both sides of "m" ([`write_both_sides`], tag "load"), while
+/// `concord shard split m` runs through member 1 (with `split_flags` besides its endpoint) once
+/// 30 puts are answered; each writer puts `more` after the split answers. Returns every
+/// acknowledged put and the split command's output.
+pub async fn split_under_writers(
+    cluster: &Cluster,
+    more: usize,
+    split_flags: &[&str],
+) -> (Vec<Put>, std::process::Output) {
+    let answered = Arc::new(AtomicUsize::new(0));
+    let split_done = Arc::new(AtomicBool::new(false));
+    let writers = (0..3).map(|i| write_both_sides(cluster, i, "load", more, answered.clone(), split_done.clone()));
+    let writing = futures::future::join_all(writers);
+    let mut command: Vec<String> = ["shard", "split", "m"].iter().map(|s| s.to_string()).collect();
+    command.extend(split_flags.iter().map(|s| s.to_string()));
+    command.push(format!("--endpoints={}", cluster.endpoints()[1]));
+    let split = async {
+        eventually("the writers are under way", || {
+            let answered = answered.load(Ordering::Relaxed);
+            async move {
+                if answered >= 30 {
+                    Ok(())
+                } else {
+                    Err(answered)
+                }
+            }
+        })
+        .await;
+        let split = tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = command.iter().map(String::as_str).collect();
+            super::concord(&args)
+        })
+        .await
+        .unwrap();
+        split_done.store(true, Ordering::Relaxed);
+        split
+    };
+    let (puts, split) = tokio::join!(writing, split);
+    (puts.concat(), split)
+}
