@@ -138,14 +138,22 @@ where
 impl KvService {
     async fn range_once(&self, request: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
         let router = self.ctx.router.current();
-        let Ok(route) = router.route_for_range(&request.get_ref().key, &request.get_ref().range_end) else {
-            return cross_shard_read::range(&self.ctx, request).await;
-        };
-        if let (Some(at), Route::Local(shard)) = (cross_shard_read::read_at(&request), route) {
+        let route = router.route_for_range(&request.get_ref().key, &request.get_ref().range_end);
+        if let Some(at) = cross_shard_read::read_at(&request) {
+            // A part of another member's cross-shard read, at its revision. A part this member
+            // no longer sees as one shard held here (a split or move it learned of first) is
+            // refused as a stale route: the reader routes again once its router catches up,
+            // rather than read it here at a revision of its own.
+            let Ok(Route::Local(shard)) = route else {
+                return Err(errors::wrong_shard());
+            };
             let mut resp = cross_shard_read::read_part(&self.ctx, shard, request.into_inner(), at).await?;
             resp.header = Some(self.ctx.header(at));
             return Ok(Response::new(resp));
         }
+        let Ok(route) = route else {
+            return cross_shard_read::range(&self.ctx, request).await;
+        };
         let shard = match route {
             Route::Local(shard) => shard,
             Route::Remote(remote) => {
