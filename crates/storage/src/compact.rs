@@ -77,6 +77,7 @@ impl Writer<'_, '_> {
         }
         let removed = sweep.removed + sweep.older.len();
         index.record_compaction(c, sweep.keys);
+        self.forget_cross_shard_outcomes(c)?;
 
         self.compact_revision = c;
         tracing::debug!(revision = c, versions = removed, "compacted");

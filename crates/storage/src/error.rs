@@ -76,9 +76,11 @@ pub enum KvError {
     /// the same). Reads, auth changes and alarms still apply.
     #[error("etcdserver: corrupt cluster")]
     Corrupt,
-    /// A command stamped (multi-shard mode) with a global revision at or below the store's: a
-    /// leader's stamp that lost a race with a newer leader's writes. Applying it would put writes
-    /// under history already served, so every replica refuses it alike and the client retries.
+    /// A command stamped (multi-shard mode) with a global revision at or below the store's (or,
+    /// for a write, at or below the highest stamp the store applied, a read barrier's or a
+    /// cross-shard commit's): a leader's stamp that lost a race with a newer leader's writes.
+    /// Applying it would put writes under history already served, so every replica refuses it
+    /// alike and the client retries.
     #[error("concord: the write's revision {stamp} is not above its shard's revision {revision}; retry it")]
     StaleStamp {
         /// The revision the command was stamped with.
@@ -91,6 +93,16 @@ pub enum KvError {
     /// again to the shard that now holds the key.
     #[error("concord: the shard this request was sent to no longer holds its keys; retry it")]
     WrongShard,
+    /// A command that the shard cannot apply while it holds its part of a write that spans
+    /// shards (see `cross_shard.rs`): a write or read barrier stamped above that write's
+    /// revision, a split, or the prepare of another such write. Every replica refuses it alike;
+    /// its member sends it again once the held write is done.
+    #[error("concord: the shard is held by a write across shards in progress; retry it")]
+    ShardHeld,
+    /// The commit of a write across shards that its primary shard has aborted (its coordinator
+    /// went quiet, and a held shard asked), or the prepare of one that was aborted already.
+    #[error("concord: the write across shards was aborted; retry it")]
+    CrossShardAborted,
     /// A split at a key that is not strictly inside its shard: the shard's first key, or a key
     /// the shard does not hold.
     #[error("concord: the split key must lie strictly inside the shard that holds it")]
@@ -119,7 +131,10 @@ impl KvError {
             KvError::Internal(_) => ErrorCode::Internal,
             KvError::NoSpace => ErrorCode::ResourceExhausted,
             KvError::Corrupt => ErrorCode::DataLoss,
-            KvError::StaleStamp { .. } | KvError::WrongShard => ErrorCode::Unavailable,
+            KvError::StaleStamp { .. }
+            | KvError::WrongShard
+            | KvError::ShardHeld
+            | KvError::CrossShardAborted => ErrorCode::Unavailable,
             KvError::SplitOutsideShard => ErrorCode::InvalidArgument,
             KvError::SplitRefused(_) => ErrorCode::FailedPrecondition,
             KvError::Auth(err) => err.code(),

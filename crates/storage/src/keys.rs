@@ -70,6 +70,10 @@ pub(crate) const META_COMPACT_REVISION: &str = "compact_revision";
 /// The revision oracle's committed ceiling (multi-shard mode); absent means 0, never raised.
 pub(crate) const META_REVISION_CEILING: &str = "revision_ceiling";
 
+/// The highest stamp a store has applied, read barriers and cross-shard commits included
+/// (multi-shard mode); absent means 0.
+pub(crate) const META_STAMP_FLOOR: &str = "stamp_floor";
+
 /// The next id group 1 hands out for a new shard's group (see `AllocateShardId`); absent means
 /// none was handed out yet.
 pub(crate) const META_NEXT_SHARD_ID: &str = "next_shard_id";

@@ -97,6 +97,7 @@
 mod alarm;
 pub mod auth;
 mod compact;
+mod cross_shard;
 mod error;
 mod etcd_format;
 mod events;

@@ -41,7 +41,7 @@ use crate::split::{KeyRange, SplitChild};
 use concord_crypt::{KeyId, Sealer};
 use concord_proto::concordpb::raft_command::Op;
 use concord_proto::concordpb::{
-    AllocateShardIdResponse, RaftCommand, ReadBarrierResponse, RevisionCeilingResponse, SplitShardResponse,
+    AllocateShardIdResponse, CrossShardOutcome, RaftCommand, ReadBarrierResponse, RevisionCeilingResponse, SplitShardResponse,
 };
 use concord_proto::etcdserverpb::{
     AlarmMember, AlarmResponse, CompactionResponse, DeleteRangeResponse, LeaseCheckpointResponse, LeaseGrantResponse,
@@ -122,6 +122,8 @@ pub enum WriteResult {
     ShardSplit(SplitShardResponse),
     /// A new shard's group id handed out (group 1).
     ShardId(AllocateShardIdResponse),
+    /// A phase of a write across shards applied (see `cross_shard.rs`).
+    CrossShard(CrossShardOutcome),
 }
 
 impl WriteResult {
@@ -141,6 +143,7 @@ impl WriteResult {
             WriteResult::ReadBarrier(r) => &r.header,
             WriteResult::ShardSplit(r) => &r.header,
             WriteResult::ShardId(r) => &r.header,
+            WriteResult::CrossShard(r) => &r.header,
         };
         header.as_ref().map_or(0, |h| h.revision)
     }
@@ -641,6 +644,7 @@ impl MvccStore {
         let mut split = false;
         // Where the store's range ends after a split in this batch.
         let mut split_end = None;
+        let stamp_floor;
         let stores_dir = self.path.parent().map_or_else(PathBuf::new, Path::to_path_buf);
         let (revision, compact_revision, revision_ceiling, changes) = {
             let mut writer = Writer::open(
@@ -667,6 +671,7 @@ impl MvccStore {
                 }
             }
             let counters = (writer.revision, writer.compact_revision, writer.revision_ceiling);
+            stamp_floor = writer.stamp_floor;
             if writer.split {
                 // Readers check the range after reading: narrow it before the moved keys go.
                 *self.key_range.write().unwrap_or_else(|e| e.into_inner()) = writer.key_range.clone();
@@ -675,7 +680,7 @@ impl MvccStore {
             }
             (counters.0, counters.1, counters.2, writer.index.into_changes())
         };
-        write_meta(&txn, last_index, revision, compact_revision, revision_ceiling)?;
+        write_meta(&txn, last_index, revision, compact_revision, revision_ceiling, stamp_floor)?;
         let record_key = match &self.sealer {
             Some(sealer) if !self.sealing_recorded.load(Ordering::Acquire) => Some(sealer.active_id()),
             _ => None,
@@ -729,6 +734,12 @@ impl MvccStore {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .covers(key, range_end)
+    }
+
+    /// The part of a write across shards this store holds, if any (see `cross_shard.rs`): a
+    /// held part whose coordinator went quiet is resolved by asking its primary shard.
+    pub fn held_cross_shard(&self) -> Result<Option<concord_proto::concordpb::PrepareCrossShard>, StorageError> {
+        crate::cross_shard::held_in(&self.db().begin_read()?)
     }
 
     /// The shards split off this store, ascending by start key.
@@ -802,11 +813,25 @@ fn apply_command(
     stamp: Option<i64>,
     stores_dir: &Path,
 ) -> Result<Option<Result<WriteResult, KvError>>, StorageError> {
+    let (command, sender) = crate::auth::open_envelope(command);
+    let op = command.and_then(|command| command.op.as_ref());
+    // A phase of a write across shards takes no stamp of its own (a follower's proposal of one
+    // is stamped by its leader like any other): a commit applies at the write's revision.
+    let phase = matches!(
+        op,
+        Some(Op::PrepareCrossShard(_) | Op::CommitCrossShard(_) | Op::AbortCrossShard(_))
+    );
+    let stamp = stamp.filter(|_| !phase);
     if let Err(refused) = writer.begin_command(stamp) {
         return Ok(Some(Err(refused)));
     }
+    if let Some(refused) = stamp_refusal(writer, stamp, op, phase) {
+        return Ok(Some(Err(refused)));
+    }
+    if let Some(stamp) = stamp {
+        writer.stamp_floor = writer.stamp_floor.max(stamp);
+    }
     // The sender's permissions first, as etcd's auth applier wraps every other check.
-    let (command, sender) = crate::auth::open_envelope(command);
     let Some(command) = command else {
         return Ok(Some(Err(KvError::EmptyCommand)));
     };
@@ -828,6 +853,9 @@ fn apply_command(
         Some(Op::Auth(req)) => auth.apply(req, writer.revision).map(WriteResult::Auth),
         Some(Op::RaiseRevisionCeiling(req)) => Ok(WriteResult::RevisionCeiling(writer.raise_revision_ceiling(req))),
         Some(Op::ReadBarrier(_)) => Ok(WriteResult::ReadBarrier(ReadBarrierResponse::default())),
+        Some(Op::PrepareCrossShard(req)) => writer.prepare_cross_shard(req).map(WriteResult::CrossShard),
+        Some(Op::CommitCrossShard(req)) => writer.commit_cross_shard(req).map(WriteResult::CrossShard),
+        Some(Op::AbortCrossShard(req)) => writer.abort_cross_shard(req).map(WriteResult::CrossShard),
         Some(Op::SplitShard(req)) => {
             let child = crate::split::shard_store_path(stores_dir, req.child_group);
             writer
@@ -868,6 +896,7 @@ fn apply_command(
                 WriteResult::ReadBarrier(r) => r.header = header,
                 WriteResult::ShardSplit(r) => r.header = header,
                 WriteResult::ShardId(r) => r.header = header,
+                WriteResult::CrossShard(r) => r.header = header,
             }
             Ok(Some(Ok(result)))
         }
@@ -877,14 +906,39 @@ fn apply_command(
     }
 }
 
+/// Why a command stamped `stamp` may not apply now: the store holds its part of a write across
+/// shards and the command is stamped above that write's revision (or splits the store), or the
+/// command writes and its stamp is not above the store's stamp floor (a read barrier or a
+/// cross-shard commit counted on nothing of the shard landing there). `None` when it may.
+fn stamp_refusal(writer: &Writer<'_, '_>, stamp: Option<i64>, op: Option<&Op>, phase: bool) -> Option<KvError> {
+    if phase {
+        return None;
+    }
+    if let Some(refused) = writer.refused_while_held(stamp, matches!(op, Some(Op::SplitShard(_)))) {
+        return Some(refused);
+    }
+    match (stamp, op) {
+        (_, Some(Op::ReadBarrier(_))) => None,
+        (Some(stamp), _) if stamp <= writer.stamp_floor => Some(KvError::StaleStamp {
+            stamp,
+            revision: writer.stamp_floor,
+        }),
+        _ => None,
+    }
+}
+
 fn write_meta(
     txn: &WriteTransaction,
     applied_index: u64,
     revision: i64,
     compact_revision: i64,
     revision_ceiling: i64,
+    stamp_floor: i64,
 ) -> Result<(), StorageError> {
     let mut meta = txn.open_table(keys::META)?;
+    if stamp_floor > 0 {
+        meta.insert(keys::META_STAMP_FLOOR, stamp_floor as u64)?;
+    }
     meta.insert(META_APPLIED_INDEX, applied_index)?;
     meta.insert(META_REVISION, revision as u64)?;
     if compact_revision >= 0 {

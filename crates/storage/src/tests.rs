@@ -25,6 +25,7 @@ mod memory;
 mod sealing;
 mod snapshot;
 mod split;
+mod cross_shard;
 mod stamp;
 
 /// Opens a test store. With `CONCORD_STORAGE_TEST_SEAL` set in the environment every store of

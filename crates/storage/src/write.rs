@@ -14,7 +14,7 @@
 use std::sync::Arc;
 
 use concord_crypt::Sealer;
-use concord_proto::concordpb::{RevisionCeiling, RevisionCeilingResponse};
+use concord_proto::concordpb::{PrepareCrossShard, RevisionCeiling, RevisionCeilingResponse};
 use concord_proto::etcdserverpb::{DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, ResponseHeader};
 use redb::{ReadableTable, Table, WriteTransaction};
 
@@ -56,6 +56,13 @@ pub(crate) struct Writer<'t, 'i> {
     pub sub: u32,
     /// The global revision stamped on the command being applied, if any.
     pub(crate) stamp: Option<i64>,
+    /// The highest stamp applied (read barriers and cross-shard commits included): a write
+    /// stamped at or below it would land under history a read or a commit already counted on.
+    pub(crate) stamp_floor: i64,
+    /// The part of a cross-shard write this store holds, if any (see `cross_shard.rs`).
+    pub(crate) held: Option<PrepareCrossShard>,
+    pub(crate) cross_shard_held: Table<'t, &'static str, &'static [u8]>,
+    pub(crate) cross_shard_outcomes: Table<'t, u64, &'static [u8]>,
     row_buf: Vec<u8>,
     /// Seals the values of new records (encryption at rest).
     sealer: Option<Arc<Sealer>>,
@@ -76,8 +83,17 @@ impl<'t, 'i> Writer<'t, 'i> {
             .open_table(keys::META)?
             .get(keys::META_REVISION_CEILING)?
             .map_or(0, |ceiling| ceiling.value() as i64);
+        let stamp_floor = txn
+            .open_table(keys::META)?
+            .get(keys::META_STAMP_FLOOR)?
+            .map_or(0, |floor| floor.value() as i64);
         let (key_range, _) = crate::split::read_shard_table(&txn.open_table(crate::split::SHARD)?)?;
+        let cross_shard_held = txn.open_table(crate::cross_shard::HELD)?;
         Ok(Writer {
+            held: crate::cross_shard::read_held(&cross_shard_held)?,
+            cross_shard_held,
+            cross_shard_outcomes: txn.open_table(crate::cross_shard::OUTCOMES)?,
+            stamp_floor,
             key_range,
             split: false,
             revisions: txn.open_table(keys::REVISIONS)?,

@@ -105,6 +105,9 @@ impl<'t> AuthTables<'t> {
             Op::Put(put) => needs(&perms::put_needs(put))
                 .and_then(|()| self.lease_keys_writable(writer, sender, perms.as_ref(), &[put.lease])),
             Op::DeleteRange(delete) => needs(&perms::delete_needs(delete)),
+            Op::PrepareCrossShard(prepare) => needs(&perms::delete_needs(
+                prepare.delete_range.as_ref().unwrap_or(&Default::default()),
+            )),
             Op::Txn(txn) => needs(&perms::txn_needs(txn))
                 .and_then(|()| self.lease_keys_writable(writer, sender, perms.as_ref(), &perms::txn_leases(txn))),
             Op::LeaseRevoke(revoke) => self.lease_keys_writable(writer, sender, perms.as_ref(), &[revoke.id]),
@@ -118,6 +121,8 @@ impl<'t> AuthTables<'t> {
                 _ => admin(),
             },
             Op::LeaseGrant(_)
+            | Op::CommitCrossShard(_)
+            | Op::AbortCrossShard(_)
             | Op::AllocateShardId(_)
             | Op::RecordShard(_)
             | Op::LeaseCheckpoint(_)

@@ -1,0 +1,182 @@
+//! A shard's part of a write across shards: prepare holds the shard, commit applies the part at
+//! the write's revision, abort releases it, and every replica refuses alike what may not apply
+//! while the part is held.
+
+use concord_proto::concordpb::{AbortCrossShard, CommitCrossShard, CrossShardOutcome, PrepareCrossShard, ReadBarrier};
+
+use super::*;
+
+fn prepare(id: u64, revision: i64, key: &str, range_end: &[u8]) -> Op {
+    Op::PrepareCrossShard(PrepareCrossShard {
+        id,
+        revision,
+        delete_range: Some(DeleteRangeRequest {
+            key: key.as_bytes().to_vec(),
+            range_end: range_end.to_vec(),
+            prev_kv: true,
+        }),
+        primary_group: 1,
+    })
+}
+
+fn outcome(result: Result<WriteResult, KvError>) -> Result<CrossShardOutcome, KvError> {
+    match result? {
+        WriteResult::CrossShard(outcome) => Ok(outcome),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+fn commit(h: &mut Harness, id: u64, stamp: Option<i64>) -> Result<CrossShardOutcome, KvError> {
+    outcome(h.apply_stamped(Op::CommitCrossShard(CommitCrossShard { id }), stamp))
+}
+
+fn abort(h: &mut Harness, id: u64) -> Result<CrossShardOutcome, KvError> {
+    outcome(h.apply(Op::AbortCrossShard(AbortCrossShard { id })))
+}
+
+fn stamped_put(h: &mut Harness, key: &str, stamp: i64) -> Result<WriteResult, KvError> {
+    h.apply_stamped(Op::Put(put_req(key, "v")), Some(stamp))
+}
+
+fn barrier(h: &mut Harness, stamp: i64) -> Result<WriteResult, KvError> {
+    h.apply_stamped(Op::ReadBarrier(ReadBarrier {}), Some(stamp))
+}
+
+#[test]
+fn a_held_part_commits_at_its_revision_and_holds_back_what_is_stamped_above() {
+    let mut h = Harness::new();
+    stamped_put(&mut h, "a/1", 10).unwrap();
+    stamped_put(&mut h, "a/2", 11).unwrap();
+    stamped_put(&mut h, "b", 12).unwrap();
+
+    let held = outcome(h.apply_stamped(prepare(7, 20, "a/", b"a0"), Some(13))).unwrap();
+    assert!(!held.committed);
+    assert_eq!(h.store.held_cross_shard().unwrap().map(|p| p.id), Some(7));
+
+    // Below the held revision, writes and barriers still apply; above it, nothing that writes
+    // or reads, nor a split, nor another write's prepare.
+    stamped_put(&mut h, "a/3", 15).unwrap();
+    barrier(&mut h, 16).unwrap();
+    assert_eq!(stamped_put(&mut h, "a/4", 21), Err(KvError::ShardHeld));
+    assert_eq!(stamped_put(&mut h, "c", 22), Err(KvError::ShardHeld));
+    assert!(matches!(barrier(&mut h, 23), Err(KvError::ShardHeld)));
+    let split = Op::SplitShard(concord_proto::concordpb::SplitShard {
+        key: b"b".to_vec(),
+        child_group: 2,
+        first_leader: 0,
+    });
+    assert!(matches!(h.apply_stamped(split, Some(18)), Err(KvError::ShardHeld)));
+    assert_eq!(
+        outcome(h.apply(prepare(8, 30, "b", b""))),
+        Err(KvError::ShardHeld)
+    );
+    // The same prepare again (a retried proposal) is no error.
+    assert!(outcome(h.apply(prepare(7, 20, "a/", b"a0"))).is_ok());
+    assert_eq!(h.store.current_revision(), 15);
+
+    // A leader's stamp on the commit is ignored: the part takes the write's revision.
+    let done = commit(&mut h, 7, Some(40)).unwrap();
+    assert!(done.committed);
+    let deleted = done.delete_range.unwrap();
+    assert_eq!(deleted.deleted, 3);
+    let keys: Vec<_> = deleted.prev_kvs.iter().map(|kv| kv.key.clone()).collect();
+    assert_eq!(keys, [b"a/1".to_vec(), b"a/2".to_vec(), b"a/3".to_vec()]);
+    assert_eq!(h.store.current_revision(), 20);
+    assert_eq!(h.get("a/1"), None);
+    assert_eq!(h.get_at("a/3", 19).unwrap().unwrap().value, b"v");
+    assert_eq!(h.store.held_cross_shard().unwrap(), None);
+
+    // Released: writes above apply again; one stamped below the commit is stale, as any.
+    assert!(stamped_put(&mut h, "a/4", 21).is_ok());
+    // Asking again answers the recorded outcome.
+    assert_eq!(commit(&mut h, 7, None).unwrap().delete_range.unwrap().deleted, 3);
+}
+
+#[test]
+fn a_part_that_deleted_nothing_still_lifts_the_floor_to_its_revision() {
+    let mut h = Harness::new();
+    stamped_put(&mut h, "b", 10).unwrap();
+    outcome(h.apply_stamped(prepare(1, 20, "a/", b"a0"), Some(11))).unwrap();
+    let done = commit(&mut h, 1, None).unwrap();
+    assert_eq!(done.delete_range.unwrap().deleted, 0);
+    assert_eq!(h.store.current_revision(), 10);
+    // A write stamped below the commit would now land under a revision the write across
+    // shards counted on: refused, and retried by its member with a new stamp.
+    assert!(matches!(stamped_put(&mut h, "a/1", 15), Err(KvError::StaleStamp { .. })));
+    assert!(stamped_put(&mut h, "a/1", 25).is_ok());
+    // The floor survives a restart.
+    h = h.reopen();
+    assert!(matches!(stamped_put(&mut h, "a/2", 24), Err(KvError::StaleStamp { .. })));
+}
+
+#[test]
+fn a_prepare_below_what_the_shard_applied_is_refused() {
+    let mut h = Harness::new();
+    stamped_put(&mut h, "a", 10).unwrap();
+    barrier(&mut h, 14).unwrap();
+    assert!(matches!(
+        outcome(h.apply(prepare(1, 10, "a", b""))),
+        Err(KvError::StaleStamp { .. })
+    ));
+    // A barrier at 14 served reads there: a part at 12 would change what they saw.
+    assert!(matches!(
+        outcome(h.apply(prepare(1, 12, "a", b""))),
+        Err(KvError::StaleStamp { .. })
+    ));
+    assert_eq!(h.store.held_cross_shard().unwrap(), None);
+}
+
+#[test]
+fn an_abort_releases_the_shard_and_the_primary_decides_for_good() {
+    let mut h = Harness::new();
+    stamped_put(&mut h, "a/1", 10).unwrap();
+    outcome(h.apply(prepare(5, 20, "a/", b"a0"))).unwrap();
+    let aborted = abort(&mut h, 5).unwrap();
+    assert!(!aborted.committed);
+    assert_eq!(h.store.held_cross_shard().unwrap(), None);
+    assert!(h.get("a/1").is_some());
+    assert_eq!(commit(&mut h, 5, None), Err(KvError::CrossShardAborted));
+    // A prepare that arrives after its write was aborted is refused.
+    assert_eq!(outcome(h.apply(prepare(5, 20, "a/", b"a0"))), Err(KvError::CrossShardAborted));
+    // A primary asked to abort a write it never saw records it aborted.
+    assert!(!abort(&mut h, 6).unwrap().committed);
+    assert_eq!(outcome(h.apply(prepare(6, 30, "a/", b"a0"))), Err(KvError::CrossShardAborted));
+    // An abort of a committed write answers the commit.
+    outcome(h.apply(prepare(9, 40, "a/", b"a0"))).unwrap();
+    commit(&mut h, 9, None).unwrap();
+    let answer = abort(&mut h, 9).unwrap();
+    assert!(answer.committed);
+    assert_eq!(answer.revision, 40);
+}
+
+#[test]
+fn the_held_part_survives_a_restart_and_outcomes_go_with_compaction() {
+    let mut h = Harness::new();
+    stamped_put(&mut h, "a/1", 10).unwrap();
+    outcome(h.apply(prepare(3, 20, "a/", b"a0"))).unwrap();
+    h = h.reopen();
+    assert_eq!(h.store.held_cross_shard().unwrap().map(|p| p.revision), Some(20));
+    assert_eq!(stamped_put(&mut h, "z", 21), Err(KvError::ShardHeld));
+    commit(&mut h, 3, None).unwrap();
+    stamped_put(&mut h, "z", 30).unwrap();
+    let compact = Op::Compaction(CompactionRequest {
+        revision: 30,
+        physical: false,
+    });
+    h.apply_stamped(compact, Some(31)).unwrap();
+    // The outcome is gone with the history it belonged to.
+    assert_eq!(commit(&mut h, 3, None), Err(KvError::CrossShardAborted));
+}
+
+#[test]
+fn a_prepare_outside_the_shard_is_refused() {
+    let mut h = Harness::new();
+    stamped_put(&mut h, "m", 10).unwrap();
+    let split = Op::SplitShard(concord_proto::concordpb::SplitShard {
+        key: b"m".to_vec(),
+        child_group: 2,
+        first_leader: 0,
+    });
+    h.apply_stamped(split, Some(11)).unwrap();
+    assert_eq!(outcome(h.apply(prepare(1, 20, "a", b"z"))), Err(KvError::WrongShard));
+}
