@@ -2,8 +2,8 @@
 //! members: each shard is its own Raft group with its own store, `concord shard list` shows them,
 //! writes through any member go to the key's shard and take one global revision in real time
 //! across shards, a shard's leader can be killed without losing an acknowledged write, reads,
-//! read-only txns, watches and compaction span shards (through etcd's own client too), and a
-//! write over several shards at once is refused with a message naming them.
+//! read-only txns, watches, deletes and compaction span shards (through etcd's own client too),
+//! and a txn that writes over several shards at once is refused with a message naming them.
 
 mod common;
 
@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use common::puts::{assert_real_time_order, assert_serves_every_put, put_through, Put};
 use common::{concord, eventually, grpc_status, Cluster};
-use etcd_client::{Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp, WatchOptions};
+use etcd_client::{Compare, CompareOp, DeleteOptions, GetOptions, PutOptions, Txn, TxnOp, WatchOptions};
 use tonic::Code;
 
 const SPLIT: &str = "--experimental-initial-shards=m";
@@ -386,6 +386,30 @@ async fn members_without_a_replica_forward_to_one_that_has_it() {
         common::text(&future.stderr).contains("required revision is a future revision"),
         "{future:?}"
     );
+
+    // A delete over every shard, through the member that lacks one of them, takes one revision.
+    let mut client = cluster.client(lacking).await;
+    let everything = || Some(DeleteOptions::new().with_from_key());
+    let before = client
+        .get("\0", Some(GetOptions::new().with_from_key().with_count_only()))
+        .await
+        .unwrap();
+    let deleted = client.delete("\0", everything()).await.unwrap();
+    assert_eq!(deleted.deleted(), before.count());
+    let revision = deleted.header().unwrap().revision();
+    let at = |revision| {
+        Some(
+            GetOptions::new()
+                .with_from_key()
+                .with_count_only()
+                .with_revision(revision),
+        )
+    };
+    assert_eq!(
+        client.get("\0", at(revision - 1)).await.unwrap().count(),
+        before.count()
+    );
+    assert_eq!(client.get("\0", at(revision)).await.unwrap().count(), 0);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -452,10 +476,11 @@ async fn etcdctl_reads_writes_and_watches_across_shards() {
         "{lines:?}"
     );
 
-    // A delete over both shards is refused, naming them, and deletes nothing.
-    let (ok, _, err) = etcdctl(&["del", "", "--from-key"]);
-    assert!(!ok);
-    assert!(err.contains("shards 1, 2"), "{err}");
-    let (_, out, _) = etcdctl(&["get", "a/1", "--print-value-only"]);
-    assert_eq!(out, "x\n");
+    // A delete over both shards deletes the keys of both.
+    etcdctl(&["put", "z/2", "y"]);
+    let (ok, out, err) = etcdctl(&["del", "", "--from-key", "--prev-kv"]);
+    assert!(ok, "{err}");
+    assert_eq!(out, "2\na/1\nx\nz/2\ny\n");
+    let (_, out, _) = etcdctl(&["get", "", "--from-key"]);
+    assert_eq!(out, "");
 }

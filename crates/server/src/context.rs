@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use concord_proto::concordpb::{raft_command::Op, RaftCommand};
 use concord_proto::etcdserverpb::ResponseHeader;
-use concord_storage::{MvccStore, WriteResult};
+use concord_storage::{KvError, MvccStore, WriteResult};
 use prost::Message as _;
 use tonic::Status;
 
@@ -132,14 +132,14 @@ impl MemberContext {
         let barrier = RaftCommand {
             op: Some(Op::ReadBarrier(concord_proto::concordpb::ReadBarrier {})),
         };
-        match group
-            .propose(barrier.encode_to_vec())
-            .await
-            .map_err(errors::from_raft)?
-        {
-            Applied::Kv(Ok(applied)) => Ok(applied.revision()),
-            Applied::Kv(Err(refused)) => Err(errors::from_kv(refused)),
-            Applied::Membership => Err(errors::unexpected_apply_result()),
+        let mut pause = RetryPause::new(self.request_timeout);
+        loop {
+            match self.propose_once(group, barrier.encode_to_vec()).await? {
+                Ok(applied) => return Ok(applied.revision()),
+                // The shard holds a write across shards that a read past it must wait for.
+                Err(KvError::ShardHeld) if pause.wait().await => {}
+                Err(refused) => return Err(errors::from_kv(refused)),
+            }
         }
     }
 
@@ -190,10 +190,30 @@ impl MemberContext {
     /// Proposes a KV write through `group` on behalf of `sender` (apply checks that the sender
     /// may make it) and waits for this member to apply it.
     pub async fn propose_write(&self, group: &GroupHandle, sender: &Sender, op: Op) -> Result<WriteResult, Status> {
-        let data = RaftCommand {
+        let command = RaftCommand {
             op: Some(sender.envelope(op)),
+        };
+        let mut pause = RetryPause::new(self.request_timeout);
+        loop {
+            match self.propose_once(group, command.encode_to_vec()).await? {
+                // Refused alike by every replica, with nothing applied: the shard holds a write
+                // across shards for a moment, or another leader's write won the stamp race.
+                Err(refused @ (KvError::ShardHeld | KvError::StaleStamp { .. })) => {
+                    if !pause.wait().await {
+                        return Err(errors::from_kv(refused));
+                    }
+                }
+                result => return result.map_err(errors::from_kv),
+            }
         }
-        .encode_to_vec();
+    }
+
+    /// Proposes an encoded command once and returns what the store answered.
+    pub async fn propose_once(
+        &self,
+        group: &GroupHandle,
+        data: Vec<u8>,
+    ) -> Result<Result<WriteResult, KvError>, Status> {
         if data.len() > self.limits.max_request_bytes {
             return Err(errors::request_too_large());
         }
@@ -202,7 +222,7 @@ impl MemberContext {
             errors::from_raft(e)
         })?;
         match applied {
-            Applied::Kv(result) => result.map_err(errors::from_kv),
+            Applied::Kv(result) => Ok(result),
             Applied::Membership => Err(errors::unexpected_apply_result()),
         }
     }
@@ -233,3 +253,31 @@ with_header!(
     concord_proto::etcdserverpb::LeaseRevokeResponse,
     concord_proto::etcdserverpb::AlarmResponse,
 );
+
+/// Backs off between attempts of a command a shard refused for now, up to a deadline.
+pub struct RetryPause {
+    deadline: tokio::time::Instant,
+    next: std::time::Duration,
+}
+
+impl RetryPause {
+    /// Pauses for attempts made within `timeout` from now.
+    pub fn new(timeout: std::time::Duration) -> RetryPause {
+        RetryPause {
+            deadline: tokio::time::Instant::now() + timeout,
+            next: std::time::Duration::from_millis(1),
+        }
+    }
+
+    /// Waits before the next attempt (doubling, up to 50 ms); `false`, without waiting, when the
+    /// deadline would pass first.
+    pub async fn wait(&mut self) -> bool {
+        let until = tokio::time::Instant::now() + self.next;
+        if until >= self.deadline {
+            return false;
+        }
+        tokio::time::sleep_until(until).await;
+        self.next = (self.next * 2).min(std::time::Duration::from_millis(50));
+        true
+    }
+}

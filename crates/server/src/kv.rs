@@ -213,9 +213,9 @@ impl KvService {
         request: Request<DeleteRangeRequest>,
     ) -> Result<Response<DeleteRangeResponse>, Status> {
         let router = self.ctx.router.current();
-        let route = router
-            .route_for_range(&request.get_ref().key, &request.get_ref().range_end)
-            .map_err(|spans| errors::write_spans_shards(&spans.groups))?;
+        let Ok(route) = router.route_for_range(&request.get_ref().key, &request.get_ref().range_end) else {
+            return crate::cross_shard_delete::delete_range(&self.ctx, request).await;
+        };
         let group = match route {
             Route::Local(shard) => &shard.group,
             Route::Remote(remote) => {

@@ -377,6 +377,7 @@ pub async fn serve(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> Res
         stop_rx.clone(),
     ));
     tokio::spawn(crate::compactor::run(cfg.auto_compaction, ctx.clone(), stop_rx.clone()));
+    tokio::spawn(crate::cross_shard_recovery::run(ctx.clone(), stop_rx.clone()));
     tokio::spawn(crate::corrupt_check::run_periodic(
         cfg.corrupt_check.periodic,
         ctx.clone(),

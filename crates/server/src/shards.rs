@@ -25,7 +25,7 @@ use crate::context::MemberContext;
 use crate::errors;
 use crate::router::{RemoteShard, Route, Shard as ShardRange};
 use concord_proto::concordpb::raft_command::Op;
-use concord_proto::concordpb::{AllocateShardId, RecordShard, SplitShard};
+use concord_proto::concordpb::{AllocateShardId, CrossShardOutcome, CrossShardRequest, RecordShard, SplitShard};
 use concord_storage::WriteResult;
 
 /// How long TransferLeader waits for the new leader to take over (as MoveLeader).
@@ -363,6 +363,18 @@ impl Shards for ShardService {
         let shard = self.shard(shard)?;
         crate::global_compaction::compact_shard(&self.ctx, Some(&creds), &shard, revision).await?;
         Ok(Response::new(ShardCompactResponse { header: self.header() }))
+    }
+
+    async fn cross_shard(&self, request: Request<CrossShardRequest>) -> Result<Response<CrossShardOutcome>, Status> {
+        let creds = crate::auth::Credentials::of(&request);
+        let CrossShardRequest { shard, command } = request.into_inner();
+        let local = self.shard(shard)?;
+        let op = match command.and_then(|c| c.op) {
+            Some(op @ (Op::PrepareCrossShard(_) | Op::CommitCrossShard(_) | Op::AbortCrossShard(_))) => op,
+            _ => return Err(errors::not_a_cross_shard_phase()),
+        };
+        let outcome = crate::cross_shard_delete::run_phase(&self.ctx, &creds, local.group.group_id(), op).await?;
+        Ok(Response::new(outcome))
     }
 
     async fn transfer_leader(

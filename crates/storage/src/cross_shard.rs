@@ -2,12 +2,14 @@
 //!
 //! A DeleteRange over the keys of several shards must take one revision on all of them, and a
 //! read or watch at any revision must see all of its parts or none. Each shard's part is first
-//! *prepared* ([`PrepareCrossShard`]): the store records it as held, and from then on, until the
-//! part commits or aborts, applies no write stamped above the write's revision `r` (nor a split,
-//! nor a read barrier stamped above `r`: a read at or past `r` waits). Writes stamped below `r`
-//! still apply. So when the part commits, nothing of the shard lies above `r`, and the part
-//! applies at `r` as any stamped write would; the shard's stamp floor then rises to `r`, so a
-//! write stamped below it that comes later is refused as stale and retried, as for any write.
+//! *prepared* ([`PrepareCrossShard`]), stamped like any write at `p`: the store records it as
+//! held, and from then on, until the part commits or aborts, applies nothing stamped above `p`
+//! (no write, no read barrier: a read past `p` waits) and no split. Writes stamped below `p` (in
+//! flight before it) still apply. The write's revision `r` is the highest of its prepares'
+//! stamps, so it is above every revision handed out before it began, and when a part commits at
+//! `r`, nothing of its shard lies above `p <= r`: the part applies at `r` as any stamped write
+//! would, and the shard's stamp floor rises to `r`, so a write stamped below it that comes later
+//! is refused as stale and retried, as for any write.
 //!
 //! The *primary* shard's commit is the write's decision: a shard left holding a part by a
 //! coordinator that went quiet asks the primary to abort it ([`AbortCrossShard`]), which answers
@@ -31,6 +33,16 @@ pub(crate) const HELD_KEY: &str = "held";
 /// What became of each part this store prepared (or, on a primary, was asked to abort): the
 /// write's id → an encoded [`CrossShardOutcome`].
 pub(crate) const OUTCOMES: TableDefinition<u64, &[u8]> = TableDefinition::new("cross_shard_outcomes");
+
+/// The answer to a prepare: held at `revision`, not committed yet.
+fn pending(revision: i64) -> CrossShardOutcome {
+    CrossShardOutcome {
+        header: None,
+        committed: false,
+        revision,
+        delete_range: None,
+    }
+}
 
 /// The held part recorded in `table`, if any.
 pub(crate) fn read_held<T: ReadableTable<&'static str, &'static [u8]>>(
@@ -62,38 +74,32 @@ impl Writer<'_, '_> {
         (splits || above).then_some(KvError::ShardHeld)
     }
 
-    /// Prepares this store's part of a write that spans shards (see the module docs).
+    /// Prepares this store's part of a write that spans shards (see the module docs): held at
+    /// the prepare's stamp (unstamped, as in tests: just above everything applied).
     pub(crate) fn prepare_cross_shard(&mut self, req: &PrepareCrossShard) -> Result<CrossShardOutcome, OpError> {
-        let pending = CrossShardOutcome {
-            header: None,
-            committed: false,
-            revision: req.revision,
-            delete_range: None,
-        };
         if let Some(held) = &self.held {
             return match held.id == req.id {
-                true => Ok(pending),
+                true => Ok(pending(held.revision)),
                 false => Err(KvError::ShardHeld.into()),
             };
         }
         if read_outcome(&self.cross_shard_outcomes, req.id)?.is_some() {
             return Err(KvError::CrossShardAborted.into());
         }
-        let floor = self.revision.max(self.stamp_floor);
-        if req.revision <= floor {
-            return Err(KvError::StaleStamp {
-                stamp: req.revision,
-                revision: floor,
-            }
-            .into());
-        }
         let part = req.delete_range.as_ref().ok_or(KvError::EmptyCommand)?;
         if !self.key_range.covers(&part.key, &part.range_end) {
             return Err(KvError::WrongShard.into());
         }
-        self.cross_shard_held.insert(HELD_KEY, req.encode_to_vec().as_slice())?;
-        self.held = Some(req.clone());
-        Ok(pending)
+        let revision = self.stamp.unwrap_or_else(|| self.revision.max(self.stamp_floor) + 1);
+        let held = PrepareCrossShard {
+            revision,
+            ..req.clone()
+        };
+        self.cross_shard_held
+            .insert(HELD_KEY, held.encode_to_vec().as_slice())?;
+        self.held = Some(held);
+        self.stamp_floor = self.stamp_floor.max(revision);
+        Ok(pending(revision))
     }
 
     /// Commits this store's part: applies it at the write's revision and releases the store.
@@ -109,17 +115,25 @@ impl Writer<'_, '_> {
                 };
             }
         };
-        // Nothing above the held revision applied since the prepare, and the prepare found
-        // nothing at or above it, so the part applies there like any stamped write.
-        self.begin_command(Some(held.revision))?;
+        // Nothing stamped above the prepare applied since, and the write's revision is at least
+        // the prepare's stamp, so the part applies there like any stamped write.
+        if req.revision < held.revision {
+            let stale = KvError::StaleStamp {
+                stamp: req.revision,
+                revision: held.revision,
+            };
+            self.held = Some(held);
+            return Err(stale.into());
+        }
+        self.begin_command(Some(req.revision))?;
         let part = held.delete_range.clone().unwrap_or_default();
         let deleted = self.delete_range(&part)?;
-        self.stamp_floor = self.stamp_floor.max(held.revision);
+        self.stamp_floor = self.stamp_floor.max(req.revision);
         self.cross_shard_held.remove(HELD_KEY)?;
         let outcome = CrossShardOutcome {
             header: None,
             committed: true,
-            revision: held.revision,
+            revision: req.revision,
             delete_range: Some(deleted),
         };
         self.cross_shard_outcomes
@@ -157,9 +171,8 @@ impl Writer<'_, '_> {
     /// Drops the outcomes of writes below the compaction point `c`: no coordinator still waits
     /// on those.
     pub(crate) fn forget_cross_shard_outcomes(&mut self, c: i64) -> Result<(), StorageError> {
-        self.cross_shard_outcomes.retain(|_, bytes| {
-            CrossShardOutcome::decode(bytes).map_or(true, |outcome| outcome.revision >= c)
-        })?;
+        self.cross_shard_outcomes
+            .retain(|_, bytes| CrossShardOutcome::decode(bytes).map_or(true, |outcome| outcome.revision >= c))?;
         Ok(())
     }
 }

@@ -131,10 +131,9 @@ impl KvError {
             KvError::Internal(_) => ErrorCode::Internal,
             KvError::NoSpace => ErrorCode::ResourceExhausted,
             KvError::Corrupt => ErrorCode::DataLoss,
-            KvError::StaleStamp { .. }
-            | KvError::WrongShard
-            | KvError::ShardHeld
-            | KvError::CrossShardAborted => ErrorCode::Unavailable,
+            KvError::StaleStamp { .. } | KvError::WrongShard | KvError::ShardHeld | KvError::CrossShardAborted => {
+                ErrorCode::Unavailable
+            }
             KvError::SplitOutsideShard => ErrorCode::InvalidArgument,
             KvError::SplitRefused(_) => ErrorCode::FailedPrecondition,
             KvError::Auth(err) => err.code(),

@@ -41,7 +41,8 @@ use crate::split::{KeyRange, SplitChild};
 use concord_crypt::{KeyId, Sealer};
 use concord_proto::concordpb::raft_command::Op;
 use concord_proto::concordpb::{
-    AllocateShardIdResponse, CrossShardOutcome, RaftCommand, ReadBarrierResponse, RevisionCeilingResponse, SplitShardResponse,
+    AllocateShardIdResponse, CrossShardOutcome, RaftCommand, ReadBarrierResponse, RevisionCeilingResponse,
+    SplitShardResponse,
 };
 use concord_proto::etcdserverpb::{
     AlarmMember, AlarmResponse, CompactionResponse, DeleteRangeResponse, LeaseCheckpointResponse, LeaseGrantResponse,
@@ -183,6 +184,9 @@ pub struct MvccStore {
     size_after_apply: AtomicU64,
     /// The keys the store holds (see `split.rs`), narrowed before a split's commit.
     key_range: RwLock<KeyRange>,
+    /// Whether the store holds a part of a write across shards (see `cross_shard.rs`), so that
+    /// looking for one costs nothing while none is held.
+    holds_cross_shard: AtomicBool,
     /// Makes the next batch fail just before its commit, as a storage error would.
     #[cfg(test)]
     pub(crate) fail_next_batch: std::sync::atomic::AtomicBool,
@@ -333,6 +337,7 @@ impl MvccStore {
             sealing_recorded: AtomicBool::new(false),
             size_after_apply: AtomicU64::new(std::fs::metadata(path).map_or(0, |m| m.len())),
             key_range: RwLock::new(key_range),
+            holds_cross_shard: AtomicBool::new(true),
             #[cfg(test)]
             fail_next_batch: Default::default(),
         })
@@ -645,6 +650,7 @@ impl MvccStore {
         // Where the store's range ends after a split in this batch.
         let mut split_end = None;
         let stamp_floor;
+        let holds_cross_shard;
         let stores_dir = self.path.parent().map_or_else(PathBuf::new, Path::to_path_buf);
         let (revision, compact_revision, revision_ceiling, changes) = {
             let mut writer = Writer::open(
@@ -672,6 +678,7 @@ impl MvccStore {
             }
             let counters = (writer.revision, writer.compact_revision, writer.revision_ceiling);
             stamp_floor = writer.stamp_floor;
+            holds_cross_shard = writer.held.is_some();
             if writer.split {
                 // Readers check the range after reading: narrow it before the moved keys go.
                 *self.key_range.write().unwrap_or_else(|e| e.into_inner()) = writer.key_range.clone();
@@ -680,7 +687,14 @@ impl MvccStore {
             }
             (counters.0, counters.1, counters.2, writer.index.into_changes())
         };
-        write_meta(&txn, last_index, revision, compact_revision, revision_ceiling, stamp_floor)?;
+        write_meta(
+            &txn,
+            last_index,
+            revision,
+            compact_revision,
+            revision_ceiling,
+            stamp_floor,
+        )?;
         let record_key = match &self.sealer {
             Some(sealer) if !self.sealing_recorded.load(Ordering::Acquire) => Some(sealer.active_id()),
             _ => None,
@@ -708,6 +722,9 @@ impl MvccStore {
             }
         }
 
+        if holds_cross_shard {
+            self.holds_cross_shard.store(true, Ordering::Release);
+        }
         self.applied_index.store(last_index, Ordering::Release);
         self.revision.store(revision, Ordering::Release);
         self.compact_revision.store(compact_revision, Ordering::Release);
@@ -739,7 +756,18 @@ impl MvccStore {
     /// The part of a write across shards this store holds, if any (see `cross_shard.rs`): a
     /// held part whose coordinator went quiet is resolved by asking its primary shard.
     pub fn held_cross_shard(&self) -> Result<Option<concord_proto::concordpb::PrepareCrossShard>, StorageError> {
-        crate::cross_shard::held_in(&self.db().begin_read()?)
+        if !self.holds_cross_shard.load(Ordering::Acquire) {
+            return Ok(None);
+        }
+        let held = crate::cross_shard::held_in(&self.db().begin_read()?)?;
+        if held.is_none() {
+            // Only the writer sets it again, after a batch that left a part held.
+            let _writer = self.lock_writer();
+            if crate::cross_shard::held_in(&self.db().begin_read()?)?.is_none() {
+                self.holds_cross_shard.store(false, Ordering::Release);
+            }
+        }
+        Ok(held)
     }
 
     /// The shards split off this store, ascending by start key.
@@ -787,6 +815,7 @@ impl MvccStore {
                 index,
             },
         );
+        self.holds_cross_shard.store(true, Ordering::Release);
         self.applied_index.store(meta.applied_index, Ordering::Release);
         self.durable_applied_index.store(meta.applied_index, Ordering::Release);
         self.revision.store(meta.revision, Ordering::Release);
@@ -815,12 +844,9 @@ fn apply_command(
 ) -> Result<Option<Result<WriteResult, KvError>>, StorageError> {
     let (command, sender) = crate::auth::open_envelope(command);
     let op = command.and_then(|command| command.op.as_ref());
-    // A phase of a write across shards takes no stamp of its own (a follower's proposal of one
-    // is stamped by its leader like any other): a commit applies at the write's revision.
-    let phase = matches!(
-        op,
-        Some(Op::PrepareCrossShard(_) | Op::CommitCrossShard(_) | Op::AbortCrossShard(_))
-    );
+    // The last phases of a write across shards take no stamp of their own (a follower's proposal
+    // of one is stamped by its leader like any other): a commit applies at the write's revision.
+    let phase = matches!(op, Some(Op::CommitCrossShard(_) | Op::AbortCrossShard(_)));
     let stamp = stamp.filter(|_| !phase);
     if let Err(refused) = writer.begin_command(stamp) {
         return Ok(Some(Err(refused)));
@@ -914,7 +940,13 @@ fn stamp_refusal(writer: &Writer<'_, '_>, stamp: Option<i64>, op: Option<&Op>, p
     if phase {
         return None;
     }
-    if let Some(refused) = writer.refused_while_held(stamp, matches!(op, Some(Op::SplitShard(_)))) {
+    // A prepare while another write is held is refused by the prepare itself (the same one
+    // again is not refused).
+    let prepare = matches!(op, Some(Op::PrepareCrossShard(_)));
+    if let Some(refused) = writer
+        .refused_while_held(stamp, matches!(op, Some(Op::SplitShard(_))))
+        .filter(|_| !prepare)
+    {
         return Some(refused);
     }
     match (stamp, op) {

@@ -17,6 +17,7 @@ use concord_proto::mvccpb::KeyValue;
 use crate::{ApplyEntry, ErrorCode, KvError, MvccStore, WriteResult};
 
 mod alarm;
+mod cross_shard;
 mod hash;
 mod index;
 mod lease;
@@ -25,7 +26,6 @@ mod memory;
 mod sealing;
 mod snapshot;
 mod split;
-mod cross_shard;
 mod stamp;
 
 /// Opens a test store. With `CONCORD_STORAGE_TEST_SEAL` set in the environment every store of

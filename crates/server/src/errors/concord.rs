@@ -234,6 +234,11 @@ pub fn wrong_shard() -> Status {
     super::from_kv(concord_storage::KvError::WrongShard)
 }
 
+/// A `Shards.CrossShard` call whose command is not a phase of a write across shards.
+pub fn not_a_cross_shard_phase() -> Status {
+    Status::invalid_argument("concord: the command is not a phase of a write across shards")
+}
+
 /// Whether `status` says the group had no leader (etcd's `etcdserver: no leader`).
 pub fn is_no_leader(status: &Status) -> bool {
     let no_leader = super::from_raft(concord_raft::RaftError::NoLeader);

@@ -6,10 +6,10 @@ use concord_proto::concordpb::{AbortCrossShard, CommitCrossShard, CrossShardOutc
 
 use super::*;
 
-fn prepare(id: u64, revision: i64, key: &str, range_end: &[u8]) -> Op {
+fn prepare(id: u64, key: &str, range_end: &[u8]) -> Op {
     Op::PrepareCrossShard(PrepareCrossShard {
         id,
-        revision,
+        revision: 0,
         delete_range: Some(DeleteRangeRequest {
             key: key.as_bytes().to_vec(),
             range_end: range_end.to_vec(),
@@ -26,8 +26,8 @@ fn outcome(result: Result<WriteResult, KvError>) -> Result<CrossShardOutcome, Kv
     }
 }
 
-fn commit(h: &mut Harness, id: u64, stamp: Option<i64>) -> Result<CrossShardOutcome, KvError> {
-    outcome(h.apply_stamped(Op::CommitCrossShard(CommitCrossShard { id }), stamp))
+fn commit(h: &mut Harness, id: u64, revision: i64, stamp: Option<i64>) -> Result<CrossShardOutcome, KvError> {
+    outcome(h.apply_stamped(Op::CommitCrossShard(CommitCrossShard { id, revision }), stamp))
 }
 
 fn abort(h: &mut Harness, id: u64) -> Result<CrossShardOutcome, KvError> {
@@ -48,18 +48,19 @@ fn a_held_part_commits_at_its_revision_and_holds_back_what_is_stamped_above() {
     stamped_put(&mut h, "a/1", 10).unwrap();
     stamped_put(&mut h, "a/2", 11).unwrap();
     stamped_put(&mut h, "b", 12).unwrap();
+    stamped_put(&mut h, "a/3", 13).unwrap();
 
-    let held = outcome(h.apply_stamped(prepare(7, 20, "a/", b"a0"), Some(13))).unwrap();
+    // Another shard's prepare took 20: the write's revision.
+    let held = outcome(h.apply_stamped(prepare(7, "a/", b"a0"), Some(14))).unwrap();
     assert!(!held.committed);
+    assert_eq!(held.revision, 14);
     assert_eq!(h.store.held_cross_shard().unwrap().map(|p| p.id), Some(7));
 
-    // Below the held revision, writes and barriers still apply; above it, nothing that writes
-    // or reads, nor a split, nor another write's prepare.
-    stamped_put(&mut h, "a/3", 15).unwrap();
-    barrier(&mut h, 16).unwrap();
-    assert_eq!(stamped_put(&mut h, "a/4", 21), Err(KvError::ShardHeld));
+    // Above the prepare's stamp nothing applies that writes or reads, nor a split, nor another
+    // write's prepare (the shard's log is in stamp order: nothing stamped below it comes after).
+    assert_eq!(stamped_put(&mut h, "a/4", 15), Err(KvError::ShardHeld));
     assert_eq!(stamped_put(&mut h, "c", 22), Err(KvError::ShardHeld));
-    assert!(matches!(barrier(&mut h, 23), Err(KvError::ShardHeld)));
+    assert!(matches!(barrier(&mut h, 16), Err(KvError::ShardHeld)));
     let split = Op::SplitShard(concord_proto::concordpb::SplitShard {
         key: b"b".to_vec(),
         child_group: 2,
@@ -67,15 +68,22 @@ fn a_held_part_commits_at_its_revision_and_holds_back_what_is_stamped_above() {
     });
     assert!(matches!(h.apply_stamped(split, Some(18)), Err(KvError::ShardHeld)));
     assert_eq!(
-        outcome(h.apply(prepare(8, 30, "b", b""))),
+        outcome(h.apply_stamped(prepare(8, "b", b""), Some(19))),
         Err(KvError::ShardHeld)
     );
-    // The same prepare again (a retried proposal) is no error.
-    assert!(outcome(h.apply(prepare(7, 20, "a/", b"a0"))).is_ok());
-    assert_eq!(h.store.current_revision(), 15);
+    // The same prepare again (a retried proposal) is no error, and keeps its first stamp.
+    assert_eq!(
+        outcome(h.apply_stamped(prepare(7, "a/", b"a0"), Some(21)))
+            .unwrap()
+            .revision,
+        14
+    );
+    assert_eq!(h.store.current_revision(), 13);
+    // A commit below the prepare's stamp would be a coordinator's bug: refused.
+    assert!(matches!(commit(&mut h, 7, 13, None), Err(KvError::StaleStamp { .. })));
 
     // A leader's stamp on the commit is ignored: the part takes the write's revision.
-    let done = commit(&mut h, 7, Some(40)).unwrap();
+    let done = commit(&mut h, 7, 20, Some(40)).unwrap();
     assert!(done.committed);
     let deleted = done.delete_range.unwrap();
     assert_eq!(deleted.deleted, 3);
@@ -87,42 +95,50 @@ fn a_held_part_commits_at_its_revision_and_holds_back_what_is_stamped_above() {
     assert_eq!(h.store.held_cross_shard().unwrap(), None);
 
     // Released: writes above apply again; one stamped below the commit is stale, as any.
-    assert!(stamped_put(&mut h, "a/4", 21).is_ok());
+    assert!(matches!(
+        stamped_put(&mut h, "a/4", 17),
+        Err(KvError::StaleStamp { .. })
+    ));
+    assert!(stamped_put(&mut h, "a/4", 25).is_ok());
     // Asking again answers the recorded outcome.
-    assert_eq!(commit(&mut h, 7, None).unwrap().delete_range.unwrap().deleted, 3);
+    assert_eq!(commit(&mut h, 7, 20, None).unwrap().delete_range.unwrap().deleted, 3);
 }
 
 #[test]
 fn a_part_that_deleted_nothing_still_lifts_the_floor_to_its_revision() {
     let mut h = Harness::new();
     stamped_put(&mut h, "b", 10).unwrap();
-    outcome(h.apply_stamped(prepare(1, 20, "a/", b"a0"), Some(11))).unwrap();
-    let done = commit(&mut h, 1, None).unwrap();
+    outcome(h.apply_stamped(prepare(1, "a/", b"a0"), Some(11))).unwrap();
+    let done = commit(&mut h, 1, 20, None).unwrap();
     assert_eq!(done.delete_range.unwrap().deleted, 0);
     assert_eq!(h.store.current_revision(), 10);
     // A write stamped below the commit would now land under a revision the write across
     // shards counted on: refused, and retried by its member with a new stamp.
-    assert!(matches!(stamped_put(&mut h, "a/1", 15), Err(KvError::StaleStamp { .. })));
+    assert!(matches!(
+        stamped_put(&mut h, "a/1", 15),
+        Err(KvError::StaleStamp { .. })
+    ));
     assert!(stamped_put(&mut h, "a/1", 25).is_ok());
     // The floor survives a restart.
     h = h.reopen();
-    assert!(matches!(stamped_put(&mut h, "a/2", 24), Err(KvError::StaleStamp { .. })));
+    assert!(matches!(
+        stamped_put(&mut h, "a/2", 24),
+        Err(KvError::StaleStamp { .. })
+    ));
 }
 
 #[test]
-fn a_prepare_below_what_the_shard_applied_is_refused() {
+fn a_prepare_stamped_below_what_the_shard_applied_is_refused() {
     let mut h = Harness::new();
     stamped_put(&mut h, "a", 10).unwrap();
     barrier(&mut h, 14).unwrap();
-    assert!(matches!(
-        outcome(h.apply(prepare(1, 10, "a", b""))),
-        Err(KvError::StaleStamp { .. })
-    ));
-    // A barrier at 14 served reads there: a part at 12 would change what they saw.
-    assert!(matches!(
-        outcome(h.apply(prepare(1, 12, "a", b""))),
-        Err(KvError::StaleStamp { .. })
-    ));
+    // A barrier at 14 served reads there: a part held below it could change what they saw.
+    for stamp in [10, 12] {
+        assert!(matches!(
+            outcome(h.apply_stamped(prepare(1, "a", b""), Some(stamp))),
+            Err(KvError::StaleStamp { .. })
+        ));
+    }
     assert_eq!(h.store.held_cross_shard().unwrap(), None);
 }
 
@@ -130,20 +146,26 @@ fn a_prepare_below_what_the_shard_applied_is_refused() {
 fn an_abort_releases_the_shard_and_the_primary_decides_for_good() {
     let mut h = Harness::new();
     stamped_put(&mut h, "a/1", 10).unwrap();
-    outcome(h.apply(prepare(5, 20, "a/", b"a0"))).unwrap();
+    outcome(h.apply(prepare(5, "a/", b"a0"))).unwrap();
     let aborted = abort(&mut h, 5).unwrap();
     assert!(!aborted.committed);
     assert_eq!(h.store.held_cross_shard().unwrap(), None);
     assert!(h.get("a/1").is_some());
-    assert_eq!(commit(&mut h, 5, None), Err(KvError::CrossShardAborted));
+    assert_eq!(commit(&mut h, 5, 20, None), Err(KvError::CrossShardAborted));
     // A prepare that arrives after its write was aborted is refused.
-    assert_eq!(outcome(h.apply(prepare(5, 20, "a/", b"a0"))), Err(KvError::CrossShardAborted));
+    assert_eq!(
+        outcome(h.apply(prepare(5, "a/", b"a0"))),
+        Err(KvError::CrossShardAborted)
+    );
     // A primary asked to abort a write it never saw records it aborted.
     assert!(!abort(&mut h, 6).unwrap().committed);
-    assert_eq!(outcome(h.apply(prepare(6, 30, "a/", b"a0"))), Err(KvError::CrossShardAborted));
+    assert_eq!(
+        outcome(h.apply(prepare(6, "a/", b"a0"))),
+        Err(KvError::CrossShardAborted)
+    );
     // An abort of a committed write answers the commit.
-    outcome(h.apply(prepare(9, 40, "a/", b"a0"))).unwrap();
-    commit(&mut h, 9, None).unwrap();
+    outcome(h.apply(prepare(9, "a/", b"a0"))).unwrap();
+    commit(&mut h, 9, 40, None).unwrap();
     let answer = abort(&mut h, 9).unwrap();
     assert!(answer.committed);
     assert_eq!(answer.revision, 40);
@@ -153,11 +175,11 @@ fn an_abort_releases_the_shard_and_the_primary_decides_for_good() {
 fn the_held_part_survives_a_restart_and_outcomes_go_with_compaction() {
     let mut h = Harness::new();
     stamped_put(&mut h, "a/1", 10).unwrap();
-    outcome(h.apply(prepare(3, 20, "a/", b"a0"))).unwrap();
+    outcome(h.apply_stamped(prepare(3, "a/", b"a0"), Some(20))).unwrap();
     h = h.reopen();
     assert_eq!(h.store.held_cross_shard().unwrap().map(|p| p.revision), Some(20));
     assert_eq!(stamped_put(&mut h, "z", 21), Err(KvError::ShardHeld));
-    commit(&mut h, 3, None).unwrap();
+    commit(&mut h, 3, 20, None).unwrap();
     stamped_put(&mut h, "z", 30).unwrap();
     let compact = Op::Compaction(CompactionRequest {
         revision: 30,
@@ -165,7 +187,7 @@ fn the_held_part_survives_a_restart_and_outcomes_go_with_compaction() {
     });
     h.apply_stamped(compact, Some(31)).unwrap();
     // The outcome is gone with the history it belonged to.
-    assert_eq!(commit(&mut h, 3, None), Err(KvError::CrossShardAborted));
+    assert_eq!(commit(&mut h, 3, 20, None), Err(KvError::CrossShardAborted));
 }
 
 #[test]
@@ -178,5 +200,5 @@ fn a_prepare_outside_the_shard_is_refused() {
         first_leader: 0,
     });
     h.apply_stamped(split, Some(11)).unwrap();
-    assert_eq!(outcome(h.apply(prepare(1, 20, "a", b"z"))), Err(KvError::WrongShard));
+    assert_eq!(outcome(h.apply(prepare(1, "a", b"z"))), Err(KvError::WrongShard));
 }

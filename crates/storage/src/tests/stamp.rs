@@ -65,7 +65,10 @@ fn a_txn_shares_its_stamp_and_a_write_of_nothing_leaves_the_revision() {
     assert_eq!(h.store.current_revision(), 5);
     // A stamp between the two is above the store's revision, but reads at 8 were served
     // without it: refused, so they stay true.
-    assert!(matches!(stamped_put(&mut h, "x", "2", 7), Err(KvError::StaleStamp { .. })));
+    assert!(matches!(
+        stamped_put(&mut h, "x", "2", 7),
+        Err(KvError::StaleStamp { .. })
+    ));
     assert_eq!(stamped_put(&mut h, "x", "2", 9), Ok(9));
 }
 
