@@ -41,6 +41,7 @@ fn pending(revision: i64) -> CrossShardOutcome {
         committed: false,
         revision,
         delete_range: None,
+        revoked_lease: 0,
     }
 }
 
@@ -86,9 +87,16 @@ impl Writer<'_, '_> {
         if read_outcome(&self.cross_shard_outcomes, req.id)?.is_some() {
             return Err(KvError::CrossShardAborted.into());
         }
-        let part = req.delete_range.as_ref().ok_or(KvError::EmptyCommand)?;
-        if !self.key_range.covers(&part.key, &part.range_end) {
-            return Err(KvError::WrongShard.into());
+        match (&req.delete_range, &req.lease_revoke) {
+            (Some(part), _) if !self.key_range.covers(&part.key, &part.range_end) => {
+                return Err(KvError::WrongShard.into());
+            }
+            (Some(_), _) => {}
+            (None, Some(revoke)) if req.primary && !self.lease_exists(revoke.id)? => {
+                return Err(KvError::LeaseNotFound.into());
+            }
+            (None, Some(_)) => {}
+            (None, None) => return Err(KvError::EmptyCommand.into()),
         }
         let revision = self.stamp.unwrap_or_else(|| self.revision.max(self.stamp_floor) + 1);
         let held = PrepareCrossShard {
@@ -105,10 +113,9 @@ impl Writer<'_, '_> {
     /// Commits this store's part: applies it at the write's revision and releases the store.
     /// A part no longer held answers its recorded outcome (refused as aborted if it aborted).
     pub(crate) fn commit_cross_shard(&mut self, req: &CommitCrossShard) -> Result<CrossShardOutcome, OpError> {
-        let held = match self.held.take() {
-            Some(held) if held.id == req.id => held,
-            other => {
-                self.held = other;
+        let held = match &self.held {
+            Some(held) if held.id == req.id => held.clone(),
+            _ => {
                 return match read_outcome(&self.cross_shard_outcomes, req.id)? {
                     Some(outcome) if outcome.committed => Ok(outcome),
                     _ => Err(KvError::CrossShardAborted.into()),
@@ -118,24 +125,32 @@ impl Writer<'_, '_> {
         // Nothing stamped above the prepare applied since, and the write's revision is at least
         // the prepare's stamp, so the part applies there like any stamped write.
         if req.revision < held.revision {
-            let stale = KvError::StaleStamp {
+            return Err(KvError::StaleStamp {
                 stamp: req.revision,
                 revision: held.revision,
-            };
-            self.held = Some(held);
-            return Err(stale.into());
+            }
+            .into());
         }
         self.begin_command(Some(req.revision))?;
-        let part = held.delete_range.clone().unwrap_or_default();
-        let deleted = self.delete_range(&part)?;
-        self.stamp_floor = self.stamp_floor.max(req.revision);
-        self.cross_shard_held.remove(HELD_KEY)?;
-        let outcome = CrossShardOutcome {
+        let mut outcome = CrossShardOutcome {
             header: None,
             committed: true,
             revision: req.revision,
-            delete_range: Some(deleted),
+            delete_range: None,
+            revoked_lease: 0,
         };
+        if let Some(part) = &held.delete_range {
+            outcome.delete_range = Some(self.delete_range(part)?);
+        } else if let Some(revoke) = &held.lease_revoke {
+            // A shard that never learned of the lease holds none of its keys.
+            if self.lease_exists(revoke.id)? {
+                self.lease_revoke(revoke)?;
+            }
+            outcome.revoked_lease = revoke.id;
+        }
+        self.held = None;
+        self.stamp_floor = self.stamp_floor.max(req.revision);
+        self.cross_shard_held.remove(HELD_KEY)?;
         self.cross_shard_outcomes
             .insert(held.id, outcome.encode_to_vec().as_slice())?;
         Ok(outcome)
@@ -162,6 +177,7 @@ impl Writer<'_, '_> {
             committed: false,
             revision,
             delete_range: None,
+            revoked_lease: 0,
         };
         self.cross_shard_outcomes
             .insert(req.id, outcome.encode_to_vec().as_slice())?;

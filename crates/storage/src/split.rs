@@ -143,8 +143,9 @@ fn write_range(txn: &WriteTransaction, range: &KeyRange) -> Result<(), StorageEr
 impl Writer<'_, '_> {
     /// Splits the store's range at `req.key` (see the module docs): the child's store is
     /// written to `child_path`. Refused, changing nothing, when the key is not strictly inside
-    /// the range, when a moved key is attached to a lease (leases live with the first shard), or
-    /// while auth is enabled (the child would not carry the auth state).
+    /// the range, or while auth is enabled (the child would not carry the auth state). The
+    /// child keeps every lease (each shard knows every lease, so that any key can be attached
+    /// to one) and the moved keys' attachments.
     pub fn split_shard(
         &mut self,
         txn: &WriteTransaction,
@@ -163,13 +164,24 @@ impl Writer<'_, '_> {
             start: at.to_vec(),
             end: self.key_range.end.clone(),
         };
-        for row in self.lease_keys.iter()? {
-            let (attachment, _) = row?;
-            if moved.contains(attachment.value().1) {
-                return Err(OpError::Kv(KvError::SplitRefused(
-                    "a key it would move is attached to a lease",
-                )));
+        // The moved keys' attachments go with them; every lease is known to both shards.
+        let mut attachments: Vec<(i64, Vec<u8>)> = Vec::new();
+        self.lease_keys.retain(|(lease, key), ()| match moved.contains(key) {
+            true => {
+                attachments.push((lease, key.to_vec()));
+                false
             }
+            false => true,
+        })?;
+        let mut leases = Vec::new();
+        for row in self.leases.iter()? {
+            let (id, ttl) = row?;
+            leases.push((id.value(), ttl.value()));
+        }
+        let mut remaining = Vec::new();
+        for row in self.lease_remaining.iter()? {
+            let (id, left) = row?;
+            remaining.push((id.value(), left.value()));
         }
         // One pass takes the moved rows out; the child's file is durable before this
         // transaction commits.
@@ -189,7 +201,14 @@ impl Writer<'_, '_> {
         if let Some(e) = undecodable {
             return Err(e.into());
         }
-        write_child(txn, child_path, &rows, &moved, self.revision, self.compact_revision)?;
+        let child = ChildStore {
+            rows: &rows,
+            range: &moved,
+            leases: &leases,
+            remaining: &remaining,
+            attachments: &attachments,
+        };
+        write_child(txn, child_path, &child, self.revision, self.compact_revision)?;
         self.key_range.end = Some(at.to_vec());
         write_range(txn, &self.key_range)?;
         txn.open_table(SHARD)?
@@ -218,17 +237,30 @@ pub(crate) fn allocate_shard_id(
     Ok(AllocateShardIdResponse { header: None, group })
 }
 
+/// What a split's child store starts with.
+struct ChildStore<'a> {
+    /// The moved keys' rows, every retained version.
+    rows: &'a [(RowId, Vec<u8>)],
+    range: &'a KeyRange,
+    /// Every lease (id, TTL), and what each checkpointed one had left.
+    leases: &'a [(i64, i64)],
+    remaining: &'a [(i64, i64)],
+    /// The moved keys attached to leases: (lease, key).
+    attachments: &'a [(i64, Vec<u8>)],
+}
+
 /// Writes the child store of a split to `path` (replacing any file left by an earlier attempt)
-/// and makes it durable: the moved `rows`, the parent's revision counters and the keys its
-/// values are sealed with, its range, and applied index 0 (its group starts a new log).
+/// and makes it durable: the moved rows, the leases and the moved keys' attachments, the
+/// parent's revision counters and the keys its values are sealed with, its range, and applied
+/// index 0 (its group starts a new log).
 fn write_child(
     parent: &WriteTransaction,
     path: &Path,
-    rows: &[(RowId, Vec<u8>)],
-    range: &KeyRange,
+    child: &ChildStore<'_>,
     revision: i64,
     compact_revision: i64,
 ) -> Result<(), StorageError> {
+    let (rows, range) = (child.rows, child.range);
     match std::fs::remove_file(path) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
         _ => {}
@@ -239,6 +271,18 @@ fn write_child(
         let mut revisions = txn.open_table(keys::REVISIONS)?;
         for (id, bytes) in rows {
             revisions.insert(*id, bytes.as_slice())?;
+        }
+        let mut leases = txn.open_table(keys::LEASES)?;
+        for (id, ttl) in child.leases {
+            leases.insert(*id, *ttl)?;
+        }
+        let mut remaining = txn.open_table(keys::LEASE_REMAINING)?;
+        for (id, left) in child.remaining {
+            remaining.insert(*id, *left)?;
+        }
+        let mut lease_keys = txn.open_table(keys::LEASE_KEYS)?;
+        for (lease, key) in child.attachments {
+            lease_keys.insert((*lease, key.as_slice()), ())?;
         }
         // The parent's counters, but for those that are the parent's alone.
         let mut meta = txn.open_table(keys::META)?;

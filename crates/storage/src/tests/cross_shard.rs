@@ -16,6 +16,7 @@ fn prepare(id: u64, key: &str, range_end: &[u8]) -> Op {
             prev_kv: true,
         }),
         primary_group: 1,
+        ..Default::default()
     })
 }
 
@@ -201,4 +202,41 @@ fn a_prepare_outside_the_shard_is_refused() {
     });
     h.apply_stamped(split, Some(11)).unwrap();
     assert_eq!(outcome(h.apply(prepare(1, "a", b"z"))), Err(KvError::WrongShard));
+}
+
+fn revoke_part(id: u64, lease: i64, primary: bool) -> Op {
+    Op::PrepareCrossShard(PrepareCrossShard {
+        id,
+        lease_revoke: Some(LeaseRevokeRequest { id: lease }),
+        primary,
+        primary_group: 1,
+        ..Default::default()
+    })
+}
+
+#[test]
+fn a_lease_revoke_part_deletes_the_leases_keys_here_at_the_writes_revision() {
+    let mut h = Harness::new();
+    h.apply(Op::LeaseGrant(LeaseGrantRequest { id: 5, ttl: 60 })).unwrap();
+    let mut leased = put_req("k/1", "v");
+    leased.lease = 5;
+    h.apply_stamped(Op::Put(leased), Some(10)).unwrap();
+    stamped_put(&mut h, "k/2", 11).unwrap();
+
+    outcome(h.apply_stamped(revoke_part(1, 5, false), Some(12))).unwrap();
+    let done = commit(&mut h, 1, 30, None).unwrap();
+    assert_eq!(done.revoked_lease, 5);
+    assert_eq!(h.get("k/1"), None);
+    assert!(h.get("k/2").is_some());
+    assert_eq!(h.store.current_revision(), 30);
+    assert!(h.store.leases().unwrap().is_empty());
+
+    // A shard that never learned of the lease has nothing to do; the primary refuses, as etcd
+    // refuses to revoke a lease that is not there.
+    outcome(h.apply_stamped(revoke_part(2, 9, false), Some(31))).unwrap();
+    assert!(commit(&mut h, 2, 31, None).unwrap().committed);
+    assert_eq!(
+        outcome(h.apply_stamped(revoke_part(3, 9, true), Some(32))),
+        Err(KvError::LeaseNotFound)
+    );
 }

@@ -107,20 +107,27 @@ fn writes_naming_moved_keys_are_refused_and_splits_must_fall_inside() {
 }
 
 #[test]
-fn keys_attached_to_leases_do_not_move() {
+fn keys_attached_to_leases_move_with_their_lease() {
     let mut h = Harness::new();
     h.grant(5, 60).unwrap();
-    h.put_req(PutRequest {
-        key: b"x".to_vec(),
-        value: b"1".to_vec(),
-        lease: 5,
-        ..Default::default()
-    })
-    .unwrap();
-    assert!(matches!(split(&mut h, "m", 2), Err(KvError::SplitRefused(_))));
-    assert_eq!(keys_of(&h.store), vec![b"x".to_vec()]);
-    // Below the leased key the split goes through.
-    assert!(split(&mut h, "y", 2).is_ok());
+    h.grant(6, 30).unwrap();
+    for (key, lease) in [("b", 5), ("x", 5), ("y", 6)] {
+        h.put_req(PutRequest {
+            key: key.as_bytes().to_vec(),
+            value: b"1".to_vec(),
+            lease,
+            ..Default::default()
+        })
+        .unwrap();
+    }
+    split(&mut h, "m", 2).unwrap();
+    assert_eq!(h.store.lease_keys(5).unwrap(), vec![b"b".to_vec()]);
+    assert!(h.store.lease_keys(6).unwrap().is_empty());
+
+    let child = open_store(&shard_store_path(h.store.path().parent().unwrap(), 2));
+    assert_eq!(child.leases().unwrap().len(), 2);
+    assert_eq!(child.lease_keys(5).unwrap(), vec![b"x".to_vec()]);
+    assert_eq!(child.lease_keys(6).unwrap(), vec![b"y".to_vec()]);
 }
 
 #[test]
