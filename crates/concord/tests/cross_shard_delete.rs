@@ -12,7 +12,7 @@ use common::{eventually, Cluster};
 use concord_proto::concordpb::raft_command::Op;
 use concord_proto::concordpb::shards_client::ShardsClient;
 use concord_proto::concordpb::{
-    CommitCrossShard, CrossShardOutcome, CrossShardRequest, PrepareCrossShard, RaftCommand,
+    shard_propose_response, CommitCrossShard, CrossShardOutcome, PrepareCrossShard, RaftCommand, ShardProposeRequest,
 };
 use concord_proto::etcdserverpb::DeleteRangeRequest;
 use etcd_client::{DeleteOptions, GetOptions, WatchOptions};
@@ -164,25 +164,26 @@ async fn deletes_across_shards_stay_whole_under_writers() {
     }
 }
 
-/// Proposes one phase of write `id` to `group` through member 0's `Shards.CrossShard`, as a
-/// coordinator would.
+/// Proposes one phase of a write across shards to `group` through member 0's `Shards.Propose`,
+/// as a coordinator would.
 async fn phase(cluster: &Cluster, group: u64, op: Op) -> Result<CrossShardOutcome, tonic::Status> {
     let channel = tonic::transport::Channel::from_shared(cluster.endpoints()[0].clone())
         .unwrap()
         .connect()
         .await
         .unwrap();
-    let request = CrossShardRequest {
+    let request = ShardProposeRequest {
         shard: group,
         command: Some(RaftCommand { op: Some(op) }),
     };
-    ShardsClient::new(channel)
-        .cross_shard(request)
-        .await
-        .map(|r| r.into_inner())
+    let answer = ShardsClient::new(channel).propose(request).await?.into_inner();
+    match answer.result {
+        Some(shard_propose_response::Result::CrossShard(outcome)) => Ok(outcome),
+        other => panic!("{other:?}"),
+    }
 }
 
-fn prepare(id: u64, key: &str, range_end: &str) -> Op {
+fn prepare(id: u64, group: u64, key: &str, range_end: &str) -> Op {
     Op::PrepareCrossShard(PrepareCrossShard {
         id,
         revision: 0,
@@ -192,6 +193,8 @@ fn prepare(id: u64, key: &str, range_end: &str) -> Op {
             prev_kv: false,
         }),
         primary_group: 2,
+        primary: group == 2,
+        ..Default::default()
     })
 }
 
@@ -205,8 +208,8 @@ async fn held_shards_of_a_quiet_coordinator_end_as_the_primary_did() {
 
     // A coordinator holds the second and third shards and is never heard of again: both are
     // released, the write aborted, and writes to them go on.
-    phase(&cluster, 2, prepare(77, "h", "i")).await.unwrap();
-    phase(&cluster, 3, prepare(77, "n", "o")).await.unwrap();
+    phase(&cluster, 2, prepare(77, 2, "h", "i")).await.unwrap();
+    phase(&cluster, 3, prepare(77, 3, "n", "o")).await.unwrap();
     client
         .put("n/2", "v", None)
         .await
@@ -227,8 +230,8 @@ async fn held_shards_of_a_quiet_coordinator_end_as_the_primary_did() {
 
     // This one stops after its primary committed: the other part commits too, at the same
     // revision.
-    let one = phase(&cluster, 2, prepare(88, "h", "i")).await.unwrap();
-    let other = phase(&cluster, 3, prepare(88, "n", "o")).await.unwrap();
+    let one = phase(&cluster, 2, prepare(88, 2, "h", "i")).await.unwrap();
+    let other = phase(&cluster, 3, prepare(88, 3, "n", "o")).await.unwrap();
     let revision = one.revision.max(other.revision);
     let committed = phase(&cluster, 2, Op::CommitCrossShard(CommitCrossShard { id: 88, revision }))
         .await

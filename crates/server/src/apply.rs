@@ -237,8 +237,13 @@ impl StateMachine for KvStateMachine {
             }
         }
         self.effects.hub.notify_applied(self.store.current_revision());
-        for (position, result) in &results {
+        // The lessor keeps group 1's leases; the other shards' copies only answer puts.
+        let keeps_leases = self.effects.group_id == crate::member::FIRST_GROUP_ID;
+        for (position, result) in results.iter().filter(|_| keeps_leases) {
             match result {
+                Ok(WriteResult::CrossShard(outcome)) if outcome.revoked_lease != 0 => {
+                    self.effects.lessor.on_revoked(outcome.revoked_lease)
+                }
                 Ok(WriteResult::LeaseGrant(grant)) => self.effects.lessor.on_granted(grant.id, grant.ttl),
                 Ok(WriteResult::LeaseCheckpoint(_)) => self.effects.lessor.on_checkpointed(),
                 Ok(WriteResult::LeaseRevoke(_)) | Err(KvError::LeaseNotFound) => {

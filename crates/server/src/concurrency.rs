@@ -21,6 +21,7 @@
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use concord_proto::concordpb::raft_command::Op;
@@ -195,9 +196,6 @@ pub async fn txn(ctx: &MemberContext, sender: &Sender, req: TxnRequest) -> Resul
         .route_for_txn(&req)
         .map_err(|spans| errors::write_spans_shards(&spans.groups))?;
     let group = &held(route)?.group;
-    for lease in concord_storage::auth::perms::txn_leases(&req) {
-        ctx.check_lease_shard(group, lease)?;
-    }
     let result = ctx
         .propose_write(group, sender, Op::Txn(req))
         .await
@@ -275,6 +273,17 @@ pub async fn linearizable_range(ctx: &MemberContext, req: &RangeRequest) -> Resu
     let shard = held(route)?;
     shard.group.read_barrier().await.map_err(errors::from_raft)?;
     shard.store.range(req).map_err(errors::from_kv)
+}
+
+/// The watch hub of the shard holding every key under `prefix`, when this member holds it:
+/// Lock and Election wait on their keys' history there. Otherwise `fallback` (the calls that
+/// then reach the keys are refused, see [`held`]).
+pub fn hub_for(ctx: &MemberContext, prefix: &[u8], fallback: &Arc<WatchHub>) -> Arc<WatchHub> {
+    let router = ctx.router.current();
+    match router.route_for_range(prefix, &prefix_end(prefix)) {
+        Ok(Route::Local(shard)) => shard.hub.clone(),
+        _ => fallback.clone(),
+    }
 }
 
 /// The shard of a Lock or Election key, which must be one this member holds: those calls keep

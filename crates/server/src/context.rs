@@ -143,17 +143,6 @@ impl MemberContext {
         }
     }
 
-    /// Refuses a write that attaches a key outside group 1's shard to a lease: leases live in
-    /// group 1, and the shards do not learn of them yet.
-    pub fn check_lease_shard(&self, group: &GroupHandle, lease: i64) -> Result<(), Status> {
-        match lease != 0 && group.group_id() != self.router.default_group().group_id() {
-            true => Err(errors::unsharded_only(
-                "attaching a lease to a key outside the first shard",
-            )),
-            false => Ok(()),
-        }
-    }
-
     /// etcd's response header: who answered, at which revision and term.
     pub fn header(&self, revision: i64) -> ResponseHeader {
         ResponseHeader {

@@ -17,7 +17,7 @@ use tokio::sync::watch;
 
 use crate::auth::Credentials;
 use crate::context::MemberContext;
-use crate::cross_shard_delete::run_phase;
+use crate::cross_shard_write::run_phase;
 use crate::router::Route;
 
 /// How long a part may stay held before its shard's leader settles it. A coordinator takes a

@@ -316,7 +316,8 @@ impl Election for ElectionService {
         let req = request.into_inner();
         // The candidate's key goes under the election's prefix, whose keys it must also read.
         concurrency::authorize_prefix(&self.ctx, &creds, &concurrency::prefix(&req.name), true).await?;
-        let (ctx, hub) = (self.ctx.clone(), self.hub.clone());
+        let hub = concurrency::hub_for(&self.ctx, &concurrency::prefix(&req.name), &self.hub);
+        let ctx = self.ctx.clone();
         let resp = concurrency::detach(move |answer| campaign_task(ctx, hub, creds, req, answer)).await?;
         Ok(Response::new(resp))
     }
@@ -352,7 +353,8 @@ impl Election for ElectionService {
         let prefix = concurrency::prefix(&req.name);
         concurrency::authorize_prefix(&self.ctx, &creds, &prefix, false).await?;
         let (out, rx) = mpsc::channel(OBSERVE_QUEUE);
-        tokio::spawn(observe_task(self.ctx.clone(), self.hub.clone(), prefix, out));
+        let hub = concurrency::hub_for(&self.ctx, &prefix, &self.hub);
+        tokio::spawn(observe_task(self.ctx.clone(), hub, prefix, out));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 

@@ -198,7 +198,6 @@ impl KvService {
         let creds = Credentials::of(&request);
         let req = request.into_inner();
         crate::quota::check(&self.ctx, req.key.len() + req.value.len()).await?;
-        self.ctx.check_lease_shard(group, req.lease)?;
         let sender = self.ctx.auth.sender(&creds, group).await?;
         self.ctx
             .write(group, &sender, Op::Put(req), |r| match r {
@@ -270,9 +269,6 @@ impl KvService {
             return Ok(Response::new(resp));
         }
         crate::quota::check(&self.ctx, prost::Message::encoded_len(&req)).await?;
-        for lease in perms::txn_leases(&req) {
-            self.ctx.check_lease_shard(group, lease)?;
-        }
         let sender = self.ctx.auth.sender(&creds, group).await?;
         self.ctx
             .write(group, &sender, Op::Txn(req), |r| match r {

@@ -27,6 +27,7 @@ pub mod cross_shard_delete;
 pub mod cross_shard_read;
 mod cross_shard_recovery;
 pub mod cross_shard_txn;
+pub mod cross_shard_write;
 pub mod election;
 pub mod errors;
 mod fallback;

@@ -191,7 +191,8 @@ impl Lock for LockService {
         let req = request.into_inner();
         // The caller's key goes under the name's prefix, whose keys it must also read.
         concurrency::authorize_prefix(&self.ctx, &creds, &concurrency::prefix(&req.name), true).await?;
-        let (ctx, hub) = (self.ctx.clone(), self.hub.clone());
+        let hub = concurrency::hub_for(&self.ctx, &concurrency::prefix(&req.name), &self.hub);
+        let ctx = self.ctx.clone();
         let resp = concurrency::detach(move |answer| lock_task(ctx, hub, creds, req, answer)).await?;
         Ok(Response::new(resp))
     }

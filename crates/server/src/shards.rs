@@ -25,7 +25,10 @@ use crate::context::MemberContext;
 use crate::errors;
 use crate::router::{RemoteShard, Route, Shard as ShardRange};
 use concord_proto::concordpb::raft_command::Op;
-use concord_proto::concordpb::{AllocateShardId, CrossShardOutcome, CrossShardRequest, RecordShard, SplitShard};
+use concord_proto::concordpb::{
+    shard_propose_response, AllocateShardId, RecordShard, ShardLeaseKeysRequest, ShardLeaseKeysResponse,
+    ShardProposeRequest, ShardProposeResponse, SplitShard,
+};
 use concord_storage::WriteResult;
 
 /// How long TransferLeader waits for the new leader to take over (as MoveLeader).
@@ -365,16 +368,33 @@ impl Shards for ShardService {
         Ok(Response::new(ShardCompactResponse { header: self.header() }))
     }
 
-    async fn cross_shard(&self, request: Request<CrossShardRequest>) -> Result<Response<CrossShardOutcome>, Status> {
+    async fn propose(&self, request: Request<ShardProposeRequest>) -> Result<Response<ShardProposeResponse>, Status> {
         let creds = crate::auth::Credentials::of(&request);
-        let CrossShardRequest { shard, command } = request.into_inner();
+        let ShardProposeRequest { shard, command } = request.into_inner();
         let local = self.shard(shard)?;
-        let op = match command.and_then(|c| c.op) {
-            Some(op @ (Op::PrepareCrossShard(_) | Op::CommitCrossShard(_) | Op::AbortCrossShard(_))) => op,
-            _ => return Err(errors::not_a_cross_shard_phase()),
+        let result = match command.and_then(|c| c.op) {
+            Some(op @ (Op::PrepareCrossShard(_) | Op::CommitCrossShard(_) | Op::AbortCrossShard(_))) => {
+                let group = local.group.group_id();
+                let outcome = crate::cross_shard_write::run_phase(&self.ctx, &creds, group, op).await?;
+                shard_propose_response::Result::CrossShard(outcome)
+            }
+            Some(Op::LeaseGrant(grant)) => {
+                let granted = crate::lease::grant_on_shard(&self.ctx, &local.group, grant).await?;
+                shard_propose_response::Result::LeaseGrant(granted)
+            }
+            _ => return Err(errors::not_a_shard_proposal()),
         };
-        let outcome = crate::cross_shard_delete::run_phase(&self.ctx, &creds, local.group.group_id(), op).await?;
-        Ok(Response::new(outcome))
+        Ok(Response::new(ShardProposeResponse { result: Some(result) }))
+    }
+
+    async fn lease_keys(
+        &self,
+        request: Request<ShardLeaseKeysRequest>,
+    ) -> Result<Response<ShardLeaseKeysResponse>, Status> {
+        let ShardLeaseKeysRequest { shard, lease } = request.into_inner();
+        let local = self.shard(shard)?;
+        let keys = crate::lease::shard_lease_keys(&self.ctx, &local, lease).await?;
+        Ok(Response::new(ShardLeaseKeysResponse { keys }))
     }
 
     async fn transfer_leader(

@@ -234,9 +234,9 @@ pub fn wrong_shard() -> Status {
     super::from_kv(concord_storage::KvError::WrongShard)
 }
 
-/// A `Shards.CrossShard` call whose command is not a phase of a write across shards.
-pub fn not_a_cross_shard_phase() -> Status {
-    Status::invalid_argument("concord: the command is not a phase of a write across shards")
+/// A `Shards.Propose` call whose command is not one a member proposes to another's shard.
+pub fn not_a_shard_proposal() -> Status {
+    Status::invalid_argument("concord: the command is not a phase of a write across shards nor a lease grant")
 }
 
 /// Whether `status` says the group had no leader (etcd's `etcdserver: no leader`).

@@ -302,10 +302,16 @@ pub async fn run_lessor(lessor: Arc<Lessor>, ctx: Arc<MemberContext>) {
                 for id in lessor.due_for_revoke() {
                     let (ctx, lessor, group) = (ctx.clone(), lessor.clone(), group.clone());
                     tokio::spawn(async move {
-                        let revoke = Op::LeaseRevoke(LeaseRevokeRequest { id });
                         // The member revokes what expired, whoever's keys the lease holds.
-                        match ctx.propose_write(&group, &Sender::Member, revoke).await {
-                            Ok(_) => tracing::debug!(lease = id, "expired lease revoked"),
+                        let revoked = match ctx.router.is_sharded() {
+                            true => super::sharded::revoke(&ctx, &Default::default(), id).await.map(|_| ()),
+                            false => {
+                                let revoke = Op::LeaseRevoke(LeaseRevokeRequest { id });
+                                ctx.propose_write(&group, &Sender::Member, revoke).await.map(|_| ())
+                            }
+                        };
+                        match revoked {
+                            Ok(()) => tracing::debug!(lease = id, "expired lease revoked"),
                             Err(status) if status.code() == tonic::Code::NotFound => lessor.on_revoked(id),
                             Err(status) => tracing::debug!(lease = id, "revoking expired lease failed: {}", status.message()),
                         }

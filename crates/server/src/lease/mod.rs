@@ -5,6 +5,9 @@
 //! members forward them to the leader ([`crate::forward`]).
 
 pub mod lessor;
+mod sharded;
+
+pub use sharded::{grant_on_shard, shard_lease_keys};
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -155,12 +158,17 @@ impl Lease for LeaseService {
         crate::quota::check(&self.ctx, 16).await?;
         let group = self.ctx.router.default_group();
         let sender = self.ctx.auth.sender(&creds, group).await?;
-        self.ctx
+        let granted = self
+            .ctx
             .write(group, &sender, Op::LeaseGrant(req), |r| match r {
                 WriteResult::LeaseGrant(resp) => Some(resp),
                 _ => None,
             })
-            .await
+            .await?;
+        if self.ctx.router.is_sharded() {
+            sharded::copy_grant(&self.ctx, &req).await?;
+        }
+        Ok(granted)
     }
 
     async fn lease_revoke(
@@ -169,6 +177,9 @@ impl Lease for LeaseService {
     ) -> Result<Response<LeaseRevokeResponse>, Status> {
         let creds = Credentials::of(&request);
         let req = request.into_inner();
+        if self.ctx.router.is_sharded() {
+            return sharded::revoke(&self.ctx, &creds, req.id).await.map(Response::new);
+        }
         let group = self.ctx.router.default_group();
         // Apply checks write permission on every key attached to the lease, as etcd.
         let sender = self.ctx.auth.sender(&creds, group).await?;
@@ -251,7 +262,9 @@ impl Lease for LeaseService {
                 ..Default::default()
             }));
         };
-        let keys = if req.keys {
+        let keys = if req.keys && self.ctx.router.is_sharded() {
+            sharded::lease_keys_everywhere(&self.ctx, req.id).await?
+        } else if req.keys {
             self.ctx.store.lease_keys(req.id).map_err(errors::from_kv)?
         } else {
             Vec::new()
