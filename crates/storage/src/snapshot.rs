@@ -168,6 +168,8 @@ fn copy_database(db: &Database, dest: &Path, reseal: Option<&Sealer>) -> Result<
     copy_table(&snapshot, &out, crate::auth::META)?;
     copy_table(&snapshot, &out, keys::META)?;
     copy_table(&snapshot, &out, crate::split::SHARD)?;
+    copy_table(&snapshot, &out, crate::cross_shard::HELD)?;
+    copy_table(&snapshot, &out, crate::cross_shard::OUTCOMES)?;
     if let Some(sealer) = reseal {
         reset_keys(&out, sealer, meta.revision)?;
     }

@@ -208,7 +208,14 @@ impl Writer<'_, '_> {
             remaining: &remaining,
             attachments: &attachments,
         };
-        write_child(txn, child_path, &child, self.revision, self.compact_revision)?;
+        write_child(
+            txn,
+            child_path,
+            &child,
+            self.revision,
+            self.compact_revision,
+            self.stamp_floor,
+        )?;
         self.key_range.end = Some(at.to_vec());
         write_range(txn, &self.key_range)?;
         txn.open_table(SHARD)?
@@ -259,6 +266,7 @@ fn write_child(
     child: &ChildStore<'_>,
     revision: i64,
     compact_revision: i64,
+    stamp_floor: i64,
 ) -> Result<(), StorageError> {
     let (rows, range) = (child.rows, child.range);
     match std::fs::remove_file(path) {
@@ -295,6 +303,9 @@ fn write_child(
         }
         meta.insert(keys::META_APPLIED_INDEX, 0)?;
         meta.insert(keys::META_REVISION, revision as u64)?;
+        // The parent's floor as of this entry, not as its last batch left it: replicas batch
+        // their entries differently.
+        meta.insert(keys::META_STAMP_FLOOR, stamp_floor.max(0) as u64)?;
         if compact_revision >= 0 {
             meta.insert(keys::META_COMPACT_REVISION, compact_revision as u64)?;
         }

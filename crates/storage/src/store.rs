@@ -274,6 +274,8 @@ pub(crate) fn prepare_database(db: Database) -> Result<(Database, Meta), Storage
         txn.open_table(keys::LEASE_REMAINING)?;
         txn.open_table(keys::ALARMS)?;
         txn.open_table(crate::split::SHARD)?;
+        txn.open_table(crate::cross_shard::HELD)?;
+        txn.open_table(crate::cross_shard::OUTCOMES)?;
         crate::auth::create_tables(&txn)?;
         read_meta(&txn.open_table(keys::META)?)?
     };

@@ -240,3 +240,27 @@ fn a_lease_revoke_part_deletes_the_leases_keys_here_at_the_writes_revision() {
         Err(KvError::LeaseNotFound)
     );
 }
+
+#[test]
+fn a_snapshot_carries_the_held_part_the_outcomes_and_the_floor() {
+    let mut source = Harness::new();
+    stamped_put(&mut source, "a/1", 10).unwrap();
+    outcome(source.apply_stamped(prepare(1, "a/", b"a0"), Some(11))).unwrap();
+    commit(&mut source, 1, 20, None).unwrap();
+    stamped_put(&mut source, "a/2", 21).unwrap();
+    outcome(source.apply_stamped(prepare(2, "a/", b"a0"), Some(22))).unwrap();
+    let path = source.dir.path().join("snap.redb");
+    source.store.write_snapshot(&path).unwrap();
+
+    // A member that installs it refuses and answers exactly as the source does.
+    let mut target = Harness::new();
+    target.store.install_snapshot(&path).unwrap();
+    target.next_index = source.next_index;
+    for h in [&mut source, &mut target] {
+        assert_eq!(h.store.held_cross_shard().unwrap().map(|p| p.id), Some(2));
+        assert_eq!(stamped_put(h, "b", 23), Err(KvError::ShardHeld));
+        assert_eq!(commit(h, 1, 20, None).unwrap().revision, 20);
+        assert_eq!(commit(h, 2, 22, None).unwrap().delete_range.unwrap().deleted, 1);
+        assert!(matches!(stamped_put(h, "b", 21), Err(KvError::StaleStamp { .. })));
+    }
+}

@@ -319,3 +319,24 @@ fn defragment_reclaims_space_and_keeps_content() {
     assert_eq!(h.store.db_size(), size);
     assert!(size < size_before / 4);
 }
+
+#[test]
+fn a_snapshot_has_every_table_of_the_store() {
+    let source = populated();
+    let path = snapshot_path(&source, "snap.redb");
+    source.store.write_snapshot(&path).unwrap();
+    let names = |path: &std::path::Path| {
+        let db = redb::Database::open(path).unwrap();
+        let txn = redb::ReadableDatabase::begin_read(&db).unwrap();
+        let mut names: Vec<String> = txn
+            .list_tables()
+            .unwrap()
+            .map(|t| redb::TableHandle::name(&t).to_string())
+            .collect();
+        names.sort();
+        names
+    };
+    let copied = names(&path);
+    drop(source.store);
+    assert_eq!(copied, names(&source.dir.path().join("data").join("kv.redb")));
+}
