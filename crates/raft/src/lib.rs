@@ -21,6 +21,7 @@ pub mod admission;
 mod entry_cache;
 pub mod error;
 pub mod force_new_cluster;
+pub mod hibernation;
 pub mod log_store;
 mod logging;
 pub mod metrics;

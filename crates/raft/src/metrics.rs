@@ -7,8 +7,8 @@
 use std::sync::LazyLock;
 
 use prometheus::{
-    exponential_buckets, register_histogram, register_int_counter, register_int_counter_vec, Histogram, IntCounter,
-    IntCounterVec,
+    exponential_buckets, register_histogram, register_int_counter, register_int_counter_vec, register_int_gauge,
+    Histogram, IntCounter, IntCounterVec, IntGauge,
 };
 
 /// etcd's `etcd_disk_wal_fsync_duration_seconds`: how long a synced write of the Raft log
@@ -18,6 +18,15 @@ pub static WAL_FSYNC_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
         "etcd_disk_wal_fsync_duration_seconds",
         "The latency distributions of fsync called by WAL.",
         exponential_buckets(0.001, 2.0, 14).expect("valid buckets")
+    )
+    .expect("metric registered once")
+});
+
+/// Groups on this member that are not ticking now, being idle (see `hibernation.rs`).
+pub static HIBERNATING_GROUPS: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!(
+        "concord_raft_hibernating_groups",
+        "Raft groups on this member that stopped ticking while idle."
     )
     .expect("metric registered once")
 });

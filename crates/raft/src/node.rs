@@ -24,6 +24,7 @@ use raft_engine::{Engine, LogBatch};
 use tokio::sync::{oneshot, watch};
 
 use crate::error::RaftError;
+use crate::hibernation::{Hibernation, Hint, Progress, IDLE_TICKS_BEFORE};
 use crate::log_store::LogStore;
 use crate::proposal_batch::Stamped;
 use crate::proposal_batch::{self, Proposer};
@@ -64,6 +65,9 @@ pub struct GroupConfig {
     /// The most proposal bytes this member may have in flight in the group before new ones are
     /// refused ([`crate::admission`]).
     pub max_pending_proposal_bytes: usize,
+    /// Whether the group stops ticking while idle ([`crate::hibernation`]): a shard's group
+    /// does, group 1 never.
+    pub hibernate: bool,
 }
 
 /// Where the answer to one proposal goes.
@@ -419,6 +423,7 @@ pub fn start_group<S: StateMachine>(
         sink,
         applied_tx,
         status,
+        hibernation: Hibernation::new(cfg.hibernate),
         cfg,
     };
     let join = std::thread::Builder::new()
@@ -471,6 +476,8 @@ struct Driver<S: StateMachine> {
     inflight_reads: HashMap<u64, ReadBatch>,
     applied_tx: watch::Sender<u64>,
     status: Arc<SharedStatus>,
+    /// Whether the group ticks now ([`crate::hibernation`]).
+    hibernation: Hibernation,
 }
 
 impl<S: StateMachine> Driver<S> {
@@ -486,29 +493,41 @@ impl<S: StateMachine> Driver<S> {
     /// stopped it.
     fn serve(&mut self, inbox: &Receiver<GroupMsg<S::Output>>) -> Result<(), Fault> {
         let mut next_tick = Instant::now() + self.cfg.tick_interval;
+        let election_timeout = self.cfg.tick_interval * self.cfg.election_ticks as u32;
         loop {
-            let wait = next_tick.saturating_duration_since(Instant::now());
+            let wait = match self.hibernation.is_quiet() {
+                true => Hibernation::check_every(election_timeout),
+                false => next_tick.saturating_duration_since(Instant::now()),
+            };
             match inbox.recv_timeout(wait) {
                 Ok(msg) => {
-                    if !self.handle(msg) {
+                    if !self.receive(msg) {
                         return Ok(());
                     }
                     // Drain whatever else is queued so that one Ready (and
                     // one fsync) covers all of it: this is the group commit.
                     while let Ok(msg) = inbox.try_recv() {
-                        if !self.handle(msg) {
+                        if !self.receive(msg) {
                             self.flush_proposals();
                             return self.on_ready();
                         }
                     }
                     self.flush_proposals();
                 }
-                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Timeout) => {
+                    if self.hibernation.is_quiet() && !self.leader_heard_within(election_timeout) {
+                        self.wake_up();
+                    }
+                }
                 Err(RecvTimeoutError::Disconnected) => return Ok(()),
             }
-            if Instant::now() >= next_tick {
+            if self.hibernation.is_quiet() {
+                // Waking starts a fresh tick.
+                next_tick = Instant::now() + self.cfg.tick_interval;
+            } else if Instant::now() >= next_tick {
                 self.raw.tick();
                 self.on_tick();
+                self.maybe_hibernate();
                 next_tick = Instant::now() + self.cfg.tick_interval;
             }
             self.issue_reads();
@@ -520,6 +539,129 @@ impl<S: StateMachine> Driver<S> {
             }
             self.manage_snapshots()?;
             self.publish_status();
+        }
+    }
+
+    /// Takes a hibernation hint out, or wakes a quiet group for anything else and handles it.
+    /// Returns false when the group must stop.
+    fn receive(&mut self, msg: GroupMsg<S::Output>) -> bool {
+        if let GroupMsg::Step(m) = &msg {
+            if let Some(hint) = Hint::of(m) {
+                self.on_hint(hint, m.from);
+                return true;
+            }
+        }
+        if self.hibernation.is_quiet() && !self.keeps_quiet(&msg) {
+            self.wake_up();
+        }
+        self.handle(msg)
+    }
+
+    /// Whether `msg` leaves a quiet group quiet: a heartbeat of its leader, or the answer to
+    /// one (the leader's last tick sent them, or it woke to confirm a read), which raft-rs
+    /// handles as usual.
+    fn keeps_quiet(&self, msg: &GroupMsg<S::Output>) -> bool {
+        let GroupMsg::Step(m) = msg else {
+            return false;
+        };
+        let raft = &self.raw.raft;
+        match m.get_msg_type() {
+            MessageType::MsgHeartbeat => m.term == raft.term && m.from == raft.leader_id,
+            MessageType::MsgHeartbeatResponse => m.term == raft.term && raft.state == StateRole::Leader,
+            _ => false,
+        }
+    }
+
+    fn on_hint(&mut self, hint: Hint, from: u64) {
+        let raft = &self.raw.raft;
+        match hint {
+            Hint::Hibernate {
+                term,
+                last_index,
+                commit,
+            } => {
+                let agrees = raft.state == StateRole::Follower
+                    && raft.leader_id == from
+                    && raft.term == term
+                    && raft.raft_log.last_index() == last_index
+                    && raft.raft_log.committed == commit;
+                if agrees && self.hibernation.sleep() {
+                    crate::metrics::HIBERNATING_GROUPS.inc();
+                }
+            }
+            Hint::Wake => {
+                if self.hibernation.is_quiet() {
+                    self.wake_up();
+                }
+            }
+        }
+    }
+
+    /// Ticks again; a follower tells its leader to do the same.
+    fn wake_up(&mut self) {
+        if !self.hibernation.wake() {
+            return;
+        }
+        crate::metrics::HIBERNATING_GROUPS.dec();
+        let raft = &self.raw.raft;
+        if raft.state != StateRole::Leader && raft.leader_id != 0 && raft.leader_id != raft.id {
+            let wake = Hint::Wake.to_message(raft.id, raft.leader_id, raft.term);
+            self.sink.send(self.cfg.group_id, vec![wake]);
+        }
+    }
+
+    /// Whether a quiet follower's leader is still heard from (its member sends something at
+    /// least every `within`).
+    fn leader_heard_within(&self, within: Duration) -> bool {
+        let leader = self.raw.raft.leader_id;
+        leader != 0 && (leader == self.raw.raft.id || self.sink.heard_from(leader, within))
+    }
+
+    /// After a tick: a leader whose group has been idle long enough, and whose followers all
+    /// hold its whole log, tells them and stops ticking ([`crate::hibernation`]).
+    fn maybe_hibernate(&mut self) {
+        let raft = &self.raw.raft;
+        let now = Progress {
+            term: raft.term,
+            last_index: raft.raft_log.last_index(),
+            commit: raft.raft_log.committed,
+            applied: raft.raft_log.applied,
+        };
+        let busy = !self.pending_proposals.is_empty()
+            || !self.queued_proposals.is_empty()
+            || !self.queued_stamped.is_empty()
+            || !self.queued_reads.is_empty()
+            || !self.inflight_reads.is_empty();
+        let after = IDLE_TICKS_BEFORE * self.cfg.election_ticks;
+        if !self.hibernation.on_tick(now, busy, after) {
+            return;
+        }
+        let settled = raft.state == StateRole::Leader
+            && raft.lead_transferee.is_none()
+            && !raft.has_pending_conf()
+            && now.commit == now.last_index
+            && now.applied == now.commit;
+        let caught_up = raft
+            .prs()
+            .iter()
+            .all(|(id, pr)| *id == raft.id || pr.matched == now.last_index);
+        if !settled || !caught_up {
+            return;
+        }
+        let hint = Hint::Hibernate {
+            term: now.term,
+            last_index: now.last_index,
+            commit: now.commit,
+        };
+        let hints: Vec<_> = raft
+            .prs()
+            .iter()
+            .filter(|(id, _)| **id != raft.id)
+            .map(|(id, _)| hint.to_message(raft.id, *id, now.term))
+            .collect();
+        self.sink.send(self.cfg.group_id, hints);
+        if self.hibernation.sleep() {
+            crate::metrics::HIBERNATING_GROUPS.inc();
         }
     }
 
@@ -1288,6 +1430,9 @@ impl<S: StateMachine> Driver<S> {
     }
 
     fn shutdown(&mut self) {
+        if self.hibernation.wake() {
+            crate::metrics::HIBERNATING_GROUPS.dec();
+        }
         for (_, reply) in self.pending_proposals.drain() {
             let _ = reply.send(Err(RaftError::Stopped));
         }

@@ -10,6 +10,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 
@@ -41,7 +42,17 @@ const SNAPSHOT_CHUNK: usize = 1024 * 1024;
 pub trait MessageSink: Send + Sync {
     /// Queues messages for their recipients; never blocks.
     fn send(&self, group_id: u64, msgs: Vec<Message>);
+
+    /// Whether anything came from `member` within the last `within`: how a hibernating
+    /// follower learns that its leader's member is gone ([`crate::hibernation`]).
+    fn heard_from(&self, _member: u64, _within: Duration) -> bool {
+        true
+    }
 }
+
+/// How often a member sends every peer a beacon (a batch for no group), so that peers hear from
+/// it even while none of their groups exchange anything.
+const BEACON_EVERY: Duration = Duration::from_millis(200);
 
 /// Where the transport hands incoming messages for one group.
 pub trait RaftInbox: Send + Sync {
@@ -86,6 +97,9 @@ pub struct PeerTransport {
     groups: RwLock<HashMap<u64, Arc<dyn RaftInbox>>>,
     /// Peers whose last contact failed (a refused connection, a broken stream).
     unreachable: RwLock<std::collections::HashSet<u64>>,
+    /// When each peer was last heard from, in milliseconds since `started`.
+    heard: RwLock<HashMap<u64, Arc<AtomicU64>>>,
+    started: std::time::Instant,
 }
 
 impl PeerTransport {
@@ -93,15 +107,32 @@ impl PeerTransport {
     /// received snapshots in `snapshot_dir`, and whose outgoing connections
     /// are made by `dialer` (peer TLS, and the source address from [`source_address`]).
     pub fn new(member_id: u64, runtime: tokio::runtime::Handle, snapshot_dir: PathBuf, dialer: Dialer) -> Arc<Self> {
-        Arc::new(PeerTransport {
+        let transport = Arc::new(PeerTransport {
             member_id,
-            runtime,
+            runtime: runtime.clone(),
             dialer,
             snapshot_dir,
             peers: RwLock::new(HashMap::new()),
             groups: RwLock::new(HashMap::new()),
             unreachable: RwLock::new(std::collections::HashSet::new()),
-        })
+            heard: RwLock::new(HashMap::new()),
+            started: std::time::Instant::now(),
+        });
+        runtime.spawn(send_beacons(Arc::downgrade(&transport)));
+        transport
+    }
+
+    /// Notes that `peer` was heard from now.
+    fn heard_now(&self, peer: u64) {
+        let now = self.started.elapsed().as_millis() as u64;
+        if let Some(at) = self.heard.read().expect("heard lock poisoned").get(&peer) {
+            at.store(now, Ordering::Relaxed);
+            return;
+        }
+        self.heard
+            .write()
+            .expect("heard lock poisoned")
+            .insert(peer, Arc::new(AtomicU64::new(now)));
     }
 
     /// Adds a peer, or points an existing one at a new URL.
@@ -188,6 +219,15 @@ impl PeerTransport {
 }
 
 impl MessageSink for PeerTransport {
+    fn heard_from(&self, member: u64, within: Duration) -> bool {
+        let now = self.started.elapsed().as_millis() as u64;
+        self.heard
+            .read()
+            .expect("heard lock poisoned")
+            .get(&member)
+            .is_some_and(|at| now.saturating_sub(at.load(Ordering::Relaxed)) <= within.as_millis() as u64)
+    }
+
     fn send(&self, group_id: u64, msgs: Vec<Message>) {
         if msgs.is_empty() {
             return;
@@ -234,6 +274,27 @@ impl MessageSink for PeerTransport {
         }
     }
 }
+
+/// Sends every peer a beacon every [`BEACON_EVERY`], until the transport is gone.
+async fn send_beacons(transport: Weak<PeerTransport>) {
+    let mut every = tokio::time::interval(BEACON_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let Some(transport) = transport.upgrade() else {
+            return;
+        };
+        for (peer, link) in transport.peers.read().expect("peers lock poisoned").iter() {
+            let mut beacon = Message::default();
+            beacon.to = *peer;
+            // A full queue already carries messages that say as much.
+            let _ = link.queue.try_send((NO_GROUP, beacon));
+        }
+    }
+}
+
+/// The group of a beacon: none.
+const NO_GROUP: u64 = 0;
 
 /// Keeps one stream open to a peer and feeds it batches from the queue.
 async fn run_link(transport: Weak<PeerTransport>, peer: u64, url: String, mut queue: mpsc::Receiver<(u64, Message)>) {
@@ -442,6 +503,7 @@ impl RaftPeer for PeerService {
                 )));
             }
             self.transport.mark_reachable(batch.from_member);
+            self.transport.heard_now(batch.from_member);
             let Some(inbox) = self.transport.group(batch.group_id) else {
                 continue;
             };

@@ -262,6 +262,8 @@ pub async fn serve(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> Res
         sealer: sealer.clone(),
         warning_apply_duration: cfg.warning_apply_duration,
         max_pending_proposal_bytes: cfg.max_pending_proposal_bytes,
+        // Group 1 keeps the cluster's metadata and revisions: it always ticks.
+        hibernate: false,
     };
     let (removed_tx, mut removed_rx) = watch::channel(false);
     // Before group 1 starts: replaying its log may split its shard.

@@ -159,6 +159,8 @@ impl ShardGroups {
             group_id,
             initial_voters,
             snapshot_dir: starter.first.snapshot_dir.join(format!("shard-{group_id}")),
+            // An idle shard costs nothing while its group does not tick.
+            hibernate: true,
             ..starter.first.clone()
         };
         let machine = KvStateMachine::new(store.clone(), (starter.effects)(group_id, hub.clone()));
