@@ -40,7 +40,7 @@ async fn all_hibernate(cluster: &Cluster, members: &[usize]) {
 #[tokio::test(flavor = "multi_thread")]
 async fn idle_shards_hibernate_wake_for_requests_and_fail_over() {
     let mut cluster = Cluster::start_with(3, &[FOUR_SHARDS]).await;
-    let mut client = cluster.client(0).await;
+    let client = cluster.client(0).await;
     eventually("every shard takes writes", || {
         let mut client = client.clone();
         async move {

@@ -285,8 +285,10 @@ async fn send_beacons(transport: Weak<PeerTransport>) {
             return;
         };
         for (peer, link) in transport.peers.read().expect("peers lock poisoned").iter() {
-            let mut beacon = Message::default();
-            beacon.to = *peer;
+            let beacon = Message {
+                to: *peer,
+                ..Default::default()
+            };
             // A full queue already carries messages that say as much.
             let _ = link.queue.try_send((NO_GROUP, beacon));
         }
