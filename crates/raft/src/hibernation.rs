@@ -13,16 +13,15 @@
 //! - Any message for a quiet group wakes it: a proposal, a read, a Raft message. A follower that
 //!   wakes tells its leader ([`Hint::Wake`]), so the leader's heartbeats resume and a campaign
 //!   by another follower that cannot hear it is refused, as when nobody slept.
-//! - A quiet follower still checks every half election timeout that its leader's member was
-//!   heard from within an election timeout (the peer transport counts every batch, and members
-//!   send each other a beacon a few times a second). A leader that died or was cut off is noticed
-//!   that way: the follower wakes, ticks, and campaigns after an election timeout.
+//! - The peer transport notes when each member was last heard from (any batch counts, and
+//!   members send each other a beacon five times a second). When a member falls silent for an
+//!   election timeout, the transport tells every group; a quiet one led by that member wakes,
+//!   ticks, and campaigns after an election timeout. A quiet group also checks by itself every
+//!   few seconds, should that word be lost.
 //!
 //! The hints travel as raft-rs messages of a type raft-rs only ever builds for itself and never
 //! sends (`MsgCheckQuorum`), in order with the group's other messages on the same streams; the
 //! receiving driver takes them out before raft-rs sees them.
-
-use std::time::Duration;
 
 use raft::eraftpb::{Message, MessageType};
 
@@ -143,12 +142,6 @@ impl Hibernation {
     pub fn wake(&mut self) -> bool {
         self.idle_ticks = 0;
         std::mem::replace(&mut self.quiet, false)
-    }
-
-    /// How long a quiet follower waits between checks that its leader's member is alive, for an
-    /// election timeout of `election_timeout`.
-    pub fn check_every(election_timeout: Duration) -> Duration {
-        election_timeout / 2
     }
 }
 

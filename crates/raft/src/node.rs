@@ -70,6 +70,11 @@ pub struct GroupConfig {
     pub hibernate: bool,
 }
 
+/// How long a quiet group's driver sleeps when nothing arrives, before it checks by itself that
+/// its leader's member is still heard from: anything that needs the group (a proposal, a read, a
+/// Raft message, the transport's word that the leader's member fell silent) wakes it first.
+const QUIET_WAIT: Duration = Duration::from_secs(10);
+
 /// Where the answer to one proposal goes.
 type Reply<O> = oneshot::Sender<Result<O, RaftError>>;
 
@@ -105,6 +110,8 @@ pub(crate) enum GroupMsg<O> {
     },
     Step(Message),
     Unreachable(u64),
+    /// Nothing came from this member for a while ([`crate::hibernation`]).
+    PeerSilent(u64),
     TransferLeader(u64),
     Campaign,
     Stop,
@@ -326,6 +333,12 @@ impl<O: Send + 'static> RaftHandle<O> {
         let _ = self.mailbox.send(GroupMsg::Unreachable(member_id));
     }
 
+    /// Tells the group that nothing came from `member_id` for a while: a quiet group led by it
+    /// wakes ([`crate::hibernation`]).
+    pub fn report_silent(&self, member_id: u64) {
+        let _ = self.mailbox.send(GroupMsg::PeerSilent(member_id));
+    }
+
     /// Stops the driver thread after it finishes the loop it is in.
     pub fn stop(&self) {
         let _ = self.mailbox.send(GroupMsg::Stop);
@@ -496,7 +509,9 @@ impl<S: StateMachine> Driver<S> {
         let election_timeout = self.cfg.tick_interval * self.cfg.election_ticks as u32;
         loop {
             let wait = match self.hibernation.is_quiet() {
-                true => Hibernation::check_every(election_timeout),
+                // Whatever needs a quiet group sends it something, the transport included when
+                // its leader's member falls silent.
+                true => QUIET_WAIT,
                 false => next_tick.saturating_duration_since(Instant::now()),
             };
             match inbox.recv_timeout(wait) {
@@ -514,11 +529,14 @@ impl<S: StateMachine> Driver<S> {
                     }
                     self.flush_proposals();
                 }
-                Err(RecvTimeoutError::Timeout) => {
-                    if self.hibernation.is_quiet() && !self.leader_heard_within(election_timeout) {
-                        self.wake_up();
+                Err(RecvTimeoutError::Timeout) if self.hibernation.is_quiet() => {
+                    if self.leader_heard_within(election_timeout) {
+                        // Still quiet: nothing happened, so there is nothing to do.
+                        continue;
                     }
+                    self.wake_up();
                 }
+                Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return Ok(()),
             }
             if self.hibernation.is_quiet() {
@@ -550,6 +568,12 @@ impl<S: StateMachine> Driver<S> {
                 self.on_hint(hint, m.from);
                 return true;
             }
+        }
+        if let GroupMsg::PeerSilent(member) = msg {
+            if self.hibernation.is_quiet() && self.raw.raft.leader_id == member {
+                self.wake_up();
+            }
+            return true;
         }
         if self.hibernation.is_quiet() && !self.keeps_quiet(&msg) {
             self.wake_up();
@@ -694,6 +718,8 @@ impl<S: StateMachine> Driver<S> {
                 }
             }
             GroupMsg::Unreachable(peer) => self.raw.report_unreachable(peer),
+            // Taken care of in `receive`.
+            GroupMsg::PeerSilent(_) => {}
             GroupMsg::TransferLeader(to) => self.raw.transfer_leader(to),
             GroupMsg::Campaign => {
                 if self.raw.raft.leader_id == 0 {

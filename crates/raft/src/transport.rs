@@ -62,6 +62,8 @@ pub trait RaftInbox: Send + Sync {
     fn report_unreachable(&self, member_id: u64);
     /// Says whether a snapshot reached a peer.
     fn report_snapshot(&self, member_id: u64, ok: bool);
+    /// Says that nothing came from a peer for a while ([`crate::hibernation`]).
+    fn report_silent(&self, _member_id: u64) {}
 }
 
 impl<O: Send + 'static> RaftInbox for RaftHandle<O> {
@@ -75,6 +77,10 @@ impl<O: Send + 'static> RaftInbox for RaftHandle<O> {
 
     fn report_snapshot(&self, member_id: u64, ok: bool) {
         RaftHandle::report_snapshot(self, member_id, ok);
+    }
+
+    fn report_silent(&self, member_id: u64) {
+        RaftHandle::report_silent(self, member_id);
     }
 }
 
@@ -100,6 +106,9 @@ pub struct PeerTransport {
     /// When each peer was last heard from, in milliseconds since `started`.
     heard: RwLock<HashMap<u64, Arc<AtomicU64>>>,
     started: std::time::Instant,
+    /// How long a peer may say nothing before the groups are told it fell silent, in
+    /// milliseconds: the election timeout.
+    silent_after_ms: AtomicU64,
 }
 
 impl PeerTransport {
@@ -117,9 +126,29 @@ impl PeerTransport {
             unreachable: RwLock::new(std::collections::HashSet::new()),
             heard: RwLock::new(HashMap::new()),
             started: std::time::Instant::now(),
+            silent_after_ms: AtomicU64::new(DEFAULT_SILENT_AFTER.as_millis() as u64),
         });
         runtime.spawn(send_beacons(Arc::downgrade(&transport)));
         transport
+    }
+
+    /// Tells the groups that a peer fell silent once it said nothing for `after` (the election
+    /// timeout; [`DEFAULT_SILENT_AFTER`] until set).
+    pub fn set_silent_after(&self, after: Duration) {
+        self.silent_after_ms.store(after.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// The peers heard from once but not within the silence threshold.
+    fn silent_peers(&self) -> Vec<u64> {
+        let now = self.started.elapsed().as_millis() as u64;
+        let after = self.silent_after_ms.load(Ordering::Relaxed);
+        self.heard
+            .read()
+            .expect("heard lock poisoned")
+            .iter()
+            .filter(|(_, at)| now.saturating_sub(at.load(Ordering::Relaxed)) > after)
+            .map(|(peer, _)| *peer)
+            .collect()
     }
 
     /// Notes that `peer` was heard from now.
@@ -275,15 +304,31 @@ impl MessageSink for PeerTransport {
     }
 }
 
-/// Sends every peer a beacon every [`BEACON_EVERY`], until the transport is gone.
+/// Sends every peer a beacon every [`BEACON_EVERY`], and tells the groups of each peer that
+/// falls silent, until the transport is gone.
 async fn send_beacons(transport: Weak<PeerTransport>) {
     let mut every = tokio::time::interval(BEACON_EVERY);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut silent = std::collections::HashSet::new();
     loop {
         every.tick().await;
         let Some(transport) = transport.upgrade() else {
             return;
         };
+        let now_silent: std::collections::HashSet<u64> = transport.silent_peers().into_iter().collect();
+        for peer in now_silent.difference(&silent) {
+            let groups: Vec<_> = transport
+                .groups
+                .read()
+                .expect("groups lock poisoned")
+                .values()
+                .cloned()
+                .collect();
+            for inbox in groups {
+                inbox.report_silent(*peer);
+            }
+        }
+        silent = now_silent;
         for (peer, link) in transport.peers.read().expect("peers lock poisoned").iter() {
             let beacon = Message {
                 to: *peer,
@@ -294,6 +339,10 @@ async fn send_beacons(transport: Weak<PeerTransport>) {
         }
     }
 }
+
+/// The silence threshold until [`PeerTransport::set_silent_after`] is called: etcd's default
+/// election timeout.
+const DEFAULT_SILENT_AFTER: Duration = Duration::from_millis(1000);
 
 /// The group of a beacon: none.
 const NO_GROUP: u64 = 0;

@@ -225,6 +225,7 @@ pub async fn serve(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> Res
     let snapshot_dir = member_dir.join("snap");
     let runtime = tokio::runtime::Handle::current();
     let transport = PeerTransport::new(member_id, runtime, snapshot_dir.clone(), tls.peer_dialer.clone());
+    transport.set_silent_after(cfg.heartbeat_interval * cfg.election_ticks() as u32);
     for m in membership.members() {
         if let Some(url) = m.peer_ur_ls.first() {
             transport.set_peer(m.id, url);
