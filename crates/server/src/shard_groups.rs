@@ -153,7 +153,7 @@ impl ShardGroups {
             MvccStore::open_with(&path, starter.first.sealer.clone())
                 .map_err(|e| format!("{}: {e}", path.display()))?,
         );
-        let hub = WatchHub::new(store.clone());
+        let hub = WatchHub::for_shard(store.clone());
         starter.runtime.spawn(hub.clone().run());
         let cfg = GroupConfig {
             group_id,

@@ -26,8 +26,8 @@ use crate::errors;
 use crate::router::{RemoteShard, Route, Shard as ShardRange};
 use concord_proto::concordpb::raft_command::Op;
 use concord_proto::concordpb::{
-    shard_propose_response, AllocateShardId, RecordShard, ShardLeaseKeysRequest, ShardLeaseKeysResponse,
-    ShardProposeRequest, ShardProposeResponse, SplitShard,
+    shard_propose_response, AllocateShardId, RecordShard, ShardHashRequest, ShardHashResponse, ShardLeaseKeysRequest,
+    ShardLeaseKeysResponse, ShardProposeRequest, ShardProposeResponse, SplitShard,
 };
 use concord_storage::WriteResult;
 
@@ -385,6 +385,31 @@ impl Shards for ShardService {
             _ => return Err(errors::not_a_shard_proposal()),
         };
         Ok(Response::new(ShardProposeResponse { result: Some(result) }))
+    }
+
+    async fn hash(&self, request: Request<ShardHashRequest>) -> Result<Response<ShardHashResponse>, Status> {
+        self.require_admin(&request).await?;
+        let local = self.shard(request.get_ref().shard)?;
+        let store = local.store.clone();
+        let hashed = tokio::task::spawn_blocking(move || {
+            // The applied index first: a batch applied while hashing shows as a mismatch of
+            // indexes, which the caller asks again about, never as a false disagreement.
+            let applied = store.applied_index();
+            let (hash, _, revision) = store.hash_kv(0)?;
+            let still = store.applied_index() == applied;
+            Ok::<_, concord_storage::KvError>((hash, revision, applied, still))
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(errors::from_kv)?;
+        let (hash, revision, applied_index, still) = hashed;
+        Ok(Response::new(ShardHashResponse {
+            header: self.header(),
+            hash,
+            revision,
+            // An index nothing else reports, when a batch came in between.
+            applied_index: if still { applied_index } else { 0 },
+        }))
     }
 
     async fn lease_keys(

@@ -536,6 +536,76 @@ impl ChaosCluster {
         Ok((revision, hashes[0]))
     }
 
+    /// Compares the replicas of every shard but the first (which HashKV covers): once every
+    /// replica of a shard has applied the same log index, their hashes must agree. Returns how
+    /// many shards agree.
+    pub async fn shard_hash_agreement(&self, timeout: Duration) -> Result<usize, String> {
+        let deadline = Instant::now() + timeout;
+        let mut last = String::new();
+        while Instant::now() < deadline {
+            match self.shard_hashes_once().await {
+                Ok(agreed) => return Ok(agreed),
+                Err(ShardHashes::Differ(e)) => return Err(e),
+                Err(ShardHashes::NotYet(e)) => last = e,
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        Err(format!("the shards' replicas did not settle: {last}"))
+    }
+
+    async fn shard_hashes_once(&self) -> Result<usize, ShardHashes> {
+        use concord_proto::concordpb::shards_client::ShardsClient;
+        use concord_proto::concordpb::{ShardHashRequest, ShardListRequest};
+        let not_yet = |e: String| ShardHashes::NotYet(e);
+        let listed = ShardsClient::new(self.admin[0].clone())
+            .list(ShardListRequest {})
+            .await
+            .map_err(|e| not_yet(e.message().to_string()))?
+            .into_inner();
+        let mut agreed = 0;
+        for shard in listed.shards.iter().filter(|s| s.id != 1) {
+            let mut seen = Vec::new();
+            for member in &shard.replicas {
+                let i = self
+                    .members
+                    .iter()
+                    .position(|m| m.id == *member)
+                    .ok_or_else(|| not_yet(format!("shard {}: replica {member:x} is no member", shard.id)))?;
+                let mut client = ShardsClient::new(self.admin[i].clone());
+                let call = client.hash(ShardHashRequest { shard: shard.id });
+                let answer = match tokio::time::timeout(Duration::from_secs(60), call).await {
+                    Ok(Ok(answer)) => answer.into_inner(),
+                    Ok(Err(e)) => return Err(not_yet(format!("{}: {}", self.name(i), e.message()))),
+                    Err(_) => {
+                        return Err(not_yet(format!(
+                            "{}: hashing shard {} timed out",
+                            self.name(i),
+                            shard.id
+                        )))
+                    }
+                };
+                seen.push((
+                    self.name(i).to_string(),
+                    answer.applied_index,
+                    answer.revision,
+                    answer.hash,
+                ));
+            }
+            let index = seen[0].1;
+            if index == 0 || seen.iter().any(|s| s.1 != index) {
+                return Err(not_yet(format!("shard {}: replicas at indexes {seen:?}", shard.id)));
+            }
+            if seen.iter().any(|s| s.3 != seen[0].3) {
+                return Err(ShardHashes::Differ(format!(
+                    "shard {}: replicas at log index {index} differ (member, index, revision, hash): {seen:x?}",
+                    shard.id
+                )));
+            }
+            agreed += 1;
+        }
+        Ok(agreed)
+    }
+
     /// The last `lines` lines of every member's log, for failure reports.
     pub fn log_tails(&self, lines: usize) -> String {
         let mut out = String::new();
@@ -550,6 +620,14 @@ impl ChaosCluster {
         }
         out
     }
+}
+
+/// Why the shards' replicas were not found agreeing.
+enum ShardHashes {
+    /// Not settled yet (a replica behind, a member not answering): ask again.
+    NotYet(String),
+    /// Replicas at the same log index hold different data.
+    Differ(String),
 }
 
 impl Drop for ChaosCluster {

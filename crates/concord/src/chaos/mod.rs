@@ -277,6 +277,10 @@ async fn run_on(cluster: &mut ChaosCluster, args: &ChaosArgs, seed: u64) -> Resu
         streams.push(stream.lock().unwrap().clone());
     }
     let hash = cluster.hash_kv_agreement(Duration::from_secs(30)).await;
+    let shard_hashes = match args.shards {
+        true => Some(cluster.shard_hash_agreement(Duration::from_secs(30)).await),
+        false => None,
+    };
 
     let history = shared
         .recorder
@@ -303,6 +307,11 @@ async fn run_on(cluster: &mut ChaosCluster, args: &ChaosArgs, seed: u64) -> Resu
     match hash {
         Ok((revision, hash)) => println!("chaos: HashKV agrees on every member at revision {revision}: {hash:08x}"),
         Err(e) => problems.push(format!("HashKV does not agree: {e}")),
+    }
+    match shard_hashes {
+        Some(Ok(shards)) => println!("chaos: every replica of the {shards} other shards agrees"),
+        Some(Err(e)) => problems.push(format!("a shard's replicas do not agree: {e}")),
+        None => {}
     }
     if !problems.is_empty() {
         return Err(format!("seed {seed} failed:\n- {}", problems.join("\n- ")));

@@ -15,6 +15,8 @@ use tokio::sync::{broadcast, watch};
 
 /// Batches the broadcast holds for streams that have not read them yet.
 const BROADCAST_BATCHES: usize = 1024;
+/// The same for a shard split off the first (see [`WatchHub::for_shard`]).
+const SHARD_BROADCAST_BATCHES: usize = 64;
 /// Most events the hub reads from the store at once.
 const HUB_READ_EVENTS: usize = 4096;
 
@@ -44,7 +46,18 @@ pub struct WatchHub {
 impl WatchHub {
     /// A hub over `store`; call [`WatchHub::run`] on a task to start publishing.
     pub fn new(store: Arc<MvccStore>) -> Arc<Self> {
-        let (batches, _) = broadcast::channel(BROADCAST_BATCHES);
+        Self::with_capacity(store, BROADCAST_BATCHES)
+    }
+
+    /// A hub over the store of a shard split off the first. A member may hold a thousand of
+    /// them, and a broadcast's slots are allocated up front, so they keep fewer batches; a
+    /// stream that falls behind reads the rest from the store, as from any hub.
+    pub fn for_shard(store: Arc<MvccStore>) -> Arc<Self> {
+        Self::with_capacity(store, SHARD_BROADCAST_BATCHES)
+    }
+
+    fn with_capacity(store: Arc<MvccStore>, batches: usize) -> Arc<Self> {
+        let (batches, _) = broadcast::channel(batches);
         let (applied_revision, _) = watch::channel(store.current_revision());
         Arc::new(WatchHub {
             store,
