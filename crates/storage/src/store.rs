@@ -763,10 +763,13 @@ impl MvccStore {
         }
         let held = crate::cross_shard::held_in(&self.db().begin_read()?)?;
         if held.is_none() {
-            // Only the writer sets it again, after a batch that left a part held.
-            let _writer = self.lock_writer();
-            if crate::cross_shard::held_in(&self.db().begin_read()?)?.is_none() {
-                self.holds_cross_shard.store(false, Ordering::Release);
+            // Only the writer sets it again, after a batch that left a part held; while a batch
+            // is applying, the flag stays (a split's batch can take seconds, and callers run on
+            // async workers).
+            if let Ok(_writer) = self.writer.try_lock() {
+                if crate::cross_shard::held_in(&self.db().begin_read()?)?.is_none() {
+                    self.holds_cross_shard.store(false, Ordering::Release);
+                }
             }
         }
         Ok(held)
