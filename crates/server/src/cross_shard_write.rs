@@ -157,7 +157,7 @@ async fn abort_parts(ctx: &MemberContext, parts: &[Part], id: u64) {
 }
 
 /// Proposes one phase of a write across shards to `group`'s log: here when this member holds a
-/// replica, else through a member that does (`Shards.CrossShard`).
+/// replica, else through a member that does (`Shards.Propose`).
 pub async fn run_phase(
     ctx: &MemberContext,
     creds: &Credentials,
