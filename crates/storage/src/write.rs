@@ -79,14 +79,11 @@ impl<'t, 'i> Writer<'t, 'i> {
         sealer: Option<Arc<Sealer>>,
     ) -> Result<Writer<'t, 'i>, StorageError> {
         let alarms = txn.open_table(keys::ALARMS)?;
-        let revision_ceiling = txn
-            .open_table(keys::META)?
-            .get(keys::META_REVISION_CEILING)?
-            .map_or(0, |ceiling| ceiling.value() as i64);
-        let stamp_floor = txn
-            .open_table(keys::META)?
-            .get(keys::META_STAMP_FLOOR)?
-            .map_or(0, |floor| floor.value() as i64);
+        let meta = txn.open_table(keys::META)?;
+        let counter = |name| Ok::<_, StorageError>(meta.get(name)?.map_or(0, |v| v.value() as i64));
+        let revision_ceiling = counter(keys::META_REVISION_CEILING)?;
+        let stamp_floor = counter(keys::META_STAMP_FLOOR)?;
+        drop(meta);
         let (key_range, _) = crate::split::read_shard_table(&txn.open_table(crate::split::SHARD)?)?;
         let cross_shard_held = txn.open_table(crate::cross_shard::HELD)?;
         Ok(Writer {
